@@ -1,0 +1,36 @@
+"""django_tasks: run Django's tasks in production.
+
+The API is Django's own (``django.tasks``); this package adds a backend whose
+``Task`` class understands retries, Celery's calling verbs and routing, and a
+worker that runs the jobs. ``from django_tasks import task`` is Django's decorator.
+"""
+
+from django.tasks import TaskResultStatus, task
+
+from .exceptions import (
+    ArgumentNotSerializable,
+    ResultTimeout,
+    Retry,
+    ReturnValueNotSerializable,
+    TaskFailed,
+    TaskNotRegistered,
+    TasksError,
+)
+from .results import JobError, JobResult
+from .task import Task, TaskContext
+
+__all__ = [
+    "ArgumentNotSerializable",
+    "JobError",
+    "JobResult",
+    "ResultTimeout",
+    "Retry",
+    "ReturnValueNotSerializable",
+    "Task",
+    "TaskContext",
+    "TaskFailed",
+    "TaskNotRegistered",
+    "TaskResultStatus",
+    "TasksError",
+    "task",
+]

@@ -1,0 +1,51 @@
+"""Exceptions raised by django_tasks.
+
+Each class's docstring is its default message. Everything derives from
+:class:`TasksError`, so ``except TasksError`` catches anything this library raises
+on purpose; Django's own ``django.tasks.exceptions`` classes are used where Django
+has a word for the situation (``InvalidTask``, ``TaskResultDoesNotExist``).
+"""
+
+from __future__ import annotations
+
+
+class TasksError(Exception):
+    """A django_tasks error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ArgumentNotSerializable(TasksError, TypeError):
+    """A task argument does not survive a JSON round trip; nothing was enqueued."""
+
+
+class ReturnValueNotSerializable(TasksError, TypeError):
+    """The task returned a value that is not JSON; the job failed."""
+
+
+class TaskNotRegistered(TasksError):
+    """The job names something that is not a task; it was not run."""
+
+
+class Retry(TasksError):  # noqa: N818 - the name users raise, as in Celery
+    """The task asked to be retried."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        countdown: float | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        super().__init__(message or (str(exc) if exc else None))
+        self.countdown = countdown
+        self.exc = exc
+
+
+class TaskFailed(TasksError):
+    """The task failed."""
+
+
+class ResultTimeout(TasksError, TimeoutError):
+    """The task did not finish in time."""

@@ -1,0 +1,149 @@
+"""Where jobs and workers live. Only backends and the admin touch these directly."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from django.db import models
+from django.db.models import Q
+from django.tasks import TaskResultStatus
+from django.utils.translation import gettext_lazy as _
+
+__all__ = ["Job", "Worker"]
+
+FINISHED = (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED)
+
+
+class JobQuerySet(models.QuerySet):
+    def ready(self, now: datetime, queues: list[str] | None = None) -> JobQuerySet:
+        """Jobs a worker may claim at ``now``, in claim order."""
+        qs = self.filter(status=TaskResultStatus.READY, available_at__lte=now)
+        if queues:
+            qs = qs.filter(queue_name__in=queues)
+        return qs.order_by("-priority", "available_at")
+
+    def running(self) -> JobQuerySet:
+        return self.filter(status=TaskResultStatus.RUNNING)
+
+    def finished(self) -> JobQuerySet:
+        return self.filter(status__in=FINISHED)
+
+    def failed(self) -> JobQuerySet:
+        return self.filter(status=TaskResultStatus.FAILED)
+
+    def retry(self, now: datetime) -> int:
+        """Run these FAILED jobs once more, keeping their error history; returns how many."""
+        return self.failed().update(
+            status=TaskResultStatus.READY,
+            available_at=now,
+            finished_at=None,
+            worker_id="",
+            max_attempts=models.F("attempts") + 1,
+        )
+
+    def prune(self, before: datetime, *, batch_size: int = 1000) -> int:
+        """Delete finished jobs that finished before ``before``, in batches; returns how many."""
+        total = 0
+        while True:
+            ids = list(
+                self.finished().filter(finished_at__lt=before).values_list("pk", flat=True)[
+                    :batch_size
+                ]
+            )
+            if not ids:
+                return total
+            total += self.model._base_manager.using(self.db).filter(pk__in=ids).delete()[0]
+
+
+class Job(models.Model):
+    """One enqueued call of a task and everything that happened to it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task_path = models.CharField(_("task"), max_length=255)
+    backend = models.CharField(max_length=100, default="default")
+    queue_name = models.CharField(_("queue"), max_length=100, default="default")
+    priority = models.SmallIntegerField(default=0)
+    status = models.CharField(
+        max_length=10, choices=TaskResultStatus.choices, default=TaskResultStatus.READY
+    )
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    return_value = models.JSONField(null=True, blank=True)
+    # One dict per failed attempt: exception_class_path, message, traceback,
+    # attempt, worker_id, occurred_at.
+    errors = models.JSONField(default=list, blank=True)
+    # One entry per attempt, as Django's TaskResult.worker_ids.
+    worker_ids = models.JSONField(default=list, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=1)
+    progress = models.JSONField(null=True, blank=True)
+
+    enqueued_at = models.DateTimeField(_("enqueued"))
+    # What the caller asked for (Django's run_after); None means "as soon as possible".
+    run_after = models.DateTimeField(null=True, blank=True)
+    # When the job may next be claimed: run_after, enqueued_at, or a retry's time.
+    available_at = models.DateTimeField()
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    last_attempted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    # The worker that holds (RUNNING) or last held the job. Not a foreign key: the
+    # claim path stays one statement and worker rows can be pruned independently.
+    worker_id = models.CharField(max_length=100, blank=True, default="")
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("job")
+        indexes = [
+            # The claim query: ready jobs of some queues, highest priority, then oldest.
+            models.Index(
+                fields=["queue_name", "-priority", "available_at"],
+                condition=Q(status=TaskResultStatus.READY),
+                name="django_tasks_job_claim",
+            ),
+            # Rescue: what a (dead) worker is holding.
+            models.Index(
+                fields=["worker_id"],
+                condition=Q(status=TaskResultStatus.RUNNING),
+                name="django_tasks_job_running",
+            ),
+            models.Index(fields=["finished_at"], name="django_tasks_job_finished"),
+            models.Index(fields=["-enqueued_at"], name="django_tasks_job_enqueued"),
+        ]
+        permissions = [("retry_job", "Can retry failed jobs")]
+
+    def __str__(self) -> str:
+        return f"{self.task_path} [{self.id}]"
+
+    @property
+    def duration(self) -> timedelta | None:
+        """How long the last attempt ran, once finished."""
+        if self.finished_at and self.last_attempted_at:
+            return self.finished_at - self.last_attempted_at
+        return None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED
+
+
+class Worker(models.Model):
+    """A running (or dead) ``manage.py worker`` process group."""
+
+    id = models.CharField(primary_key=True, max_length=100)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    backend = models.CharField(max_length=100, default="default")
+    queues = models.JSONField(default=list)
+    concurrency = models.PositiveIntegerField()
+    pool = models.CharField(max_length=20)
+    started_at = models.DateTimeField()
+    last_heartbeat_at = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("worker")
+
+    def __str__(self) -> str:
+        return self.id

@@ -1,0 +1,58 @@
+"""The sample project's tasks: the seed use cases of django_tasks."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from django.core.mail import send_mail
+from django.tasks import task
+
+logger = logging.getLogger(__name__)
+
+
+class FlakyStorageError(ConnectionError):
+    """The pretend object store dropped the connection."""
+
+
+@task(queue_name="emails", priority=10, max_attempts=5)
+def send_welcome_email(user_id: int, email: str) -> str:
+    send_mail(
+        subject="Welcome!",
+        message=f"Hello user {user_id}, thanks for signing up.",
+        from_email=None,
+        recipient_list=[email],
+    )
+    return f"sent to {email}"
+
+
+@task(takes_context=True, max_attempts=4, retry_on=(FlakyStorageError,), backoff=0.5)
+def encode_video(context, video_id: int, steps: int = 5, fail_first: int = 1) -> dict:
+    """Pretend to encode a video; the upload step fails on the first ``fail_first`` attempts."""
+    for step in range(1, steps + 1):
+        time.sleep(0.05)
+        context.report_progress(step, steps, f"encoding chunk {step}/{steps}")
+    if context.attempt <= fail_first:
+        # Explicit retry, as with Celery's self.retry: exponential backoff between attempts.
+        raise context.retry(countdown=0.5 * 2 ** (context.attempt - 1),
+                            exc=FlakyStorageError("upload to object store timed out"))
+    return {"video_id": video_id, "renditions": ["480p", "720p", "1080p"],
+            "attempts": context.attempt}
+
+
+@task()
+def add(x: float, y: float) -> float:
+    return x + y
+
+
+@task()
+def mul(x: float, y: float) -> float:
+    return x * y
+
+
+@task(max_attempts=3, backoff=0.2)
+def sometimes_fails(probability: float = 0.5) -> str:
+    if random.random() < probability:
+        raise RuntimeError("bad luck")
+    return "lucky"

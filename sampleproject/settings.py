@@ -1,0 +1,115 @@
+"""Settings for the sample project, read from the environment with django-environ.
+
+Variables (all optional; a ``.env`` file next to manage.py is read too):
+
+- ``DATABASE_URL``: default ``sqlite:///db.sqlite3`` (the embedded default);
+  e.g. ``postgres://postgres@127.0.0.1:5432/test``.
+- ``TASKS_BACKEND``: which broker carries the jobs: ``database`` (default; the
+  database of ``TASKS_DATABASE_URL``, or of ``DATABASE_URL`` when unset).
+- ``TASKS_DATABASE_URL``: keep jobs in a database of their own.
+- ``DEBUG``, ``SECRET_KEY``, ``ALLOWED_HOSTS``.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+DEBUG = env.bool("DEBUG", default=True)
+SECRET_KEY = env("SECRET_KEY", default="django-insecure-sample-project-only")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_tasks",
+    "sampleproject.demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "sampleproject.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+WSGI_APPLICATION = "sampleproject.wsgi.application"
+
+
+def _database(url: str) -> dict:
+    config = env.db_url_config(url)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # WAL lets the web process read while a worker writes; IMMEDIATE takes the
+        # write lock at BEGIN so concurrent writers queue instead of failing.
+        config.setdefault("OPTIONS", {}).update(
+            {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE",
+             "timeout": 20}
+        )
+    return config
+
+
+DATABASES = {"default": _database(env("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))}
+if env("TASKS_DATABASE_URL", default=""):
+    DATABASES["tasks"] = _database(env("TASKS_DATABASE_URL"))
+
+TASKS_BACKEND = env("TASKS_BACKEND", default="database")
+if TASKS_BACKEND != "database":
+    raise ImproperlyConfigured(
+        f"TASKS_BACKEND={TASKS_BACKEND!r}: this version ships the 'database' broker."
+    )
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks.backends.database.DatabaseBackend",
+        "QUEUES": ["default", "emails", "heavy_compute"],
+        "OPTIONS": {
+            "DATABASE": "tasks" if "tasks" in DATABASES else "default",
+            "ROUTES": {"sampleproject.demo.tasks.encode_video": "heavy_compute"},
+        },
+    }
+}
+
+EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = "hello@example.com"
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "[%(asctime)s %(levelname)s %(processName)s] %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "django_tasks": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "sampleproject": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}
