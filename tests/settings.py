@@ -1,0 +1,67 @@
+"""Test settings: SQLite by default, PostgreSQL with TEST_DB=postgres."""
+
+import os
+import tempfile
+
+import environ
+
+SECRET_KEY = "tests"
+DEBUG = False
+USE_TZ = True
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_tasks",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+TEST_DB = os.environ.get("TEST_DB", "sqlite")
+if TEST_DB == "postgres":
+    DATABASES = {
+        "default": environ.Env.db_url_config(
+            os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+        )
+    }
+else:
+    # A file, not :memory:, so worker processes started by tests see the same data.
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.path.join(tempfile.gettempdir(), "django_tasks_tests.sqlite3"),
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
+            "TEST": {"NAME": os.path.join(tempfile.gettempdir(),
+                                          f"django_tasks_test_{os.getpid()}.sqlite3")},
+        }
+    }
+# Worker processes started by the tests connect to the test database directly.
+if os.environ.get("DJANGO_TASKS_TEST_DB_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["DJANGO_TASKS_TEST_DB_NAME"]
+
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks.backends.database.DatabaseBackend",
+        "QUEUES": ["default", "emails", "heavy_compute"],
+        "OPTIONS": {"ROUTES": {"tests.tasks.routed": "heavy_compute"}, "POLL_INTERVAL": 0.2},
+    }
+}

@@ -1,0 +1,262 @@
+"""The backend and the worker loop against the configured database (SQLite or PostgreSQL)."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.tasks import TaskResultStatus, default_task_backend
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued, task_finished, task_started
+from django.utils import timezone
+
+from django_tasks import ArgumentNotSerializable, JobError, ResultTimeout, TaskFailed
+from django_tasks.models import Job
+from django_tasks.worker import Worker
+from tests import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def drain(now=None, **kwargs):
+    worker = Worker(pool="inline", concurrency=4, **kwargs)
+    while worker.run_once(now) or worker.pool.running():
+        pass
+    worker.run_once(now)  # record the last outcomes
+    return worker
+
+
+def test_backend_is_ours_with_all_capabilities():
+    for flag in ("supports_defer", "supports_priority", "supports_get_result",
+                 "supports_async_task"):
+        assert getattr(default_task_backend, flag) is True
+
+
+def test_enqueue_run_and_read_result():
+    result = tasks.add.enqueue(2, 3)
+    assert result.status == TaskResultStatus.READY
+    drain()
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 5
+    assert result.attempts == 1 and len(result.worker_ids) == 1
+    assert result.started_at and result.finished_at >= result.started_at
+    same = default_task_backend.get_result(result.id)
+    assert same.return_value == 5 and same.task.func is tasks.add.func
+    assert result.wait(timeout=1) == 5 and result.get() == 5
+
+
+def test_delay_and_apply_async():
+    r1 = tasks.add.delay(1, 1)
+    r2 = tasks.add.apply_async(args=[1], kwargs={"y": 2}, queue="emails", priority=5)
+    r3 = tasks.add.apply_async(args=[1, 1], countdown=60)
+    job2 = Job.objects.get(pk=r2.id)
+    assert (job2.queue_name, job2.priority, job2.kwargs) == ("emails", 5, {"y": 2})
+    job3 = Job.objects.get(pk=r3.id)
+    assert job3.run_after is not None and job3.available_at > timezone.now() + timedelta(seconds=50)
+    drain()
+    assert Job.objects.get(pk=r1.id).status == "SUCCESSFUL"
+    assert Job.objects.get(pk=r3.id).status == "READY"  # not due yet
+    drain(now=timezone.now() + timedelta(seconds=61))
+    assert Job.objects.get(pk=r3.id).status == "SUCCESSFUL"
+    with pytest.raises(TypeError, match="countdown or eta"):
+        tasks.add.apply_async(args=[1, 1], countdown=1, eta=timezone.now())
+
+
+def test_using_run_after_timedelta_defers():
+    result = tasks.add.using(run_after=timedelta(minutes=5)).enqueue(1, 2)
+    drain()
+    assert Job.objects.get(pk=result.id).status == "READY"
+
+
+def test_priority_then_age_order():
+    low = tasks.add.using(priority=-5).enqueue(0, 0)
+    high = tasks.add.using(priority=50).enqueue(0, 0)
+    mid1 = tasks.add.enqueue(0, 1)
+    mid2 = tasks.add.enqueue(0, 2)
+    order = [m["id"] for _ in range(4) for m in default_task_backend.claim("w", ["default"], 1)]
+    assert order == [high.id, mid1.id, mid2.id, low.id]
+
+
+def test_routes_pick_queue_unless_the_call_does():
+    assert Job.objects.get(pk=tasks.routed.enqueue().id).queue_name == "heavy_compute"
+    assert Job.objects.get(pk=tasks.routed.using(queue_name="emails").enqueue().id
+                           ).queue_name == "emails"
+    assert Job.objects.get(pk=tasks.send_email.enqueue("a").id).queue_name == "emails"
+
+
+def test_worker_only_takes_its_queues():
+    email = tasks.send_email.enqueue("x@example.com")
+    plain = tasks.add.enqueue(1, 1)
+    drain(queues=["default"])
+    assert Job.objects.get(pk=email.id).status == "READY"
+    assert Job.objects.get(pk=plain.id).status == "SUCCESSFUL"
+
+
+def test_unknown_queue_refused():
+    with pytest.raises(InvalidTask):
+        tasks.add.using(queue_name="nope").enqueue(1, 1)
+
+
+def test_bad_argument_refused_and_nothing_written():
+    with pytest.raises(ArgumentNotSerializable, match="argument 'x'"):
+        tasks.add.enqueue(timezone.now(), 1)
+    assert Job.objects.count() == 0
+
+
+def test_rollback_means_never_enqueued_commit_means_once():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        tasks.add.enqueue(1, 1)
+        raise RuntimeError
+    assert Job.objects.count() == 0
+    with transaction.atomic():
+        result = tasks.add.enqueue(1, 1)
+    drain()
+    drain()
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.attempts) == ("SUCCESSFUL", 1)
+
+
+def test_retries_record_every_error_then_fail():
+    result = tasks.always_fails.enqueue()
+    for _ in range(3):
+        drain(now=timezone.now() + timedelta(seconds=10))
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert result.attempts == 3
+    assert [e.attempt for e in result.errors] == [1, 2, 3]
+    err = result.errors[-1]
+    assert isinstance(err, JobError)
+    assert err.exception_class is ValueError and err.message == "nope"
+    assert "raise ValueError" in err.traceback and err.worker_id
+    with pytest.raises(TaskFailed, match="ValueError: nope"):
+        result.wait(timeout=1)
+    assert result.wait(timeout=1, propagate=False) is None
+
+
+def test_retry_on_limits_which_errors_retry():
+    result = tasks.fails_with_type_error.enqueue()
+    drain()
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.attempts) == ("FAILED", 1)
+
+
+def test_context_retry_with_exc():
+    result = tasks.retries_then_succeeds.enqueue()
+    for _ in range(3):
+        drain()
+    result.refresh()
+    assert result.return_value == 3
+    assert [e.exception_class_path for e in result.errors] == ["builtins.ConnectionError"] * 2
+
+
+def test_context_retry_countdown():
+    result = tasks.retry_in_a_minute.enqueue()
+    drain()
+    job = Job.objects.get(pk=result.id)
+    assert job.status == "READY" and job.available_at > timezone.now() + timedelta(seconds=50)
+    drain(now=timezone.now() + timedelta(seconds=61))
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == ("FAILED", 2)
+
+
+def test_non_json_return_value_fails_clearly():
+    result = tasks.returns_set.enqueue()
+    drain()
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert "return value is a builtins.set" in result.errors[0].message
+
+
+def test_async_task_runs():
+    result = tasks.async_add.enqueue(4, 5)
+    drain()
+    assert result.wait(timeout=1) == 9
+
+
+def test_progress_is_stored():
+    result = tasks.progress.enqueue()
+    drain()
+    assert result.wait(timeout=1) == "half"
+    assert Job.objects.get(pk=result.id).progress["current"] == 1
+
+
+@pytest.mark.parametrize("path", ["os.system", "tests.tasks.not_a_task", "tests.tasks.gone",
+                                  "no_such_module.task"])
+def test_only_registered_tasks_run(path):
+    job = Job.objects.create(task_path=path, args=["echo pwned"], enqueued_at=timezone.now(),
+                             available_at=timezone.now())
+    ok = tasks.add.enqueue(1, 1)
+    drain()
+    job.refresh_from_db()
+    assert job.status == "FAILED"
+    assert job.errors[0]["exception_class_path"] == "django_tasks.exceptions.TaskNotRegistered"
+    assert path in job.errors[0]["message"]
+    assert Job.objects.get(pk=ok.id).status == "SUCCESSFUL"  # the worker went on
+
+
+def test_signals_fire():
+    seen = []
+
+    def record(signal_name):
+        def receiver(sender, task_result, **kwargs):
+            seen.append((signal_name, task_result.status))
+        return receiver
+
+    receivers = [(s, record(n)) for s, n in ((task_enqueued, "enqueued"),
+                                            (task_started, "started"),
+                                            (task_finished, "finished"))]
+    for s, r in receivers:
+        s.connect(r)
+    try:
+        tasks.add.enqueue(1, 1)
+        drain()
+    finally:
+        for s, r in receivers:
+            s.disconnect(r)
+    assert seen == [("enqueued", "READY"), ("started", "RUNNING"), ("finished", "SUCCESSFUL")]
+
+
+def test_get_result_unknown_id():
+    with pytest.raises(TaskResultDoesNotExist):
+        default_task_backend.get_result("not-a-uuid")
+
+
+def test_wait_times_out():
+    result = tasks.add.enqueue(1, 1)
+    with pytest.raises(ResultTimeout):
+        result.wait(timeout=0.1)
+    with pytest.raises(TimeoutError):
+        result.get(timeout=0.05)
+
+
+def test_release_gives_back_unstarted_claims():
+    result = tasks.add.enqueue(1, 1)
+    claimed = default_task_backend.claim("w1", ["default"], 5)
+    assert [m["id"] for m in claimed] == [result.id]
+    assert default_task_backend.claim("w2", ["default"], 5) == []  # held by w1
+    assert default_task_backend.release("w1", [result.id]) == 1
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.attempts, job.worker_ids, job.worker_id) == ("READY", 0, [], "")
+
+
+def test_stale_worker_cannot_overwrite_reclaimed_job():
+    result = tasks.add.enqueue(1, 1)
+    default_task_backend.claim("w1", ["default"], 1)
+    default_task_backend.release("w1", [result.id])
+    default_task_backend.claim("w2", ["default"], 1)
+    default_task_backend.complete("w1", [{"id": result.id, "status": "FAILED",
+                                          "finished_at": timezone.now().isoformat()}])
+    assert Job.objects.get(pk=result.id).status == "RUNNING"
+
+
+def test_prune_and_retry_verbs():
+    ok = tasks.add.enqueue(1, 1)
+    bad = tasks.fails_with_type_error.enqueue()
+    drain()
+    assert Job.objects.retry(timezone.now()) == 1  # only the failed one
+    drain()
+    bad_job = Job.objects.get(pk=bad.id)
+    assert (bad_job.status, bad_job.attempts, len(bad_job.errors)) == ("FAILED", 2, 2)
+    assert Job.objects.prune(timezone.now() - timedelta(hours=1)) == 0
+    assert Job.objects.prune(timezone.now() + timedelta(seconds=1), batch_size=1) == 2
+    assert not Job.objects.filter(pk=ok.id).exists()

@@ -1,0 +1,96 @@
+"""Pure logic: serialization, retry maths, options. No database."""
+
+import decimal
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.tasks.exceptions import InvalidTask
+
+from django_tasks.conf import BackendOptions
+from django_tasks.exceptions import ArgumentNotSerializable, Retry
+from django_tasks.retry import backoff_delay, next_attempt_at
+from django_tasks.serialization import check_arguments, check_return_value
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def f(when, amount=None):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "expected"),
+    [
+        ((NOW,), {}, "argument 'when' (position 0) is a datetime.datetime"),
+        ((1,), {"amount": decimal.Decimal("1.5")}, "argument 'amount' is a decimal.Decimal"),
+        ((1,), {"amount": {1, 2}}, "argument 'amount' is a builtins.set"),
+        ((1,), {"amount": b"x"}, "argument 'amount' is a builtins.bytes"),
+        ((1,), {"amount": {1: "a"}}, "argument 'amount' has the key 1 of type int"),
+        ((1,), {"amount": [1, math.nan]}, "argument 'amount'[1] nan is not valid JSON"),
+        (({"a": [object()]},), {}, "argument 'when' (position 0)['a'][0] is a builtins.object"),
+    ],
+)
+def test_arguments_that_do_not_round_trip_are_named(args, kwargs, expected):
+    with pytest.raises(ArgumentNotSerializable) as info:
+        check_arguments(f, args, kwargs, task_name="t")
+    assert expected in str(info.value)
+    assert "Nothing was enqueued" in str(info.value)
+
+
+def test_json_arguments_pass():
+    check_arguments(f, ("x", 1, 2.5, True, None, [1, {"a": (1, 2)}]), {"amount": {"k": []}},
+                    task_name="t")
+
+
+def test_return_value_checked():
+    check_return_value({"a": [1]}, task_name="t")
+    with pytest.raises(TypeError, match="return value is a datetime.datetime"):
+        check_return_value(NOW, task_name="t")
+
+
+def test_backoff_is_exponential_capped_and_jittered_upwards_of_half():
+    assert [backoff_delay(a, backoff=2, backoff_max=10, jitter=False) for a in (1, 2, 3, 4)] == [
+        2, 4, 8, 10]
+    assert backoff_delay(3, backoff=2, backoff_max=100, jitter=True, rand=lambda: 0.0) == 4
+    assert backoff_delay(3, backoff=2, backoff_max=100, jitter=True, rand=lambda: 1.0) == 8
+
+
+def _next(exc, attempt=1, max_attempts=3, retry_on=()):
+    return next_attempt_at(attempt=attempt, max_attempts=max_attempts, exc=exc, retry_on=retry_on,
+                           backoff=1, backoff_max=60, jitter=False, now=NOW)
+
+
+def test_retry_decisions():
+    assert _next(ValueError()) == NOW + timedelta(seconds=1)
+    assert _next(ValueError(), attempt=2) == NOW + timedelta(seconds=2)
+    assert _next(ValueError(), attempt=3) is None  # attempts used up
+    assert _next(ValueError(), retry_on=(ConnectionError,)) is None  # not a retryable type
+    assert _next(ConnectionResetError(), retry_on=(ConnectionError,)) is not None
+    assert _next(Retry(countdown=30), retry_on=(ConnectionError,)) == NOW + timedelta(seconds=30)
+    assert _next(Retry(countdown=30), attempt=3) is None
+
+
+def test_options_problems_are_collected_not_raised():
+    opts = BackendOptions.parse({"ROUTES": "x", "POLL_INTERVAL": -1, "BOGUS": 1})
+    assert len(opts.problems) == 3
+    assert opts.poll_interval == 1.0
+
+
+def test_routes_exact_then_glob():
+    opts = BackendOptions.parse({"ROUTES": {"a.tasks.*": "q1", "a.tasks.x": "q2"}})
+    assert opts.route("a.tasks.x") == "q2"
+    assert opts.route("a.tasks.y") == "q1"
+    assert opts.route("b.tasks.y") is None
+
+
+def test_bad_task_options_are_refused():
+    from django.tasks import task
+
+    with pytest.raises(InvalidTask, match="max_attempts"):
+        task(max_attempts=0)(f)
+    with pytest.raises(InvalidTask, match="retry_on"):
+        task(retry_on=("ConnectionError",))(f)
+    with pytest.raises(InvalidTask, match="backoff"):
+        task(backoff=-1)(f)
+    assert task(retry_on=ConnectionError)(f).retry_on == (ConnectionError,)
