@@ -1,0 +1,55 @@
+"""The admin shows jobs read-only and retries failed ones only with permission."""
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.urls import reverse
+
+from django_tasks.models import Job
+from tests import tasks
+from tests.test_backend import drain
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def failed_job():
+    result = tasks.fails_with_type_error.enqueue()
+    drain()
+    return Job.objects.get(pk=result.id)
+
+
+def staff(client, *perms):
+    user = User.objects.create_user("staff", password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=perms))
+    client.force_login(user)
+    return user
+
+
+def test_changelist_and_readonly_change_page(client, failed_job):
+    staff(client, "view_job")
+    page = client.get(reverse("admin:django_tasks_job_changelist"))
+    assert page.status_code == 200
+    assert "tests.tasks.fails_with_type_error" in page.text
+    detail = client.get(reverse("admin:django_tasks_job_change", args=[failed_job.pk]))
+    assert detail.status_code == 200
+    assert "not retryable" in detail.text and "Traceback" in detail.text
+    assert 'name="_save"' not in detail.text  # read-only
+    search = client.get(reverse("admin:django_tasks_job_changelist"), {"q": str(failed_job.pk)})
+    assert str(failed_job.pk) in search.text
+
+
+def test_retry_action_requires_permission(client, failed_job):
+    url = reverse("admin:django_tasks_job_changelist")
+    data = {"action": "retry_jobs", "_selected_action": [str(failed_job.pk)]}
+    staff(client, "view_job")
+    assert "retry_jobs" not in client.get(url).text
+    client.post(url, data)
+    failed_job.refresh_from_db()
+    assert failed_job.status == "FAILED"
+
+    user = User.objects.get(username="staff")
+    user.user_permissions.add(Permission.objects.get(codename="retry_job"))
+    client.force_login(user)
+    client.post(url, data)
+    failed_job.refresh_from_db()
+    assert failed_job.status == "READY"

@@ -1,0 +1,107 @@
+"""Real `manage.py worker` processes against the test database."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from django_tasks.models import Job, Worker
+from tests import tasks
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_worker(*args):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings",
+           "DJANGO_TASKS_TEST_DB_NAME": connection.settings_dict["NAME"]}
+    return subprocess.Popen(
+        [sys.executable, "-m", "django", "worker", *args], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_burst_worker_runs_everything_and_exits(pool):
+    results = [tasks.add.enqueue(i, i) for i in range(50)]
+    failing = tasks.returns_set.enqueue()
+    proc = start_worker("--burst", "-c", "2", "--pool", pool)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    for i, r in enumerate(results):
+        r.refresh()
+        assert r.return_value == 2 * i
+    assert Job.objects.get(pk=failing.id).status == "FAILED"
+    # one INFO line per start and per finish, with id, task, queue, attempt and duration
+    line = next(x for x in out.splitlines() if results[0].id in x and "SUCCESSFUL" in x)
+    assert "task=tests.tasks.add" in line and "queue=default" in line
+    assert "attempt=1/1" in line and "duration=" in line
+    assert len({tuple(Job.objects.get(pk=r.id).worker_ids) for r in results}) == 1
+    worker = Worker.objects.get()
+    assert worker.pool == pool and worker.stopped_at is not None
+
+
+def test_max_tasks():
+    for i in range(5):
+        tasks.add.enqueue(i, 1)
+    proc = start_worker("--max-tasks", "3", "-c", "1")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert Job.objects.filter(status="SUCCESSFUL").count() == 3
+    assert Job.objects.filter(status="READY").count() == 2
+
+
+def test_sigterm_finishes_running_jobs_then_exits_zero(tmp_path):
+    marker = tmp_path / "done"
+    slow = [tasks.sleep_then_return.enqueue(1.0, str(marker)) for _ in range(2)]
+    proc = start_worker("-c", "2")
+    assert wait_for(lambda: Job.objects.filter(status="RUNNING").count() == 2)
+    later = tasks.add.enqueue(1, 2)  # must not be started after SIGTERM
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    for r in slow:
+        r.refresh()
+        assert r.return_value == 1.0
+    assert len(marker.read_text().splitlines()) == 2
+    assert Job.objects.get(pk=later.id).status == "READY"
+
+
+def test_unknown_queue_is_a_clear_command_error():
+    proc = start_worker("--burst", "-Q", "nope")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "nope" in out and "QUEUES" in out
+
+
+def test_postgres_notify_arrives_on_commit_only():
+    if connection.vendor != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    import select
+
+    from django.db import transaction
+    from django.tasks import default_task_backend
+
+    listener = default_task_backend.wake_source()
+    try:
+        with transaction.atomic():
+            tasks.add.enqueue(1, 1)
+            assert select.select([listener], [], [], 0.3)[0] == []  # nothing before commit
+        assert select.select([listener], [], [], 5)[0] == [listener]
+        assert listener.drain() == 1
+    finally:
+        listener.close()
