@@ -28,7 +28,7 @@ class TaskNotRegistered(TasksError):
     """The job names something that is not a task; it was not run."""
 
 
-class Retry(TasksError):  # noqa: N818 - the name users raise, as in Celery
+class Retry(TasksError):
     """The task asked to be retried."""
 
     def __init__(

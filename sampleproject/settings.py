@@ -74,7 +74,9 @@ def _database(url: str) -> dict:
     return config
 
 
-DATABASES = {"default": _database(env("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))}
+DATABASES = {
+    "default": _database(env("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))
+}
 if env("TASKS_DATABASE_URL", default=""):
     DATABASES["tasks"] = _database(env("TASKS_DATABASE_URL"))
 

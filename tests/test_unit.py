@@ -45,7 +45,7 @@ def test_json_arguments_pass():
 
 def test_return_value_checked():
     check_return_value({"a": [1]}, task_name="t")
-    with pytest.raises(TypeError, match="return value is a datetime.datetime"):
+    with pytest.raises(TypeError, match=r"return value is a datetime\.datetime"):
         check_return_value(NOW, task_name="t")
 
 

@@ -19,7 +19,7 @@ from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
 from ..backends.base import as_datetime, error_from_dict, resolve_task
-from ..exceptions import ReturnValueNotSerializable, Retry, TaskNotRegistered
+from ..exceptions import Retry, ReturnValueNotSerializable, TaskNotRegistered
 from ..results import JobError, JobResult
 from ..retry import next_attempt_at
 from ..serialization import check_return_value
@@ -102,7 +102,7 @@ def execute(message: dict[str, Any], worker_id: str, *, own_connections: bool = 
         check_return_value(value, task_name=path)
     except KeyboardInterrupt:
         raise
-    except BaseException as exc:  # noqa: BLE001 - a task's failure is data, whatever it is
+    except BaseException as exc:
         now = timezone.now()
         cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
         error = _error(cause, attempt, worker_id, now)

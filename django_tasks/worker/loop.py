@@ -29,7 +29,7 @@ logger = logging.getLogger("django_tasks.worker")
 __all__ = ["Abort", "Worker", "default_worker_id"]
 
 
-class Abort(BaseException):  # noqa: N818 - BaseException so task code cannot swallow it
+class Abort(BaseException):
     """A second stop signal: leave at once without waiting for running jobs."""
 
 
@@ -164,7 +164,7 @@ class Worker:
                     break
                 # Sleep only when there is nothing to do right now: slots full, or the
                 # queue gave fewer jobs than we asked for.
-                if busy and self.pool.free_slots() == 0 or claimed < free_before:
+                if (busy and self.pool.free_slots() == 0) or claimed < free_before:
                     self._sleep(self.poll_interval)
         except Abort:
             aborted = True

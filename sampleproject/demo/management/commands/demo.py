@@ -46,12 +46,12 @@ class Command(BaseCommand):
             if all(r.is_finished for r in results):
                 break
             time.sleep(0.2)  # retries and countdowns become ready shortly
-        self.stdout.write("\n%-40s %-11s %-8s %s" % ("task", "status", "attempts", "result"))
+        self.stdout.write(f"\n{'task':<40} {'status':<11} {'attempts':<8} result")
         for r in results:
             value = r.return_value if r.status == TaskResultStatus.SUCCESSFUL else (
                 r.errors[-1].message if r.errors else "-")
-            self.stdout.write("%-40s %-11s %-8s %s" % (r.task.module_path.rsplit(".", 2)[-1],
-                                                       r.status, r.attempts, value))
+            name = r.task.module_path.rsplit(".", 1)[-1]
+            self.stdout.write(f"{name:<40} {r.status:<11} {r.attempts:<8} {value}")
         self.stdout.write(
             "\nSee them in the admin: .venv/bin/python manage.py runserver, then "
             "http://127.0.0.1:8000/admin/django_tasks/job/\n"
