@@ -105,3 +105,16 @@ def test_postgres_notify_arrives_on_commit_only():
         assert listener.drain() == 1
     finally:
         listener.close()
+
+
+def test_two_workers_never_run_a_job_twice():
+    results = [tasks.add.enqueue(i, 0) for i in range(300)]
+    procs = [start_worker("--burst", "-c", "2", "--worker-id", f"w{n}") for n in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    jobs = Job.objects.filter(pk__in=[r.id for r in results])
+    assert jobs.filter(status="SUCCESSFUL").count() == 300
+    assert {j.attempts for j in jobs} == {1}
+    assert all(len(j.worker_ids) == 1 for j in jobs)
+    starts = sum(o.count("started: task=tests.tasks.add") for o in outs)
+    assert starts == 300  # each job started exactly once across both workers

@@ -291,8 +291,12 @@ class DatabaseBackend(ModelBackend):
     def register_worker(self, **fields: Any) -> None:
         from ..models import Worker
 
-        Worker.objects.using(self.database).update_or_create(id=fields.pop("id"),
-                                                             defaults=fields)
+        # Two autocommit statements rather than update_or_create's transaction: on SQLite
+        # a read-then-write transaction fails at once ("database is locked") when another
+        # worker writes in between, while single statements wait their turn.
+        worker_id = fields.pop("id")
+        if not Worker.objects.using(self.database).filter(id=worker_id).update(**fields):
+            Worker.objects.using(self.database).create(id=worker_id, **fields)
 
     def heartbeat(self, worker_id: str, now: datetime | None = None) -> None:
         """Record that ``worker_id`` is alive at ``now``."""
