@@ -96,9 +96,12 @@ class Job(models.Model):
     class Meta:
         verbose_name = _("job")
         indexes = [
-            # The claim query: ready jobs of some queues, highest priority, then oldest.
+            # The claim query walks ready jobs in claim order (highest priority, then
+            # oldest) and filters queues as it goes, so a claim reads ~LIMIT rows
+            # whatever the backlog. A (queue, ...) index cannot serve ORDER BY across
+            # several queues and sorted the whole backlog on every claim.
             models.Index(
-                fields=["queue_name", "-priority", "available_at"],
+                fields=["-priority", "available_at"],
                 condition=Q(status=TaskResultStatus.READY),
                 name="django_tasks_job_claim",
             ),
