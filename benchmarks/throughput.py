@@ -1,0 +1,256 @@
+"""Throughput and latency of the database broker on PostgreSQL.
+
+    .venv/bin/python benchmarks/throughput.py [--jobs N] [--repeat R] [--database-url URL]
+
+Measures, each R times (median and every run printed, nothing asserted):
+
+1. enqueue rate: N x ``noop.enqueue()`` from one producer in autocommit (jobs/s);
+2. drain rate: N ready jobs, ``manage.py worker -c 2 --burst`` timed from the start
+   of the subprocess to its exit (jobs/s, worker start-up included); all N jobs
+   are then checked to be SUCCESSFUL;
+3. latency: a running idle worker (-c 2), 200 jobs enqueued one at a time, each after
+   the previous one finished; enqueue-to-start = ``started_at - enqueued_at`` (p50, p99).
+
+See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/django_tasks_bench"
+WORKER = [sys.executable, "manage.py", "worker", "-c", "2", "--loglevel", "WARNING"]
+LATENCY_JOBS = 200
+
+
+def ensure_database(url: str) -> None:
+    """CREATE DATABASE the bench database if it does not exist yet."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(url)
+    dbname = params.pop("dbname", None)
+    if not dbname:
+        sys.exit(f"--database-url {url!r} names no database")
+    with psycopg.connect(autocommit=True, **{**params, "dbname": "postgres"}) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            print(f"created database {dbname}")
+
+
+def setup_django(url: str) -> None:
+    os.environ["DATABASE_URL"] = url
+    os.environ["DJANGO_SETTINGS_MODULE"] = "sampleproject.settings"
+    # DEBUG=True makes every process keep a log of its queries; benchmark without it
+    # (override by exporting DEBUG=true).
+    os.environ.setdefault("DEBUG", "false")
+    os.environ.pop("TASKS_DATABASE_URL", None)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def truncate() -> None:
+    from django.db import connection
+
+    from django_tasks.models import Job, Worker
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {Job._meta.db_table}, {Worker._meta.db_table}")
+
+
+def status_counts() -> dict[str, int]:
+    from django.db.models import Count
+
+    from django_tasks.models import Job
+
+    rows = Job.objects.values_list("status").annotate(n=Count("id")).order_by("status")
+    return dict(rows)
+
+
+def enqueue_run(n: int) -> float:
+    from benchmarks.bench_tasks import noop
+
+    started = time.perf_counter()
+    for _ in range(n):
+        noop.enqueue()
+    return n / (time.perf_counter() - started)
+
+
+def drain_run(n: int) -> tuple[float | None, str]:
+    """Run a burst worker over the N ready jobs; (jobs/s or None, verification line)."""
+    from django.db import connection
+
+    connection.close()  # nothing of ours holds a lock or idles in a transaction meanwhile
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [*WORKER, "--burst"], cwd=REPO, env=os.environ.copy(), capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - started
+    counts = status_counts()
+    ok = counts.get("SUCCESSFUL", 0)
+    line = f"{ok}/{n} SUCCESSFUL ({', '.join(f'{k}={v}' for k, v in counts.items())})"
+    if proc.returncode != 0 or proc.stderr.strip():
+        print(f"  worker exited with code {proc.returncode}; output:")
+        for text in (proc.stdout, proc.stderr):
+            if text.strip():
+                print("    " + text.rstrip().replace("\n", "\n    "))
+    if proc.returncode != 0:
+        return None, line
+    return n / elapsed, line
+
+
+def wait_finished(job_id, timeout: float = 10.0) -> str:
+    from django_tasks.models import FINISHED, Job
+
+    deadline = time.monotonic() + timeout
+    while True:
+        status = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+        if status in FINISHED:
+            return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {status} after {timeout}s")
+        time.sleep(0.001)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def latency_run() -> tuple[float, float] | None:
+    """(p50 ms, p99 ms) of enqueue-to-start over LATENCY_JOBS sequential jobs, or None."""
+    truncate()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen(WORKER, cwd=REPO, env=os.environ.copy(), stdout=log, stderr=log)
+        try:
+            return _measure_latency(proc)
+        except Exception as exc:
+            print(f"  latency run failed: {exc!r}")
+            return None
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.seek(0)
+            output = log.read().strip()
+            if proc.returncode != 0 or output:
+                print(f"  worker exited with code {proc.returncode}; output:")
+                if output:
+                    print("    " + output.replace("\n", "\n    "))
+
+
+def _measure_latency(proc: subprocess.Popen) -> tuple[float, float]:
+    import uuid
+
+    from benchmarks.bench_tasks import noop
+    from django_tasks.models import Job, Worker
+
+    # Idle = registered, then a few warm-up jobs have gone through.
+    deadline = time.monotonic() + 30
+    while not Worker.objects.filter(pid=proc.pid, stopped_at__isnull=True).exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("worker did not register")
+        time.sleep(0.01)
+    for _ in range(3):
+        wait_finished(uuid.UUID(noop.enqueue().id), timeout=30)
+    ids = []
+    for _ in range(LATENCY_JOBS):
+        job_id = uuid.UUID(noop.enqueue().id)
+        status = wait_finished(job_id)
+        if status != "SUCCESSFUL":
+            raise RuntimeError(f"job {job_id} ended {status}")
+        ids.append(job_id)
+    rows = Job.objects.filter(pk__in=ids).values_list("enqueued_at", "started_at")
+    latencies = [(s - e).total_seconds() * 1000 for e, s in rows]
+    return percentile(latencies, 50), percentile(latencies, 99)
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "FAILED"
+    return f"{value:,.0f} {unit}" if unit == "jobs/s" else f"{value:.2f} {unit}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=5000, help="N jobs (default %(default)s)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per figure (default %(default)s)"
+    )
+    parser.add_argument("--database-url", default=DEFAULT_URL, help="default %(default)s")
+    args = parser.parse_args()
+
+    ensure_database(args.database_url)
+    setup_django(args.database_url)
+
+    n, r = args.jobs, args.repeat
+    results: dict[str, list[float | None]] = {
+        "enqueue": [], "drain": [], "latency p50": [], "latency p99": [],
+    }
+    began = time.perf_counter()
+    for i in range(1, r + 1):
+        truncate()
+        rate = enqueue_run(n)
+        results["enqueue"].append(rate)
+        drained, check = drain_run(n)
+        results["drain"].append(drained)
+        print(f"run {i}/{r}: enqueue {fmt(rate, 'jobs/s')}, drain {fmt(drained, 'jobs/s')}; "
+              f"after drain: {check}")
+    for i in range(1, r + 1):
+        lat = latency_run()
+        p50, p99 = lat if lat else (None, None)
+        results["latency p50"].append(p50)
+        results["latency p99"].append(p99)
+        print(f"latency run {i}/{r}: p50 {fmt(p50, 'ms')}, p99 {fmt(p99, 'ms')}")
+    truncate()
+
+    from django.db import connection
+
+    print()
+    print(f"django_tasks database broker, PostgreSQL {connection.pg_version // 10000}, "
+          f"{os.cpu_count()} CPU(s), N={n}, repeat={r}, worker -c 2 (prefork), "
+          f"total {time.perf_counter() - began:.0f} s")
+    rows = [
+        ("enqueue (1 producer, autocommit)", results["enqueue"], "jobs/s"),
+        ("drain (worker -c 2 --burst, incl. start)", results["drain"], "jobs/s"),
+        (f"latency p50 (enqueue->start, {LATENCY_JOBS} jobs)", results["latency p50"], "ms"),
+        (f"latency p99 (enqueue->start, {LATENCY_JOBS} jobs)", results["latency p99"], "ms"),
+    ]
+    table = []
+    for name, runs, unit in rows:
+        good = [v for v in runs if v is not None]
+        median = statistics.median(good) if len(good) == len(runs) and good else None
+        table.append((name, fmt(median, unit), ", ".join(fmt(v, unit) for v in runs)))
+    widths = [max(len(row[i]) for row in [("metric", "median", "runs"), *table]) for i in range(3)]
+    for row in [("metric", "median", "runs"), None, *table]:
+        if row is None:
+            print("-+-".join("-" * w for w in widths))
+        else:
+            print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":
+    main()
