@@ -260,3 +260,16 @@ def test_prune_and_retry_verbs():
     assert Job.objects.prune(timezone.now() - timedelta(hours=1)) == 0
     assert Job.objects.prune(timezone.now() + timedelta(seconds=1), batch_size=1) == 2
     assert not Job.objects.filter(pk=ok.id).exists()
+
+
+def test_prefetched_jobs_run_in_order_and_are_given_back_on_shutdown():
+    results = [tasks.add.enqueue(i, 0) for i in range(4)]
+    worker = Worker(pool="inline", concurrency=1, prefetch=2)
+    assert worker.run_once() == 3  # one slot + two prefetched, in one claim
+    assert [j["id"] for j in worker._buffer] == [results[1].id, results[2].id]
+    worker.run_once()  # records job 0, starts job 1 from the buffer without claiming
+    assert Job.objects.get(pk=results[1].id).status == "RUNNING"
+    worker.shutdown()
+    statuses = [Job.objects.get(pk=r.id) for r in results]
+    assert [j.status for j in statuses] == ["SUCCESSFUL", "SUCCESSFUL", "READY", "READY"]
+    assert statuses[2].attempts == 0 and statuses[2].worker_ids == []

@@ -37,9 +37,10 @@ READY, RUNNING = TaskResultStatus.READY.value, TaskResultStatus.RUNNING.value
 _CLAIM_COLUMNS = (
     "id", "task_path", "queue_name", "priority", "backend", "args", "kwargs", "attempts",
     "max_attempts", "worker_ids", "errors", "enqueued_at", "started_at", "run_after",
+    "available_at",
 )
 _JSON_COLUMNS = {"args", "kwargs", "worker_ids", "errors"}
-_TIME_COLUMNS = {"enqueued_at", "started_at", "run_after"}
+_TIME_COLUMNS = {"enqueued_at", "started_at", "run_after", "available_at"}
 
 
 def _iso(value: Any) -> str | None:
@@ -264,7 +265,9 @@ class DatabaseBackend(ModelBackend):
                 message[key] = _iso(message[key])
             message["id"] = str(uuid.UUID(str(message["id"])))
             messages.append(message)
-        messages.sort(key=lambda m: -m["priority"])
+        # RETURNING has no order: restore the claim order (ISO strings, all UTC, sort
+        # like the times they name).
+        messages.sort(key=lambda m: (-m["priority"], m["available_at"]))
         return messages
 
     def complete(self, worker_id: str, outcomes: Sequence[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from multiprocessing.connection import wait
@@ -51,6 +52,7 @@ class Worker:
         burst: bool = False,
         max_tasks: int | None = None,
         poll_interval: float | None = None,
+        prefetch: int | None = None,
     ) -> None:
         self.backend = task_backends[backend]
         if not hasattr(self.backend, "claim"):
@@ -69,6 +71,11 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.concurrency = max(1, concurrency)
         self.pool = make_pool(pool, self.concurrency, self.worker_id)
+        # Jobs claimed beyond the free slots, held here until a slot frees up: more jobs
+        # per claim statement. Given back on shutdown; 0 claims only for free slots.
+        self.prefetch = self.concurrency if prefetch is None else max(0, prefetch)
+        self._buffer: deque[dict[str, Any]] = deque()
+        self._ran_dry = False
         self.burst = burst
         self.max_tasks = max_tasks
         self.poll_interval = poll_interval or self.backend.config.poll_interval
@@ -96,14 +103,25 @@ class Worker:
         if self.stopping:
             return 0
         free = self.pool.free_slots()
-        if self.max_tasks is not None:
-            free = min(free, self.max_tasks - self.claimed)
+        while free and self._buffer:
+            self.pool.submit(self._buffer.popleft())
+            free -= 1
         if free <= 0:
             return 0
-        jobs = self.backend.claim(self.worker_id, self.queues, free, now or timezone.now())
+        want = free + self.prefetch
+        if self.max_tasks is not None:
+            want = min(want, self.max_tasks - self.claimed)
+        if want <= 0:
+            return 0
+        jobs = self.backend.claim(self.worker_id, self.queues, want, now or timezone.now())
         self.claimed += len(jobs)
+        self._ran_dry = len(jobs) < want
         for job in jobs:
-            self.pool.submit(job)
+            if free:
+                self.pool.submit(job)
+                free -= 1
+            else:
+                self._buffer.append(job)
         return len(jobs)
 
     # -- the loop ------------------------------------------------------------------------
@@ -154,17 +172,19 @@ class Worker:
         aborted = False
         try:
             while True:
-                free_before = self.pool.free_slots()
                 claimed = self.run_once()
-                busy = self.pool.running()
-                if self.stopping or self._done_claiming():
+                busy = self.pool.running() + len(self._buffer)
+                if self.stopping:
+                    if self.pool.running() == 0:
+                        break  # the buffer is given back by shutdown()
+                elif self._done_claiming():
                     if busy == 0:
                         break
                 elif self.burst and claimed == 0 and busy == 0:
                     break
                 # Sleep only when there is nothing to do right now: slots full, or the
                 # queue gave fewer jobs than we asked for.
-                if (busy and self.pool.free_slots() == 0) or claimed < free_before:
+                if (busy and self.pool.free_slots() == 0) or self._ran_dry or claimed == 0:
                     self._sleep(self.poll_interval)
         except Abort:
             aborted = True
@@ -194,7 +214,12 @@ class Worker:
 
     def shutdown(self, *, now: bool = False) -> None:
         """Stop the pool (killing running jobs if ``now``), give back unstarted jobs, sign off."""
-        not_started = self.pool.stop(now=now)
+        outcomes = [] if now else self.pool.collect()
+        if outcomes:  # finished but not yet recorded: never drop an outcome
+            self.backend.complete(self.worker_id, outcomes)
+            self.completed += len(outcomes)
+        not_started = [job["id"] for job in self._buffer] + self.pool.stop(now=now)
+        self._buffer.clear()
         if not_started:
             released = self.backend.release(self.worker_id, not_started)
             logger.info("Gave back %d job(s) claimed but not started", released)

@@ -50,6 +50,12 @@ class Command(BaseCommand):
             help="Exit after running N jobs.",
         )
         parser.add_argument(
+            "--prefetch", type=int, default=None, metavar="N",
+            help="Jobs claimed beyond the free slots, so each claim moves more jobs "
+                 "(default: the concurrency; 0: claim only for free slots). Prefetched "
+                 "jobs are given back on shutdown.",
+        )
+        parser.add_argument(
             "--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
             help="TASKS alias whose jobs to run (default: %(default)s).",
         )
@@ -77,6 +83,7 @@ class Command(BaseCommand):
                 worker_id=options["worker_id"],
                 burst=options["burst"],
                 max_tasks=options["max_tasks"],
+                prefetch=options["prefetch"],
             )
         except Exception as exc:
             raise CommandError(str(exc)) from exc
