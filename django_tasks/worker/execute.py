@@ -20,12 +20,14 @@ from django.utils import timezone
 
 from ..backends.base import as_datetime, error_from_dict, resolve_task
 from ..exceptions import Retry, ReturnValueNotSerializable, TaskNotRegistered
-from ..results import JobError, JobResult
+from ..results import JobResult
 from ..retry import next_attempt_at
 from ..serialization import check_return_value
 from ..task import TaskContext
 
 logger = logging.getLogger("django_tasks.worker")
+
+__all__ = ["execute"]
 
 SUCCESSFUL = TaskResultStatus.SUCCESSFUL
 FAILED = TaskResultStatus.FAILED
@@ -161,5 +163,3 @@ def _send_finished(sender: type, result: JobResult) -> None:
         if isinstance(response, Exception):
             logger.error("task_finished receiver %r raised %r", receiver, response)
 
-
-__all__ = ["JobError", "execute"]
