@@ -96,10 +96,7 @@ class Worker:
 
         Returns how many jobs were claimed. Never blocks on an empty queue.
         """
-        outcomes = self.pool.collect()
-        if outcomes:
-            self.backend.complete(self.worker_id, outcomes)
-            self.completed += len(outcomes)
+        self._record_outcomes()
         if self.stopping:
             return 0
         free = self.pool.free_slots()
@@ -123,6 +120,13 @@ class Worker:
             else:
                 self._buffer.append(job)
         return len(jobs)
+
+    def _record_outcomes(self) -> None:
+        """Write the outcomes the pool has finished, in one batch."""
+        outcomes = self.pool.collect()
+        if outcomes:
+            self.backend.complete(self.worker_id, outcomes)
+            self.completed += len(outcomes)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -214,10 +218,8 @@ class Worker:
 
     def shutdown(self, *, now: bool = False) -> None:
         """Stop the pool (killing running jobs if ``now``), give back unstarted jobs, sign off."""
-        outcomes = [] if now else self.pool.collect()
-        if outcomes:  # finished but not yet recorded: never drop an outcome
-            self.backend.complete(self.worker_id, outcomes)
-            self.completed += len(outcomes)
+        if not now:
+            self._record_outcomes()  # finished but not yet recorded: never drop an outcome
         not_started = [job["id"] for job in self._buffer] + self.pool.stop(now=now)
         self._buffer.clear()
         if not_started:
