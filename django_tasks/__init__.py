@@ -9,28 +9,36 @@ from django.tasks import TaskResultStatus, task
 
 from .exceptions import (
     ArgumentNotSerializable,
+    EnqueueError,
     ResultTimeout,
     Retry,
     ReturnValueNotSerializable,
+    SoftTimeLimitExceeded,
     TaskFailed,
     TaskNotRegistered,
     TasksError,
+    TimeLimitExceeded,
+    WorkerLost,
 )
 from .results import JobError, JobResult
 from .task import Task, TaskContext
 
 __all__ = [
     "ArgumentNotSerializable",
+    "EnqueueError",
     "JobError",
     "JobResult",
     "ResultTimeout",
     "Retry",
     "ReturnValueNotSerializable",
+    "SoftTimeLimitExceeded",
     "Task",
     "TaskContext",
     "TaskFailed",
     "TaskNotRegistered",
     "TaskResultStatus",
     "TasksError",
+    "TimeLimitExceeded",
+    "WorkerLost",
     "task",
 ]

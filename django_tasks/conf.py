@@ -14,7 +14,8 @@ from typing import Any
 
 __all__ = ["BackendOptions"]
 
-_KNOWN = {"DATABASE", "ROUTES", "POLL_INTERVAL", "NOTIFY", "HEARTBEAT_INTERVAL"}
+_KNOWN = {"DATABASE", "ROUTES", "POLL_INTERVAL", "NOTIFY", "HEARTBEAT_INTERVAL",
+          "WORKER_TIMEOUT"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class BackendOptions:
     notify: bool = True
     #: Seconds between worker heartbeats.
     heartbeat_interval: float = 5.0
+    #: Seconds without a heartbeat after which a worker is declared dead and any live
+    #: worker rescues its jobs. Must exceed twice HEARTBEAT_INTERVAL.
+    worker_timeout: float = 30.0
     problems: tuple[str, ...] = ()
 
     @classmethod
@@ -56,8 +60,9 @@ class BackendOptions:
                     "OPTIONS['ROUTES'] must map task paths to queue names, e.g. "
                     "{'myapp.tasks.process_video': 'heavy_compute'}"
                 )
-        for key, attr in (("POLL_INTERVAL", "poll_interval"), ("HEARTBEAT_INTERVAL",
-                                                               "heartbeat_interval")):
+        for key, attr in (("POLL_INTERVAL", "poll_interval"),
+                          ("HEARTBEAT_INTERVAL", "heartbeat_interval"),
+                          ("WORKER_TIMEOUT", "worker_timeout")):
             if key in options:
                 value = options[key]
                 if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
@@ -69,6 +74,14 @@ class BackendOptions:
                 values["notify"] = options["NOTIFY"]
             else:
                 problems.append("OPTIONS['NOTIFY'] must be True or False")
+        beat = values.get("heartbeat_interval", cls.heartbeat_interval)
+        timeout = values.get("worker_timeout", cls.worker_timeout)
+        if timeout <= 2 * beat:
+            problems.append(
+                f"OPTIONS['WORKER_TIMEOUT'] ({timeout:g} s) must exceed twice "
+                f"HEARTBEAT_INTERVAL ({beat:g} s), or live workers are declared dead"
+            )
+            values["worker_timeout"] = 6 * beat
         return cls(**values, problems=tuple(problems))
 
     def route(self, task_path: str) -> str | None:

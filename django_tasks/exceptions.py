@@ -8,6 +8,8 @@ has a word for the situation (``InvalidTask``, ``TaskResultDoesNotExist``).
 
 from __future__ import annotations
 
+from django.db import DatabaseError
+
 
 class TasksError(Exception):
     """A django_tasks error."""
@@ -49,3 +51,19 @@ class TaskFailed(TasksError):
 
 class ResultTimeout(TasksError, TimeoutError):
     """The task did not finish in time."""
+
+
+class WorkerLost(TasksError):
+    """The process running the job died."""
+
+
+class TimeLimitExceeded(TasksError):
+    """The job ran longer than its time_limit and was killed."""
+
+
+class SoftTimeLimitExceeded(TasksError):
+    """The job ran longer than its soft_time_limit."""
+
+
+class EnqueueError(TasksError, DatabaseError):
+    """The job could not be stored; it was not enqueued."""

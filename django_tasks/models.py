@@ -10,9 +10,15 @@ from django.db.models import Q
 from django.tasks import TaskResultStatus
 from django.utils.translation import gettext_lazy as _
 
+from .states import CLAIMED, FINISHED, HELD
+
 __all__ = ["Job", "Worker"]
 
-FINISHED = (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED)
+STATUS_CHOICES = [
+    (TaskResultStatus.READY.value, TaskResultStatus.READY.label),
+    (CLAIMED, _("Claimed")),
+    *[(s.value, s.label) for s in TaskResultStatus if s != TaskResultStatus.READY],
+]
 
 
 class JobQuerySet(models.QuerySet):
@@ -25,6 +31,10 @@ class JobQuerySet(models.QuerySet):
 
     def running(self) -> JobQuerySet:
         return self.filter(status=TaskResultStatus.RUNNING)
+
+    def held(self) -> JobQuerySet:
+        """Jobs a worker holds: claimed (not started yet) or running."""
+        return self.filter(status__in=HELD)
 
     def finished(self) -> JobQuerySet:
         return self.filter(status__in=FINISHED)
@@ -65,7 +75,7 @@ class Job(models.Model):
     queue_name = models.CharField(_("queue"), max_length=100, default="default")
     priority = models.SmallIntegerField(default=0)
     status = models.CharField(
-        max_length=10, choices=TaskResultStatus.choices, default=TaskResultStatus.READY
+        max_length=10, choices=STATUS_CHOICES, default=TaskResultStatus.READY
     )
     args = models.JSONField(default=list, blank=True)
     kwargs = models.JSONField(default=dict, blank=True)
@@ -87,7 +97,7 @@ class Job(models.Model):
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     last_attempted_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
-    # The worker that holds (RUNNING) or last held the job. Not a foreign key: the
+    # The worker that holds (CLAIMED or RUNNING) or last held the job. Not a foreign key: the
     # claim path stays one statement and worker rows can be pruned independently.
     worker_id = models.CharField(max_length=100, blank=True, default="")
 
@@ -108,7 +118,7 @@ class Job(models.Model):
             # Rescue: what a (dead) worker is holding.
             models.Index(
                 fields=["worker_id"],
-                condition=Q(status=TaskResultStatus.RUNNING),
+                condition=Q(status__in=HELD),
                 name="django_tasks_job_running",
             ),
             models.Index(fields=["finished_at"], name="django_tasks_job_finished"),
@@ -144,6 +154,12 @@ class Worker(models.Model):
     started_at = models.DateTimeField()
     last_heartbeat_at = models.DateTimeField(db_index=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # Identifies the process beyond hostname and pid (boot id, pid namespace, pid, process
+    # start time), so a worker on the same host and in the same pid namespace can tell for
+    # sure that this one is gone and rescue its jobs at once instead of after the timeout.
+    process_key = models.CharField(max_length=200, blank=True, default="")
+    # Why it stopped: "" while running, else e.g. "shutdown", "declared dead by <id>".
+    stop_reason = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
         verbose_name = _("worker")

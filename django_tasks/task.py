@@ -43,6 +43,14 @@ class Task(django_base.Task):
     backoff_max: float = 3600.0
     #: Spread each delay over ``[d/2, d]`` so retries of a burst of failures spread out.
     jitter: bool = True
+    #: Hard limit in seconds: past it the prefork pool kills the child running the job
+    #: and records ``TimeLimitExceeded`` (retried like any error). Not enforced by the
+    #: threads and inline pools, which can only warn.
+    time_limit: float | None = None
+    #: Soft limit in seconds: past it ``SoftTimeLimitExceeded`` is raised inside the task
+    #: (prefork pool only) so it can clean up; must be below ``time_limit``. Uses SIGALRM
+    #: in the child, so such a task must not use SIGALRM (``signal.alarm``) itself.
+    soft_time_limit: float | None = None
     # True when the queue was chosen by the call (``using``/``apply_async``): ROUTES
     # then leave it alone. Not a user option.
     queue_from_call: bool = field(default=False, repr=False, compare=False)
@@ -70,6 +78,23 @@ class Task(django_base.Task):
                 raise InvalidTask(
                     f"{self.module_path}: {name} must be a number of seconds >= 0; got {value!r}."
                 )
+        for name in ("time_limit", "soft_time_limit"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or value <= 0
+            ):
+                raise InvalidTask(
+                    f"{self.module_path}: {name} must be a number of seconds > 0, or None for "
+                    f"no limit; got {value!r}."
+                )
+        if (self.time_limit is not None and self.soft_time_limit is not None
+                and self.soft_time_limit >= self.time_limit):
+            raise InvalidTask(
+                f"{self.module_path}: soft_time_limit ({self.soft_time_limit!r}) must be less "
+                f"than time_limit ({self.time_limit!r}), or the job is killed before it can "
+                "clean up."
+            )
         # Explicit base call: zero-argument super() does not work in slots dataclasses.
         django_base.Task.__post_init__(self)
 

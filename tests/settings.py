@@ -62,6 +62,13 @@ TASKS = {
     "default": {
         "BACKEND": "django_tasks.backends.database.DatabaseBackend",
         "QUEUES": ["default", "emails", "heavy_compute"],
-        "OPTIONS": {"ROUTES": {"tests.tasks.routed": "heavy_compute"}, "POLL_INTERVAL": 0.2},
+        "OPTIONS": {
+            "ROUTES": {"tests.tasks.routed": "heavy_compute"},
+            # Real-process tests can raise it to prove a wake-up came from NOTIFY.
+            "POLL_INTERVAL": float(os.environ.get("DJANGO_TASKS_TEST_POLL_INTERVAL", 0.2)),
+            # Short, so rescue-by-timeout tests take seconds.
+            "HEARTBEAT_INTERVAL": 0.25,
+            "WORKER_TIMEOUT": 2.0,
+        },
     }
 }

@@ -71,3 +71,88 @@ def sleep_then_return(seconds, marker=None):
 
 
 not_a_task = os.getcwd
+
+
+# -- for tests/test_pool.py: tasks that kill, hang or bloat their process ------------------
+# None of them touch the database, except db_session.
+
+
+@task()
+def getpid():
+    return os.getpid()
+
+
+@task(max_attempts=2, backoff=0, jitter=False)
+def exit_with(code):
+    os._exit(code)
+
+
+@task(max_attempts=3, retry_on=(ConnectionError,), backoff=0, jitter=False)
+def exit_not_retryable(code):
+    os._exit(code)
+
+
+@task()
+def segfault():
+    import ctypes
+    import faulthandler
+
+    faulthandler.disable()  # pytest's dump of this expected crash is noise
+    ctypes.string_at(0)
+
+
+@task(time_limit=0.5, max_attempts=2, backoff=0, jitter=False)
+def spin():
+    while True:
+        pass
+
+
+@task(soft_time_limit=0.2, time_limit=0.6)
+def sleep_ignoring_alarm():
+    import signal
+
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    time.sleep(1e9)
+
+
+@task(soft_time_limit=0.3, time_limit=10)
+def overruns_soft_limit(marker):
+    try:
+        time.sleep(10)
+    finally:
+        with open(marker, "w") as f:
+            f.write("cleaned up")
+
+
+@task(soft_time_limit=0.2)
+def catches_soft_limit():
+    from django_tasks.exceptions import SoftTimeLimitExceeded
+
+    try:
+        time.sleep(10)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "not interrupted"
+
+
+@task(soft_time_limit=0.2)
+def quick_with_soft_limit():
+    return os.getpid()
+
+
+@task()
+def allocate(mib):
+    data = bytearray(mib * 1024 * 1024)  # zero-filled, so every page is touched
+    return len(data) // (1024 * 1024)
+
+
+@task()
+def db_session():
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_backend_pid()")
+        else:
+            cursor.execute("SELECT 1")
+        return cursor.fetchone()[0]

@@ -19,9 +19,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def drain(now=None, **kwargs):
     worker = Worker(pool="inline", concurrency=4, **kwargs)
-    while worker.run_once(now) or worker.pool.running():
-        pass
-    worker.run_once(now)  # record the last outcomes
+    worker.drain(now)
     return worker
 
 
@@ -246,7 +244,10 @@ def test_stale_worker_cannot_overwrite_reclaimed_job():
     default_task_backend.claim("w2", ["default"], 1)
     default_task_backend.complete("w1", [{"id": result.id, "status": "FAILED",
                                           "finished_at": timezone.now().isoformat()}])
-    assert Job.objects.get(pk=result.id).status == "RUNNING"
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.worker_id, job.attempts) == ("CLAIMED", "w2", 0)
+    # the public status of a claimed job is still READY: it has not started
+    assert default_task_backend.get_result(result.id).status == TaskResultStatus.READY
 
 
 def test_prune_and_retry_verbs():
@@ -265,11 +266,19 @@ def test_prune_and_retry_verbs():
 def test_prefetched_jobs_run_in_order_and_are_given_back_on_shutdown():
     results = [tasks.add.enqueue(i, 0) for i in range(4)]
     worker = Worker(pool="inline", concurrency=1, prefetch=2)
-    assert worker.run_once() == 3  # one slot + two prefetched, in one claim
+    assert worker.exchange() == 3  # one slot + two prefetched, in one round trip
+    assert [j["id"] for j in worker._buffer] == [r.id for r in results[:3]]
+    assert {Job.objects.get(pk=r.id).status for r in results[:3]} == {"CLAIMED"}
+    results[0].refresh()
+    assert results[0].status == TaskResultStatus.READY  # claimed is not started
+    worker.dispatch()  # starts job 0 (the inline pool runs it there and then)
     assert [j["id"] for j in worker._buffer] == [results[1].id, results[2].id]
-    worker.run_once()  # records job 0, starts job 1 from the buffer without claiming
-    assert Job.objects.get(pk=results[1].id).status == "RUNNING"
-    worker.shutdown()
-    statuses = [Job.objects.get(pk=r.id) for r in results]
-    assert [j.status for j in statuses] == ["SUCCESSFUL", "SUCCESSFUL", "READY", "READY"]
-    assert statuses[2].attempts == 0 and statuses[2].worker_ids == []
+    assert worker.exchange() == 0  # records the start; no room left to claim
+    job0 = Job.objects.get(pk=results[0].id)
+    assert (job0.status, job0.attempts, job0.worker_ids) == ("RUNNING", 1, [worker.worker_id])
+    worker.dispatch()  # collects job 0's outcome, starts job 1
+    worker.shutdown()  # writes both outcomes, gives job 2 back untouched
+    jobs = [Job.objects.get(pk=r.id) for r in results]
+    assert [j.status for j in jobs] == ["SUCCESSFUL", "SUCCESSFUL", "READY", "READY"]
+    assert (jobs[1].attempts, jobs[1].worker_ids) == (1, [worker.worker_id])
+    assert (jobs[2].attempts, jobs[2].worker_ids, jobs[2].worker_id) == (0, [], "")

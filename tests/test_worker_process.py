@@ -1,38 +1,15 @@
 """Real `manage.py worker` processes against the test database."""
 
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 from django.db import connection
 
 from django_tasks.models import Job, Worker
 from tests import tasks
+from tests.helpers import start_worker, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start_worker(*args):
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings",
-           "DJANGO_TASKS_TEST_DB_NAME": connection.settings_dict["NAME"]}
-    return subprocess.Popen(
-        [sys.executable, "-m", "django", "worker", *args], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.core import checks
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.tasks import Task as DjangoTask
 from django.tasks import TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
@@ -25,9 +25,10 @@ from django.utils.dateparse import parse_datetime
 from django.utils.module_loading import import_string
 
 from ..conf import BackendOptions
-from ..exceptions import TaskNotRegistered
+from ..exceptions import EnqueueError, TaskNotRegistered
 from ..results import JobError, JobResult
 from ..serialization import check_arguments
+from ..states import public_status
 from ..task import Task
 
 __all__ = ["ModelBackend", "resolve_task"]
@@ -126,7 +127,16 @@ class ModelBackend(BaseTaskBackend):
             "run_after": task.run_after,
             "available_at": task.run_after or now,
         }
-        self.publish(fields)
+        try:
+            self.publish(fields)
+        except DatabaseError as exc:
+            # One statement (INSERT, and NOTIFY on PostgreSQL) that failed: nothing was
+            # stored, unless the connection broke after the commit was sent. Inside the
+            # caller's transaction, that transaction is now unusable, as with any
+            # database error.
+            raise EnqueueError(
+                f"Could not enqueue {task.module_path}: {type(exc).__name__}: {exc}".strip()
+            ) from exc
         if queue_name != task.queue_name:
             task = replace(task, queue_name=queue_name)
         result = JobResult(
@@ -184,7 +194,7 @@ class ModelBackend(BaseTaskBackend):
         result = JobResult(
             task=task,
             id=str(job.id),
-            status=TaskResultStatus(job.status),
+            status=public_status(job.status),
             enqueued_at=job.enqueued_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

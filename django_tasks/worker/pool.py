@@ -1,38 +1,93 @@
 """Execution pools: where claimed jobs run.
 
-Every pool has ``size`` slots and the same small surface: ``submit`` a message to a
-free slot, ``collect`` finished outcomes, ``waitables`` to sleep on until one is
-ready, and ``stop``. Messages and outcomes cross process boundaries as JSON bytes.
+Every pool has ``size`` slots and the same small surface, driven by the worker loop
+from one thread:
+
+- ``start()``; ``submit(message)`` to a free slot (``free_slots()`` > 0);
+- ``collect()``: the outcomes finished since the last call (never blocks);
+- ``waitables()``: objects for ``multiprocessing.connection.wait()`` that become ready
+  when ``collect()`` has something to do, and ``next_deadline()``: seconds until it has
+  something to do anyway (a hard time limit falls due), or None;
+- ``running()`` / ``running_ids()``: jobs submitted and not yet collected;
+- ``stop(now=False, timeout=None)``: see :meth:`PreforkPool.stop`.
+
+The prefork pool lives in :mod:`django_tasks.worker.prefork`.
+
+Messages and outcomes cross process boundaries as JSON bytes. Only the prefork pool
+can enforce ``time_limit`` / ``soft_time_limit`` and survive a job that kills its
+process; the threads and inline pools run jobs inside the worker process itself.
 """
 
 from __future__ import annotations
 
-import json
-import multiprocessing
+import contextlib
+import logging
 import os
 import queue
-import signal
 import threading
-from collections import deque
+import time
 from typing import Any
 
 from django.db import connections
 
-from ..serialization import dumps
-from .execute import execute
+from .execute import execute, task_or_none
+from .prefork import PreforkPool
+
+logger = logging.getLogger("django_tasks.worker")
 
 __all__ = ["InlinePool", "PreforkPool", "ThreadPool", "make_pool"]
 
 
+def _refuse_recycling(pool: str, **options: Any) -> None:
+    # Explicit rather than silently ignored: a deploy asking for recycling with
+    # --pool threads would otherwise believe its memory is bounded.
+    given = sorted(name for name, value in options.items() if value is not None)
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} only apply to the prefork pool, whose child processes can "
+            f"be replaced; the {pool} pool runs jobs inside the worker process."
+        )
+
+
+class _LimitWarnings:
+    """Warns once per task path that the pool cannot enforce the task's time limits."""
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self.warned: set[str] = set()
+
+    def check(self, path: str) -> None:
+        if path in self.warned:
+            return
+        self.warned.add(path)
+        task = task_or_none(path)
+        limits = {name: getattr(task, name, None) for name in ("time_limit", "soft_time_limit")}
+        if any(v is not None for v in limits.values()):
+            logger.warning(
+                "Task %s has %s, which the %s pool cannot enforce (a thread can be neither "
+                "killed nor interrupted); run it on a worker with --pool prefork.",
+                path, ", ".join(f"{k}={v}" for k, v in limits.items() if v is not None),
+                self.pool,
+            )
+
+
 class InlinePool:
-    """Runs each job synchronously in the caller, on the caller's connections (tests, demos)."""
+    """Runs each job synchronously in the caller, on the caller's connections (tests, demos).
+
+    Time limits are not enforced (a WARNING is logged once per task that has one);
+    ``max_tasks_per_child``/``max_memory_per_child`` are refused with ValueError.
+    """
 
     name = "inline"
 
-    def __init__(self, size: int, worker_id: str) -> None:
+    def __init__(self, size: int, worker_id: str, *, max_tasks_per_child: int | None = None,
+                 max_memory_per_child: int | None = None) -> None:
+        _refuse_recycling(self.name, max_tasks_per_child=max_tasks_per_child,
+                          max_memory_per_child=max_memory_per_child)
         self.size = max(1, size)
         self.worker_id = worker_id
         self._done: list[dict[str, Any]] = []
+        self._limits = _LimitWarnings(self.name)
 
     def start(self) -> None:
         pass
@@ -43,7 +98,11 @@ class InlinePool:
     def running(self) -> int:
         return 0
 
+    def running_ids(self) -> list[str]:
+        return []
+
     def submit(self, message: dict[str, Any]) -> None:
+        self._limits.check(message["task_path"])
         self._done.append(execute(message, self.worker_id, own_connections=False))
 
     def collect(self) -> list[dict[str, Any]]:
@@ -53,25 +112,45 @@ class InlinePool:
     def waitables(self) -> list[Any]:
         return []
 
-    def stop(self, *, now: bool = False) -> list[str]:
+    def next_deadline(self) -> float | None:
+        return None
+
+    def stop(self, *, now: bool = False, timeout: float | None = None) -> list[str]:
+        """Nothing runs between calls; outcomes not yet collected stay for ``collect()``."""
         return []
 
 
 class ThreadPool:
-    """Jobs run in threads of the worker process; each thread has its own DB connection."""
+    """Jobs run in daemon threads of the worker process; each thread has its own DB connection.
+
+    Python can neither kill nor interrupt a thread, and SIGALRM only reaches the main
+    thread, so ``time_limit`` and ``soft_time_limit`` are NOT enforced here (a WARNING
+    is logged once per task that has one), and a job that crashes the interpreter
+    takes the whole worker with it. Use the prefork pool for such tasks.
+    ``max_tasks_per_child``/``max_memory_per_child`` are refused with ValueError.
+    """
 
     name = "threads"
 
-    def __init__(self, size: int, worker_id: str) -> None:
+    def __init__(self, size: int, worker_id: str, *, max_tasks_per_child: int | None = None,
+                 max_memory_per_child: int | None = None) -> None:
+        _refuse_recycling(self.name, max_tasks_per_child=max_tasks_per_child,
+                          max_memory_per_child=max_memory_per_child)
         self.size = max(1, size)
         self.worker_id = worker_id
         self._inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._done: deque[dict[str, Any]] = deque()
-        self._busy = 0
+        self._done: list[dict[str, Any]] = []
+        # Submitted and not yet collected, in submission order. Touched only by the
+        # supervisor thread, except under _lock.
+        self._running: dict[str, dict[str, Any]] = {}
+        self._abandoned: set[str] = set()
+        self._stopped = False
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # one pending byte is enough to wake up
         self._threads: list[threading.Thread] = []
+        self._limits = _LimitWarnings(self.name)
 
     def start(self) -> None:
         for n in range(self.size):
@@ -83,144 +162,99 @@ class ThreadPool:
         try:
             while (message := self._inbox.get()) is not None:
                 outcome = execute(message, self.worker_id)
-                self._done.append(outcome)
-                os.write(self._wake_w, b"x")
+                with self._lock:
+                    if message["id"] in self._abandoned:
+                        # stop() already reported it unfinished; the caller owns its fate.
+                        logger.warning("Job %s finished after the pool stopped; outcome "
+                                       "dropped", message["id"])
+                        continue
+                    self._done.append(outcome)
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._wake_w, b"x")
         finally:
             connections.close_all()
 
     def free_slots(self) -> int:
-        return self.size - self._busy
+        return 0 if self._stopped else self.size - len(self._running)
 
     def running(self) -> int:
-        return self._busy
+        return len(self._running)
+
+    def running_ids(self) -> list[str]:
+        return list(self._running)
 
     def submit(self, message: dict[str, Any]) -> None:
-        self._busy += 1
+        if self._stopped:
+            raise RuntimeError("The pool is stopped; it takes no more jobs.")
+        self._limits.check(message["task_path"])
+        self._running[message["id"]] = message
         self._inbox.put(message)
 
     def collect(self) -> list[dict[str, Any]]:
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 4096)
-        except BlockingIOError:
-            pass
-        done = []
-        while self._done:
-            done.append(self._done.popleft())
-        self._busy -= len(done)
+        with self._lock:
+            done, self._done = self._done, []
+        for outcome in done:
+            self._running.pop(outcome["id"], None)
         return done
 
     def waitables(self) -> list[Any]:
         return [self._wake_r]
 
-    def stop(self, *, now: bool = False) -> list[str]:
-        """Take back messages not yet started; let running ones finish unless ``now``."""
-        not_started = []
+    def next_deadline(self) -> float | None:
+        return None  # no limits are enforced, so nothing ever falls due
+
+    def stop(self, *, now: bool = False, timeout: float | None = None) -> list[str]:
+        """Stop taking work; wait for running jobs unless ``now``, up to ``timeout`` s.
+
+        Returns the ids of jobs that did not finish: those never started (taken back
+        from the queue) and those still running when the wait ended, whose threads are
+        abandoned (daemons; they die with the process) and whose outcomes, should they
+        finish later, are dropped. Outcomes of jobs that did finish are returned by the
+        next ``collect()``.
+        """
+        if self._stopped:
+            return []
+        self._stopped = True
+        unfinished = []
         while True:
             try:
                 message = self._inbox.get_nowait()
             except queue.Empty:
                 break
             if message is not None:
-                not_started.append(message["id"])
-                self._busy -= 1
+                unfinished.append(message["id"])
+                self._running.pop(message["id"], None)
         for _ in self._threads:
             self._inbox.put(None)
         if not now:
+            end = None if timeout is None else time.monotonic() + timeout
             for thread in self._threads:
-                thread.join()
-        return not_started
+                thread.join(None if end is None else max(0.0, end - time.monotonic()))
+        with self._lock:
+            finished = {outcome["id"] for outcome in self._done}
+            abandoned = [job_id for job_id in self._running if job_id not in finished]
+            self._abandoned.update(abandoned)
+        for job_id in abandoned:
+            del self._running[job_id]
+        return unfinished + abandoned
 
 
-def _child_main(conn: Any, worker_id: str, siblings: list[Any]) -> None:
-    # Close the supervisor's pipe ends that fork copied in here (ours and earlier
-    # siblings'),
-    # so each child sees EOF as soon as the supervisor closes its end or dies.
-    for pipe in siblings:
-        pipe.close()
-    # The supervisor owns shutdown: a terminal's Ctrl-C reaches the whole process
-    # group, and the children must finish their job rather than die mid-write.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            break
-        outcome = execute(json.loads(data), worker_id)
-        conn.send_bytes(dumps(outcome).encode())
-    connections.close_all()
+POOLS: dict[str, type[InlinePool] | type[ThreadPool] | type[PreforkPool]] = {
+    "prefork": PreforkPool, "threads": ThreadPool, "inline": InlinePool,
+}
 
 
-class PreforkPool:
-    """One forked child process per slot; one job at a time per child."""
+def make_pool(kind: str, size: int, worker_id: str,
+              **options: Any) -> InlinePool | ThreadPool | PreforkPool:
+    """Build the pool named ``kind``; ``options`` go to its constructor.
 
-    name = "prefork"
-
-    def __init__(self, size: int, worker_id: str) -> None:
-        self.size = max(1, size)
-        self.worker_id = worker_id
-        self._ctx = multiprocessing.get_context("fork")
-        self._children: list[Any] = []
-        self._pipes: list[Any] = []
-        self._job: list[str | None] = []
-
-    def start(self) -> None:
-        # Never let a child inherit a live Django connection: both ends would talk
-        # over one socket. The supervisor reconnects lazily.
-        connections.close_all()
-        for slot in range(self.size):
-            parent, child = self._ctx.Pipe(duplex=True)
-            process = self._ctx.Process(
-                target=_child_main, args=(child, self.worker_id, [*self._pipes, parent]),
-                name=f"task-{slot}",
-                daemon=True,
-            )
-            process.start()
-            child.close()
-            self._children.append(process)
-            self._pipes.append(parent)
-            self._job.append(None)
-
-    def free_slots(self) -> int:
-        return self._job.count(None)
-
-    def running(self) -> int:
-        return self.size - self._job.count(None)
-
-    def submit(self, message: dict[str, Any]) -> None:
-        slot = self._job.index(None)
-        self._job[slot] = message["id"]
-        self._pipes[slot].send_bytes(dumps(message).encode())
-
-    def collect(self) -> list[dict[str, Any]]:
-        done = []
-        for slot, pipe in enumerate(self._pipes):
-            if self._job[slot] is not None and pipe.poll():
-                done.append(json.loads(pipe.recv_bytes()))
-                self._job[slot] = None
-        return done
-
-    def waitables(self) -> list[Any]:
-        return [p for p, job in zip(self._pipes, self._job, strict=True) if job is not None]
-
-    def stop(self, *, now: bool = False) -> list[str]:
-        """Close the pipes so idle children exit; wait for busy ones unless ``now``."""
-        if now:
-            for process in self._children:
-                if process.is_alive():
-                    process.kill()
-        for pipe in self._pipes:
-            pipe.close()
-        for process in self._children:
-            process.join()
-        return []
-
-
-POOLS = {"prefork": PreforkPool, "threads": ThreadPool, "inline": InlinePool}
-
-
-def make_pool(kind: str, size: int, worker_id: str) -> InlinePool | ThreadPool | PreforkPool:
+    ``max_tasks_per_child`` and ``max_memory_per_child`` (KiB) are prefork options;
+    the other pools accept None for them and raise ValueError for anything else.
+    """
     try:
-        return POOLS[kind](size, worker_id)
+        cls = POOLS[kind]
     except KeyError:
         raise ValueError(f"Unknown pool {kind!r}; choose one of {', '.join(POOLS)}.") from None
+    return cls(size, worker_id, **options)

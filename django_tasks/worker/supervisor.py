@@ -17,6 +17,8 @@ def install_signal_handlers(worker: Worker) -> None:
 
     def handle(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
+        if worker.shutting_down:
+            return  # already writing outcomes and signing off: let it finish
         if worker.stopping:
             raise Abort(name)
         logging.getLogger("django_tasks.worker").info(

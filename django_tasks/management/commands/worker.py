@@ -21,10 +21,36 @@ def _positive(value: str) -> int:
     return number
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError
+    return number
+
+
+def _kib(value: str) -> int:
+    """A memory size: plain KiB, or with a K/M/G suffix (``512M``)."""
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1, "M": 1024, "G": 1024 * 1024}.get(text[-1:])
+    number = float(text[:-1] if scale else text) * (scale or 1)
+    if number < 1:
+        raise ValueError
+    return int(number)
+
+
 class Command(BaseCommand):
     help = (
-        "Run jobs from the task queues. SIGTERM or Ctrl-C stops claiming, lets running "
-        "jobs finish and gives back jobs not started; a second signal stops at once."
+        "Run jobs from the task queues. SIGTERM or Ctrl-C stops claiming, gives back "
+        "prefetched jobs and lets running jobs finish (up to --grace seconds); a second "
+        "signal stops at once. Jobs interrupted either way are rescued at once: run "
+        "again while attempts remain, else FAILED."
     )
 
     def add_arguments(self, parser: Any) -> None:
@@ -50,10 +76,25 @@ class Command(BaseCommand):
             help="Exit after running N jobs.",
         )
         parser.add_argument(
-            "--prefetch", type=int, default=None, metavar="N",
-            help="Jobs claimed beyond the free slots, so each claim moves more jobs "
-                 "(default: the concurrency; 0: claim only for free slots). Prefetched "
-                 "jobs are given back on shutdown.",
+            "--prefetch", type=_non_negative, default=None, metavar="N",
+            help="Jobs held beyond the free slots, so a freed slot starts its next job at "
+                 "once and each round trip claims several (default: 4 x concurrency, "
+                 "as Celery's prefetch multiplier; 0 for long jobs, so none wait behind "
+                 "them). Given back on shutdown, rescued if the worker dies.",
+        )
+        parser.add_argument(
+            "--grace", type=_seconds, default=None, metavar="SECONDS",
+            help="On SIGTERM, how long running jobs may take to finish before they are "
+                 "interrupted and rescued (default: wait for them).",
+        )
+        parser.add_argument(
+            "--max-tasks-per-child", type=_positive, default=None, metavar="N",
+            help="prefork: replace a child process after it ran N jobs (leaky code).",
+        )
+        parser.add_argument(
+            "--max-memory-per-child", type=_kib, default=None, metavar="SIZE",
+            help="prefork: replace a child process, after its current job, once its peak "
+                 "resident memory exceeds SIZE (KiB, or with a K/M/G suffix: 512M).",
         )
         parser.add_argument(
             "--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
@@ -74,6 +115,15 @@ class Command(BaseCommand):
         # Import every app's tasks module once, before forking, so children share it.
         autodiscover_modules("tasks")
         queues = [q.strip() for q in options["queues"].split(",") if q.strip()]
+        pool_options = {
+            key: options[key] for key in ("max_tasks_per_child", "max_memory_per_child")
+            if options[key] is not None
+        }
+        if pool_options and options["pool"] != "prefork":
+            raise CommandError(
+                "--max-tasks-per-child and --max-memory-per-child recycle child processes; "
+                "they need --pool prefork."
+            )
         try:
             worker = Worker(
                 backend=options["backend"],
@@ -84,6 +134,8 @@ class Command(BaseCommand):
                 burst=options["burst"],
                 max_tasks=options["max_tasks"],
                 prefetch=options["prefetch"],
+                grace=options["grace"],
+                pool_options=pool_options,
             )
         except Exception as exc:
             raise CommandError(str(exc)) from exc

@@ -1,0 +1,468 @@
+"""The prefork pool: one forked child process per slot, supervised.
+
+The supervisor side (``PreforkPool``) runs in the worker's main thread; the child
+side (``_child_main``) is everything a forked child runs. A child that dies, overruns
+its ``time_limit`` or reaches its recycling limits is replaced; a dead child's job
+gets an outcome built by :func:`~django_tasks.worker.execute.failure_outcome`, like
+any exception. See :mod:`django_tasks.worker.pool` for the interface all pools share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from multiprocessing.connection import wait
+from typing import Any
+
+from django.db import connections
+from django.utils import timezone
+
+from ..exceptions import TimeLimitExceeded, WorkerLost
+from ..serialization import dumps
+from .execute import execute, failure_outcome, task_or_none
+
+logger = logging.getLogger("django_tasks.worker")
+
+__all__ = ["PreforkPool"]
+
+#: How long stop() gives children with nothing to do to exit before killing them.
+_EXIT_GRACE = 5.0
+#: How long to wait before trying again when forking a replacement child failed.
+_RESPAWN_DELAY = 1.0
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+#: Connections a child inherited from the supervisor: kept referenced, never closed.
+_inherited_connections: list[Any] = []
+
+
+@cache
+def _prctl() -> Any:
+    """libc's prctl on Linux, else None. Resolved in the supervisor, before any fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this child when the supervisor dies, even by ``kill -9``.
+
+    The death signal fires when the *thread* that forked us exits: the pool forks from
+    the worker's main thread, which lives as long as the process.
+    """
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+              ctypes.c_ulong(0), ctypes.c_ulong(0))  # -1 on failure: nothing better to do
+    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+        os._exit(1)
+
+
+def _forget_inherited_connections() -> None:
+    # Closing a connection inherited through fork would act on the supervisor's
+    # session (for PostgreSQL, send Terminate on its socket). So drop the wrappers
+    # from this thread's handler, and keep them referenced so that not even a
+    # finalizer runs on them; the child opens its own connections lazily.
+    # (psycopg would skip PQfinish anyway: it checks the pid.)
+    for conn in connections.all(initialized_only=True):
+        _inherited_connections.append(conn)
+        del connections[conn.alias]
+
+
+def _max_rss_kib() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB elsewhere
+
+
+def _child_main(conn: Any, worker_id: str, siblings: list[Any], parent_pid: int,
+                max_tasks: int | None, max_memory: int | None) -> None:
+    _die_with_parent(parent_pid)
+    # Close the supervisor's pipe ends that fork copied in here (ours and the other
+    # slots'), so each child sees EOF as soon as the supervisor closes its end or dies.
+    for pipe in siblings:
+        pipe.close()
+    # The supervisor owns shutdown: a terminal's Ctrl-C reaches the whole process
+    # group, and the children must finish their job rather than die mid-write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _forget_inherited_connections()
+    done = 0
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            break
+        outcome = execute(json.loads(data), worker_id, soft_time_limits=True)
+        done += 1
+        retire = None
+        if max_tasks is not None and done >= max_tasks:
+            retire = f"max_tasks_per_child={max_tasks} reached"
+        elif max_memory is not None and (rss := _max_rss_kib()) >= max_memory:
+            retire = f"max_memory_per_child={max_memory} KiB reached ({rss} KiB)"
+        try:
+            conn.send_bytes(dumps({"outcome": outcome, "retire": retire}).encode())
+        except OSError:
+            break  # the supervisor is gone
+        if retire:
+            break
+    connections.close_all()  # only connections this child opened (see above)
+
+
+@contextlib.contextmanager
+def _fork_warning_filtered() -> Iterator[None]:
+    # Python 3.12+ warns that fork() in a multi-threaded process may deadlock the
+    # child on a lock another thread held. The supervisor has a heartbeat thread and
+    # a broker I/O thread; the child never touches their state (their connections
+    # are theirs, ours are closed before the fork), logging and import locks are
+    # reset after fork by CPython, and the child only runs execute(). Celery's
+    # billiard forks the same way. Only this one warning is filtered, only here.
+    # (catch_warnings swaps the process-wide filter list for the moment of the fork;
+    # a warning from another thread in that window sees one extra, narrow filter.)
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*multi-threaded, use of fork\(\) may lead to deadlocks",
+            category=DeprecationWarning,
+        )
+        yield
+
+
+def _describe_exit(pid: int | None, exitcode: int | None) -> str:
+    if exitcode is None:
+        return f"pid {pid}, exit status unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = str(-exitcode)
+        hint = ": out of memory, or killed by hand?" if -exitcode == signal.SIGKILL else ""
+        return f"pid {pid}, killed by signal {name}{hint}"
+    return f"pid {pid}, exit code {exitcode}"
+
+
+def _exited(process: Any) -> bool:
+    """Has ``process`` exited? Reaps it, so its ``exitcode`` is set, when it has."""
+    # The sentinel (a pipe the child holds open until it exits) becomes readable a
+    # moment before the kernel lets us reap the child, so is_alive() alone could miss
+    # a death that just woke the supervisor, which would then spin until it could.
+    if not process.is_alive():
+        return True
+    if not wait([process.sentinel], 0):
+        return False
+    process.join(_EXIT_GRACE)
+    if process.is_alive():  # it closed the fd itself: it is in no state to run jobs
+        process.kill()
+        process.join()
+    return True
+
+
+@dataclass(slots=True)
+class _Slot:
+    index: int
+    process: Any = None  # None only while a replacement could not be forked
+    pipe: Any = None  # the supervisor's end of the pipe to ``process``
+    message: dict[str, Any] | None = None  # the job running there
+    started: float = 0.0  # time.monotonic() at submit
+    time_limit: float | None = None
+    deadline: float | None = None  # time.monotonic() past which the child is killed
+
+
+class PreforkPool:
+    """One forked child process per slot; one job at a time per child.
+
+    A child that dies while running a job (``os._exit``, a segfault, the OOM killer)
+    becomes an outcome: ``WorkerLost`` naming the exit code or signal, retried under
+    the task's policy like any exception, and the slot gets a new child. Tasks'
+    ``soft_time_limit`` is raised inside the task (SIGALRM, in the child); past
+    ``time_limit`` the child is killed and the job gets ``TimeLimitExceeded``.
+
+    ``max_tasks_per_child`` / ``max_memory_per_child`` (KiB of peak RSS, checked after
+    each job) retire a child once reached: it sends its outcome, exits, and is
+    replaced. Children are SIGKILLed by the kernel if the supervisor dies (Linux).
+    """
+
+    name = "prefork"
+
+    def __init__(self, size: int, worker_id: str, *, max_tasks_per_child: int | None = None,
+                 max_memory_per_child: int | None = None) -> None:
+        for option, value in (("max_tasks_per_child", max_tasks_per_child),
+                              ("max_memory_per_child", max_memory_per_child)):
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(f"{option} must be a whole number >= 1, or None for no "
+                                 f"limit; got {value!r}.")
+        self.size = max(1, size)
+        self.worker_id = worker_id
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self._ctx = multiprocessing.get_context("fork")
+        self._slots = [_Slot(index) for index in range(self.size)]
+        self._done: list[dict[str, Any]] = []  # outcomes found by stop(), for collect()
+        self._retired: list[Any] = []  # recycled children, reaped once they have exited
+        self._respawn_at: float | None = None
+        self._stopped = False
+
+    # -- children ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        _prctl()  # resolve in the parent, so children do no dlopen() work
+        for slot in self._slots:
+            self._spawn(slot)
+
+    def _spawn(self, slot: _Slot) -> None:
+        """Fork a child for ``slot``; on failure leave it empty and retry later."""
+        # The child must never share a live connection with us: close this thread's
+        # (the only ones a forked child could reach). Other threads' connections are
+        # unreachable from the child and stay open.
+        connections.close_all()
+        parent, child = self._ctx.Pipe(duplex=True)
+        siblings = [s.pipe for s in self._slots if s.pipe is not None] + [parent]
+        process = self._ctx.Process(
+            target=_child_main,
+            args=(child, self.worker_id, siblings, os.getpid(), self.max_tasks_per_child,
+                  self.max_memory_per_child),
+            name=f"task-{slot.index}",
+            daemon=True,
+        )
+        try:
+            with _fork_warning_filtered():
+                process.start()
+        except OSError as exc:  # EAGAIN, ENOMEM: keep running with fewer slots for now
+            parent.close()
+            logger.error("Could not fork a child for slot %d (%s); retrying in %ss",
+                         slot.index, exc, _RESPAWN_DELAY)
+            self._respawn_at = time.monotonic() + _RESPAWN_DELAY
+            return
+        finally:
+            child.close()
+        slot.process, slot.pipe = process, parent
+
+    def _release(self, slot: _Slot, *, replace: bool) -> None:
+        """Close ``slot``'s pipe, reap its (dead or dying) child, and fork a new one."""
+        if slot.pipe is not None:
+            slot.pipe.close()
+        if slot.process is not None:
+            self._retired.append(slot.process)
+        slot.process = slot.pipe = None
+        self._reap()
+        if replace and not self._stopped:
+            self._spawn(slot)
+
+    def _reap(self) -> None:
+        still = []
+        for process in self._retired:
+            if process.is_alive():  # also reaps it when it has exited
+                still.append(process)
+            else:
+                process.close()
+        self._retired = still
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        if self._stopped:
+            return 0
+        return sum(1 for s in self._slots if s.process is not None and s.message is None)
+
+    def running(self) -> int:
+        return sum(1 for s in self._slots if s.message is not None)
+
+    def running_ids(self) -> list[str]:
+        return [s.message["id"] for s in self._slots if s.message is not None]
+
+    def submit(self, message: dict[str, Any]) -> None:
+        if self._stopped:
+            raise RuntimeError("The pool is stopped; it takes no more jobs.")
+        slot = next(
+            (s for s in self._slots if s.process is not None and s.message is None), None
+        )
+        if slot is None:
+            raise RuntimeError("No free slot: check free_slots() before submit().")
+        task = task_or_none(message["task_path"])
+        data = dumps(message).encode()
+        try:
+            slot.pipe.send_bytes(data)
+        except OSError:
+            # The child died idle and collect() has not seen it yet. The job has not
+            # started, so it gets a fresh child rather than a WorkerLost.
+            self._idle_death(slot)
+            if slot.process is None:
+                raise
+            slot.pipe.send_bytes(data)
+        slot.message = message
+        slot.started = time.monotonic()
+        slot.time_limit = getattr(task, "time_limit", None)
+        slot.deadline = None if slot.time_limit is None else slot.started + slot.time_limit
+
+    def _receive(self, slot: _Slot) -> dict[str, Any] | None:
+        """The child's complete reply, if one is waiting; None if none (or it died mid-way)."""
+        try:
+            if not slot.pipe.poll():
+                return None
+            return json.loads(slot.pipe.recv_bytes())
+        except (EOFError, OSError):
+            return None
+
+    def _lost(self, slot: _Slot, exc: BaseException) -> dict[str, Any]:
+        """Make up the outcome of the job in ``slot``, whose child is gone."""
+        message = slot.message
+        assert message is not None
+        slot.message = slot.deadline = None
+        return failure_outcome(
+            message, exc, self.worker_id, now=timezone.now(),
+            task=task_or_none(message["task_path"]),
+            duration=time.monotonic() - slot.started,
+        )
+
+    def _idle_death(self, slot: _Slot) -> None:
+        logger.warning("Child %s (%s) died while idle%s", slot.process.name,
+                       _describe_exit(slot.process.pid, slot.process.exitcode),
+                       "" if self._stopped else "; forking a replacement")
+        self._release(slot, replace=True)
+
+    def _check(self, slot: _Slot, now: float) -> list[dict[str, Any]]:
+        """What happened in ``slot`` since last time: an outcome, a death, a deadline."""
+        process = slot.process
+        if process is None:
+            return []
+        # Liveness first: anything a dead child sent is already in the pipe.
+        dead = _exited(process)
+        if slot.message is None:
+            if dead:
+                self._idle_death(slot)
+            return []
+        reply = self._receive(slot)
+        killed = False
+        if reply is None and not dead and slot.deadline is not None and now >= slot.deadline:
+            process.kill()
+            process.join(_EXIT_GRACE)
+            killed = dead = True
+            reply = self._receive(slot)  # it may have finished just before the kill
+            if reply is None:
+                outcome = self._lost(slot, TimeLimitExceeded(
+                    f"The job ran longer than its time_limit ({slot.time_limit:g} s) and was "
+                    f"killed (pid {process.pid})."
+                ))
+                self._release(slot, replace=True)
+                return [outcome]
+        if reply is not None:
+            slot.message = slot.deadline = None
+            if reply["retire"]:
+                logger.info("Child %s (pid %s) retires: %s", process.name, process.pid,
+                            reply["retire"])
+                self._release(slot, replace=True)
+            elif killed:  # finished just as its time ran out
+                self._release(slot, replace=True)
+            elif dead:
+                self._idle_death(slot)
+            elif self._stopped:
+                self._release(slot, replace=False)  # EOF tells the child to exit
+            return [reply["outcome"]]
+        if dead:
+            outcome = self._lost(slot, WorkerLost(
+                "The process running the job died "
+                f"({_describe_exit(process.pid, process.exitcode)})."
+            ))
+            self._release(slot, replace=True)
+            return [outcome]
+        return []
+
+    def _check_all(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [outcome for slot in self._slots for outcome in self._check(slot, now)]
+
+    def collect(self) -> list[dict[str, Any]]:
+        """Outcomes finished since the last call, real or made up; replaces lost children.
+
+        Never blocks (except briefly to reap a child it just killed for its time limit).
+        After ``stop()``, returns the outcomes of jobs that finished during the stop.
+        """
+        done, self._done = self._done, []
+        done.extend(self._check_all())
+        now = time.monotonic()
+        if self._respawn_at is not None and now >= self._respawn_at and not self._stopped:
+            self._respawn_at = None
+            for slot in self._slots:
+                if slot.process is None:
+                    self._spawn(slot)
+        self._reap()
+        return done
+
+    def waitables(self) -> list[Any]:
+        """Busy slots' pipes (an outcome arrived) and every child's sentinel (it died)."""
+        ready: list[Any] = [s.pipe for s in self._slots if s.message is not None]
+        ready.extend(s.process.sentinel for s in self._slots if s.process is not None)
+        return ready
+
+    def next_deadline(self) -> float | None:
+        """Seconds until ``collect()`` must run although nothing woke us, or None."""
+        due = [s.deadline for s in self._slots if s.message is not None and s.deadline]
+        if self._respawn_at is not None and not self._stopped:
+            due.append(self._respawn_at)
+        if not due:
+            return None
+        return max(0.0, min(due) - time.monotonic())
+
+    def stop(self, *, now: bool = False, timeout: float | None = None) -> list[str]:
+        """Stop taking work and end the children; returns the ids of jobs that did not finish.
+
+        With ``now``, running children are killed at once. Otherwise running jobs get up
+        to ``timeout`` seconds (None: as long as they take) to finish, with time limits
+        and child deaths still handled as in ``collect()``; children still running then
+        are killed. Killed jobs get no outcome: their ids are returned and the caller
+        decides what becomes of them. Outcomes of jobs that finished (or failed) before
+        or during the stop are returned by the next ``collect()`` call.
+        """
+        if self._stopped:
+            return []
+        self._stopped = True
+        for slot in self._slots:
+            if slot.message is None and slot.process is not None:
+                self._release(slot, replace=False)  # EOF: an idle child exits
+        end = None if timeout is None else time.monotonic() + timeout
+        while not now and self.running():
+            self._done.extend(self._check_all())
+            remaining = None if end is None else end - time.monotonic()
+            if not self.running() or (remaining is not None and remaining <= 0):
+                break
+            due = self.next_deadline()
+            if due is not None:
+                remaining = due if remaining is None else min(remaining, due)
+            wait(self.waitables(), remaining)
+        busy = [s for s in self._slots if s.message is not None]
+        for slot in busy:
+            slot.process.kill()
+        unfinished = []
+        for slot in busy:
+            slot.process.join(_EXIT_GRACE)
+            reply = self._receive(slot)  # finished just before the kill: keep it
+            if reply is not None:
+                self._done.append(reply["outcome"])
+            else:
+                assert slot.message is not None
+                unfinished.append(slot.message["id"])
+                logger.warning("Job %s killed by the pool's stop: task=%s",
+                               slot.message["id"], slot.message["task_path"])
+            slot.message = slot.deadline = None
+            self._release(slot, replace=False)
+        grace_end = time.monotonic() + _EXIT_GRACE
+        for process in self._retired:
+            process.join(max(0.0, grace_end - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self._reap()
+        return unfinished

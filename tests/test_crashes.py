@@ -1,0 +1,235 @@
+"""Real workers killed, frozen, interrupted and cut off from the database.
+
+Every test counts real runs from the file the tasks write (tests/reliability_tasks.py),
+not only what the job table says. The test settings use HEARTBEAT_INTERVAL 0.25 s and
+WORKER_TIMEOUT 2 s, so rescue by timeout takes seconds.
+"""
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+from django.db import connection
+
+from django_tasks.models import Job, Worker
+from tests import reliability_tasks as rt
+from tests.helpers import start_worker, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def runs(path):
+    """job id -> how many times it ran."""
+    if not path.exists():
+        return Counter()
+    return Counter(line.split()[0] for line in path.read_text().splitlines())
+
+
+def held():
+    return Job.objects.filter(status__in=["CLAIMED", "RUNNING"])
+
+
+def finish(proc, timeout=60):
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
+def test_kill_9_mid_task_loses_nothing_and_reruns_only_what_was_running(tmp_path):
+    """The headline scenario: kill -9 the whole worker (supervisor and children) with
+    2,000 short jobs and a few long ones in flight, then start a new worker."""
+    log = tmp_path / "runs"
+    # The long ones go first (higher priority) and hold two of the four slots.
+    long = [rt.record_slowly.using(priority=10).enqueue(str(log), 4) for _ in range(2)]
+    short = [rt.record.enqueue(str(log)) for _ in range(2000)]
+    ids = {r.id for r in short + long}
+    victim = start_worker("-c", "4", "--worker-id", "victim")
+    # Kill it once both slots are busy and some short jobs are done.
+    assert wait_for(lambda: runs(log) and held().filter(status="RUNNING").count() >= 1,
+                    timeout=30)
+    assert wait_for(lambda: len(runs(log)) >= 200, timeout=30)
+    os.killpg(victim.pid, signal.SIGKILL)
+    finish(victim)
+    running_at_kill = set(held().filter(status="RUNNING").values_list("id", flat=True))
+    claimed_at_kill = set(held().filter(status="CLAIMED").values_list("id", flat=True))
+    ran_before = runs(log)
+    assert running_at_kill and claimed_at_kill  # the kill really hit jobs in flight
+    assert {r.id for r in long} <= {str(i) for i in running_at_kill}
+
+    started = time.monotonic()
+    rescuer = start_worker("-c", "4", "--burst", "--worker-id", "rescuer")
+    out = finish(rescuer, timeout=120)
+    recovered_in = time.monotonic() - started
+    assert rescuer.returncode == 0, out
+    assert "Rescued the jobs of worker victim" in out and "is gone" in out
+
+    jobs = {str(j.id): j for j in Job.objects.filter(pk__in=ids)}
+    assert not held().exists()
+    counts = runs(log)
+    lost = ids - set(counts)
+    twice = {i for i, n in counts.items() if n > 1}
+    statuses = Counter(j.status for j in jobs.values())
+    print(f"\nkill -9 scenario: {len(ids)} enqueued, {statuses['SUCCESSFUL']} SUCCESSFUL, "
+          f"{len(twice)} ran twice, {len(lost)} lost, {len(running_at_kill)} running and "
+          f"{len(claimed_at_kill)} prefetched at the kill, recovered in {recovered_in:.1f} s "
+          f"(new worker start to drained)")
+    assert lost == set()
+    assert statuses == {"SUCCESSFUL": len(ids)}
+    running_ids = {str(i) for i in running_at_kill}
+    # Only what was running ran again, with its attempt counted; prefetched jobs
+    # that had not started ran once, as their first attempt.
+    assert twice <= running_ids
+    assert all(counts[i] <= 2 for i in counts)
+    for job_id, job in jobs.items():
+        if job_id in running_ids:
+            assert job.attempts == 2 and job.errors[0]["exception_class_path"].endswith(
+                "WorkerLost"), job_id
+        else:
+            assert job.attempts == 1 and job.errors == [], job_id
+    assert {str(i) for i in claimed_at_kill} & twice == set()
+    assert all(ran_before[str(i)] == 0 for i in claimed_at_kill)
+
+
+def test_a_frozen_worker_is_declared_dead_after_the_timeout_and_learns_it(tmp_path):
+    log = tmp_path / "runs"
+    job = rt.record_slowly.enqueue(str(log), 1.5)
+    frozen = start_worker("-c", "1", "--prefetch", "0", "--worker-id", "frozen")
+    assert wait_for(lambda: runs(log)[job.id] == 1)
+    os.killpg(frozen.pid, signal.SIGSTOP)  # alive, but no heartbeat
+    try:
+        rescuer = start_worker("-c", "1", "--worker-id", "rescuer")
+        # WORKER_TIMEOUT is 2 s: the rescuer takes the job over and runs it again.
+        assert wait_for(lambda: Job.objects.get(pk=job.id).status == "SUCCESSFUL", timeout=30)
+        rescued = Job.objects.get(pk=job.id)
+        assert rescued.attempts == 2 and rescued.worker_ids == ["frozen", "rescuer"]
+        assert "no heartbeat" in rescued.errors[0]["message"]
+        assert Worker.objects.get(pk="frozen").stopped_at is not None
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)
+    # The frozen worker wakes up, finishes its stale run (the documented duplicate
+    # window), finds it was declared dead, and its outcome does not overwrite the job.
+    assert wait_for(lambda: Worker.objects.get(pk="frozen").stopped_at is None, timeout=15)
+    for proc in (frozen, rescuer):
+        proc.send_signal(signal.SIGTERM)
+    out = finish(frozen)
+    finish(rescuer)
+    assert "was declared dead" in out
+    assert runs(log)[job.id] == 2
+    final = Job.objects.get(pk=job.id)
+    assert (final.status, final.worker_id, final.attempts) == ("SUCCESSFUL", "rescuer", 2)
+
+
+def test_cpu_bound_jobs_longer_than_the_timeout_are_not_rescued(tmp_path):
+    log = tmp_path / "runs"
+    jobs = [rt.spin.enqueue(str(log), 3.0) for _ in range(2)]  # 1.5 x WORKER_TIMEOUT
+    busy = start_worker("-c", "2", "--prefetch", "0", "--burst", "--worker-id", "busy")
+    assert wait_for(lambda: len(runs(log)) == 2)
+    watcher = start_worker("-c", "1", "--worker-id", "watcher")  # would rescue them
+    out = finish(busy)
+    watcher.send_signal(signal.SIGTERM)
+    watcher_out = finish(watcher)
+    assert busy.returncode == 0, out
+    assert "Rescued" not in watcher_out
+    for r in jobs:
+        job = Job.objects.get(pk=r.id)
+        assert (job.status, job.attempts, job.errors) == ("SUCCESSFUL", 1, [])
+    assert set(runs(log).values()) == {1}
+
+
+def test_a_task_that_kills_its_process_ends_failed_after_max_attempts(tmp_path):
+    log = tmp_path / "runs"
+    crash = rt.exit_process.enqueue(str(log))  # max_attempts=2
+    ok = rt.record.enqueue(str(log))
+    proc = start_worker("-c", "1", "--burst")
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    job = Job.objects.get(pk=crash.id)
+    assert (job.status, job.attempts) == ("FAILED", 2)
+    assert [e["exception_class_path"].rsplit(".", 1)[1] for e in job.errors] == [
+        "WorkerLost", "WorkerLost"]
+    assert "exit code 3" in job.errors[-1]["message"]
+    assert runs(log)[crash.id] == 2
+    assert Job.objects.get(pk=ok.id).status == "SUCCESSFUL"  # the worker went on
+
+
+@pytest.mark.parametrize("how", ["second signal", "grace"])
+def test_interrupted_shutdown_rescues_running_jobs_at_once(tmp_path, how):
+    log = tmp_path / "runs"
+    slow = rt.record_slowly.enqueue(str(log), 60)  # max_attempts=3
+    waiting = rt.record.enqueue(str(log))
+    args = ["-c", "1", "--prefetch", "1"] + (["--grace", "0.5"] if how == "grace" else [])
+    proc = start_worker(*args)
+    assert wait_for(lambda: runs(log)[slow.id] == 1)
+    assert wait_for(lambda: Job.objects.get(pk=waiting.id).status == "CLAIMED")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    if how == "second signal":
+        time.sleep(0.2)  # two separate signals, as an operator would send them
+        proc.send_signal(signal.SIGINT)
+    out = finish(proc)
+    took = time.monotonic() - started
+    assert took < 10, out
+    job = Job.objects.get(pk=slow.id)
+    assert (job.status, job.attempts) == ("READY", 1), out
+    reason = "second signal" if how == "second signal" else "grace period"
+    assert reason in job.errors[-1]["message"]
+    given_back = Job.objects.get(pk=waiting.id)
+    assert (given_back.status, given_back.attempts, given_back.errors) == ("READY", 0, [])
+    assert not held().exists()
+    assert Worker.objects.get().stopped_at is not None
+
+
+def test_repeated_signals_are_safe(tmp_path):
+    log = tmp_path / "runs"
+    jobs = [rt.record.enqueue(str(log)) for _ in range(50)]
+    proc = start_worker("-c", "2")
+    assert wait_for(lambda: len(runs(log)) >= 1)
+    for _ in range(5):
+        proc.send_signal(signal.SIGTERM)
+    out = finish(proc)
+    assert proc.returncode in (0, 1), out
+    assert "Traceback" not in out
+    assert not held().exists()
+    statuses = Counter(Job.objects.filter(pk__in=[j.id for j in jobs])
+                       .values_list("status", flat=True))
+    assert set(statuses) <= {"SUCCESSFUL", "READY"}
+
+
+def _terminate_other_sessions():
+    """pg_terminate_backend() every connection to the test database but ours."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.postgres_only
+def test_dropped_connections_keep_outcomes_and_relisten(tmp_path):
+    log = tmp_path / "runs"
+    # A 60 s poll interval: a job picked up within seconds proves NOTIFY woke the worker.
+    proc = start_worker("-c", "1", env={"DJANGO_TASKS_TEST_POLL_INTERVAL": "60"})
+    try:
+        running = rt.record_slowly.enqueue(str(log), 1.0)
+        assert wait_for(lambda: runs(log)[running.id] == 1)
+        # Mid-job: the outcome's write will hit a dead connection.
+        assert _terminate_other_sessions() >= 2  # broker + LISTEN (+ child's)
+        assert wait_for(lambda: Job.objects.get(pk=running.id).status == "SUCCESSFUL",
+                        timeout=15)
+        assert runs(log)[running.id] == 1  # written once the server answered: not re-run
+        # Idle: drop them all again, then a new job must start within 10 s.
+        time.sleep(0.5)
+        assert _terminate_other_sessions() >= 1
+        time.sleep(0.5)
+        started = time.monotonic()
+        later = rt.record.enqueue(str(log))
+        assert wait_for(lambda: runs(log)[later.id] == 1, timeout=10)
+        print(f"\npicked up {time.monotonic() - started:.2f} s after reconnecting")
+        assert wait_for(lambda: Job.objects.get(pk=later.id).status == "SUCCESSFUL")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = finish(proc)
+    assert proc.returncode == 0, out
+    assert "Database unreachable" in out and "Database back" in out

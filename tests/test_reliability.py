@@ -1,0 +1,201 @@
+"""Nothing lost, nothing stuck: rescue, leases and the worker's bookkeeping, in-process.
+
+Time is a parameter: a dead worker is made by moving its heartbeat back, never by
+sleeping. The real-process versions (kill -9, SIGSTOP, dropped connections) are in
+test_crashes.py.
+"""
+
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.db import DatabaseError, connection
+from django.tasks import TaskResultStatus, default_task_backend
+from django.utils import timezone
+
+from django_tasks import EnqueueError
+from django_tasks.conf import BackendOptions
+from django_tasks.models import Job, Worker
+from django_tasks.worker import Worker as TaskWorker
+from django_tasks.worker.liveness import is_gone, process_key
+from tests import reliability_tasks as rt
+from tests import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+backend = default_task_backend
+
+
+def register(worker_id, *, beat_age=0.0, now=None, key=""):
+    now = now or timezone.now()
+    backend.register_worker(
+        id=worker_id, hostname="h", pid=1, backend="default", queues=["default"],
+        concurrency=1, pool="prefork", started_at=now,
+        last_heartbeat_at=now - timedelta(seconds=beat_age), process_key=key,
+    )
+
+
+def start(worker_id, job_ids):
+    at = timezone.now().isoformat()
+    backend.exchange(worker_id, starts=[(i, at) for i in job_ids])
+
+
+def test_expired_worker_is_declared_dead_and_its_jobs_rescued(tmp_path):
+    now = timezone.now()
+    register("dead", beat_age=60, now=now)
+    register("alive", now=now)
+    results = [rt.record.enqueue(str(tmp_path / "runs")) for _ in range(3)]  # 3 attempts
+    running, prefetched = backend.claim("dead", ["default"], 2)
+    start("dead", [running["id"]])
+    kept = backend.claim("alive", ["default"], 1)[0]
+
+    rescued = backend.rescue_orphans("rescuer", now)
+
+    assert [(holder, counts) for holder, _, counts in rescued] == [("dead", (1, 1, 0))]
+    dead = Worker.objects.get(pk="dead")
+    assert dead.stopped_at == now and "no heartbeat for 60 s" in dead.stop_reason
+    job = Job.objects.get(pk=running["id"])
+    assert (job.status, job.attempts, job.worker_id) == ("READY", 1, "dead")
+    assert job.available_at == now and job.errors[-1]["exception_class_path"].endswith(
+        "WorkerLost")
+    assert "worker dead was lost" in job.errors[-1]["message"]
+    assert job.errors[-1]["attempt"] == 1
+    untouched = Job.objects.get(pk=prefetched["id"])
+    assert (untouched.status, untouched.attempts, untouched.worker_id) == ("READY", 0, "")
+    assert untouched.errors == []
+    assert Job.objects.get(pk=kept["id"]).status == "CLAIMED"  # a live worker keeps its jobs
+    assert len(results) == 3
+    # the rescued jobs run again, and the attempt count carries on
+    TaskWorker(pool="inline", queues=["default"]).drain()
+    job.refresh_from_db()
+    assert (job.status, job.attempts, len(job.worker_ids)) == ("SUCCESSFUL", 2, 2)
+
+
+def test_a_dead_workers_last_attempt_fails_with_the_reason():
+    register("dead", beat_age=60)
+    result = tasks.add.enqueue(1, 1)  # max_attempts=1
+    backend.claim("dead", ["default"], 1)
+    start("dead", [result.id])
+    backend.rescue_orphans("rescuer")
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert result.errors[-1].exception_class_path == "django_tasks.exceptions.WorkerLost"
+    assert result.finished_at is not None
+
+
+def test_a_heartbeat_within_the_timeout_keeps_the_jobs():
+    register("slow", beat_age=1.5)  # WORKER_TIMEOUT is 2 s in the test settings
+    result = tasks.add.enqueue(1, 1)
+    backend.claim("slow", ["default"], 1)
+    start("slow", [result.id])
+    assert backend.rescue_orphans("rescuer") == []
+    assert Job.objects.get(pk=result.id).status == "RUNNING"
+    # ... and a worker that comes back after being declared dead learns it
+    assert backend.heartbeat("slow") is True
+    backend.rescue_orphans("rescuer", timezone.now() + timedelta(seconds=10))
+    assert backend.heartbeat("slow") is False
+
+
+def test_jobs_of_a_stopped_or_unknown_worker_are_rescued_at_once():
+    register("stopped")
+    a = tasks.add.enqueue(1, 1)
+    b = tasks.add.enqueue(2, 2)
+    backend.claim("stopped", ["default"], 1)
+    backend.unregister_worker("stopped", reason="stopped at once")
+    backend.claim("never-registered", ["default"], 1)
+    rescued = {holder: why for holder, why, _ in backend.rescue_orphans("rescuer")}
+    assert rescued == {"stopped": "stopped at once", "never-registered": "not registered"}
+    assert {Job.objects.get(pk=r.id).status for r in (a, b)} == {"READY"}
+
+
+def test_a_worker_whose_process_is_gone_is_dead_without_waiting(tmp_path):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    key = process_key(child.pid)
+    child.wait()
+    if not key:
+        pytest.skip("needs Linux /proc to identify processes")
+    assert is_gone(SimpleNamespace(process_key=key))
+    assert not is_gone(SimpleNamespace(process_key=process_key()))  # this one is alive
+    assert not is_gone(SimpleNamespace(process_key=key.replace("|", "x|", 1)))  # other host
+    register("killed", key=key)  # fresh heartbeat
+    register("here", key=process_key())
+    result = tasks.add.enqueue(1, 1)
+    backend.claim("killed", ["default"], 1)
+    rescued = backend.rescue_orphans("rescuer", is_gone=is_gone)
+    assert [holder for holder, _, _ in rescued] == ["killed"]
+    assert "is gone" in Worker.objects.get(pk="killed").stop_reason
+    assert Worker.objects.get(pk="here").stopped_at is None
+    assert Job.objects.get(pk=result.id).status == "READY"
+
+
+def test_outcomes_and_starts_of_a_worker_that_lost_its_jobs_are_ignored(tmp_path):
+    register("old", beat_age=60)
+    result = rt.record.enqueue(str(tmp_path / "runs"))
+    backend.claim("old", ["default"], 1)
+    start("old", [result.id])
+    backend.rescue_orphans("rescuer")
+    claimed = backend.claim("new", ["default"], 1)
+    assert [m["attempts"] for m in claimed] == [2]
+    backend.exchange("old", starts=[(result.id, timezone.now().isoformat())], outcomes=[{
+        "id": result.id, "status": "SUCCESSFUL", "return_value": 99, "error": None,
+        "finished_at": timezone.now().isoformat(), "available_at": None, "started_at": None,
+    }])
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.worker_id, job.return_value, job.attempts) == ("CLAIMED", "new",
+                                                                           None, 1)
+
+
+def test_reconcile_gives_back_claims_whose_answer_was_lost():
+    result = tasks.add.enqueue(1, 1)
+    worker = TaskWorker(pool="inline", worker_id="w")
+    backend.claim("w", ["default"], 1)  # committed, but the worker never saw the rows
+    worker._reconcile()
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.worker_id) == ("READY", "")
+
+
+def test_interrupted_jobs_are_rescued_by_the_worker_itself():
+    result = tasks.add.enqueue(1, 1)
+    worker = TaskWorker(pool="inline", worker_id="w", prefetch=0)
+    register("w")
+    worker.exchange()
+    job_id = worker._buffer[0]["id"]
+    with worker._lock:  # as dispatch() does, without running it
+        worker._buffer.clear()
+        worker._running[job_id] = timezone.now().isoformat()
+        worker._starts.append((job_id, worker._running[job_id]))
+    worker.pool.stop = lambda **kw: [job_id]  # the pool reports it killed the job
+    worker.grace = 5
+    worker.shutdown()
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED  # max_attempts=1: no attempt left
+    assert "shutdown grace period" in result.errors[-1].message
+    assert Worker.objects.get(pk="w").stopped_at is not None
+
+
+def test_worker_timeout_must_exceed_two_heartbeats():
+    options = BackendOptions.parse({"HEARTBEAT_INTERVAL": 5, "WORKER_TIMEOUT": 8})
+    assert options.worker_timeout == 30 and "WORKER_TIMEOUT" in options.problems[0]
+    assert BackendOptions.parse({"WORKER_TIMEOUT": 11, "HEARTBEAT_INTERVAL": 5}).problems == ()
+
+
+def test_enqueue_on_a_dropped_connection_is_a_clear_error_and_stores_nothing():
+    if connection.vendor != "postgresql":
+        pytest.skip("needs a server connection to drop")
+    import psycopg
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    db = connection.settings_dict
+    with psycopg.connect(host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432,
+                         user=db["USER"], dbname=db["NAME"], autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    with pytest.raises(EnqueueError, match=r"Could not enqueue tests\.tasks\.add") as info:
+        tasks.add.enqueue(1, 1)
+    assert isinstance(info.value, DatabaseError)  # `except DatabaseError` still works
+    connection.close()
+    assert Job.objects.count() == 0
+    assert tasks.add.enqueue(1, 1).id  # the next call reconnects
