@@ -141,6 +141,16 @@ class Job(models.Model):
         return self.status in FINISHED
 
 
+class WorkerQuerySet(models.QuerySet):
+    def running(self) -> WorkerQuerySet:
+        """Workers that have not stopped and were not declared dead (yet)."""
+        return self.filter(stopped_at__isnull=True)
+
+    def expired(self, now: datetime, timeout: float) -> WorkerQuerySet:
+        """Running workers silent for more than ``timeout`` seconds: dead, not yet declared."""
+        return self.running().filter(last_heartbeat_at__lt=now - timedelta(seconds=timeout))
+
+
 class Worker(models.Model):
     """A running (or dead) ``manage.py worker`` process group."""
 
@@ -161,8 +171,18 @@ class Worker(models.Model):
     # Why it stopped: "" while running, else e.g. "shutdown", "declared dead by <id>".
     stop_reason = models.CharField(max_length=200, blank=True, default="")
 
+    objects = WorkerQuerySet.as_manager()
+
     class Meta:
         verbose_name = _("worker")
 
     def __str__(self) -> str:
         return self.id
+
+    def state(self, now: datetime, timeout: float) -> str:
+        """'alive', 'dead' (silent past ``timeout``, not yet declared) or 'stopped'."""
+        if self.stopped_at is not None:
+            return "stopped"
+        if self.last_heartbeat_at < now - timedelta(seconds=timeout):
+            return "dead"
+        return "alive"

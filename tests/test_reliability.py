@@ -199,3 +199,41 @@ def test_enqueue_on_a_dropped_connection_is_a_clear_error_and_stores_nothing():
     connection.close()
     assert Job.objects.count() == 0
     assert tasks.add.enqueue(1, 1).id  # the next call reconnects
+
+
+def test_tasks_status_shows_depths_and_alive_dead_stopped_workers():
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    register("alive-1")
+    register("silent-1", beat_age=60)
+    register("gone-1")
+    backend.unregister_worker("gone-1", reason="shutdown")
+    for i in range(3):
+        tasks.add.enqueue(i, i)
+    backend.claim("silent-1", ["default"], 2)
+    out = StringIO()
+    call_command("tasks", "status", stdout=out)
+    text = out.getvalue()
+    header, default_row = text.splitlines()[:2]
+    assert header.split() == ["queue", "READY", "CLAIMED", "RUNNING", "FAILED", "SUCCESSFUL"]
+    assert default_row.split() == ["default", "1", "2", "0", "0", "0"]
+    lines = {line.split()[0]: line for line in text.splitlines() if "-1 " in line}
+    assert lines["alive-1"].split()[1:5] == ["alive", "prefork", "1", "0"]
+    assert lines["silent-1"].split()[1:5] == ["dead", "prefork", "1", "2"]
+    assert "stopped: shutdown" in lines["gone-1"]
+
+
+def test_tasks_prune_command():
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    tasks.add.enqueue(1, 1)
+    TaskWorker(pool="inline").drain(timezone.now())
+    out = StringIO()
+    call_command("tasks", "prune", "--older-than", "0s", stdout=out)
+    assert "Deleted 1 finished job(s)" in out.getvalue()
+    with pytest.raises(CommandError, match="use a number with a unit"):
+        call_command("tasks", "prune", "--older-than", "soon")

@@ -7,11 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, task_backends
 from django.utils import timezone
 
-from django_tasks.models import Job, Worker
+from django_tasks.models import STATUS_CHOICES, Job, Worker
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -41,9 +41,15 @@ class Command(BaseCommand):
                            help="Rows deleted per statement (default: %(default)s).")
         prune.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
                            help="TASKS alias (default: %(default)s).")
-        status = sub.add_parser("status", help="Queue depths per queue and status, and workers.")
+        status = sub.add_parser(
+            "status", help="Queue depths per queue and status; workers: alive, dead or "
+                           "stopped, and how many jobs each holds.")
         status.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
                             help="TASKS alias (default: %(default)s).")
+        status.add_argument(
+            "--recent", type=parse_age, default=timedelta(hours=1), metavar="AGE",
+            help="Also list workers stopped within this age (default: 1h).",
+        )
 
     def _database(self, alias: str) -> str:
         try:
@@ -62,21 +68,44 @@ class Command(BaseCommand):
             self.stdout.write(f"Deleted {deleted} finished job(s) that finished before "
                               f"{cutoff:%Y-%m-%d %H:%M:%S %Z}.")
             return
+        self._status(db, jobs, task_backends[options["backend"]].config.worker_timeout,
+                     recent=options["recent"])
+
+    def _status(self, db: str, jobs: Any, timeout: float, *, recent: timedelta) -> None:
+        now = timezone.now()
         rows = jobs.values("queue_name", "status").annotate(n=Count("pk")).order_by("queue_name")
         depths: dict[str, dict[str, int]] = {}
         for row in rows:
             depths.setdefault(row["queue_name"], {})[row["status"]] = row["n"]
-        statuses = ["READY", "RUNNING", "SUCCESSFUL", "FAILED"]
+        statuses = [value for value, _ in STATUS_CHOICES]
         self.stdout.write(f"{'queue':<24}" + "".join(f"{s:>12}" for s in statuses))
         for queue, counts in sorted(depths.items()):
             self.stdout.write(f"{queue:<24}" + "".join(f"{counts.get(s, 0):>12}" for s in statuses))
         if not depths:
             self.stdout.write("(no jobs)")
         self.stdout.write("")
-        workers = Worker.objects.using(db).filter(stopped_at__isnull=True).order_by("started_at")
-        self.stdout.write(f"{'worker':<40}{'pool':>10}{'slots':>7}  last heartbeat")
+
+        held = dict(
+            Job.objects.using(db).held().values_list("worker_id").annotate(n=Count("pk"))
+        )
+        workers = Worker.objects.using(db).filter(
+            Q(stopped_at__isnull=True) | Q(stopped_at__gte=now - recent) | Q(id__in=held)
+        ).order_by("started_at")
+        self.stdout.write(f"{'worker':<36}{'state':>9}{'pool':>9}{'slots':>6}{'holds':>6}"
+                          f"  last heartbeat")
         for w in workers:
-            self.stdout.write(f"{w.id:<40}{w.pool:>10}{w.concurrency:>7}  "
-                              f"{w.last_heartbeat_at:%Y-%m-%d %H:%M:%S}")
+            state = w.state(now, timeout)
+            age = (now - w.last_heartbeat_at).total_seconds()
+            note = f"{age:.1f}s ago"
+            if state == "stopped":
+                note += f"; stopped: {w.stop_reason or 'shutdown'}"
+            elif state == "dead":
+                note += f"; silent past WORKER_TIMEOUT ({timeout:g}s), rescued by the next worker"
+            self.stdout.write(f"{w.id:<36}{state:>9}{w.pool:>9}{w.concurrency:>6}"
+                              f"{held.get(w.id, 0):>6}  {note}")
         if not workers:
-            self.stdout.write("(no running workers)")
+            self.stdout.write("(no workers)")
+        orphans = {k: v for k, v in held.items() if k not in {w.id for w in workers}}
+        for worker_id, n in sorted(orphans.items()):
+            self.stdout.write(f"{worker_id or '(none)':<36}{'unknown':>9}{'':>9}{'':>6}{n:>6}  "
+                              "not registered; rescued by the next worker")
