@@ -53,3 +53,28 @@ def test_retry_action_requires_permission(client, failed_job):
     client.post(url, data)
     failed_job.refresh_from_db()
     assert failed_job.status == "READY"
+
+
+def test_worker_changelist_shows_alive_dead_and_stopped(client):
+    from datetime import timedelta
+
+    from django.tasks import default_task_backend
+    from django.utils import timezone
+
+    now = timezone.now()
+    for worker_id, age in (("w-alive", 0), ("w-dead", 60), ("w-stopped", 0)):
+        default_task_backend.register_worker(
+            id=worker_id, hostname="h", pid=1, backend="default", queues=["default"],
+            concurrency=2, pool="prefork", started_at=now,
+            last_heartbeat_at=now - timedelta(seconds=age),
+        )
+    default_task_backend.unregister_worker("w-stopped", reason="shutdown")
+    staff(client, "view_worker")
+    page = client.get(reverse("admin:django_tasks_worker_changelist"))
+    assert page.status_code == 200
+    rows = {w: next(r for r in page.text.split("<tr") if f">{w}<" in r)
+            for w in ("w-alive", "w-dead", "w-stopped")}
+    assert '<td class="field-state">alive</td>' in rows["w-alive"]
+    assert '<td class="field-state">dead</td>' in rows["w-dead"]
+    assert '<td class="field-state">stopped</td>' in rows["w-stopped"]
+    assert '<td class="field-stop_reason">shutdown</td>' in rows["w-stopped"]

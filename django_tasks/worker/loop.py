@@ -289,7 +289,7 @@ class Worker:
                 self.worker_id, self.pool.running(),
             )
         finally:
-            self.shutdown(now=aborted, interrupted_by="grace" if not aborted else "abort")
+            self.shutdown(now=aborted)
         return self.completed
 
     def _done_claiming(self) -> bool:
@@ -459,7 +459,7 @@ class Worker:
 
     # -- stopping -------------------------------------------------------------------------
 
-    def shutdown(self, *, now: bool = False, interrupted_by: str = "grace") -> None:
+    def shutdown(self, *, now: bool = False) -> None:
         """Stop the pool, write what is pending, give back and rescue the rest, sign off.
 
         ``now``: kill running jobs at once (a second signal). Otherwise running jobs
@@ -473,8 +473,8 @@ class Worker:
         # whatever still runs; prefork children that are idle just exit.
         unfinished = self.pool.stop(now=now, timeout=0)
         self.dispatch()  # outcomes that arrived meanwhile
-        if self._broker is not None:
-            self._broker_stop = True
+        if self._broker is not None and self._broker.is_alive():
+            self._broker_stop = True  # it writes what is pending, then returns
             _poke(self._io_w)
             self._broker.join()
         else:

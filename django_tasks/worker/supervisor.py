@@ -20,6 +20,9 @@ def install_signal_handlers(worker: Worker) -> None:
         if worker.shutting_down:
             return  # already writing outcomes and signing off: let it finish
         if worker.stopping:
+            # Set before raising: a third signal arriving before shutdown() starts must
+            # not interrupt the way out.
+            worker.shutting_down = True
             raise Abort(name)
         logging.getLogger("django_tasks.worker").info(
             "%s received: finishing %d running job(s); send it again to stop at once",
