@@ -170,20 +170,20 @@ class _Dialect:
                 f"WHERE {where} AND status = '{CLAIMED}'", params,
             )
             released = c.rowcount
-            c.execute(
-                f"UPDATE {self.table} SET status = '{READY}', available_at = %s, "
-                f"errors = {self.append_json.format('errors').replace('%s', error)} "
-                f"WHERE {where} AND status = '{RUNNING}' AND attempts < max_attempts",
-                [t, reason, now.isoformat(), *params],
-            )
-            retried = c.rowcount
-            c.execute(
-                f"UPDATE {self.table} SET status = '{FAILED}', finished_at = %s, "
-                f"errors = {self.append_json.format('errors').replace('%s', error)} "
-                f"WHERE {where} AND status = '{RUNNING}'",
-                [t, reason, now.isoformat(), *params],
-            )
-            return released, retried, c.rowcount
+            counts = []
+            # Started jobs keep their counted attempt: READY again while attempts
+            # remain (the first statement), else FAILED (the second takes the rest).
+            for set_sql, condition in ((f"status = '{READY}', available_at = %s",
+                                        " AND attempts < max_attempts"),
+                                       (f"status = '{FAILED}', finished_at = %s", "")):
+                c.execute(
+                    f"UPDATE {self.table} SET {set_sql}, errors = "
+                    f"{self.append_json.format('errors').replace('%s', error)} "
+                    f"WHERE {where} AND status = '{RUNNING}'{condition}",
+                    [t, reason, now.isoformat(), *params],
+                )
+                counts.append(c.rowcount)
+            return released, counts[0], counts[1]
 
     def insert(self, job: Any, *, notify: bool) -> None:
         """Store a new job in one statement (and wake idle workers where that exists)."""

@@ -224,12 +224,7 @@ class Worker:
     def start(self) -> None:
         """Register, rescue what dead workers left, start the pool and the broker thread."""
         now = timezone.now()
-        self.backend.register_worker(
-            id=self.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
-            backend=self.backend.alias, queues=self.queues, concurrency=self.concurrency,
-            pool=self.pool.name, started_at=now, last_heartbeat_at=now,
-            process_key=process_key(),
-        )
+        self._register(now)
         self._rescue(now)
         # Fork before any thread starts, and with no open connection to inherit.
         connections.close_all()
@@ -408,13 +403,16 @@ class Worker:
             )
             with self._lock:
                 self._buffer.clear()
-            self.backend.register_worker(
-                id=self.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
-                backend=self.backend.alias, queues=self.queues, concurrency=self.concurrency,
-                pool=self.pool.name, started_at=now, last_heartbeat_at=now,
-                process_key=process_key(),
-            )
+            self._register(now)
         self._rescue(now)
+
+    def _register(self, now: datetime) -> None:
+        self.backend.register_worker(
+            id=self.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
+            backend=self.backend.alias, queues=self.queues, concurrency=self.concurrency,
+            pool=self.pool.name, started_at=now, last_heartbeat_at=now,
+            process_key=process_key(),
+        )
 
     def _rescue(self, now: datetime) -> None:
         for holder, why, (released, retried, failed) in self.backend.rescue_orphans(
