@@ -164,8 +164,9 @@ def test_interrupted_jobs_are_rescued_by_the_worker_itself():
     job_id = worker._buffer[0]["id"]
     with worker._lock:  # as dispatch() does, without running it
         worker._buffer.clear()
-        worker._running[job_id] = timezone.now().isoformat()
-        worker._starts.append((job_id, worker._running[job_id]))
+        stamp = timezone.now().isoformat()
+        worker._running[job_id] = (stamp, 0.0)
+        worker._starts.append((job_id, stamp))
     worker.pool.stop = lambda **kw: [job_id]  # the pool reports it killed the job
     worker.grace = 5
     worker.shutdown()
@@ -237,3 +238,29 @@ def test_tasks_prune_command():
     assert "Deleted 1 finished job(s)" in out.getvalue()
     with pytest.raises(CommandError, match="use a number with a unit"):
         call_command("tasks", "prune", "--older-than", "soon")
+
+
+def test_adaptive_prefetch_holds_what_the_slots_start_within_the_window():
+    from django_tasks.worker.loop import PREFETCH_PER_SLOT, PREFETCH_WINDOW
+
+    worker = TaskWorker(pool="inline", concurrency=2)
+    assert worker.adaptive_prefetch and worker.prefetch == 2 * PREFETCH_PER_SLOT
+    assert worker.prefetch_now() == 2  # nothing measured yet: one per slot
+    worker._avg_run = 0.0005  # short jobs: up to the cap
+    assert worker.prefetch_now() == 2 * PREFETCH_PER_SLOT
+    worker._avg_run = PREFETCH_WINDOW  # each slot starts one job per window
+    assert worker.prefetch_now() == 2
+    worker._avg_run = 60.0  # long jobs: hold none, so another worker can take them
+    assert worker.prefetch_now() == 0
+    fixed = TaskWorker(pool="inline", concurrency=2, prefetch=3)
+    fixed._avg_run = 60.0
+    assert fixed.prefetch_now() == 3 and not fixed.adaptive_prefetch
+
+
+def test_adaptive_prefetch_learns_from_outcomes():
+    for i in range(30):
+        tasks.add.enqueue(i, i)
+    worker = TaskWorker(pool="inline", concurrency=1)
+    assert worker.exchange() == 2  # one slot + one prefetched, before any measurement
+    worker.drain()
+    assert worker._avg_run is not None and worker.prefetch_now() > 1

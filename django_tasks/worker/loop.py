@@ -38,6 +38,11 @@ logger = logging.getLogger("django_tasks.worker")
 
 __all__ = ["Abort", "Worker", "default_worker_id"]
 
+#: Adaptive prefetch holds what the slots are expected to start within this many seconds.
+PREFETCH_WINDOW = 0.1
+#: ... and at most this many jobs per slot.
+PREFETCH_PER_SLOT = 8
+
 
 class Abort(BaseException):
     """A second stop signal: leave at once without waiting for running jobs."""
@@ -88,11 +93,14 @@ class Worker:
         self.pool = make_pool(pool, self.concurrency, self.worker_id, **(pool_options or {}))
         # Jobs claimed beyond the free slots wait in the buffer, so a slot that frees up
         # starts its next job at once instead of after a round trip, and each round trip
-        # claims several jobs. The default, 4 per slot, is Celery's prefetch multiplier;
-        # it took a 2-slot drain of no-op jobs from 1,320 to 3,150 jobs/s (2 per slot:
-        # 2,285). Long jobs want --prefetch 0: a prefetched job waits behind them while
-        # another worker may be idle. Given back on shutdown; rescued if this worker dies.
-        self.prefetch = 4 * self.concurrency if prefetch is None else prefetch
+        # claims several jobs. ``prefetch=N`` holds up to N. The default adapts: as many
+        # as the slots are expected to start within PREFETCH_WINDOW, judged by how long
+        # recent jobs ran, at most PREFETCH_PER_SLOT per slot -- so short jobs move in
+        # large batches, while long jobs are not hoarded by one worker when another is
+        # idle (Celery's fixed multiplier does that; its users are told "-O fair").
+        self.prefetch = PREFETCH_PER_SLOT * self.concurrency if prefetch is None else prefetch
+        self.adaptive_prefetch = prefetch is None
+        self._avg_run: float | None = None  # seconds per job in a slot, moving average
         self.burst = burst
         self.max_tasks = max_tasks
         self.grace = grace
@@ -104,7 +112,8 @@ class Worker:
         # State shared by the two threads, guarded by _lock.
         self._lock = threading.Lock()
         self._buffer: deque[dict[str, Any]] = deque()  # claimed, not started
-        self._running: dict[str, str] = {}  # job id -> start time (ISO), in the pool
+        # job id -> (start time as ISO, time.monotonic() at the start), for jobs in the pool
+        self._running: dict[str, tuple[str, float]] = {}
         self._starts: list[tuple[str, str]] = []  # started since the last exchange
         self._outcomes: list[dict[str, Any]] = []  # finished since the last exchange
         self._dry = False  # the last claim got fewer jobs than asked for
@@ -131,10 +140,14 @@ class Worker:
         Main thread only (it owns the pool). Returns how many jobs it started.
         """
         outcomes = self.pool.collect()
+        clock = time.monotonic()
         with self._lock:
             for outcome in outcomes:
-                outcome["started_at"] = self._running.pop(outcome["id"], None)
+                started, at = self._running.pop(outcome["id"], (None, clock))
+                outcome["started_at"] = started
                 self._outcomes.append(outcome)
+                took = clock - at
+                self._avg_run = took if self._avg_run is None else 0.8 * self._avg_run + 0.2 * took
             jobs = []
             if not self.stopping and not self._holding:
                 free = self.pool.free_slots()
@@ -142,7 +155,7 @@ class Worker:
                 while free > 0 and self._buffer:
                     job = self._buffer.popleft()
                     job["started_at"] = job["started_at"] or stamp
-                    self._running[job["id"]] = stamp
+                    self._running[job["id"]] = (stamp, clock)
                     self._starts.append((job["id"], stamp))
                     jobs.append(job)
                     free -= 1
@@ -190,10 +203,19 @@ class Worker:
         """Jobs to claim now (call with the lock held)."""
         if self.stopping:
             return 0
-        room = self.concurrency + self.prefetch - len(self._buffer) - len(self._running)
+        room = self.concurrency + self.prefetch_now() - len(self._buffer) - len(self._running)
         if self.max_tasks is not None:
             room = min(room, self.max_tasks - self.claimed)
         return max(0, room)
+
+    def prefetch_now(self) -> int:
+        """How many jobs to hold beyond the free slots at the moment."""
+        if not self.adaptive_prefetch:
+            return self.prefetch
+        if self._avg_run is None:  # nothing measured yet: one per slot
+            return min(self.prefetch, self.concurrency)
+        fits = int(self.concurrency * PREFETCH_WINDOW / max(self._avg_run, 1e-6))
+        return min(self.prefetch, fits)
 
     def run_once(self, now: datetime | None = None) -> int:
         """One whole step on this thread: dispatch, exchange, dispatch.
@@ -236,9 +258,10 @@ class Worker:
         else:
             self._listens = self._listener is not None
         logger.info(
-            "Worker %s ready: backend=%s queues=%s pool=%s concurrency=%d prefetch=%d",
+            "Worker %s ready: backend=%s queues=%s pool=%s concurrency=%d prefetch=%s",
             self.worker_id, self.backend.alias, ",".join(self.queues), self.pool.name,
-            self.concurrency, self.prefetch,
+            self.concurrency,
+            f"adaptive (up to {self.prefetch})" if self.adaptive_prefetch else self.prefetch,
         )
 
     def stop(self) -> None:

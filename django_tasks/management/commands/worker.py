@@ -78,9 +78,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--prefetch", type=_non_negative, default=None, metavar="N",
             help="Jobs held beyond the free slots, so a freed slot starts its next job at "
-                 "once and each round trip claims several (default: 4 x concurrency, "
-                 "as Celery's prefetch multiplier; 0 for long jobs, so none wait behind "
-                 "them). Given back on shutdown, rescued if the worker dies.",
+                 "once and each round trip claims several. Default: adaptive, as many as "
+                 "the slots should start within 0.1 s given recent job durations, at most "
+                 "8 per slot (short jobs: batches; long jobs: none held back from other "
+                 "workers). N: up to N, fixed. Given back on shutdown, rescued if the "
+                 "worker dies.",
         )
         parser.add_argument(
             "--grace", type=_seconds, default=None, metavar="SECONDS",
