@@ -43,3 +43,8 @@ def spin(context, path, seconds):
 def exit_process(context, path):
     _note(path, context.job_id)
     os._exit(3)
+
+
+@task()
+def pid():
+    return os.getpid()
