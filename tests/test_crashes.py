@@ -255,3 +255,12 @@ def test_recycling_options_are_checked():
     proc = start_worker("--burst", "--max-memory-per-child", "lots")
     out = finish(proc)
     assert proc.returncode != 0 and "--max-memory-per-child" in out
+
+
+@pytest.mark.postgres_only
+def test_a_worker_that_cannot_reach_the_database_at_start_says_so():
+    proc = start_worker("--burst", env={"TEST_DB": "postgres",
+                                        "TEST_DATABASE_URL": "postgres://postgres@127.0.0.1:1/x"})
+    out = finish(proc)
+    assert proc.returncode != 0
+    assert "Cannot start: the database is unreachable" in out and "Traceback" not in out

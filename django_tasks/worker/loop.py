@@ -315,7 +315,7 @@ class Worker:
 
     def _wait(self, until: float | None) -> None:
         timeout = self.poll_interval
-        deadline = getattr(self.pool, "next_deadline", lambda: None)()
+        deadline = self.pool.next_deadline()
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline))
         if until is not None:

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils.module_loading import autodiscover_modules
 
@@ -142,4 +143,11 @@ class Command(BaseCommand):
         except Exception as exc:
             raise CommandError(str(exc)) from exc
         install_signal_handlers(worker)
-        worker.run()
+        try:
+            worker.run()
+        except DatabaseError as exc:
+            # Only start-up gets here: once running, the worker rides out outages.
+            raise CommandError(
+                f"Cannot start: the database is unreachable ({type(exc).__name__}: "
+                f"{str(exc).strip()}). Nothing was claimed."
+            ) from exc
