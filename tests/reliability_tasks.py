@@ -1,7 +1,7 @@
 """Tasks for the crash, rescue and reconnect tests (module path tests.reliability_tasks.*).
 
-Each run appends a line "<job id> <pid>" to the file it is given, so a test can count
-how many times each job really ran, whatever the job table says.
+Each run appends a line "<job id> <pid> <unix time>" to the file it is given, so a test
+can count how many times each job really ran, and when, whatever the job table says.
 """
 
 import os
@@ -12,7 +12,7 @@ from django.tasks import task
 
 def _note(path, job_id):
     with open(path, "a") as f:
-        f.write(f"{job_id} {os.getpid()}\n")
+        f.write(f"{job_id} {os.getpid()} {time.time():.6f}\n")
 
 
 @task(takes_context=True, max_attempts=3)

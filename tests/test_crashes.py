@@ -27,6 +27,15 @@ def runs(path):
     return Counter(line.split()[0] for line in path.read_text().splitlines())
 
 
+def first_runs(path):
+    """job id -> unix time of its first run."""
+    first = {}
+    for line in path.read_text().splitlines():
+        job_id, _, at = line.split()
+        first.setdefault(job_id, float(at))
+    return first
+
+
 def held():
     return Job.objects.filter(status__in=["CLAIMED", "RUNNING"])
 
@@ -49,6 +58,7 @@ def test_kill_9_mid_task_loses_nothing_and_reruns_only_what_was_running(tmp_path
     assert wait_for(lambda: runs(log) and held().filter(status="RUNNING").count() >= 1,
                     timeout=30)
     assert wait_for(lambda: len(runs(log)) >= 200, timeout=30)
+    killed_at = time.time()
     os.killpg(victim.pid, signal.SIGKILL)
     finish(victim)
     running_at_kill = set(held().filter(status="RUNNING").values_list("id", flat=True))
@@ -64,7 +74,11 @@ def test_kill_9_mid_task_loses_nothing_and_reruns_only_what_was_running(tmp_path
     out = finish(rescuer, timeout=120)
     recovered_in = time.monotonic() - started
     assert rescuer.returncode == 0, out
-    assert "Rescued the jobs of worker victim" in out and "is gone" in out
+    assert "Rescued the jobs of worker victim" in out
+    # Normally "process ... is gone" (same host, seen at the rescuer's start-up); on a
+    # slow run the 2 s WORKER_TIMEOUT may expire first: either way it was declared dead.
+    reason = Worker.objects.get(pk="victim").stop_reason
+    assert "is gone" in reason or "no heartbeat" in reason, reason
 
     jobs = {str(j.id): j for j in Job.objects.filter(pk__in=ids)}
     assert not held().exists()
@@ -73,25 +87,34 @@ def test_kill_9_mid_task_loses_nothing_and_reruns_only_what_was_running(tmp_path
     twice = {i for i, n in counts.items() if n > 1}
     statuses = Counter(j.status for j in jobs.values())
     print(f"\nkill -9 scenario: {len(ids)} enqueued, {statuses['SUCCESSFUL']} SUCCESSFUL, "
-          f"{len(twice)} ran twice, {len(lost)} lost, {len(running_at_kill)} running and "
+          f"{len(twice)} ran twice ({len(twice & {str(i) for i in claimed_at_kill})} of them "
+          f"recorded as not started), {len(lost)} lost, {len(running_at_kill)} running and "
           f"{len(claimed_at_kill)} prefetched at the kill; the victim's jobs freed "
           f"{freed_in:.2f} s after the new worker was started, all drained after "
           f"{recovered_in:.1f} s (the 2 long jobs rerun for 4 s)")
     assert lost == set()
     assert statuses == {"SUCCESSFUL": len(ids)}
     running_ids = {str(i) for i in running_at_kill}
-    # Only what was running ran again, with its attempt counted; prefetched jobs
-    # that had not started ran once, as their first attempt.
-    assert twice <= running_ids
+    # A job that had not started before the kill ran exactly once.
+    assert all(counts[i] == 1 for i in ids if ran_before[i] == 0)
     assert all(counts[i] <= 2 for i in counts)
+    # Jobs recorded as running at the kill run again, with that attempt counted.
+    for job_id in running_ids:
+        job = jobs[job_id]
+        assert job.attempts == 2 and job.errors[0]["exception_class_path"].endswith(
+            "WorkerLost"), job_id
+    # A job recorded as only claimed had not started -- except one started within
+    # START_RECORD_LAG before the kill, whose start was not committed yet: it runs
+    # again with that attempt uncounted (the documented window). None have under
+    # normal load; under CPU starvation a handful.
+    unrecorded = {str(i) for i in claimed_at_kill} & twice
+    started = first_runs(log)
+    late = {i: round(killed_at - started[i], 3) for i in unrecorded
+            if killed_at - started[i] > 0.2}  # START_RECORD_LAG, a round trip, slack
+    assert not late, late
     for job_id, job in jobs.items():
-        if job_id in running_ids:
-            assert job.attempts == 2 and job.errors[0]["exception_class_path"].endswith(
-                "WorkerLost"), job_id
-        else:
+        if job_id not in running_ids:
             assert job.attempts == 1 and job.errors == [], job_id
-    assert {str(i) for i in claimed_at_kill} & twice == set()
-    assert all(ran_before[str(i)] == 0 for i in claimed_at_kill)
 
 
 def test_a_frozen_worker_is_declared_dead_after_the_timeout_and_learns_it(tmp_path):

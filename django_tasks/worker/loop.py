@@ -42,6 +42,11 @@ __all__ = ["Abort", "Worker", "default_worker_id"]
 PREFETCH_WINDOW = 0.1
 #: ... and at most this many jobs per slot.
 PREFETCH_PER_SLOT = 8
+#: Starts are recorded by the next round trip. If the oldest unrecorded start is older
+#: than this (the broker thread is starved or the database slow), no more jobs start
+#: until it is recorded: that bounds which jobs a kill -9 can leave recorded as
+#: "claimed, not started" although they ran.
+START_RECORD_LAG = 0.02
 
 
 class Abort(BaseException):
@@ -115,6 +120,10 @@ class Worker:
         # job id -> (start time as ISO, time.monotonic() at the start), for jobs in the pool
         self._running: dict[str, tuple[str, float]] = {}
         self._starts: list[tuple[str, str]] = []  # started since the last exchange
+        # time.monotonic() of the oldest start not yet committed: in _starts, and in the
+        # round trip in flight
+        self._starts_since: float | None = None
+        self._inflight_since: float | None = None
         self._outcomes: list[dict[str, Any]] = []  # finished since the last exchange
         self._dry = False  # the last claim got fewer jobs than asked for
         self._drained = False  # an exchange with nothing held or pending claimed nothing
@@ -149,9 +158,14 @@ class Worker:
                 took = clock - at
                 self._avg_run = took if self._avg_run is None else 0.8 * self._avg_run + 0.2 * took
             jobs = []
-            if not self.stopping and not self._holding:
+            oldest = min((t for t in (self._starts_since, self._inflight_since) if t is not None),
+                         default=clock)
+            lagging = clock - oldest > START_RECORD_LAG
+            if not self.stopping and not self._holding and not lagging:
                 free = self.pool.free_slots()
                 stamp = (now or timezone.now()).isoformat()
+                if free > 0 and self._buffer and self._starts_since is None:
+                    self._starts_since = clock
                 while free > 0 and self._buffer:
                     job = self._buffer.popleft()
                     job["started_at"] = job["started_at"] or stamp
@@ -177,6 +191,7 @@ class Worker:
             # A job that started and finished in between needs no separate start record.
             starts = [s for s in self._starts if s[0] not in finished]
             self._starts = []
+            self._inflight_since, self._starts_since = self._starts_since, None
             want = self._room()
             held = len(self._buffer) + len(self._running)
         try:
@@ -188,15 +203,21 @@ class Worker:
             with self._lock:
                 self._outcomes[:0] = outcomes
                 self._starts[:0] = starts
+                self._starts_since = min(
+                    (t for t in (self._inflight_since, self._starts_since) if t is not None),
+                    default=None,
+                )
+                self._inflight_since = None
             raise
         with self._lock:
+            self._inflight_since = None
             self._buffer.extend(jobs)
             self.claimed += len(jobs)
             self.completed += len(outcomes)
             self._dry = len(jobs) < want
             self._drained = want > 0 and not jobs and not held and not outcomes
-        if jobs or self._drained:
-            _poke(self._wake_w)
+        if jobs or starts or self._drained:
+            _poke(self._wake_w)  # new jobs, or dispatch may have waited for the starts
         return len(jobs)
 
     def _room(self) -> int:
