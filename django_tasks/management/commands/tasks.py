@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from django_tasks.models import STATUS_CHOICES, Job, Worker
 
+RUNNING_SHOWN = 20
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -109,3 +110,17 @@ class Command(BaseCommand):
         for worker_id, n in sorted(orphans.items()):
             self.stdout.write(f"{worker_id or '(none)':<36}{'unknown':>9}{'':>9}{'':>6}{n:>6}  "
                               "not registered; rescued by the next worker")
+
+        running = (Job.objects.using(db).running().order_by("last_attempted_at")
+                   .values_list("id", "task_path", "worker_id", "attempts", "max_attempts",
+                                "last_attempted_at"))
+        shown = list(running[:RUNNING_SHOWN + 1])
+        if shown:
+            self.stdout.write("")
+            self.stdout.write("running jobs (longest first):")
+        for job_id, path, worker_id, attempt, most, since in shown[:RUNNING_SHOWN]:
+            took = (now - since).total_seconds() if since else 0.0
+            self.stdout.write(f"  {job_id}  {path}  on {worker_id}  attempt {attempt}/{most}  "
+                              f"for {took:.1f}s")
+        if len(shown) > RUNNING_SHOWN:
+            self.stdout.write(f"  ... and {running.count() - RUNNING_SHOWN} more")
