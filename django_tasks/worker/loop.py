@@ -357,8 +357,6 @@ class Worker:
             while True:
                 with self._lock:
                     pending = bool(self._outcomes or self._starts)
-                    room = self._room()
-                    dry = self._dry
                 if self._broker_stop and not pending:
                     return
                 try:
@@ -372,11 +370,7 @@ class Worker:
                     if time.monotonic() >= next_beat:
                         self._beat()
                         next_beat = time.monotonic() + self.heartbeat_interval
-                    with self._lock:
-                        held = bool(self._buffer or self._running)
-                    # A burst worker with nothing left asks once more rather than wait
-                    # for the poll timer: an empty answer then means the queue is drained.
-                    if pending or (room and (not dry or (self.burst and not held))):
+                    if self._worth_a_round_trip():
                         self.exchange()
                     self._broker_ok_at = time.monotonic()
                     if self._holding:
@@ -386,11 +380,7 @@ class Worker:
                         logger.warning("Database back after %.1fs; outcomes written",
                                        time.monotonic() - failing_since)
                         failing_since, delay = None, 0.0
-                    with self._lock:
-                        busy = bool(self._outcomes or self._starts) or (
-                            self._room() > 0 and not self._dry
-                        )
-                    if not busy:
+                    if not self._worth_a_round_trip():
                         self._sleep_broker(next_beat)
                 except Exception as exc:
                     if self._broker_stop and failing_since is not None and (
@@ -420,6 +410,19 @@ class Worker:
             raise
         finally:
             connections.close_all()
+
+    def _worth_a_round_trip(self) -> bool:
+        """Something to write, or room to fill and reason to think jobs are ready."""
+        with self._lock:
+            if self._outcomes or self._starts:
+                return True
+            if self._room() <= 0:
+                return False
+            if not self._dry:
+                return True
+            # A burst worker with nothing left asks once more rather than wait for the
+            # poll timer: an empty answer then means the queue is drained.
+            return self.burst and not (self._buffer or self._running) and not self._drained
 
     def _sleep_broker(self, next_beat: float) -> None:
         """Wait for the main thread, a NOTIFY, the poll timer or the next heartbeat."""
