@@ -1,8 +1,22 @@
 """What every django_tasks backend shares: results in Django models, validation, enqueue.
 
-A backend here is also its broker: subclasses implement the small broker interface
-(``publish``, ``claim``, ``complete``, ``release``, ``wake_source``) that the worker
-drives without ever asking which broker it is.
+A backend here is also its broker. The worker drives it through this interface and
+never asks which broker it is (``backends/database.py`` is the reference; a Redis
+broker implements the same verbs, with the guarantees each docstring states):
+
+- ``publish(fields)``: store a new job; visible to workers only once committed.
+- ``exchange(worker_id, starts=, outcomes=, queues=, limit=, now=)``: one round trip
+  that records starts (attempt counted), writes outcomes of held jobs, and claims up
+  to ``limit`` ready jobs; ``claim``/``complete`` are its two halves.
+- ``release(worker_id, ids)``: give back claimed, not started jobs, untouched.
+- ``rescue(worker_id, reason, job_ids=)``: free a lost worker's jobs (claimed: back
+  untouched; started: ``WorkerLost``, retried while attempts remain, else FAILED).
+- ``rescue_orphans(rescuer_id, now, is_gone=)``: declare silent workers dead and
+  rescue every job held by a worker that is not running.
+- ``held_by(worker_id)``: ids it holds (reconciliation after a broken connection).
+- ``register_worker`` / ``heartbeat`` (False once declared dead) / ``unregister_worker``.
+- ``wake_source()``: a waitable that wakes idle workers, or None to poll;
+  ``tune_connection()``: prepare the broker thread's own connection.
 """
 
 from __future__ import annotations
