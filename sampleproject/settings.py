@@ -79,6 +79,8 @@ DATABASES = {
 }
 if env("TASKS_DATABASE_URL", default=""):
     DATABASES["tasks"] = _database(env("TASKS_DATABASE_URL"))
+    # The admin (and any query of ours) then reads jobs from that database too.
+    DATABASE_ROUTERS = ["django_tasks.routers.TasksRouter"]
 
 TASKS_BACKEND = env("TASKS_BACKEND", default="database")
 if TASKS_BACKEND != "database":

@@ -94,3 +94,21 @@ def test_bad_task_options_are_refused():
     with pytest.raises(InvalidTask, match="backoff"):
         task(backoff=-1)(f)
     assert task(retry_on=ConnectionError)(f).retry_on == (ConnectionError,)
+
+
+def test_router_sends_only_our_models_to_the_task_database(settings):
+    from django.contrib.auth.models import User
+
+    from django_tasks.models import Job, Worker
+    from django_tasks.routers import TasksRouter
+
+    router = TasksRouter()
+    settings.TASKS = {"default": {"BACKEND": "x", "OPTIONS": {"DATABASE": "tasks"}},
+                      "other": {"BACKEND": "x", "OPTIONS": {"DATABASE": "jobs2"}}}
+    assert router.db_for_read(Job) == "tasks" and router.db_for_write(Worker) == "tasks"
+    assert router.db_for_read(User) is None and router.db_for_write(User) is None
+    settings.TASKS_ROUTER_BACKEND = "other"
+    assert router.db_for_read(Job) == "jobs2"
+    settings.TASKS = {"default": {"BACKEND": "x"}}
+    del settings.TASKS_ROUTER_BACKEND
+    assert router.db_for_read(Job) == "default"
