@@ -287,3 +287,26 @@ def test_a_worker_that_cannot_reach_the_database_at_start_says_so():
     out = finish(proc)
     assert proc.returncode != 0
     assert "Cannot start: the database is unreachable" in out and "Traceback" not in out
+
+
+def test_a_task_that_never_returns_cannot_wedge_the_worker(tmp_path):
+    from tests import tasks
+
+    stuck = tasks.spin.enqueue()  # while True: pass; time_limit=0.5, max_attempts=2
+    soft = tasks.overruns_soft_limit.enqueue(str(tmp_path / "cleanup"))
+    after = rt.record.enqueue(str(tmp_path / "runs"))
+    started = time.monotonic()
+    proc = start_worker("-c", "1", "--burst")
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    assert time.monotonic() - started < 20
+    job = Job.objects.get(pk=stuck.id)
+    assert (job.status, job.attempts) == ("FAILED", 2)
+    assert {e["exception_class_path"].rsplit(".", 1)[1] for e in job.errors} == {
+        "TimeLimitExceeded"}
+    # soft limit: raised inside the task, whose cleanup ran
+    soft_job = Job.objects.get(pk=soft.id)
+    assert soft_job.status == "FAILED"
+    assert soft_job.errors[-1]["exception_class_path"].endswith("SoftTimeLimitExceeded")
+    assert (tmp_path / "cleanup").read_text() == "cleaned up"
+    assert Job.objects.get(pk=after.id).status == "SUCCESSFUL"  # and the worker went on
