@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.core import checks
@@ -140,36 +140,38 @@ class _Dialect:
             c.execute(self.claim_sql(len(queues)), [worker_id, *queues, backend, t, limit])
             return c.fetchall()
 
+    def _held_by(self, worker_id: str, job_ids: Sequence[str] | None) -> tuple[str, list]:
+        """WHERE clause and parameters: rows of ``worker_id`` (only ``job_ids`` if given)."""
+        where, params = "worker_id = %s", [worker_id]
+        if job_ids is not None:
+            where += f" AND id IN ({', '.join(['%s'] * len(job_ids))})"
+            params += [self.job_id(i) for i in job_ids]
+        return where, params
+
+    def _give_back(self, cursor: Any, where: str, params: list) -> int:
+        """Claimed, never started: READY again, as if never claimed."""
+        cursor.execute(
+            f"UPDATE {self.table} SET status = '{READY}', worker_id = '' "
+            f"WHERE {where} AND status = '{CLAIMED}'", params,
+        )
+        return cursor.rowcount
+
     def release(self, worker_id: str, job_ids: Sequence[str]) -> int:
         if not job_ids:
             return 0
-        marks = ", ".join(["%s"] * len(job_ids))
-        sql = (
-            f"UPDATE {self.table} SET status = '{READY}', worker_id = '' "
-            f"WHERE id IN ({marks}) AND worker_id = %s AND status = '{CLAIMED}'"
-        )
         with self.connection.cursor() as cursor:
-            cursor.execute(sql, [*(self.job_id(i) for i in job_ids), worker_id])
-            return cursor.rowcount
+            return self._give_back(cursor, *self._held_by(worker_id, job_ids))
 
     def rescue(self, worker_id: str, reason: str, now: datetime,
                job_ids: Sequence[str] | None = None) -> tuple[int, int, int]:
         """Free what ``worker_id`` holds: (given back, to retry, failed) counts."""
+        if job_ids is not None and not job_ids:
+            return 0, 0, 0
         t = self.time(now)
-        where = "worker_id = %s"
-        params: list[Any] = [worker_id]
-        if job_ids is not None:
-            if not job_ids:
-                return 0, 0, 0
-            where += f" AND id IN ({', '.join(['%s'] * len(job_ids))})"
-            params += [self.job_id(i) for i in job_ids]
+        where, params = self._held_by(worker_id, job_ids)
         error = self.lost_error
         with transaction.atomic(using=self.connection.alias), self.connection.cursor() as c:
-            c.execute(
-                f"UPDATE {self.table} SET status = '{READY}', worker_id = '' "
-                f"WHERE {where} AND status = '{CLAIMED}'", params,
-            )
-            released = c.rowcount
+            released = self._give_back(c, where, params)
             counts = []
             # Started jobs keep their counted attempt: READY again while attempts
             # remain (the first statement), else FAILED (the second takes the rest).
@@ -465,8 +467,7 @@ class DatabaseBackend(ModelBackend):
         from ..models import Worker
 
         return bool(
-            Worker.objects.using(self.database)
-            .filter(id=worker_id, stopped_at__isnull=True)
+            Worker.objects.using(self.database).running().filter(id=worker_id)
             .update(last_heartbeat_at=now or timezone.now())
         )
 
@@ -494,14 +495,12 @@ class DatabaseBackend(ModelBackend):
         now = now or timezone.now()
         workers = Worker.objects.using(self.database)
         timeout = self.config.worker_timeout
-        expired = workers.filter(stopped_at__isnull=True,
-                                 last_heartbeat_at__lt=now - timedelta(seconds=timeout))
-        for w in expired.exclude(id=rescuer_id):
+        for w in workers.expired(now, timeout).exclude(id=rescuer_id):
             silent = (now - w.last_heartbeat_at).total_seconds()
             self._declare_dead(w.id, f"declared dead by {rescuer_id}: no heartbeat for "
                                      f"{silent:.0f} s (WORKER_TIMEOUT {timeout:g} s)", now)
         if is_gone is not None:
-            for w in workers.filter(stopped_at__isnull=True).exclude(id=rescuer_id):
+            for w in workers.running().exclude(id=rescuer_id):
                 if is_gone(w):
                     self._declare_dead(w.id, f"declared dead by {rescuer_id}: process "
                                              f"{w.pid} on {w.hostname} is gone", now)
@@ -511,8 +510,7 @@ class DatabaseBackend(ModelBackend):
         )
         if not holders:
             return []
-        live = set(workers.filter(id__in=holders, stopped_at__isnull=True)
-                   .values_list("id", flat=True))
+        live = set(workers.running().filter(id__in=holders).values_list("id", flat=True))
         reasons = dict(workers.filter(id__in=holders - live).values_list("id", "stop_reason"))
         rescued = []
         for holder in sorted(holders - live):
@@ -526,9 +524,9 @@ class DatabaseBackend(ModelBackend):
     def _declare_dead(self, worker_id: str, reason: str, now: datetime) -> None:
         from ..models import Worker
 
-        Worker.objects.using(self.database).filter(
-            id=worker_id, stopped_at__isnull=True
-        ).update(stopped_at=now, stop_reason=reason[:200])
+        Worker.objects.using(self.database).running().filter(id=worker_id).update(
+            stopped_at=now, stop_reason=reason[:200]
+        )
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         errors = super().check(**kwargs)

@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from .liveness import is_gone, process_key
 from .pool import make_pool
+from .wakeup import drain, pipe, poke
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -138,8 +139,8 @@ class Worker:
         self._broker_stop = False
         self._broker_ok_at = time.monotonic()  # last successful round trip
         self._holding = False  # dispatch paused: the broker has been unreachable too long
-        self._wake_r, self._wake_w = _pipe()  # wakes the main thread
-        self._io_r, self._io_w = _pipe()  # wakes the broker thread
+        self._wake_r, self._wake_w = pipe()  # wakes the main thread
+        self._io_r, self._io_w = pipe()  # wakes the broker thread
 
     # -- the two halves of a step -------------------------------------------------------
 
@@ -161,10 +162,12 @@ class Worker:
             oldest = min((t for t in (self._starts_since, self._inflight_since) if t is not None),
                          default=clock)
             lagging = clock - oldest > START_RECORD_LAG
+            free = 0
             if not self.stopping and not self._holding and not lagging:
                 free = self.pool.free_slots()
+            if free > 0 and self._buffer:
                 stamp = (now or timezone.now()).isoformat()
-                if free > 0 and self._buffer and self._starts_since is None:
+                if self._starts_since is None:
                     self._starts_since = clock
                 while free > 0 and self._buffer:
                     job = self._buffer.popleft()
@@ -176,7 +179,7 @@ class Worker:
         for job in jobs:
             self.pool.submit(job)
         if outcomes or jobs:
-            _poke(self._io_w)
+            poke(self._io_w)
         return len(jobs)
 
     def exchange(self, now: datetime | None = None) -> int:
@@ -217,7 +220,7 @@ class Worker:
             self._dry = len(jobs) < want
             self._drained = want > 0 and not jobs and not held and not outcomes
         if jobs or starts or self._drained:
-            _poke(self._wake_w)  # new jobs, or dispatch may have waited for the starts
+            poke(self._wake_w)  # new jobs, or dispatch may have waited for the starts
         return len(jobs)
 
     def _room(self) -> int:
@@ -288,8 +291,8 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to stop claiming and finish (safe from a signal handler)."""
         self.stopping = True
-        _poke(self._wake_w)
-        _poke(self._io_w)
+        poke(self._wake_w)
+        poke(self._io_w)
 
     def run(self) -> int:
         """Work until stopped, out of work (burst) or ``max_tasks`` done; returns jobs run."""
@@ -343,7 +346,7 @@ class Worker:
             timeout = min(timeout, max(0.0, until - time.monotonic()))
         ready = wait([*self.pool.waitables(), self._wake_r], timeout)
         if self._wake_r in ready:
-            _drain(self._wake_r)
+            drain(self._wake_r)
 
     # -- the broker thread ----------------------------------------------------------------
 
@@ -375,7 +378,7 @@ class Worker:
                     self._broker_ok_at = time.monotonic()
                     if self._holding:
                         self._holding = False
-                        _poke(self._wake_w)
+                        poke(self._wake_w)
                     if failing_since is not None:
                         logger.warning("Database back after %.1fs; outcomes written",
                                        time.monotonic() - failing_since)
@@ -432,7 +435,7 @@ class Worker:
             waitables.append(self._listener)
         ready = wait(waitables, timeout)
         if self._io_r in ready:
-            _drain(self._io_r)
+            drain(self._io_r)
         if self._listener is not None and self._listener in ready:
             self._listener.drain()  # raises when the LISTEN connection was dropped
         with self._lock:
@@ -475,7 +478,7 @@ class Worker:
 
         A claim whose commit succeeded but whose answer was lost leaves such jobs.
         """
-        held = set(getattr(self.backend, "held_by", lambda _w: [])(self.worker_id))
+        held = set(self.backend.held_by(self.worker_id))
         with self._lock:
             known = {j["id"] for j in self._buffer} | set(self._running)
             known |= {o["id"] for o in self._outcomes}
@@ -520,7 +523,7 @@ class Worker:
         self.dispatch()  # outcomes that arrived meanwhile
         if self._broker is not None and self._broker.is_alive():
             self._broker_stop = True  # it writes what is pending, then returns
-            _poke(self._io_w)
+            poke(self._io_w)
             self._broker.join()
         else:
             try:
@@ -565,23 +568,3 @@ class Worker:
         if starts:
             self.backend.exchange(self.worker_id, starts=starts)
 
-
-def _pipe() -> tuple[int, int]:
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    os.set_blocking(w, False)
-    return r, w
-
-
-def _poke(fd: int) -> None:
-    try:
-        os.write(fd, b"x")
-    except (BlockingIOError, OSError):
-        pass  # already has a byte waiting (or closed at shutdown)
-
-
-def _drain(fd: int) -> None:
-    try:
-        os.read(fd, 4096)
-    except (BlockingIOError, OSError):
-        pass

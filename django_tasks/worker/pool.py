@@ -20,9 +20,7 @@ process; the threads and inline pools run jobs inside the worker process itself.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -32,6 +30,7 @@ from django.db import connections
 
 from .execute import execute, task_or_none
 from .prefork import PreforkPool
+from .wakeup import drain, pipe, poke
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -146,9 +145,7 @@ class ThreadPool:
         self._abandoned: set[str] = set()
         self._stopped = False
         self._lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)  # one pending byte is enough to wake up
+        self._wake_r, self._wake_w = pipe()
         self._threads: list[threading.Thread] = []
         self._limits = _LimitWarnings(self.name)
 
@@ -169,8 +166,7 @@ class ThreadPool:
                                        "dropped", message["id"])
                         continue
                     self._done.append(outcome)
-                with contextlib.suppress(BlockingIOError):
-                    os.write(self._wake_w, b"x")
+                poke(self._wake_w)
         finally:
             connections.close_all()
 
@@ -191,8 +187,7 @@ class ThreadPool:
         self._inbox.put(message)
 
     def collect(self) -> list[dict[str, Any]]:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_r, 4096)
+        drain(self._wake_r)
         with self._lock:
             done, self._done = self._done, []
         for outcome in done:

@@ -1,0 +1,36 @@
+"""Self-pipes: how one thread wakes another that sleeps in ``multiprocessing.connection.wait``.
+
+A pipe's read end is a waitable like any socket or process sentinel. Both ends are
+non-blocking: one pending byte is enough to wake the sleeper, so a full pipe means
+nothing is lost.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["drain", "pipe", "poke"]
+
+
+def pipe() -> tuple[int, int]:
+    """A non-blocking (read end, write end) pair."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    return r, w
+
+
+def poke(fd: int) -> None:
+    """Wake whoever waits on the read end of ``fd``'s pipe."""
+    try:
+        os.write(fd, b"x")
+    except (BlockingIOError, OSError):
+        pass  # already has a byte waiting (or closed at shutdown)
+
+
+def drain(fd: int) -> None:
+    """Consume pending wake-ups, so the next wait sleeps until the next poke."""
+    try:
+        os.read(fd, 4096)
+    except (BlockingIOError, OSError):
+        pass
