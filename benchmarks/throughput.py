@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,12 +77,14 @@ def truncate() -> None:
         cursor.execute(f"TRUNCATE {Job._meta.db_table}, {Worker._meta.db_table}")
 
 
-def status_counts() -> dict[str, int]:
+def status_counts(queue: str | None = None) -> dict[str, int]:
+    """Jobs per status (of one queue if given)."""
     from django.db.models import Count
 
     from django_tasks.models import Job
 
-    rows = Job.objects.values_list("status").annotate(n=Count("id")).order_by("status")
+    jobs = Job.objects.filter(queue_name=queue) if queue else Job.objects.all()
+    rows = jobs.values_list("status").annotate(n=Count("id")).order_by("status")
     return dict(rows)
 
 
@@ -94,19 +97,28 @@ def enqueue_run(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def drain_run(n: int) -> tuple[float | None, str]:
-    """Run a burst worker over the N ready jobs; (jobs/s or None, verification line)."""
+def drain_run(
+    n: int,
+    worker_args: Sequence[str] = ("--burst",),
+    counts: Callable[[], dict[str, int]] = status_counts,
+    before: int = 0,
+) -> tuple[float | None, str]:
+    """Run ``manage.py worker -c 2 *worker_args`` to its exit; (jobs/s or None, verification).
+
+    N / (start of the subprocess to its exit). The verification line counts rows by status
+    with ``counts`` and reports SUCCESSFUL ones beyond ``before`` (those there already).
+    """
     from django.db import connection
 
     connection.close()  # nothing of ours holds a lock or idles in a transaction meanwhile
     started = time.perf_counter()
     proc = subprocess.run(
-        [*WORKER, "--burst"], cwd=REPO, env=os.environ.copy(), capture_output=True, text=True
+        [*WORKER, *worker_args], cwd=REPO, env=os.environ.copy(), capture_output=True, text=True
     )
     elapsed = time.perf_counter() - started
-    counts = status_counts()
-    ok = counts.get("SUCCESSFUL", 0)
-    line = f"{ok}/{n} SUCCESSFUL ({', '.join(f'{k}={v}' for k, v in counts.items())})"
+    found = counts()
+    ok = found.get("SUCCESSFUL", 0) - before
+    line = f"{ok}/{n} SUCCESSFUL ({', '.join(f'{k}={v}' for k, v in found.items())})"
     if proc.returncode != 0 or proc.stderr.strip():
         print(f"  worker exited with code {proc.returncode}; output:")
         for text in (proc.stdout, proc.stderr):
@@ -194,6 +206,22 @@ def fmt(value: float | None, unit: str) -> str:
     return f"{value:,.0f} {unit}" if unit == "jobs/s" else f"{value:.2f} {unit}"
 
 
+def median(runs: Sequence[float | None]) -> float | None:
+    """Median of the runs, or None if any run failed (or there are none)."""
+    good = [v for v in runs if v is not None]
+    return statistics.median(good) if len(good) == len(runs) and good else None
+
+
+def print_table(header: Sequence[str], table: Sequence[Sequence[str]]) -> None:
+    """Print rows of cells as columns, ``header`` first, then a rule."""
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    for row in [header, None, *table]:
+        if row is None:
+            print("-+-".join("-" * w for w in widths))
+        else:
+            print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=5000, help="N jobs (default %(default)s)")
@@ -239,17 +267,11 @@ def main() -> None:
         (f"latency p50 (enqueue->start, {LATENCY_JOBS} jobs)", results["latency p50"], "ms"),
         (f"latency p99 (enqueue->start, {LATENCY_JOBS} jobs)", results["latency p99"], "ms"),
     ]
-    table = []
-    for name, runs, unit in rows:
-        good = [v for v in runs if v is not None]
-        median = statistics.median(good) if len(good) == len(runs) and good else None
-        table.append((name, fmt(median, unit), ", ".join(fmt(v, unit) for v in runs)))
-    widths = [max(len(row[i]) for row in [("metric", "median", "runs"), *table]) for i in range(3)]
-    for row in [("metric", "median", "runs"), None, *table]:
-        if row is None:
-            print("-+-".join("-" * w for w in widths))
-        else:
-            print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    table = [
+        (name, fmt(median(runs), unit), ", ".join(fmt(v, unit) for v in runs))
+        for name, runs, unit in rows
+    ]
+    print_table(("metric", "median", "runs"), table)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,13 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.action(description=_("Retry selected failed jobs"), permissions=["retry"])
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         selected = queryset.count()
-        retried = queryset.retry(timezone.now())
+        # Through the backend, as any enqueue: workers wake and task_enqueued is sent.
+        retried = 0
+        by_backend: dict[str, list[Any]] = {}
+        for job_id, alias in queryset.values_list("id", "backend"):
+            by_backend.setdefault(alias, []).append(job_id)
+        for alias, ids in by_backend.items():
+            retried += len(task_backends[alias].retry(ids))
         self.message_user(
             request,
             ngettext("%d job queued again.", "%d jobs queued again.", retried) % retried,

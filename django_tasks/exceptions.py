@@ -67,3 +67,11 @@ class SoftTimeLimitExceeded(TasksError):
 
 class EnqueueError(TasksError, DatabaseError):
     """The job could not be stored; it was not enqueued."""
+
+
+class WorkerIdInUse(TasksError):
+    """A running worker is already registered under this id."""
+
+
+class BrokerUnavailable(TasksError):
+    """The broker cannot be reached (the worker retries; nothing is lost)."""

@@ -2,55 +2,38 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 
 from django.db import models
 from django.db.models import Q
-from django.tasks import TaskResultStatus
 from django.utils.translation import gettext_lazy as _
 
-from .states import CLAIMED, FINISHED, HELD
+from .ids import uuid7
+from .states import FAILED, FINISHED, HELD, READY, RUNNING, JobStatus
 
 __all__ = ["Job", "Worker"]
-
-STATUS_CHOICES = [
-    (TaskResultStatus.READY.value, TaskResultStatus.READY.label),
-    (CLAIMED, _("Claimed")),
-    *[(s.value, s.label) for s in TaskResultStatus if s != TaskResultStatus.READY],
-]
 
 
 class JobQuerySet(models.QuerySet):
     def ready(self, now: datetime, queues: list[str] | None = None) -> JobQuerySet:
         """Jobs a worker may claim at ``now``, in claim order."""
-        qs = self.filter(status=TaskResultStatus.READY, available_at__lte=now)
+        qs = self.filter(status=READY, available_at__lte=now)
         if queues:
             qs = qs.filter(queue_name__in=queues)
         return qs.order_by("-priority", "available_at")
 
     def running(self) -> JobQuerySet:
-        return self.filter(status=TaskResultStatus.RUNNING)
+        return self.filter(status=RUNNING)
 
     def held(self) -> JobQuerySet:
-        """Jobs a worker holds: claimed (not started yet) or running."""
-        return self.filter(status__in=HELD)
+        """Jobs a worker holds: claimed (not started yet) or running, under a lease."""
+        return self.filter(status__in=HELD).exclude(lease="")
 
     def finished(self) -> JobQuerySet:
         return self.filter(status__in=FINISHED)
 
     def failed(self) -> JobQuerySet:
-        return self.filter(status=TaskResultStatus.FAILED)
-
-    def retry(self, now: datetime) -> int:
-        """Run these FAILED jobs once more, keeping their error history; returns how many."""
-        return self.failed().update(
-            status=TaskResultStatus.READY,
-            available_at=now,
-            finished_at=None,
-            worker_id="",
-            max_attempts=models.F("attempts") + 1,
-        )
+        return self.filter(status=FAILED)
 
     def prune(self, before: datetime, *, batch_size: int = 1000) -> int:
         """Delete finished jobs that finished before ``before``, in batches; returns how many."""
@@ -69,13 +52,15 @@ class JobQuerySet(models.QuerySet):
 class Job(models.Model):
     """One enqueued call of a task and everything that happened to it."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     task_path = models.CharField(_("task"), max_length=255)
-    backend = models.CharField(max_length=100, default="default")
-    queue_name = models.CharField(_("queue"), max_length=100, default="default")
-    priority = models.SmallIntegerField(default=0)
+    backend = models.CharField(max_length=100, default="default", db_default="default")
+    queue_name = models.CharField(
+        _("queue"), max_length=100, default="default", db_default="default"
+    )
+    priority = models.SmallIntegerField(default=0, db_default=0)
     status = models.CharField(
-        max_length=10, choices=STATUS_CHOICES, default=TaskResultStatus.READY
+        max_length=20, choices=JobStatus.choices, default=READY, db_default=READY
     )
     args = models.JSONField(default=list, blank=True)
     kwargs = models.JSONField(default=dict, blank=True)
@@ -85,8 +70,8 @@ class Job(models.Model):
     errors = models.JSONField(default=list, blank=True)
     # One entry per attempt, as Django's TaskResult.worker_ids.
     worker_ids = models.JSONField(default=list, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    max_attempts = models.PositiveIntegerField(default=1)
+    attempts = models.PositiveIntegerField(default=0, db_default=0)
+    max_attempts = models.PositiveIntegerField(default=1, db_default=1)
     progress = models.JSONField(null=True, blank=True)
 
     enqueued_at = models.DateTimeField(_("enqueued"))
@@ -99,29 +84,40 @@ class Job(models.Model):
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
     # The worker that holds (CLAIMED or RUNNING) or last held the job. Not a foreign key: the
     # claim path stays one statement and worker rows can be pruned independently.
-    worker_id = models.CharField(max_length=100, blank=True, default="")
+    worker_id = models.CharField(max_length=100, blank=True, default="", db_default="")
+    # The token of the claim that holds the job (fresh for every claim; "" when nobody
+    # holds it). Every write about a held job matches it, so a worker that lost the
+    # job -- declared dead, its jobs rescued, perhaps claimed again -- changes nothing.
+    lease = models.CharField(max_length=32, blank=True, default="", db_default="")
 
     objects = JobQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("job")
         indexes = [
-            # The claim query walks ready jobs in claim order (highest priority, then
-            # oldest) and filters queues as it goes, so a claim reads ~LIMIT rows
-            # whatever the backlog. A (queue, ...) index cannot serve ORDER BY across
-            # several queues and sorted the whole backlog on every claim.
+            # A claim walks each queue it serves in claim order (highest priority, then
+            # oldest) and merges the heads, so it reads ~LIMIT rows per queue whatever
+            # other queues hold: a (-priority, available_at) index made a dedicated
+            # queue's claim walk every ready row of the others (77 jobs/s instead of
+            # 3,650 with 1,000,000 jobs in another queue).
             models.Index(
-                fields=["-priority", "available_at"],
-                condition=Q(status=TaskResultStatus.READY),
-                name="django_tasks_job_claim",
+                fields=["backend", "queue_name", "-priority", "available_at"],
+                condition=Q(status=READY),
+                name="django_tasks_job_claim_q",
             ),
-            # Rescue: what a (dead) worker is holding.
+            # Rescue: what a (dead) worker is holding. Keyed on the lease (a held job has
+            # one, nothing else does) rather than the status, so that the hot path's writes,
+            # which match status and lease by primary key, are never planned through it:
+            # its dead entries grow with every job done until VACUUM.
             models.Index(
-                fields=["worker_id"],
-                condition=Q(status__in=HELD),
-                name="django_tasks_job_running",
+                fields=["worker_id"], condition=~Q(lease=""), name="django_tasks_job_held",
             ),
-            models.Index(fields=["finished_at"], name="django_tasks_job_finished"),
+            # Pruning: finished jobs by age. Partial, so enqueues and claims of jobs
+            # that are not finished never touch it.
+            models.Index(
+                fields=["finished_at"], condition=Q(finished_at__isnull=False),
+                name="django_tasks_job_finished_at",
+            ),
             models.Index(fields=["-enqueued_at"], name="django_tasks_job_enqueued"),
         ]
         permissions = [("retry_job", "Can retry failed jobs")]

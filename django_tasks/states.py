@@ -5,17 +5,35 @@ READY -> CLAIMED (a worker took it, not started) -> RUNNING (started; the attemp
 counted) -> SUCCESSFUL | FAILED, or READY again for a retry. Results report CLAIMED as
 READY, which it still is for the caller. Because a start is recorded, after a crash the
 table tells which jobs had started (their attempt counts) from those only prefetched.
+
+The column is wide enough for statuses still to come (say CANCELLED); code that must
+act on "every status a worker holds" or "every final status" uses ``HELD`` and
+``FINISHED`` rather than listing them.
 """
 
 from __future__ import annotations
 
+from django.db import models
 from django.tasks import TaskResultStatus
+from django.utils.translation import gettext_lazy as _
 
-READY = TaskResultStatus.READY.value
-CLAIMED = "CLAIMED"
-RUNNING = TaskResultStatus.RUNNING.value
-SUCCESSFUL = TaskResultStatus.SUCCESSFUL.value
-FAILED = TaskResultStatus.FAILED.value
+__all__ = ["CLAIMED", "FAILED", "FINISHED", "HELD", "READY", "RUNNING", "SUCCESSFUL",
+           "JobStatus", "public_status"]
+
+
+class JobStatus(models.TextChoices):
+    READY = TaskResultStatus.READY.value, TaskResultStatus.READY.label
+    CLAIMED = "CLAIMED", _("Claimed")
+    RUNNING = TaskResultStatus.RUNNING.value, TaskResultStatus.RUNNING.label
+    FAILED = TaskResultStatus.FAILED.value, TaskResultStatus.FAILED.label
+    SUCCESSFUL = TaskResultStatus.SUCCESSFUL.value, TaskResultStatus.SUCCESSFUL.label
+
+
+READY = JobStatus.READY.value
+CLAIMED = JobStatus.CLAIMED.value
+RUNNING = JobStatus.RUNNING.value
+SUCCESSFUL = JobStatus.SUCCESSFUL.value
+FAILED = JobStatus.FAILED.value
 #: A worker holds the job: nobody else may claim or change it.
 HELD = (CLAIMED, RUNNING)
 FINISHED = (SUCCESSFUL, FAILED)

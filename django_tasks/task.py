@@ -150,6 +150,9 @@ class Task(django_base.Task):
 class TaskContext(django_base.TaskContext):
     """What a ``takes_context=True`` task receives as its first argument."""
 
+    # The claim's token: progress reports are written only while it holds the job.
+    lease: str = field(default="", repr=False, compare=False)
+
     def retry(
         self,
         *,
@@ -171,7 +174,8 @@ class TaskContext(django_base.TaskContext):
         backend = self.task_result.task.get_backend()
         report = getattr(backend, "report_progress", None)
         if report is not None:
-            report(self.task_result.id, {"current": current, "total": total, "message": message})
+            report(self.task_result.id, {"current": current, "total": total, "message": message},
+                   lease=self.lease)
 
     @property
     def job_id(self) -> str:

@@ -62,13 +62,15 @@ def test_worker_changelist_shows_alive_dead_and_stopped(client):
     from django.utils import timezone
 
     now = timezone.now()
+    from django_tasks.models import Worker
+
     for worker_id, age in (("w-alive", 0), ("w-dead", 60), ("w-stopped", 0)):
-        default_task_backend.register_worker(
+        default_task_backend.store.register_worker(
             id=worker_id, hostname="h", pid=1, backend="default", queues=["default"],
-            concurrency=2, pool="prefork", started_at=now,
-            last_heartbeat_at=now - timedelta(seconds=age),
+            concurrency=2, pool="prefork",
         )
-    default_task_backend.unregister_worker("w-stopped", reason="shutdown")
+        Worker.objects.filter(pk=worker_id).update(last_heartbeat_at=now - timedelta(seconds=age))
+    default_task_backend.store.unregister_worker("w-stopped", reason="shutdown")
     staff(client, "view_worker")
     page = client.get(reverse("admin:django_tasks_worker_changelist"))
     assert page.status_code == 200

@@ -10,11 +10,14 @@ from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.utils import timezone
 
 from django_tasks import ArgumentNotSerializable, JobError, ResultTimeout, TaskFailed
+from django_tasks.messages import Outcome
 from django_tasks.models import Job
 from django_tasks.worker import Worker
 from tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
+broker = default_task_backend.broker
+store = default_task_backend.store
 
 
 def drain(now=None, **kwargs):
@@ -71,7 +74,7 @@ def test_priority_then_age_order():
     high = tasks.add.using(priority=50).enqueue(0, 0)
     mid1 = tasks.add.enqueue(0, 1)
     mid2 = tasks.add.enqueue(0, 2)
-    order = [m["id"] for _ in range(4) for m in default_task_backend.claim("w", ["default"], 1)]
+    order = [m.id for i in range(4) for m in broker.claim("w", f"L{i}", ["default"], 1)]
     assert order == [high.id, mid1.id, mid2.id, low.id]
 
 
@@ -229,23 +232,27 @@ def test_wait_times_out():
 
 def test_release_gives_back_unstarted_claims():
     result = tasks.add.enqueue(1, 1)
-    claimed = default_task_backend.claim("w1", ["default"], 5)
-    assert [m["id"] for m in claimed] == [result.id]
-    assert default_task_backend.claim("w2", ["default"], 5) == []  # held by w1
-    assert default_task_backend.release("w1", [result.id]) == 1
+    claimed = broker.claim("w1", "L1", ["default"], 5)
+    assert [(m.id, m.lease, m.attempt) for m in claimed] == [(result.id, "L1", 1)]
+    assert broker.claim("w2", "L2", ["default"], 5) == []  # held by w1
+    assert broker.give_back(claimed) == 1
     job = Job.objects.get(pk=result.id)
-    assert (job.status, job.attempts, job.worker_ids, job.worker_id) == ("READY", 0, [], "")
+    assert (job.status, job.attempts, job.worker_ids, job.worker_id, job.lease) == (
+        "READY", 0, [], "", "")
 
 
 def test_stale_worker_cannot_overwrite_reclaimed_job():
     result = tasks.add.enqueue(1, 1)
-    default_task_backend.claim("w1", ["default"], 1)
-    default_task_backend.release("w1", [result.id])
-    default_task_backend.claim("w2", ["default"], 1)
-    default_task_backend.complete("w1", [{"id": result.id, "status": "FAILED",
-                                          "finished_at": timezone.now().isoformat()}])
+    first = broker.claim("w1", "L1", ["default"], 1)
+    broker.give_back(first)
+    broker.claim("w2", "L2", ["default"], 1)
+    stale = Outcome(id=result.id, lease="L1", status="FAILED",
+                    finished_at=timezone.now().isoformat())
+    assert store.apply_outcomes("w1", [stale]) == []  # nothing written
+    # Even the same worker, under the old claim's lease, changes nothing.
+    assert store.apply_outcomes("w2", [stale]) == []
     job = Job.objects.get(pk=result.id)
-    assert (job.status, job.worker_id, job.attempts) == ("CLAIMED", "w2", 0)
+    assert (job.status, job.worker_id, job.attempts, job.lease) == ("CLAIMED", "w2", 0, "L2")
     # the public status of a claimed job is still READY: it has not started
     assert default_task_backend.get_result(result.id).status == TaskResultStatus.READY
 
@@ -254,7 +261,7 @@ def test_prune_and_retry_verbs():
     ok = tasks.add.enqueue(1, 1)
     bad = tasks.fails_with_type_error.enqueue()
     drain()
-    assert Job.objects.retry(timezone.now()) == 1  # only the failed one
+    assert default_task_backend.retry([ok.id, bad.id]) == [bad.id]  # only the failed one
     drain()
     bad_job = Job.objects.get(pk=bad.id)
     assert (bad_job.status, bad_job.attempts, len(bad_job.errors)) == ("FAILED", 2, 2)
@@ -267,12 +274,12 @@ def test_prefetched_jobs_run_in_order_and_are_given_back_on_shutdown():
     results = [tasks.add.enqueue(i, 0) for i in range(4)]
     worker = Worker(pool="inline", concurrency=1, prefetch=2)
     assert worker.exchange() == 3  # one slot + two prefetched, in one round trip
-    assert [j["id"] for j in worker._buffer] == [r.id for r in results[:3]]
+    assert [j.id for j in worker._buffer] == [r.id for r in results[:3]]
     assert {Job.objects.get(pk=r.id).status for r in results[:3]} == {"CLAIMED"}
     results[0].refresh()
     assert results[0].status == TaskResultStatus.READY  # claimed is not started
     worker.dispatch()  # starts job 0 (the inline pool runs it there and then)
-    assert [j["id"] for j in worker._buffer] == [results[1].id, results[2].id]
+    assert [j.id for j in worker._buffer] == [results[1].id, results[2].id]
     assert worker.exchange() == 0  # records the start; no room left to claim
     job0 = Job.objects.get(pk=results[0].id)
     assert (job0.status, job0.attempts, job0.worker_ids) == ("RUNNING", 1, [worker.worker_id])
@@ -282,3 +289,76 @@ def test_prefetched_jobs_run_in_order_and_are_given_back_on_shutdown():
     assert [j.status for j in jobs] == ["SUCCESSFUL", "SUCCESSFUL", "READY", "READY"]
     assert (jobs[1].attempts, jobs[1].worker_ids) == (1, [worker.worker_id])
     assert (jobs[2].attempts, jobs[2].worker_ids, jobs[2].worker_id) == (0, [], "")
+
+
+def test_task_enqueued_is_sent_once_committed_and_never_for_a_rollback():
+    seen = []
+
+    def receiver(sender, task_result, **kwargs):
+        seen.append(task_result.args)
+
+    task_enqueued.connect(receiver)
+    try:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            tasks.add.enqueue(1, 1)
+            raise RuntimeError("roll back")
+        with transaction.atomic():
+            tasks.add.enqueue(2, 2)
+            assert seen == []  # not before the job exists for workers
+        assert seen == [[2, 2]]
+    finally:
+        task_enqueued.disconnect(receiver)
+
+
+def test_a_failing_signal_receiver_cannot_fail_a_job(caplog):
+    def broken(sender, task_result, **kwargs):
+        raise RuntimeError("receiver bug")
+
+    for s in (task_enqueued, task_started, task_finished):
+        s.connect(broken)
+    try:
+        result = tasks.add.enqueue(2, 3)
+        drain()
+    finally:
+        for s in (task_enqueued, task_started, task_finished):
+            s.disconnect(broken)
+    assert result.wait(timeout=1) == 5
+    logged = [r.getMessage() for r in caplog.records
+              if r.name == "django_tasks.worker" and "receiver bug" in r.getMessage()]
+    assert {line.split()[0] for line in logged} == {"task_enqueued", "task_started",
+                                                   "task_finished"}
+
+
+def test_the_admins_retry_goes_through_the_backend():
+    bad = tasks.fails_with_type_error.enqueue()
+    drain()
+    seen = []
+
+    def receiver(sender, task_result, **kwargs):
+        seen.append((task_result.id, task_result.status))
+
+    task_enqueued.connect(receiver)
+    try:
+        assert default_task_backend.retry([bad.id]) == [bad.id]
+    finally:
+        task_enqueued.disconnect(receiver)
+    assert seen == [(bad.id, TaskResultStatus.READY)]
+    job = Job.objects.get(pk=bad.id)
+    assert (job.status, job.max_attempts, job.lease) == ("READY", job.attempts + 1, "")
+
+
+def test_a_job_claimed_again_waits_while_its_old_attempt_runs_here():
+    result = tasks.add.enqueue(1, 2)
+    worker = Worker(pool="inline", concurrency=2, prefetch=0)
+    [old] = broker.claim(worker.worker_id, "old", ["default"], 1)
+    # The old attempt still runs in this worker (say, after it was presumed dead and its
+    # jobs rescued); the job is given back and claimed again by the same worker.
+    worker._running[old.id] = (old, 0.0)
+    broker.give_back([old])
+    assert worker.exchange() == 1
+    assert worker.dispatch() == 0  # not a second run of the same job at once
+    assert Job.objects.get(pk=result.id).status == "CLAIMED"
+    del worker._running[old.id]  # the old attempt ended
+    assert worker.dispatch() == 1
+    worker.drain()
+    assert result.wait(timeout=1) == 3

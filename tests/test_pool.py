@@ -17,6 +17,7 @@ import pytest
 from django.tasks.exceptions import InvalidTask
 from django.utils import timezone
 
+from django_tasks.messages import Message
 from django_tasks.worker.pool import PreforkPool, ThreadPool, make_pool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,12 +30,12 @@ SOFT_TIME_LIMIT = "django_tasks.exceptions.SoftTimeLimitExceeded"
 def make_message(name, *args, attempts=1, max_attempts=1, **kwargs):
     """A message as the broker's claim() hands it to the worker."""
     now = timezone.now().isoformat()
-    return {
-        "id": uuid.uuid4().hex, "task_path": f"tests.tasks.{name}", "queue_name": "default",
-        "priority": 0, "backend": "default", "args": list(args), "kwargs": kwargs,
-        "attempts": attempts, "max_attempts": max_attempts, "worker_ids": ["w1"], "errors": [],
-        "enqueued_at": now, "started_at": now, "run_after": None, "available_at": now,
-    }
+    return Message(
+        id=str(uuid.uuid4()), lease="lease", task_path=f"tests.tasks.{name}",
+        queue_name="default", priority=0, backend="default", args=list(args), kwargs=kwargs,
+        attempt=attempts, max_attempts=max_attempts, worker_ids=["w1"], errors=[],
+        enqueued_at=now, started_at=now, run_after=None, available_at=now,
+    )
 
 
 def wait_outcomes(pool, count=1, timeout=10.0):
@@ -54,7 +55,7 @@ def wait_outcomes(pool, count=1, timeout=10.0):
 def run(pool, message, timeout=10.0):
     pool.submit(message)
     (outcome,) = wait_outcomes(pool, 1, timeout)
-    assert outcome["id"] == message["id"]
+    assert outcome.id == message.id
     return outcome
 
 
@@ -98,66 +99,66 @@ def pools():
 def test_child_exit_is_a_worker_lost_outcome_retried_then_failed_and_the_slot_replaced(pools):
     pool = pools(1)
     outcome = run(pool, make_message("exit_with", 3, attempts=1, max_attempts=2))
-    assert outcome["status"] == "READY"  # attempt 1 of 2: retried (backoff=0)
-    assert outcome["finished_at"] is None
-    assert datetime.fromisoformat(outcome["available_at"]) <= timezone.now()
-    error = outcome["error"]
+    assert outcome.status == "READY"  # attempt 1 of 2: retried (backoff=0)
+    assert outcome.finished_at is None
+    assert datetime.fromisoformat(outcome.retry_at) <= timezone.now()
+    error = outcome.error
     assert error["exception_class_path"] == WORKER_LOST
     assert "The process running the job died" in error["message"]
     assert "exit code 3" in error["message"]
     assert error["attempt"] == 1 and error["worker_id"] == "w1"
 
     outcome = run(pool, make_message("exit_with", 3, attempts=2, max_attempts=2))
-    assert outcome["status"] == "FAILED"
-    assert outcome["finished_at"] is not None and outcome["available_at"] is None
-    assert outcome["error"]["attempt"] == 2
+    assert outcome.status == "FAILED"
+    assert outcome.finished_at is not None and outcome.retry_at is None
+    assert outcome.error["attempt"] == 2
 
     # the slot got a new child, which runs the next job
     assert pool.free_slots() == 1
-    assert run(pool, make_message("getpid"))["status"] == "SUCCESSFUL"
+    assert run(pool, make_message("getpid")).status == "SUCCESSFUL"
 
 
 def test_child_death_follows_retry_on(pools):
     pool = pools(1)
     outcome = run(pool, make_message("exit_not_retryable", 4, attempts=1, max_attempts=3))
-    assert outcome["status"] == "FAILED"  # retry_on=(ConnectionError,): WorkerLost is not one
-    assert "exit code 4" in outcome["error"]["message"]
+    assert outcome.status == "FAILED"  # retry_on=(ConnectionError,): WorkerLost is not one
+    assert "exit code 4" in outcome.error["message"]
 
 
 def test_segfault_names_the_signal(pools):
     pool = pools(1)
     outcome = run(pool, make_message("segfault"))
-    assert outcome["status"] == "FAILED"
-    assert outcome["error"]["exception_class_path"] == WORKER_LOST
-    assert "killed by signal SIGSEGV" in outcome["error"]["message"]
-    assert run(pool, make_message("getpid"))["status"] == "SUCCESSFUL"
+    assert outcome.status == "FAILED"
+    assert outcome.error["exception_class_path"] == WORKER_LOST
+    assert "killed by signal SIGSEGV" in outcome.error["message"]
+    assert run(pool, make_message("getpid")).status == "SUCCESSFUL"
 
 
 def test_kill_9_of_a_busy_child_wakes_the_supervisor(pools):
     pool = pools(2)
-    pid = run(pool, make_message("getpid"))["return_value"]
+    pid = run(pool, make_message("getpid")).return_value
     busy = make_message("sleep_then_return", 30)
     pool.submit(busy)
-    assert pool.running_ids() == [busy["id"]]
+    assert pool.running_ids() == [busy.id]
     # The busy job went to the first free slot, the child whose pid we know.
     os.kill(pid, 9)
     started = time.monotonic()
     assert wait(pool.waitables(), 5), "a child's death must wake wait()"
     assert time.monotonic() - started < 2
     outcome = wait_outcomes(pool)[0]
-    assert outcome["id"] == busy["id"]
-    assert "SIGKILL" in outcome["error"]["message"]
+    assert outcome.id == busy.id
+    assert "SIGKILL" in outcome.error["message"]
     assert pool.running_ids() == [] and pool.free_slots() == 2
 
 
 def test_an_idle_child_that_dies_is_replaced(pools, caplog):
     pool = pools(1)
-    pid = run(pool, make_message("getpid"))["return_value"]
+    pid = run(pool, make_message("getpid")).return_value
     os.kill(pid, 9)
     assert wait(pool.waitables(), 5), "an idle child's death must wake wait() too"
     assert pool.collect() == []
     assert "died while idle" in caplog.text
-    new_pid = run(pool, make_message("getpid"))["return_value"]
+    new_pid = run(pool, make_message("getpid")).return_value
     assert new_pid != pid
 
 
@@ -172,11 +173,11 @@ def test_hard_time_limit_kills_a_busy_loop_and_retries(pools):
     assert 0 < pool.next_deadline() <= 0.5
     (outcome,) = wait_outcomes(pool, timeout=5)
     assert time.monotonic() - started < 0.5 + 1
-    assert outcome["status"] == "READY"
-    assert outcome["error"]["exception_class_path"] == TIME_LIMIT
-    assert "time_limit (0.5 s)" in outcome["error"]["message"]
+    assert outcome.status == "READY"
+    assert outcome.error["exception_class_path"] == TIME_LIMIT
+    assert "time_limit (0.5 s)" in outcome.error["message"]
     assert pool.next_deadline() is None
-    assert run(pool, make_message("getpid"))["status"] == "SUCCESSFUL"
+    assert run(pool, make_message("getpid")).status == "SUCCESSFUL"
 
 
 def test_hard_time_limit_kills_a_task_that_ignores_the_soft_one(pools):
@@ -184,35 +185,35 @@ def test_hard_time_limit_kills_a_task_that_ignores_the_soft_one(pools):
     started = time.monotonic()
     outcome = run(pool, make_message("sleep_ignoring_alarm"), timeout=5)  # time_limit=0.6
     assert time.monotonic() - started < 0.6 + 1
-    assert outcome["status"] == "FAILED"
-    assert outcome["error"]["exception_class_path"] == TIME_LIMIT
+    assert outcome.status == "FAILED"
+    assert outcome.error["exception_class_path"] == TIME_LIMIT
 
 
 def test_soft_time_limit_raises_inside_the_task(pools, tmp_path):
     pool = pools(1)
-    pid = run(pool, make_message("getpid"))["return_value"]
+    pid = run(pool, make_message("getpid")).return_value
     marker = tmp_path / "cleanup"
     started = time.monotonic()
     outcome = run(pool, make_message("overruns_soft_limit", str(marker)))
     assert time.monotonic() - started < 3  # interrupted at 0.3 s, not the 10 s sleep
-    assert outcome["status"] == "FAILED"
-    assert outcome["error"]["exception_class_path"] == SOFT_TIME_LIMIT
+    assert outcome.status == "FAILED"
+    assert outcome.error["exception_class_path"] == SOFT_TIME_LIMIT
     assert marker.read_text() == "cleaned up"  # its finally ran
-    assert run(pool, make_message("getpid"))["return_value"] == pid  # the child lives on
+    assert run(pool, make_message("getpid")).return_value == pid  # the child lives on
 
 
 def test_a_task_may_catch_its_soft_time_limit(pools):
     pool = pools(1)
     outcome = run(pool, make_message("catches_soft_limit"))
-    assert outcome["status"] == "SUCCESSFUL"
-    assert outcome["return_value"] == "cleaned up"
+    assert outcome.status == "SUCCESSFUL"
+    assert outcome.return_value == "cleaned up"
 
 
 def test_soft_time_limit_is_disarmed_after_the_task(pools):
     pool = pools(1)
     run(pool, make_message("quick_with_soft_limit"))  # soft_time_limit=0.2, returns at once
     outcome = run(pool, make_message("sleep_then_return", 0.5))  # no limit: must not be hit
-    assert outcome["status"] == "SUCCESSFUL", outcome["error"]
+    assert outcome.status == "SUCCESSFUL", outcome.error
 
 
 # -- recycling -----------------------------------------------------------------------------
@@ -221,7 +222,7 @@ def test_soft_time_limit_is_disarmed_after_the_task(pools):
 def test_max_tasks_per_child_recycles(pools, caplog):
     caplog.set_level(logging.INFO, logger="django_tasks")
     pool = pools(1, max_tasks_per_child=2)
-    pids = [run(pool, make_message("getpid"))["return_value"] for _ in range(5)]
+    pids = [run(pool, make_message("getpid")).return_value for _ in range(5)]
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
     assert "max_tasks_per_child=2 reached" in caplog.text
 
@@ -232,11 +233,11 @@ def test_several_jobs_in_flight_all_come_back_when_children_recycle(pools):
     for message in messages:
         pool.submit(message)
     outcomes = wait_outcomes(pool, 3)
-    assert {o["id"] for o in outcomes} == {m["id"] for m in messages}
-    assert len({o["return_value"] for o in outcomes}) == 3
+    assert {o.id for o in outcomes} == {m.id for m in messages}
+    assert len({o.return_value for o in outcomes}) == 3
     assert pool.free_slots() == 3
-    assert run(pool, make_message("getpid"))["return_value"] not in {
-        o["return_value"] for o in outcomes}
+    assert run(pool, make_message("getpid")).return_value not in {
+        o.return_value for o in outcomes}
 
 
 def current_rss_kib():
@@ -248,10 +249,10 @@ def current_rss_kib():
 def test_max_memory_per_child_recycles(pools):
     # A fresh child's peak RSS starts near the supervisor's current RSS.
     pool = pools(1, max_memory_per_child=current_rss_kib() + 100 * 1024)
-    pid = run(pool, make_message("getpid"))["return_value"]
-    assert run(pool, make_message("getpid"))["return_value"] == pid  # under the limit
-    assert run(pool, make_message("allocate", 200))["return_value"] == 200
-    assert run(pool, make_message("getpid"))["return_value"] != pid
+    pid = run(pool, make_message("getpid")).return_value
+    assert run(pool, make_message("getpid")).return_value == pid  # under the limit
+    assert run(pool, make_message("allocate", 200)).return_value == 200
+    assert run(pool, make_message("getpid")).return_value != pid
 
 
 def test_pool_options_are_checked():
@@ -272,11 +273,11 @@ def test_stop_with_a_timeout_returns_what_did_not_finish(pools):
     pool.submit(slow)
     pool.submit(quick)
     started = time.monotonic()
-    assert pool.stop(timeout=0.5) == [slow["id"]]
+    assert pool.stop(timeout=0.5) == [slow.id]
     assert time.monotonic() - started < 3
     # the job that finished during the stop is still reported; the killed one is not
     (outcome,) = pool.collect()
-    assert outcome["id"] == quick["id"] and outcome["status"] == "SUCCESSFUL"
+    assert outcome.id == quick.id and outcome.status == "SUCCESSFUL"
     assert pool.collect() == []
     assert pool.free_slots() == 0 and pool.running_ids() == []
     with pytest.raises(RuntimeError, match="stopped"):
@@ -285,11 +286,11 @@ def test_stop_with_a_timeout_returns_what_did_not_finish(pools):
 
 def test_stop_now_kills_at_once(pools):
     pool = pools(1)
-    pid = run(pool, make_message("getpid"))["return_value"]
+    pid = run(pool, make_message("getpid")).return_value
     slow = make_message("sleep_then_return", 30)
     pool.submit(slow)
     started = time.monotonic()
-    assert pool.stop(now=True) == [slow["id"]]
+    assert pool.stop(now=True) == [slow.id]
     assert time.monotonic() - started < 3
     assert pool.collect() == []
     assert gone(pid)
@@ -300,7 +301,7 @@ def test_stop_without_timeout_waits_for_running_jobs(pools):
     job = make_message("sleep_then_return", 0.3)
     pool.submit(job)
     assert pool.stop() == []
-    assert [o["id"] for o in pool.collect()] == [job["id"]]
+    assert [o.id for o in pool.collect()] == [job.id]
 
 
 def test_thread_pool_stop_abandons_what_is_still_running(caplog):
@@ -309,7 +310,7 @@ def test_thread_pool_stop_abandons_what_is_still_running(caplog):
     slow = make_message("sleep_then_return", 1.0)
     pool.submit(slow)
     started = time.monotonic()
-    assert pool.stop(timeout=0.2) == [slow["id"]]
+    assert pool.stop(timeout=0.2) == [slow.id]
     assert time.monotonic() - started < 1.0
     assert pool.running_ids() == []
     assert poll_until(lambda: "finished after the pool stopped" in caplog.text)
@@ -321,7 +322,7 @@ def test_thread_pool_warns_once_about_time_limits(caplog):
     pool.start()
     try:
         for _ in range(2):
-            assert run(pool, make_message("quick_with_soft_limit"))["status"] == "SUCCESSFUL"
+            assert run(pool, make_message("quick_with_soft_limit")).status == "SUCCESSFUL"
     finally:
         pool.stop()
     warnings = [r for r in caplog.records if "cannot enforce" in r.getMessage()]
@@ -391,9 +392,9 @@ def test_forking_replacements_leaves_the_supervisors_connections_alone(pools, re
         assert poll_until(lambda: len(answer) == 1)
         backend_pid(connection)  # the main thread's session is open too
         pool = pools(1)
-        assert run(pool, make_message("exit_with", 3))["error"]["exception_class_path"] == (
+        assert run(pool, make_message("exit_with", 3)).error["exception_class_path"] == (
             WORKER_LOST)  # the replacement was forked with both sessions open
-        child_session = run(pool, make_message("db_session"))["return_value"]
+        child_session = run(pool, make_message("db_session")).return_value
         main_session = backend_pid(connection)
         pool.stop()
     finally:

@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 from django.db import DatabaseError, connection
 from django.tasks import TaskResultStatus, default_task_backend
+from django.tasks.signals import task_finished
 from django.utils import timezone
 
 from django_tasks import EnqueueError
 from django_tasks.conf import BackendOptions
+from django_tasks.messages import Outcome, Start
 from django_tasks.models import Job, Worker
 from django_tasks.worker import Worker as TaskWorker
 from django_tasks.worker.liveness import is_gone, process_key
@@ -23,20 +25,28 @@ from tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 backend = default_task_backend
+broker = backend.broker
+store = backend.store
 
 
 def register(worker_id, *, beat_age=0.0, now=None, key=""):
-    now = now or timezone.now()
-    backend.register_worker(
+    store.register_worker(
         id=worker_id, hostname="h", pid=1, backend="default", queues=["default"],
-        concurrency=1, pool="prefork", started_at=now,
-        last_heartbeat_at=now - timedelta(seconds=beat_age), process_key=key,
+        concurrency=1, pool="prefork", process_key=key,
     )
+    if beat_age or now:  # move the heartbeat back rather than sleep
+        now = now or timezone.now()
+        Worker.objects.filter(pk=worker_id).update(
+            started_at=now, last_heartbeat_at=now - timedelta(seconds=beat_age))
 
 
-def start(worker_id, job_ids):
+def claim(worker_id, n=1, lease=None):
+    return broker.claim(worker_id, lease or f"{worker_id}-lease", ["default"], n)
+
+
+def start(worker_id, messages):
     at = timezone.now().isoformat()
-    backend.exchange(worker_id, starts=[(i, at) for i in job_ids])
+    store.record_starts(worker_id, [Start(m.id, m.lease, at) for m in messages])
 
 
 def test_expired_worker_is_declared_dead_and_its_jobs_rescued(tmp_path):
@@ -44,28 +54,29 @@ def test_expired_worker_is_declared_dead_and_its_jobs_rescued(tmp_path):
     register("dead", beat_age=60, now=now)
     register("alive", now=now)
     results = [rt.record.enqueue(str(tmp_path / "runs")) for _ in range(3)]  # 3 attempts
-    running, prefetched = backend.claim("dead", ["default"], 2)
-    start("dead", [running["id"]])
-    kept = backend.claim("alive", ["default"], 1)[0]
+    running, prefetched = claim("dead", 2)
+    start("dead", [running])
+    kept = claim("alive")[0]
 
-    rescued = backend.rescue_orphans("rescuer", now)
+    rescued = store.rescue_orphans("rescuer", now)
 
     assert [(holder, counts) for holder, _, counts in rescued] == [("dead", (1, 1, 0))]
     dead = Worker.objects.get(pk="dead")
     assert dead.stopped_at == now and "no heartbeat for 60 s" in dead.stop_reason
-    job = Job.objects.get(pk=running["id"])
-    assert (job.status, job.attempts, job.worker_id) == ("READY", 1, "dead")
-    assert job.available_at == now and job.errors[-1]["exception_class_path"].endswith(
-        "WorkerLost")
+    job = Job.objects.get(pk=running.id)
+    assert (job.status, job.attempts, job.worker_id, job.lease) == ("READY", 1, "dead", "")
+    assert job.errors[-1]["exception_class_path"].endswith("WorkerLost")
+    # The task's policy decides, as for any failure: backoff 1 s, jitter to [0.5, 1] s.
+    assert now + timedelta(seconds=0.5) <= job.available_at <= now + timedelta(seconds=1)
     assert "worker dead was lost" in job.errors[-1]["message"]
     assert job.errors[-1]["attempt"] == 1
-    untouched = Job.objects.get(pk=prefetched["id"])
+    untouched = Job.objects.get(pk=prefetched.id)
     assert (untouched.status, untouched.attempts, untouched.worker_id) == ("READY", 0, "")
     assert untouched.errors == []
-    assert Job.objects.get(pk=kept["id"]).status == "CLAIMED"  # a live worker keeps its jobs
+    assert Job.objects.get(pk=kept.id).status == "CLAIMED"  # a live worker keeps its jobs
     assert len(results) == 3
-    # the rescued jobs run again, and the attempt count carries on
-    TaskWorker(pool="inline", queues=["default"]).drain()
+    # the rescued jobs run again once due, and the attempt count carries on
+    TaskWorker(pool="inline", queues=["default"]).drain(now + timedelta(seconds=2))
     job.refresh_from_db()
     assert (job.status, job.attempts, len(job.worker_ids)) == ("SUCCESSFUL", 2, 2)
 
@@ -73,36 +84,54 @@ def test_expired_worker_is_declared_dead_and_its_jobs_rescued(tmp_path):
 def test_a_dead_workers_last_attempt_fails_with_the_reason():
     register("dead", beat_age=60)
     result = tasks.add.enqueue(1, 1)  # max_attempts=1
-    backend.claim("dead", ["default"], 1)
-    start("dead", [result.id])
-    backend.rescue_orphans("rescuer")
+    start("dead", claim("dead"))
+    finished = []
+
+    def receiver(sender, task_result, **kwargs):
+        finished.append((task_result.id, task_result.status))
+
+    task_finished.connect(receiver)
+    try:
+        store.rescue_orphans("rescuer")
+    finally:
+        task_finished.disconnect(receiver)
     result.refresh()
     assert result.status == TaskResultStatus.FAILED
     assert result.errors[-1].exception_class_path == "django_tasks.exceptions.WorkerLost"
     assert result.finished_at is not None
+    assert finished == [(result.id, TaskResultStatus.FAILED)]  # rescued jobs finish too
+
+
+def test_a_lost_worker_follows_the_tasks_retry_on():
+    register("dead", beat_age=60)
+    # retries ConnectionError only: losing the worker is not a reason to run it again
+    result = tasks.fails_with_type_error.enqueue()
+    start("dead", claim("dead"))
+    store.rescue_orphans("rescuer")
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.attempts, job.max_attempts) == ("FAILED", 1, 3)
 
 
 def test_a_heartbeat_within_the_timeout_keeps_the_jobs():
     register("slow", beat_age=1.5)  # WORKER_TIMEOUT is 2 s in the test settings
     result = tasks.add.enqueue(1, 1)
-    backend.claim("slow", ["default"], 1)
-    start("slow", [result.id])
-    assert backend.rescue_orphans("rescuer") == []
+    start("slow", claim("slow"))
+    assert store.rescue_orphans("rescuer") == []
     assert Job.objects.get(pk=result.id).status == "RUNNING"
     # ... and a worker that comes back after being declared dead learns it
-    assert backend.heartbeat("slow") is True
-    backend.rescue_orphans("rescuer", timezone.now() + timedelta(seconds=10))
-    assert backend.heartbeat("slow") is False
+    assert store.heartbeat("slow") is True
+    store.rescue_orphans("rescuer", timezone.now() + timedelta(seconds=10))
+    assert store.heartbeat("slow") is False
 
 
 def test_jobs_of_a_stopped_or_unknown_worker_are_rescued_at_once():
     register("stopped")
     a = tasks.add.enqueue(1, 1)
     b = tasks.add.enqueue(2, 2)
-    backend.claim("stopped", ["default"], 1)
-    backend.unregister_worker("stopped", reason="stopped at once")
-    backend.claim("never-registered", ["default"], 1)
-    rescued = {holder: why for holder, why, _ in backend.rescue_orphans("rescuer")}
+    claim("stopped")
+    store.unregister_worker("stopped", reason="stopped at once")
+    claim("never-registered")
+    rescued = {holder: why for holder, why, _ in store.rescue_orphans("rescuer")}
     assert rescued == {"stopped": "stopped at once", "never-registered": "not registered"}
     assert {Job.objects.get(pk=r.id).status for r in (a, b)} == {"READY"}
 
@@ -122,8 +151,8 @@ def test_a_worker_whose_process_is_gone_is_dead_without_waiting(tmp_path):
     register("killed", key=key)  # fresh heartbeat
     register("here", key=process_key())
     result = tasks.add.enqueue(1, 1)
-    backend.claim("killed", ["default"], 1)
-    rescued = backend.rescue_orphans("rescuer", is_gone=is_gone)
+    claim("killed")
+    rescued = store.rescue_orphans("rescuer", is_gone=is_gone)
     assert [holder for holder, _, _ in rescued] == ["killed"]
     assert "is gone" in Worker.objects.get(pk="killed").stop_reason
     assert Worker.objects.get(pk="here").stopped_at is None
@@ -133,15 +162,19 @@ def test_a_worker_whose_process_is_gone_is_dead_without_waiting(tmp_path):
 def test_outcomes_and_starts_of_a_worker_that_lost_its_jobs_are_ignored(tmp_path):
     register("old", beat_age=60)
     result = rt.record.enqueue(str(tmp_path / "runs"))
-    backend.claim("old", ["default"], 1)
-    start("old", [result.id])
-    backend.rescue_orphans("rescuer")
-    claimed = backend.claim("new", ["default"], 1)
-    assert [m["attempts"] for m in claimed] == [2]
-    backend.exchange("old", starts=[(result.id, timezone.now().isoformat())], outcomes=[{
-        "id": result.id, "status": "SUCCESSFUL", "return_value": 99, "error": None,
-        "finished_at": timezone.now().isoformat(), "available_at": None, "started_at": None,
-    }])
+    [first] = claim("old")
+    start("old", [first])
+    now = timezone.now()
+    store.rescue_orphans("rescuer", now)
+    claimed = broker.claim("new", "new-lease", ["default"], 1, now + timedelta(seconds=2))
+    assert [m.attempt for m in claimed] == [2]
+    late = Outcome(id=result.id, lease=first.lease, status="SUCCESSFUL", return_value=99,
+                   finished_at=timezone.now().isoformat())
+    restart = Start(result.id, first.lease, now.isoformat())
+    done = broker.exchange("old", lease="x", starts=[restart], outcomes=[late])
+    assert (done.applied, done.stale) == ([], [late])
+    # Even under the rescued worker's id, an old lease writes nothing.
+    assert broker.exchange("new", lease="y", outcomes=[late]).stale == [late]
     job = Job.objects.get(pk=result.id)
     assert (job.status, job.worker_id, job.return_value, job.attempts) == ("CLAIMED", "new",
                                                                            None, 1)
@@ -150,10 +183,10 @@ def test_outcomes_and_starts_of_a_worker_that_lost_its_jobs_are_ignored(tmp_path
 def test_reconcile_gives_back_claims_whose_answer_was_lost():
     result = tasks.add.enqueue(1, 1)
     worker = TaskWorker(pool="inline", worker_id="w")
-    backend.claim("w", ["default"], 1)  # committed, but the worker never saw the rows
+    claim("w")  # committed, but the worker never saw the rows
     worker._reconcile()
     job = Job.objects.get(pk=result.id)
-    assert (job.status, job.worker_id) == ("READY", "")
+    assert (job.status, job.worker_id, job.lease) == ("READY", "", "")
 
 
 def test_interrupted_jobs_are_rescued_by_the_worker_itself():
@@ -161,12 +194,13 @@ def test_interrupted_jobs_are_rescued_by_the_worker_itself():
     worker = TaskWorker(pool="inline", worker_id="w", prefetch=0)
     register("w")
     worker.exchange()
-    job_id = worker._buffer[0]["id"]
+    message = worker._buffer[0]
+    job_id = message.id
     with worker._lock:  # as dispatch() does, without running it
         worker._buffer.clear()
         stamp = timezone.now().isoformat()
-        worker._running[job_id] = (stamp, 0.0)
-        worker._starts.append((job_id, stamp))
+        worker._running[job_id] = (message, 0.0)
+        worker._starts.append(Start(job_id, message.lease, stamp))
     worker.pool.stop = lambda **kw: [job_id]  # the pool reports it killed the job
     worker.grace = 5
     worker.shutdown()
@@ -210,18 +244,18 @@ def test_tasks_status_shows_depths_and_alive_dead_stopped_workers():
     register("alive-1")
     register("silent-1", beat_age=60)
     register("gone-1")
-    backend.unregister_worker("gone-1", reason="shutdown")
+    store.unregister_worker("gone-1", reason="shutdown")
     for i in range(3):
         tasks.add.enqueue(i, i)
-    claimed = backend.claim("silent-1", ["default"], 2)
-    start("silent-1", [claimed[0]["id"]])
+    claimed = claim("silent-1", 2)
+    start("silent-1", claimed[:1])
     out = StringIO()
     call_command("tasks", "status", stdout=out)
     text = out.getvalue()
     header, default_row = text.splitlines()[:2]
     assert header.split() == ["queue", "READY", "CLAIMED", "RUNNING", "FAILED", "SUCCESSFUL"]
     assert default_row.split() == ["default", "1", "1", "1", "0", "0"]
-    assert f"{claimed[0]['id']}  tests.tasks.add  on silent-1  attempt 1/1" in text
+    assert f"{claimed[0].id}  tests.tasks.add  on silent-1  attempt 1/1" in text
     lines = {line.split()[0]: line for line in text.splitlines() if "-1 " in line}
     assert lines["alive-1"].split()[1:5] == ["alive", "prefork", "1", "0"]
     assert lines["silent-1"].split()[1:5] == ["dead", "prefork", "1", "2"]
@@ -266,3 +300,33 @@ def test_adaptive_prefetch_learns_from_outcomes():
     assert worker.exchange() == 2  # one slot + one prefetched, before any measurement
     worker.drain()
     assert worker._avg_run is not None and worker.prefetch_now() > 1
+
+
+def test_a_bug_in_the_broker_thread_stops_the_worker_loudly(monkeypatch, caplog):
+    tasks.add.enqueue(1, 1)
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug, not an outage")
+
+    monkeypatch.setattr(broker, "exchange", bug)
+    worker = TaskWorker(pool="inline", burst=True)
+    worker.run()  # returns instead of heart-beating forever with nothing done
+    assert worker.crashed
+    assert any("Bug in the worker's broker thread" in r.getMessage() for r in caplog.records)
+    assert Worker.objects.get(pk=worker.worker_id).stopped_at is not None
+
+
+def test_liveness_is_judged_by_the_databases_clock(monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite is on one host: its clock is the host's")
+    register("skewed")
+    register("rescuer")
+    # This host's clock runs an hour behind: heartbeats and the rescuer's judgement
+    # both use the database's, so a live worker is not declared dead.
+    behind = timezone.now() - timedelta(hours=1)
+    monkeypatch.setattr(timezone, "now", lambda: behind)
+    assert store.heartbeat("skewed")
+    beat = Worker.objects.get(pk="skewed").last_heartbeat_at
+    assert beat > behind + timedelta(minutes=59)
+    assert store.rescue_orphans("rescuer") == []
+    assert Worker.objects.get(pk="skewed").stopped_at is None

@@ -73,15 +73,22 @@ def test_postgres_notify_arrives_on_commit_only():
     from django.db import transaction
     from django.tasks import default_task_backend
 
-    listener = default_task_backend.wake_source()
+    listener = default_task_backend.broker.wake_source(["default"])
+    other = default_task_backend.broker.wake_source(["emails"])
     try:
         with transaction.atomic():
             tasks.add.enqueue(1, 1)
+            tasks.add.enqueue(2, 2)
             assert select.select([listener], [], [], 0.3)[0] == []  # nothing before commit
         assert select.select([listener], [], [], 5)[0] == [listener]
-        assert listener.drain() == 1
+        assert listener.drain() == 1  # one per transaction and queue, not per job
+        # A worker of other queues is not woken for jobs it would not take.
+        assert select.select([other], [], [], 0.3)[0] == []
+        tasks.send_email.enqueue("a@example.com")
+        assert select.select([other], [], [], 5)[0] == [other]
     finally:
         listener.close()
+        other.close()
 
 
 def test_two_workers_never_run_a_job_twice():

@@ -1,100 +1,147 @@
-"""What every django_tasks backend shares: results in Django models, validation, enqueue.
+"""What every django_tasks backend shares, and the broker interface the worker drives.
 
-A backend here is also its broker. The worker drives it through this interface and
-never asks which broker it is (``backends/database.py`` is the reference; a Redis
-broker implements the same verbs, with the guarantees each docstring states):
+A backend (what ``TASKS[alias]["BACKEND"]`` names) has two parts:
 
-- ``publish(fields)``: store a new job; visible to workers only once committed.
-- ``exchange(worker_id, starts=, outcomes=, queues=, limit=, now=)``: one round trip
-  that records starts (attempt counted), writes outcomes of held jobs, and claims up
-  to ``limit`` ready jobs; ``claim``/``complete`` are its two halves.
-- ``release(worker_id, ids)``: give back claimed, not started jobs, untouched.
-- ``rescue(worker_id, reason, job_ids=)``: free a lost worker's jobs (claimed: back
-  untouched; started: ``WorkerLost``, retried while attempts remain, else FAILED).
-- ``rescue_orphans(rescuer_id, now, is_gone=)``: declare silent workers dead and
-  rescue every job held by a worker that is not running.
-- ``held_by(worker_id)``: ids it holds (reconciliation after a broken connection).
-- ``register_worker`` / ``heartbeat`` (False once declared dead) / ``unregister_worker``.
-- ``wake_source()``: a waitable that wakes idle workers, or None to poll;
-  ``tune_connection()``: prepare the broker thread's own connection.
+- a :class:`~django_tasks.store.JobStore`: the job rows and the worker registry, the
+  same for every broker (results, attempts, errors, progress, leases, rescue);
+- a :class:`Broker`: what carries messages (publish, claim, give back, recover a lost
+  worker's messages, wake idle workers). The worker depends on this interface alone;
+  capability flags (``supports_*``) say what a broker can do, as Django's
+  ``BaseTaskBackend`` does for backends.
+
+A broker may implement :meth:`Broker.exchange` (the worker's one verb per round trip)
+in one statement as an optimisation (the database broker does), but never with a
+different contract.
 """
 
 from __future__ import annotations
 
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from django.core import checks
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
+from django.db.models.functions import Now
 from django.tasks import Task as DjangoTask
 from django.tasks import TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
-from django.utils.module_loading import import_string
 
 from ..conf import BackendOptions
-from ..exceptions import EnqueueError, TaskNotRegistered
-from ..results import JobError, JobResult
+from ..exceptions import EnqueueError
+from ..ids import uuid7
+from ..messages import Applied, Message, Outcome, Start
+from ..outcomes import error_from_dict, resolve_task, send_robust
+from ..results import JobResult
 from ..serialization import check_arguments
 from ..states import public_status
+from ..store import JobStore
 from ..task import Task
 
-__all__ = ["ModelBackend", "resolve_task"]
+__all__ = ["Broker", "Exchanged", "ModelBackend", "resolve_task"]
 
 
-def resolve_task(path: str) -> DjangoTask:
-    """The task registered under ``path``; TaskNotRegistered for anything else.
+class Exchanged(NamedTuple):
+    """What one :meth:`Broker.exchange` did."""
 
-    Only objects made by ``@task`` are ever returned, so a job row naming
-    ``os.system`` (or a task removed in a deploy) fails with a reason instead of
-    being called.
+    #: Jobs claimed for the worker, best first.
+    claimed: list[Message]
+    #: Outcomes written (their lease still held the job).
+    applied: list[Applied]
+    #: Outcomes discarded: the job was no longer held under their lease.
+    stale: list[Outcome]
+
+
+def stale_of(outcomes: Sequence[Outcome], applied: Sequence[Applied]) -> list[Outcome]:
+    written = {a.id for a in applied}
+    return [o for o in outcomes if o.id not in written]
+
+
+class Broker(ABC):
+    """Carries jobs from producers to workers; the job rows stay in the store.
+
+    Every verb states its guarantee. Errors listed in ``outage_errors`` mean the broker
+    or the database is unreachable: the worker keeps what it has and retries. Any
+    other exception is a bug, and stops the worker (its jobs are then rescued).
     """
-    try:
-        obj = import_string(path)
-    except ImportError as e:
-        raise TaskNotRegistered(
-            f"{path!r} cannot be imported ({e}). Was the task renamed or removed in a deploy?"
-        ) from None
-    if not isinstance(obj, DjangoTask):
-        raise TaskNotRegistered(
-            f"{path!r} is not a task: only functions decorated with @task can be run "
-            f"(found a {type(obj).__name__})."
-        )
-    if obj.module_path != path:
-        raise TaskNotRegistered(f"{path!r} is an alias of the task {obj.module_path!r}.")
-    return obj
 
+    #: ``publish`` writes the message in the caller's transaction: a rollback
+    #: publishes nothing, a commit makes the job claimable, with no window between.
+    supports_transactional_publish: bool = False
+    #: ``wake_source`` returns something that wakes idle workers (else they poll).
+    supports_wakeup: bool = False
+    #: Exceptions that mean an outage rather than a bug.
+    outage_errors: tuple[type[BaseException], ...] = (DatabaseError,)
 
-def as_datetime(value: Any) -> datetime | None:
-    """A stored or transported timestamp as an aware datetime."""
-    if value is None or isinstance(value, datetime):
-        dt = value
-    else:
-        dt = parse_datetime(value)
-    if dt is not None and timezone.is_naive(dt):
-        dt = dt.replace(tzinfo=UTC)
-    return dt
+    def __init__(self, backend: ModelBackend) -> None:
+        self.backend = backend
+        self.store: JobStore = backend.store
 
+    @abstractmethod
+    def publish(self, job: Any) -> None:
+        """Store ``job`` (a ``Job`` instance) in the caller's transaction on the store's
+        database; it becomes claimable once that commits, exactly once."""
 
-def error_from_dict(data: dict[str, Any]) -> JobError:
-    return JobError(
-        exception_class_path=data.get("exception_class_path", ""),
-        traceback=data.get("traceback", ""),
-        message=data.get("message", ""),
-        attempt=data.get("attempt", 0),
-        worker_id=data.get("worker_id", ""),
-        occurred_at=as_datetime(data.get("occurred_at")),
-    )
+    @abstractmethod
+    def claim(self, worker_id: str, lease: str, queues: Sequence[str], limit: int,
+              now: datetime | None = None) -> list[Message]:
+        """Atomically take up to ``limit`` ready jobs of ``queues`` (highest priority, then
+        oldest) under ``lease``; nobody else can claim them until they are finished,
+        given back or rescued."""
+
+    def exchange(self, worker_id: str, *, lease: str, starts: Sequence[Start] = (),
+                 outcomes: Sequence[Outcome] = (), queues: Sequence[str] = (),
+                 limit: int = 0, now: datetime | None = None) -> Exchanged:
+        """The worker's round trip: record ``starts``, write ``outcomes`` (with the outcome
+        hooks, in their transaction), then claim up to ``limit`` jobs under ``lease``.
+
+        Each part is fenced by leases: a start or outcome whose lease no longer holds
+        its job changes nothing and comes back in ``stale``. If it raises, nothing the
+        worker must remember was lost: starts and outcomes may be sent again (a replay
+        is harmless, the leases see to it).
+        """
+        self.store.record_starts(worker_id, starts)
+        applied = self.store.apply_outcomes(worker_id, outcomes)
+        claimed = self.claim(worker_id, lease, queues, limit, now) if limit > 0 else []
+        return Exchanged(claimed, applied, stale_of(outcomes, applied))
+
+    def give_back(self, messages: Sequence[Message]) -> int:
+        """Claimed jobs that never started become claimable again, untouched."""
+        return self.store.give_back(messages)
+
+    def republish(self, job_ids: Sequence[str]) -> None:
+        """Jobs the store made READY again (an operator's retry) become claimable, and
+        workers serving their queues are woken, once the caller's transaction commits."""
+        return None
+
+    def recover(self, worker_id: str) -> None:
+        """Make the messages a lost worker held claimable again (its rows were rescued)."""
+        return None
+
+    def wake_source(self, queues: Sequence[str]) -> Any | None:
+        """A waitable (``fileno()``, ``drain()``, ``close()``) that becomes readable when
+        jobs of ``queues`` are published, or None: the worker polls."""
+        return None
+
+    def prepare_connection(self) -> None:
+        """Prepare the calling thread's connections for a worker's broker traffic."""
+        return None
+
+    def check(self) -> list[checks.CheckMessage]:
+        """Problems with this broker's configuration, for ``manage.py check``."""
+        return []
 
 
 class ModelBackend(BaseTaskBackend):
-    """Results in the ``Job`` model; subclasses carry the messages."""
+    """Results in the ``Job`` model (``self.store``); ``broker_class`` carries the messages."""
+
+    broker_class: type[Broker]
 
     task_class = Task
     supports_defer = True
@@ -106,6 +153,8 @@ class ModelBackend(BaseTaskBackend):
         super().__init__(alias, params)
         self.config = BackendOptions.parse(self.options)
         self.database = self.config.database
+        self.store = JobStore(alias, self.database, worker_timeout=self.config.worker_timeout)
+        self.broker = self.broker_class(self)
 
     # -- producing ---------------------------------------------------------------
 
@@ -126,23 +175,26 @@ class ModelBackend(BaseTaskBackend):
                 f"TASKS[{self.alias!r}]['QUEUES']."
             )
         check_arguments(task.func, args, kwargs, task_name=task.module_path)
+        from ..models import Job
+
         now = timezone.now()
-        job_id = uuid.uuid4()
-        fields = {
-            "id": job_id,
-            "task_path": task.module_path,
-            "backend": self.alias,
-            "queue_name": queue_name,
-            "priority": task.priority,
-            "args": list(args),
-            "kwargs": kwargs,
-            "max_attempts": getattr(task, "max_attempts", 1),
-            "enqueued_at": now,
-            "run_after": task.run_after,
-            "available_at": task.run_after or now,
-        }
+        job_id = uuid7()
+        job = Job(
+            id=job_id,
+            task_path=task.module_path,
+            backend=self.alias,
+            queue_name=queue_name,
+            priority=task.priority,
+            args=list(args),
+            kwargs=kwargs,
+            max_attempts=getattr(task, "max_attempts", 1),
+            enqueued_at=now,
+            run_after=task.run_after,
+            # Due by the database's clock, the one workers claim by.
+            available_at=task.run_after or Now(),
+        )
         try:
-            self.publish(fields)
+            self.broker.publish(job)
         except DatabaseError as exc:
             # One statement (INSERT, and NOTIFY on PostgreSQL) that failed: nothing was
             # stored, unless the connection broke after the commit was sent. Inside the
@@ -167,20 +219,38 @@ class ModelBackend(BaseTaskBackend):
             errors=[],
             worker_ids=[],
         )
-        task_enqueued.send(type(self), task_result=result)
+        # Receivers hear of the job once it exists for workers: after the caller's
+        # transaction commits (never for a rolled-back one), at once outside one.
+        transaction.on_commit(lambda: send_robust(task_enqueued, self.alias, result),
+                              using=self.database, robust=True)
         return result
 
-    def publish(self, fields: dict[str, Any]) -> None:
-        """Store the job; it becomes claimable when the surrounding transaction commits."""
-        raise NotImplementedError
+    def report_progress(self, job_id: str, progress: dict[str, Any], lease: str = "") -> bool:
+        """Store the latest progress report of a held job (last write wins).
 
-    def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        """Store the latest progress report of a job (last write wins)."""
-        from ..models import Job
-
+        Inside a worker ``lease`` fences it: a report from an attempt that lost the job
+        changes nothing. Returns whether it was stored.
+        """
         check_arguments(None, (), progress, task_name="progress")
         progress["updated_at"] = timezone.now().isoformat()
-        Job.objects.using(self.database).filter(pk=uuid.UUID(job_id)).update(progress=progress)
+        return self.store.report_progress(job_id, progress, lease)
+
+    def retry(self, job_ids: Sequence[Any]) -> list[str]:
+        """Run these FAILED jobs once more (their errors kept); returns the ids retried.
+
+        Goes through the broker like an enqueue, so workers wake up, and sends
+        ``task_enqueued`` for each once committed.
+        """
+        ids = self.store.retry_failed(job_ids)
+        if ids:
+            self.broker.republish(ids)
+            for job_id in ids:
+                result = self.get_result(job_id)
+                transaction.on_commit(
+                    lambda r=result: send_robust(task_enqueued, self.alias, r),
+                    using=self.database, robust=True,
+                )
+        return ids
 
     # -- results -----------------------------------------------------------------
 
@@ -226,7 +296,7 @@ class ModelBackend(BaseTaskBackend):
     # -- configuration -----------------------------------------------------------
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
-        errors: list[checks.CheckMessage] = []
+        errors: list[checks.CheckMessage] = list(self.broker.check())
         where = f"TASKS[{self.alias!r}]"
         for problem in self.config.problems:
             errors.append(checks.Error(f"{where}: {problem}.", id="django_tasks.E001"))

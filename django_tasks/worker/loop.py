@@ -1,12 +1,18 @@
 """The worker: a pool of slots fed from the broker, with all broker I/O batched.
 
-Two threads share the work. The main thread only moves jobs: it starts claimed jobs
+Three threads share the work. The main thread only moves jobs: it starts claimed jobs
 in free slots and collects finished outcomes, so a slot never waits for the database.
-The broker thread does every database round trip: each :meth:`Worker.exchange` writes
-the starts and outcomes gathered since the last one and claims jobs for the capacity
-left, in one statement and one commit; while it is in flight the next batch gathers.
-It also sends heartbeats, rescues the jobs of dead workers, and survives the database
-going away (outcomes stay in memory until they are written).
+The broker thread does every round trip of the hot path: each :meth:`Worker.exchange`
+writes the starts and outcomes gathered since the last one and claims jobs for the
+capacity left (one statement on PostgreSQL); while it is in flight the next batch
+gathers. It survives the broker going away (outcomes stay in memory until written).
+The duties thread runs the periodic duties (heartbeat, rescue of dead workers' jobs),
+each a function of the time, on its own connection, so a slow claim never delays a
+heartbeat. Only the broker's outage errors are retried; any other exception in either
+thread is a bug: it is logged and stops the worker, whose jobs are then rescued.
+
+The worker talks to the backend's :class:`~django_tasks.backends.base.Broker` and
+:class:`~django_tasks.store.JobStore` only, never to a concrete broker.
 
 ``Worker.run_once(now)`` does one whole step on the calling thread, so tests drive the
 worker without threads or sleeping; ``Worker.run()`` runs both threads until told to
@@ -31,6 +37,8 @@ from django.db import connections
 from django.tasks import task_backends
 from django.utils import timezone
 
+from ..backends.base import Broker
+from ..messages import Message, Outcome, Start
 from .liveness import is_gone, process_key
 from .pool import make_pool
 from .wakeup import drain, pipe, poke
@@ -58,6 +66,14 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+class Duty:
+    """A periodic duty of the duties thread: ``run(now)`` every ``interval`` seconds."""
+
+    def __init__(self, name: str, interval: float, run: Any) -> None:
+        self.name, self.interval, self.run = name, interval, run
+        self.due = time.monotonic()
+
+
 class Worker:
     """Runs jobs of one backend's queues with a pool of ``concurrency`` slots."""
 
@@ -77,11 +93,14 @@ class Worker:
         pool_options: dict[str, Any] | None = None,
     ) -> None:
         self.backend = task_backends[backend]
-        if not hasattr(self.backend, "exchange"):
+        broker = getattr(self.backend, "broker", None)
+        if not isinstance(broker, Broker):
             raise ValueError(
                 f"TASKS[{backend!r}] uses {type(self.backend).__name__}, which has no queue "
                 "to work on; the worker needs a django_tasks backend."
             )
+        self.broker: Broker = broker
+        self.store = self.backend.store
         all_queues = sorted(self.backend.queues)
         self.queues = list(queues) if queues else all_queues
         unknown = [q for q in self.queues if all_queues and q not in all_queues]
@@ -95,6 +114,8 @@ class Worker:
         if grace is not None and grace < 0:
             raise ValueError(f"grace must be 0 or more seconds; got {grace}.")
         self.worker_id = worker_id or default_worker_id()
+        self._base_id = self.worker_id
+        self._incarnation = 1
         self.concurrency = max(1, concurrency)
         self.pool = make_pool(pool, self.concurrency, self.worker_id, **(pool_options or {}))
         # Jobs claimed beyond the free slots wait in the buffer, so a slot that frees up
@@ -117,15 +138,15 @@ class Worker:
 
         # State shared by the two threads, guarded by _lock.
         self._lock = threading.Lock()
-        self._buffer: deque[dict[str, Any]] = deque()  # claimed, not started
-        # job id -> (start time as ISO, time.monotonic() at the start), for jobs in the pool
-        self._running: dict[str, tuple[str, float]] = {}
-        self._starts: list[tuple[str, str]] = []  # started since the last exchange
+        self._buffer: deque[Message] = deque()  # claimed, not started
+        # job id -> (message, time.monotonic() at the start), for jobs in the pool
+        self._running: dict[str, tuple[Message, float]] = {}
+        self._starts: list[Start] = []  # started since the last exchange
         # time.monotonic() of the oldest start not yet committed: in _starts, and in the
         # round trip in flight
         self._starts_since: float | None = None
         self._inflight_since: float | None = None
-        self._outcomes: list[dict[str, Any]] = []  # finished since the last exchange
+        self._outcomes: list[Outcome] = []  # finished since the last exchange
         self._dry = False  # the last claim got fewer jobs than asked for
         self._drained = False  # an exchange with nothing held or pending claimed nothing
         self.claimed = 0
@@ -133,12 +154,20 @@ class Worker:
 
         self.stopping = False
         self.shutting_down = False
+        self.abort_requested = False  # a second stop signal: leave at once
+        self.crashed = False  # a bug stopped a thread of the worker
         self._listener: Any = None
         self._listens = False  # the broker has a wake-up channel to keep open
         self._broker: threading.Thread | None = None
+        self._duties_thread: threading.Thread | None = None
         self._broker_stop = False
-        self._broker_ok_at = time.monotonic()  # last successful round trip
-        self._holding = False  # dispatch paused: the broker has been unreachable too long
+        self._duties_stop = threading.Event()
+        self._alive_at = time.monotonic()  # last successful heartbeat
+        self._holding = False  # dispatch paused: heartbeats have failed too long
+        self.duties = [
+            Duty("heartbeat", self.heartbeat_interval, self._beat),
+            Duty("rescue", self.heartbeat_interval, self._rescue),
+        ]
         self._wake_r, self._wake_w = pipe()  # wakes the main thread
         self._io_r, self._io_w = pipe()  # wakes the broker thread
 
@@ -153,12 +182,14 @@ class Worker:
         clock = time.monotonic()
         with self._lock:
             for outcome in outcomes:
-                started, at = self._running.pop(outcome["id"], (None, clock))
-                outcome["started_at"] = started
+                message, at = self._running.pop(outcome.id, (None, clock))
+                if message is not None:
+                    outcome.started_at = message.started_at
+                    outcome.task_path = message.task_path
                 self._outcomes.append(outcome)
                 took = clock - at
                 self._avg_run = took if self._avg_run is None else 0.8 * self._avg_run + 0.2 * took
-            jobs = []
+            jobs: list[Message] = []
             oldest = min((t for t in (self._starts_since, self._inflight_since) if t is not None),
                          default=clock)
             lagging = clock - oldest > START_RECORD_LAG
@@ -169,13 +200,20 @@ class Worker:
                 stamp = (now or timezone.now()).isoformat()
                 if self._starts_since is None:
                     self._starts_since = clock
+                waiting = []
                 while free > 0 and self._buffer:
                     job = self._buffer.popleft()
-                    job["started_at"] = job["started_at"] or stamp
-                    self._running[job["id"]] = (stamp, clock)
-                    self._starts.append((job["id"], stamp))
+                    if job.id in self._running:
+                        # Claimed again (after a rescue) while the attempt that lost it
+                        # still runs here: a job never runs twice at once in one worker.
+                        waiting.append(job)
+                        continue
+                    job.started_at = job.started_at or stamp
+                    self._running[job.id] = (job, clock)
+                    self._starts.append(Start(job.id, job.lease, stamp))
                     jobs.append(job)
                     free -= 1
+                self._buffer.extendleft(reversed(waiting))
         for job in jobs:
             self.pool.submit(job)
         if outcomes or jobs:
@@ -190,17 +228,18 @@ class Worker:
         """
         with self._lock:
             outcomes, self._outcomes = self._outcomes, []
-            finished = {o["id"] for o in outcomes}
+            finished = {o.id for o in outcomes}
             # A job that started and finished in between needs no separate start record.
-            starts = [s for s in self._starts if s[0] not in finished]
+            starts = [s for s in self._starts if s.id not in finished]
             self._starts = []
             self._inflight_since, self._starts_since = self._starts_since, None
             want = self._room()
             held = len(self._buffer) + len(self._running)
+            worker_id = self.worker_id
         try:
-            jobs = self.backend.exchange(
-                self.worker_id, starts=starts, outcomes=outcomes, queues=self.queues,
-                limit=want, now=now,
+            done = self.broker.exchange(
+                worker_id, lease=uuid.uuid4().hex, starts=starts, outcomes=outcomes,
+                queues=self.queues, limit=want, now=now,
             )
         except BaseException:
             with self._lock:
@@ -212,6 +251,13 @@ class Worker:
                 )
                 self._inflight_since = None
             raise
+        jobs = done.claimed
+        for outcome in done.stale:
+            logger.warning(
+                "Job %s: outcome %s discarded: task=%s: this worker no longer holds the job "
+                "(it was rescued after this worker was presumed dead); the job's row keeps "
+                "the newer state", outcome.id, outcome.status, outcome.task_path or "?",
+            )
         with self._lock:
             self._inflight_since = None
             self._buffer.extend(jobs)
@@ -268,16 +314,15 @@ class Worker:
     # -- running ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Register, rescue what dead workers left, start the pool and the broker thread."""
-        now = timezone.now()
-        self._register(now)
-        self._rescue(now)
+        """Register, rescue what dead workers left, start the pool and the threads' sources."""
+        self._register()
+        self._rescue()
         # Fork before any thread starts, and with no open connection to inherit.
         connections.close_all()
         self.pool.start()
         try:
-            self._listener = self.backend.wake_source()
-        except Exception as exc:  # polling still works; say why we are slower
+            self._listener = self.broker.wake_source(self.queues)
+        except self.broker.outage_errors as exc:  # polling still works; say why we are slower
             logger.warning("No wake-up channel (%s); polling every %ss", exc, self.poll_interval)
         else:
             self._listens = self._listener is not None
@@ -294,22 +339,36 @@ class Worker:
         poke(self._wake_w)
         poke(self._io_w)
 
+    def abort(self) -> None:
+        """Ask the worker to stop at once, interrupting running jobs (safe from a signal
+        handler: it only sets flags; the main loop acts at its next safe point)."""
+        self.abort_requested = True
+        self.stop()
+
     def run(self) -> int:
         """Work until stopped, out of work (burst) or ``max_tasks`` done; returns jobs run."""
         self.start()
         self._broker = threading.Thread(target=self._broker_loop, name="broker", daemon=True)
         self._broker.start()
+        self._duties_thread = threading.Thread(target=self._duties_loop, name="duties",
+                                               daemon=True)
+        self._duties_thread.start()
         aborted = False
         grace_ends: float | None = None
         try:
             while True:
+                if self.abort_requested:
+                    aborted = True
+                    logger.warning("Worker %s stopping at once; %d running job(s) are "
+                                   "interrupted", self.worker_id, self.pool.running())
+                    break
                 self.dispatch()
                 with self._lock:
                     busy = bool(self._running or self._buffer or self._outcomes)
                     running = len(self._running)
                     drained = self._drained
-                if not self._broker.is_alive() and not self.stopping:
-                    self.stop()  # it logged why
+                if self.crashed and not self.stopping:
+                    self.stop()  # the thread that failed logged why
                 if self.stopping:
                     if grace_ends is None and self.grace is not None:
                         grace_ends = time.monotonic() + self.grace
@@ -324,12 +383,8 @@ class Worker:
                 elif not busy and (self._done_claiming() or (self.burst and drained)):
                     break
                 self._wait(grace_ends)
-        except Abort:
+        except Abort:  # raised by code that embeds the worker; signals only set flags
             aborted = True
-            logger.warning(
-                "Worker %s stopping at once; %d running job(s) are interrupted",
-                self.worker_id, self.pool.running(),
-            )
         finally:
             self.shutdown(now=aborted)
         return self.completed
@@ -348,14 +403,22 @@ class Worker:
         if self._wake_r in ready:
             drain(self._wake_r)
 
+    def _crash(self, thread: str) -> None:
+        """A bug (not an outage) in ``thread``: say so loudly and stop the worker."""
+        logger.exception(
+            "Bug in the worker's %s thread; stopping the worker (its jobs will be rescued). "
+            "Please report this with the traceback", thread,
+        )
+        self.crashed = True
+        self.stop()
+
     # -- the broker thread ----------------------------------------------------------------
 
     def _broker_loop(self) -> None:
-        """Round trips, heartbeats and rescues, until the main thread is done."""
-        next_beat = time.monotonic() + self.heartbeat_interval
+        """Round trips until the main thread is done; survives broker outages."""
         failing_since: float | None = None
         delay = 0.0
-        tuned = False
+        prepared = False
         try:
             while True:
                 with self._lock:
@@ -363,54 +426,41 @@ class Worker:
                 if self._broker_stop and not pending:
                     return
                 try:
-                    if not tuned:
-                        self.backend.tune_connection()
-                        tuned = True
+                    if not prepared:
+                        self.broker.prepare_connection()
+                        prepared = True
                     if self._listener is None and self._listens:
-                        self._listener = self.backend.wake_source()
+                        self._listener = self.broker.wake_source(self.queues)
                     if failing_since is not None:
                         self._reconcile()
-                    if time.monotonic() >= next_beat:
-                        self._beat()
-                        next_beat = time.monotonic() + self.heartbeat_interval
                     if self._worth_a_round_trip():
                         self.exchange()
-                    self._broker_ok_at = time.monotonic()
-                    if self._holding:
-                        self._holding = False
-                        poke(self._wake_w)
                     if failing_since is not None:
-                        logger.warning("Database back after %.1fs; outcomes written",
+                        logger.warning("Broker back after %.1fs; outcomes written",
                                        time.monotonic() - failing_since)
                         failing_since, delay = None, 0.0
                     if not self._worth_a_round_trip():
-                        self._sleep_broker(next_beat)
-                except Exception as exc:
+                        self._sleep_broker()
+                except self.broker.outage_errors as exc:
                     if self._broker_stop and failing_since is not None and (
                         time.monotonic() - failing_since > max(10.0, self.grace or 0.0)
                     ):
                         logger.error(
-                            "Giving up on the database at shutdown: %d outcome(s) unwritten; "
+                            "Giving up on the broker at shutdown: %d outcome(s) unwritten; "
                             "those jobs will be rescued and run again", len(self._outcomes),
                         )
                         return
                     if failing_since is None:
                         failing_since = time.monotonic()
-                        logger.error("Database unreachable (%s: %s); keeping %d outcome(s) "
+                        logger.error("Broker unreachable (%s: %s); keeping %d outcome(s) "
                                      "in memory and retrying", type(exc).__name__,
                                      str(exc).strip(), len(self._outcomes))
                     self._reset_connections()
-                    tuned = False
+                    prepared = False
                     delay = min(5.0, delay * 2 or 0.1)
-                    # Starting a buffered job now could run one a rescuer has given to
-                    # another worker after declaring this one dead: pause dispatch.
-                    if time.monotonic() - self._broker_ok_at > self.worker_timeout / 2:
-                        self._holding = True
                     time.sleep(delay)
         except BaseException:
-            logger.exception("The broker thread failed; stopping the worker")
-            self.stop()
-            raise
+            self._crash("broker")
         finally:
             connections.close_all()
 
@@ -427,47 +477,99 @@ class Worker:
             # poll timer: an empty answer then means the queue is drained.
             return self.burst and not (self._buffer or self._running) and not self._drained
 
-    def _sleep_broker(self, next_beat: float) -> None:
-        """Wait for the main thread, a NOTIFY, the poll timer or the next heartbeat."""
-        timeout = max(0.0, min(self.poll_interval, next_beat - time.monotonic()))
+    def _sleep_broker(self) -> None:
+        """Wait for the main thread, a wake-up from the broker or the poll timer."""
         waitables = [self._io_r]
         if self._listener is not None:
             waitables.append(self._listener)
-        ready = wait(waitables, timeout)
+        ready = wait(waitables, self.poll_interval)
         if self._io_r in ready:
             drain(self._io_r)
         if self._listener is not None and self._listener in ready:
             self._listener.drain()  # raises when the LISTEN connection was dropped
         with self._lock:
-            # Woken by NOTIFY or the poll timer: worth asking for jobs again.
+            # Woken by the broker or the poll timer: worth asking for jobs again.
             if not ready or self._listener in ready:
                 self._dry = False
 
-    def _beat(self) -> None:
-        now = timezone.now()
-        if not self.backend.heartbeat(self.worker_id, now):
-            logger.error(
-                "Worker %s was declared dead (no heartbeat for over %gs); its jobs were "
-                "rescued. Dropping prefetched jobs and registering again",
-                self.worker_id, self.worker_timeout,
-            )
-            with self._lock:
-                self._buffer.clear()
-            self._register(now)
-        self._rescue(now)
+    # -- the duties thread ----------------------------------------------------------------
 
-    def _register(self, now: datetime) -> None:
-        self.backend.register_worker(
+    def _duties_loop(self) -> None:
+        """Run each duty when due, on this thread's own connection, until the worker stops."""
+        failing_since: float | None = None
+        delay = 0.1
+        try:
+            while not self._duties_stop.is_set():
+                clock = time.monotonic()
+                due = [d for d in self.duties if d.due <= clock]
+                try:
+                    for duty in due:
+                        duty.run(None)
+                        duty.due = time.monotonic() + duty.interval
+                except self.broker.outage_errors as exc:
+                    if failing_since is None:
+                        failing_since = time.monotonic()
+                        logger.error("Duties: broker unreachable (%s: %s); retrying",
+                                     type(exc).__name__, str(exc).strip())
+                    self._reset_connections(listener=False)
+                    # Starting a buffered job now could run one a rescuer has given to
+                    # another worker after declaring this one dead: pause dispatch.
+                    if time.monotonic() - self._alive_at > self.worker_timeout / 2:
+                        self._holding = True
+                    self._duties_stop.wait(delay)
+                    delay = min(5.0, delay * 2)
+                    continue
+                if failing_since is not None:
+                    logger.warning("Duties: broker back after %.1fs",
+                                   time.monotonic() - failing_since)
+                    failing_since, delay = None, 0.1
+                next_due = min(d.due for d in self.duties)
+                self._duties_stop.wait(max(0.0, next_due - time.monotonic()))
+        except BaseException:
+            self._crash("duties")
+        finally:
+            connections.close_all()
+
+    def _beat(self, now: datetime | None = None) -> None:
+        """Duty: tell the registry this worker is alive; learn if it was declared dead."""
+        if self.store.heartbeat(self.worker_id):
+            self._alive_at = time.monotonic()
+            if self._holding:
+                self._holding = False
+                poke(self._wake_w)
+            return
+        old = self.worker_id
+        with self._lock:
+            # The rescuer gave our claimed jobs back and ended our running ones' leases:
+            # what we hold is no longer ours. Running jobs finish; their outcomes will
+            # be discarded. We come back as a new worker, never as the dead one.
+            dropped = len(self._buffer)
+            self._buffer.clear()
+            self._incarnation += 1
+            self.worker_id = f"{self._base_id}~{self._incarnation}"
+        logger.error(
+            "Worker %s was declared dead (no heartbeat for over %gs); its jobs were rescued. "
+            "Dropped %d prefetched job(s); registering again as %s",
+            old, self.worker_timeout, dropped, self.worker_id,
+        )
+        self._register()
+        self._alive_at = time.monotonic()
+        self._holding = False
+        poke(self._wake_w)
+
+    def _register(self) -> None:
+        self.store.register_worker(
             id=self.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
             backend=self.backend.alias, queues=self.queues, concurrency=self.concurrency,
-            pool=self.pool.name, started_at=now, last_heartbeat_at=now,
-            process_key=process_key(),
+            pool=self.pool.name, process_key=process_key(),
         )
 
-    def _rescue(self, now: datetime) -> None:
-        for holder, why, (released, retried, failed) in self.backend.rescue_orphans(
+    def _rescue(self, now: datetime | None = None) -> None:
+        """Duty: declare silent workers dead and rescue what lost workers held."""
+        for holder, why, (released, retried, failed) in self.store.rescue_orphans(
             self.worker_id, now, is_gone=is_gone
         ):
+            self.broker.recover(holder)
             logger.warning(
                 "Rescued the jobs of worker %s (%s): %d given back, %d to retry, %d failed",
                 holder, why, released, retried, failed,
@@ -478,27 +580,27 @@ class Worker:
 
         A claim whose commit succeeded but whose answer was lost leaves such jobs.
         """
-        held = set(self.backend.held_by(self.worker_id))
+        held = dict(self.store.held_by(self.worker_id))
         with self._lock:
-            known = {j["id"] for j in self._buffer} | set(self._running)
-            known |= {o["id"] for o in self._outcomes}
-        unknown = sorted(held - known)
+            known = {j.id for j in self._buffer} | set(self._running)
+            known |= {o.id for o in self._outcomes}
+        unknown = sorted(set(held) - known)
         if unknown:
-            released, retried, failed = self.backend.rescue(
+            released, retried, failed = self.store.rescue(
                 self.worker_id, f"worker {self.worker_id} lost track of the job when its "
-                "database connection broke", job_ids=unknown,
+                "broker connection broke", job_ids=unknown,
             )
             logger.warning("Freed %d job(s) held without this worker knowing: %d given back, "
                            "%d to retry, %d failed", len(unknown), released, retried, failed)
 
-    def _reset_connections(self) -> None:
-        """Drop this thread's connections; the next pass reconnects and LISTENs again."""
+    def _reset_connections(self, *, listener: bool = True) -> None:
+        """Drop this thread's connections; the next pass reconnects (and LISTENs again)."""
         for conn in connections.all(initialized_only=True):
             try:
                 conn.close()
             except Exception:
                 pass  # it is broken already; Django reconnects on next use
-        if self._listener is not None:
+        if listener and self._listener is not None:
             try:
                 self._listener.close()
             except Exception:
@@ -512,11 +614,13 @@ class Worker:
 
         ``now``: kill running jobs at once (a second signal). Otherwise running jobs
         were given until the grace period ended; any still running are killed. Either
-        way the interrupted jobs are rescued at once (attempt counted, retried while
-        attempts remain), and prefetched jobs are given back untouched.
+        way the interrupted jobs are rescued at once (their attempt ends with
+        ``WorkerLost``, under the task's retry policy), and prefetched jobs are given
+        back untouched.
         """
         self.stopping = True
         self.shutting_down = True
+        self._duties_stop.set()
         # Running jobs have had their grace period (run() waited for it), so stop kills
         # whatever still runs; prefork children that are idle just exit.
         unfinished = self.pool.stop(now=now, timeout=0)
@@ -530,26 +634,28 @@ class Worker:
                 self.exchange()
             except Exception as exc:
                 logger.error("Could not write %d outcome(s): %s", len(self._outcomes), exc)
+        if self._duties_thread is not None:
+            self._duties_thread.join()
         with self._lock:
-            not_started = [job["id"] for job in self._buffer]
+            not_started = list(self._buffer)
             self._buffer.clear()
             interrupted = [i for i in unfinished if i in self._running]
             for job_id in interrupted:
                 self._running.pop(job_id, None)
         try:
             if not_started:
-                released = self.backend.release(self.worker_id, not_started)
+                released = self.broker.give_back(not_started)
                 logger.info("Gave back %d job(s) claimed but not started", released)
             if interrupted:
                 why = ("stopped at once by a second signal" if now else
                        f"still running when the {self.grace:g}s shutdown grace period ended")
                 self._record_start_of(interrupted)
-                counts = self.backend.rescue(
+                counts = self.store.rescue(
                     self.worker_id, f"worker {self.worker_id} {why}", job_ids=interrupted
                 )
                 logger.warning("Interrupted %d job(s): %d to retry, %d failed",
-                               len(interrupted), counts[1], counts[2])
-            self.backend.unregister_worker(self.worker_id)
+                               len(interrupted), counts.retried, counts.failed)
+            self.store.unregister_worker(self.worker_id)
         except Exception as exc:
             logger.error("Could not sign off worker %s (%s); its jobs will be rescued "
                          "after WORKER_TIMEOUT", self.worker_id, exc)
@@ -563,8 +669,7 @@ class Worker:
     def _record_start_of(self, job_ids: list[str]) -> None:
         """Make sure interrupted jobs are RUNNING (attempt counted) before rescuing them."""
         with self._lock:
-            starts = [s for s in self._starts if s[0] in job_ids]
-            self._starts = [s for s in self._starts if s[0] not in job_ids]
+            starts = [s for s in self._starts if s.id in job_ids]
+            self._starts = [s for s in self._starts if s.id not in job_ids]
         if starts:
-            self.backend.exchange(self.worker_id, starts=starts)
-
+            self.store.record_starts(self.worker_id, starts)

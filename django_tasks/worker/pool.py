@@ -28,7 +28,9 @@ from typing import Any
 
 from django.db import connections
 
-from .execute import execute, task_or_none
+from ..messages import Message, Outcome
+from ..outcomes import task_or_none
+from .execute import execute
 from .prefork import PreforkPool
 from .wakeup import drain, pipe, poke
 
@@ -85,7 +87,7 @@ class InlinePool:
                           max_memory_per_child=max_memory_per_child)
         self.size = max(1, size)
         self.worker_id = worker_id
-        self._done: list[dict[str, Any]] = []
+        self._done: list[Outcome] = []
         self._limits = _LimitWarnings(self.name)
 
     def start(self) -> None:
@@ -100,11 +102,11 @@ class InlinePool:
     def running_ids(self) -> list[str]:
         return []
 
-    def submit(self, message: dict[str, Any]) -> None:
-        self._limits.check(message["task_path"])
+    def submit(self, message: Message) -> None:
+        self._limits.check(message.task_path)
         self._done.append(execute(message, self.worker_id, own_connections=False))
 
-    def collect(self) -> list[dict[str, Any]]:
+    def collect(self) -> list[Outcome]:
         done, self._done = self._done, []
         return done
 
@@ -137,11 +139,11 @@ class ThreadPool:
                           max_memory_per_child=max_memory_per_child)
         self.size = max(1, size)
         self.worker_id = worker_id
-        self._inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._done: list[dict[str, Any]] = []
+        self._inbox: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        self._done: list[Outcome] = []
         # Submitted and not yet collected, in submission order. Touched only by the
         # supervisor thread, except under _lock.
-        self._running: dict[str, dict[str, Any]] = {}
+        self._running: dict[str, Message] = {}
         self._abandoned: set[str] = set()
         self._stopped = False
         self._lock = threading.Lock()
@@ -160,10 +162,10 @@ class ThreadPool:
             while (message := self._inbox.get()) is not None:
                 outcome = execute(message, self.worker_id)
                 with self._lock:
-                    if message["id"] in self._abandoned:
+                    if message.id in self._abandoned:
                         # stop() already reported it unfinished; the caller owns its fate.
                         logger.warning("Job %s finished after the pool stopped; outcome "
-                                       "dropped", message["id"])
+                                       "dropped", message.id)
                         continue
                     self._done.append(outcome)
                 poke(self._wake_w)
@@ -179,19 +181,19 @@ class ThreadPool:
     def running_ids(self) -> list[str]:
         return list(self._running)
 
-    def submit(self, message: dict[str, Any]) -> None:
+    def submit(self, message: Message) -> None:
         if self._stopped:
             raise RuntimeError("The pool is stopped; it takes no more jobs.")
-        self._limits.check(message["task_path"])
-        self._running[message["id"]] = message
+        self._limits.check(message.task_path)
+        self._running[message.id] = message
         self._inbox.put(message)
 
-    def collect(self) -> list[dict[str, Any]]:
+    def collect(self) -> list[Outcome]:
         drain(self._wake_r)
         with self._lock:
             done, self._done = self._done, []
         for outcome in done:
-            self._running.pop(outcome["id"], None)
+            self._running.pop(outcome.id, None)
         return done
 
     def waitables(self) -> list[Any]:
@@ -219,8 +221,8 @@ class ThreadPool:
             except queue.Empty:
                 break
             if message is not None:
-                unfinished.append(message["id"])
-                self._running.pop(message["id"], None)
+                unfinished.append(message.id)
+                self._running.pop(message.id, None)
         for _ in self._threads:
             self._inbox.put(None)
         if not now:
@@ -228,7 +230,7 @@ class ThreadPool:
             for thread in self._threads:
                 thread.join(None if end is None else max(0.0, end - time.monotonic()))
         with self._lock:
-            finished = {outcome["id"] for outcome in self._done}
+            finished = {outcome.id for outcome in self._done}
             abandoned = [job_id for job_id in self._running if job_id not in finished]
             self._abandoned.update(abandoned)
         for job_id in abandoned:

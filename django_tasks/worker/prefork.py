@@ -3,7 +3,7 @@
 The supervisor side (``PreforkPool``) runs in the worker's main thread; the child
 side (``_child_main``) is everything a forked child runs. A child that dies, overruns
 its ``time_limit`` or reaches its recycling limits is replaced; a dead child's job
-gets an outcome built by :func:`~django_tasks.worker.execute.failure_outcome`, like
+gets an outcome built by :func:`~django_tasks.outcomes.failure_outcome`, like
 any exception. See :mod:`django_tasks.worker.pool` for the interface all pools share.
 """
 
@@ -30,8 +30,10 @@ from django.db import connections
 from django.utils import timezone
 
 from ..exceptions import TimeLimitExceeded, WorkerLost
+from ..messages import Message, Outcome
+from ..outcomes import failure_outcome, task_or_none
 from ..serialization import dumps
-from .execute import execute, failure_outcome, task_or_none
+from .execute import execute
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -107,7 +109,7 @@ def _child_main(conn: Any, worker_id: str, siblings: list[Any], parent_pid: int,
             data = conn.recv_bytes()
         except (EOFError, OSError):
             break
-        outcome = execute(json.loads(data), worker_id, soft_time_limits=True)
+        outcome = execute(Message.from_wire(json.loads(data)), worker_id, soft_time_limits=True)
         done += 1
         retire = None
         if max_tasks is not None and done >= max_tasks:
@@ -115,7 +117,7 @@ def _child_main(conn: Any, worker_id: str, siblings: list[Any], parent_pid: int,
         elif max_memory is not None and (rss := _max_rss_kib()) >= max_memory:
             retire = f"max_memory_per_child={max_memory} KiB reached ({rss} KiB)"
         try:
-            conn.send_bytes(dumps({"outcome": outcome, "retire": retire}).encode())
+            conn.send_bytes(dumps({"outcome": outcome.to_wire(), "retire": retire}).encode())
         except OSError:
             break  # the supervisor is gone
         if retire:
@@ -175,7 +177,7 @@ class _Slot:
     index: int
     process: Any = None  # None only while a replacement could not be forked
     pipe: Any = None  # the supervisor's end of the pipe to ``process``
-    message: dict[str, Any] | None = None  # the job running there
+    message: Message | None = None  # the job running there
     started: float = 0.0  # time.monotonic() at submit
     time_limit: float | None = None
     deadline: float | None = None  # time.monotonic() past which the child is killed
@@ -210,7 +212,7 @@ class PreforkPool:
         self.max_memory_per_child = max_memory_per_child
         self._ctx = multiprocessing.get_context("fork")
         self._slots = [_Slot(index) for index in range(self.size)]
-        self._done: list[dict[str, Any]] = []  # outcomes found by stop(), for collect()
+        self._done: list[Outcome] = []  # outcomes found by stop(), for collect()
         self._retired: list[Any] = []  # recycled children, reaped once they have exited
         self._respawn_at: float | None = None
         self._stopped = False
@@ -281,9 +283,9 @@ class PreforkPool:
         return sum(1 for s in self._slots if s.message is not None)
 
     def running_ids(self) -> list[str]:
-        return [s.message["id"] for s in self._slots if s.message is not None]
+        return [s.message.id for s in self._slots if s.message is not None]
 
-    def submit(self, message: dict[str, Any]) -> None:
+    def submit(self, message: Message) -> None:
         if self._stopped:
             raise RuntimeError("The pool is stopped; it takes no more jobs.")
         slot = next(
@@ -291,8 +293,8 @@ class PreforkPool:
         )
         if slot is None:
             raise RuntimeError("No free slot: check free_slots() before submit().")
-        task = task_or_none(message["task_path"])
-        data = dumps(message).encode()
+        task = task_or_none(message.task_path)
+        data = dumps(message.to_wire()).encode()
         try:
             slot.pipe.send_bytes(data)
         except OSError:
@@ -316,14 +318,14 @@ class PreforkPool:
         except (EOFError, OSError):
             return None
 
-    def _lost(self, slot: _Slot, exc: BaseException) -> dict[str, Any]:
+    def _lost(self, slot: _Slot, exc: BaseException) -> Outcome:
         """Make up the outcome of the job in ``slot``, whose child is gone."""
         message = slot.message
         assert message is not None
         slot.message = slot.deadline = None
         return failure_outcome(
             message, exc, self.worker_id, now=timezone.now(),
-            task=task_or_none(message["task_path"]),
+            task=task_or_none(message.task_path),
             duration=time.monotonic() - slot.started,
         )
 
@@ -333,7 +335,7 @@ class PreforkPool:
                        "" if self._stopped else "; forking a replacement")
         self._release(slot, replace=True)
 
-    def _check(self, slot: _Slot, now: float) -> list[dict[str, Any]]:
+    def _check(self, slot: _Slot, now: float) -> list[Outcome]:
         """What happened in ``slot`` since last time: an outcome, a death, a deadline."""
         process = slot.process
         if process is None:
@@ -370,7 +372,7 @@ class PreforkPool:
                 self._idle_death(slot)
             elif self._stopped:
                 self._release(slot, replace=False)  # EOF tells the child to exit
-            return [reply["outcome"]]
+            return [Outcome.from_wire(reply["outcome"])]
         if dead:
             outcome = self._lost(slot, WorkerLost(
                 "The process running the job died "
@@ -380,11 +382,11 @@ class PreforkPool:
             return [outcome]
         return []
 
-    def _check_all(self) -> list[dict[str, Any]]:
+    def _check_all(self) -> list[Outcome]:
         now = time.monotonic()
         return [outcome for slot in self._slots for outcome in self._check(slot, now)]
 
-    def collect(self) -> list[dict[str, Any]]:
+    def collect(self) -> list[Outcome]:
         """Outcomes finished since the last call, real or made up; replaces lost children.
 
         Never blocks (except briefly to reap a child it just killed for its time limit).
@@ -450,12 +452,12 @@ class PreforkPool:
             slot.process.join(_EXIT_GRACE)
             reply = self._receive(slot)  # finished just before the kill: keep it
             if reply is not None:
-                self._done.append(reply["outcome"])
+                self._done.append(Outcome.from_wire(reply["outcome"]))
             else:
                 assert slot.message is not None
-                unfinished.append(slot.message["id"])
+                unfinished.append(slot.message.id)
                 logger.warning("Job %s killed by the pool's stop: task=%s",
-                               slot.message["id"], slot.message["task_path"])
+                               slot.message.id, slot.message.task_path)
             slot.message = slot.deadline = None
             self._release(slot, replace=False)
         grace_end = time.monotonic() + _EXIT_GRACE

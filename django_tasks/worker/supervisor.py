@@ -7,23 +7,25 @@ import signal
 import sys
 from typing import Any
 
-from .loop import Abort, Worker
+from .loop import Worker
 
 __all__ = ["configure_logging", "install_signal_handlers"]
 
 
 def install_signal_handlers(worker: Worker) -> None:
-    """SIGTERM/SIGINT: stop claiming and finish running jobs; a second one: stop at once."""
+    """SIGTERM/SIGINT: stop claiming and finish running jobs; a second one: stop at once.
+
+    The handlers only set flags and wake the main loop, which acts at its next safe
+    point: a signal never interrupts the worker between taking a job and recording it.
+    """
 
     def handle(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if worker.shutting_down:
-            return  # already writing outcomes and signing off: let it finish
+        if worker.shutting_down or worker.abort_requested:
+            return  # already on the way out: let it finish
         if worker.stopping:
-            # Set before raising: a third signal arriving before shutdown() starts must
-            # not interrupt the way out.
-            worker.shutting_down = True
-            raise Abort(name)
+            worker.abort()
+            return
         logging.getLogger("django_tasks.worker").info(
             "%s received: finishing %d running job(s); send it again to stop at once",
             name, worker.pool.running(),

@@ -11,7 +11,8 @@ from django.db.models import Count, Q
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, task_backends
 from django.utils import timezone
 
-from django_tasks.models import STATUS_CHOICES, Job, Worker
+from django_tasks.models import Job, Worker
+from django_tasks.states import JobStatus
 
 RUNNING_SHOWN = 20
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -78,7 +79,7 @@ class Command(BaseCommand):
         depths: dict[str, dict[str, int]] = {}
         for row in rows:
             depths.setdefault(row["queue_name"], {})[row["status"]] = row["n"]
-        statuses = [value for value, _ in STATUS_CHOICES]
+        statuses = list(JobStatus.values)
         self.stdout.write(f"{'queue':<24}" + "".join(f"{s:>12}" for s in statuses))
         for queue, counts in sorted(depths.items()):
             self.stdout.write(f"{queue:<24}" + "".join(f"{counts.get(s, 0):>12}" for s in statuses))

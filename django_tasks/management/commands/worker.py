@@ -6,10 +6,10 @@ import os
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils.module_loading import autodiscover_modules
 
+from django_tasks.exceptions import WorkerIdInUse
 from django_tasks.worker import Worker
 from django_tasks.worker.pool import POOLS
 from django_tasks.worker.supervisor import configure_logging, install_signal_handlers
@@ -145,9 +145,14 @@ class Command(BaseCommand):
         install_signal_handlers(worker)
         try:
             worker.run()
-        except DatabaseError as exc:
+        except WorkerIdInUse as exc:
+            raise CommandError(str(exc)) from exc
+        except worker.broker.outage_errors as exc:
             # Only start-up gets here: once running, the worker rides out outages.
             raise CommandError(
                 f"Cannot start: the database is unreachable ({type(exc).__name__}: "
                 f"{str(exc).strip()}). Nothing was claimed."
             ) from exc
+        if worker.crashed:
+            raise CommandError("The worker stopped because of a bug (see the traceback "
+                               "above); its jobs were given back or will be rescued.")

@@ -1,0 +1,103 @@
+"""The typed data of the hot path: a claimed job travels as a :class:`Message` (broker ->
+worker -> pool child) and comes back as an :class:`Outcome` (pool -> worker -> store).
+
+Both carry the claim's ``lease``: a token fresh for every claim, which every later
+write about the job (its start, its outcome, a progress report, giving it back) must
+match. A worker that lost the job (declared dead, its jobs rescued and perhaps claimed
+again) still holds the old token, so whatever it writes changes nothing.
+
+Times are ISO 8601 strings (UTC) so that both types cross process boundaries as
+plain JSON without a conversion step on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
+
+__all__ = ["Applied", "Message", "Outcome", "Start"]
+
+
+@dataclass(slots=True)
+class Message:
+    """One claimed job, as a worker and its pool child see it."""
+
+    id: str
+    lease: str
+    task_path: str
+    queue_name: str
+    priority: int
+    backend: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    #: The number of the attempt this message is for (1 for the first run).
+    attempt: int
+    max_attempts: int
+    #: One entry per attempt, this one included (Django's ``TaskResult.worker_ids``).
+    worker_ids: list[str]
+    #: The errors of earlier attempts (dicts as stored on the job row).
+    errors: list[dict[str, Any]]
+    enqueued_at: str | None
+    #: When the job first started (an earlier attempt's start, or this one's).
+    started_at: str | None
+    run_after: str | None
+    available_at: str | None
+
+    def to_wire(self) -> dict[str, Any]:
+        """A JSON-able dict (for the pipe to a pool child)."""
+        return {f: getattr(self, f) for f in _MESSAGE_FIELDS}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Message:
+        return cls(**data)
+
+
+_MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one attempt of a job ended: SUCCESSFUL, FAILED for good, or READY to retry."""
+
+    id: str
+    lease: str
+    status: str
+    return_value: Any = None
+    #: The attempt's error (a dict as stored in ``Job.errors``), or None on success.
+    error: dict[str, Any] | None = None
+    #: Set when the job is finished (SUCCESSFUL or FAILED).
+    finished_at: str | None = None
+    #: Set on a retry: when the job may run again.
+    retry_at: str | None = None
+    #: When the attempt started (the worker's record; the row keeps the first start).
+    started_at: str | None = None
+    #: Filled by the worker: the task path, for log lines about the outcome.
+    task_path: str = field(default="", compare=False)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _OUTCOME_FIELDS}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Outcome:
+        return cls(**data)
+
+
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
+
+
+class Start(NamedTuple):
+    """A job handed to a pool slot: recorded as RUNNING (attempt counted) by the next write."""
+
+    id: str
+    lease: str
+    at: str
+
+
+class Applied(NamedTuple):
+    """An outcome the store accepted (the lease still held the job), as written."""
+
+    id: str
+    status: str
+    task_path: str
+    queue_name: str
+    attempts: int

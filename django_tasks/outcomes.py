@@ -1,0 +1,224 @@
+"""What an attempt's end means: the one policy for every way a job can stop running.
+
+An exception the task raised, a hard time limit, a pool child that died and a worker
+that was lost (rescued by another) all become an :class:`~django_tasks.messages.Outcome`
+through :func:`failure_outcome`, so ``retry_on``, backoff and ``max_attempts`` mean the
+same whichever happened. Nothing here touches the job table; the store writes outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from functools import cache
+from traceback import format_exception
+from typing import Any
+
+from django.tasks import Task as DjangoTask
+from django.tasks import TaskResultStatus, task_backends
+from django.tasks.signals import task_finished
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.module_loading import import_string
+
+from .exceptions import Retry, ReturnValueNotSerializable, TaskNotRegistered
+from .messages import Message, Outcome
+from .results import JobError, JobResult
+from .retry import next_attempt_at
+from .states import FAILED, READY, SUCCESSFUL
+
+logger = logging.getLogger("django_tasks.worker")
+
+__all__ = [
+    "as_datetime", "error_from_dict", "failure_outcome", "job_result", "resolve_task",
+    "send_failed", "send_finished", "success_outcome", "task_or_none",
+]
+
+
+def resolve_task(path: str) -> DjangoTask:
+    """The task registered under ``path``; TaskNotRegistered for anything else.
+
+    Only objects made by ``@task`` are ever returned, so a job row naming
+    ``os.system`` (or a task removed in a deploy) fails with a reason instead of
+    being called.
+    """
+    try:
+        obj = import_string(path)
+    except ImportError as e:
+        raise TaskNotRegistered(
+            f"{path!r} cannot be imported ({e}). Was the task renamed or removed in a deploy?"
+        ) from None
+    if not isinstance(obj, DjangoTask):
+        raise TaskNotRegistered(
+            f"{path!r} is not a task: only functions decorated with @task can be run "
+            f"(found a {type(obj).__name__})."
+        )
+    if obj.module_path != path:
+        raise TaskNotRegistered(f"{path!r} is an alias of the task {obj.module_path!r}.")
+    return obj
+
+
+def task_or_none(path: str) -> Any:
+    """The task at ``path``, or None if it cannot be resolved (then: no retries, no limits)."""
+    try:
+        return resolve_task(path)
+    except Exception:
+        return None
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """A stored or transported timestamp as an aware datetime."""
+    if value is None or isinstance(value, datetime):
+        dt = value
+    else:
+        dt = parse_datetime(value)
+    if dt is not None and timezone.is_naive(dt):
+        dt = dt.replace(tzinfo=UTC)
+    return dt
+
+
+def error_from_dict(data: dict[str, Any]) -> JobError:
+    return JobError(
+        exception_class_path=data.get("exception_class_path", ""),
+        traceback=data.get("traceback", ""),
+        message=data.get("message", ""),
+        attempt=data.get("attempt", 0),
+        worker_id=data.get("worker_id", ""),
+        occurred_at=as_datetime(data.get("occurred_at")),
+    )
+
+
+def error_dict(exc: BaseException, attempt: int, worker_id: str, now: datetime) -> dict[str, Any]:
+    """An attempt's error as stored in ``Job.errors``."""
+    cls = type(exc)
+    return {
+        "exception_class_path": f"{cls.__module__}.{cls.__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(format_exception(exc)),
+        "attempt": attempt,
+        "worker_id": worker_id,
+        "occurred_at": now.isoformat(),
+    }
+
+
+@cache
+def _sender(backend_alias: str) -> type:
+    try:
+        return type(task_backends[backend_alias])
+    except Exception:  # the job names a backend this deploy no longer has
+        return object
+
+
+def job_result(message: Message, task: Any, now: datetime | None = None) -> JobResult:
+    """The ``TaskResult`` of the attempt ``message`` is for, as the task and signals see it."""
+    return JobResult(
+        task=task,
+        id=message.id,
+        status=TaskResultStatus.RUNNING,
+        enqueued_at=as_datetime(message.enqueued_at),
+        started_at=as_datetime(message.started_at),
+        finished_at=None,
+        last_attempted_at=now,
+        args=message.args,
+        kwargs=message.kwargs,
+        backend=message.backend,
+        errors=[error_from_dict(e) for e in message.errors],
+        worker_ids=message.worker_ids,
+    )
+
+
+def log_args(message: Message) -> tuple[Any, ...]:
+    return (message.id, message.task_path, message.queue_name, message.attempt,
+            message.max_attempts)
+
+
+def failure_outcome(
+    message: Message,
+    exc: BaseException,
+    worker_id: str,
+    *,
+    now: datetime,
+    task: Any = None,
+    duration: float = 0.0,
+    result: JobResult | None = None,
+    notify: bool = True,
+) -> Outcome:
+    """The outcome of an attempt that ended with ``exc``: a retry, or FAILED for good.
+
+    The one place failures are decided, whether the task raised ``exc``, the pool
+    made it up (the child died, the hard time limit killed it) or a rescuer did (the
+    worker was lost). The task's policy applies (``retry_on``, backoff,
+    ``max_attempts``); without ``task`` (it could not be resolved) nothing is retried.
+    Logs the job's finish line; on FAILED sends ``task_finished`` (with ``result``,
+    or one built from ``message``) unless ``task`` is unknown or ``notify`` is false
+    (a rescuer sends it once the outcome is written).
+    """
+    args = log_args(message)
+    cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
+    error = error_dict(cause, message.attempt, worker_id, now)
+    retry_at = None
+    if task is not None and not isinstance(exc, ReturnValueNotSerializable):
+        retry_at = next_attempt_at(
+            attempt=message.attempt,
+            max_attempts=message.max_attempts,
+            exc=exc,
+            retry_on=getattr(task, "retry_on", ()),
+            backoff=getattr(task, "backoff", 1.0),
+            backoff_max=getattr(task, "backoff_max", 3600.0),
+            jitter=getattr(task, "jitter", True),
+            now=now,
+        )
+    if retry_at is not None:
+        logger.warning(
+            "Job %s will retry at %s: task=%s queue=%s attempt=%d/%d duration=%.3fs: %s: %s",
+            args[0], retry_at.isoformat(), *args[1:], duration,
+            error["exception_class_path"], error["message"],
+        )
+        return Outcome(id=message.id, lease=message.lease, status=READY, error=error,
+                       retry_at=retry_at.isoformat())
+    logger.error(
+        "Job %s FAILED: task=%s queue=%s attempt=%d/%d duration=%.3fs: %s: %s",
+        *args, duration, error["exception_class_path"], error["message"],
+    )
+    if task is not None and notify:
+        send_failed(message, task, error, now, result)
+    return Outcome(id=message.id, lease=message.lease, status=FAILED, error=error,
+                   finished_at=now.isoformat())
+
+
+def send_failed(message: Message, task: Any, error: dict[str, Any] | None, now: datetime,
+                result: JobResult | None = None) -> None:
+    """Send ``task_finished`` for a job that ended FAILED with ``error``."""
+    if result is None:
+        result = job_result(message, task, now)
+    object.__setattr__(result, "status", TaskResultStatus.FAILED)
+    object.__setattr__(result, "finished_at", now)
+    if error:
+        result.errors.append(error_from_dict(error))
+    send_finished(message.backend, result)
+
+
+def success_outcome(message: Message, value: Any, now: datetime) -> Outcome:
+    return Outcome(id=message.id, lease=message.lease, status=SUCCESSFUL, return_value=value,
+                   finished_at=now.isoformat())
+
+
+def send_finished(backend_alias: str, result: JobResult) -> None:
+    """Send ``task_finished``; a receiver's bug is logged, never turned into a lost outcome."""
+    send_robust(task_finished, backend_alias, result)
+
+
+def send_robust(signal: Any, backend_alias: str, result: JobResult) -> None:
+    for receiver, response in signal.send_robust(sender=_sender(backend_alias),
+                                                 task_result=result):
+        if isinstance(response, Exception):
+            logger.error("%s receiver %r raised %r", _signal_name(signal), receiver, response)
+
+
+def _signal_name(signal: Any) -> str:
+    from django.tasks import signals
+
+    for name in ("task_enqueued", "task_started", "task_finished"):
+        if getattr(signals, name) is signal:
+            return name
+    return "signal"
