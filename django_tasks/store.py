@@ -421,11 +421,15 @@ class JobStore:
 
     # -- the worker registry -----------------------------------------------------------
 
-    def register_worker(self, **fields: Any) -> None:
-        """Record a worker as running, under an id no running worker has.
+    def register_worker(self, *, is_gone: Callable[[Any], bool] | None = None,
+                        **fields: Any) -> None:
+        """Record a worker as running, under an id no live worker has.
 
         A stopped worker's id may be taken again (a restart under a fixed
-        ``--worker-id``); a running one's raises ``WorkerIdInUse``.
+        ``--worker-id``), and so may the id of a worker that is dead but not declared so
+        yet: silent past ``WORKER_TIMEOUT``, or ``is_gone(worker)`` (its process no
+        longer exists; a check only a worker on the same host can make). Its jobs are
+        rescued first. A live worker's id raises ``WorkerIdInUse``.
         """
         from .exceptions import WorkerIdInUse
         from .models import Worker
@@ -439,11 +443,20 @@ class JobStore:
         # worker writes in between, while single statements wait their turn.
         if workers.filter(id=worker_id, stopped_at__isnull=False).update(**fields):
             return
-        if workers.filter(id=worker_id).exists():
-            raise WorkerIdInUse(
-                f"A running worker is registered as {worker_id!r}; give this one another "
-                "--worker-id (or none: a unique one is generated), or stop that one first."
-            )
+        old = workers.filter(id=worker_id).first()
+        if old is not None:
+            expired = workers.expired(now, self.worker_timeout).filter(id=worker_id).exists()
+            if not (expired or (is_gone is not None and is_gone(old))):
+                raise WorkerIdInUse(
+                    f"A running worker is registered as {worker_id!r}; give this one another "
+                    "--worker-id (or none: a unique one is generated), or stop that one first."
+                )
+            why = "no heartbeat" if expired else f"process {old.pid} on {old.hostname} is gone"
+            self.declare_dead(worker_id, f"replaced by a new worker under its id ({why})", now)
+            self.rescue(worker_id, f"worker {worker_id} was lost while running the job ({why})",
+                        now=now)
+            workers.filter(id=worker_id).update(**fields)
+            return
         workers.create(id=worker_id, **fields)
 
     def heartbeat(self, worker_id: str) -> bool:

@@ -72,3 +72,7 @@ TASKS = {
         },
     }
 }
+
+# Django 6.1's way to configure email (tests.testing_tasks sends some); the test
+# environment replaces every mailer with the locmem one (mail.outbox).
+MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}

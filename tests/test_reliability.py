@@ -330,3 +330,23 @@ def test_liveness_is_judged_by_the_databases_clock(monkeypatch):
     assert beat > behind + timedelta(minutes=59)
     assert store.rescue_orphans("rescuer") == []
     assert Worker.objects.get(pk="skewed").stopped_at is None
+
+
+def test_a_fixed_worker_id_can_be_taken_over_only_from_a_dead_worker(tmp_path):
+    from django_tasks.exceptions import WorkerIdInUse
+
+    register("fixed")
+    with pytest.raises(WorkerIdInUse, match="A running worker is registered as 'fixed'"):
+        register("fixed")  # alive: refused
+    result = rt.record.enqueue(str(tmp_path / "runs"))
+    start("fixed", claim("fixed"))
+    # kill -9 and a restart under the same --worker-id, with no other worker to notice:
+    # once silent past WORKER_TIMEOUT, the new process takes the id over and rescues.
+    Worker.objects.filter(pk="fixed").update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=60))
+    register("fixed")
+    worker = Worker.objects.get(pk="fixed")
+    assert worker.stopped_at is None and worker.stop_reason == ""
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.lease, job.errors[-1]["exception_class_path"]) == (
+        "READY", "", "django_tasks.exceptions.WorkerLost")

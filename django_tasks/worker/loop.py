@@ -255,8 +255,9 @@ class Worker:
         for outcome in done.stale:
             logger.warning(
                 "Job %s: outcome %s discarded: task=%s: this worker no longer holds the job "
-                "(it was rescued after this worker was presumed dead); the job's row keeps "
-                "the newer state", outcome.id, outcome.status, outcome.task_path or "?",
+                "under that claim (it was rescued after this worker was presumed dead, or "
+                "this is a replay of a write that had already been made); the job's row "
+                "keeps its state", outcome.id, outcome.status, outcome.task_path or "?",
             )
         with self._lock:
             self._inflight_since = None
@@ -561,7 +562,7 @@ class Worker:
         self.store.register_worker(
             id=self.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
             backend=self.backend.alias, queues=self.queues, concurrency=self.concurrency,
-            pool=self.pool.name, process_key=process_key(),
+            pool=self.pool.name, process_key=process_key(), is_gone=is_gone,
         )
 
     def _rescue(self, now: datetime | None = None) -> None:
