@@ -24,6 +24,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from django.db import connections, transaction
@@ -179,6 +180,7 @@ class JobStore:
         self.backend_alias = backend_alias
         self.database = database
         self.worker_timeout = worker_timeout
+        self._sql_cache: dict[str, str] = {}
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -186,12 +188,17 @@ class JobStore:
     def connection(self) -> Any:
         return connections[self.database]
 
-    @property
+    @cached_property
     def vendor(self) -> str:
         return self.connection.vendor
 
     def sql(self, statement: str) -> str:
-        """``statement`` with this database's table name and vendor fragments."""
+        """``statement`` with this database's table name and vendor fragments (cached:
+        statements are module constants, and the hot path asks for the same few)."""
+        try:
+            return self._sql_cache[statement]
+        except KeyError:
+            pass
         from .models import Job
 
         fragments = _VENDORS.get(self.vendor)
@@ -200,7 +207,8 @@ class JobStore:
                 f"django_tasks stores jobs in PostgreSQL or SQLite, not {self.vendor}."
             )
         table = self.connection.ops.quote_name(Job._meta.db_table)
-        return statement.format(table=table, **fragments)
+        text = self._sql_cache[statement] = statement.format(table=table, **fragments)
+        return text
 
     def job_id(self, value: str) -> Any:
         """A job id as this database's driver takes it (SQLite stores 32 hex digits)."""
@@ -230,7 +238,7 @@ class JobStore:
             args, kwargs = json.loads(args), json.loads(kwargs)
             worker_ids, errors = json.loads(worker_ids), json.loads(errors)
         return Message(
-            id=str(uuid.UUID(str(job_id))), lease=lease, task_path=task_path,
+            id=_job_id_str(job_id), lease=lease, task_path=task_path,
             queue_name=queue_name, priority=priority, backend=backend, args=args,
             kwargs=kwargs, attempt=attempts + 1, max_attempts=max_attempts,
             worker_ids=[*worker_ids, worker_id], errors=errors,
@@ -293,7 +301,7 @@ class JobStore:
     @staticmethod
     def applied(row: Sequence[Any]) -> Applied:
         job_id, status, task_path, queue_name, attempts = row
-        return Applied(str(uuid.UUID(str(job_id))), status, task_path, queue_name, attempts)
+        return Applied(_job_id_str(job_id), status, task_path, queue_name, attempts)
 
     def run_hooks(self, applied: list[Applied]) -> None:
         """Run the outcome hooks (call inside the transaction that wrote ``applied``)."""
@@ -516,10 +524,18 @@ def outcomes_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
 
 def starts_params(starts: Sequence[Start]) -> dict[str, Any]:
     """Parameters of RECORD_STARTS_PG (``worker`` aside)."""
-    return {"start_ids": [s.id for s in starts], "starts": dumps([s._asdict() for s in starts])}
+    return {"start_ids": [s.id for s in starts],
+            "starts": dumps([{"id": s.id, "lease": s.lease, "at": s.at} for s in starts])}
 
 
 def _iso(value: Any) -> str | None:
+    if type(value) is datetime and value.tzinfo is not None:  # PostgreSQL's: as is
+        return value.isoformat()
     dt = as_datetime(value)
     return dt.isoformat() if dt is not None else None
+
+
+def _job_id_str(value: Any) -> str:
+    """A job id as the canonical string (PostgreSQL returns UUIDs, SQLite hex text)."""
+    return str(value) if type(value) is uuid.UUID else str(uuid.UUID(str(value)))
 

@@ -30,7 +30,14 @@ from django.utils import timezone
 
 from ..messages import Message, Outcome, Start
 from ..states import CLAIMED, READY
-from ..store import MESSAGE_COLUMNS, outcome_hooks, outcomes_params, starts_params
+from ..store import (
+    APPLY_OUTCOMES_PG,
+    MESSAGE_COLUMNS,
+    RECORD_STARTS_PG,
+    outcome_hooks,
+    outcomes_params,
+    starts_params,
+)
 from .base import Broker, Exchanged, ModelBackend, stale_of
 
 __all__ = ["DatabaseBackend", "DatabaseBroker"]
@@ -61,8 +68,8 @@ CLAIM_SQLITE = (
 # completion). The claim's sub-select sees the snapshot from before the CTEs, which
 # only touch held rows. ``done`` reports the outcomes written.
 EXCHANGE_PG = (
-    "WITH started AS ({record_starts}), done AS ({apply_outcomes}), "
-    "claimed AS ({claim}) "
+    "WITH started AS (" + RECORD_STARTS_PG + "), done AS (" + APPLY_OUTCOMES_PG + "), "
+    "claimed AS (" + CLAIM_PG + ") "
     "SELECT 'c', " + ", ".join(MESSAGE_COLUMNS) + " FROM claimed "
     "UNION ALL SELECT 'd', id, status, task_path, queue_name, NULL, NULL, NULL, NULL, "
     "attempts, " + ", ".join(["NULL"] * (len(MESSAGE_COLUMNS) - 9)) + " FROM done"
@@ -126,7 +133,7 @@ class DatabaseBroker(Broker):
 
     @property
     def supports_wakeup(self) -> bool:  # type: ignore[override]
-        return self.backend.config.notify and self.connection.vendor == "postgresql"
+        return self.backend.config.notify and self.store.vendor == "postgresql"
 
     def publish(self, job: Any) -> None:
         """INSERT the job on the caller's connection, in the caller's transaction (and on
@@ -157,7 +164,7 @@ class DatabaseBroker(Broker):
             cursor.execute(NOTIFY_PG, [[channel(q) for q in sorted(queues)]])
 
     def _claim_sql(self, queues: Sequence[str]) -> tuple[str, dict[str, Any]]:
-        if self.connection.vendor == "postgresql":
+        if self.store.vendor == "postgresql":
             return self.store.sql(CLAIM_PG), {"queues": list(queues)}
         names = {f"q{i}": q for i, q in enumerate(queues)}
         placeholders = ", ".join(f"%({n})s" for n in names)
@@ -165,7 +172,7 @@ class DatabaseBroker(Broker):
 
     def _claim_params(self, worker_id: str, lease: str, limit: int,
                       now: datetime | None) -> dict[str, Any]:
-        if now is None and self.connection.vendor != "postgresql":
+        if now is None and self.store.vendor != "postgresql":
             now = timezone.now()  # SQLite: one host, one clock
         return {"worker": worker_id, "lease": lease, "backend": self.backend.alias,
                 "now": self.store.time(now), "limit": limit}
@@ -192,19 +199,14 @@ class DatabaseBroker(Broker):
                  limit: int = 0, now: datetime | None = None) -> Exchanged:
         if not queues:
             limit = 0
-        if self.connection.vendor != "postgresql":
+        if self.store.vendor != "postgresql":
             # SQLite: one transaction (one write lock) for the three parts.
             with transaction.atomic(using=self.store.database):
                 return super().exchange(worker_id, lease=lease, starts=starts,
                                         outcomes=outcomes, queues=queues, limit=limit, now=now)
         if not (starts or outcomes or limit > 0):
             return Exchanged([], [], [])
-        from ..store import APPLY_OUTCOMES_PG, RECORD_STARTS_PG
-
-        sql = self.store.sql(EXCHANGE_PG.format(
-            record_starts=RECORD_STARTS_PG, apply_outcomes=APPLY_OUTCOMES_PG,
-            claim=CLAIM_PG, table="{table}",
-        ))
+        sql = self.store.sql(EXCHANGE_PG)
         params = {
             **starts_params(starts), **outcomes_params(outcomes), "queues": list(queues) or [""],
             **self._claim_params(worker_id, lease, max(0, limit), now),
