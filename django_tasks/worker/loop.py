@@ -39,6 +39,7 @@ from django.utils import timezone
 
 from ..backends.base import Broker
 from ..messages import Message, Outcome, Start
+from .broker_thread import BrokerThreads, Duty
 from .liveness import is_gone, process_key
 from .pool import make_pool
 from .wakeup import drain, pipe, poke
@@ -66,15 +67,7 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class Duty:
-    """A periodic duty of the duties thread: ``run(now)`` every ``interval`` seconds."""
-
-    def __init__(self, name: str, interval: float, run: Any) -> None:
-        self.name, self.interval, self.run = name, interval, run
-        self.due = time.monotonic()
-
-
-class Worker:
+class Worker(BrokerThreads):
     """Runs jobs of one backend's queues with a pool of ``concurrency`` slots."""
 
     def __init__(
@@ -404,209 +397,12 @@ class Worker:
         if self._wake_r in ready:
             drain(self._wake_r)
 
-    def _crash(self, thread: str) -> None:
-        """A bug (not an outage) in ``thread``: say so loudly and stop the worker."""
-        logger.exception(
-            "Bug in the worker's %s thread; stopping the worker (its jobs will be rescued). "
-            "Please report this with the traceback", thread,
-        )
-        self.crashed = True
-        self.stop()
-
-    # -- the broker thread ----------------------------------------------------------------
-
-    def _broker_loop(self) -> None:
-        """Round trips until the main thread is done; survives broker outages."""
-        failing_since: float | None = None
-        delay = 0.0
-        prepared = False
-        try:
-            while True:
-                with self._lock:
-                    pending = bool(self._outcomes or self._starts)
-                if self._broker_stop and not pending:
-                    return
-                try:
-                    if not prepared:
-                        self.broker.prepare_connection()
-                        prepared = True
-                    if self._listener is None and self._listens:
-                        self._listener = self.broker.wake_source(self.queues)
-                    if failing_since is not None:
-                        self._reconcile()
-                    if self._worth_a_round_trip():
-                        self.exchange()
-                    if failing_since is not None:
-                        logger.warning("Broker back after %.1fs; outcomes written",
-                                       time.monotonic() - failing_since)
-                        failing_since, delay = None, 0.0
-                    if not self._worth_a_round_trip():
-                        self._sleep_broker()
-                except self.broker.outage_errors as exc:
-                    if self._broker_stop and failing_since is not None and (
-                        time.monotonic() - failing_since > max(10.0, self.grace or 0.0)
-                    ):
-                        logger.error(
-                            "Giving up on the broker at shutdown: %d outcome(s) unwritten; "
-                            "those jobs will be rescued and run again", len(self._outcomes),
-                        )
-                        return
-                    if failing_since is None:
-                        failing_since = time.monotonic()
-                        logger.error("Broker unreachable (%s: %s); keeping %d outcome(s) "
-                                     "in memory and retrying", type(exc).__name__,
-                                     str(exc).strip(), len(self._outcomes))
-                    self._reset_connections()
-                    prepared = False
-                    delay = min(5.0, delay * 2 or 0.1)
-                    time.sleep(delay)
-        except BaseException:
-            self._crash("broker")
-        finally:
-            connections.close_all()
-
-    def _worth_a_round_trip(self) -> bool:
-        """Something to write, or room to fill and reason to think jobs are ready."""
-        with self._lock:
-            if self._outcomes or self._starts:
-                return True
-            if self._room() <= 0:
-                return False
-            if not self._dry:
-                return True
-            # A burst worker with nothing left asks once more rather than wait for the
-            # poll timer: an empty answer then means the queue is drained.
-            return self.burst and not (self._buffer or self._running) and not self._drained
-
-    def _sleep_broker(self) -> None:
-        """Wait for the main thread, a wake-up from the broker or the poll timer."""
-        waitables = [self._io_r]
-        if self._listener is not None:
-            waitables.append(self._listener)
-        ready = wait(waitables, self.poll_interval)
-        if self._io_r in ready:
-            drain(self._io_r)
-        if self._listener is not None and self._listener in ready:
-            self._listener.drain()  # raises when the LISTEN connection was dropped
-        with self._lock:
-            # Woken by the broker or the poll timer: worth asking for jobs again.
-            if not ready or self._listener in ready:
-                self._dry = False
-
-    # -- the duties thread ----------------------------------------------------------------
-
-    def _duties_loop(self) -> None:
-        """Run each duty when due, on this thread's own connection, until the worker stops."""
-        failing_since: float | None = None
-        delay = 0.1
-        try:
-            while not self._duties_stop.is_set():
-                clock = time.monotonic()
-                due = [d for d in self.duties if d.due <= clock]
-                try:
-                    for duty in due:
-                        duty.run(None)
-                        duty.due = time.monotonic() + duty.interval
-                except self.broker.outage_errors as exc:
-                    if failing_since is None:
-                        failing_since = time.monotonic()
-                        logger.error("Duties: broker unreachable (%s: %s); retrying",
-                                     type(exc).__name__, str(exc).strip())
-                    self._reset_connections(listener=False)
-                    # Starting a buffered job now could run one a rescuer has given to
-                    # another worker after declaring this one dead: pause dispatch.
-                    if time.monotonic() - self._alive_at > self.worker_timeout / 2:
-                        self._holding = True
-                    self._duties_stop.wait(delay)
-                    delay = min(5.0, delay * 2)
-                    continue
-                if failing_since is not None:
-                    logger.warning("Duties: broker back after %.1fs",
-                                   time.monotonic() - failing_since)
-                    failing_since, delay = None, 0.1
-                next_due = min(d.due for d in self.duties)
-                self._duties_stop.wait(max(0.0, next_due - time.monotonic()))
-        except BaseException:
-            self._crash("duties")
-        finally:
-            connections.close_all()
-
-    def _beat(self, now: datetime | None = None) -> None:
-        """Duty: tell the registry this worker is alive; learn if it was declared dead."""
-        if self.store.heartbeat(self.worker_id):
-            self._alive_at = time.monotonic()
-            if self._holding:
-                self._holding = False
-                poke(self._wake_w)
-            return
-        old = self.worker_id
-        with self._lock:
-            # The rescuer gave our claimed jobs back and ended our running ones' leases:
-            # what we hold is no longer ours. Running jobs finish; their outcomes will
-            # be discarded. We come back as a new worker, never as the dead one.
-            dropped = len(self._buffer)
-            self._buffer.clear()
-            self._incarnation += 1
-            self.worker_id = f"{self._base_id}~{self._incarnation}"
-        logger.error(
-            "Worker %s was declared dead (no heartbeat for over %gs); its jobs were rescued. "
-            "Dropped %d prefetched job(s); registering again as %s",
-            old, self.worker_timeout, dropped, self.worker_id,
-        )
-        self._register()
-        self._alive_at = time.monotonic()
-        self._holding = False
-        poke(self._wake_w)
-
     def _register(self) -> None:
         self.store.register_worker(
             id=self.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
             backend=self.backend.alias, queues=self.queues, concurrency=self.concurrency,
             pool=self.pool.name, process_key=process_key(), is_gone=is_gone,
         )
-
-    def _rescue(self, now: datetime | None = None) -> None:
-        """Duty: declare silent workers dead and rescue what lost workers held."""
-        for holder, why, (released, retried, failed) in self.store.rescue_orphans(
-            self.worker_id, now, is_gone=is_gone
-        ):
-            self.broker.recover(holder)
-            logger.warning(
-                "Rescued the jobs of worker %s (%s): %d given back, %d to retry, %d failed",
-                holder, why, released, retried, failed,
-            )
-
-    def _reconcile(self) -> None:
-        """After a failed round trip: free jobs the table says we hold but we don't know.
-
-        A claim whose commit succeeded but whose answer was lost leaves such jobs.
-        """
-        held = dict(self.store.held_by(self.worker_id))
-        with self._lock:
-            known = {j.id for j in self._buffer} | set(self._running)
-            known |= {o.id for o in self._outcomes}
-        unknown = sorted(set(held) - known)
-        if unknown:
-            released, retried, failed = self.store.rescue(
-                self.worker_id, f"worker {self.worker_id} lost track of the job when its "
-                "broker connection broke", job_ids=unknown,
-            )
-            logger.warning("Freed %d job(s) held without this worker knowing: %d given back, "
-                           "%d to retry, %d failed", len(unknown), released, retried, failed)
-
-    def _reset_connections(self, *, listener: bool = True) -> None:
-        """Drop this thread's connections; the next pass reconnects (and LISTENs again)."""
-        for conn in connections.all(initialized_only=True):
-            try:
-                conn.close()
-            except Exception:
-                pass  # it is broken already; Django reconnects on next use
-        if listener and self._listener is not None:
-            try:
-                self._listener.close()
-            except Exception:
-                pass
-            self._listener = None
 
     # -- stopping -------------------------------------------------------------------------
 
