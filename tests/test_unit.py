@@ -112,3 +112,19 @@ def test_router_sends_only_our_models_to_the_task_database(settings):
     settings.TASKS = {"default": {"BACKEND": "x"}}
     del settings.TASKS_ROUTER_BACKEND
     assert router.db_for_read(Job) == "default"
+
+
+def test_workers_stepped_by_hand_do_not_leak_descriptors():
+    import gc
+    import os
+
+    from django_tasks.worker import Worker
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        Worker(pool="inline")  # never started nor shut down, as in tests and drain()
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before

@@ -163,6 +163,7 @@ class Worker(BrokerThreads):
         ]
         self._wake_r, self._wake_w = pipe()  # wakes the main thread
         self._io_r, self._io_w = pipe()  # wakes the broker thread
+        self._pipes: tuple[int, ...] = (self._wake_r, self._wake_w, self._io_r, self._io_w)
 
     # -- the two halves of a step -------------------------------------------------------
 
@@ -459,9 +460,19 @@ class Worker(BrokerThreads):
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        for fd in (self._wake_r, self._wake_w, self._io_r, self._io_w):
-            os.close(fd)
+        self._close_pipes()
         logger.info("Worker %s stopped after %d job(s)", self.worker_id, self.completed)
+
+    def _close_pipes(self) -> None:
+        fds, self._pipes = self._pipes, ()
+        for fd in fds:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # A worker stepped by hand (run_once/drain in tests) is often never shut down:
+        # don't leak its four pipe descriptors.
+        if getattr(self, "_pipes", ()):
+            self._close_pipes()
 
     def _record_start_of(self, job_ids: list[str]) -> None:
         """Make sure interrupted jobs are RUNNING (attempt counted) before rescuing them."""
