@@ -68,8 +68,12 @@ class Outcome:
     error: dict[str, Any] | None = None
     #: Set when the job is finished (SUCCESSFUL or FAILED).
     finished_at: str | None = None
-    #: Set on a retry: when the job may run again.
+    #: Set on a retry: when the job may run again, by the clock of who decided it.
     retry_at: str | None = None
+    #: Set on a retry: seconds from the decision to the next attempt. Where the
+    #: database has a clock of its own (PostgreSQL) the job is due this long after the
+    #: outcome is written, by the database's clock: the one workers claim by.
+    retry_delay: float | None = None
     #: When the attempt started (the worker's record; the row keeps the first start).
     started_at: str | None = None
     #: Filled by the worker: the task path, for log lines about the outcome.

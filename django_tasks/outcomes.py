@@ -175,7 +175,8 @@ def failure_outcome(
             error["exception_class_path"], error["message"],
         )
         return Outcome(id=message.id, lease=message.lease, status=READY, error=error,
-                       retry_at=retry_at.isoformat())
+                       retry_at=retry_at.isoformat(),
+                       retry_delay=max(0.0, (retry_at - now).total_seconds()))
     logger.error(
         "Job %s FAILED: task=%s queue=%s attempt=%d/%d duration=%.3fs: %s: %s",
         *args, duration, error["exception_class_path"], error["message"],

@@ -110,7 +110,9 @@ APPLY_OUTCOMES_PG = (
     "ELSE o.return_value END, "
     "errors = CASE WHEN o.error IS NULL OR jsonb_typeof(o.error) = 'null' "
     "THEN j.errors ELSE j.errors || jsonb_build_array(o.error) END, "
-    "finished_at = o.finished_at, available_at = COALESCE(o.retry_at, j.available_at), "
+    "finished_at = o.finished_at, available_at = CASE WHEN o.retry_delay IS NOT NULL "
+    "THEN statement_timestamp() + o.retry_delay * interval '1 second' "
+    "ELSE COALESCE(o.retry_at, j.available_at) END, "
     "attempts = CASE WHEN j." + FRESH + " THEN j.attempts + 1 ELSE j.attempts END, "
     "started_at = COALESCE(j.started_at, o.started_at), "
     "last_attempted_at = CASE WHEN j." + FRESH + " THEN o.started_at "
@@ -120,6 +122,7 @@ APPLY_OUTCOMES_PG = (
     "lease = '' "
     "FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(id uuid, lease text, status text, "
     "return_value jsonb, error jsonb, finished_at timestamptz, retry_at timestamptz, "
+    "retry_delay float8, "
     "started_at timestamptz) "
     # ``j.id = ANY(ids)``: the planner then fetches the rows by primary key. Joined on
     # the recordset alone (estimated at 100 rows) it scanned the held-jobs index, whose
@@ -516,6 +519,7 @@ def outcomes_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "outcomes": dumps([
             {"id": o.id, "lease": o.lease, "status": o.status, "return_value": o.return_value,
              "error": o.error, "finished_at": o.finished_at, "retry_at": o.retry_at,
+             "retry_delay": o.retry_delay,
              "started_at": o.started_at}
             for o in outcomes
         ]),

@@ -66,8 +66,10 @@ def test_expired_worker_is_declared_dead_and_its_jobs_rescued(tmp_path):
     job = Job.objects.get(pk=running.id)
     assert (job.status, job.attempts, job.worker_id, job.lease) == ("READY", 1, "dead", "")
     assert job.errors[-1]["exception_class_path"].endswith("WorkerLost")
-    # The task's policy decides, as for any failure: backoff 1 s, jitter to [0.5, 1] s.
-    assert now + timedelta(seconds=0.5) <= job.available_at <= now + timedelta(seconds=1)
+    # The task's policy decides, as for any failure: backoff 1 s, jitter to [0.5, 1] s,
+    # from when the outcome was written (by the database's clock on PostgreSQL).
+    assert now + timedelta(seconds=0.5) <= job.available_at
+    assert job.available_at <= timezone.now() + timedelta(seconds=1)
     assert "worker dead was lost" in job.errors[-1]["message"]
     assert job.errors[-1]["attempt"] == 1
     untouched = Job.objects.get(pk=prefetched.id)
@@ -350,3 +352,18 @@ def test_a_fixed_worker_id_can_be_taken_over_only_from_a_dead_worker(tmp_path):
     job = Job.objects.get(pk=result.id)
     assert (job.status, job.lease, job.errors[-1]["exception_class_path"]) == (
         "READY", "", "django_tasks.exceptions.WorkerLost")
+
+
+def test_a_retry_is_due_by_the_databases_clock(monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite is on one host: its clock is the host's")
+    result = tasks.retry_in_a_minute.enqueue()  # raises context.retry(countdown=60)
+    # The worker's host clock runs an hour behind the database's.
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() - timedelta(hours=1))
+    TaskWorker(pool="inline").drain()
+    monkeypatch.undo()
+    job = Job.objects.get(pk=result.id)
+    assert job.status == "READY" and job.attempts == 1
+    due_in = (job.available_at - store.now()).total_seconds()
+    assert 55 < due_in <= 60, due_in  # not an hour early
