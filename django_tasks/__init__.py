@@ -5,7 +5,7 @@ The API is Django's own (``django.tasks``); this package adds a backend whose
 worker that runs the jobs. ``from django_tasks import task`` is Django's decorator.
 """
 
-from django.tasks import TaskResultStatus, task
+from django.tasks import TaskResultStatus
 
 from .exceptions import (
     ArgumentNotSerializable,
@@ -22,6 +22,10 @@ from .exceptions import (
 )
 from .results import JobError, JobResult
 from .task import Task, TaskContext
+
+# After the submodule imports: importing ``django_tasks.task`` binds the package
+# attribute ``task`` to that module, which would shadow Django's decorator.
+from django.tasks import task  # isort: skip
 
 __all__ = [
     "ArgumentNotSerializable",

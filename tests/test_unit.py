@@ -128,3 +128,29 @@ def test_workers_stepped_by_hand_do_not_leak_descriptors():
         Worker(pool="inline")  # never started nor shut down, as in tests and drain()
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def _double(x):
+    return 2 * x
+
+
+def test_every_public_name_imports_and_task_is_the_decorator():
+    import django.tasks
+
+    import django_tasks
+
+    for name in django_tasks.__all__:
+        assert getattr(django_tasks, name) is not None, name
+    assert django_tasks.task is django.tasks.task  # not the django_tasks.task module
+    double = django_tasks.task(max_attempts=2)(_double)
+    assert isinstance(double, django_tasks.Task) and double.max_attempts == 2
+    assert double.call(21) == 42
+
+
+def test_a_worker_with_no_queue_to_serve_says_so(settings):
+    from django_tasks.worker import Worker
+
+    settings.TASKS = {"default": {**settings.TASKS["default"], "QUEUES": []}}
+    with pytest.raises(ValueError, match=r"QUEUES'\] is empty .* name them with -Q"):
+        Worker(pool="inline")
+    assert Worker(pool="inline", queues=["default"]).queues == ["default"]

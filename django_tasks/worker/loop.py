@@ -96,6 +96,14 @@ class Worker(BrokerThreads):
         self.store = self.backend.store
         all_queues = sorted(self.backend.queues)
         self.queues = list(queues) if queues else all_queues
+        if not self.queues:
+            # Django reads an empty QUEUES as "any queue", but a claim walks the queues
+            # it is given: there is no list to walk, so say so rather than claim nothing.
+            raise ValueError(
+                f"TASKS[{backend!r}]['QUEUES'] is empty (any queue may be used), so this "
+                "worker has no queues to serve: name them with -Q (e.g. -Q default,emails) "
+                "or list them in QUEUES."
+            )
         unknown = [q for q in self.queues if all_queues and q not in all_queues]
         if unknown:
             raise ValueError(
