@@ -249,6 +249,39 @@ class JobStore:
             run_after=_iso(run_after), available_at=_iso(available_at),
         )
 
+    def messages(self, rows: Sequence[Sequence[Any]], worker_id: str,
+                 now: datetime | None = None) -> list[Message]:
+        """The messages for claimed rows; a row that cannot be read fails alone.
+
+        A malformed row (say ``worker_ids`` that is not a list, written by hand or by
+        another program) must neither stop the worker that claimed it nor, rescued and
+        claimed again, every worker in turn: it is marked FAILED with the reason, and
+        the others go on.
+        """
+        messages = []
+        for row in rows:
+            try:
+                messages.append(self.message(row, worker_id))
+            except Exception as exc:
+                self.fail_unreadable(row, exc, now)
+        return messages
+
+    def fail_unreadable(self, row: Sequence[Any], exc: Exception,
+                        now: datetime | None = None) -> None:
+        from .models import Job
+
+        job_id, lease = row[0], row[1]
+        reason = (f"The job's row cannot be read ({type(exc).__name__}: {exc}); it was "
+                  "failed without running. Fix or delete the row.")
+        logger.error("Job %s FAILED: %s", job_id, reason)
+        now = now or timezone.now()
+        error = {"exception_class_path": "django_tasks.exceptions.TasksError",
+                 "message": reason, "traceback": "", "attempt": 0, "worker_id": "",
+                 "occurred_at": now.isoformat()}
+        # The errors list is replaced: it may be what is malformed.
+        Job.objects.using(self.database).filter(pk=job_id, lease=lease).update(
+            status=FAILED, finished_at=now, lease="", errors=[error])
+
     # -- starts and outcomes ------------------------------------------------------------
 
     def record_starts(self, worker_id: str, starts: Sequence[Start]) -> int:
@@ -365,9 +398,10 @@ class JobStore:
             held = [(i, lease) for i, lease in self.held_by(worker_id) if i in ids]
             given_back = self.give_back([Start(i, lease, "") for i, lease in held])
         outcomes, messages = [], {}
+        readable = {m.id: m for m in self.messages(rows, worker_id, now)}
         for row in rows:
-            message = self.message(row, worker_id)
-            if ids is not None and message.id not in ids:
+            message = readable.get(_job_id_str(row[0]))
+            if message is None or (ids is not None and message.id not in ids):
                 continue
             message.attempt -= 1  # the attempt that was running is already counted
             message.worker_ids.pop()

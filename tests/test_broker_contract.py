@@ -167,3 +167,20 @@ def test_outcome_hooks_run_in_the_outcomes_transaction(backend, monkeypatch):
     # a stale outcome reaches no hook
     backend.broker.exchange("w", lease="z", outcomes=[success(m)])
     assert len(seen) == 2
+
+
+def test_a_row_that_cannot_be_read_fails_alone(backend):
+    bad = tasks.add.enqueue(1, 1)
+    good = tasks.add.enqueue(2, 2)
+    Job.objects.filter(pk=bad.id).update(worker_ids=5)  # not a list: written by hand
+    got = claim(backend)
+    assert [m.id for m in got] == [good.id]
+    job = Job.objects.get(pk=bad.id)
+    assert (job.status, job.lease) == ("FAILED", "")
+    assert "cannot be read (TypeError" in job.errors[0]["message"]
+    # and a worker drains the rest as usual
+    from django_tasks.testing import drain
+
+    backend.broker.give_back(got)
+    assert drain(backend=backend.alias) == 1
+    assert Job.objects.get(pk=good.id).status == "SUCCESSFUL"

@@ -178,7 +178,7 @@ class DatabaseBroker(Broker):
                 "now": self.store.time(now), "limit": limit}
 
     def _messages(self, rows: Sequence[Sequence[Any]], worker_id: str) -> list[Message]:
-        messages = [self.store.message(row, worker_id) for row in rows]
+        messages = self.store.messages(rows, worker_id)
         # RETURNING has no order: restore the claim order (ISO strings, all UTC, sort
         # like the times they name).
         messages.sort(key=lambda m: (-m.priority, m.available_at or ""))
