@@ -75,3 +75,11 @@ class WorkerIdInUse(TasksError):
 
 class BrokerUnavailable(TasksError):
     """The broker cannot be reached (the worker retries; nothing is lost)."""
+
+
+class OutcomeHookFailed(TasksError):
+    """An outcome hook raised: the job it was called for is failed with the hook's error."""
+
+    def __init__(self, hook: str = "") -> None:
+        super().__init__(f"outcome hook {hook} raised" if hook else self.__doc__)
+        self.hook = hook

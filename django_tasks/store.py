@@ -23,14 +23,16 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
+from traceback import format_exception
 from typing import Any, NamedTuple
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
-from .exceptions import WorkerLost
+from .exceptions import OutcomeHookFailed, WorkerLost
 from .messages import Applied, Message, Outcome, Start
 from .outcomes import as_datetime, failure_outcome, send_failed, task_or_none
 from .serialization import dumps
@@ -300,29 +302,65 @@ class JobStore:
             ])
             return cursor.rowcount
 
-    def apply_outcomes(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Applied]:
+    def apply_outcomes(self, worker_id: str, outcomes: Sequence[Outcome], *,
+                       hooks: bool = True) -> list[Applied]:
         """Write outcomes whose lease still holds the job; returns those written.
 
         Runs the outcome hooks with what was written, in the same transaction: all of
-        it commits, or none of it.
+        it commits, or none of it. A hook that fails (other than by a database outage)
+        fails only the jobs it failed on: the batch is written again one outcome at a
+        time, and an outcome whose hooks still fail is written as FAILED with the
+        hook's error, without hooks (see :meth:`fail_by_hook`).
         """
         if not outcomes:
             return []
-        with transaction.atomic(using=self.database):
-            with self.connection.cursor() as cursor:
-                if self.vendor == "postgresql":
-                    cursor.execute(self.sql(APPLY_OUTCOMES_PG),
-                                   {"worker": worker_id, **outcomes_params(outcomes)})
-                    rows = cursor.fetchall()
-                else:
-                    sql = self.sql(APPLY_OUTCOME)
-                    rows = []
-                    for o in outcomes:
-                        cursor.execute(sql, self._outcome_params(worker_id, o))
-                        rows.extend(cursor.fetchall())
-            applied = [self.applied(row) for row in rows]
-            self.run_hooks(applied)
-        return applied
+        try:
+            with transaction.atomic(using=self.database):
+                applied = self._write_outcomes(worker_id, outcomes)
+                if hooks:
+                    self.run_hooks(applied)
+            return applied
+        except OutcomeHookFailed as failure:
+            if len(outcomes) > 1:
+                return [a for o in outcomes for a in self.apply_outcomes(worker_id, [o])]
+            return self.fail_by_hook(worker_id, outcomes[0], failure)
+
+    def _write_outcomes(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Applied]:
+        with self.connection.cursor() as cursor:
+            if self.vendor == "postgresql":
+                cursor.execute(self.sql(APPLY_OUTCOMES_PG),
+                               {"worker": worker_id, **outcomes_params(outcomes)})
+                rows = cursor.fetchall()
+            else:
+                sql = self.sql(APPLY_OUTCOME)
+                rows = []
+                for o in outcomes:
+                    cursor.execute(sql, self._outcome_params(worker_id, o))
+                    rows.extend(cursor.fetchall())
+        return [self.applied(row) for row in rows]
+
+    def fail_by_hook(self, worker_id: str, outcome: Outcome,
+                     failure: OutcomeHookFailed) -> list[Applied]:
+        """Write ``outcome`` as FAILED with the hook's error, running no hooks.
+
+        A bug in a hook (workflow code, an extension) must neither be retried forever
+        nor stop the worker and then every worker that rescues the job: the job fails
+        alone, visibly, with the traceback.
+        """
+        cause = failure.__cause__ or failure
+        logger.error("Job %s FAILED: outcome hook %s raised %s: %s", outcome.id, failure.hook,
+                     type(cause).__name__, cause)
+        now = timezone.now()
+        error = {
+            "exception_class_path": "django_tasks.exceptions.OutcomeHookFailed",
+            "message": f"outcome hook {failure.hook} raised {type(cause).__name__}: {cause} "
+                       f"(the attempt had ended {outcome.status})",
+            "traceback": "".join(format_exception(cause)), "attempt": 0,
+            "worker_id": worker_id, "occurred_at": now.isoformat(),
+        }
+        failed = replace(outcome, status=FAILED, error=error, finished_at=now.isoformat(),
+                         retry_at=None, retry_delay=None, return_value=None)
+        return self.apply_outcomes(worker_id, [failed], hooks=False)
 
     def _outcome_params(self, worker_id: str, o: Outcome) -> dict[str, Any]:
         rv = o.return_value
@@ -340,10 +378,20 @@ class JobStore:
         return Applied(_job_id_str(job_id), status, task_path, queue_name, attempts)
 
     def run_hooks(self, applied: list[Applied]) -> None:
-        """Run the outcome hooks (call inside the transaction that wrote ``applied``)."""
+        """Run the outcome hooks (call inside the transaction that wrote ``applied``).
+
+        A hook's database error propagates as it is (an outage: the write is retried);
+        anything else becomes :class:`OutcomeHookFailed`.
+        """
         if applied:
             for hook in _OUTCOME_HOOKS:
-                hook(self, applied)
+                try:
+                    hook(self, applied)
+                except DatabaseError:
+                    raise
+                except Exception as exc:
+                    name = getattr(hook, "__qualname__", repr(hook))
+                    raise OutcomeHookFailed(name) from exc
 
     def give_back(self, messages: Sequence[Message | Start]) -> int:
         """Claimed jobs that never started go back to READY untouched; returns how many."""

@@ -142,31 +142,58 @@ def test_a_replayed_exchange_writes_nothing_twice(backend):
 
 
 def test_outcome_hooks_run_in_the_outcomes_transaction(backend, monkeypatch):
+    from django.db import connections
+
     from django_tasks import store
 
     seen = []
 
     def hook(job_store, applied):
+        # Inside the transaction that writes the outcomes.
+        assert connections[job_store.database].in_atomic_block
         seen.extend((a.id, a.status) for a in applied)
-        if fail:
-            raise RuntimeError("the hook failed")
 
     monkeypatch.setattr(store, "_OUTCOME_HOOKS", [])
     register_outcome_hook(hook)
     result = tasks.add.enqueue(1, 1)
     [m] = claim(backend)
-    fail = True
-    with pytest.raises(RuntimeError, match="the hook failed"):
-        backend.broker.exchange("w", lease="x", outcomes=[success(m)])
-    assert Job.objects.get(pk=result.id).status == "CLAIMED"  # rolled back with the hook
-    fail = False
     done = backend.broker.exchange("w", lease="y", outcomes=[success(m)])
     assert [a.id for a in done.applied] == [result.id]
     assert Job.objects.get(pk=result.id).status == "SUCCESSFUL"
-    assert seen == [(result.id, "SUCCESSFUL"), (result.id, "SUCCESSFUL")]
+    assert seen == [(result.id, "SUCCESSFUL")]
     # a stale outcome reaches no hook
     backend.broker.exchange("w", lease="z", outcomes=[success(m)])
-    assert len(seen) == 2
+    assert len(seen) == 1
+
+
+def test_a_failing_outcome_hook_fails_only_its_job(backend, monkeypatch, caplog):
+    from django_tasks import store
+
+    bad = tasks.add.enqueue(1, 1)
+    good = tasks.add.enqueue(2, 2)
+    later = tasks.add.enqueue(3, 3)
+    ran = []
+
+    def hook(job_store, applied):
+        ran.append([a.id for a in applied])
+        if any(a.id == bad.id for a in applied):
+            raise KeyError("a bug in the hook")
+        Job.objects.using(job_store.database).filter(pk__in=[a.id for a in applied]).update(
+            progress={"hooked": True})  # what a hook writes commits with the outcome
+
+    monkeypatch.setattr(store, "_OUTCOME_HOOKS", [])
+    register_outcome_hook(hook)
+    mb, mg = claim(backend, limit=2)
+    done = backend.broker.exchange("w", lease="L2", outcomes=[success(mb), success(mg)],
+                                   queues=["default"], limit=5)
+    assert [m.id for m in done.claimed] == [later.id]  # the claim still happened
+    assert {a.id: a.status for a in done.applied} == {bad.id: "FAILED", good.id: "SUCCESSFUL"}
+    failed, ok = Job.objects.get(pk=bad.id), Job.objects.get(pk=good.id)
+    assert (failed.status, failed.lease, failed.progress) == ("FAILED", "", None)
+    assert failed.errors[-1]["exception_class_path"].endswith("OutcomeHookFailed")
+    assert "KeyError" in failed.errors[-1]["message"] and failed.errors[-1]["traceback"]
+    assert (ok.status, ok.progress) == ("SUCCESSFUL", {"hooked": True})
+    assert any("outcome hook" in r.getMessage() for r in caplog.records)
 
 
 def test_a_row_that_cannot_be_read_fails_alone(backend):

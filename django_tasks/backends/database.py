@@ -28,6 +28,7 @@ from django.db import connections, transaction
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
+from ..exceptions import OutcomeHookFailed
 from ..messages import Message, Outcome, Start
 from ..states import CLAIMED, READY
 from ..store import (
@@ -213,14 +214,20 @@ class DatabaseBroker(Broker):
         }
         hooks = outcome_hooks() if outcomes else []
         atomic = transaction.atomic(using=self.store.database) if hooks else nullcontext()
-        with atomic, self.connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
-            claimed = [row[1:] for row in rows if row[0] == "c"]
-            applied = [self.store.applied((r[1], r[2], r[3], r[4], r[9]))
-                       for r in rows if r[0] == "d"]
-            if hooks:
-                self.store.run_hooks(applied)
+        try:
+            with atomic, self.connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
+                claimed = [row[1:] for row in rows if row[0] == "c"]
+                applied = [self.store.applied((r[1], r[2], r[3], r[4], r[9]))
+                           for r in rows if r[0] == "d"]
+                if hooks:
+                    self.store.run_hooks(applied)
+        except OutcomeHookFailed:
+            # All of it was rolled back; the parts one by one fail only the jobs whose
+            # hooks fail (JobStore.apply_outcomes).
+            return super().exchange(worker_id, lease=lease, starts=starts, outcomes=outcomes,
+                                    queues=queues, limit=limit, now=now)
         return Exchanged(self._messages(claimed, worker_id), applied,
                          stale_of(outcomes, applied))
 
