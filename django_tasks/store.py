@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
-from traceback import format_exception
 from typing import Any, NamedTuple
 
 from django.db import DatabaseError, connections, transaction
@@ -34,7 +33,7 @@ from django.utils import timezone
 
 from .exceptions import OutcomeHookFailed, WorkerLost
 from .messages import Applied, Message, Outcome, Start
-from .outcomes import as_datetime, failure_outcome, send_failed, task_or_none
+from .outcomes import as_datetime, error_dict, failure_outcome, send_failed, task_or_none
 from .serialization import dumps
 from .states import CLAIMED, FAILED, HELD, READY, RUNNING
 
@@ -277,9 +276,8 @@ class JobStore:
                   "failed without running. Fix or delete the row.")
         logger.error("Job %s FAILED: %s", job_id, reason)
         now = now or timezone.now()
-        error = {"exception_class_path": "django_tasks.exceptions.TasksError",
-                 "message": reason, "traceback": "", "attempt": 0, "worker_id": "",
-                 "occurred_at": now.isoformat()}
+        error = {**error_dict(exc, 0, "", now), "message": reason, "traceback": "",
+                 "exception_class_path": "django_tasks.exceptions.TasksError"}
         # The errors list is replaced: it may be what is malformed.
         Job.objects.using(self.database).filter(pk=job_id, lease=lease).update(
             status=FAILED, finished_at=now, lease="", errors=[error])
@@ -352,11 +350,10 @@ class JobStore:
                      type(cause).__name__, cause)
         now = timezone.now()
         error = {
+            **error_dict(cause, 0, worker_id, now),  # the hook's exception and traceback
             "exception_class_path": "django_tasks.exceptions.OutcomeHookFailed",
             "message": f"outcome hook {failure.hook} raised {type(cause).__name__}: {cause} "
                        f"(the attempt had ended {outcome.status})",
-            "traceback": "".join(format_exception(cause)), "attempt": 0,
-            "worker_id": worker_id, "occurred_at": now.isoformat(),
         }
         failed = replace(outcome, status=FAILED, error=error, finished_at=now.isoformat(),
                          retry_at=None, retry_delay=None, return_value=None)
@@ -445,15 +442,13 @@ class JobStore:
         if ids is not None:
             held = [(i, lease) for i, lease in self.held_by(worker_id) if i in ids]
             given_back = self.give_back([Start(i, lease, "") for i, lease in held])
+            rows = [row for row in rows if _job_id_str(row[0]) in ids]
+        last_attempted = {_job_id_str(row[0]): row[len(MESSAGE_COLUMNS)] for row in rows}
         outcomes, messages = [], {}
-        readable = {m.id: m for m in self.messages(rows, worker_id, now)}
-        for row in rows:
-            message = readable.get(_job_id_str(row[0]))
-            if message is None or (ids is not None and message.id not in ids):
-                continue
+        for message in self.messages(rows, worker_id, now):
             message.attempt -= 1  # the attempt that was running is already counted
             message.worker_ids.pop()
-            started = as_datetime(row[len(MESSAGE_COLUMNS)])
+            started = as_datetime(last_attempted[message.id])
             ran = (now - started).total_seconds() if started else 0.0
             outcome = failure_outcome(message, WorkerLost(reason), worker_id, now=now,
                                       task=task_or_none(message.task_path), duration=ran,

@@ -241,11 +241,13 @@ class ModelBackend(BaseTaskBackend):
         Goes through the broker like an enqueue, so workers wake up, and sends
         ``task_enqueued`` for each once committed.
         """
+        from ..models import Job
+
         ids = self.store.retry_failed(job_ids)
         if ids:
             self.broker.republish(ids)
-            for job_id in ids:
-                result = self.get_result(job_id)
+            for job in Job.objects.using(self.database).filter(pk__in=ids):
+                result = self.result_from_job(job)
                 transaction.on_commit(
                     lambda r=result: send_robust(task_enqueued, self.alias, r),
                     using=self.database, robust=True,

@@ -129,10 +129,6 @@ class DatabaseBroker(Broker):
     outage_errors = _outage_errors()
 
     @property
-    def connection(self) -> Any:
-        return connections[self.store.database]
-
-    @property
     def supports_wakeup(self) -> bool:  # type: ignore[override]
         return self.backend.config.notify and self.store.vendor == "postgresql"
 
@@ -140,7 +136,7 @@ class DatabaseBroker(Broker):
         """INSERT the job on the caller's connection, in the caller's transaction (and on
         PostgreSQL NOTIFY its queue's channel in the same statement, delivered at commit;
         identical notifications of one transaction fold into one)."""
-        connection = self.connection
+        connection = self.store.connection
         if not self.supports_wakeup:
             job.save(force_insert=True, using=connection.alias)
             return
@@ -161,7 +157,7 @@ class DatabaseBroker(Broker):
 
         queues = set(Job.objects.using(self.store.database).filter(pk__in=list(job_ids))
                      .values_list("queue_name", flat=True))
-        with self.connection.cursor() as cursor:
+        with self.store.connection.cursor() as cursor:
             cursor.execute(NOTIFY_PG, [[channel(q) for q in sorted(queues)]])
 
     def _claim_sql(self, queues: Sequence[str]) -> tuple[str, dict[str, Any]]:
@@ -191,7 +187,7 @@ class DatabaseBroker(Broker):
             return []
         sql, params = self._claim_sql(queues)
         params.update(self._claim_params(worker_id, lease, limit, now))
-        with self.connection.cursor() as cursor:
+        with self.store.connection.cursor() as cursor:
             cursor.execute(sql, params)
             return self._messages(cursor.fetchall(), worker_id)
 
@@ -215,7 +211,7 @@ class DatabaseBroker(Broker):
         hooks = outcome_hooks() if outcomes else []
         atomic = transaction.atomic(using=self.store.database) if hooks else nullcontext()
         try:
-            with atomic, self.connection.cursor() as cursor:
+            with atomic, self.store.connection.cursor() as cursor:
                 cursor.execute(sql, params)
                 rows = cursor.fetchall()
                 claimed = [row[1:] for row in rows if row[0] == "c"]
@@ -233,7 +229,7 @@ class DatabaseBroker(Broker):
 
     def wake_source(self, queues: Sequence[str]) -> PostgresListener | None:
         if self.supports_wakeup and queues:
-            return PostgresListener(self.connection, queues)
+            return PostgresListener(self.store.connection, queues)
         return None
 
     def check(self) -> list[checks.CheckMessage]:

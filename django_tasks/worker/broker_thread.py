@@ -31,11 +31,15 @@ __all__ = ["BrokerThreads", "Duty"]
 
 
 class Duty:
-    """A periodic duty of the duties thread: ``run(now)`` every ``interval`` seconds."""
+    """A periodic duty of the duties thread: ``run(now)`` every ``interval`` seconds.
+
+    First due one interval from now: ``Worker.start()`` registers (a fresh heartbeat)
+    and rescues synchronously before the thread starts.
+    """
 
     def __init__(self, name: str, interval: float, run: Any) -> None:
         self.name, self.interval, self.run = name, interval, run
-        self.due = time.monotonic()
+        self.due = time.monotonic() + interval
 
 
 class BrokerThreads:
