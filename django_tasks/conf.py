@@ -10,18 +10,31 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-__all__ = ["BackendOptions"]
+from django.core.signals import setting_changed
+
+__all__ = ["BackendOptions", "backend", "may_import", "task_modules"]
 
 _KNOWN = {"DATABASE", "ROUTES", "POLL_INTERVAL", "NOTIFY", "HEARTBEAT_INTERVAL",
-          "WORKER_TIMEOUT"}
+          "WORKER_TIMEOUT", "TASK_MODULES", "MAX_PAYLOAD", "WORKER_RETENTION"}
+#: Default OPTIONS["MAX_PAYLOAD"]: bytes of JSON a job's arguments may take.
+MAX_PAYLOAD = 2 * 1024 * 1024
+#: Default OPTIONS["WORKER_RETENTION"]: seconds a stopped worker's row is kept.
+WORKER_RETENTION = 7 * 86400.0
 
 
 @dataclass(frozen=True)
 class BackendOptions:
     #: Database alias that holds the job table (and, for the database broker, the queue).
     database: str = "default"
+    #: Modules or packages outside INSTALLED_APPS whose tasks may be enqueued and run.
+    task_modules: tuple[str, ...] = ()
+    #: Bytes of JSON a job's arguments may take (None: no limit).
+    max_payload: int | None = MAX_PAYLOAD
+    #: Seconds a stopped (or declared dead) worker's row is kept before workers prune it.
+    worker_retention: float = WORKER_RETENTION
     #: Task path (or glob, e.g. ``"reports.tasks.*"``) -> queue name, as Celery's task_routes.
     routes: Mapping[str, str] = field(default_factory=dict)
     #: Seconds an idle worker waits before looking for jobs again (NOTIFY wakes it sooner).
@@ -36,13 +49,16 @@ class BackendOptions:
     problems: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, options: Mapping[str, Any]) -> BackendOptions:
+    def parse(cls, options: Mapping[str, Any],
+              broker_options: frozenset[str] = frozenset()) -> BackendOptions:
+        """Read ``options``; ``broker_options`` are the broker's own keys (it reads them)."""
         problems: list[str] = []
         values: dict[str, Any] = {}
-        unknown = sorted(set(options) - _KNOWN)
+        known = _KNOWN | broker_options
+        unknown = sorted(set(options) - known)
         if unknown:
             problems.append(
-                f"unknown OPTIONS {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}"
+                f"unknown OPTIONS {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         if "DATABASE" in options:
             if isinstance(options["DATABASE"], str):
@@ -74,6 +90,32 @@ class BackendOptions:
                 values["notify"] = options["NOTIFY"]
             else:
                 problems.append("OPTIONS['NOTIFY'] must be True or False")
+        if "TASK_MODULES" in options:
+            modules = options["TASK_MODULES"]
+            if isinstance(modules, list | tuple) and all(
+                isinstance(m, str) and m.strip(".") == m and m for m in modules
+            ):
+                values["task_modules"] = tuple(modules)
+            else:
+                problems.append(
+                    "OPTIONS['TASK_MODULES'] must be a list of dotted module or package "
+                    "names, e.g. ['myproject.tasks']"
+                )
+        if "MAX_PAYLOAD" in options:
+            limit = options["MAX_PAYLOAD"]
+            if limit is None or (type(limit) is int and limit > 0):
+                values["max_payload"] = limit
+            else:
+                problems.append(
+                    "OPTIONS['MAX_PAYLOAD'] must be a number of bytes > 0 (e.g. 4 * 1024 * "
+                    "1024), or None for no limit"
+                )
+        if "WORKER_RETENTION" in options:
+            value = options["WORKER_RETENTION"]
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                values["worker_retention"] = float(value)
+            else:
+                problems.append("OPTIONS['WORKER_RETENTION'] must be a number of seconds > 0")
         beat = values.get("heartbeat_interval", cls.heartbeat_interval)
         timeout = values.get("worker_timeout", cls.worker_timeout)
         if timeout <= 2 * beat:
@@ -93,3 +135,39 @@ class BackendOptions:
             if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(task_path, pattern):
                 return queue
         return None
+
+
+def backend(alias: str) -> Any:
+    """The task backend ``alias``; ValueError naming the configured ones if there is none."""
+    from django.tasks import task_backends
+
+    if alias not in task_backends.settings:
+        known = ", ".join(sorted(task_backends.settings)) or "none"
+        raise ValueError(f"TASKS has no backend {alias!r} (configured: {known}).")
+    return task_backends[alias]
+
+
+@cache
+def task_modules() -> tuple[str, ...]:
+    """The packages and modules whose tasks workers may import: every installed app's
+    package, and each backend's ``OPTIONS["TASK_MODULES"]``."""
+    from django.apps import apps
+    from django.conf import settings
+
+    names = [app.name for app in apps.get_app_configs()]
+    for params in getattr(settings, "TASKS", {}).values():
+        names.extend(BackendOptions.parse(params.get("OPTIONS", {})).task_modules)
+    return tuple(dict.fromkeys(names))
+
+
+def may_import(module: str) -> bool:
+    """Whether ``module`` is one of :func:`task_modules` or inside one of them."""
+    return any(module == name or module.startswith(name + ".") for name in task_modules())
+
+
+def _forget(*, setting: str, **kwargs: Any) -> None:
+    if setting in {"TASKS", "INSTALLED_APPS"}:
+        task_modules.cache_clear()
+
+
+setting_changed.connect(_forget)

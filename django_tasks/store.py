@@ -23,6 +23,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
@@ -40,7 +41,7 @@ from .states import CLAIMED, FAILED, HELD, READY, RUNNING
 logger = logging.getLogger("django_tasks.worker")
 
 __all__ = ["HELD", "HELD_SQL", "MESSAGE_COLUMNS", "JobStore", "OutcomeHook", "RescueCounts",
-           "outcomes_params", "register_outcome_hook", "starts_params"]
+           "job_id_str", "outcomes_params", "register_outcome_hook", "starts_params"]
 
 #: ``hook(store, applied)``: runs inside the transaction that wrote ``applied``.
 OutcomeHook = Callable[["JobStore", list[Applied]], None]
@@ -150,6 +151,23 @@ GIVE_BACK_ALL = (
     "UPDATE {table} SET status = '" + READY + "', worker_id = '', lease = '' "
     "WHERE worker_id = %(worker)s AND lease <> '' AND status = '" + CLAIMED + "'"
 )
+# Claim jobs by id (a broker that carries ids, such as Redis, chose them): only rows
+# still READY and due change, so a duplicated or stale message claims nothing.
+CLAIM_IDS_PG = (
+    "UPDATE {table} SET status = '" + CLAIMED + "', worker_id = %(worker)s, "
+    "lease = %(lease)s "
+    "WHERE id = ANY(%(claim_ids)s::uuid[]) AND status = '" + READY + "' "
+    "AND backend = %(backend)s "
+    "AND available_at <= COALESCE(%(now)s::timestamptz, statement_timestamp()) "
+    "RETURNING " + ", ".join(MESSAGE_COLUMNS)
+)
+CLAIM_IDS_SQLITE = (
+    "UPDATE {table} SET status = '" + CLAIMED + "', worker_id = %(worker)s, "
+    "lease = %(lease)s "
+    "WHERE id IN ({ids}) AND status = '" + READY + "' AND backend = %(backend)s "
+    "AND available_at <= %(now)s "
+    "RETURNING " + ", ".join(MESSAGE_COLUMNS)
+)
 RUNNING_OF = (
     "SELECT " + ", ".join(MESSAGE_COLUMNS) + ", last_attempted_at FROM {table} "
     "WHERE worker_id = %(worker)s AND lease <> '' AND status = '" + RUNNING + "'"
@@ -158,6 +176,24 @@ PROGRESS = (
     "UPDATE {table} SET progress = {json_progress} "
     "WHERE id = %(id)s AND (%(lease)s = '' OR lease = %(lease)s) AND status IN " + HELD_SQL
 )
+
+
+
+def exchange_pg(claim: str) -> str:
+    """The worker's whole round trip on PostgreSQL as one statement, ``claim`` being the
+    claim's UPDATE: one round trip and one commit however many starts, outcomes and
+    claims (data-modifying CTEs always run to completion). A claim's sub-select sees
+    the snapshot from before the CTEs, which only touch held rows. Rows: ``'c'`` and
+    MESSAGE_COLUMNS for a claimed job, ``'d'`` and APPLIED_COLUMNS at positions
+    1-4 and 9 for an outcome written."""
+    return (
+        "WITH started AS (" + RECORD_STARTS_PG + "), done AS (" + APPLY_OUTCOMES_PG + "), "
+        "claimed AS (" + claim + ") "
+        "SELECT 'c', " + ", ".join(MESSAGE_COLUMNS) + " FROM claimed "
+        "UNION ALL SELECT 'd', id, status, task_path, queue_name, NULL, NULL, NULL, NULL, "
+        "attempts, " + ", ".join(["NULL"] * (len(MESSAGE_COLUMNS) - 9)) + " FROM done"
+    )
+
 
 _VENDORS: dict[str, dict[str, str]] = {
     "postgresql": {
@@ -242,7 +278,7 @@ class JobStore:
             args, kwargs = json.loads(args), json.loads(kwargs)
             worker_ids, errors = json.loads(worker_ids), json.loads(errors)
         return Message(
-            id=_job_id_str(job_id), lease=lease, task_path=task_path,
+            id=job_id_str(job_id), lease=lease, task_path=task_path,
             queue_name=queue_name, priority=priority, backend=backend, args=args,
             kwargs=kwargs, attempt=attempts + 1, max_attempts=max_attempts,
             worker_ids=[*worker_ids, worker_id], errors=errors,
@@ -299,6 +335,64 @@ class JobStore:
                  "lease": s.lease} for s in starts
             ])
             return cursor.rowcount
+
+    def exchange_pg(self, worker_id: str, statement: str, params: dict[str, Any],
+                    starts: Sequence[Start], outcomes: Sequence[Outcome],
+                    ) -> tuple[list[Sequence[Any]], list[Applied]]:
+        """Run an :func:`exchange_pg` statement (PostgreSQL); returns the claimed rows
+        and the outcomes written.
+
+        The outcome hooks run in the statement's transaction; if one fails, all of it
+        is rolled back and :class:`OutcomeHookFailed` propagates: the caller then makes
+        the parts one by one (:meth:`apply_outcomes` fails only the jobs whose hooks
+        fail).
+        """
+        params = {"worker": worker_id, **params, **starts_params(starts),
+                  **outcomes_params(outcomes)}
+        hooks = _OUTCOME_HOOKS if outcomes else []
+        atomic = transaction.atomic(using=self.database) if hooks else nullcontext()
+        with atomic, self.connection.cursor() as cursor:
+            cursor.execute(self.sql(statement), params)
+            rows = cursor.fetchall()
+            claimed = [row[1:] for row in rows if row[0] == "c"]
+            applied = [self.applied((r[1], r[2], r[3], r[4], r[9]))
+                       for r in rows if r[0] == "d"]
+            if hooks:
+                self.run_hooks(applied)
+        return claimed, applied
+
+    def claim_ids(self, worker_id: str, lease: str, job_ids: Sequence[str],
+                  now: datetime | None = None) -> list[Sequence[Any]]:
+        """Claim these jobs under ``lease`` where they are still READY and due; returns
+        their rows (MESSAGE_COLUMNS). For brokers that carry ids, not rows."""
+        if not job_ids:
+            return []
+        if now is None and self.vendor != "postgresql":
+            now = timezone.now()  # SQLite: one host, one clock
+        params: dict[str, Any] = {"worker": worker_id, "lease": lease,
+                                  "backend": self.backend_alias, "now": self.time(now)}
+        if self.vendor == "postgresql":
+            sql = self.sql(CLAIM_IDS_PG)
+            params["claim_ids"] = list(job_ids)
+        else:
+            names = {f"i{n}": self.job_id(i) for n, i in enumerate(job_ids)}
+            sql = self.sql(CLAIM_IDS_SQLITE.replace(
+                "{ids}", ", ".join(f"%({n})s" for n in names)))
+            params.update(names)
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+    def ready_rows(self, job_ids: Sequence[str]) -> list[tuple[str, str, int, datetime]]:
+        """``(id, queue, priority, available_at)`` of those jobs that are READY."""
+        from .models import Job
+
+        if not job_ids:
+            return []
+        rows = (Job.objects.using(self.database)
+                .filter(status=READY, backend=self.backend_alias, pk__in=list(job_ids))
+                .values_list("id", "queue_name", "priority", "available_at"))
+        return [(str(i), q, p, a) for i, q, p, a in rows]
 
     def apply_outcomes(self, worker_id: str, outcomes: Sequence[Outcome], *,
                        hooks: bool = True) -> list[Applied]:
@@ -372,7 +466,7 @@ class JobStore:
     @staticmethod
     def applied(row: Sequence[Any]) -> Applied:
         job_id, status, task_path, queue_name, attempts = row
-        return Applied(_job_id_str(job_id), status, task_path, queue_name, attempts)
+        return Applied(job_id_str(job_id), status, task_path, queue_name, attempts)
 
     def run_hooks(self, applied: list[Applied]) -> None:
         """Run the outcome hooks (call inside the transaction that wrote ``applied``).
@@ -442,8 +536,8 @@ class JobStore:
         if ids is not None:
             held = [(i, lease) for i, lease in self.held_by(worker_id) if i in ids]
             given_back = self.give_back([Start(i, lease, "") for i, lease in held])
-            rows = [row for row in rows if _job_id_str(row[0]) in ids]
-        last_attempted = {_job_id_str(row[0]): row[len(MESSAGE_COLUMNS)] for row in rows}
+            rows = [row for row in rows if job_id_str(row[0]) in ids]
+        last_attempted = {job_id_str(row[0]): row[len(MESSAGE_COLUMNS)] for row in rows}
         outcomes, messages = [], {}
         for message in self.messages(rows, worker_id, now):
             message.attempt -= 1  # the attempt that was running is already counted
@@ -616,7 +710,7 @@ def _iso(value: Any) -> str | None:
     return dt.isoformat() if dt is not None else None
 
 
-def _job_id_str(value: Any) -> str:
+def job_id_str(value: Any) -> str:
     """A job id as the canonical string (PostgreSQL returns UUIDs, SQLite hex text)."""
     return str(value) if type(value) is uuid.UUID else str(uuid.UUID(str(value)))
 

@@ -21,7 +21,33 @@ def _postgres_reachable() -> str | None:
     return None
 
 
+def _redis_reachable() -> str | None:
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _skip_redis_tests_without_redis(items) -> None:
+    needs = [item for item in items if "redis" in item.keywords]
+    if not needs:
+        return
+    problem = _redis_reachable()
+    if problem is None:
+        return
+    if CI:
+        raise pytest.UsageError(f"CI=true and Redis ({settings.REDIS_URL}) is unreachable: "
+                                f"{problem}")
+    skip = pytest.mark.skip(reason=f"Redis unreachable ({settings.REDIS_URL}): {problem}")
+    for item in needs:
+        item.add_marker(skip)
+
+
 def pytest_collection_modifyitems(config, items):
+    _skip_redis_tests_without_redis(items)
     if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         skip = pytest.mark.skip(reason="needs PostgreSQL (run with TEST_DB=postgres)")
         for item in items:
@@ -40,3 +66,33 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     return f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}"
+
+
+def flush_redis_prefix() -> None:
+    """Delete this test run's Redis keys (tests/settings.py gives them a prefix)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    prefix = settings.TASKS["redis"]["OPTIONS"]["PREFIX"]
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def redis_default(settings, monkeypatch):
+    """Make the Redis broker the default backend, here and in worker processes started
+    by the test, on an empty key space."""
+    flush_redis_prefix()
+    settings.TASKS = {**settings.TASKS, "default": {**settings.TASKS["redis"]}}
+    monkeypatch.setenv("DJANGO_TASKS_TEST_BROKER", "redis")
+    yield
+    flush_redis_prefix()
+
+
+@pytest.fixture(params=["database", pytest.param("redis", marks=pytest.mark.redis)])
+def broker(request):
+    """Run the test once per broker (``"database"``, ``"redis"``) as the default backend."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_default")
+    return request.param

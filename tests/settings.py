@@ -58,21 +58,40 @@ else:
 if os.environ.get("DJANGO_TASKS_TEST_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["DJANGO_TASKS_TEST_DB_NAME"]
 
+_OPTIONS = {
+    "ROUTES": {"tests.tasks.routed": "heavy_compute"},
+    # Real-process tests can raise it to prove a wake-up came from NOTIFY.
+    "POLL_INTERVAL": float(os.environ.get("DJANGO_TASKS_TEST_POLL_INTERVAL", 0.2)),
+    # Short, so rescue-by-timeout tests take seconds.
+    "HEARTBEAT_INTERVAL": 0.25,
+    "WORKER_TIMEOUT": 2.0,
+}
+# The Redis broker's tests use keys of their own (a prefix per test run, inherited by
+# the worker processes they start) on REDIS_URL's server.
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+os.environ.setdefault("DJANGO_TASKS_TEST_REDIS_PREFIX", f"django_tasks_test:{os.getpid()}")
 TASKS = {
     "default": {
         "BACKEND": "django_tasks.backends.database.DatabaseBackend",
         "QUEUES": ["default", "emails", "heavy_compute"],
-        "OPTIONS": {
-            "ROUTES": {"tests.tasks.routed": "heavy_compute"},
-            # Real-process tests can raise it to prove a wake-up came from NOTIFY.
-            "POLL_INTERVAL": float(os.environ.get("DJANGO_TASKS_TEST_POLL_INTERVAL", 0.2)),
-            # Short, so rescue-by-timeout tests take seconds.
-            "HEARTBEAT_INTERVAL": 0.25,
-            "WORKER_TIMEOUT": 2.0,
-        },
-    }
+        "OPTIONS": _OPTIONS,
+    },
+    "redis": {
+        "BACKEND": "django_tasks.backends.redis.RedisBackend",
+        "QUEUES": ["default", "emails", "heavy_compute"],
+        "OPTIONS": {**_OPTIONS, "URL": REDIS_URL,
+                    "PREFIX": os.environ["DJANGO_TASKS_TEST_REDIS_PREFIX"]},
+    },
 }
+# Real-process tests of the Redis broker make it the default backend of the worker too.
+if os.environ.get("DJANGO_TASKS_TEST_BROKER") == "redis":
+    TASKS["default"] = {**TASKS["redis"]}
 
 # Django 6.1's way to configure email (tests.testing_tasks sends some); the test
 # environment replaces every mailer with the locmem one (mail.outbox).
 MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
+
+# The test suite's tasks live in the tests package, which is not an installed app:
+# workers import task modules only from installed apps and TASK_MODULES.
+for _backend in TASKS.values():
+    _backend["OPTIONS"] = {**_backend.get("OPTIONS", {}), "TASK_MODULES": ["tests"]}

@@ -20,6 +20,14 @@ broker = default_task_backend.broker
 store = default_task_backend.store
 
 
+@pytest.fixture(autouse=True)
+def _current_backend():
+    """A TASKS override (the Redis broker's tests) makes new backend instances: bind
+    this module's shortcuts to the current ones."""
+    global broker, store
+    broker, store = default_task_backend.broker, default_task_backend.store
+
+
 def drain(now=None, **kwargs):
     worker = Worker(pool="inline", concurrency=4, **kwargs)
     worker.drain(now)

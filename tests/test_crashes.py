@@ -45,7 +45,7 @@ def finish(proc, timeout=60):
     return out
 
 
-def test_kill_9_mid_task_loses_nothing_and_reruns_only_what_was_running(tmp_path):
+def test_kill_9_mid_task_loses_nothing_and_reruns_only_what_was_running(tmp_path, broker):
     """The headline scenario: kill -9 the whole worker (supervisor and children) with
     2,000 short jobs and a few long ones in flight, then start a new worker."""
     log = tmp_path / "runs"
@@ -93,7 +93,8 @@ def test_kill_9_mid_task_loses_nothing_and_reruns_only_what_was_running(tmp_path
     lost = ids - set(counts)
     twice = {i for i, n in counts.items() if n > 1}
     statuses = Counter(j.status for j in jobs.values())
-    print(f"\nkill -9 scenario: {len(ids)} enqueued, {statuses['SUCCESSFUL']} SUCCESSFUL, "
+    print(f"\nkill -9 scenario ({broker} broker): {len(ids)} enqueued, "
+          f"{statuses['SUCCESSFUL']} SUCCESSFUL, "
           f"{len(twice)} ran twice ({len(twice & {str(i) for i in claimed_at_kill})} of them "
           f"recorded as not started), {len(lost)} lost, {len(running_at_kill)} running and "
           f"{len(claimed_at_kill)} prefetched at the kill; the victim's jobs freed "
@@ -124,7 +125,7 @@ def test_kill_9_mid_task_loses_nothing_and_reruns_only_what_was_running(tmp_path
             assert job.attempts == 1 and job.errors == [], job_id
 
 
-def test_a_frozen_worker_is_declared_dead_after_the_timeout_and_learns_it(tmp_path):
+def test_a_frozen_worker_is_declared_dead_after_the_timeout_and_learns_it(tmp_path, broker):
     log = tmp_path / "runs"
     job = rt.record_slowly.enqueue(str(log), 1.5)
     frozen = start_worker("-c", "1", "--prefetch", "0", "--worker-id", "frozen")
@@ -159,7 +160,7 @@ def test_a_frozen_worker_is_declared_dead_after_the_timeout_and_learns_it(tmp_pa
         "SUCCESSFUL", "rescuer", 2, 2)
 
 
-def test_cpu_bound_jobs_longer_than_the_timeout_are_not_rescued(tmp_path):
+def test_cpu_bound_jobs_longer_than_the_timeout_are_not_rescued(tmp_path, broker):
     log = tmp_path / "runs"
     jobs = [rt.spin.enqueue(str(log), 3.0) for _ in range(2)]  # 1.5 x WORKER_TIMEOUT
     busy = start_worker("-c", "2", "--prefetch", "0", "--burst", "--worker-id", "busy")
@@ -176,7 +177,7 @@ def test_cpu_bound_jobs_longer_than_the_timeout_are_not_rescued(tmp_path):
     assert set(runs(log).values()) == {1}
 
 
-def test_a_task_that_kills_its_process_ends_failed_after_max_attempts(tmp_path):
+def test_a_task_that_kills_its_process_ends_failed_after_max_attempts(tmp_path, broker):
     log = tmp_path / "runs"
     crash = rt.exit_process.enqueue(str(log))  # max_attempts=2
     ok = rt.record.enqueue(str(log))
@@ -193,7 +194,7 @@ def test_a_task_that_kills_its_process_ends_failed_after_max_attempts(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["second signal", "grace"])
-def test_interrupted_shutdown_rescues_running_jobs_at_once(tmp_path, how):
+def test_interrupted_shutdown_rescues_running_jobs_at_once(tmp_path, how, broker):
     log = tmp_path / "runs"
     slow = rt.record_slowly.enqueue(str(log), 60)  # max_attempts=3
     waiting = rt.record.enqueue(str(log))

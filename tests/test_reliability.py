@@ -29,6 +29,15 @@ broker = backend.broker
 store = backend.store
 
 
+@pytest.fixture(autouse=True)
+def _current_backend():
+    """A TASKS override (the Redis broker's tests) makes new backend instances: bind
+    this module's shortcuts to the current ones."""
+    global backend, broker, store
+    backend = default_task_backend
+    broker, store = backend.broker, backend.store
+
+
 def register(worker_id, *, beat_age=0.0, now=None, key=""):
     store.register_worker(
         id=worker_id, hostname="h", pid=1, backend="default", queues=["default"],

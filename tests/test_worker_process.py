@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
-def test_burst_worker_runs_everything_and_exits(pool):
+def test_burst_worker_runs_everything_and_exits(pool, broker):
     results = [tasks.add.enqueue(i, i) for i in range(50)]
     failing = tasks.returns_set.enqueue()
     proc = start_worker("--burst", "-c", "2", "--pool", pool)
@@ -42,7 +42,7 @@ def test_max_tasks():
     assert Job.objects.filter(status="READY").count() == 2
 
 
-def test_sigterm_finishes_running_jobs_then_exits_zero(tmp_path):
+def test_sigterm_finishes_running_jobs_then_exits_zero(tmp_path, broker):
     marker = tmp_path / "done"
     slow = [tasks.sleep_then_return.enqueue(1.0, str(marker)) for _ in range(2)]
     proc = start_worker("-c", "2")
@@ -91,7 +91,7 @@ def test_postgres_notify_arrives_on_commit_only():
         other.close()
 
 
-def test_two_workers_never_run_a_job_twice():
+def test_two_workers_never_run_a_job_twice(broker):
     results = [tasks.add.enqueue(i, 0) for i in range(300)]
     procs = [start_worker("--burst", "-c", "2", "--worker-id", f"w{n}") for n in range(2)]
     outs = [p.communicate(timeout=120)[0] for p in procs]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -78,6 +78,8 @@ class Broker(ABC):
     supports_wakeup: bool = False
     #: Exceptions that mean an outage rather than a bug.
     outage_errors: tuple[type[BaseException], ...] = (DatabaseError,)
+    #: ``OPTIONS`` keys of this broker's own, beside the ones every backend reads.
+    option_names: frozenset[str] = frozenset()
 
     def __init__(self, backend: ModelBackend) -> None:
         self.backend = backend
@@ -124,6 +126,20 @@ class Broker(ABC):
         """Make the messages a lost worker held claimable again (its rows were rescued)."""
         return None
 
+    def duties(self, queues: Sequence[str]) -> list[tuple[str, float, Callable[..., None]]]:
+        """Periodic duties a worker serving ``queues`` runs for this broker, as
+        ``(name, interval in seconds, run(now))``; ``now`` is None outside tests."""
+        return []
+
+    def ping(self) -> None:
+        """Raise one of ``outage_errors`` now if the broker cannot be reached (a worker
+        asks before it starts)."""
+        return None
+
+    def unreachable(self, exc: BaseException) -> str:
+        """What is unreachable, for an operator reading ``exc``."""
+        return "the database is unreachable"
+
     def wake_source(self, queues: Sequence[str]) -> Any | None:
         """A waitable (``fileno()``, ``drain()``, ``close()``) that becomes readable when
         jobs of ``queues`` are published, or None: the worker polls."""
@@ -151,7 +167,7 @@ class ModelBackend(BaseTaskBackend):
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
-        self.config = BackendOptions.parse(self.options)
+        self.config = BackendOptions.parse(self.options, self.broker_class.option_names)
         self.database = self.config.database
         self.store = JobStore(alias, self.database, worker_timeout=self.config.worker_timeout)
         self.broker = self.broker_class(self)
@@ -167,14 +183,45 @@ class ModelBackend(BaseTaskBackend):
         return task.queue_name
 
     def enqueue(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any]) -> JobResult:
+        """Store a job for ``task`` with these arguments, or raise saying why not.
+
+        Refused before anything is written: a backend whose app is not installed
+        (``InvalidTaskBackend``), a task workers would not import (``InvalidTask``),
+        arguments that do not fit the signature (``InvalidArguments``), are not strict
+        JSON (``ArgumentNotSerializable``) or exceed ``MAX_PAYLOAD`` (``PayloadTooLarge``).
+        """
+        from django.apps import apps
+        from django.tasks.exceptions import InvalidTaskBackend
+
+        from ..conf import may_import
+        from ..serialization import check_payload, check_signature
+
+        if not apps.is_installed("django_tasks"):
+            raise InvalidTaskBackend(
+                f"TASKS[{self.alias!r}] uses {type(self).__name__}, which stores jobs in the "
+                "django_tasks app's models, but 'django_tasks' is not in INSTALLED_APPS: add "
+                "it (and migrate). Nothing was enqueued."
+            )
         self.validate_task(task)
+        module = task.func.__module__
+        if not may_import(module):
+            raise InvalidTask(
+                f"{task.module_path} is not in an installed app, so workers would not import "
+                f"it: add its app to INSTALLED_APPS, or {module!r} to "
+                f"TASKS[{self.alias!r}]['OPTIONS']['TASK_MODULES']. Nothing was enqueued."
+            )
         queue_name = self.queue_for(task)
         if self.queues and queue_name not in self.queues:
             raise InvalidTask(
                 f"ROUTES sends {task.module_path!r} to queue {queue_name!r}, which is not in "
                 f"TASKS[{self.alias!r}]['QUEUES']."
             )
+        check_signature(task.func, args, kwargs, task_name=task.module_path,
+                        takes_context=task.takes_context)
         check_arguments(task.func, args, kwargs, task_name=task.module_path)
+        check_payload(task.func, args, kwargs, self.config.max_payload,
+                      task_name=task.module_path,
+                      setting=f"TASKS[{self.alias!r}]['OPTIONS']['MAX_PAYLOAD']")
         from ..models import Job
 
         now = timezone.now()
@@ -326,7 +373,7 @@ class ModelBackend(BaseTaskBackend):
             errors.append(
                 checks.Error(
                     f"{where} uses {type(self).__name__}, which stores jobs in the "
-                    "django_tasks app's models.",
+                    "django_tasks app's models, but 'django_tasks' is not in INSTALLED_APPS.",
                     hint="Add 'django_tasks' to INSTALLED_APPS.",
                     id="django_tasks.E004",
                 )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -31,14 +30,7 @@ from django.utils import timezone
 from ..exceptions import OutcomeHookFailed
 from ..messages import Message, Outcome, Start
 from ..states import CLAIMED, READY
-from ..store import (
-    APPLY_OUTCOMES_PG,
-    MESSAGE_COLUMNS,
-    RECORD_STARTS_PG,
-    outcome_hooks,
-    outcomes_params,
-    starts_params,
-)
+from ..store import MESSAGE_COLUMNS, exchange_pg
 from .base import Broker, Exchanged, ModelBackend, stale_of
 
 __all__ = ["DatabaseBackend", "DatabaseBroker"]
@@ -64,17 +56,7 @@ CLAIM_SQLITE = (
     "AND backend = %(backend)s AND queue_name IN ({queues}) AND available_at <= %(now)s "
     "ORDER BY priority DESC, available_at LIMIT %(limit)s) " + _RETURNING
 )
-# The worker's whole round trip on PostgreSQL, one statement: one round trip and one
-# commit however many starts, outcomes and claims (data-modifying CTEs always run to
-# completion). The claim's sub-select sees the snapshot from before the CTEs, which
-# only touch held rows. ``done`` reports the outcomes written.
-EXCHANGE_PG = (
-    "WITH started AS (" + RECORD_STARTS_PG + "), done AS (" + APPLY_OUTCOMES_PG + "), "
-    "claimed AS (" + CLAIM_PG + ") "
-    "SELECT 'c', " + ", ".join(MESSAGE_COLUMNS) + " FROM claimed "
-    "UNION ALL SELECT 'd', id, status, task_path, queue_name, NULL, NULL, NULL, NULL, "
-    "attempts, " + ", ".join(["NULL"] * (len(MESSAGE_COLUMNS) - 9)) + " FROM done"
-)
+EXCHANGE_PG = exchange_pg(CLAIM_PG)
 INSERT_NOTIFY_PG = "WITH j AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM j"
 NOTIFY_PG = "SELECT pg_notify(c, '') FROM unnest(%s::text[]) AS c"
 
@@ -203,22 +185,11 @@ class DatabaseBroker(Broker):
                                         outcomes=outcomes, queues=queues, limit=limit, now=now)
         if not (starts or outcomes or limit > 0):
             return Exchanged([], [], [])
-        sql = self.store.sql(EXCHANGE_PG)
-        params = {
-            **starts_params(starts), **outcomes_params(outcomes), "queues": list(queues) or [""],
-            **self._claim_params(worker_id, lease, max(0, limit), now),
-        }
-        hooks = outcome_hooks() if outcomes else []
-        atomic = transaction.atomic(using=self.store.database) if hooks else nullcontext()
+        params = {"queues": list(queues) or [""],
+                  **self._claim_params(worker_id, lease, max(0, limit), now)}
         try:
-            with atomic, self.store.connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                rows = cursor.fetchall()
-                claimed = [row[1:] for row in rows if row[0] == "c"]
-                applied = [self.store.applied((r[1], r[2], r[3], r[4], r[9]))
-                           for r in rows if r[0] == "d"]
-                if hooks:
-                    self.store.run_hooks(applied)
+            claimed, applied = self.store.exchange_pg(worker_id, EXCHANGE_PG, params,
+                                                      starts, outcomes)
         except OutcomeHookFailed:
             # All of it was rolled back; the parts one by one fail only the jobs whose
             # hooks fail (JobStore.apply_outcomes).

@@ -168,6 +168,7 @@ class Worker(BrokerThreads):
         self.duties = [
             Duty("heartbeat", self.heartbeat_interval, self._beat),
             Duty("rescue", self.heartbeat_interval, self._rescue),
+            *(Duty(name, interval, run) for name, interval, run in self.broker.duties(self.queues)),
         ]
         self._wake_r, self._wake_w = pipe()  # wakes the main thread
         self._io_r, self._io_w = pipe()  # wakes the broker thread
@@ -318,6 +319,7 @@ class Worker(BrokerThreads):
 
     def start(self) -> None:
         """Register, rescue what dead workers left, start the pool and the threads' sources."""
+        self.broker.ping()
         self._register()
         self._rescue()
         # Fork before any thread starts, and with no open connection to inherit.
@@ -462,6 +464,7 @@ class Worker(BrokerThreads):
                 logger.warning("Interrupted %d job(s): %d to retry, %d failed",
                                len(interrupted), counts.retried, counts.failed)
             self.store.unregister_worker(self.worker_id)
+            self.broker.recover(self.worker_id)  # anything it still tracks for us
         except Exception as exc:
             logger.error("Could not sign off worker %s (%s); its jobs will be rescued "
                          "after WORKER_TIMEOUT", self.worker_id, exc)

@@ -150,7 +150,7 @@ class Command(BaseCommand):
         except worker.broker.outage_errors as exc:
             # Only start-up gets here: once running, the worker rides out outages.
             raise CommandError(
-                f"Cannot start: the database is unreachable ({type(exc).__name__}: "
+                f"Cannot start: {worker.broker.unreachable(exc)} ({type(exc).__name__}: "
                 f"{str(exc).strip()}). Nothing was claimed."
             ) from exc
         if worker.crashed:

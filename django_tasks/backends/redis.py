@@ -1,0 +1,618 @@
+"""The Redis broker: Redis carries the messages and their order; job rows stay the truth.
+
+``TASKS = {"default": {"BACKEND": "django_tasks.backends.redis.RedisBackend",
+"OPTIONS": {"URL": "redis://127.0.0.1:6379/0"}}}``
+
+A job is a row in the ``Job`` model, as with the database broker: status, attempts,
+errors, results and progress never live in Redis, so nothing vanishes with Redis's
+memory. Redis holds only *which* job runs next: the row's id in a sorted set.
+
+How a job travels
+-----------------
+1. ``enqueue`` INSERTs the row in the caller's transaction; once that commits (at once
+   in autocommit), one script call adds the id to its queue (or to the delayed set)
+   and wakes the workers serving the queue. A rollback publishes nothing.
+2. A worker's round trip pops ids (highest priority, then oldest, across the queues it
+   serves) into its *held* hash in one script call, which also moves due delayed jobs
+   and forgets the jobs whose outcomes are written; then one SQL statement records
+   starts, writes outcomes and claims the popped ids under a fresh lease where the rows
+   are still READY and due. The database decides: a duplicated or stale message claims
+   nothing and is dropped, so no job runs twice.
+3. A live worker keeps what it holds however long the jobs run (no visibility
+   timeout). A dead worker's jobs are rescued from the rows like with any broker, and
+   its held hash is put back into the queues (:meth:`RedisBroker.recover`).
+
+Redis forgets, nothing is lost: every worker reconciles every few seconds. If the
+``epoch`` key is gone (Redis restarted without persistence, flushed, failed over to a
+replica without it) one worker republishes every READY row (idempotent: a sorted
+set holds an id once); and the head of each queue a worker serves, as the database
+orders it, is compared with Redis, so a job whose publish was lost (Redis down at
+enqueue time, a producer killed between commit and publish) is published by the
+time it is due to run.
+
+Keys (``P`` is OPTIONS["PREFIX"], default ``django_tasks:<alias>``)
+----------------------------------------------------------------------
+=========================  ======  ===============================================
+``P:q:<queue>``            zset    Ready jobs: member = job id, score = (100 -
+                                   priority) * 2**42 + due time in ms. Written by
+                                   publish, the delayed move and recovery; popped by
+                                   workers. Redis deletes it when empty.
+``P:delayed``              zset    Jobs not due yet: member ``<rank>|<id>|<queue>``,
+                                   score = due time in ms. Moved into ``P:q:*`` by
+                                   workers' pops once due (Redis's clock).
+``P:held:<worker>``        hash    Jobs a worker popped: field = job id, value =
+                                   ``<score>|<queue>`` (to put it back). Fields are
+                                   removed once the outcome is written (next round
+                                   trip), given back or recovered; the key is deleted
+                                   when the worker stops or is recovered.
+``P:holders``              set     Worker ids that have a held hash; a worker's id is
+                                   removed when its hash is recovered.
+``P:epoch``                string  Set once everything READY in the database was
+                                   published; its absence triggers a full republish.
+``P:reconciling``          string  Lock (60 s expiry) of the worker republishing.
+``P:wake:<queue>``         pubsub  Channel, not a key: a message wakes idle workers
+                                   that serve ``<queue>``.
+=========================  ======  ===============================================
+
+Nothing else is written, and nothing grows without bound: ids leave the queues when
+claimed, held hashes shrink with every round trip. On Redis Cluster give a
+hash-tagged prefix (``"{tasks}"``) so that every key lives in one slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
+
+try:
+    import redis
+    from redis import exceptions as redis_errors
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImproperlyConfigured(
+        "The Redis broker needs the redis package: pip install 'django-tasks-engine[redis]' "
+        "(or pip install redis)."
+    ) from exc
+
+from ..exceptions import OutcomeHookFailed
+from ..messages import Applied, Message, Outcome, Start
+from ..states import READY
+from ..store import CLAIM_IDS_PG, exchange_pg, job_id_str
+from ..worker.wakeup import drain, pipe, poke
+from .base import Broker, Exchanged, ModelBackend, stale_of
+from .database import _outage_errors
+
+__all__ = ["RedisBackend", "RedisBroker"]
+
+logger = logging.getLogger("django_tasks.worker")
+
+EXCHANGE_IDS_PG = exchange_pg(CLAIM_IDS_PG)
+RANK = 2 ** 42  # ms since 1970 stay below it until the year 2109
+RECONCILE_LOCK_MS = 60_000
+HEAD = 200  # rows of each queue's head compared with Redis per reconcile
+
+# Scripts take the prefix as ARGV[1] and build key names from it: every key shares the
+# prefix, so a hash-tagged prefix keeps them in one Cluster slot.
+_NOW = """
+local function now_ms(arg)
+  local n = tonumber(arg)
+  if n and n > 0 then return n end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local K = 4398046511104
+"""
+# ARGV: prefix, now (0 = Redis's clock), then (rank, due ms (0 = now), queue, id) * n.
+PUBLISH_LUA = _NOW + """
+local p = ARGV[1]
+local now = now_ms(ARGV[2])
+local woken = {}
+for i = 3, #ARGV, 4 do
+  local rank, due, q, id = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
+  if due == 0 then due = now end
+  if due <= now then
+    redis.call('ZADD', p .. ':q:' .. q, rank * K + due, id)
+    woken[q] = true
+  else
+    redis.call('ZADD', p .. ':delayed', due, rank .. '|' .. id .. '|' .. q)
+  end
+end
+for q in pairs(woken) do redis.call('PUBLISH', p .. ':wake:' .. q, '') end
+return 0
+"""
+# ARGV: prefix, worker, limit, now (0 = Redis's clock), n queues, queues..., acks...
+# Forgets the acknowledged ids, moves due delayed jobs (any queue), then pops up to
+# ``limit`` ids across the queues by score (priority, then due time; ties by id, which
+# uuid7 orders by time) into the worker's held hash. Returns the ids.
+POP_LUA = _NOW + """
+local p, worker, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = now_ms(ARGV[4])
+local nq = tonumber(ARGV[5])
+local held = p .. ':held:' .. worker
+for i = 6 + nq, #ARGV do redis.call('HDEL', held, ARGV[i]) end
+local delayed = p .. ':delayed'
+local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+local woken = {}
+for i = 1, #due, 2 do
+  local rank, id, q = string.match(due[i], '^(%d+)|([^|]+)|(.*)$')
+  redis.call('ZADD', p .. ':q:' .. q, tonumber(rank) * K + tonumber(due[i + 1]), id)
+  redis.call('ZREM', delayed, due[i])
+  woken[q] = true
+end
+for q in pairs(woken) do redis.call('PUBLISH', p .. ':wake:' .. q, '') end
+if limit <= 0 then return {} end
+local cands = {}
+for i = 1, nq do
+  local q = ARGV[5 + i]
+  local head = redis.call('ZRANGE', p .. ':q:' .. q, 0, limit - 1, 'WITHSCORES')
+  for j = 1, #head, 2 do cands[#cands + 1] = {tonumber(head[j + 1]), head[j], q} end
+end
+if nq > 1 then
+  table.sort(cands, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    return a[2] < b[2]
+  end)
+end
+local out = {}
+for i = 1, math.min(limit, #cands) do
+  local c = cands[i]
+  redis.call('ZREM', p .. ':q:' .. c[3], c[2])
+  redis.call('HSET', held, c[2], string.format('%.0f', c[1]) .. '|' .. c[3])
+  out[#out + 1] = c[2]
+end
+if #out > 0 then redis.call('SADD', p .. ':holders', worker) end
+return out
+"""
+# ARGV: prefix, worker, ids...: held jobs back into their queues, as they were.
+GIVE_BACK_LUA = """
+local p, held = ARGV[1], ARGV[1] .. ':held:' .. ARGV[2]
+local woken = {}
+for i = 3, #ARGV do
+  local v = redis.call('HGET', held, ARGV[i])
+  if v then
+    local score, q = string.match(v, '^(%d+)|(.*)$')
+    redis.call('ZADD', p .. ':q:' .. q, score, ARGV[i])
+    redis.call('HDEL', held, ARGV[i])
+    woken[q] = true
+  end
+end
+for q in pairs(woken) do redis.call('PUBLISH', p .. ':wake:' .. q, '') end
+return 0
+"""
+# ARGV: prefix, then (rank, queue, id) * n: the ids in neither their queue nor the
+# delayed set.
+ABSENT_LUA = """
+local p, out = ARGV[1], {}
+for i = 2, #ARGV, 3 do
+  local rank, q, id = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if not redis.call('ZSCORE', p .. ':q:' .. q, id)
+     and not redis.call('ZSCORE', p .. ':delayed', rank .. '|' .. id .. '|' .. q) then
+    out[#out + 1] = id
+  end
+end
+return out
+"""
+
+
+def rank(priority: int) -> int:
+    """Sort rank of a priority: 0 for the highest (100), 200 for the lowest (-100)."""
+    return 100 - priority
+
+
+def ms(value: datetime | None) -> int:
+    """Epoch milliseconds of an aware datetime (0 for None: "now, by Redis's clock")."""
+    return 0 if value is None else int(value.timestamp() * 1000)
+
+
+def redis_outage_errors() -> tuple[type[BaseException], ...]:
+    # ReadOnlyError: connected to a replica after a failover; OutOfMemoryError: Redis is
+    # full (maxmemory with noeviction). Both pass; a script error (ResponseError) is a bug.
+    return (*_outage_errors(), redis_errors.ConnectionError, redis_errors.TimeoutError,
+            redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError)
+
+
+class RedisWakeSource:
+    """Wakes an idle worker when jobs are published to its queues (Redis pub/sub).
+
+    A thread of its own blocks in the subscription and pokes a pipe, so the broker
+    thread never blocks on Redis: the pipe is what it waits on, with its poll timer.
+    A broken subscription surfaces from :meth:`drain`, and the worker opens a new one.
+    """
+
+    def __init__(self, client: redis.Redis, channels: Sequence[str]) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(*channels)
+        self._r, self._w = pipe()
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._closed = self._finished = False
+        self._thread = threading.Thread(target=self._listen, name="redis-wake", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        try:
+            while not self._closed:
+                if self._pubsub.get_message(timeout=0.5) is not None:
+                    poke(self._w)
+        except Exception as exc:
+            self._error = exc
+            poke(self._w)
+        finally:
+            try:
+                self._pubsub.close()
+            except Exception:
+                pass
+            self._release(finished=True)
+
+    def _release(self, *, finished: bool = False, closed: bool = False) -> None:
+        """The pipe is closed once both the owner closed and the thread finished."""
+        with self._lock:
+            self._finished |= finished
+            self._closed |= closed
+            if not (self._finished and self._closed):
+                return
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def fileno(self) -> int:
+        return self._r
+
+    def drain(self) -> int:
+        """Consume pending wake-ups; raises if the subscription broke."""
+        drain(self._r)
+        if self._error is not None:
+            raise self._error
+        return 1
+
+    def close(self) -> None:
+        """Stop listening (within half a second the thread closes its subscription)."""
+        self._release(closed=True)
+
+
+class RedisBroker(Broker):
+    """Messages in Redis, job rows in the database; see the module docstring."""
+
+    supports_transactional_publish = False  # the row is; the message follows the commit
+    supports_wakeup = True
+    outage_errors = redis_outage_errors()
+    option_names = frozenset({"URL", "PREFIX", "CONNECTION_OPTIONS"})
+
+    def __init__(self, backend: ModelBackend) -> None:
+        super().__init__(backend)
+        options = backend.options
+        self.url: str = options.get("URL") or ""
+        self.prefix: str = options.get("PREFIX") or f"django_tasks:{backend.alias}"
+        self.connection_options: dict[str, Any] = dict(options.get("CONNECTION_OPTIONS") or {})
+        self._client: redis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        # Per worker id: ids whose outcomes are written (forgotten by the next pop), and
+        # ids popped but not claimed yet (an outage between the pop and the claim).
+        self._acks: dict[str, list[str]] = {}
+        self._popped: dict[str, list[str]] = {}
+        self._absent: set[str] = set()  # head rows absent from Redis at the last reconcile
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            if not self.url:
+                raise ImproperlyConfigured(
+                    f"TASKS[{self.backend.alias!r}]['OPTIONS']['URL'] is required by the "
+                    "Redis broker, e.g. 'redis://127.0.0.1:6379/0'."
+                )
+            options = {"socket_timeout": 5.0, "socket_connect_timeout": 3.0,
+                       "health_check_interval": 15, **self.connection_options}
+            self._client = redis.Redis.from_url(self.url, **options)
+        return self._client
+
+    def _script(self, source: str) -> Any:
+        script = self._scripts.get(source)
+        if script is None:  # redis-py's Script reloads itself after a Redis restart
+            script = self._scripts[source] = self.client.register_script(source)
+        return script
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def safe_url(self) -> str:
+        """The URL without its password, for messages."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.url)
+        if parts.password:
+            host = parts.hostname or ""
+            netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+            parts = parts._replace(netloc=netloc)
+        return urlunsplit(parts)
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    def unreachable(self, exc: BaseException) -> str:
+        if isinstance(exc, redis_errors.RedisError):
+            return f"Redis at {self.safe_url()} is unreachable"
+        return super().unreachable(exc)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def publish(self, job: Any) -> None:
+        """INSERT the row in the caller's transaction; the message follows its commit."""
+        job.save(force_insert=True, using=self.store.database)
+        entry = (rank(job.priority), ms(job.run_after), job.queue_name, str(job.id))
+        transaction.on_commit(partial(self._publish_committed, [entry]),
+                              using=self.store.database)
+
+    def _publish_committed(self, entries: list[tuple[int, int, str, str]]) -> None:
+        try:
+            self._send(entries)
+        except redis_errors.RedisError as exc:
+            # The row is committed; the reconciler will publish it (module docstring).
+            logger.warning(
+                "Job %s is stored but could not be published (%s at %s: %s); a worker "
+                "will publish it when it reconciles with the database",
+                ", ".join(e[3] for e in entries), type(exc).__name__, self.safe_url(), exc,
+            )
+
+    def _send(self, entries: Iterable[tuple[int, int, str, str]], now: int = 0) -> None:
+        args: list[Any] = [self.prefix, now]
+        for entry in entries:
+            args.extend(entry)
+        if len(args) > 2:
+            self._script(PUBLISH_LUA)(args=args)
+
+    def _publish_rows(self, rows: Sequence[tuple[str, str, int, datetime]]) -> None:
+        """Publish READY rows ``(id, queue, priority, available_at)`` as the database has them."""
+        for start in range(0, len(rows), 1000):
+            self._send((rank(p), max(1, ms(at)), q, i) for i, q, p, at in rows[start:start + 1000])
+
+    def republish(self, job_ids: Sequence[str]) -> None:
+        """Jobs made READY again (an operator's retry) are published once that commits."""
+        if job_ids:
+            transaction.on_commit(partial(self._republish_now, list(job_ids)),
+                                  using=self.store.database)
+
+    def _republish_now(self, job_ids: list[str]) -> None:
+        try:
+            self._publish_rows(self.store.ready_rows(job_ids))
+        except redis_errors.RedisError as exc:
+            logger.warning("Could not publish %d retried job(s) (%s); a worker will publish "
+                           "them when it reconciles", len(job_ids), exc)
+
+    # -- claiming -----------------------------------------------------------------------
+
+    def _pop(self, worker_id: str, queues: Sequence[str], limit: int,
+             now: datetime | None) -> list[str]:
+        """Ids popped into ``worker_id``'s held hash, after earlier pops never claimed."""
+        acks = self._acks.pop(worker_id, [])
+        ids = self._popped.setdefault(worker_id, [])
+        limit -= len(ids)
+        try:
+            popped = self._script(POP_LUA)(args=[
+                self.prefix, worker_id, max(0, limit), ms(now), len(queues), *queues, *acks,
+            ]) if (limit > 0 and queues) or acks else []
+        except BaseException:
+            self._acks.setdefault(worker_id, [])[:0] = acks
+            raise
+        ids.extend(i.decode() if isinstance(i, bytes) else i for i in popped)
+        return list(ids)
+
+    def _settle(self, worker_id: str, popped: list[str], rows: Sequence[Sequence[Any]],
+                requeue: Sequence[str] = ()) -> list[Message]:
+        """After the claim: messages for the rows claimed; popped ids that claimed nothing
+        (stale, duplicated, or not due by the database's clock) are let go, and those
+        still READY are published again as the database has them."""
+        self._popped.pop(worker_id, None)
+        messages = self.store.messages(rows, worker_id)
+        claimed = {job_id_str(r[0]) for r in rows}
+        missed = [i for i in popped if i not in claimed]
+        if missed or requeue:
+            self._acks.setdefault(worker_id, []).extend(missed)
+            self._publish_rows(self.store.ready_rows([*missed, *requeue]))
+        messages.sort(key=lambda m: (-m.priority, m.available_at or ""))
+        return messages
+
+    def claim(self, worker_id: str, lease: str, queues: Sequence[str], limit: int,
+              now: datetime | None = None) -> list[Message]:
+        if limit <= 0 or not queues:
+            return []
+        popped = self._pop(worker_id, queues, limit, now)
+        rows = self.store.claim_ids(worker_id, lease, popped, now)
+        return self._settle(worker_id, popped, rows)
+
+    def exchange(self, worker_id: str, *, lease: str, starts: Sequence[Start] = (),
+                 outcomes: Sequence[Outcome] = (), queues: Sequence[str] = (),
+                 limit: int = 0, now: datetime | None = None) -> Exchanged:
+        """One script call (forget written outcomes, move due jobs, pop), then one SQL
+        statement on PostgreSQL (starts, outcomes, claim of the popped ids)."""
+        if not queues:
+            limit = 0
+        acks = len(self._acks.get(worker_id, ()))
+        popped = self._pop(worker_id, queues, limit, now) if limit > 0 or acks > 256 else []
+        rows: Sequence[Sequence[Any]] = []
+        applied: list[Applied] = []
+        if self.store.vendor == "postgresql" and (popped or starts or outcomes):
+            params = {"lease": lease, "backend": self.backend.alias,
+                      "now": self.store.time(now), "claim_ids": popped}
+            try:
+                rows, applied = self.store.exchange_pg(worker_id, EXCHANGE_IDS_PG, params,
+                                                       starts, outcomes)
+            except OutcomeHookFailed:  # rolled back: the parts one by one
+                rows, applied = self._exchange_parts(worker_id, lease, starts, outcomes,
+                                                     popped, now)
+        elif popped or starts or outcomes:
+            rows, applied = self._exchange_parts(worker_id, lease, starts, outcomes, popped, now)
+        # Written or stale, an outcome's job is no longer ours: the next pop forgets it.
+        self._acks.setdefault(worker_id, []).extend(o.id for o in outcomes)
+        retried = [a.id for a in applied if a.status == READY]
+        messages = self._settle(worker_id, popped, rows, retried)
+        return Exchanged(messages, applied, stale_of(outcomes, applied))
+
+    def _exchange_parts(self, worker_id: str, lease: str, starts: Sequence[Start],
+                        outcomes: Sequence[Outcome], popped: Sequence[str],
+                        now: datetime | None) -> tuple[list[Sequence[Any]], list[Applied]]:
+        # One transaction: on SQLite one write lock for the three parts.
+        with transaction.atomic(using=self.store.database):
+            self.store.record_starts(worker_id, starts)
+            applied = self.store.apply_outcomes(worker_id, outcomes)
+            return self.store.claim_ids(worker_id, lease, popped, now), applied
+
+    def give_back(self, messages: Sequence[Message]) -> int:
+        released = self.store.give_back(messages)
+        by_worker: dict[str, list[str]] = {}
+        for m in messages:
+            by_worker.setdefault(m.worker_ids[-1] if m.worker_ids else "", []).append(m.id)
+        for worker_id, ids in by_worker.items():
+            self._script(GIVE_BACK_LUA)(args=[self.prefix, worker_id, *ids])
+        return released
+
+    # -- recovery and reconciliation -----------------------------------------------------
+
+    def recover(self, worker_id: str) -> None:
+        """Publish again what ``worker_id`` held and the database says is READY (its rows
+        were rescued or given back), then forget its held hash."""
+        held = self.key("held", worker_id)
+        ids = [i.decode() if isinstance(i, bytes) else i for i in self.client.hkeys(held)]
+        self._publish_rows(self.store.ready_rows(ids))
+        with self.client.pipeline() as pipe_:
+            pipe_.delete(held)
+            pipe_.srem(self.key("holders"), worker_id)
+            pipe_.execute()
+        self._acks.pop(worker_id, None)
+        self._popped.pop(worker_id, None)
+
+    def duties(self, queues: Sequence[str]) -> list[tuple[str, float, Callable[..., None]]]:
+        interval = min(2.0, self.backend.config.heartbeat_interval)
+        return [("reconcile", interval, partial(self.reconcile, queues))]
+
+    def reconcile(self, queues: Sequence[str], now: datetime | None = None) -> None:
+        """Make Redis hold what the database says is ready (see the module docstring)."""
+        if not self.client.exists(self.key("epoch")):
+            self.republish_all()
+        self._sweep_heads(queues, now)
+        self._recover_strays()
+
+    def republish_all(self) -> int:
+        """Publish every READY row of this backend (once Redis lost its data); returns
+        how many, or -1 if another worker is doing it."""
+        from ..models import Job
+
+        token = uuid.uuid4().hex
+        lock = self.key("reconciling")
+        if not self.client.set(lock, token, nx=True, px=RECONCILE_LOCK_MS):
+            return -1
+        began, count, last = time.monotonic(), 0, None
+        try:
+            jobs = Job.objects.using(self.store.database).filter(
+                status=READY, backend=self.backend.alias).order_by("pk")
+            while True:
+                page = jobs if last is None else jobs.filter(pk__gt=last)
+                rows = [(str(i), q, p, a) for i, q, p, a in page.values_list(
+                    "id", "queue_name", "priority", "available_at")[:5000]]
+                if not rows:
+                    break
+                self._publish_rows(rows)
+                count += len(rows)
+                last = rows[-1][0]
+                self.client.pexpire(lock, RECONCILE_LOCK_MS)
+            self.client.set(self.key("epoch"), token)
+        finally:
+            if self.client.get(lock) in (token, token.encode()):
+                self.client.delete(lock)
+        logger.warning("Redis held no record of the queues (restarted, flushed or failed "
+                       "over): republished %d ready job(s) from the database in %.2fs",
+                       count, time.monotonic() - began)
+        return count
+
+    def _sweep_heads(self, queues: Sequence[str], now: datetime | None) -> None:
+        """Publish the jobs at the head of each queue (as the database orders it) that
+        Redis has not had for two reconciles running (a publish lost)."""
+        from ..models import Job
+
+        now = now or self.store.now()
+        rows: list[tuple[str, str, int, datetime]] = []
+        for queue in queues:
+            head = (Job.objects.using(self.store.database)
+                    .ready(now, [queue]).filter(backend=self.backend.alias)
+                    .values_list("id", "queue_name", "priority", "available_at")[:HEAD])
+            rows.extend((str(i), q, p, a) for i, q, p, a in head)
+        if not rows:
+            self._absent = set()
+            return
+        args: list[Any] = [self.prefix]
+        for i, q, p, _ in rows:
+            args.extend((rank(p), q, i))
+        absent = {i.decode() if isinstance(i, bytes) else i
+                  for i in self._script(ABSENT_LUA)(args=args)}
+        lost = absent & self._absent
+        self._absent = absent - lost
+        if lost:
+            logger.warning("Publishing %d ready job(s) Redis did not have (a publish was "
+                           "lost)", len(lost))
+            self._publish_rows([r for r in rows if r[0] in lost])
+
+    def _recover_strays(self) -> None:
+        """Held hashes of workers that are not running (killed before the rescue saw
+        them hold anything in the database, or stopped uncleanly)."""
+        from ..models import Worker
+
+        holders = {h.decode() if isinstance(h, bytes) else h
+                   for h in self.client.smembers(self.key("holders"))}
+        if not holders:
+            return
+        running = set(Worker.objects.using(self.store.database).running()
+                      .filter(id__in=holders).values_list("id", flat=True))
+        for holder in sorted(holders - running):
+            self.recover(holder)
+
+    def wake_source(self, queues: Sequence[str]) -> RedisWakeSource | None:
+        if not queues:
+            return None
+        return RedisWakeSource(self.client, [self.key("wake", q) for q in queues])
+
+    def check(self) -> list[checks.CheckMessage]:
+        where = f"TASKS[{self.backend.alias!r}]['OPTIONS']"
+        if not isinstance(self.url, str) or not self.url:
+            return [checks.Error(f"{where}['URL'] is required by the Redis broker.",
+                                 hint="e.g. 'redis://127.0.0.1:6379/0'",
+                                 id="django_tasks.E006")]
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            return [checks.Error(f"{where}['URL'] must be a redis://, rediss:// or unix:// "
+                                 f"URL, not {self.url!r}.", id="django_tasks.E006")]
+        try:
+            client = redis.Redis.from_url(self.url, socket_timeout=1.0,
+                                          socket_connect_timeout=1.0,
+                                          **self.connection_options)
+            policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except redis_errors.RedisError:
+            return []  # unreachable now, or CONFIG disabled (managed Redis): nothing to say
+        if policy and policy != "noeviction":
+            return [checks.Warning(
+                f"Redis at {self.safe_url()} has maxmemory-policy {policy!r}: under memory "
+                "pressure it may evict queued jobs (the reconciler republishes them, late).",
+                hint="Set maxmemory-policy to noeviction.", id="django_tasks.W001",
+            )]
+        return []
+
+
+class RedisBackend(ModelBackend):
+    """Jobs and results in your database; Redis carries the queue.
+
+    ``TASKS = {"default": {"BACKEND": "django_tasks.backends.redis.RedisBackend",
+    "OPTIONS": {"URL": "redis://127.0.0.1:6379/0"}}}``
+    """
+
+    broker_class = RedisBroker
