@@ -1,0 +1,310 @@
+"""What only the Redis broker has to prove: publish after commit, Redis forgetting,
+connections killed, keys that do not grow. The contract it shares with the database
+broker is in test_broker_contract.py, and the crash scenarios run with it there too
+(the ``broker`` fixture).
+
+Restarts and CLIENT KILL use a private ``redis-server`` on a free port, never the
+shared one.
+"""
+
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+import redis
+from django.core.management import call_command
+from django.db import transaction
+from django.tasks import task_backends
+
+from django_tasks.models import Job
+from tests import reliability_tasks as rt
+from tests import tasks
+from tests.helpers import start_worker, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
+
+
+@pytest.fixture(autouse=True)
+def _redis(redis_default):
+    """Every test here runs with the Redis broker as the default backend."""
+
+
+def backend():
+    return task_backends["default"]
+
+
+def client():
+    return backend().broker.client
+
+
+def key(*parts):
+    return backend().broker.key(*parts)
+
+
+def queued(job_id, queue="default"):
+    return client().zscore(key("q", queue), str(job_id)) is not None
+
+
+def runs(path):
+    if not path.exists():
+        return Counter()
+    return Counter(line.split()[0] for line in path.read_text().splitlines())
+
+
+# -- publishing -----------------------------------------------------------------------
+
+
+def test_a_job_is_published_when_its_transaction_commits_and_never_on_rollback():
+    with transaction.atomic():
+        kept = tasks.add.enqueue(1, 1)
+        assert Job.objects.filter(pk=kept.id).exists()  # the row is in the transaction
+        assert not queued(kept.id)  # the message waits for the commit
+    assert queued(kept.id)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        dropped = tasks.add.enqueue(2, 2)
+        raise RuntimeError("roll back")
+    assert not queued(dropped.id) and not Job.objects.filter(pk=dropped.id).exists()
+
+
+def test_a_delayed_job_waits_in_the_delayed_set_and_is_claimed_when_due():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    result = tasks.add.using(run_after=timedelta(minutes=5)).enqueue(1, 1)
+    assert not queued(result.id)
+    assert client().zcard(key("delayed")) == 1
+    broker = backend().broker
+    assert broker.claim("w", "L", ["default"], 10) == []
+    [message] = broker.claim("w", "L", ["default"], 10,
+                             now=timezone.now() + timedelta(minutes=6))
+    assert message.id == result.id and client().zcard(key("delayed")) == 0
+
+
+def test_an_unreachable_redis_at_enqueue_keeps_the_job_and_the_reconciler_publishes_it(
+        settings, caplog):
+    backend().broker.reconcile(["default"])  # Redis is known to hold the queues
+    good = settings.TASKS["default"]
+    settings.TASKS = {**settings.TASKS, "default": {
+        **good, "OPTIONS": {**good["OPTIONS"], "URL": "redis://127.0.0.1:1/0"}}}
+    with caplog.at_level(logging.WARNING, logger="django_tasks.worker"):
+        result = tasks.add.enqueue(1, 1)  # does not raise: the row is committed
+    assert Job.objects.get(pk=result.id).status == "READY"
+    assert any("could not be published" in r.getMessage() and result.id in r.getMessage()
+               for r in caplog.records)
+    settings.TASKS = {**settings.TASKS, "default": good}
+    broker = backend().broker
+    assert not queued(result.id)
+    # Missing at two reconciles running (one alone may be a publish in flight).
+    broker.reconcile(["default"])
+    assert not queued(result.id)
+    broker.reconcile(["default"])
+    assert queued(result.id)
+    [message] = broker.claim("w", "L", ["default"], 10)
+    assert message.id == result.id
+
+
+def test_a_stale_or_duplicated_message_claims_nothing_and_is_dropped():
+    result = tasks.add.enqueue(1, 1)
+    broker = backend().broker
+    assert [m.id for m in broker.claim("w", "L", ["default"], 10)] == [result.id]
+    # The same id published again (a reconcile racing a claim, a replayed publish).
+    broker._send([(100, 0, "default", result.id)])
+    assert broker.claim("other", "L2", ["default"], 10) == []
+    assert not queued(result.id)
+    assert Job.objects.get(pk=result.id).lease == "L"
+
+
+# -- Redis forgets ----------------------------------------------------------------------
+
+
+def test_redis_flushed_everything_ready_is_republished_and_running_jobs_keep_their_lease():
+    broker = backend().broker
+    running = tasks.add.enqueue(1, 1)
+    [message] = broker.claim("w", "L", ["default"], 1)
+    waiting = [tasks.add.enqueue(i, i) for i in range(5)]
+    broker.reconcile(["default"])  # sets the epoch
+    for k in client().scan_iter(match=f"{broker.prefix}:*"):
+        client().delete(k)
+    broker.reconcile(["default"])  # no epoch: republish every READY row
+    assert all(queued(r.id) for r in waiting) and not queued(running.id)
+    got = broker.claim("w2", "L2", ["default"], 10)
+    assert sorted(m.id for m in got) == sorted(r.id for r in waiting)
+    assert Job.objects.get(pk=message.id).lease == "L"
+
+
+def test_a_dead_workers_held_jobs_are_recovered_even_if_it_held_no_row():
+    broker = backend().broker
+    result = tasks.add.enqueue(1, 1)
+    # Popped into a worker's held hash, killed before its claim reached the database.
+    assert broker._pop("ghost", ["default"], 1, None) == [result.id]
+    assert not queued(result.id) and client().hlen(key("held", "ghost")) == 1
+    broker.reconcile(["default"])  # "ghost" is not a running worker
+    assert queued(result.id)
+    assert not client().exists(key("held", "ghost"))
+    assert not client().sismember(key("holders"), "ghost")
+
+
+def test_no_keys_are_left_behind_by_a_worker_that_drained_its_queue():
+    for i in range(100):
+        tasks.add.enqueue(i, i)
+    tasks.add.using(queue_name="emails").enqueue(0, 0)
+    proc = start_worker("--burst", "-c", "2")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert Job.objects.filter(status="SUCCESSFUL").count() == 101
+    prefix = backend().broker.prefix
+    left = {k.decode().removeprefix(prefix + ":") for k in client().scan_iter(match=f"{prefix}:*")}
+    assert left <= {"epoch"}, left
+
+
+# -- configuration and operator messages ---------------------------------------------------
+
+
+def test_a_worker_that_cannot_reach_redis_at_start_says_so(settings):
+    proc = start_worker("--burst", env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "Cannot start: Redis at redis://127.0.0.1:1/0 is unreachable" in out, out
+    assert "Traceback" not in out
+
+
+def test_the_redis_url_is_required_and_checked(settings):
+    from django_tasks.backends.redis import RedisBackend
+
+    for url, expected in [(None, "is required"), ("http://x", "must be a redis://")]:
+        options = {} if url is None else {"URL": url}
+        errors = RedisBackend("x", {"QUEUES": [], "OPTIONS": options}).check()
+        assert [e.id for e in errors] == ["django_tasks.E006"]
+        assert expected in errors[0].msg
+
+
+# -- a private redis-server: restarts, eviction policy, CLIENT KILL ----------------------
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A throwaway redis-server (no persistence) on a free port."""
+
+    def __init__(self, tmp_path):
+        self.port = _free_port()
+        self.dir = tmp_path
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        c = redis.Redis.from_url(self.url)
+
+        def up():
+            try:
+                return c.ping()
+            except redis.ConnectionError:
+                return False
+        assert wait_for(up, timeout=10)
+        return self
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def client(self):
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture
+def private_redis(tmp_path, settings, monkeypatch):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path).start()
+    default = settings.TASKS["default"]
+    settings.TASKS = {**settings.TASKS, "default": {
+        **default, "OPTIONS": {**default["OPTIONS"], "URL": server.url}}}
+    monkeypatch.setenv("REDIS_URL", server.url)  # the workers the test starts
+    yield server
+    server.kill()
+
+
+def test_an_evicting_maxmemory_policy_is_a_system_check_warning(private_redis, capsys):
+    private_redis.client().config_set("maxmemory-policy", "allkeys-lru")
+    [warning] = [m for m in backend().check() if m.id == "django_tasks.W001"]
+    assert "allkeys-lru" in warning.msg and "noeviction" in warning.hint
+    call_command("check")  # a warning, not an error: manage.py check still passes
+    private_redis.client().config_set("maxmemory-policy", "noeviction")
+    assert not [m for m in backend().check() if m.id == "django_tasks.W001"]
+
+
+@pytest.mark.slow
+def test_redis_restarted_empty_under_load_nothing_is_lost_nothing_runs_twice(
+        private_redis, tmp_path):
+    log = tmp_path / "runs"
+    results = [rt.record.enqueue(str(log)) for _ in range(600)]
+    ids = {r.id for r in results}
+    proc = start_worker("-c", "2", "--loglevel", "WARNING")
+    try:
+        assert wait_for(lambda: len(runs(log)) >= 100, timeout=30)
+        private_redis.kill()
+        private_redis.start()  # same port, empty: no persistence
+        restarted = time.monotonic()
+        before = len(runs(log))
+        assert wait_for(lambda: len(runs(log)) > before + 10, timeout=20)
+        resumed_in = time.monotonic() - restarted
+        unfinished = Job.objects.filter(pk__in=ids).exclude(status="SUCCESSFUL")
+        assert wait_for(lambda: not unfinished.exists(), timeout=60), unfinished.count()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    print(f"\nRedis restart: jobs ran again {resumed_in:.2f} s after the restart")
+    assert proc.returncode == 0, out
+    assert resumed_in < 10
+    counts = runs(log)
+    assert set(counts) == ids and set(counts.values()) == {1}
+    assert "republished" in out
+
+
+@pytest.mark.slow
+def test_client_kill_under_load_and_while_idle_the_worker_resumes(private_redis, tmp_path):
+    log = tmp_path / "runs"
+    admin = private_redis.client()
+    # A 60 s poll: a job picked up within seconds after the kill proves the wake-up
+    # subscription came back.
+    proc = start_worker("-c", "2", "--loglevel", "WARNING",
+                        env={"DJANGO_TASKS_TEST_POLL_INTERVAL": "60"})
+    try:
+        results = [rt.record.enqueue(str(log)) for _ in range(400)]
+        assert wait_for(lambda: len(runs(log)) >= 50, timeout=30)
+        killed = admin.client_kill_filter(_type="normal", skipme=True)
+        killed += admin.client_kill_filter(_type="pubsub", skipme=True)
+        assert killed >= 2
+        done = Job.objects.filter(pk__in=[r.id for r in results], status="SUCCESSFUL")
+        assert wait_for(lambda: done.count() == 400, timeout=60)
+        # Idle now: kill its connections again, then a new job must start within 10 s.
+        time.sleep(0.5)
+        assert admin.client_kill_filter(_type="pubsub", skipme=True) >= 1
+        admin.client_kill_filter(_type="normal", skipme=True)
+        time.sleep(0.5)
+        started = time.monotonic()
+        later = rt.record.enqueue(str(log))
+        assert wait_for(lambda: runs(log)[later.id] == 1, timeout=10)
+        print(f"\nCLIENT KILL: an idle worker picked up a job "
+              f"{time.monotonic() - started:.2f} s after its connections were killed")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert set(runs(log).values()) == {1}
+
