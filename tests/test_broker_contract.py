@@ -211,3 +211,27 @@ def test_a_row_that_cannot_be_read_fails_alone(backend):
     backend.broker.give_back(got)
     assert drain(backend=backend.alias) == 1
     assert Job.objects.get(pk=good.id).status == "SUCCESSFUL"
+
+
+def test_a_retry_is_claimable_once_due_and_not_before(backend):
+    result = tasks.always_fails.enqueue()  # 3 attempts
+    [m] = claim(backend)
+    retry = Outcome(id=m.id, lease=m.lease, status="READY", retry_delay=60.0,
+                    retry_at=(timezone.now() + timedelta(seconds=60)).isoformat(),
+                    error={"exception_class_path": "ValueError", "message": "nope"})
+    backend.broker.exchange("w", lease="x", outcomes=[retry])
+    assert claim(backend, lease="L2") == []
+    [again] = claim(backend, lease="L3", now=timezone.now() + timedelta(seconds=90))
+    assert (again.id, again.attempt, again.lease) == (result.id, 2, "L3")
+
+
+def test_an_operators_retry_makes_a_failed_job_claimable_again(backend):
+    result = tasks.add.enqueue(1, 1)
+    [m] = claim(backend)
+    failed = Outcome(id=m.id, lease=m.lease, status="FAILED", finished_at=at(),
+                     error={"exception_class_path": "ValueError", "message": "nope"})
+    backend.broker.exchange("w", lease="x", outcomes=[failed])
+    assert claim(backend, lease="L2") == []
+    assert backend.retry([result.id]) == [result.id]
+    [again] = claim(backend, lease="L3")
+    assert (again.id, again.attempt) == (result.id, 2)
