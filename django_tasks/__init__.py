@@ -10,6 +10,8 @@ from django.tasks import TaskResultStatus
 from .exceptions import (
     ArgumentNotSerializable,
     EnqueueError,
+    InvalidArguments,
+    PayloadTooLarge,
     ResultTimeout,
     Retry,
     ReturnValueNotSerializable,
@@ -30,8 +32,10 @@ from django.tasks import task  # isort: skip
 __all__ = [
     "ArgumentNotSerializable",
     "EnqueueError",
+    "InvalidArguments",
     "JobError",
     "JobResult",
+    "PayloadTooLarge",
     "ResultTimeout",
     "Retry",
     "ReturnValueNotSerializable",

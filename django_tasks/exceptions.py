@@ -22,6 +22,14 @@ class ArgumentNotSerializable(TasksError, TypeError):
     """A task argument does not survive a JSON round trip; nothing was enqueued."""
 
 
+class InvalidArguments(TasksError, TypeError):
+    """The arguments do not fit the task's signature; nothing was enqueued."""
+
+
+class PayloadTooLarge(TasksError, ValueError):
+    """The job's arguments are larger than OPTIONS["MAX_PAYLOAD"]; nothing was enqueued."""
+
+
 class ReturnValueNotSerializable(TasksError, TypeError):
     """The task returned a value that is not JSON; the job failed."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from functools import cache
+from importlib import import_module
 from traceback import format_exception
 from typing import Any
 
@@ -19,8 +20,8 @@ from django.tasks import TaskResultStatus, task_backends
 from django.tasks.signals import task_finished
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from django.utils.module_loading import import_string
 
+from .conf import may_import
 from .exceptions import Retry, ReturnValueNotSerializable, TaskNotRegistered
 from .messages import Message, Outcome
 from .results import JobError, JobResult
@@ -38,16 +39,39 @@ __all__ = [
 def resolve_task(path: str) -> DjangoTask:
     """The task registered under ``path``; TaskNotRegistered for anything else.
 
-    Only objects made by ``@task`` are ever returned, so a job row naming
-    ``os.system`` (or a task removed in a deploy) fails with a reason instead of
-    being called.
+    Only modules of installed apps (and of ``OPTIONS["TASK_MODULES"]``) are ever
+    imported: a job row naming ``evil_mod.anything`` fails without running a line of
+    ``evil_mod``. A module that raises while it is imported (a syntax error, a bad
+    import) fails the job with that error as the cause, instead of the process running
+    it. Only objects made by ``@task`` are ever returned, so a job row naming
+    ``os.system`` (or a task removed in a deploy) fails with a reason instead of being
+    called.
     """
-    try:
-        obj = import_string(path)
-    except ImportError as e:
+    module_name, _, name = path.rpartition(".")
+    if not module_name or not name:
+        raise TaskNotRegistered(f"{path!r} is not a task path (module.function).")
+    if not may_import(module_name):
         raise TaskNotRegistered(
-            f"{path!r} cannot be imported ({e}). Was the task renamed or removed in a deploy?"
-        ) from None
+            f"{path!r} is not in an installed app, so it was not imported: workers run "
+            "tasks only from INSTALLED_APPS' packages and OPTIONS['TASK_MODULES']."
+        )
+    try:
+        module = import_module(module_name)
+    except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and e.name and module_name.startswith(e.name):
+            raise TaskNotRegistered(
+                f"{path!r} cannot be imported: no module {e.name!r}. Was the task renamed "
+                "or removed in a deploy?"
+            ) from None
+        raise TaskNotRegistered(_import_failed(path, module_name, e)) from e
+    except (Exception, SystemExit) as e:  # whatever the module's top-level code raised
+        raise TaskNotRegistered(_import_failed(path, module_name, e)) from e
+    obj = getattr(module, name, None)
+    if obj is None:
+        raise TaskNotRegistered(
+            f"{path!r} cannot be found: {module_name!r} has no {name!r}. Was the task "
+            "renamed or removed in a deploy?"
+        )
     if not isinstance(obj, DjangoTask):
         raise TaskNotRegistered(
             f"{path!r} is not a task: only functions decorated with @task can be run "
@@ -56,6 +80,11 @@ def resolve_task(path: str) -> DjangoTask:
     if obj.module_path != path:
         raise TaskNotRegistered(f"{path!r} is an alias of the task {obj.module_path!r}.")
     return obj
+
+
+def _import_failed(path: str, module: str, exc: BaseException) -> str:
+    return (f"{path!r} cannot be imported: importing {module!r} raised "
+            f"{type(exc).__name__}: {exc} (its traceback follows).")
 
 
 def task_or_none(path: str) -> Any:
@@ -88,13 +117,22 @@ def error_from_dict(data: dict[str, Any]) -> JobError:
     )
 
 
+def storable(text: str) -> str:
+    """``text`` with what no database stores (NUL, lone surrogates) backslash-escaped."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def error_dict(exc: BaseException, attempt: int, worker_id: str, now: datetime) -> dict[str, Any]:
     """An attempt's error as stored in ``Job.errors``."""
     cls = type(exc)
     return {
         "exception_class_path": f"{cls.__module__}.{cls.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(format_exception(exc)),
+        "message": storable(str(exc)),
+        "traceback": storable("".join(format_exception(exc))),
         "attempt": attempt,
         "worker_id": worker_id,
         "occurred_at": now.isoformat(),

@@ -156,3 +156,33 @@ def db_session():
         else:
             cursor.execute("SELECT 1")
         return cursor.fetchone()[0]
+
+
+# -- for tests/test_hardening.py: return values no database could store --------------------
+
+
+def nested(levels, inner=1):
+    """``inner`` inside ``levels`` nested lists."""
+    value = inner
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@task(max_attempts=3, backoff=0, jitter=False)
+def returns_bad(kind):
+    return {
+        "deep": lambda: nested(1000),
+        "nul": lambda: "a\x00b",
+        "surrogate": lambda: b"caf\xe9".decode("utf-8", "surrogateescape"),
+    }[kind]()
+
+
+@task()
+def returns_text(text):
+    return text
+
+
+@task(max_attempts=2, backoff=0, jitter=False)
+def raises_bad_text():
+    raise ValueError("NUL \x00 and " + b"\xff".decode("utf-8", "surrogateescape"))

@@ -1,0 +1,307 @@
+"""Bad input and operator mistakes get a clear answer, and nothing is lost (issue 8)."""
+
+import sys
+import textwrap
+from dataclasses import replace
+
+import pytest
+from django.tasks.exceptions import InvalidTask
+from django.utils import timezone
+
+from django_tasks import ArgumentNotSerializable, InvalidArguments, PayloadTooLarge
+from django_tasks.models import Job
+from django_tasks.serialization import MAX_DEPTH, check_signature
+from django_tasks.worker.pool import make_pool
+from tests import tasks
+from tests.tasks import nested
+from tests.test_backend import drain
+from tests.test_pool import make_message, wait_outcomes
+
+NOT_REGISTERED = "django_tasks.exceptions.TaskNotRegistered"
+db = pytest.mark.django_db(transaction=True)
+
+
+def with_task_modules(settings, *modules):
+    settings.TASKS = {
+        alias: {**params, "OPTIONS": {**params.get("OPTIONS", {}),
+                                      "TASK_MODULES": ["tests", *modules]}}
+        for alias, params in settings.TASKS.items()
+    }
+
+
+def write_package(root, name, modules):
+    package = root / name
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for module, source in modules.items():
+        (package / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+def run(pool, message):
+    pool.submit(message)
+    (outcome,) = pool.collect() or wait_outcomes(pool)  # the inline pool ran it already
+    assert outcome.id == message.id
+    return outcome
+
+
+# -- which modules a worker imports ----------------------------------------------------------
+
+
+@pytest.fixture
+def broken_package(tmp_path, monkeypatch, settings):
+    """``brokenpkg``, listed in TASK_MODULES: one module raises at import, one does not parse."""
+    write_package(tmp_path, "brokenpkg", {
+        "raises": """
+            from django.tasks import task
+
+            raise RuntimeError("boom at import")
+
+            @task()
+            def job():
+                return "never"
+        """,
+        "syntax": "from django.tasks import task\n\n@task()\ndef job(:\n    return 1\n",
+    })
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with_task_modules(settings, "brokenpkg")
+    yield
+    for name in ("brokenpkg", "brokenpkg.raises", "brokenpkg.syntax"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("pool_name", ["prefork", "threads", "inline"])
+def test_a_task_module_that_fails_to_import_fails_its_job_not_the_process(
+    broken_package, pool_name
+):
+    pool = make_pool(pool_name, 1, "w1")
+    pool.start()
+    try:
+        pid = run(pool, make_message("getpid")).return_value
+        raises = run(pool, replace(make_message("x", max_attempts=3),
+                                   task_path="brokenpkg.raises.job"))
+        syntax = run(pool, replace(make_message("x", max_attempts=3),
+                                   task_path="brokenpkg.syntax.job"))
+        # The same child (prefork) ran all three: the import errors killed nothing.
+        assert run(pool, make_message("getpid")).return_value == pid
+    finally:
+        pool.stop(now=True)
+    for outcome in (raises, syntax):
+        assert outcome.status == "FAILED"  # not retried: the task cannot be resolved
+        assert outcome.error["exception_class_path"] == NOT_REGISTERED
+    assert raises.error["message"] == (
+        "'brokenpkg.raises.job' cannot be imported: importing 'brokenpkg.raises' raised "
+        "RuntimeError: boom at import (its traceback follows)."
+    )
+    assert 'raise RuntimeError("boom at import")' in raises.error["traceback"]
+    assert "SyntaxError" in syntax.error["message"]
+    assert "syntax.py" in syntax.error["traceback"]
+
+
+@db
+def test_a_job_naming_a_module_outside_the_installed_apps_never_imports_it(
+    tmp_path, monkeypatch
+):
+    marker = tmp_path / "imported"
+    evil = f"open({str(marker)!r}, 'w').write('ran')\ndef anything(*args):\n    pass\n"
+    (tmp_path / "evil_mod.py").write_text(evil)
+    # A name that starts like the allowed package "tests" but is not inside it.
+    (tmp_path / "tests_evil.py").write_text(evil)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    now = timezone.now()
+    jobs = [Job.objects.create(task_path=path, args=["rm -rf /"], enqueued_at=now,
+                               available_at=now)
+            for path in ("evil_mod.anything", "tests_evil.anything")]
+    drain()
+    for job in jobs:
+        job.refresh_from_db()
+        assert job.status == "FAILED"
+        assert job.errors[0]["exception_class_path"] == NOT_REGISTERED
+        assert "is not in an installed app, so it was not imported" in job.errors[0]["message"]
+    assert not marker.exists()
+    assert "evil_mod" not in sys.modules and "tests_evil" not in sys.modules
+
+
+@db
+def test_a_task_defined_outside_the_installed_apps_is_refused_at_enqueue(
+    tmp_path, monkeypatch, settings
+):
+    write_package(tmp_path, "outside", {"jobs": """
+        from django.tasks import task
+
+        @task()
+        def double(x):
+            return 2 * x
+    """})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from outside.jobs import double
+
+    try:
+        with pytest.raises(InvalidTask, match=(
+            r"outside\.jobs\.double is not in an installed app, so workers would not import "
+            r"it: add its app to INSTALLED_APPS, or 'outside\.jobs' to "
+            r"TASKS\['default'\]\['OPTIONS'\]\['TASK_MODULES'\]\. Nothing was enqueued\."
+        )):
+            double.enqueue(2)
+        assert not Job.objects.exists()
+
+        with_task_modules(settings, "outside")  # a package: its modules are allowed
+        result = double.enqueue(2)
+        drain()
+        result.refresh()
+        assert result.return_value == 4
+    finally:
+        for name in ("outside", "outside.jobs"):
+            sys.modules.pop(name, None)
+
+
+def test_task_modules_must_be_dotted_names():
+    from django_tasks.conf import BackendOptions
+
+    assert BackendOptions.parse({"TASK_MODULES": ["a.b", "c"]}).task_modules == ("a.b", "c")
+    for bad in ("myproject.tasks", [".rel"], [3]):
+        assert "TASK_MODULES" in BackendOptions.parse({"TASK_MODULES": bad}).problems[0]
+
+
+@db
+def test_a_task_that_exists_still_runs():
+    result = tasks.add.enqueue(1, 2)
+    drain()
+    result.refresh()
+    assert result.return_value == 3
+
+
+# -- arguments checked at enqueue ------------------------------------------------------------
+
+
+@db
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: tasks.add.enqueue(1),
+     "tests.tasks.add(x, y): missing a required argument: 'y'. Nothing was enqueued."),
+    (lambda: tasks.add.enqueue(1, 2, z=3),
+     "tests.tasks.add(x, y): got an unexpected keyword argument 'z'. Nothing was enqueued."),
+    (lambda: tasks.sleep_then_return.enqueue(1, 2, 3),
+     "tests.tasks.sleep_then_return(seconds, marker=None): too many positional arguments. "
+     "Nothing was enqueued."),
+    # takes_context: the context is not the caller's to pass
+    (lambda: tasks.retries_then_succeeds.enqueue(1),
+     "tests.tasks.retries_then_succeeds(): too many positional arguments. "
+     "Nothing was enqueued."),
+    (lambda: tasks.add.apply_async(args=[1], kwargs={"x": 2}),
+     "tests.tasks.add(x, y): multiple values for argument 'x'. Nothing was enqueued."),
+])
+def test_arguments_that_do_not_fit_the_signature_are_refused_showing_it(call, message):
+    with pytest.raises(InvalidArguments) as e:
+        call()
+    assert str(e.value) == message
+    assert isinstance(e.value, TypeError)  # as calling the function would raise
+    assert not Job.objects.exists()
+
+
+def test_annotations_are_left_out_of_the_signature_shown():
+    def typed(context, user_id: int, email: str = "x") -> str:
+        return email
+
+    with pytest.raises(InvalidArguments, match=r"^t\(user_id, email='x'\): missing a required"):
+        check_signature(typed, (), {}, task_name="t", takes_context=True)
+
+
+@db
+def test_nesting_is_limited_and_a_value_that_contains_itself_is_refused():
+    tasks.returns_text.enqueue(nested(MAX_DEPTH))  # the deepest accepted
+    with pytest.raises(ArgumentNotSerializable, match=(
+        r"^tests\.tasks\.returns_text: argument 'text' \(position 0\)\[0\]\[0\]\[0\]\[0\]"
+        r"\[\.\.\.\]\[0\]\[0\] is nested more than 100 levels deep \(or contains itself\): "
+        r"pass a flatter structure\. Nothing was enqueued\.$"
+    )):
+        tasks.returns_text.enqueue(nested(MAX_DEPTH + 1))
+    with pytest.raises(ArgumentNotSerializable, match="nested more than 100 levels"):
+        tasks.returns_text.enqueue(nested(1000))  # a RecursionError before
+    loop = {}
+    loop["self"] = loop
+    with pytest.raises(ArgumentNotSerializable, match="or contains itself"):
+        tasks.returns_text.enqueue(text=loop)
+    assert Job.objects.count() == 1
+
+
+@db
+@pytest.mark.parametrize(("value", "where", "what"), [
+    ("a\x00b", "argument 'text' (position 0)",
+     "contains a NUL character (\\x00) at position 1, which PostgreSQL cannot store"),
+    (["ok", {"k": "\ud800x"}], "argument 'text' (position 0)[1]['k']",
+     "contains a lone surrogate ('\\ud800') at position 0, which is not text"),
+    ({"bad\x00key": 1}, "argument 'text' (position 0)",
+     "has a key 'bad\\x00key' that contains a NUL character"),
+    ({"\udcff": 1}, "argument 'text' (position 0)",
+     "has a key '\\udcff' that contains a lone surrogate"),
+])
+def test_text_no_database_can_store_is_refused_at_enqueue(value, where, what):
+    with pytest.raises(ArgumentNotSerializable) as e:
+        tasks.returns_text.enqueue(value)
+    assert str(e.value).startswith(f"tests.tasks.returns_text: {where} {what}")
+    assert str(e.value).endswith("Nothing was enqueued.")
+    assert not Job.objects.exists()
+    tasks.returns_text.enqueue("ünïcode ✓ and \t tabs")  # real text passes
+
+
+@db
+@pytest.mark.parametrize("kind", ["deep", "nul", "surrogate"])
+def test_a_return_value_no_database_can_store_fails_the_job_without_retry(kind):
+    result = tasks.returns_bad.enqueue(kind)
+    ok = tasks.add.enqueue(1, 1)
+    drain()
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.attempts, job.max_attempts) == ("FAILED", 1, 3)
+    error = job.errors[0]
+    assert error["exception_class_path"] == (
+        "django_tasks.exceptions.ReturnValueNotSerializable")
+    assert error["message"].startswith(
+        "tests.tasks.returns_bad returned a value that cannot be stored: return value")
+    assert Job.objects.get(pk=ok.id).status == "SUCCESSFUL"
+
+
+@db
+def test_an_error_message_no_database_can_store_is_kept_escaped():
+    result = tasks.raises_bad_text.enqueue()
+    drain()
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.attempts) == ("FAILED", 2)
+    assert [e["message"] for e in job.errors] == ["NUL \\x00 and \\udcff"] * 2
+    assert "ValueError: NUL \\x00 and \\udcff" in job.errors[0]["traceback"]
+
+
+@db
+def test_a_huge_payload_is_refused_at_enqueue_naming_the_limit_and_the_largest_argument():
+    with pytest.raises(PayloadTooLarge) as e:
+        tasks.add.enqueue("x" * (20 * 1024 * 1024), "small")
+    assert str(e.value) == (
+        "tests.tasks.add: the arguments take 20.0 MiB of JSON, more than "
+        "TASKS['default']['OPTIONS']['MAX_PAYLOAD'] (2.0 MiB); the largest is argument 'x' "
+        "(position 0) (20.0 MiB). Store large data elsewhere (a file, object storage, a "
+        "model) and pass its key. Nothing was enqueued."
+    )
+    assert not Job.objects.exists()
+    tasks.add.enqueue("x" * (1024 * 1024), "y")  # 1 MiB: under the default
+
+
+@db
+def test_max_payload_counts_the_utf8_json_of_args_and_kwargs(settings):
+    settings.TASKS = {"default": {**settings.TASKS["default"], "OPTIONS": {
+        **settings.TASKS["default"]["OPTIONS"], "MAX_PAYLOAD": 100}}}
+    overhead = len('[[],{"x":"","y":""}]')  # 20 bytes around the two strings
+    tasks.add.enqueue(x="", y="é" * ((100 - overhead) // 2))  # 2 bytes each: exactly 100
+    with pytest.raises(PayloadTooLarge, match=r"take 101 bytes of JSON, more than .* \(100 "
+                                              r"bytes\); the largest is argument 'y'"):
+        tasks.add.enqueue(x="", y="é" * ((100 - overhead) // 2) + "x")
+    settings.TASKS = {"default": {**settings.TASKS["default"], "OPTIONS": {
+        **settings.TASKS["default"]["OPTIONS"], "MAX_PAYLOAD": None}}}
+    tasks.add.enqueue("x" * (3 * 1024 * 1024), "")  # None: no limit
+    assert Job.objects.count() == 2
+
+
+def test_max_payload_must_be_a_positive_number_of_bytes():
+    from django_tasks.conf import BackendOptions
+
+    assert BackendOptions.parse({}).max_payload == 2 * 1024 * 1024
+    assert BackendOptions.parse({"MAX_PAYLOAD": None}).max_payload is None
+    for bad in (0, -1, 1.5, "2M", True):
+        assert "MAX_PAYLOAD" in BackendOptions.parse({"MAX_PAYLOAD": bad}).problems[0]
