@@ -305,3 +305,84 @@ def test_max_payload_must_be_a_positive_number_of_bytes():
     assert BackendOptions.parse({"MAX_PAYLOAD": None}).max_payload is None
     for bad in (0, -1, 1.5, "2M", True):
         assert "MAX_PAYLOAD" in BackendOptions.parse({"MAX_PAYLOAD": bad}).problems[0]
+
+
+# -- operators get one line that says what is wrong ------------------------------------------
+
+
+def manage(capsys, *argv):
+    """Run ``manage.py *argv`` as from a terminal; (exit code, stderr)."""
+    from django.core.management import ManagementUtility
+
+    with pytest.raises(SystemExit) as e:
+        ManagementUtility(["manage.py", *argv]).execute()
+    return e.value.code, capsys.readouterr().err
+
+
+AGE_HELP = ("an age is a number with one of the units s, m, h, d, w (lowercase; no months or "
+            "years: 365d), e.g. 90s, 15m, 12h, 7d, 2w.")
+
+
+@pytest.mark.parametrize(("argv", "code", "error"), [
+    (["tasks", "prune", "--older-than", "7y"], 1, f"CommandError: --older-than '7y': {AGE_HELP}"),
+    (["tasks", "prune", "--older-than", "7D"], 1, f"CommandError: --older-than '7D': {AGE_HELP}"),
+    (["tasks", "prune", "--older-than", "bogus"], 1,
+     f"CommandError: --older-than 'bogus': {AGE_HELP}"),
+    (["tasks", "prune", "--older-than", "99999999999999d"], 1,
+     "CommandError: --older-than '99999999999999d' is longer than the calendar goes back (at "
+     "most 999,999,999d)."),
+    (["tasks", "prune", "--older-than", "999999d"], 1,
+     "CommandError: --older-than '999999d' reaches back before year 1."),
+    (["tasks", "status", "--recent", "bogus"], 1, f"CommandError: --recent 'bogus': {AGE_HELP}"),
+    (["tasks", "prune", "--older-than", "7d", "--batch-size", "0"], 2,
+     "manage.py tasks prune: error: argument --batch-size: must be a whole number >= 1; got "
+     "'0' (see manage.py tasks prune --help)"),
+    (["tasks"], 2, "manage.py tasks: error: the following arguments are required: ACTION "
+                   "(see manage.py tasks --help)"),
+    (["worker", "-c", "0"], 2, "manage.py worker: error: argument -c/--concurrency: must be a "
+                               "whole number >= 1; got '0' (see manage.py worker --help)"),
+    (["worker", "--grace", "soon"], 2, "manage.py worker: error: argument --grace: must be a "
+                                       "number of seconds >= 0; got 'soon' (see manage.py "
+                                       "worker --help)"),
+    (["worker", "--max-memory-per-child", "lots"], 2,
+     "manage.py worker: error: argument --max-memory-per-child: must be a size of at least 1 "
+     "KiB: KiB, or with a K, M or G suffix (512M); got 'lots' (see manage.py worker --help)"),
+])
+@pytest.mark.django_db
+def test_command_line_mistakes_get_one_line(capsys, argv, code, error):
+    assert manage(capsys, *argv) == (code, error + "\n")
+
+
+@pytest.mark.parametrize("command", [["worker", "--burst"], ["tasks", "status"]])
+@pytest.mark.django_db
+def test_an_unknown_backend_is_named_with_the_configured_ones(capsys, settings, command):
+    code, err = manage(capsys, *command, "--backend", "nosuch")
+    assert (code, err) == (1, "CommandError: TASKS has no backend 'nosuch' (configured: "
+                              f"{', '.join(sorted(settings.TASKS))}).\n")
+
+
+@pytest.mark.django_db
+def test_loglevel_is_case_insensitive(capsys):
+    from django_tasks.management.commands.worker import Command
+
+    parser = Command().create_parser("manage.py", "worker")
+    assert parser.parse_args(["--loglevel", "debug"]).loglevel == "DEBUG"
+    assert parser.parse_args([]).loglevel == "INFO"
+    code, err = manage(capsys, "worker", "--loglevel", "verbose")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("manage.py worker: error: argument --loglevel: invalid choice: "
+                          "'VERBOSE' (choose from ")  # argparse quotes them or not by version
+
+
+@db
+def test_a_worker_id_taken_at_the_same_moment_is_refused_clearly(monkeypatch):
+    from django_tasks.exceptions import WorkerIdInUse
+    from django_tasks.models import Worker as WorkerRow
+    from django_tasks.worker import Worker
+
+    Worker(pool="inline", worker_id="twin")._register()
+    # The second worker looks before the first has inserted, then inserts too.
+    monkeypatch.setattr(type(WorkerRow.objects.all()), "first", lambda qs: None)
+    with pytest.raises(WorkerIdInUse, match=r"^Another worker registered as 'twin' at the same "
+                                            r"moment; give this one another --worker-id"):
+        Worker(pool="inline", worker_id="twin")._register()

@@ -283,7 +283,7 @@ def test_tasks_prune_command():
     out = StringIO()
     call_command("tasks", "prune", "--older-than", "0s", stdout=out)
     assert "Deleted 1 finished job(s)" in out.getvalue()
-    with pytest.raises(CommandError, match="use a number with a unit"):
+    with pytest.raises(CommandError, match="an age is a number with one of the units"):
         call_command("tasks", "prune", "--older-than", "soon")
 
 

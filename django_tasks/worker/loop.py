@@ -33,11 +33,12 @@ from datetime import datetime
 from multiprocessing.connection import wait
 from typing import Any
 
-from django.db import connections
-from django.tasks import task_backends
+from django.db import IntegrityError, connections
 from django.utils import timezone
 
 from ..backends.base import Broker
+from ..conf import backend as tasks_backend
+from ..exceptions import WorkerIdInUse
 from ..messages import Message, Outcome, Start
 from .broker_thread import BrokerThreads, Duty
 from .liveness import is_gone, process_key
@@ -85,7 +86,7 @@ class Worker(BrokerThreads):
         grace: float | None = None,
         pool_options: dict[str, Any] | None = None,
     ) -> None:
-        self.backend = task_backends[backend]
+        self.backend = tasks_backend(backend)
         broker = getattr(self.backend, "broker", None)
         if not isinstance(broker, Broker):
             raise ValueError(
@@ -409,11 +410,18 @@ class Worker(BrokerThreads):
             drain(self._wake_r)
 
     def _register(self) -> None:
-        self.store.register_worker(
-            id=self.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
-            backend=self.backend.alias, queues=self.queues, concurrency=self.concurrency,
-            pool=self.pool.name, process_key=process_key(), is_gone=is_gone,
-        )
+        try:
+            self.store.register_worker(
+                id=self.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
+                backend=self.backend.alias, queues=self.queues, concurrency=self.concurrency,
+                pool=self.pool.name, process_key=process_key(), is_gone=is_gone,
+            )
+        except IntegrityError:
+            # Another worker inserted this id between our look and our insert.
+            raise WorkerIdInUse(
+                f"Another worker registered as {self.worker_id!r} at the same moment; give "
+                "this one another --worker-id (or none: a unique one is generated)."
+            ) from None
 
     # -- stopping -------------------------------------------------------------------------
 

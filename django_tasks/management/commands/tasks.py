@@ -2,44 +2,42 @@
 
 from __future__ import annotations
 
-import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count, Q
-from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, task_backends
+from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils import timezone
 
+from django_tasks.conf import backend
+from django_tasks.management.cli import one_line_errors, parse_age, positive_int
 from django_tasks.models import Job, Worker
 from django_tasks.states import JobStatus
 
 RUNNING_SHOWN = 20
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_age(text: str) -> timedelta:
-    """'90s', '15m', '12h', '7d', '2w' or a bare number of seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
-    if not match:
-        raise CommandError(
-            f"Cannot read the age {text!r}: use a number with a unit, e.g. 90s, 15m, 12h, 7d, 2w."
-        )
-    number, unit = match.groups()
-    return timedelta(seconds=float(number) * _UNITS[unit or "s"])
+def before(age: timedelta, option: str, text: str) -> datetime:
+    """``age`` ago; CommandError if that is before the calendar starts."""
+    try:
+        return timezone.now() - age
+    except OverflowError:
+        raise CommandError(f"{option} {text!r} reaches back before year 1.") from None
 
 
 class Command(BaseCommand):
     help = "Inspect and maintain jobs: 'tasks status', 'tasks prune --older-than 7d'."
 
     def add_arguments(self, parser: Any) -> None:
+        one_line_errors(parser)
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
         prune = sub.add_parser("prune", help="Delete finished jobs older than an age, in batches.")
         prune.add_argument(
-            "--older-than", required=True, type=parse_age, metavar="AGE",
+            "--older-than", required=True, metavar="AGE",
             help="Finished longer ago than this: 90s, 15m, 12h, 7d, 2w.",
         )
-        prune.add_argument("--batch-size", type=int, default=1000,
+        prune.add_argument("--batch-size", type=positive_int, default=1000,
                            help="Rows deleted per statement (default: %(default)s).")
         prune.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
                            help="TASKS alias (default: %(default)s).")
@@ -49,29 +47,32 @@ class Command(BaseCommand):
         status.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
                             help="TASKS alias (default: %(default)s).")
         status.add_argument(
-            "--recent", type=parse_age, default=timedelta(hours=1), metavar="AGE",
+            "--recent", default="1h", metavar="AGE",
             help="Also list workers stopped within this age (default: 1h).",
         )
 
-    def _database(self, alias: str) -> str:
-        try:
-            return task_backends[alias].database
-        except Exception as exc:
-            raise CommandError(f"TASKS has no usable backend {alias!r}: {exc}") from exc
-
     def handle(self, *args: Any, **options: Any) -> None:
-        db = self._database(options["backend"])
-        jobs = Job.objects.using(db).filter(backend=options["backend"])
+        alias = options["backend"]
+        try:
+            tasks_backend = backend(alias)
+        except Exception as exc:  # not in TASKS, or its BACKEND cannot be loaded
+            raise CommandError(str(exc)) from exc
+        db = getattr(tasks_backend, "database", None)
+        if db is None:
+            raise CommandError(f"TASKS[{alias!r}] uses {type(tasks_backend).__name__}, which "
+                               "keeps no job table; pass --backend with a django_tasks backend.")
+        jobs = Job.objects.using(db).filter(backend=alias)
         if options["action"] == "prune":
-            if options["batch_size"] < 1:
-                raise CommandError("--batch-size must be at least 1.")
-            cutoff = timezone.now() - options["older_than"]
+            text = options["older_than"]
+            cutoff = before(parse_age(text), "--older-than", text)
             deleted = jobs.prune(cutoff, batch_size=options["batch_size"])
             self.stdout.write(f"Deleted {deleted} finished job(s) that finished before "
                               f"{cutoff:%Y-%m-%d %H:%M:%S %Z}.")
             return
-        self._status(db, jobs, task_backends[options["backend"]].config.worker_timeout,
-                     recent=options["recent"])
+        text = options["recent"]
+        recent = parse_age(text, "--recent")
+        before(recent, "--recent", text)
+        self._status(db, jobs, tasks_backend.config.worker_timeout, recent=recent)
 
     def _status(self, db: str, jobs: Any, timeout: float, *, recent: timedelta) -> None:
         now = timezone.now()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Any
 
@@ -10,29 +11,29 @@ from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils.module_loading import autodiscover_modules
 
 from django_tasks.exceptions import WorkerIdInUse
+from django_tasks.management.cli import one_line_errors, positive_int
 from django_tasks.worker import Worker
 from django_tasks.worker.pool import POOLS
 from django_tasks.worker.supervisor import configure_logging, install_signal_handlers
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError
-    return number
-
-
 def _non_negative(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
     if number < 0:
-        raise ValueError
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {value!r}")
     return number
 
 
 def _seconds(value: str) -> float:
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
     if not number >= 0 or number == float("inf"):
-        raise ValueError
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0; got {value!r}")
     return number
 
 
@@ -40,9 +41,15 @@ def _kib(value: str) -> int:
     """A memory size: plain KiB, or with a K/M/G suffix (``512M``)."""
     text = value.strip().upper().removesuffix("B").removesuffix("I")
     scale = {"K": 1, "M": 1024, "G": 1024 * 1024}.get(text[-1:])
-    number = float(text[:-1] if scale else text) * (scale or 1)
-    if number < 1:
-        raise ValueError
+    try:
+        number = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        number = 0.0
+    if not 1 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a size of at least 1 KiB: KiB, or with a K, M or G suffix (512M); "
+            f"got {value!r}"
+        )
     return int(number)
 
 
@@ -55,12 +62,13 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: Any) -> None:
+        one_line_errors(parser)
         parser.add_argument(
             "-Q", "--queues", default="",
             help="Comma-separated queues to work on (default: all of the backend's QUEUES).",
         )
         parser.add_argument(
-            "-c", "--concurrency", type=_positive, default=os.cpu_count() or 1,
+            "-c", "--concurrency", type=positive_int, default=os.cpu_count() or 1,
             help="Jobs run at once: processes or threads (default: CPU count, %(default)s).",
         )
         parser.add_argument(
@@ -73,7 +81,7 @@ class Command(BaseCommand):
             help="Exit once no job is ready and none is running (scripts, CI, cron).",
         )
         parser.add_argument(
-            "--max-tasks", type=_positive, default=None, metavar="N",
+            "--max-tasks", type=positive_int, default=None, metavar="N",
             help="Exit after running N jobs.",
         )
         parser.add_argument(
@@ -91,7 +99,7 @@ class Command(BaseCommand):
                  "interrupted and rescued (default: wait for them).",
         )
         parser.add_argument(
-            "--max-tasks-per-child", type=_positive, default=None, metavar="N",
+            "--max-tasks-per-child", type=positive_int, default=None, metavar="N",
             help="prefork: replace a child process after it ran N jobs (leaky code).",
         )
         parser.add_argument(
@@ -108,7 +116,7 @@ class Command(BaseCommand):
             help="Name shown in results and the admin (default: host-pid-random).",
         )
         parser.add_argument(
-            "--loglevel", default="INFO",
+            "--loglevel", default="INFO", type=str.upper,
             choices=["DEBUG", "INFO", "WARNING", "ERROR"],
             help="Log level of the django_tasks loggers (default: %(default)s).",
         )
