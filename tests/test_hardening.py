@@ -386,3 +386,63 @@ def test_a_worker_id_taken_at_the_same_moment_is_refused_clearly(monkeypatch):
     with pytest.raises(WorkerIdInUse, match=r"^Another worker registered as 'twin' at the same "
                                             r"moment; give this one another --worker-id"):
         Worker(pool="inline", worker_id="twin")._register()
+
+
+# -- django_tasks missing from INSTALLED_APPS --------------------------------------------------
+
+
+def test_check_reports_e004_when_the_app_is_missing(tmp_path):
+    """Through Django's own TASKS check, which runs once django.tasks is imported at start-up
+    (here by the app's ready(), as a project that autodiscovers its tasks does)."""
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    write_package(tmp_path, "shop", {
+        "apps": """
+            from django.apps import AppConfig
+
+            class ShopConfig(AppConfig):
+                name = "shop"
+
+                def ready(self):
+                    from . import tasks  # noqa: F401
+        """,
+        "tasks": """
+            from django.tasks import task
+
+            @task()
+            def ship(order_id):
+                return order_id
+        """,
+    })
+    (tmp_path / "shop_settings.py").write_text(textwrap.dedent("""
+        SECRET_KEY = "x"
+        USE_TZ = True
+        INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "shop"]
+        DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+        TASKS = {"default": {"BACKEND": "django_tasks.backends.database.DatabaseBackend"}}
+    """))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{tmp_path}:{ROOT}",
+           "DJANGO_SETTINGS_MODULE": "shop_settings"}
+    check = subprocess.run([sys.executable, "-m", "django", "check"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert ("?: (django_tasks.E004) TASKS['default'] uses DatabaseBackend, which stores jobs in "
+            "the django_tasks app's models, but 'django_tasks' is not in INSTALLED_APPS.\n"
+            "\tHINT: Add 'django_tasks' to INSTALLED_APPS.") in check.stderr
+
+
+@db
+def test_enqueue_without_the_app_says_what_to_do(settings):
+    from django.tasks import default_task_backend
+    from django.tasks.exceptions import InvalidTaskBackend
+
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "django_tasks"]
+    assert "django_tasks.E004" in [e.id for e in default_task_backend.check()]
+    with pytest.raises(InvalidTaskBackend, match=(
+        r"^TASKS\['default'\] uses DatabaseBackend, which stores jobs in the django_tasks app's "
+        r"models, but 'django_tasks' is not in INSTALLED_APPS: add it \(and migrate\)\. "
+        r"Nothing was enqueued\.$"
+    )):
+        tasks.add.enqueue(1, 2)
