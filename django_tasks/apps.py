@@ -1,3 +1,5 @@
+import logging
+
 from django.apps import AppConfig
 
 
@@ -5,3 +7,10 @@ class DjangoTasksConfig(AppConfig):
     name = "django_tasks"
     verbose_name = "Tasks"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from .outcomes import LoggedByWorker
+
+        django_logger = logging.getLogger("django.tasks")
+        if not any(isinstance(f, LoggedByWorker) for f in django_logger.filters):
+            django_logger.addFilter(LoggedByWorker())

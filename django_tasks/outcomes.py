@@ -9,6 +9,7 @@ same whichever happened. Nothing here touches the job table; the store writes ou
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime
 from functools import cache
 from importlib import import_module
@@ -31,8 +32,8 @@ from .states import FAILED, READY, SUCCESSFUL
 logger = logging.getLogger("django_tasks.worker")
 
 __all__ = [
-    "as_datetime", "error_from_dict", "failure_outcome", "job_result", "resolve_task",
-    "send_failed", "send_finished", "success_outcome", "task_or_none",
+    "LoggedByWorker", "as_datetime", "error_from_dict", "failure_outcome", "job_result",
+    "resolve_task", "send_failed", "send_finished", "success_outcome", "task_or_none",
 ]
 
 
@@ -248,10 +249,31 @@ def send_finished(backend_alias: str, result: JobResult) -> None:
 
 
 def send_robust(signal: Any, backend_alias: str, result: JobResult) -> None:
-    for receiver, response in signal.send_robust(sender=_sender(backend_alias),
-                                                 task_result=result):
-        if isinstance(response, Exception):
-            logger.error("%s receiver %r raised %r", _signal_name(signal), receiver, response)
+    from django.tasks.signals import task_enqueued
+
+    # The worker logs each start and finish itself (with queue, attempt and duration):
+    # Django's receivers would repeat them, a failure with a second traceback.
+    _sending.worker_lines = signal is not task_enqueued
+    try:
+        for receiver, response in signal.send_robust(sender=_sender(backend_alias),
+                                                     task_result=result):
+            if isinstance(response, Exception):
+                logger.error("%s receiver %r raised %r", _signal_name(signal), receiver,
+                             response)
+    finally:
+        _sending.worker_lines = False
+
+
+_sending = threading.local()
+
+
+class LoggedByWorker(logging.Filter):
+    """On Django's ``django.tasks`` logger: drops its start and finish lines for the jobs
+    this package's workers run, which the ``django_tasks.worker`` logger has already
+    written. Other backends' lines pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_sending, "worker_lines", False)
 
 
 def _signal_name(signal: Any) -> str:

@@ -446,3 +446,35 @@ def test_enqueue_without_the_app_says_what_to_do(settings):
         r"Nothing was enqueued\.$"
     )):
         tasks.add.enqueue(1, 2)
+
+
+# -- logs ------------------------------------------------------------------------------------
+
+
+@db
+@pytest.mark.parametrize("pool_name", ["inline", "threads"])
+def test_a_failed_job_is_logged_once(caplog, pool_name):
+    import logging
+
+    from django_tasks.worker import Worker
+
+    caplog.set_level(logging.DEBUG)
+    result = tasks.fails_with_type_error.enqueue()
+    Worker(pool=pool_name, burst=True).run()
+    lines = [r for r in caplog.records if result.id in r.getMessage()]
+    assert [(r.name, r.levelname) for r in lines] == [
+        ("django_tasks.worker", "INFO"),  # started
+        ("django_tasks.worker", "ERROR"),  # FAILED, with task, queue, attempt, duration
+    ]
+    assert not any(r.exc_info for r in caplog.records)  # the traceback is in the job row
+
+
+def test_other_backends_keep_djangos_lines(caplog, settings):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    settings.TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+    result = tasks.fails_with_type_error.enqueue()
+    assert [r.levelname for r in caplog.records
+            if r.name == "django.tasks" and result.id in r.getMessage()] == [
+        "INFO", "ERROR"]  # started, FAILED

@@ -40,9 +40,6 @@ def configure_logging(level: str) -> None:
     """Show the worker's job lines unless the project already routes them somewhere."""
     logger = logging.getLogger("django_tasks")
     logger.setLevel(level.upper())
-    # Django's own "django.tasks" logger repeats each start/finish at INFO; the worker's
-    # lines carry more, so it follows the same level.
-    logging.getLogger("django.tasks").setLevel(max(logging.WARNING, logger.level))
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(
