@@ -124,6 +124,14 @@ class BackendOptions:
                 f"HEARTBEAT_INTERVAL ({beat:g} s), or live workers are declared dead"
             )
             values["worker_timeout"] = 6 * beat
+        retention = values.get("worker_retention", cls.worker_retention)
+        timeout = values.get("worker_timeout", timeout)
+        if retention <= timeout:
+            problems.append(
+                f"OPTIONS['WORKER_RETENTION'] ({retention:g} s) must exceed WORKER_TIMEOUT "
+                f"({timeout:g} s), or the rows of live workers are deleted"
+            )
+            values["worker_retention"] = max(WORKER_RETENTION, 2 * timeout)
         return cls(**values, problems=tuple(problems))
 
     def route(self, task_path: str) -> str | None:

@@ -146,6 +146,13 @@ class WorkerQuerySet(models.QuerySet):
         """Running workers silent for more than ``timeout`` seconds: dead, not yet declared."""
         return self.running().filter(last_heartbeat_at__lt=now - timedelta(seconds=timeout))
 
+    def prune(self, before: datetime) -> int:
+        """Delete the rows of workers not heard from since before ``before`` (stopped,
+        declared dead, or silent); returns how many. A worker that still holds jobs keeps
+        its row until they are rescued."""
+        held = Job.objects.using(self.db).held().values("worker_id")
+        return self.filter(last_heartbeat_at__lt=before).exclude(id__in=held).delete()[0]
+
 
 class Worker(models.Model):
     """A running (or dead) ``manage.py worker`` process group."""

@@ -478,3 +478,68 @@ def test_other_backends_keep_djangos_lines(caplog, settings):
     assert [r.levelname for r in caplog.records
             if r.name == "django.tasks" and result.id in r.getMessage()] == [
         "INFO", "ERROR"]  # started, FAILED
+
+
+# -- worker rows do not pile up ----------------------------------------------------------------
+
+
+def worker_rows(days_gone):
+    """Rows of workers: stopped ``days_gone`` days ago, or silent that long (not declared)."""
+    from datetime import timedelta
+
+    from django_tasks.models import Worker as WorkerRow
+
+    now = timezone.now()
+    for name, days in days_gone.items():
+        at = now - timedelta(days=days)
+        WorkerRow.objects.create(
+            id=name, hostname="h", pid=1, concurrency=1, pool="prefork", started_at=at,
+            last_heartbeat_at=at, stopped_at=None if name.startswith("silent") else at,
+        )
+
+
+def remaining():
+    from django_tasks.models import Worker as WorkerRow
+
+    return sorted(WorkerRow.objects.values_list("id", flat=True))
+
+
+@db
+def test_tasks_prune_deletes_gone_workers_but_not_those_still_holding_jobs():
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    worker_rows({"stopped-old": 8, "stopped-new": 1, "silent-old": 8, "silent-holding": 8,
+                 "silent-new": 0})
+    held = tasks.add.enqueue(1, 1)
+    Job.objects.filter(pk=held.id).update(status="RUNNING", worker_id="silent-holding",
+                                          lease="x")
+    out = StringIO()
+    call_command("tasks", "prune", "--older-than", "7d", stdout=out)
+    assert "and 2 worker(s) gone since then" in out.getvalue()
+    assert remaining() == ["silent-holding", "silent-new", "stopped-new"]
+
+
+@db
+def test_workers_prune_gone_workers_rows_after_worker_retention(settings):
+    from django_tasks.worker import Worker
+
+    settings.TASKS = {"default": {**settings.TASKS["default"], "OPTIONS": {
+        **settings.TASKS["default"]["OPTIONS"], "WORKER_RETENTION": 2 * 86400}}}
+    worker_rows({"stopped-3d": 3, "stopped-1d": 1, "silent-3d": 3})
+    worker = Worker(pool="inline", burst=True, worker_id="pruner")
+    assert "prune workers" in [d.name for d in worker.duties]  # and hourly after start
+    worker.run()
+    assert remaining() == ["pruner", "stopped-1d"]  # silent-3d: last heard of 3 days ago
+
+
+def test_worker_retention_must_exceed_the_worker_timeout():
+    from django_tasks.conf import BackendOptions
+
+    assert BackendOptions.parse({}).worker_retention == 7 * 86400
+    options = BackendOptions.parse({"WORKER_RETENTION": 10})
+    assert options.problems == ("OPTIONS['WORKER_RETENTION'] (10 s) must exceed WORKER_TIMEOUT "
+                                "(30 s), or the rows of live workers are deleted",)
+    assert options.worker_retention == 7 * 86400
+    assert "WORKER_RETENTION" in BackendOptions.parse({"WORKER_RETENTION": "1d"}).problems[0]

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -58,6 +58,10 @@ PREFETCH_PER_SLOT = 8
 #: until it is recorded: that bounds which jobs a kill -9 can leave recorded as
 #: "claimed, not started" although they ran.
 START_RECORD_LAG = 0.02
+
+
+#: How often a worker deletes the rows of workers gone longer than WORKER_RETENTION.
+WORKER_PRUNE_INTERVAL = 3600.0
 
 
 class Abort(BaseException):
@@ -171,6 +175,11 @@ class Worker(BrokerThreads):
             Duty("rescue", self.heartbeat_interval, self._rescue),
             *(Duty(name, interval, run) for name, interval, run in self.broker.duties(self.queues)),
         ]
+        self.worker_retention = config.worker_retention
+        self.duties.append(
+            Duty("prune workers", min(WORKER_PRUNE_INTERVAL, self.worker_retention),
+                 self._prune_workers)
+        )
         self._wake_r, self._wake_w = pipe()  # wakes the main thread
         self._io_r, self._io_w = pipe()  # wakes the broker thread
         self._pipes: tuple[int, ...] = (self._wake_r, self._wake_w, self._io_r, self._io_w)
@@ -323,6 +332,7 @@ class Worker(BrokerThreads):
         self.broker.ping()
         self._register()
         self._rescue()
+        self._prune_workers()
         # Fork before any thread starts, and with no open connection to inherit.
         connections.close_all()
         self.pool.start()
@@ -422,6 +432,16 @@ class Worker(BrokerThreads):
                 f"Another worker registered as {self.worker_id!r} at the same moment; give "
                 "this one another --worker-id (or none: a unique one is generated)."
             ) from None
+
+    def _prune_workers(self, now: datetime | None = None) -> None:
+        """Duty: delete the rows of workers gone for longer than ``WORKER_RETENTION``."""
+        from ..models import Worker as WorkerRow
+
+        before = (now or self.store.now()) - timedelta(seconds=self.worker_retention)
+        pruned = WorkerRow.objects.using(self.store.database).prune(before)
+        if pruned:
+            logger.info("Deleted the rows of %d worker(s) gone for over %s", pruned,
+                        timedelta(seconds=self.worker_retention))
 
     # -- stopping -------------------------------------------------------------------------
 

@@ -32,10 +32,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         one_line_errors(parser)
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-        prune = sub.add_parser("prune", help="Delete finished jobs older than an age, in batches.")
+        prune = sub.add_parser(
+            "prune", help="Delete finished jobs older than an age, in batches, and the rows "
+                          "of workers stopped (or silent) since before then.")
         prune.add_argument(
             "--older-than", required=True, metavar="AGE",
-            help="Finished longer ago than this: 90s, 15m, 12h, 7d, 2w.",
+            help="Finished (workers: stopped) longer ago than this: 90s, 15m, 12h, 7d, 2w.",
         )
         prune.add_argument("--batch-size", type=positive_int, default=1000,
                            help="Rows deleted per statement (default: %(default)s).")
@@ -66,8 +68,10 @@ class Command(BaseCommand):
             text = options["older_than"]
             cutoff = before(parse_age(text), "--older-than", text)
             deleted = jobs.prune(cutoff, batch_size=options["batch_size"])
+            workers = Worker.objects.using(db).filter(backend=alias).prune(cutoff)
             self.stdout.write(f"Deleted {deleted} finished job(s) that finished before "
-                              f"{cutoff:%Y-%m-%d %H:%M:%S %Z}.")
+                              f"{cutoff:%Y-%m-%d %H:%M:%S %Z}, and {workers} worker(s) gone "
+                              "since then.")
             return
         text = options["recent"]
         recent = parse_age(text, "--recent")
