@@ -186,3 +186,10 @@ def returns_text(text):
 @task(max_attempts=2, backoff=0, jitter=False)
 def raises_bad_text():
     raise ValueError("NUL \x00 and " + b"\xff".decode("utf-8", "surrogateescape"))
+
+
+@task(takes_context=True)
+def deletes_own_row(context):
+    """What an operator deleting a running job in the admin does, from inside the job."""
+    Job.objects.filter(pk=context.job_id).delete()
+    return "done"

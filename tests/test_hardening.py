@@ -543,3 +543,39 @@ def test_worker_retention_must_exceed_the_worker_timeout():
                                 "(30 s), or the rows of live workers are deleted",)
     assert options.worker_retention == 7 * 86400
     assert "WORKER_RETENTION" in BackendOptions.parse({"WORKER_RETENTION": "1d"}).problems[0]
+
+
+# -- a running job deleted -------------------------------------------------------------------
+
+
+@db
+def test_deleting_a_running_job_is_logged_by_the_worker(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="django_tasks")
+    result = tasks.deletes_own_row.enqueue()
+    other = tasks.add.enqueue(1, 1)
+    drain()
+    assert not Job.objects.filter(pk=result.id).exists()
+    assert Job.objects.get(pk=other.id).status == "SUCCESSFUL"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"Job {result.id} was deleted while it ran: its outcome SUCCESSFUL went "
+                        "nowhere: task=tests.tasks.deletes_own_row"]
+
+
+@pytest.mark.slow
+@db
+def test_deleting_a_running_job_under_a_real_worker(tmp_path):
+    from tests.helpers import start_worker, wait_for
+
+    running = tasks.sleep_then_return.enqueue(1.0)
+    proc = start_worker("--burst", "-c", "1")
+    try:
+        assert wait_for(lambda: Job.objects.filter(pk=running.id, status="RUNNING").exists())
+        Job.objects.filter(pk=running.id).delete()  # the admin's delete
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert (f"Job {running.id} was deleted while it ran: its outcome SUCCESSFUL went nowhere: "
+            "task=tests.tasks.sleep_then_return") in out

@@ -265,13 +265,6 @@ class Worker(BrokerThreads):
                 self._inflight_since = None
             raise
         jobs = done.claimed
-        for outcome in done.stale:
-            logger.warning(
-                "Job %s: outcome %s discarded: task=%s: this worker no longer holds the job "
-                "under that claim (it was rescued after this worker was presumed dead, or "
-                "this is a replay of a write that had already been made); the job's row "
-                "keeps its state", outcome.id, outcome.status, outcome.task_path or "?",
-            )
         with self._lock:
             self._inflight_since = None
             self._buffer.extend(jobs)
@@ -281,7 +274,32 @@ class Worker(BrokerThreads):
             self._drained = want > 0 and not jobs and not held and not outcomes
         if jobs or starts or self._drained:
             poke(self._wake_w)  # new jobs, or dispatch may have waited for the starts
+        if done.stale:
+            self._log_stale(done.stale)
         return len(jobs)
+
+    def _log_stale(self, outcomes: Sequence[Outcome]) -> None:
+        """Say why each outcome was discarded: its job's row is gone, or held by another."""
+        from ..models import Job
+
+        try:
+            exist = {str(pk) for pk in Job.objects.using(self.store.database)
+                     .filter(pk__in=[o.id for o in outcomes]).values_list("pk", flat=True)}
+        except Exception:  # logging must not cost the round trip that already committed
+            exist = {o.id for o in outcomes}
+        for outcome in outcomes:
+            if outcome.id not in exist:
+                logger.warning(
+                    "Job %s was deleted while it ran: its outcome %s went nowhere: task=%s",
+                    outcome.id, outcome.status, outcome.task_path or "?",
+                )
+                continue
+            logger.warning(
+                "Job %s: outcome %s discarded: task=%s: this worker no longer holds the job "
+                "under that claim (it was rescued after this worker was presumed dead, or "
+                "this is a replay of a write that had already been made); the job's row "
+                "keeps its state", outcome.id, outcome.status, outcome.task_path or "?",
+            )
 
     def _room(self) -> int:
         """Jobs to claim now (call with the lock held)."""
