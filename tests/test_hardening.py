@@ -579,3 +579,73 @@ def test_deleting_a_running_job_under_a_real_worker(tmp_path):
     assert proc.returncode == 0, out
     assert (f"Job {running.id} was deleted while it ran: its outcome SUCCESSFUL went nowhere: "
             "task=tests.tasks.sleep_then_return") in out
+
+
+# -- packaging -------------------------------------------------------------------------------
+
+
+def test_install_requires_is_what_the_library_imports():
+    """Only Django is required: with psycopg, redis and django-environ unimportable, every
+    module but the Redis broker imports, the checks pass and a job runs (SQLite)."""
+    import configparser
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    requires = setup["options"]["install_requires"].split()
+    extras = {name: value.split() for name, value in setup["options.extras_require"].items()}
+    assert requires == ["Django>=6.1"]
+    assert extras["postgres"] == ["psycopg[binary]>=3.2"]
+    assert extras["redis"] == ["redis>=5.0"]
+    assert extras["sample"] == ["django-environ>=0.11"]
+    # make demo and make test install .[test]: it must bring everything the others do.
+    assert {*extras["postgres"], *extras["redis"], *extras["sample"]} <= set(extras["test"])
+
+    script = textwrap.dedent("""
+        import importlib, pkgutil, sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] in {"psycopg", "psycopg2", "redis", "environ"}:
+                    raise ImportError(f"{name} is not installed")
+
+        sys.meta_path.insert(0, Block())
+        import django
+        from django.conf import settings
+
+        settings.configure(
+            INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth",
+                            "django.contrib.admin", "django.contrib.sessions",
+                            "django.contrib.messages", "django_tasks"],
+            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+            TASKS={"default": {"BACKEND": "django_tasks.backends.database.DatabaseBackend",
+                               "QUEUES": ["default", "emails", "heavy_compute"],
+                               "OPTIONS": {"TASK_MODULES": ["tests.tasks"]}}},
+            USE_TZ=True, SECRET_KEY="x",
+            SILENCED_SYSTEM_CHECKS=["admin.E403", "admin.E408", "admin.E409", "admin.E410"],
+        )
+        django.setup()
+        import django_tasks
+
+        for module in pkgutil.walk_packages(django_tasks.__path__, "django_tasks."):
+            if module.name != "django_tasks.backends.redis":
+                importlib.import_module(module.name)
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        call_command("check")
+        from django_tasks.worker import Worker
+        from tests.tasks import add
+
+        result = add.enqueue(2, 3)
+        Worker(pool="inline").drain()
+        result.refresh()
+        assert result.return_value == 5
+        assert not {"psycopg", "redis", "environ"} & set(sys.modules)
+        print("ok")
+    """)
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert run.stdout.splitlines()[-1:] == ["ok"], run.stdout + run.stderr
