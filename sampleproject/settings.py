@@ -117,3 +117,8 @@ LOGGING = {
         "sampleproject": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
+
+# manage.py demo enqueues its jobs through this alias: the same job table, queues and
+# routes as "default", but its worker claims only the demo's jobs, so a database with
+# older jobs (a backlog, or one that never ends) does not hold the demo up.
+TASKS["demo"] = {**TASKS["default"]}

@@ -649,3 +649,45 @@ def test_install_requires_is_what_the_library_imports():
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert run.stdout.splitlines()[-1:] == ["ok"], run.stdout + run.stderr
+
+
+# -- make demo on a used database ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_runs_only_its_own_jobs_on_a_used_database(tmp_path):
+    """`make demo` is migrate + demo: with a backlog and a job that never ends already in
+    the database, the demo runs its six jobs, touches no other and returns."""
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "sampleproject.settings",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "TASKS_BACKEND": "database"}
+
+    def manage(*args, timeout=60):
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    manage("migrate", "--noinput")
+    manage("shell", "-c", textwrap.dedent("""
+        from sampleproject.demo.tasks import add, encode_video
+        for i in range(200):
+            add.enqueue(i, i)
+        encode_video.enqueue(1, steps=10**6)  # 14 hours of work
+    """))
+    out = manage("demo", "--timeout", "60", timeout=120)
+    table = out[out.index("task  "):].splitlines()[1:7]
+    assert [row.split()[0] for row in table] == [
+        "send_welcome_email", "encode_video", "add", "mul", "add", "sometimes_fails"]
+    assert all(row.split()[1] in {"SUCCESSFUL", "FAILED"} for row in table), out
+    assert "Gave up" not in out
+    assert "Task id=" not in out  # Django's logger does not repeat the worker's lines
+    counts = manage("shell", "-c", textwrap.dedent("""
+        from django_tasks.models import Job
+        print(sorted(Job.objects.filter(backend="default").values_list("status", flat=True)
+                     .distinct()), Job.objects.filter(backend="default").count())
+    """))
+    assert counts.strip().endswith("['READY'] 201")

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
-from django.db import transaction
+from django.db import connections, transaction
 from django.tasks import TaskResultStatus
 
 from django_tasks.worker import Worker
 from django_tasks.worker.supervisor import configure_logging
 from sampleproject.demo.tasks import add, encode_video, mul, send_welcome_email, sometimes_fails
+
+#: The TASKS alias of the demo's jobs (settings.py): the same table, queues and routes as
+#: "default", but a worker of this alias claims nothing else, so a database with older
+#: jobs (a backlog, one that never ends) neither runs them nor waits for them.
+DEMO = "demo"
 
 
 class Command(BaseCommand):
@@ -29,23 +35,27 @@ class Command(BaseCommand):
         self._admin_user()
         with transaction.atomic():
             results = [
-                send_welcome_email.enqueue(1, "ada@example.com"),
-                encode_video.enqueue(42),
-                add.enqueue(2, 3),
-                mul.delay(6, 7),
-                add.apply_async(args=[10, 20], countdown=1),
-                sometimes_fails.enqueue(0.3),
+                send_welcome_email.using(backend=DEMO).enqueue(1, "ada@example.com"),
+                encode_video.using(backend=DEMO).enqueue(42),
+                add.using(backend=DEMO).enqueue(2, 3),
+                mul.using(backend=DEMO).delay(6, 7),
+                add.using(backend=DEMO).apply_async(args=[10, 20], countdown=1),
+                sometimes_fails.using(backend=DEMO).enqueue(0.3),
             ]
         self.stdout.write(f"Enqueued {len(results)} jobs; starting a worker.\n")
+        # grace=0: when told to stop, a job still running is interrupted, not waited for.
+        worker = Worker(backend=DEMO, concurrency=options["concurrency"], pool="prefork",
+                        grace=0)
         deadline = time.monotonic() + options["timeout"]
-        while time.monotonic() < deadline:
-            # burst: run what is ready now, then return
-            Worker(concurrency=options["concurrency"], pool="prefork", burst=True).run()
-            for r in results:
-                r.refresh()
-            if all(r.is_finished for r in results):
-                break
-            time.sleep(0.2)  # retries and countdowns become ready shortly
+        watcher = threading.Thread(target=self._stop_when_done,
+                                   args=(worker, results, deadline), daemon=True)
+        watcher.start()
+        worker.run()
+        watcher.join()
+        for r in results:
+            r.refresh()
+        if not all(r.is_finished for r in results):
+            self.stdout.write(f"\nGave up after {options['timeout']:g}s.")
         self.stdout.write(f"\n{'task':<40} {'status':<11} {'attempts':<8} result")
         for r in results:
             value = r.return_value if r.status == TaskResultStatus.SUCCESSFUL else (
@@ -57,6 +67,21 @@ class Command(BaseCommand):
             "http://127.0.0.1:8000/admin/django_tasks/job/\n"
             "Run a worker yourself: .venv/bin/python manage.py worker\n"
         )
+
+    @staticmethod
+    def _stop_when_done(worker: Worker, results: list[Any], deadline: float) -> None:
+        """Stop ``worker`` once the demo's jobs are finished (retries and countdowns
+        included), or at ``deadline``."""
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                for r in results:
+                    r.refresh()
+                if all(r.is_finished for r in results):
+                    break
+        finally:
+            connections.close_all()
+            worker.stop()
 
     def _admin_user(self) -> None:
         User = get_user_model()
