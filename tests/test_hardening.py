@@ -691,3 +691,58 @@ def test_demo_runs_only_its_own_jobs_on_a_used_database(tmp_path):
                      .distinct()), Job.objects.filter(backend="default").count())
     """))
     assert counts.strip().endswith("['READY'] 201")
+
+
+# -- docs ------------------------------------------------------------------------------------
+
+
+def doc_block(doc, marker):
+    """The fenced python block of ``docs/<doc>`` that contains ``marker``."""
+    import re
+
+    from tests.helpers import ROOT
+
+    text = (ROOT / "docs" / doc).read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if marker in b]
+    return block
+
+
+@db
+def test_worker_md_test_example_works_as_written(tmp_path, monkeypatch, settings):
+    """The example of docs/worker.md "In your tests", run against the task of
+    docs/getting-started.md, both as printed."""
+    write_package(tmp_path, "myapp", {"tasks": doc_block("getting-started.md",
+                                                         "# myapp/tasks.py")})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with_task_modules(settings, "myapp")
+    example = doc_block("worker.md", "# myapp/tests.py")
+    namespace = {}
+    try:
+        exec(compile(example, "docs/worker.md", "exec"), namespace)
+        namespace["test_welcome_email"]()
+    finally:
+        for name in ("myapp", "myapp.tasks"):
+            sys.modules.pop(name, None)
+    assert Job.objects.get().task_path == "myapp.tasks.send_welcome_email"
+
+
+@db
+def test_admin_changelist_counts_the_matching_jobs_and_no_total(client):
+    import re
+
+    from django.contrib.auth.models import User
+    from django.urls import reverse
+
+    for i in range(3):
+        tasks.add.enqueue(i, i)
+    tasks.send_email.enqueue("a@example.com")
+    client.force_login(User.objects.create_superuser("admin", "a@example.com", "pw"))
+    url = reverse("admin:django_tasks_job_changelist")
+
+    def counts(**query):
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", client.get(url, query).text))
+        return re.findall(r"\b(\d+) (jobs?|results?|total)\b", text)
+
+    assert counts() == [("4", "results"), ("4", "jobs")]
+    assert counts(queue_name="emails") == [("1", "result"), ("1", "job")]  # no "of 4 total"
+    assert counts(q="add") == [("3", "results"), ("3", "jobs")]
