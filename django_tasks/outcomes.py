@@ -59,9 +59,12 @@ def resolve_task(path: str) -> DjangoTask:
     try:
         module = import_module(module_name)
     except ImportError as e:
-        if isinstance(e, ModuleNotFoundError) and e.name and module_name.startswith(e.name):
+        missing = getattr(e, "name", None) or ""
+        if isinstance(e, ModuleNotFoundError) and (
+            module_name == missing or module_name.startswith(missing + ".")
+        ):
             raise TaskNotRegistered(
-                f"{path!r} cannot be imported: no module {e.name!r}. Was the task renamed "
+                f"{path!r} cannot be imported: no module {missing!r}. Was the task renamed "
                 "or removed in a deploy?"
             ) from None
         raise TaskNotRegistered(_import_failed(path, module_name, e)) from e

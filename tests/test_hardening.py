@@ -61,11 +61,12 @@ def broken_package(tmp_path, monkeypatch, settings):
                 return "never"
         """,
         "syntax": "from django.tasks import task\n\n@task()\ndef job(:\n    return 1\n",
+        "needs": "import nonexistent_lib  # noqa\n",
     })
     monkeypatch.syspath_prepend(str(tmp_path))
     with_task_modules(settings, "brokenpkg")
     yield
-    for name in ("brokenpkg", "brokenpkg.raises", "brokenpkg.syntax"):
+    for name in ("brokenpkg", "brokenpkg.raises", "brokenpkg.syntax", "brokenpkg.needs"):
         sys.modules.pop(name, None)
 
 
@@ -95,6 +96,22 @@ def test_a_task_module_that_fails_to_import_fails_its_job_not_the_process(
     assert 'raise RuntimeError("boom at import")' in raises.error["traceback"]
     assert "SyntaxError" in syntax.error["message"]
     assert "syntax.py" in syntax.error["traceback"]
+
+
+def test_a_missing_module_is_told_apart_from_a_module_whose_import_fails(broken_package):
+    from django_tasks.exceptions import TaskNotRegistered
+    from django_tasks.outcomes import resolve_task
+
+    with pytest.raises(TaskNotRegistered, match=(
+        r"^'brokenpkg\.gone\.job' cannot be imported: no module 'brokenpkg\.gone'\. Was the "
+        r"task renamed or removed in a deploy\?$"
+    )):
+        resolve_task("brokenpkg.gone.job")
+    with pytest.raises(TaskNotRegistered, match=(
+        r"^'brokenpkg\.needs\.job' cannot be imported: importing 'brokenpkg\.needs' raised "
+        r"ModuleNotFoundError: No module named 'nonexistent_lib' \(its traceback follows\)\.$"
+    )):
+        resolve_task("brokenpkg.needs.job")
 
 
 @db
