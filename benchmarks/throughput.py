@@ -1,8 +1,11 @@
-"""Throughput and latency of the database broker on PostgreSQL.
+"""Throughput and latency of the brokers (database, Redis), job rows on PostgreSQL.
 
     .venv/bin/python benchmarks/throughput.py [--jobs N] [--repeat R] [--database-url URL]
+        [--brokers database,redis] [--redis-url URL]
 
-Measures, each R times (median and every run printed, nothing asserted):
+Measures, each R times and for each broker in turn (runs alternate between brokers,
+so a noisy phase of the machine hits both; median and every run printed, nothing
+asserted):
 
 1. enqueue rate: N x ``noop.enqueue()`` from one producer in autocommit (jobs/s);
 2. drain rate: N ready jobs, ``manage.py worker -c 2 --burst`` timed from the start
@@ -30,6 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/django_tasks_bench"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+BROKERS = ("database", "redis")
 WORKER = [sys.executable, "manage.py", "worker", "-c", "2", "--loglevel", "WARNING"]
 LATENCY_JOBS = 200
 
@@ -57,6 +62,7 @@ def setup_django(url: str) -> None:
     # DEBUG=True makes every process keep a log of its queries; benchmark without it
     # (override by exporting DEBUG=true).
     os.environ.setdefault("DEBUG", "false")
+    os.environ["TASK_MODULES"] = "benchmarks.bench_tasks"  # not an installed app
     os.environ.pop("TASKS_DATABASE_URL", None)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
@@ -69,12 +75,34 @@ def setup_django(url: str) -> None:
 
 
 def truncate() -> None:
+    """Empty the job and worker tables (and the Redis broker's keys, when it is in use)."""
     from django.db import connection
+    from django.tasks import default_task_backend
 
     from django_tasks.models import Job, Worker
 
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {Job._meta.db_table}, {Worker._meta.db_table}")
+    broker = default_task_backend.broker
+    if hasattr(broker, "prefix"):
+        for key in broker.client.scan_iter(match=f"{broker.prefix}:*"):
+            broker.client.delete(key)
+        broker.reconcile([])  # as a first worker would: Redis now holds what is ready
+
+
+def use_broker(name: str, redis_url: str) -> None:
+    """Make ``name`` the broker of the default backend, here and in worker processes."""
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    os.environ["TASKS_BACKEND"] = name
+    os.environ["REDIS_URL"] = redis_url
+    default = dict(settings.TASKS["default"])
+    options = {k: v for k, v in default["OPTIONS"].items() if k != "URL"}
+    if name == "redis":
+        options["URL"] = redis_url
+    default.update(BACKEND=settings.BROKERS[name], OPTIONS=options)
+    override_settings(TASKS={**settings.TASKS, "default": default}).enable()
 
 
 def status_counts(queue: str | None = None) -> dict[str, int]:
@@ -229,49 +257,69 @@ def main() -> None:
         "--repeat", type=int, default=3, help="runs per figure (default %(default)s)"
     )
     parser.add_argument("--database-url", default=DEFAULT_URL, help="default %(default)s")
+    parser.add_argument("--brokers", default=",".join(BROKERS),
+                        help="comma-separated, of: %(default)s")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="default %(default)s")
     args = parser.parse_args()
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    if not brokers or set(brokers) - set(BROKERS):
+        parser.error(f"--brokers takes a comma-separated list of {', '.join(BROKERS)}")
 
     ensure_database(args.database_url)
     setup_django(args.database_url)
 
     n, r = args.jobs, args.repeat
-    results: dict[str, list[float | None]] = {
-        "enqueue": [], "drain": [], "latency p50": [], "latency p99": [],
-    }
+    results: dict[tuple[str, str], list[float | None]] = {}
     began = time.perf_counter()
     for i in range(1, r + 1):
-        truncate()
-        rate = enqueue_run(n)
-        results["enqueue"].append(rate)
-        drained, check = drain_run(n)
-        results["drain"].append(drained)
-        print(f"run {i}/{r}: enqueue {fmt(rate, 'jobs/s')}, drain {fmt(drained, 'jobs/s')}; "
-              f"after drain: {check}")
+        for broker in brokers:
+            use_broker(broker, args.redis_url)
+            truncate()
+            rate = enqueue_run(n)
+            results.setdefault((broker, "enqueue"), []).append(rate)
+            drained, check = drain_run(n)
+            results.setdefault((broker, "drain"), []).append(drained)
+            print(f"run {i}/{r} {broker}: enqueue {fmt(rate, 'jobs/s')}, drain "
+                  f"{fmt(drained, 'jobs/s')}; after drain: {check}")
     for i in range(1, r + 1):
-        lat = latency_run()
-        p50, p99 = lat if lat else (None, None)
-        results["latency p50"].append(p50)
-        results["latency p99"].append(p99)
-        print(f"latency run {i}/{r}: p50 {fmt(p50, 'ms')}, p99 {fmt(p99, 'ms')}")
+        for broker in brokers:
+            use_broker(broker, args.redis_url)
+            lat = latency_run()
+            p50, p99 = lat if lat else (None, None)
+            results.setdefault((broker, "latency p50"), []).append(p50)
+            results.setdefault((broker, "latency p99"), []).append(p99)
+            print(f"latency run {i}/{r} {broker}: p50 {fmt(p50, 'ms')}, p99 {fmt(p99, 'ms')}")
     truncate()
 
     from django.db import connection
 
     print()
-    print(f"django_tasks database broker, PostgreSQL {connection.pg_version // 10000}, "
-          f"{os.cpu_count()} CPU(s), N={n}, repeat={r}, worker -c 2 (prefork), "
-          f"total {time.perf_counter() - began:.0f} s")
+    print(f"django_tasks, job rows on PostgreSQL {connection.pg_version // 10000}, "
+          f"{os.cpu_count()} CPU(s), N={n}, repeat={r}, worker -c 2 (prefork), results "
+          f"stored, total {time.perf_counter() - began:.0f} s")
     rows = [
-        ("enqueue (1 producer, autocommit)", results["enqueue"], "jobs/s"),
-        ("drain (worker -c 2 --burst, incl. start)", results["drain"], "jobs/s"),
-        (f"latency p50 (enqueue->start, {LATENCY_JOBS} jobs)", results["latency p50"], "ms"),
-        (f"latency p99 (enqueue->start, {LATENCY_JOBS} jobs)", results["latency p99"], "ms"),
+        ("enqueue (1 producer, autocommit)", "enqueue", "jobs/s"),
+        ("drain (worker -c 2 --burst, incl. start)", "drain", "jobs/s"),
+        (f"latency p50 (enqueue->start, {LATENCY_JOBS} jobs)", "latency p50", "ms"),
+        (f"latency p99 (enqueue->start, {LATENCY_JOBS} jobs)", "latency p99", "ms"),
     ]
-    table = [
-        (name, fmt(median(runs), unit), ", ".join(fmt(v, unit) for v in runs))
-        for name, runs, unit in rows
-    ]
-    print_table(("metric", "median", "runs"), table)
+    header = ["metric", *brokers]
+    if len(brokers) == 2:
+        header.append(f"{brokers[1]} / {brokers[0]}")
+    table = []
+    for name, metric, unit in rows:
+        medians = [median(results[(b, metric)]) for b in brokers]
+        row = [name, *(fmt(m, unit) for m in medians)]
+        if len(brokers) == 2:
+            a, b = medians
+            row.append(f"{b / a:.2f}x" if a and b else "-")
+        table.append(row)
+    print_table(header, table)
+    print()
+    print("every run:")
+    for _, metric, unit in rows:
+        for b in brokers:
+            print(f"  {metric} {b}: " + ", ".join(fmt(v, unit) for v in results[(b, metric)]))
 
 
 if __name__ == "__main__":

@@ -152,15 +152,24 @@ GIVE_BACK_ALL = (
     "WHERE worker_id = %(worker)s AND lease <> '' AND status = '" + CLAIMED + "'"
 )
 # Claim jobs by id (a broker that carries ids, such as Redis, chose them): only rows
-# still READY and due change, so a duplicated or stale message claims nothing.
-CLAIM_IDS_PG = (
-    "UPDATE {table} SET status = '" + CLAIMED + "', worker_id = %(worker)s, "
-    "lease = %(lease)s "
-    "WHERE id = ANY(%(claim_ids)s::uuid[]) AND status = '" + READY + "' "
-    "AND backend = %(backend)s "
-    "AND available_at <= COALESCE(%(now)s::timestamptz, statement_timestamp()) "
-    "RETURNING " + ", ".join(MESSAGE_COLUMNS)
+# still READY and due change, so a duplicated or stale message claims nothing. The
+# rows are first locked by primary key alone (in id order: no deadlock between
+# claimers), and the conditions are checked on what was locked: with the conditions in
+# the UPDATE itself, statistics that are stale after a burst of enqueues (few READY
+# rows) made the planner walk the claim index with the ids as a filter, 5 ms for 9
+# jobs among 20,000 ready ones; this way it is 0.3 ms whatever the statistics say.
+CLAIM_IDS_LOCK_PG = (
+    "locked AS MATERIALIZED (SELECT id, status, backend, available_at FROM {table} "
+    "WHERE id = ANY(%(claim_ids)s::uuid[]) ORDER BY id FOR UPDATE)"
 )
+CLAIM_IDS_UPDATE_PG = (
+    "UPDATE {table} AS j SET status = '" + CLAIMED + "', worker_id = %(worker)s, "
+    "lease = %(lease)s FROM locked AS l "
+    "WHERE j.id = l.id AND l.status = '" + READY + "' AND l.backend = %(backend)s "
+    "AND l.available_at <= COALESCE(%(now)s::timestamptz, statement_timestamp()) "
+    "RETURNING " + ", ".join(f"j.{c}" for c in MESSAGE_COLUMNS)
+)
+CLAIM_IDS_PG = "WITH " + CLAIM_IDS_LOCK_PG + " " + CLAIM_IDS_UPDATE_PG
 CLAIM_IDS_SQLITE = (
     "UPDATE {table} SET status = '" + CLAIMED + "', worker_id = %(worker)s, "
     "lease = %(lease)s "
@@ -179,16 +188,17 @@ PROGRESS = (
 
 
 
-def exchange_pg(claim: str) -> str:
+def exchange_pg(claim: str, *ctes: str) -> str:
     """The worker's whole round trip on PostgreSQL as one statement, ``claim`` being the
     claim's UPDATE: one round trip and one commit however many starts, outcomes and
     claims (data-modifying CTEs always run to completion). A claim's sub-select sees
     the snapshot from before the CTEs, which only touch held rows. Rows: ``'c'`` and
     MESSAGE_COLUMNS for a claimed job, ``'d'`` and APPLIED_COLUMNS at positions
-    1-4 and 9 for an outcome written."""
+    1-4 and 9 for an outcome written. ``ctes`` (``name AS (...)``) come before the
+    claim, which may read them."""
     return (
         "WITH started AS (" + RECORD_STARTS_PG + "), done AS (" + APPLY_OUTCOMES_PG + "), "
-        "claimed AS (" + claim + ") "
+        + "".join(cte + ", " for cte in ctes) + "claimed AS (" + claim + ") "
         "SELECT 'c', " + ", ".join(MESSAGE_COLUMNS) + " FROM claimed "
         "UNION ALL SELECT 'd', id, status, task_path, queue_name, NULL, NULL, NULL, NULL, "
         "attempts, " + ", ".join(["NULL"] * (len(MESSAGE_COLUMNS) - 9)) + " FROM done"

@@ -5,8 +5,12 @@ Variables (all optional; a ``.env`` file next to manage.py is read too):
 - ``DATABASE_URL``: default ``sqlite:///db.sqlite3`` (the embedded default);
   e.g. ``postgres://postgres@127.0.0.1:5432/test``.
 - ``TASKS_BACKEND``: which broker carries the jobs: ``database`` (default; the
-  database of ``TASKS_DATABASE_URL``, or of ``DATABASE_URL`` when unset).
+  database of ``TASKS_DATABASE_URL``, or of ``DATABASE_URL`` when unset) or
+  ``redis`` (job rows still in that database, the queue in Redis).
+- ``REDIS_URL``: the Redis broker's server, default ``redis://127.0.0.1:6379/0``.
 - ``TASKS_DATABASE_URL``: keep jobs in a database of their own.
+- ``TASK_MODULES``: comma-separated modules outside the installed apps that workers
+  may import tasks from (the benchmarks set ``benchmarks.bench_tasks``).
 - ``DEBUG``, ``SECRET_KEY``, ``ALLOWED_HOSTS``.
 """
 
@@ -82,21 +86,28 @@ if env("TASKS_DATABASE_URL", default=""):
     # The admin (and any query of ours) then reads jobs from that database too.
     DATABASE_ROUTERS = ["django_tasks.routers.TasksRouter"]
 
+BROKERS = {
+    "database": "django_tasks.backends.database.DatabaseBackend",
+    "redis": "django_tasks.backends.redis.RedisBackend",
+}
 TASKS_BACKEND = env("TASKS_BACKEND", default="database")
-if TASKS_BACKEND != "database":
+if TASKS_BACKEND not in BROKERS:
     raise ImproperlyConfigured(
-        f"TASKS_BACKEND={TASKS_BACKEND!r}: this version ships the 'database' broker."
+        f"TASKS_BACKEND={TASKS_BACKEND!r}: choose one of {', '.join(BROKERS)}."
     )
 TASKS = {
     "default": {
-        "BACKEND": "django_tasks.backends.database.DatabaseBackend",
+        "BACKEND": BROKERS[TASKS_BACKEND],
         "QUEUES": ["default", "emails", "heavy_compute"],
         "OPTIONS": {
             "DATABASE": "tasks" if "tasks" in DATABASES else "default",
             "ROUTES": {"sampleproject.demo.tasks.encode_video": "heavy_compute"},
+            "TASK_MODULES": env.list("TASK_MODULES", default=[]),
         },
     }
 }
+if TASKS_BACKEND == "redis":
+    TASKS["default"]["OPTIONS"]["URL"] = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = "hello@example.com"

@@ -87,7 +87,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ..exceptions import OutcomeHookFailed
 from ..messages import Applied, Message, Outcome, Start
 from ..states import READY
-from ..store import CLAIM_IDS_PG, exchange_pg, job_id_str
+from ..store import CLAIM_IDS_LOCK_PG, CLAIM_IDS_UPDATE_PG, exchange_pg, job_id_str
 from ..worker.wakeup import drain, pipe, poke
 from .base import Broker, Exchanged, ModelBackend, stale_of
 from .database import _outage_errors
@@ -96,7 +96,7 @@ __all__ = ["RedisBackend", "RedisBroker"]
 
 logger = logging.getLogger("django_tasks.worker")
 
-EXCHANGE_IDS_PG = exchange_pg(CLAIM_IDS_PG)
+EXCHANGE_IDS_PG = exchange_pg(CLAIM_IDS_UPDATE_PG, CLAIM_IDS_LOCK_PG)
 RANK = 2 ** 42  # ms since 1970 stay below it until the year 2109
 RECONCILE_LOCK_MS = 60_000
 HEAD = 200  # rows of each queue's head compared with Redis per reconcile
