@@ -260,6 +260,22 @@ class JobStore:
         text = self._sql_cache[statement] = statement.format(table=table, **fragments)
         return text
 
+    def insert_sql(self, job: Any) -> tuple[str, Sequence[Any]]:
+        """The INSERT of a new ``Job`` instance, compiled for this database (model
+        ``save()`` machinery bypassed: no signals are sent for jobs)."""
+        from django.db.models.sql import InsertQuery
+
+        query = InsertQuery(type(job))
+        query.insert_values(type(job)._meta.concrete_fields, [job])
+        [(sql, params)] = query.get_compiler(using=self.database).as_sql()
+        return sql, params
+
+    def insert(self, job: Any) -> None:
+        """INSERT a new job on this store's connection (in the caller's transaction)."""
+        sql, params = self.insert_sql(job)
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+
     def job_id(self, value: str) -> Any:
         """A job id as this database's driver takes it (SQLite stores 32 hex digits)."""
         return uuid.UUID(value) if self.vendor == "postgresql" else uuid.UUID(value).hex

@@ -24,7 +24,6 @@ from typing import Any
 
 from django.core import checks
 from django.db import connections, transaction
-from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from ..exceptions import OutcomeHookFailed
@@ -118,16 +117,13 @@ class DatabaseBroker(Broker):
         """INSERT the job on the caller's connection, in the caller's transaction (and on
         PostgreSQL NOTIFY its queue's channel in the same statement, delivered at commit;
         identical notifications of one transaction fold into one)."""
-        connection = self.store.connection
         if not self.supports_wakeup:
-            job.save(force_insert=True, using=connection.alias)
+            self.store.insert(job)
             return
         # One statement, so one round trip, and in autocommit one commit: the job
         # cannot be stored while the caller sees an error from a separate NOTIFY.
-        query = InsertQuery(type(job))
-        query.insert_values(type(job)._meta.concrete_fields, [job])
-        [(insert_sql, params)] = query.get_compiler(using=connection.alias).as_sql()
-        with connection.cursor() as cursor:
+        insert_sql, params = self.store.insert_sql(job)
+        with self.store.connection.cursor() as cursor:
             cursor.execute(INSERT_NOTIFY_PG.format(insert=insert_sql),
                            [*params, channel(job.queue_name)])
 

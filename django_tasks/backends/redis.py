@@ -351,7 +351,7 @@ class RedisBroker(Broker):
 
     def publish(self, job: Any) -> None:
         """INSERT the row in the caller's transaction; the message follows its commit."""
-        job.save(force_insert=True, using=self.store.database)
+        self.store.insert(job)
         entry = (rank(job.priority), ms(job.run_after), job.queue_name, str(job.id))
         transaction.on_commit(partial(self._publish_committed, [entry]),
                               using=self.store.database)
