@@ -684,6 +684,19 @@ class JobStore:
             stopped_at=self.now(), stop_reason=reason[:200]
         )
 
+    def prune_workers(self, before: datetime) -> int:
+        """Delete the rows of workers not heard from since ``before`` that hold no job."""
+        from .models import Worker
+
+        return Worker.objects.using(self.database).prune(before)
+
+    def existing(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of ``job_ids`` whose rows exist."""
+        from .models import Job
+
+        return {str(pk) for pk in Job.objects.using(self.database)
+                .filter(pk__in=list(job_ids)).values_list("pk", flat=True)}
+
     def declare_dead(self, worker_id: str, reason: str, now: datetime) -> None:
         from .models import Worker
 

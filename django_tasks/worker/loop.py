@@ -280,11 +280,8 @@ class Worker(BrokerThreads):
 
     def _log_stale(self, outcomes: Sequence[Outcome]) -> None:
         """Say why each outcome was discarded: its job's row is gone, or held by another."""
-        from ..models import Job
-
         try:
-            exist = {str(pk) for pk in Job.objects.using(self.store.database)
-                     .filter(pk__in=[o.id for o in outcomes]).values_list("pk", flat=True)}
+            exist = self.store.existing([o.id for o in outcomes])
         except Exception:  # logging must not cost the round trip that already committed
             exist = {o.id for o in outcomes}
         for outcome in outcomes:
@@ -453,10 +450,8 @@ class Worker(BrokerThreads):
 
     def _prune_workers(self, now: datetime | None = None) -> None:
         """Duty: delete the rows of workers gone for longer than ``WORKER_RETENTION``."""
-        from ..models import Worker as WorkerRow
-
         before = (now or self.store.now()) - timedelta(seconds=self.worker_retention)
-        pruned = WorkerRow.objects.using(self.store.database).prune(before)
+        pruned = self.store.prune_workers(before)
         if pruned:
             logger.info("Deleted the rows of %d worker(s) gone for over %s", pruned,
                         timedelta(seconds=self.worker_retention))
