@@ -308,3 +308,25 @@ def test_client_kill_under_load_and_while_idle_the_worker_resumes(private_redis,
     assert proc.returncode == 0, out
     assert set(runs(log).values()) == {1}
 
+
+
+@pytest.mark.slow
+def test_results_are_written_while_redis_is_down(private_redis, tmp_path):
+    log = tmp_path / "runs"
+    job = rt.record_slowly.enqueue(str(log), 1.5)
+    proc = start_worker("-c", "1", "--loglevel", "WARNING")
+    try:
+        assert wait_for(lambda: runs(log)[job.id] == 1, timeout=30)
+        private_redis.kill()  # down while the job runs; the database stays up
+        assert wait_for(lambda: Job.objects.get(pk=job.id).status == "SUCCESSFUL",
+                        timeout=15)
+        private_redis.start()
+        later = rt.record.enqueue(str(log))
+        assert wait_for(lambda: Job.objects.get(pk=later.id).status == "SUCCESSFUL",
+                        timeout=20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "results are still written to the database" in out
+    assert Job.objects.get(pk=job.id).attempts == 1

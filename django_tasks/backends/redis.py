@@ -30,8 +30,13 @@ orders it, is compared with Redis, so a job whose publish was lost (Redis down a
 enqueue time, a producer killed between commit and publish) is published by the
 time it is due to run.
 
-Keys (``P`` is OPTIONS["PREFIX"], default ``django_tasks:<alias>``)
-----------------------------------------------------------------------
+Keys (``P`` is OPTIONS["PREFIX"], default ``django_tasks:<alias>:<db>``)
+------------------------------------------------------------------------
+
+``<db>`` is 8 hex digits naming the job table's database (engine, host, port, name),
+so two projects or environments sharing one Redis server never take each other's
+jobs unless they share the database too.
+
 =========================  ======  ===============================================
 ``P:q:<queue>``            zset    Ready jobs: member = job id, score = (100 -
                                    priority) * 2**42 + due time in ms. Written by
@@ -55,8 +60,8 @@ Keys (``P`` is OPTIONS["PREFIX"], default ``django_tasks:<alias>``)
 =========================  ======  ===============================================
 
 Nothing else is written, and nothing grows without bound: ids leave the queues when
-claimed, held hashes shrink with every round trip. On Redis Cluster give a
-hash-tagged prefix (``"{tasks}"``) so that every key lives in one slot.
+claimed, held hashes shrink with every round trip. Redis Cluster is not supported
+(the client is a plain ``redis.Redis``, which follows no redirection).
 """
 
 from __future__ import annotations
@@ -80,8 +85,8 @@ try:
     from redis import exceptions as redis_errors
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImproperlyConfigured(
-        "The Redis broker needs the redis package: pip install 'django-tasks-engine[redis]' "
-        "(or pip install redis)."
+        "The Redis broker needs the redis package: pip install redis (from a checkout of "
+        "django-tasks-engine: pip install -e '.[redis]')."
     ) from exc
 
 from ..exceptions import OutcomeHookFailed
@@ -101,8 +106,7 @@ RANK = 2 ** 42  # ms since 1970 stay below it until the year 2109
 RECONCILE_LOCK_MS = 60_000
 HEAD = 200  # rows of each queue's head compared with Redis per reconcile
 
-# Scripts take the prefix as ARGV[1] and build key names from it: every key shares the
-# prefix, so a hash-tagged prefix keeps them in one Cluster slot.
+# Scripts take the prefix as ARGV[1] and build key names from it.
 _NOW = """
 local function now_ms(arg)
   local n = tonumber(arg)
@@ -204,6 +208,17 @@ return out
 """
 
 
+def default_prefix(backend: ModelBackend) -> str:
+    """``django_tasks:<alias>:<8 hex digits naming the job table's database>``."""
+    import hashlib
+
+    from django.conf import settings
+
+    db = settings.DATABASES.get(backend.database, {})
+    name = "|".join(str(db.get(k) or "") for k in ("ENGINE", "HOST", "PORT", "NAME"))
+    return f"django_tasks:{backend.alias}:{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
 def rank(priority: int) -> int:
     """Sort rank of a priority: 0 for the highest (100), 200 for the lowest (-100)."""
     return 100 - priority
@@ -294,7 +309,7 @@ class RedisBroker(Broker):
         super().__init__(backend)
         options = backend.options
         self.url: str = options.get("URL") or ""
-        self.prefix: str = options.get("PREFIX") or f"django_tasks:{backend.alias}"
+        self.prefix: str = options.get("PREFIX") or default_prefix(backend)
         self.connection_options: dict[str, Any] = dict(options.get("CONNECTION_OPTIONS") or {})
         self._client: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
@@ -338,6 +353,15 @@ class RedisBroker(Broker):
             netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
             parts = parts._replace(netloc=netloc)
         return urlunsplit(parts)
+
+    #: Redis's own outage errors (a subset of ``outage_errors``).
+    redis_outages = (redis_errors.ConnectionError, redis_errors.TimeoutError,
+                     redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError)
+
+    def _redis_down(self, exc: BaseException) -> None:
+        logger.warning("Redis at %s unreachable (%s: %s): results are still written to the "
+                       "database; jobs are claimed again once it is back", self.safe_url(),
+                       type(exc).__name__, exc)
 
     def ping(self) -> None:
         self.client.ping()
@@ -421,7 +445,10 @@ class RedisBroker(Broker):
         missed = [i for i in popped if i not in claimed]
         if missed or requeue:
             self._acks.setdefault(worker_id, []).extend(missed)
-            self._publish_rows(self.store.ready_rows([*missed, *requeue]))
+            try:
+                self._publish_rows(self.store.ready_rows([*missed, *requeue]))
+            except self.redis_outages as exc:  # committed already: the reconciler will
+                self._redis_down(exc)
         messages.sort(key=lambda m: (-m.priority, m.available_at or ""))
         return messages
 
@@ -441,7 +468,15 @@ class RedisBroker(Broker):
         if not queues:
             limit = 0
         acks = len(self._acks.get(worker_id, ()))
-        popped = self._pop(worker_id, queues, limit, now) if limit > 0 or acks > 256 else []
+        try:
+            popped = self._pop(worker_id, queues, limit, now) if limit > 0 or acks > 256 else []
+        except self.redis_outages as exc:
+            if not (starts or outcomes):
+                raise
+            # Redis is down, the database may not be: results are written all the same
+            # (and ids popped earlier claimed); claiming new ones waits for Redis.
+            self._redis_down(exc)
+            popped = list(self._popped.get(worker_id, ()))
         rows: Sequence[Sequence[Any]] = []
         applied: list[Applied] = []
         if self.store.vendor == "postgresql" and (popped or starts or outcomes):
@@ -593,9 +628,9 @@ class RedisBroker(Broker):
             return [checks.Error(f"{where}['URL'] must be a redis://, rediss:// or unix:// "
                                  f"URL, not {self.url!r}.", id="django_tasks.E006")]
         try:
-            client = redis.Redis.from_url(self.url, socket_timeout=1.0,
-                                          socket_connect_timeout=1.0,
-                                          **self.connection_options)
+            client = redis.Redis.from_url(self.url, **{
+                **self.connection_options, "socket_timeout": 1.0,
+                "socket_connect_timeout": 1.0})
             policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
         except redis_errors.RedisError:
             return []  # unreachable now, or CONFIG disabled (managed Redis): nothing to say

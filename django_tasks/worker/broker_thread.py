@@ -77,7 +77,7 @@ class BrokerThreads:
                         self.broker.prepare_connection()
                         prepared = True
                     if self._listener is None and self._listens:
-                        self._listener = self.broker.wake_source(self.queues)
+                        self._reopen_wake_source()
                     if failing_since is not None:
                         self._reconcile()
                     if self._worth_a_round_trip():
@@ -110,6 +110,22 @@ class BrokerThreads:
             self._crash("broker")
         finally:
             connections.close_all()
+
+    def _reopen_wake_source(self) -> None:
+        """Subscribe again after the wake-up channel broke; while that fails, poll.
+
+        Its server may be down while the database is not (the Redis broker): that must
+        not keep outcomes from being written, so a failure here is not an outage of the
+        round trip. Tried at most once a second.
+        """
+        now = time.monotonic()
+        if now < getattr(self, "_wake_retry_at", 0.0):
+            return
+        self._wake_retry_at = now + 1.0
+        try:
+            self._listener = self.broker.wake_source(self.queues)
+        except self.broker.outage_errors as exc:
+            logger.debug("No wake-up channel yet (%s); polling", exc)
 
     def _worth_a_round_trip(self) -> bool:
         """Something to write, or room to fill and reason to think jobs are ready."""
