@@ -143,9 +143,12 @@ class BrokerThreads:
     def _sleep_broker(self) -> None:
         """Wait for the main thread, a wake-up from the broker or the poll timer."""
         waitables = [self._io_r]
+        timeout = self.poll_interval
         if self._listener is not None:
             waitables.append(self._listener)
-        ready = wait(waitables, self.poll_interval)
+        elif self._listens:
+            timeout = min(timeout, 1.0)  # the wake-up channel is to be reopened soon
+        ready = wait(waitables, timeout)
         if self._io_r in ready:
             drain(self._io_r)
         if self._listener is not None and self._listener in ready:
