@@ -329,6 +329,15 @@ class JobStore:
                 self.fail_unreadable(row, exc, now)
         return messages
 
+    def claimed_messages(self, rows: Sequence[Sequence[Any]],
+                         worker_id: str) -> list[Message]:
+        """:meth:`messages` for the rows a claim returned, in claim order: highest
+        priority, then oldest (RETURNING has no order; the ISO strings, all UTC, sort
+        like the times they name)."""
+        messages = self.messages(rows, worker_id)
+        messages.sort(key=lambda m: (-m.priority, m.available_at or ""))
+        return messages
+
     def fail_unreadable(self, row: Sequence[Any], exc: Exception,
                         now: datetime | None = None) -> None:
         from .models import Job

@@ -152,13 +152,6 @@ class DatabaseBroker(Broker):
         return {"worker": worker_id, "lease": lease, "backend": self.backend.alias,
                 "now": self.store.time(now), "limit": limit}
 
-    def _messages(self, rows: Sequence[Sequence[Any]], worker_id: str) -> list[Message]:
-        messages = self.store.messages(rows, worker_id)
-        # RETURNING has no order: restore the claim order (ISO strings, all UTC, sort
-        # like the times they name).
-        messages.sort(key=lambda m: (-m.priority, m.available_at or ""))
-        return messages
-
     def claim(self, worker_id: str, lease: str, queues: Sequence[str], limit: int,
               now: datetime | None = None) -> list[Message]:
         if limit <= 0 or not queues:
@@ -167,7 +160,7 @@ class DatabaseBroker(Broker):
         params.update(self._claim_params(worker_id, lease, limit, now))
         with self.store.connection.cursor() as cursor:
             cursor.execute(sql, params)
-            return self._messages(cursor.fetchall(), worker_id)
+            return self.store.claimed_messages(cursor.fetchall(), worker_id)
 
     def exchange(self, worker_id: str, *, lease: str, starts: Sequence[Start] = (),
                  outcomes: Sequence[Outcome] = (), queues: Sequence[str] = (),
@@ -191,7 +184,7 @@ class DatabaseBroker(Broker):
             # hooks fail (JobStore.apply_outcomes).
             return super().exchange(worker_id, lease=lease, starts=starts, outcomes=outcomes,
                                     queues=queues, limit=limit, now=now)
-        return Exchanged(self._messages(claimed, worker_id), applied,
+        return Exchanged(self.store.claimed_messages(claimed, worker_id), applied,
                          stale_of(outcomes, applied))
 
     def wake_source(self, queues: Sequence[str]) -> PostgresListener | None:

@@ -229,11 +229,13 @@ def ms(value: datetime | None) -> int:
     return 0 if value is None else int(value.timestamp() * 1000)
 
 
-def redis_outage_errors() -> tuple[type[BaseException], ...]:
-    # ReadOnlyError: connected to a replica after a failover; OutOfMemoryError: Redis is
-    # full (maxmemory with noeviction). Both pass; a script error (ResponseError) is a bug.
-    return (*_outage_errors(), redis_errors.ConnectionError, redis_errors.TimeoutError,
-            redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError)
+# Redis's own outages. ReadOnlyError: connected to a replica after a failover;
+# OutOfMemoryError: Redis is full (maxmemory with noeviction). A script error
+# (ResponseError) is a bug, not an outage.
+REDIS_OUTAGES: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError,
+    redis_errors.OutOfMemoryError,
+)
 
 
 class RedisWakeSource:
@@ -302,7 +304,7 @@ class RedisBroker(Broker):
 
     supports_transactional_publish = False  # the row is; the message follows the commit
     supports_wakeup = True
-    outage_errors = redis_outage_errors()
+    outage_errors = (*_outage_errors(), *REDIS_OUTAGES)
     option_names = frozenset({"URL", "PREFIX", "CONNECTION_OPTIONS"})
 
     def __init__(self, backend: ModelBackend) -> None:
@@ -353,10 +355,6 @@ class RedisBroker(Broker):
             netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
             parts = parts._replace(netloc=netloc)
         return urlunsplit(parts)
-
-    #: Redis's own outage errors (a subset of ``outage_errors``).
-    redis_outages = (redis_errors.ConnectionError, redis_errors.TimeoutError,
-                     redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError)
 
     def _redis_down(self, exc: BaseException) -> None:
         logger.warning("Redis at %s unreachable (%s: %s): results are still written to the "
@@ -440,16 +438,15 @@ class RedisBroker(Broker):
         (stale, duplicated, or not due by the database's clock) are let go, and those
         still READY are published again as the database has them."""
         self._popped.pop(worker_id, None)
-        messages = self.store.messages(rows, worker_id)
+        messages = self.store.claimed_messages(rows, worker_id)
         claimed = {job_id_str(r[0]) for r in rows}
         missed = [i for i in popped if i not in claimed]
         if missed or requeue:
             self._acks.setdefault(worker_id, []).extend(missed)
             try:
                 self._publish_rows(self.store.ready_rows([*missed, *requeue]))
-            except self.redis_outages as exc:  # committed already: the reconciler will
+            except REDIS_OUTAGES as exc:  # committed already: the reconciler will
                 self._redis_down(exc)
-        messages.sort(key=lambda m: (-m.priority, m.available_at or ""))
         return messages
 
     def claim(self, worker_id: str, lease: str, queues: Sequence[str], limit: int,
@@ -470,7 +467,7 @@ class RedisBroker(Broker):
         acks = len(self._acks.get(worker_id, ()))
         try:
             popped = self._pop(worker_id, queues, limit, now) if limit > 0 or acks > 256 else []
-        except self.redis_outages as exc:
+        except REDIS_OUTAGES as exc:
             if not (starts or outcomes):
                 raise
             # Redis is down, the database may not be: results are written all the same
