@@ -15,14 +15,119 @@ from typing import Any
 
 from django.core.signals import setting_changed
 
-__all__ = ["BackendOptions", "backend", "may_import", "task_modules"]
+__all__ = ["BackendOptions", "ScheduleEntry", "backend", "may_import", "task_modules"]
 
 _KNOWN = {"DATABASE", "ROUTES", "POLL_INTERVAL", "NOTIFY", "HEARTBEAT_INTERVAL",
-          "WORKER_TIMEOUT", "TASK_MODULES", "MAX_PAYLOAD", "WORKER_RETENTION"}
+          "WORKER_TIMEOUT", "TASK_MODULES", "MAX_PAYLOAD", "WORKER_RETENTION", "SCHEDULE"}
+#: What a SCHEDULE entry may say (Celery's beat_schedule keys, plus ours).
+_SCHEDULE_KEYS = {"task", "schedule", "args", "kwargs", "queue", "priority", "options",
+                  "timezone", "catch_up", "enabled"}
+#: What a Celery entry's "options" may say here (others have no meaning for us).
+_SCHEDULE_OPTIONS = {"queue", "priority"}
+CATCH_UP = ("skip", "latest", "all")
 #: Default OPTIONS["MAX_PAYLOAD"]: bytes of JSON a job's arguments may take.
 MAX_PAYLOAD = 2 * 1024 * 1024
 #: Default OPTIONS["WORKER_RETENTION"]: seconds a stopped worker's row is kept.
 WORKER_RETENTION = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """One ``OPTIONS["SCHEDULE"]`` entry, checked (see docs/periodic.md)."""
+
+    name: str
+    task: str
+    #: A ``schedules.crontab`` or ``schedules.Interval``.
+    timing: Any
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    queue: str = ""  # "" = the task's queue (or ROUTES)
+    priority: int | None = None  # None = the task's priority
+    timezone: str = ""  # "" = settings.TIME_ZONE (a crontab's own tz wins)
+    catch_up: str = "skip"
+    enabled: bool = True
+
+
+def is_zone(name: Any) -> bool:
+    """Whether ``name`` is an IANA time zone name this system knows."""
+    from zoneinfo import ZoneInfo
+
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        return False
+    return True
+
+
+def parse_schedule_entry(name: Any, entry: Any) -> tuple[ScheduleEntry | None, list[str]]:
+    """One SCHEDULE entry, or None and the reasons it is refused."""
+    from .schedules import crontab, parse_schedule
+
+    where = f"OPTIONS['SCHEDULE'][{name!r}]"
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        return None, [f"{where}: a schedule's name must be a non-empty string of at most "
+                      "200 characters"]
+    if not isinstance(entry, Mapping):
+        return None, [f"{where} must be a dict with at least 'task' and 'schedule'"]
+    problems: list[str] = []
+    unknown = sorted(set(entry) - _SCHEDULE_KEYS)
+    if unknown:
+        problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known: "
+                        f"{', '.join(sorted(_SCHEDULE_KEYS))}")
+    task = entry.get("task")
+    if not isinstance(task, str) or "." not in task:
+        problems.append(f"{where}['task'] must be a task's dotted path, e.g. "
+                        "'myapp.tasks.clear_cache'")
+    timing = None
+    if "schedule" not in entry:
+        problems.append(f"{where} has no 'schedule': give crontab(...), a cron string, a "
+                        "timedelta or a number of seconds")
+    else:
+        try:
+            timing = parse_schedule(entry["schedule"])
+        except ValueError as exc:
+            problems.append(f"{where}['schedule']: {exc}")
+    args = entry.get("args", ())
+    if not isinstance(args, list | tuple):
+        problems.append(f"{where}['args'] must be a list")
+    kwargs = entry.get("kwargs", {})
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        problems.append(f"{where}['kwargs'] must be a dict with string keys")
+    options = entry.get("options", {})
+    if not isinstance(options, Mapping) or set(options) - _SCHEDULE_OPTIONS:
+        problems.append(f"{where}['options'] may only set {', '.join(sorted(_SCHEDULE_OPTIONS))}"
+                        " (Celery's other options have no meaning here)")
+        options = {}
+    queue = entry.get("queue", options.get("queue", ""))
+    if not isinstance(queue, str):
+        problems.append(f"{where}['queue'] must be a queue name")
+    priority = entry.get("priority", options.get("priority"))
+    if priority is not None and (type(priority) is not int or not -100 <= priority <= 100):
+        problems.append(f"{where}['priority'] must be a whole number from -100 to 100")
+    zone = entry.get("timezone", "")
+    if zone and not is_zone(zone):
+        problems.append(f"{where}['timezone'] {zone!r} is not a time zone name such as "
+                        "'Europe/Paris'")
+    own = getattr(timing, "tz", None) if isinstance(timing, crontab) else None
+    if own is not None and not zone:
+        zone = getattr(own, "key", None) or str(own)
+        if not is_zone(zone):
+            problems.append(f"{where}['schedule']: crontab(tz={own!r}) must name a time zone "
+                            "such as 'Europe/Paris' (stored by name)")
+    catch_up = entry.get("catch_up", "skip")
+    if catch_up not in CATCH_UP:
+        problems.append(f"{where}['catch_up'] must be one of {', '.join(map(repr, CATCH_UP))}; "
+                        f"got {catch_up!r}")
+    enabled = entry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        problems.append(f"{where}['enabled'] must be True or False")
+    if problems:
+        return None, problems
+    return ScheduleEntry(name=name, task=task, timing=timing, args=tuple(args),
+                         kwargs=dict(kwargs), queue=queue, priority=priority,
+                         timezone=zone or "", catch_up=catch_up, enabled=enabled), []
 
 
 @dataclass(frozen=True)
@@ -46,6 +151,8 @@ class BackendOptions:
     #: Seconds without a heartbeat after which a worker is declared dead and any live
     #: worker rescues its jobs. Must exceed twice HEARTBEAT_INTERVAL.
     worker_timeout: float = 30.0
+    #: Periodic tasks (OPTIONS["SCHEDULE"]), in the order given.
+    schedule: tuple[ScheduleEntry, ...] = ()
     problems: tuple[str, ...] = ()
 
     @classmethod
@@ -116,6 +223,21 @@ class BackendOptions:
                 values["worker_retention"] = float(value)
             else:
                 problems.append("OPTIONS['WORKER_RETENTION'] must be a number of seconds > 0")
+        if "SCHEDULE" in options:
+            schedule = options["SCHEDULE"]
+            if isinstance(schedule, Mapping):
+                entries = []
+                for name, entry in schedule.items():
+                    parsed, errors = parse_schedule_entry(name, entry)
+                    problems.extend(errors)
+                    if parsed is not None:
+                        entries.append(parsed)
+                values["schedule"] = tuple(entries)
+            else:
+                problems.append("OPTIONS['SCHEDULE'] must map names to entries, e.g. "
+                                "{'clear-cache-every-midnight': {'task': "
+                                "'myapp.tasks.clear_cache', 'schedule': crontab(minute=0, "
+                                "hour=0)}}")
         beat = values.get("heartbeat_interval", cls.heartbeat_interval)
         timeout = values.get("worker_timeout", cls.worker_timeout)
         if timeout <= 2 * beat:

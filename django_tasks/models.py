@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
 
 from django.db import models
 from django.db.models import Q
@@ -11,7 +12,7 @@ from django.utils.translation import gettext_lazy as _
 from .ids import uuid7
 from .states import FAILED, FINISHED, HELD, READY, RUNNING, JobStatus
 
-__all__ = ["Job", "Worker"]
+__all__ = ["Job", "Schedule", "ScheduleTick", "Worker"]
 
 
 class JobQuerySet(models.QuerySet):
@@ -189,3 +190,183 @@ class Worker(models.Model):
         if self.last_heartbeat_at < now - timedelta(seconds=timeout):
             return "dead"
         return "alive"
+
+
+class ScheduleQuerySet(models.QuerySet):
+    def active(self) -> ScheduleQuerySet:
+        """Schedules that fire: enabled, and (if they came from settings) still there."""
+        return self.filter(enabled=True, removed_at__isnull=True)
+
+    def due(self, now: datetime) -> ScheduleQuerySet:
+        """Active schedules whose next tick is at or before ``now``."""
+        return self.active().filter(next_run_at__lte=now).order_by("next_run_at")
+
+
+class Schedule(models.Model):
+    """A periodic task: enqueue ``task_path`` at every tick of a cron or interval timing.
+
+    Rows come from ``OPTIONS["SCHEDULE"]`` (synchronised when a scheduler starts) or
+    from the admin. Which ticks were enqueued is in :class:`ScheduleTick`, whose unique
+    ``(schedule, tick_at)`` makes each tick fire once however many schedulers run.
+    """
+
+    class Origin(models.TextChoices):
+        SETTINGS = "settings", _("settings")
+        ADMIN = "admin", _("admin")
+
+    class CatchUp(models.TextChoices):
+        SKIP = "skip", _("skip missed ticks")
+        LATEST = "latest", _("run the latest missed tick once")
+        ALL = "all", _("run every missed tick (at most 100)")
+
+    backend = models.CharField(max_length=100, default="default")
+    name = models.CharField(max_length=200)
+    task_path = models.CharField(_("task"), max_length=255)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    queue_name = models.CharField(_("queue"), max_length=100, blank=True, default="",
+                                  help_text=_("Empty: the task's queue (or ROUTES)."))
+    priority = models.SmallIntegerField(null=True, blank=True,
+                                        help_text=_("Empty: the task's priority."))
+    cron = models.CharField(
+        max_length=200, blank=True, default="",
+        help_text=_("Five fields: minute hour day-of-month month day-of-week, e.g. "
+                    "'0 0 * * *'; or @hourly, @daily, @weekly, @monthly."))
+    interval = models.FloatField(_("interval (seconds)"), null=True, blank=True,
+                                 help_text=_("Instead of cron: every this many seconds."))
+    timezone = models.CharField(
+        max_length=64, blank=True, default="",
+        help_text=_("Zone the cron fields are read in; empty: settings.TIME_ZONE."))
+    catch_up = models.CharField(max_length=10, choices=CatchUp.choices, default=CatchUp.SKIP)
+    enabled = models.BooleanField(default=True)
+    origin = models.CharField(max_length=10, choices=Origin.choices, default=Origin.ADMIN,
+                              editable=False)
+    # Settings entries: a digest of the entry as last synchronised, so an entry changed
+    # in settings overwrites the row, and an unchanged one leaves admin edits alone.
+    settings_digest = models.CharField(max_length=64, blank=True, default="", editable=False)
+    # When the entry disappeared from the settings (it no longer fires), else None.
+    removed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Every tick up to here has been decided (enqueued or skipped); only moves forward.
+    checked_until = models.DateTimeField(editable=False)
+    next_run_at = models.DateTimeField(_("next run"), null=True, blank=True, editable=False)
+    last_run_at = models.DateTimeField(_("last run"), null=True, blank=True, editable=False)
+    last_job_id = models.UUIDField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, default="", editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ScheduleQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("schedule")
+        constraints = [
+            models.UniqueConstraint(fields=["backend", "name"],
+                                    name="django_tasks_schedule_name"),
+            models.CheckConstraint(
+                condition=(Q(cron="") & Q(interval__isnull=False) & Q(interval__gt=0))
+                | (~Q(cron="") & Q(interval__isnull=True)),
+                name="django_tasks_schedule_one_timing",
+                violation_error_message=_("Give either a cron expression or an interval."),
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["next_run_at"], condition=Q(enabled=True),
+                         name="django_tasks_schedule_due"),
+        ]
+        permissions = [("run_schedule", "Can run a schedule's task now")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def timing(self) -> Any:
+        """The ``schedules.crontab`` or ``schedules.Interval`` of this row."""
+        from .schedules import Interval, crontab
+
+        if self.cron:
+            return crontab.from_string(self.cron)
+        return Interval(self.interval or 0)
+
+    def zone(self) -> tzinfo:
+        """The zone cron fields are read in."""
+        from zoneinfo import ZoneInfo
+
+        from django.conf import settings
+
+        return ZoneInfo(self.timezone or settings.TIME_ZONE or "UTC")
+
+    def next_after(self, when: datetime) -> datetime:
+        return self.timing().next_after(when, self.zone())
+
+    def restart_at(self, now: datetime) -> None:
+        """A new timing, or enabled again: ticks count from ``now``, none before it."""
+        self.checked_until = now
+        self.next_run_at = self.next_after(now)
+
+    @property
+    def state(self) -> str:
+        if self.removed_at is not None:
+            return "removed from settings"
+        return "enabled" if self.enabled else "disabled"
+
+    def describe(self) -> str:
+        try:
+            return self.timing().describe() + (f" ({self.timezone})" if self.cron and
+                                               self.timezone else "")
+        except ValueError:
+            return f"invalid: {self.cron or self.interval}"
+
+    def clean(self) -> None:
+        from django.conf import settings
+        from django.core.exceptions import ValidationError
+
+        from .conf import is_zone
+
+        errors: dict[str, str] = {}
+        if self.cron and self.interval is not None:
+            errors["interval"] = _("Give either a cron expression or an interval, not both.")
+        elif not self.cron and self.interval is None:
+            errors["cron"] = _("Give a cron expression or an interval.")
+        elif self.interval is not None and self.interval <= 0:
+            errors["interval"] = _("The interval must be more than 0 seconds.")
+        elif self.cron:
+            try:
+                self.timing()
+            except ValueError as exc:
+                errors["cron"] = str(exc)
+        if self.backend not in getattr(settings, "TASKS", {}):
+            errors["backend"] = _("Not a backend alias of the TASKS setting.")
+        if self.timezone and not is_zone(self.timezone):
+            errors["timezone"] = _("Not a time zone name such as 'Europe/Paris'.")
+        if not isinstance(self.args, list):
+            errors["args"] = _("A JSON list, e.g. [1, \"a\"].")
+        if not isinstance(self.kwargs, dict):
+            errors["kwargs"] = _("A JSON object, e.g. {\"key\": 1}.")
+        if errors:
+            raise ValidationError(errors)
+
+
+class ScheduleTick(models.Model):
+    """A tick of a schedule that was enqueued (or run by hand): one row per tick, ever.
+
+    The unique ``(schedule, tick_at)`` is the exactly-once guarantee: a scheduler
+    inserts the row in the transaction that enqueues the job, so of several schedulers
+    racing for a tick one commits and the others enqueue nothing. Kept apart from the
+    job table, so pruning jobs never makes a tick fire again.
+    """
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="ticks")
+    tick_at = models.DateTimeField()
+    enqueued_at = models.DateTimeField()
+    job_id = models.UUIDField(null=True, blank=True, db_index=True)
+    manual = models.BooleanField(default=False, help_text=_("Run by hand (the admin)."))
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        verbose_name = _("schedule tick")
+        constraints = [
+            models.UniqueConstraint(fields=["schedule", "tick_at"],
+                                    name="django_tasks_tick_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id} @ {self.tick_at.isoformat()}"

@@ -19,6 +19,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from django_tasks.schedules import crontab
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 if (BASE_DIR / ".env").exists():
@@ -103,6 +105,18 @@ TASKS = {
             "DATABASE": "tasks" if "tasks" in DATABASES else "default",
             "ROUTES": {"sampleproject.demo.tasks.encode_video": "heavy_compute"},
             "TASK_MODULES": env.list("TASK_MODULES", default=[]),
+            # Periodic tasks: run by `manage.py beat` or `manage.py worker --beat`.
+            "SCHEDULE": {
+                "clear-sessions-every-midnight": {
+                    "task": "sampleproject.demo.tasks.clear_expired_sessions",
+                    "schedule": crontab(minute=0, hour=0),
+                },
+                "add-every-30-seconds": {
+                    "task": "sampleproject.demo.tasks.add",
+                    "schedule": 30.0,
+                    "args": [16, 16],
+                },
+            },
         },
     }
 }
@@ -132,4 +146,6 @@ LOGGING = {
 # manage.py demo enqueues its jobs through this alias: the same job table, queues and
 # routes as "default", but its worker claims only the demo's jobs, so a database with
 # older jobs (a backlog, or one that never ends) does not hold the demo up.
-TASKS["demo"] = {**TASKS["default"]}
+# It runs no schedules.
+TASKS["demo"] = {**TASKS["default"], "OPTIONS": {
+    k: v for k, v in TASKS["default"]["OPTIONS"].items() if k != "SCHEDULE"}}

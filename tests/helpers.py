@@ -14,10 +14,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_worker(*args, env=None):
     """A `python -m django worker` subprocess on the test database, in its own session
     (so ``os.killpg(proc.pid, ...)`` reaches the supervisor and its children)."""
+    return start_command("worker", *args, env=env)
+
+
+def start_command(command, *args, env=None):
+    """A `python -m django <command>` subprocess on the test database, as start_worker."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings",
            "DJANGO_TASKS_TEST_DB_NAME": connection.settings_dict["NAME"], **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "django", "worker", *args], cwd=ROOT, env=env,
+        [sys.executable, "-m", "django", command, *args], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 

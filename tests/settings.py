@@ -86,6 +86,11 @@ TASKS = {
 # Real-process tests of the Redis broker make it the default backend of the worker too.
 if os.environ.get("DJANGO_TASKS_TEST_BROKER") == "redis":
     TASKS["default"] = {**TASKS["redis"]}
+# Real-process tests of the scheduler: a schedule firing every second.
+if os.environ.get("DJANGO_TASKS_TEST_SCHEDULE"):
+    TASKS["default"]["OPTIONS"] = {**TASKS["default"]["OPTIONS"], "SCHEDULE": {
+        "every-second": {"task": "tests.tasks.add", "schedule": 1, "args": [1, 2]},
+    }}
 
 # Django 6.1's way to configure email (tests.testing_tasks sends some); the test
 # environment replaces every mailer with the locmem one (mail.outbox).

@@ -80,3 +80,98 @@ def test_worker_changelist_shows_alive_dead_and_stopped(client):
     assert '<td class="field-state">dead</td>' in rows["w-dead"]
     assert '<td class="field-state">stopped</td>' in rows["w-stopped"]
     assert '<td class="field-stop_reason">shutdown</td>' in rows["w-stopped"]
+
+
+# -- schedules -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def schedule():
+    from datetime import UTC, datetime
+
+    from django_tasks.conf import parse_schedule_entry
+    from django_tasks.scheduler import Scheduler
+
+    entry, _ = parse_schedule_entry("nightly", {"task": "tests.tasks.add",
+                                                "schedule": "0 3 * * *", "args": [1, 2]})
+    Scheduler("default").sync([entry], now=datetime(2026, 6, 1, tzinfo=UTC))
+    from django_tasks.models import Schedule
+
+    return Schedule.objects.get()
+
+
+def test_schedule_changelist_shows_timing_runs_and_links_to_its_jobs(client, schedule):
+    from django_tasks.scheduler import Scheduler
+
+    fired = Scheduler("default").run_now(schedule)
+    staff(client, "view_schedule", "view_job")
+    page = client.get(reverse("admin:django_tasks_schedule_changelist"))
+    assert page.status_code == 200
+    assert "nightly" in page.text and "cron 0 3 * * *" in page.text
+    assert f"?schedule={schedule.pk}" in page.text
+    jobs = client.get(reverse("admin:django_tasks_job_changelist"), {"schedule": schedule.pk})
+    assert fired.job_id in jobs.text
+    job_page = client.get(reverse("admin:django_tasks_job_change", args=[fired.job_id]))
+    assert "nightly" in job_page.text and "run by hand" in job_page.text
+    detail = client.get(reverse("admin:django_tasks_schedule_change", args=[schedule.pk]))
+    assert fired.job_id in detail.text  # recent runs link to their jobs
+
+
+def test_settings_schedules_keep_their_call_but_their_timing_can_change(client, schedule):
+    from django_tasks.models import Schedule
+
+    staff(client, "view_schedule", "change_schedule")
+    url = reverse("admin:django_tasks_schedule_change", args=[schedule.pk])
+    page = client.get(url)
+    assert 'name="cron"' in page.text and 'name="task_path"' not in page.text
+    form = {"cron": "*/5 * * * *", "interval": "", "timezone": "Europe/Paris",
+            "catch_up": "latest", "enabled": "on"}
+    bad = client.post(url, {**form, "cron": "61 * * * *"})
+    assert bad.status_code == 200 and "61" in bad.text  # the form shows the cron error
+    assert client.post(url, form).status_code == 302
+    changed = Schedule.objects.get()
+    assert (changed.cron, changed.timezone, changed.task_path) == (
+        "*/5 * * * *", "Europe/Paris", "tests.tasks.add")
+    assert changed.checked_until > schedule.checked_until  # ticks count from the edit
+    assert changed.next_run_at.minute % 5 == 0
+
+
+def test_a_schedule_made_in_the_admin_fires(client):
+    from django_tasks.models import Schedule
+    from django_tasks.scheduler import Scheduler
+
+    staff(client, "view_schedule", "add_schedule")
+    url = reverse("admin:django_tasks_schedule_add")
+    form = {"name": "mine", "backend": "default", "task_path": "tests.tasks.add",
+            "args": "[2, 2]", "kwargs": "{}", "queue_name": "", "priority": "",
+            "cron": "", "interval": "1", "timezone": "", "catch_up": "skip",
+            "enabled": "on"}
+    neither = client.post(url, {**form, "interval": ""})
+    assert neither.status_code == 200 and "Give a cron expression or an interval" in neither.text
+    assert client.post(url, form).status_code == 302
+    mine = Schedule.objects.get()
+    assert mine.origin == "admin" and mine.next_run_at is not None
+    [fired] = Scheduler("default").run_due(mine.next_run_at)
+    assert Job.objects.get(pk=fired.job_id).args == [2, 2]
+
+
+def test_run_now_needs_its_permission_and_switches_need_change(client, schedule):
+    from django_tasks.models import Schedule
+
+    url = reverse("admin:django_tasks_schedule_changelist")
+    run = {"action": "run_now", "_selected_action": [str(schedule.pk)]}
+    user = staff(client, "view_schedule")
+    assert "run_now" not in client.get(url).text
+    client.post(url, run)
+    client.post(url, {"action": "disable", "_selected_action": [str(schedule.pk)]})
+    assert Job.objects.count() == 0 and Schedule.objects.get().enabled
+
+    user.user_permissions.add(*Permission.objects.filter(
+        codename__in=["run_schedule", "change_schedule"]))
+    client.force_login(user)
+    client.post(url, run)
+    assert Job.objects.count() == 1
+    client.post(url, {"action": "disable", "_selected_action": [str(schedule.pk)]})
+    assert not Schedule.objects.get().enabled
+    client.post(url, {"action": "enable", "_selected_action": [str(schedule.pk)]})
+    assert Schedule.objects.get().enabled

@@ -345,7 +345,11 @@ class ModelBackend(BaseTaskBackend):
     # -- configuration -----------------------------------------------------------
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        from ..scheduler import check_schedules
+
         errors: list[checks.CheckMessage] = list(self.broker.check())
+        if self.config.schedule:
+            errors.extend(check_schedules(self))
         where = f"TASKS[{self.alias!r}]"
         for problem in self.config.problems:
             errors.append(checks.Error(f"{where}: {problem}.", id="django_tasks.E001"))

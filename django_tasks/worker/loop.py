@@ -40,6 +40,8 @@ from ..backends.base import Broker
 from ..conf import backend as tasks_backend
 from ..exceptions import WorkerIdInUse
 from ..messages import Message, Outcome, Start
+from ..scheduler import MAX_WAIT as SCHEDULER_INTERVAL
+from ..scheduler import Scheduler
 from .broker_thread import BrokerThreads, Duty
 from .liveness import is_gone, process_key
 from .pool import make_pool
@@ -89,6 +91,7 @@ class Worker(BrokerThreads):
         prefetch: int | None = None,
         grace: float | None = None,
         pool_options: dict[str, Any] | None = None,
+        beat: bool = False,
     ) -> None:
         self.backend = tasks_backend(backend)
         broker = getattr(self.backend, "broker", None)
@@ -180,6 +183,12 @@ class Worker(BrokerThreads):
             Duty("prune workers", min(WORKER_PRUNE_INTERVAL, self.worker_retention),
                  self._prune_workers)
         )
+        # --beat: the scheduler as a duty, so a small deployment runs one process. Safe
+        # beside any number of other schedulers (each tick is enqueued once).
+        self.scheduler: Scheduler | None = None
+        if beat:
+            self.scheduler = Scheduler(self.backend.alias)
+            self.duties.append(Duty("beat", SCHEDULER_INTERVAL, self.scheduler.run_due))
         self._wake_r, self._wake_w = pipe()  # wakes the main thread
         self._io_r, self._io_w = pipe()  # wakes the broker thread
         self._pipes: tuple[int, ...] = (self._wake_r, self._wake_w, self._io_r, self._io_w)
@@ -348,6 +357,8 @@ class Worker(BrokerThreads):
         self._register()
         self._rescue()
         self._prune_workers()
+        if self.scheduler is not None:
+            self.scheduler.sync()
         # Fork before any thread starts, and with no open connection to inherit.
         connections.close_all()
         self.pool.start()
@@ -358,10 +369,11 @@ class Worker(BrokerThreads):
         else:
             self._listens = self._listener is not None
         logger.info(
-            "Worker %s ready: backend=%s queues=%s pool=%s concurrency=%d prefetch=%s",
+            "Worker %s ready: backend=%s queues=%s pool=%s concurrency=%d prefetch=%s%s",
             self.worker_id, self.backend.alias, ",".join(self.queues), self.pool.name,
             self.concurrency,
             f"adaptive (up to {self.prefetch})" if self.adaptive_prefetch else self.prefetch,
+            " beat=on" if self.scheduler is not None else "",
         )
 
     def stop(self) -> None:

@@ -56,3 +56,13 @@ def sometimes_fails(probability: float = 0.5) -> str:
     if random.random() < probability:
         raise RuntimeError("bad luck")
     return "lucky"
+
+
+@task()
+def clear_expired_sessions() -> int:
+    """Delete expired sessions (what ``manage.py clearsessions`` does), every midnight."""
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    deleted, _ = Session.objects.filter(expire_date__lt=timezone.now()).delete()
+    return deleted

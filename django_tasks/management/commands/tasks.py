@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from django_tasks.conf import backend
 from django_tasks.management.cli import one_line_errors, parse_age, positive_int
-from django_tasks.models import Job, Worker
+from django_tasks.models import Job, Schedule, Worker
 from django_tasks.states import JobStatus
 
 RUNNING_SHOWN = 20
@@ -45,7 +45,8 @@ class Command(BaseCommand):
                            help="TASKS alias (default: %(default)s).")
         status = sub.add_parser(
             "status", help="Queue depths per queue and status; workers: alive, dead or "
-                           "stopped, and how many jobs each holds.")
+                           "stopped, and how many jobs each holds; periodic schedules: "
+                           "state, last and next run.")
         status.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
                             help="TASKS alias (default: %(default)s).")
         status.add_argument(
@@ -77,6 +78,7 @@ class Command(BaseCommand):
         recent = parse_age(text, "--recent")
         before(recent, "--recent", text)
         self._status(db, jobs, tasks_backend.config.worker_timeout, recent=recent)
+        self._schedules(db, alias)
 
     def _status(self, db: str, jobs: Any, timeout: float, *, recent: timedelta) -> None:
         now = timezone.now()
@@ -130,3 +132,21 @@ class Command(BaseCommand):
                               f"for {took:.1f}s")
         if len(shown) > RUNNING_SHOWN:
             self.stdout.write(f"  ... and {running.count() - RUNNING_SHOWN} more")
+
+    def _schedules(self, db: str, alias: str) -> None:
+        schedules = list(Schedule.objects.using(db).filter(backend=alias).order_by("name"))
+        if not schedules:
+            return
+        self.stdout.write("")
+        self.stdout.write(f"{'schedule':<32}{'state':<23}{'last run':<27}{'next run':<27}"
+                          "timing")
+
+        def when(value: datetime | None) -> str:
+            return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"
+
+        for s in schedules:
+            self.stdout.write(f"{s.name:<32}{s.state:<23}{when(s.last_run_at):<27}"
+                              f"{when(s.next_run_at if s.state == 'enabled' else None):<27}"
+                              f"{s.describe()}  {s.task_path}")
+            if s.last_error:
+                self.stdout.write(f"  last error: {s.last_error}")

@@ -108,6 +108,12 @@ class Command(BaseCommand):
                  "resident memory exceeds SIZE (KiB, or with a K/M/G suffix: 512M).",
         )
         parser.add_argument(
+            "--beat", action="store_true",
+            help="Also run the scheduler of periodic tasks (OPTIONS['SCHEDULE'] and the "
+                 "admin's schedules), as 'manage.py beat' does. Safe on every worker: each "
+                 "tick is enqueued once however many schedulers run.",
+        )
+        parser.add_argument(
             "--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
             help="TASKS alias whose jobs to run (default: %(default)s).",
         )
@@ -147,6 +153,7 @@ class Command(BaseCommand):
                 prefetch=options["prefetch"],
                 grace=options["grace"],
                 pool_options=pool_options,
+                beat=options["beat"],
             )
         except Exception as exc:
             raise CommandError(str(exc)) from exc
