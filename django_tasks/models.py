@@ -345,6 +345,15 @@ class Schedule(models.Model):
             raise ValidationError(errors)
 
 
+class ScheduleTickQuerySet(models.QuerySet):
+    def prune(self, before: datetime) -> int:
+        """Delete tick records from before ``before`` that no scheduler can need: ticks
+        its schedule has decided (before its ``checked_until``), which no pass looks at
+        again. Returns how many."""
+        decided = self.filter(tick_at__lt=models.F("schedule__checked_until"))
+        return decided.filter(tick_at__lt=before).delete()[0]
+
+
 class ScheduleTick(models.Model):
     """A tick of a schedule that was enqueued (or run by hand): one row per tick, ever.
 
@@ -360,6 +369,8 @@ class ScheduleTick(models.Model):
     job_id = models.UUIDField(null=True, blank=True, db_index=True)
     manual = models.BooleanField(default=False, help_text=_("Run by hand (the admin)."))
     error = models.TextField(blank=True, default="")
+
+    objects = ScheduleTickQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("schedule tick")

@@ -534,7 +534,7 @@ def test_tasks_prune_deletes_gone_workers_but_not_those_still_holding_jobs():
                                           lease="x")
     out = StringIO()
     call_command("tasks", "prune", "--older-than", "7d", stdout=out)
-    assert "and 2 worker(s) gone since then" in out.getvalue()
+    assert ", 2 worker(s) gone since then" in out.getvalue()
     assert remaining() == ["silent-holding", "silent-new", "stopped-new"]
 
 

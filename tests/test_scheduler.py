@@ -368,3 +368,20 @@ def test_worker_with_beat_runs_the_schedule(broker):
     assert set(done.values_list("return_value", flat=True)) == {3}
     linked = set(ScheduleTick.objects.values_list("job_id", flat=True))
     assert set(done.values_list("id", flat=True)) <= linked
+
+
+def test_prune_deletes_only_ticks_no_scheduler_can_need():
+    scheduler = synced(entry(schedule=60))
+    step(scheduler, T0 + timedelta(seconds=7), T0 + timedelta(minutes=5, seconds=10),
+         every=timedelta(seconds=20))
+    assert ScheduleTick.objects.count() == 5
+    # A tick after checked_until (none here but the next one) is never deleted; the
+    # ones before the cutoff and decided are.
+    assert ScheduleTick.objects.prune(T0 + timedelta(minutes=3)) == 2
+    assert ScheduleTick.objects.prune(T0 + timedelta(days=1)) == 3
+    Schedule.objects.update(checked_until=T0)  # as if nothing was decided yet
+    step(scheduler, T0 + timedelta(minutes=6), T0 + timedelta(minutes=6))
+    assert ScheduleTick.objects.prune(T0 + timedelta(days=1)) == 0
+    out = StringIO()
+    call_command("tasks", "prune", "--older-than", "1s", stdout=out)
+    assert "schedule tick(s)" in out.getvalue()

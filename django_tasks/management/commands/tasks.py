@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from django_tasks.conf import backend
 from django_tasks.management.cli import one_line_errors, parse_age, positive_int
-from django_tasks.models import Job, Schedule, Worker
+from django_tasks.models import Job, Schedule, ScheduleTick, Worker
 from django_tasks.states import JobStatus
 
 RUNNING_SHOWN = 20
@@ -33,8 +33,9 @@ class Command(BaseCommand):
         one_line_errors(parser)
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
         prune = sub.add_parser(
-            "prune", help="Delete finished jobs older than an age, in batches, and the rows "
-                          "of workers stopped (or silent) since before then.")
+            "prune", help="Delete finished jobs older than an age, in batches, the rows "
+                          "of workers stopped (or silent) since before then, and the "
+                          "records of schedule ticks from before then.")
         prune.add_argument(
             "--older-than", required=True, metavar="AGE",
             help="Finished (workers: stopped) longer ago than this: 90s, 15m, 12h, 7d, 2w.",
@@ -70,9 +71,10 @@ class Command(BaseCommand):
             cutoff = before(parse_age(text), "--older-than", text)
             deleted = jobs.prune(cutoff, batch_size=options["batch_size"])
             workers = Worker.objects.using(db).filter(backend=alias).prune(cutoff)
+            ticks = ScheduleTick.objects.using(db).filter(schedule__backend=alias).prune(cutoff)
             self.stdout.write(f"Deleted {deleted} finished job(s) that finished before "
-                              f"{cutoff:%Y-%m-%d %H:%M:%S %Z}, and {workers} worker(s) gone "
-                              "since then.")
+                              f"{cutoff:%Y-%m-%d %H:%M:%S %Z}, {workers} worker(s) gone "
+                              f"since then, and {ticks} schedule tick(s) from before then.")
             return
         text = options["recent"]
         recent = parse_age(text, "--recent")
