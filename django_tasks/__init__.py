@@ -7,6 +7,7 @@ worker that runs the jobs. ``from django_tasks import task`` is Django's decorat
 
 from django.tasks import TaskResultStatus
 
+from .canvas import Signature, chain, chord, group, signature
 from .exceptions import (
     ArgumentNotSerializable,
     EnqueueError,
@@ -20,9 +21,10 @@ from .exceptions import (
     TaskNotRegistered,
     TasksError,
     TimeLimitExceeded,
+    UpstreamFailed,
     WorkerLost,
 )
-from .results import JobError, JobResult
+from .results import GroupResult, JobError, JobResult
 from .task import Task, TaskContext
 
 # After the submodule imports: importing ``django_tasks.task`` binds the package
@@ -32,6 +34,7 @@ from django.tasks import task  # isort: skip
 __all__ = [
     "ArgumentNotSerializable",
     "EnqueueError",
+    "GroupResult",
     "InvalidArguments",
     "JobError",
     "JobResult",
@@ -39,6 +42,7 @@ __all__ = [
     "ResultTimeout",
     "Retry",
     "ReturnValueNotSerializable",
+    "Signature",
     "SoftTimeLimitExceeded",
     "Task",
     "TaskContext",
@@ -47,6 +51,11 @@ __all__ = [
     "TaskResultStatus",
     "TasksError",
     "TimeLimitExceeded",
+    "UpstreamFailed",
     "WorkerLost",
+    "chain",
+    "chord",
+    "group",
+    "signature",
     "task",
 ]

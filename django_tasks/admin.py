@@ -19,6 +19,9 @@ from django.utils.translation import ngettext
 from .conf import BackendOptions
 from .models import Job, Schedule, ScheduleTick, Worker
 
+#: Jobs of a workflow listed on a job's page.
+WORKFLOW_SHOWN = 50
+
 
 def _pretty(value: Any) -> str:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True))
@@ -66,7 +69,8 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
     actions = ["retry_jobs"]
     fieldsets = (
         (None, {"fields": ("id", "task_path", "status", "queue_name", "priority", "backend",
-                           "worker_id", "attempts_display", "progress", "schedule_display")}),
+                           "worker_id", "attempts_display", "progress", "schedule_display",
+                           "workflow_display")}),
         (_("Call"), {"fields": ("args_display", "kwargs_display")}),
         (_("Outcome"), {"fields": ("return_value_display", "errors_display")}),
         (_("Timing"), {"fields": ("enqueued_at", "run_after", "available_at", "started_at",
@@ -78,8 +82,27 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "attempts_display", "progress", "args_display", "kwargs_display",
         "return_value_display", "errors_display", "enqueued_at", "run_after", "available_at",
         "started_at", "last_attempted_at", "finished_at", "duration_display", "worker_ids",
-        "schedule_display",
+        "schedule_display", "workflow_display",
     )
+
+    @admin.display(description=_("workflow"))
+    def workflow_display(self, job: Job) -> str:
+        """The other jobs of this job's chain, group or chord, in the order enqueued."""
+        if job.workflow_id is None:
+            return "-"
+        others = (Job.objects.using(job._state.db).filter(workflow_id=job.workflow_id)
+                  .order_by("enqueued_at", "id").values_list("id", "task_path", "status"))
+        shown = list(others[:WORKFLOW_SHOWN + 1])
+        rows = format_html_join(
+            "", "<div>{}</div>",
+            ((format_html("<strong>{}</strong> ({}, {})", path, status, _("this job"))
+              if pk == job.pk else
+              format_html('<a href="{}">{}</a> ({})',
+                          reverse("admin:django_tasks_job_change", args=[pk]), path, status),)
+             for pk, path, status in shown[:WORKFLOW_SHOWN]),
+        )
+        more = _("... and more") if len(shown) > WORKFLOW_SHOWN else ""
+        return format_html("{}{}", rows, more)
 
     @admin.display(description=_("schedule"))
     def schedule_display(self, job: Job) -> str:

@@ -9,7 +9,12 @@ class DjangoTasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from .canvas import advance
         from .outcomes import LoggedByWorker
+        from .store import register_outcome_hook
+
+        # Workflows move forward in the transaction of each outcome write.
+        register_outcome_hook(advance)
 
         django_logger = logging.getLogger("django.tasks")
         if not any(isinstance(f, LoggedByWorker) for f in django_logger.filters):

@@ -43,7 +43,7 @@ class ScheduleEntry:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     queue: str = ""  # "" = the task's queue (or ROUTES)
     priority: int | None = None  # None = the task's priority
-    timezone: str = ""  # "" = settings.TIME_ZONE (a crontab's own tz wins)
+    timezone: str = ""  # "" = settings.TIME_ZONE (or the crontab's own tz)
     catch_up: str = "skip"
     enabled: bool = True
 
@@ -111,11 +111,15 @@ def parse_schedule_entry(name: Any, entry: Any) -> tuple[ScheduleEntry | None, l
         problems.append(f"{where}['timezone'] {zone!r} is not a time zone name such as "
                         "'Europe/Paris'")
     own = getattr(timing, "tz", None) if isinstance(timing, crontab) else None
-    if own is not None and not zone:
-        zone = getattr(own, "key", None) or str(own)
-        if not is_zone(zone):
+    if own is not None:
+        own_name = getattr(own, "key", None) or str(own)
+        if zone and zone != own_name:
+            problems.append(f"{where}: the zone is given twice, 'timezone' {zone!r} and "
+                            f"crontab(tz={own_name!r}): keep one")
+        elif not is_zone(own_name):
             problems.append(f"{where}['schedule']: crontab(tz={own!r}) must name a time zone "
                             "such as 'Europe/Paris' (stored by name)")
+        zone = own_name
     catch_up = entry.get("catch_up", "skip")
     if catch_up not in CATCH_UP:
         problems.append(f"{where}['catch_up'] must be one of {', '.join(map(repr, CATCH_UP))}; "

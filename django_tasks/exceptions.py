@@ -57,6 +57,10 @@ class TaskFailed(TasksError):
     """The task failed."""
 
 
+class UpstreamFailed(TaskFailed):
+    """A job this workflow step waited for failed, so the step did not run."""
+
+
 class ResultTimeout(TasksError, TimeoutError):
     """The task did not finish in time."""
 

@@ -106,3 +106,5 @@ class Applied(NamedTuple):
     task_path: str
     queue_name: str
     attempts: int
+    #: The job's workflow plumbing (``Job.links``), None for a job outside a workflow.
+    links: dict[str, Any] | None = None

@@ -90,6 +90,14 @@ class Job(models.Model):
     # holds it). Every write about a held job matches it, so a worker that lost the
     # job -- declared dead, its jobs rescued, perhaps claimed again -- changes nothing.
     lease = models.CharField(max_length=32, blank=True, default="", db_default="")
+    # Workflows (chain, group, chord): the id shared by every job of one canvas; how
+    # many jobs this one still waits for (status WAITING until 0); and its plumbing:
+    # {"dependents": [ids to advance when it ends], "inputs": the ids (a nested list
+    # for groups) whose results it receives, "mode": "value" (prepended to its args)
+    # or "none" (immutable), "countdown": seconds, "errbacks": [signatures]}.
+    workflow_id = models.UUIDField(null=True, blank=True)
+    waiting_on = models.PositiveIntegerField(default=0, db_default=0)
+    links = models.JSONField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -120,6 +128,9 @@ class Job(models.Model):
                 name="django_tasks_job_finished_at",
             ),
             models.Index(fields=["-enqueued_at"], name="django_tasks_job_enqueued"),
+            # The admin's "other jobs of this workflow"; only workflow jobs are in it.
+            models.Index(fields=["workflow_id"], condition=Q(workflow_id__isnull=False),
+                         name="django_tasks_job_workflow"),
         ]
         permissions = [("retry_job", "Can retry failed jobs")]
 
@@ -341,6 +352,17 @@ class Schedule(models.Model):
             errors["args"] = _("A JSON list, e.g. [1, \"a\"].")
         if not isinstance(self.kwargs, dict):
             errors["kwargs"] = _("A JSON object, e.g. {\"key\": 1}.")
+        if not errors and self.backend in getattr(settings, "TASKS", {}):
+            # The same checks as OPTIONS["SCHEDULE"] entries get from manage.py check:
+            # a typo here would otherwise show only as an error at every tick.
+            from django.tasks import task_backends
+
+            from .scheduler import call_problem
+
+            problem = call_problem(task_backends[self.backend], self.task_path, self.args,
+                                   self.kwargs, self.queue_name)
+            if problem:
+                errors["task_path"] = problem
         if errors:
             raise ValidationError(errors)
 

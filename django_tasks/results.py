@@ -11,7 +11,7 @@ from django.tasks import base as django_base
 
 from .exceptions import ResultTimeout, TaskFailed
 
-__all__ = ["JobError", "JobResult"]
+__all__ = ["GroupResult", "JobError", "JobResult"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,3 +69,74 @@ class JobResult(django_base.TaskResult):
 
     #: Celery's name for :meth:`wait`.
     get = wait
+
+
+class GroupResult:
+    """The results of a group's members, in member order (Celery's ``GroupResult``).
+
+    A member that is a chain is represented by its last step's result; a nested group
+    by a nested ``GroupResult``.
+    """
+
+    def __init__(self, results: list[JobResult | GroupResult], id: str = "") -> None:
+        self.results = results
+        self.id = id
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> JobResult | GroupResult:
+        return self.results[index]
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id}: {len(self.results)} result(s)>"
+
+    def refresh(self) -> None:
+        for result in self.results:
+            result.refresh()
+
+    def wait(self, timeout: float | None = None, *, interval: float = 0.05,
+             propagate: bool = True) -> list[Any]:
+        """Block until every member has finished; their return values in member order.
+
+        ``timeout`` bounds the whole wait (``ResultTimeout``); a failed member raises
+        ``TaskFailed`` (with ``propagate=False`` its value is None).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(result.wait(left, interval=interval, propagate=propagate))
+        return values
+
+    #: Celery's name for :meth:`wait`.
+    get = wait
+    join = wait
+
+    def _leaves(self) -> list[JobResult]:
+        out: list[JobResult] = []
+        for result in self.results:
+            out.extend(result._leaves() if isinstance(result, GroupResult) else [result])
+        return out
+
+    def completed_count(self) -> int:
+        """How many members have succeeded (as of now)."""
+        self.refresh()
+        return sum(r.status == django_base.TaskResultStatus.SUCCESSFUL for r in self._leaves())
+
+    def failed(self) -> bool:
+        """Whether any member has failed."""
+        self.refresh()
+        return any(r.status == django_base.TaskResultStatus.FAILED for r in self._leaves())
+
+    def successful(self) -> bool:
+        """Whether every member has succeeded."""
+        return self.completed_count() == len(self._leaves())
+
+    def ready(self) -> bool:
+        """Whether every member has finished (succeeded or failed)."""
+        self.refresh()
+        return all(r.is_finished for r in self._leaves())

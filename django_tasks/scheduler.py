@@ -349,27 +349,33 @@ class Scheduler:
             now += timedelta(microseconds=1)
 
 
+def call_problem(backend: Any, task_path: str, args: Sequence[Any],
+                 kwargs: dict[str, Any], queue: str = "") -> str | None:
+    """Why a schedule's call could not be enqueued on ``backend``, or None."""
+    from .outcomes import resolve_task
+    from .serialization import check_arguments, check_signature
+
+    try:
+        task = resolve_task(task_path)
+        check_signature(task.func, args, kwargs, task_name=task_path,
+                        takes_context=task.takes_context)
+        check_arguments(task.func, args, kwargs, task_name=task_path)
+    except Exception as exc:
+        return str(exc).removesuffix("Nothing was enqueued.").strip()
+    queue = queue or backend.queue_for(task)
+    if backend.queues and queue not in backend.queues:
+        return f"queue {queue!r} is not in TASKS[{backend.alias!r}]['QUEUES']."
+    return None
+
+
 def check_schedules(backend: Any) -> list[Any]:
     """System-check errors for ``OPTIONS["SCHEDULE"]`` entries whose task cannot run."""
     from django.core import checks
 
-    from .outcomes import resolve_task
-    from .serialization import check_arguments, check_signature
-
     errors = []
     for entry in backend.config.schedule:
         where = f"TASKS[{backend.alias!r}]['OPTIONS']['SCHEDULE'][{entry.name!r}]"
-        try:
-            task = resolve_task(entry.task)
-            check_signature(task.func, entry.args, entry.kwargs, task_name=entry.task,
-                            takes_context=task.takes_context)
-            check_arguments(task.func, entry.args, entry.kwargs, task_name=entry.task)
-        except Exception as exc:
-            errors.append(checks.Error(f"{where}: {exc}", id="django_tasks.E007"))
-            continue
-        queue = entry.queue or backend.queue_for(task)
-        if backend.queues and queue not in backend.queues:
-            errors.append(checks.Error(
-                f"{where}: queue {queue!r} is not in TASKS[{backend.alias!r}]['QUEUES'].",
-                id="django_tasks.E007"))
+        problem = call_problem(backend, entry.task, entry.args, dict(entry.kwargs), entry.queue)
+        if problem:
+            errors.append(checks.Error(f"{where}: {problem}", id="django_tasks.E007"))
     return errors

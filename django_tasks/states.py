@@ -2,7 +2,9 @@
 
 Django's ``TaskResultStatus`` names what a caller sees; the table needs one more word.
 READY -> CLAIMED (a worker took it, not started) -> RUNNING (started; the attempt is
-counted) -> SUCCESSFUL | FAILED, or READY again for a retry. Results report CLAIMED as
+counted) -> SUCCESSFUL | FAILED, or READY again for a retry. A workflow step starts as
+WAITING (for the jobs it depends on) and becomes READY once they have all succeeded, or
+FAILED without running once one of them failed. Results report CLAIMED as
 READY, which it still is for the caller. Because a start is recorded, after a crash the
 table tells which jobs had started (their attempt counts) from those only prefetched.
 
@@ -18,10 +20,11 @@ from django.tasks import TaskResultStatus
 from django.utils.translation import gettext_lazy as _
 
 __all__ = ["CLAIMED", "FAILED", "FINISHED", "HELD", "READY", "RUNNING", "SUCCESSFUL",
-           "JobStatus", "public_status"]
+           "WAITING", "JobStatus", "public_status"]
 
 
 class JobStatus(models.TextChoices):
+    WAITING = "WAITING", _("Waiting")
     READY = TaskResultStatus.READY.value, TaskResultStatus.READY.label
     CLAIMED = "CLAIMED", _("Claimed")
     RUNNING = TaskResultStatus.RUNNING.value, TaskResultStatus.RUNNING.label
@@ -34,11 +37,13 @@ CLAIMED = JobStatus.CLAIMED.value
 RUNNING = JobStatus.RUNNING.value
 SUCCESSFUL = JobStatus.SUCCESSFUL.value
 FAILED = JobStatus.FAILED.value
+WAITING = JobStatus.WAITING.value
 #: A worker holds the job: nobody else may claim or change it.
 HELD = (CLAIMED, RUNNING)
 FINISHED = (SUCCESSFUL, FAILED)
 
 
 def public_status(stored: str) -> TaskResultStatus:
-    """What a stored status means to a caller of Django's task API."""
-    return TaskResultStatus.READY if stored == CLAIMED else TaskResultStatus(stored)
+    """What a stored status means to a caller of Django's task API: a claimed job and
+    a workflow step waiting for its inputs are still READY to it."""
+    return TaskResultStatus.READY if stored in (CLAIMED, WAITING) else TaskResultStatus(stored)

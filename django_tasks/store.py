@@ -76,7 +76,7 @@ MESSAGE_COLUMNS = (
     "run_after", "available_at",
 )
 #: Columns an outcome write returns (an :class:`Applied`).
-APPLIED_COLUMNS = ("id", "status", "task_path", "queue_name", "attempts")
+APPLIED_COLUMNS = ("id", "status", "task_path", "queue_name", "attempts", "links")
 
 HELD_SQL = f"('{CLAIMED}', '{RUNNING}')"
 FRESH = f"status = '{CLAIMED}'"  # a job whose start was never recorded
@@ -194,13 +194,13 @@ def exchange_pg(claim: str, *ctes: str) -> str:
     claims (data-modifying CTEs always run to completion). A claim's sub-select sees
     the snapshot from before the CTEs, which only touch held rows. Rows: ``'c'`` and
     MESSAGE_COLUMNS for a claimed job, ``'d'`` and APPLIED_COLUMNS at positions
-    1-4 and 9 for an outcome written. ``ctes`` (``name AS (...)``) come before the
-    claim, which may read them."""
+    1-4, 9 and 7 (``links``, in the jsonb column ``args``) for an outcome written.
+    ``ctes`` (``name AS (...)``) come before the claim, which may read them."""
     return (
         "WITH started AS (" + RECORD_STARTS_PG + "), done AS (" + APPLY_OUTCOMES_PG + "), "
         + "".join(cte + ", " for cte in ctes) + "claimed AS (" + claim + ") "
         "SELECT 'c', " + ", ".join(MESSAGE_COLUMNS) + " FROM claimed "
-        "UNION ALL SELECT 'd', id, status, task_path, queue_name, NULL, NULL, NULL, NULL, "
+        "UNION ALL SELECT 'd', id, status, task_path, queue_name, NULL, NULL, links, NULL, "
         "attempts, " + ", ".join(["NULL"] * (len(MESSAGE_COLUMNS) - 9)) + " FROM done"
     )
 
@@ -390,7 +390,7 @@ class JobStore:
             cursor.execute(self.sql(statement), params)
             rows = cursor.fetchall()
             claimed = [row[1:] for row in rows if row[0] == "c"]
-            applied = [self.applied((r[1], r[2], r[3], r[4], r[9]))
+            applied = [self.applied((r[1], r[2], r[3], r[4], r[9], r[7]))
                        for r in rows if r[0] == "d"]
             if hooks:
                 self.run_hooks(applied)
@@ -500,8 +500,10 @@ class JobStore:
 
     @staticmethod
     def applied(row: Sequence[Any]) -> Applied:
-        job_id, status, task_path, queue_name, attempts = row
-        return Applied(job_id_str(job_id), status, task_path, queue_name, attempts)
+        job_id, status, task_path, queue_name, attempts, links = row
+        if isinstance(links, str):  # SQLite returns JSON as text
+            links = json.loads(links)
+        return Applied(job_id_str(job_id), status, task_path, queue_name, attempts, links)
 
     def run_hooks(self, applied: list[Applied]) -> None:
         """Run the outcome hooks (call inside the transaction that wrote ``applied``).

@@ -24,6 +24,7 @@ from django.utils import timezone
 from .exceptions import Retry
 
 if TYPE_CHECKING:
+    from .canvas import Signature
     from .results import JobResult
 
 __all__ = ["Task", "TaskContext"]
@@ -115,6 +116,19 @@ class Task(django_base.Task):
         if queue_name is not None:
             object.__setattr__(task, "queue_from_call", True)
         return task
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A workflow step that receives the previous step's result first (Celery's
+        partial signature): ``chain(add.s(2, 2), mul.s(4))``."""
+        from .canvas import Signature
+
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """A workflow step that runs with exactly these arguments (immutable)."""
+        from .canvas import Signature
+
+        return Signature(self, args, kwargs, immutable=True)
 
     def delay(self, *args: Any, **kwargs: Any) -> JobResult:
         """Celery's name for :meth:`enqueue`."""

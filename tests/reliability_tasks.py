@@ -48,3 +48,10 @@ def exit_process(context, path):
 @task()
 def pid():
     return os.getpid()
+
+
+@task(takes_context=True, max_attempts=3)
+def collect(context, results, path):
+    """A chord body: notes its run, returns how many results it got."""
+    _note(path, context.job_id)
+    return len(results)

@@ -193,3 +193,31 @@ def deletes_own_row(context):
     """What an operator deleting a running job in the admin does, from inside the job."""
     Job.objects.filter(pk=context.job_id).delete()
     return "done"
+
+
+# -- workflows ---------------------------------------------------------------------------
+
+
+@task()
+def mul(x, y):
+    return x * y
+
+
+@task()
+def tsum(values):
+    return sum(values)
+
+
+@task()
+def identity(value):
+    return value
+
+
+@task(max_attempts=2, backoff=0, jitter=False)
+def fails_twice_then_gives_up(*args):
+    raise ValueError("member failed")
+
+
+@task()
+def errback(failed_job_id, note=""):
+    return f"{note}handled {failed_job_id}"

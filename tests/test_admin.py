@@ -148,6 +148,11 @@ def test_a_schedule_made_in_the_admin_fires(client):
             "enabled": "on"}
     neither = client.post(url, {**form, "interval": ""})
     assert neither.status_code == 200 and "Give a cron expression or an interval" in neither.text
+    typo = client.post(url, {**form, "task_path": "tests.tasks.addd"})
+    assert typo.status_code == 200 and "&#x27;tests.tasks&#x27; has no &#x27;addd&#x27;" in typo.text
+    wrong_args = client.post(url, {**form, "args": "[1]"})
+    assert wrong_args.status_code == 200
+    assert "missing a required argument: &#x27;y&#x27;" in wrong_args.text
     assert client.post(url, form).status_code == 302
     mine = Schedule.objects.get()
     assert mine.origin == "admin" and mine.next_run_at is not None
@@ -175,3 +180,16 @@ def test_run_now_needs_its_permission_and_switches_need_change(client, schedule)
     assert not Schedule.objects.get().enabled
     client.post(url, {"action": "enable", "_selected_action": [str(schedule.pk)]})
     assert Schedule.objects.get().enabled
+
+
+def test_a_workflow_jobs_page_links_the_workflows_other_jobs(client):
+    from django_tasks import chain
+
+    result = chain(tasks.add.s(1, 1), tasks.add.s(2), tasks.add.s(3)).delay()
+    staff(client, "view_job")
+    first, second, last = Job.objects.order_by("enqueued_at", "id")
+    page = client.get(reverse("admin:django_tasks_job_change", args=[second.pk]))
+    assert page.status_code == 200
+    for other in (first, last):
+        assert reverse("admin:django_tasks_job_change", args=[other.pk]) in page.text
+    assert "WAITING" in page.text and str(last.pk) == result.id

@@ -61,8 +61,13 @@ def test_settings_entries_are_checked_with_clear_messages():
         "typo": {"task": "tests.tasks.add", "schedule": 5, "kwarg": {}},
         "celery-options": {"task": "tests.tasks.add", "schedule": 5,
                            "options": {"queue": "emails", "expires": 10}},
+        "two-zones": {"task": "tests.tasks.add", "schedule": crontab(minute=0, tz="Europe/Paris"),
+                      "timezone": "Asia/Tokyo"},
+        "own-zone": {"task": "tests.tasks.add", "schedule": crontab(minute=0, tz="Europe/Paris"),
+                     "args": [1, 2]},
     }})
-    assert [e.name for e in options.schedule] == ["ok"]
+    assert [e.name for e in options.schedule] == ["ok", "own-zone"]
+    assert options.schedule[1].timezone == "Europe/Paris"
     text = "\n".join(options.problems)
     assert "['no-schedule'] has no 'schedule'" in text
     assert "['bad-cron']['schedule']" in text and "61" in text
@@ -70,6 +75,7 @@ def test_settings_entries_are_checked_with_clear_messages():
     assert "['catch_up'] must be one of 'skip', 'latest', 'all'; got 'sometimes'" in text
     assert "unknown key(s) 'kwarg'" in text
     assert "['options'] may only set priority, queue" in text
+    assert "the zone is given twice, 'timezone' 'Asia/Tokyo' and crontab(tz='Europe/Paris')" in text
 
 
 def test_system_check_names_a_schedule_whose_task_cannot_run(settings):
@@ -91,6 +97,7 @@ def test_system_check_names_a_schedule_whose_task_cannot_run(settings):
     text = "\n".join(messages["django_tasks.E007"])
     assert "['SCHEDULE']['nope']" in text and "no_such_task" in text
     assert "['SCHEDULE']['bad-args']" in text
+    assert "Nothing was enqueued" not in text
 
 
 def test_sync_creates_keeps_admin_edits_overwrites_changed_entries_and_retires_removed():

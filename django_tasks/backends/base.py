@@ -40,7 +40,7 @@ from ..messages import Applied, Message, Outcome, Start
 from ..outcomes import error_from_dict, resolve_task, send_robust
 from ..results import JobResult
 from ..serialization import check_arguments
-from ..states import public_status
+from ..states import READY, public_status
 from ..store import JobStore
 from ..task import Task
 
@@ -190,6 +190,17 @@ class ModelBackend(BaseTaskBackend):
         arguments that do not fit the signature (``InvalidArguments``), are not strict
         JSON (``ArgumentNotSerializable``) or exceed ``MAX_PAYLOAD`` (``PayloadTooLarge``).
         """
+        job = self.prepare(task, args, kwargs)
+        self.store_job(job, task)
+        return self.enqueued(task, job)
+
+    def prepare(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
+                receives_input: bool = False) -> Any:
+        """The unsaved ``Job`` for a call, after every check :meth:`enqueue` makes.
+
+        ``receives_input``: a workflow step that will get its input (the previous step's
+        result) as an extra first argument; the signature is checked with it.
+        """
         from django.apps import apps
         from django.tasks.exceptions import InvalidTaskBackend
 
@@ -216,18 +227,16 @@ class ModelBackend(BaseTaskBackend):
                 f"ROUTES sends {task.module_path!r} to queue {queue_name!r}, which is not in "
                 f"TASKS[{self.alias!r}]['QUEUES']."
             )
-        check_signature(task.func, args, kwargs, task_name=task.module_path,
-                        takes_context=task.takes_context)
+        check_signature(task.func, [None, *args] if receives_input else args, kwargs,
+                        task_name=task.module_path, takes_context=task.takes_context)
         check_arguments(task.func, args, kwargs, task_name=task.module_path)
         check_payload(task.func, args, kwargs, self.config.max_payload,
                       task_name=task.module_path,
                       setting=f"TASKS[{self.alias!r}]['OPTIONS']['MAX_PAYLOAD']")
         from ..models import Job
 
-        now = timezone.now()
-        job_id = uuid7()
-        job = Job(
-            id=job_id,
+        return Job(
+            id=uuid7(),
             task_path=task.module_path,
             backend=self.alias,
             queue_name=queue_name,
@@ -235,13 +244,20 @@ class ModelBackend(BaseTaskBackend):
             args=list(args),
             kwargs=kwargs,
             max_attempts=getattr(task, "max_attempts", 1),
-            enqueued_at=now,
+            enqueued_at=timezone.now(),
             run_after=task.run_after,
             # Due by the database's clock, the one workers claim by.
             available_at=task.run_after or Now(),
         )
+
+    def store_job(self, job: Any, task: DjangoTask) -> None:
+        """Write a prepared job: through the broker (claimable once the caller's
+        transaction commits), or only as a row for a workflow step that waits."""
         try:
-            self.broker.publish(job)
+            if job.status == READY:
+                self.broker.publish(job)
+            else:
+                self.store.insert(job)
         except DatabaseError as exc:
             # One statement (INSERT, and NOTIFY on PostgreSQL) that failed: nothing was
             # stored, unless the connection broke after the commit was sent. Inside the
@@ -250,24 +266,26 @@ class ModelBackend(BaseTaskBackend):
             raise EnqueueError(
                 f"Could not enqueue {task.module_path}: {type(exc).__name__}: {exc}".strip()
             ) from exc
-        if queue_name != task.queue_name:
-            task = replace(task, queue_name=queue_name)
+
+    def enqueued(self, task: DjangoTask, job: Any) -> JobResult:
+        """The result for a stored job; ``task_enqueued`` is sent once the caller's
+        transaction commits (never for a rolled-back one), at once outside one."""
+        if job.queue_name != task.queue_name:
+            task = replace(task, queue_name=job.queue_name)
         result = JobResult(
             task=task,
-            id=str(job_id),
+            id=str(job.id),
             status=TaskResultStatus.READY,
-            enqueued_at=now,
+            enqueued_at=job.enqueued_at,
             started_at=None,
             finished_at=None,
             last_attempted_at=None,
-            args=list(args),
-            kwargs=kwargs,
+            args=list(job.args),
+            kwargs=job.kwargs,
             backend=self.alias,
             errors=[],
             worker_ids=[],
         )
-        # Receivers hear of the job once it exists for workers: after the caller's
-        # transaction commits (never for a rolled-back one), at once outside one.
         transaction.on_commit(lambda: send_robust(task_enqueued, self.alias, result),
                               using=self.database, robust=True)
         return result

@@ -1,0 +1,479 @@
+"""Workflows: ``chain``, ``group`` and ``chord`` as values, run by the job table.
+
+    from django_tasks import chain, group, chord
+
+    chain(add.s(2, 2), mul.s(4)).delay().get(timeout=10)           # 16
+    group(add.s(i, i) for i in range(10)).delay().get(timeout=10)  # [0, 2, ..., 18]
+    chord(group(add.s(i, i) for i in range(10)), tsum.s()).delay().get(timeout=10)  # 90
+
+How it runs
+-----------
+Enqueueing a canvas inserts every job of it at once, in one transaction: the jobs that
+depend on nothing as READY, every other one as WAITING with ``waiting_on`` (how many
+jobs it waits for) and ``links`` (which jobs it receives results from, which jobs wait
+for it). Nothing is kept in worker memory and no task polls.
+
+When a job's outcome is written, :func:`advance` runs in the same transaction (an
+outcome hook, see :mod:`django_tasks.store`):
+
+- SUCCESSFUL: each job waiting for it has ``waiting_on`` decremented by one
+  ``UPDATE ... RETURNING``; the database serialises concurrent decrements on the row,
+  so exactly one outcome sees it reach 0, and that one makes it READY with the results
+  it receives prepended to its arguments. The outcome write itself is fenced by the
+  job's lease, so a job's success is counted once, whoever wrote it (a rescue, a retry).
+- FAILED (after its retries): every job waiting for it, directly or further down, is
+  FAILED without running (``UpstreamFailed``, naming the job that failed), so
+  ``.get()`` raises instead of hanging; a chord's error callback is enqueued by the
+  same transition, once.
+
+If the transaction rolls back (an outage), none of this happened and the outcome is
+written again later, hooks included: exactly once either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.tasks import Task as DjangoTask
+from django.tasks.exceptions import InvalidTask
+
+from .results import GroupResult, JobResult
+
+logger = logging.getLogger("django_tasks.worker")
+
+__all__ = ["Signature", "chain", "chord", "group", "signature"]
+
+#: What a node of a canvas may be.
+Node = Any  # Signature | chain | group | chord
+#: A canvas's output: a job id, or a list of outputs (a group's members, in order).
+Tree = Any  # str | list[Tree]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A task with some of its arguments: a step of a workflow.
+
+    ``task.s(*args, **kwargs)`` is partial (it receives the previous step's result as
+    its first argument); ``task.si(...)`` is immutable (it does not).
+    """
+
+    task: DjangoTask
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    immutable: bool = False
+    #: ``queue``, ``priority``, ``countdown`` (seconds after it becomes ready).
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def set(self, *, queue: str | None = None, priority: int | None = None,
+            countdown: float | None = None) -> Signature:
+        """A copy with these options (Celery's ``.set()``)."""
+        options = dict(self.options)
+        for name, value in (("queue", queue), ("priority", priority), ("countdown", countdown)):
+            if value is not None:
+                options[name] = value
+        if countdown is not None and (isinstance(countdown, bool) or
+                                      not isinstance(countdown, int | float) or countdown < 0):
+            raise TypeError(f"countdown must be a number of seconds >= 0; got {countdown!r}.")
+        return replace(self, options=options)
+
+    def __or__(self, other: Node) -> chain:
+        return chain(self, other)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> JobResult:
+        """Enqueue this step alone; ``args`` are prepended (Celery's ``partial.delay(x)``)."""
+        return _enqueue(self, args, kwargs)
+
+    delay = enqueue
+
+    def apply_async(self, args: Sequence[Any] | None = None,
+                    kwargs: Mapping[str, Any] | None = None) -> JobResult:
+        return self.enqueue(*(args or ()), **(kwargs or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """As stored in a job's ``links`` (an error callback)."""
+        return {"task": self.task.module_path, "args": list(self.args),
+                "kwargs": dict(self.kwargs), "immutable": self.immutable,
+                "options": dict(self.options)}
+
+    def __repr__(self) -> str:
+        call = ", ".join([*map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])
+        return f"{self.task.module_path}.{'si' if self.immutable else 's'}({call})"
+
+
+def signature(task: DjangoTask, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+              *, immutable: bool = False, **options: Any) -> Signature:
+    """``Signature`` for ``task`` (Celery's ``signature()``)."""
+    return Signature(task, tuple(args), dict(kwargs or {}), immutable).set(**options)
+
+
+def _members(tasks: tuple[Any, ...]) -> list[Node]:
+    """``f(a, b)`` or ``f([a, b])`` or ``f(x for x in ...)``, as Celery takes them."""
+    if len(tasks) == 1 and not _is_node(tasks[0]) and isinstance(tasks[0], Iterable):
+        tasks = tuple(tasks[0])
+    for t in tasks:
+        if not _is_node(t):
+            raise TypeError(f"{t!r} is not a workflow step: use task.s(...), task.si(...), "
+                            "chain(...), group(...) or chord(...).")
+    return list(tasks)
+
+
+def _is_node(value: Any) -> bool:
+    return isinstance(value, Signature | chain | group | chord)
+
+
+class chain:  # Celery's name
+    """Steps one after the other, each receiving the previous one's result."""
+
+    def __init__(self, *tasks: Any) -> None:
+        steps: list[Node] = []
+        for step in _members(tasks):
+            steps.extend(step.tasks if isinstance(step, chain) else [step])
+        if not steps:
+            raise ValueError("chain() needs at least one step.")
+        self.tasks = steps
+
+    def __or__(self, other: Node) -> chain:
+        return chain(self, other)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> JobResult | GroupResult:
+        """Enqueue every step; returns the last step's result (``args`` go to the first)."""
+        return _enqueue(self, args, kwargs)
+
+    delay = enqueue
+
+    def apply_async(self, args: Sequence[Any] | None = None,
+                    kwargs: Mapping[str, Any] | None = None) -> JobResult | GroupResult:
+        return self.enqueue(*(args or ()), **(kwargs or {}))
+
+    def __repr__(self) -> str:
+        return " | ".join(map(repr, self.tasks))
+
+
+class group:  # Celery's name
+    """Steps that run in parallel; its result is the list of theirs, in order."""
+
+    def __init__(self, *tasks: Any) -> None:
+        self.tasks = _members(tasks)
+
+    def __or__(self, other: Node) -> chain:
+        # ``group | step`` is a chord: the step gets the list of results.
+        return chain(self, other)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> GroupResult:
+        """Enqueue every member (``args`` prepended to each); returns a ``GroupResult``."""
+        return _enqueue(self, args, kwargs)
+
+    delay = enqueue
+
+    def apply_async(self, args: Sequence[Any] | None = None,
+                    kwargs: Mapping[str, Any] | None = None) -> GroupResult:
+        return self.enqueue(*(args or ()), **(kwargs or {}))
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __repr__(self) -> str:
+        return f"group({', '.join(map(repr, self.tasks))})"
+
+
+class chord:  # Celery's name
+    """A group, then ``body`` with the list of its results: the body runs exactly once,
+    when every member has succeeded. If a member fails (after its retries) the body
+    does not run (it is FAILED, so ``.get()`` raises) and ``on_error`` (a signature)
+    is enqueued once, with the id of the job that failed as its first argument."""
+
+    def __init__(self, header: Any, body: Signature | None = None, *,
+                 on_error: Signature | None = None) -> None:
+        self.header = header if isinstance(header, group) else group(header)
+        if body is not None and not _is_node(body):
+            raise TypeError(f"chord body {body!r} is not a workflow step (task.s(...)).")
+        if on_error is not None and not isinstance(on_error, Signature):
+            raise TypeError(f"on_error must be a signature (task.s(...)); got {on_error!r}.")
+        self.body = body
+        self.errback = on_error
+
+    def on_error(self, errback: Signature) -> chord:
+        return chord(self.header, self.body, on_error=errback)
+
+    def __call__(self, body: Signature | None = None, **options: Any) -> Any:
+        """Celery's ``chord(header)(body)``: enqueue at once."""
+        return chord(self.header, body or self.body, on_error=self.errback).enqueue()
+
+    def __or__(self, other: Node) -> chain:
+        return chain(self, other)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Any:
+        """Enqueue header and body; returns the body's result."""
+        if self.body is None:
+            raise ValueError("chord() needs a body: chord(header, body) or chord(header)(body).")
+        return _enqueue(self, args, kwargs)
+
+    delay = enqueue
+
+    def apply_async(self, args: Sequence[Any] | None = None,
+                    kwargs: Mapping[str, Any] | None = None) -> Any:
+        return self.enqueue(*(args or ()), **(kwargs or {}))
+
+    def __repr__(self) -> str:
+        return f"chord({self.header!r}, {self.body!r})"
+
+
+# -- planning: a canvas -> job rows ----------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    sig: Signature
+    job: Any  # the unsaved Job
+    inputs: Tree | None  # what it receives (None: a first step)
+    errbacks: list[dict[str, Any]] = field(default_factory=list)
+    dependents: list[str] = field(default_factory=list)
+
+
+class _Plan:
+    def __init__(self) -> None:
+        self.steps: dict[str, _Step] = {}
+        self.workflow_id = uuid.uuid4()
+        self.backend: Any = None
+
+    def add(self, node: Node, upstream: Tree | None, extra: tuple[Any, ...],
+            extra_kwargs: Mapping[str, Any], errbacks: list[dict[str, Any]]) -> Tree:
+        """Plan ``node`` after ``upstream`` (whose output it receives); returns its output."""
+        if isinstance(node, Signature):
+            return self._step(node, upstream, extra, extra_kwargs, errbacks)
+        if isinstance(node, chain):
+            out = upstream
+            for i, step in enumerate(node.tasks):
+                last = i == len(node.tasks) - 1
+                out = self.add(step, out, extra if i == 0 else (),
+                               extra_kwargs if i == 0 else {}, errbacks if last else [])
+            return out
+        if isinstance(node, group):
+            return [self.add(m, upstream, extra, extra_kwargs, []) for m in node.tasks]
+        assert isinstance(node, chord)
+        header = self.add(node.header, upstream, extra, extra_kwargs, [])
+        own = [node.errback.to_dict()] if node.errback is not None else []
+        return self.add(node.body, header, (), {}, own + errbacks)
+
+    def _step(self, sig: Signature, upstream: Tree | None, extra: tuple[Any, ...],
+              extra_kwargs: Mapping[str, Any], errbacks: list[dict[str, Any]]) -> str:
+        from .backends.base import ModelBackend
+
+        task = sig.task
+        options = sig.options
+        using: dict[str, Any] = {}
+        if "queue" in options:
+            using["queue_name"] = options["queue"]
+        if "priority" in options:
+            using["priority"] = options["priority"]
+        if upstream is None and options.get("countdown"):
+            using["run_after"] = timedelta(seconds=options["countdown"])
+        if using:
+            task = task.using(**using)
+        backend = task.get_backend()
+        if not isinstance(backend, ModelBackend):
+            raise InvalidTask(f"{task.module_path} uses {type(backend).__name__}: workflows "
+                              "need a django_tasks backend.")
+        if self.backend is None:
+            self.backend = backend
+        elif backend is not self.backend:
+            raise InvalidTask(f"{task.module_path} uses backend {backend.alias!r} and another "
+                              f"step uses {self.backend.alias!r}: a workflow's steps share one.")
+        receives = upstream is not None and not sig.immutable
+        args = (*extra, *sig.args)
+        kwargs = {**sig.kwargs, **extra_kwargs}
+        waits = sorted(set(tree_ids(upstream))) if upstream is not None else []
+        if receives and not waits:
+            # After an empty group: its result (empty lists) is known now.
+            args, receives = (upstream, *args), False
+        job = backend.prepare(task, args, kwargs, receives_input=receives)
+        job.workflow_id = self.workflow_id
+        job_id = str(job.id)
+        if waits:
+            job.status = "WAITING"
+            job.waiting_on = len(waits)
+        for dependency in waits:
+            self.steps[dependency].dependents.append(job_id)
+        self.steps[job_id] = _Step(sig, job, upstream, list(errbacks))
+        return job_id
+
+    def store(self) -> None:
+        for step in self.steps.values():
+            links: dict[str, Any] = {}
+            if step.dependents:
+                links["dependents"] = step.dependents
+            if step.inputs is not None:
+                links["inputs"] = step.inputs
+                links["mode"] = "none" if step.sig.immutable else "value"
+                if step.sig.options.get("countdown"):
+                    links["countdown"] = float(step.sig.options["countdown"])
+            if step.errbacks:
+                links["errbacks"] = step.errbacks
+            step.job.links = links or None
+            if len(self.steps) == 1:
+                step.job.workflow_id = None  # one step alone is a plain job
+        # One transaction: no step can start (or end) before every row exists.
+        with transaction.atomic(using=self.backend.store.database):
+            for step in self.steps.values():
+                self.backend.store_job(step.job, step.sig.task)
+
+    def result(self, tree: Tree) -> JobResult | GroupResult:
+        if isinstance(tree, list):
+            return GroupResult([self.result(t) for t in tree], id=str(self.workflow_id))
+        step = self.steps[tree]
+        return self.backend.enqueued(step.sig.task, step.job)
+
+
+def tree_ids(tree: Tree) -> Iterator[str]:
+    """The job ids in an output tree, depth first."""
+    if isinstance(tree, list):
+        for t in tree:
+            yield from tree_ids(t)
+    elif tree is not None:
+        yield tree
+
+
+def _enqueue(node: Node, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    plan = _Plan()
+    tree = plan.add(node, None, tuple(args), dict(kwargs), [])
+    if plan.backend is None:  # an empty group: nothing to store
+        return GroupResult([], id=str(plan.workflow_id))
+    plan.store()
+    return plan.result(tree)
+
+
+# -- running: the outcome hook -----------------------------------------------------------------
+
+DECREMENT = (
+    "UPDATE {table} SET waiting_on = waiting_on - %(n)s "
+    "WHERE id = %(id)s AND status = 'WAITING' RETURNING waiting_on, links, args"
+)
+FAIL_WAITING = (
+    "UPDATE {table} SET status = 'FAILED', finished_at = %(now)s, "
+    "errors = {append_error} WHERE id = %(id)s AND status = 'WAITING' RETURNING links"
+)
+
+
+def advance(store: Any, applied: list[Any]) -> None:
+    """Outcome hook: move the workflows of the jobs just finished (module docstring).
+
+    Runs inside the transaction that wrote ``applied``; does nothing for jobs outside
+    a workflow (their ``links`` is None), which is almost every job.
+    """
+    from .states import FAILED, SUCCESSFUL
+
+    done = [a for a in applied if a.links and a.status in (SUCCESSFUL, FAILED)]
+    if not done:
+        return
+    now = store.now()
+    succeeded: Counter[str] = Counter()
+    failed: list[Any] = []
+    for a in done:
+        if a.status == SUCCESSFUL:
+            succeeded.update(a.links.get("dependents", ()))
+        else:
+            failed.append(a)
+    ready = [d for d, n in sorted(succeeded.items()) if _decrement(store, d, n, now)]
+    if ready:
+        from django.tasks import task_backends
+
+        task_backends[store.backend_alias].broker.republish(ready)
+    for a in failed:
+        _fail_downstream(store, a.id, a.task_path, a.links, now)
+
+
+def _decrement(store: Any, job_id: str, n: int, now: datetime) -> bool:
+    """Count ``n`` inputs of ``job_id`` as done; if it has them all, make it READY."""
+    import json
+
+    from .models import Job
+
+    with store.connection.cursor() as cursor:
+        cursor.execute(store.sql(DECREMENT), {"n": n, "id": store.job_id(job_id)})
+        row = cursor.fetchone()
+    if row is None or row[0] != 0:
+        return False
+    links, args = row[1], row[2]
+    if isinstance(links, str):  # SQLite returns JSON as text
+        links, args = json.loads(links), json.loads(args)
+    if links.get("mode", "value") == "value":
+        args = [_gather(store, links.get("inputs")), *args]
+    countdown = links.get("countdown") or 0.0
+    Job.objects.using(store.database).filter(pk=job_id, status="WAITING").update(
+        status="READY", args=args, available_at=now + timedelta(seconds=countdown))
+    return True
+
+
+def _gather(store: Any, inputs: Tree) -> Any:
+    """The results an output tree names, in its shape."""
+    from .models import Job
+
+    ids = list(tree_ids(inputs))
+    values = dict(Job.objects.using(store.database).filter(pk__in=ids)
+                  .values_list("id", "return_value"))
+    by_id = {str(k): v for k, v in values.items()}
+
+    def build(tree: Tree) -> Any:
+        return [build(t) for t in tree] if isinstance(tree, list) else by_id.get(tree)
+
+    return build(inputs)
+
+
+def _fail_downstream(store: Any, failed_id: str, task_path: str, links: dict[str, Any],
+                     now: datetime) -> None:
+    """Fail what waits for ``failed_id`` (transitively) and enqueue error callbacks."""
+    from .serialization import dumps
+
+    error = {
+        "exception_class_path": "django_tasks.exceptions.UpstreamFailed",
+        "message": f"job {failed_id} ({task_path}) failed, so this workflow step did not run",
+        "traceback": "", "attempt": 0, "worker_id": "", "occurred_at": now.isoformat(),
+    }
+    _enqueue_errbacks(links.get("errbacks", ()), failed_id)
+    pending = list(links.get("dependents", ()))
+    while pending:
+        job_id = pending.pop()
+        with store.connection.cursor() as cursor:
+            cursor.execute(store.sql(FAIL_WAITING), {
+                "now": store.time(now), "error": dumps(error), "id": store.job_id(job_id),
+            })
+            row = cursor.fetchone()
+        if row is None:
+            continue  # not waiting (already failed by another branch, or cancelled)
+        down = row[0]
+        if isinstance(down, str):
+            import json
+
+            down = json.loads(down)
+        down = down or {}
+        _enqueue_errbacks(down.get("errbacks", ()), failed_id)
+        pending.extend(down.get("dependents", ()))
+
+
+def _enqueue_errbacks(errbacks: Iterable[dict[str, Any]], failed_id: str) -> None:
+    """Enqueue error callbacks (in the hook's transaction). One that cannot be enqueued
+    (its task removed in a deploy, say) is logged: it must not keep the failure from
+    being written, or the rest of the workflow from failing."""
+    from django.db import DatabaseError
+
+    from .outcomes import resolve_task
+
+    for spec in errbacks:
+        try:
+            task = resolve_task(spec["task"])
+            sig = Signature(task, tuple(spec.get("args", ())), dict(spec.get("kwargs", {})),
+                            spec.get("immutable", False), dict(spec.get("options", {})))
+            with transaction.atomic(using=task.get_backend().store.database):
+                sig.enqueue() if sig.immutable else sig.enqueue(failed_id)
+        except DatabaseError:
+            raise
+        except Exception:
+            logger.exception("Could not enqueue the error callback %s for failed job %s",
+                             spec.get("task"), failed_id)

@@ -1,0 +1,210 @@
+"""Workflows: chain, group and chord, with exactly-once callbacks (both brokers)."""
+
+import os
+import signal
+
+import pytest
+from django.db import transaction
+
+from django_tasks import GroupResult, TaskFailed, chain, chord, group
+from django_tasks.exceptions import InvalidArguments
+from django_tasks.models import Job, Worker
+from tests import reliability_tasks as rt
+from tests import tasks
+from tests.helpers import start_worker, wait_for
+from tests.test_backend import drain
+from tests.test_crashes import runs
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(broker):
+    """Drain with an inline worker. With the Redis broker, ids are published after
+    commit (these tests run outside a transaction, so at once)."""
+    drain()
+
+
+def test_celery_tutorial_chain(broker):
+    result = chain(tasks.add.s(2, 2), tasks.mul.s(4)).delay()
+    run(broker)
+    assert result.get(timeout=10) == 16
+    jobs = Job.objects.order_by("enqueued_at")
+    assert len({j.workflow_id for j in jobs}) == 1 and jobs[0].workflow_id is not None
+    assert [j.args for j in jobs] == [[2, 2], [4, 4]]  # the result was prepended
+
+
+def test_pipe_builds_chains_and_immutable_steps_ignore_the_result(broker):
+    result = (tasks.add.s(1, 1) | tasks.add.si(10, 10) | tasks.mul.s(3)).delay()
+    run(broker)
+    assert result.get(timeout=10) == 60
+
+
+def test_celery_tutorial_group(broker):
+    result = group(tasks.add.s(i, i) for i in range(10)).delay()
+    assert isinstance(result, GroupResult) and len(result) == 10
+    run(broker)
+    assert result.get(timeout=10) == [i + i for i in range(10)]
+    assert result.completed_count() == 10 and result.successful() and not result.failed()
+    assert result.ready()
+
+
+def test_chord_runs_its_body_once_with_every_result_in_member_order(broker):
+    result = chord(group(tasks.add.s(i, i) for i in range(10)), tasks.tsum.s()).delay()
+    body = Job.objects.get(pk=result.id)
+    assert body.status == "WAITING" and body.waiting_on == 10
+    assert result.status == "READY"  # Django's API sees a waiting job as ready
+    run(broker)
+    assert result.get(timeout=10) == 90
+    body.refresh_from_db()
+    assert body.args == [[i + i for i in range(10)]] and body.attempts == 1
+
+
+def test_group_piped_into_a_task_is_a_chord(broker):
+    result = (group(tasks.add.s(1, 1), tasks.add.s(2, 2)) | tasks.tsum.s()).delay()
+    run(broker)
+    assert result.get(timeout=10) == 6
+
+
+def test_a_failed_step_fails_the_rest_of_the_chain_and_get_raises(broker):
+    result = chain(tasks.add.s(1, 1), tasks.fails_twice_then_gives_up.s(),
+                   tasks.mul.s(2), tasks.add.s(3)).delay()
+    run(broker)
+    with pytest.raises(TaskFailed, match="did not run"):
+        result.get(timeout=10)
+    statuses = list(Job.objects.order_by("enqueued_at").values_list("status", "attempts"))
+    assert statuses == [("SUCCESSFUL", 1), ("FAILED", 2), ("FAILED", 0), ("FAILED", 0)]
+    last = Job.objects.get(pk=result.id)
+    assert last.errors[-1]["exception_class_path"] == "django_tasks.exceptions.UpstreamFailed"
+
+
+def test_a_failed_member_skips_the_body_and_calls_the_error_callback_once(broker):
+    result = chord(
+        [tasks.add.s(1, 1), tasks.fails_twice_then_gives_up.s(),
+         tasks.fails_twice_then_gives_up.s(), tasks.add.s(2, 2)],
+        tasks.tsum.s(), on_error=tasks.errback.s(note="chord: "),
+    ).delay()
+    run(broker)
+    with pytest.raises(TaskFailed):
+        result.get(timeout=10)
+    assert Job.objects.get(pk=result.id).attempts == 0  # the body never ran
+    handled = Job.objects.filter(task_path="tests.tasks.errback")
+    assert handled.count() == 1
+    failed_ids = set(map(str, Job.objects.filter(
+        task_path="tests.tasks.fails_twice_then_gives_up").values_list("id", flat=True)))
+    (value,) = handled.values_list("return_value", flat=True)
+    assert value.startswith("chord: handled ") and value.rsplit(" ", 1)[1] in failed_ids
+
+
+def test_empty_and_one_member_groups(broker):
+    empty = group().delay()
+    assert empty.get(timeout=1) == [] and empty.completed_count() == 0
+    result = chord(group(), tasks.tsum.s()).delay()
+    one = chord(group(tasks.add.s(3, 3)), tasks.tsum.s()).delay()
+    run(broker)
+    assert result.get(timeout=10) == 0
+    assert one.get(timeout=10) == 6
+
+
+def test_groups_nest_in_chains_and_chains_in_groups(broker):
+    result = chain(
+        tasks.add.s(1, 1),                                     # 2
+        group(tasks.mul.s(10), tasks.add.s(5) | tasks.mul.s(2)),  # [20, 14]
+        tasks.tsum.s(),                                        # 34
+    ).delay()
+    nested = group(chain(tasks.add.s(1, 2), tasks.mul.s(3)),
+                   group(tasks.add.s(1, 1), tasks.add.s(2, 2))).delay()
+    run(broker)
+    assert result.get(timeout=10) == 34
+    assert nested.get(timeout=10) == [9, [2, 4]]
+
+
+def test_retried_members_count_once(broker):
+    result = chord([tasks.retries_then_succeeds.s(), tasks.add.s(1, 1)],
+                   tasks.identity.s()).delay()
+    run(broker)
+    assert result.get(timeout=10) == [3, 2]
+
+
+def test_a_workflow_enqueued_in_a_rolled_back_transaction_leaves_nothing(broker):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        chain(tasks.add.s(1, 1), tasks.mul.s(2)).delay()
+        raise RuntimeError("rollback")
+    assert not Job.objects.exists()
+
+
+def test_set_options_and_countdown():
+    result = chain(tasks.add.s(1, 1), tasks.mul.s(2).set(queue="emails", priority=5,
+                                                         countdown=60)).delay()
+    drain()
+    step = Job.objects.get(pk=result.id)
+    assert (step.status, step.queue_name, step.priority) == ("READY", "emails", 5)
+    assert (step.available_at - step.enqueued_at).total_seconds() > 50  # due a minute after
+
+
+def test_bad_steps_are_refused_before_anything_is_stored():
+    with pytest.raises(TypeError, match="not a workflow step"):
+        chain(tasks.add.s(1, 1), lambda x: x)
+    with pytest.raises(ValueError, match="needs at least one step"):
+        chain()
+
+    with pytest.raises(InvalidArguments):  # add takes two: the result and one more
+        chain(tasks.add.s(1, 1), tasks.add.s(1, 2)).delay()
+    assert not Job.objects.exists()
+
+
+# -- real workers: concurrent finishes and kill -9 ------------------------------------------
+
+
+@pytest.mark.slow
+def test_three_workers_finishing_members_at_once_run_the_body_exactly_once(tmp_path, broker):
+    log = tmp_path / "runs"
+    workers = [start_worker("-c", "2", "--loglevel", "WARNING") for _ in range(3)]
+    assert wait_for(lambda: Worker.objects.filter(stopped_at=None).count() == 3, timeout=30)
+    # Short naps so that every worker gets members, and finishes land together.
+    members = [rt.record_slowly.s(str(log), 0.02) for _ in range(300)]
+    result = chord(members, rt.collect.s(str(log))).delay()
+    try:
+        assert wait_for(lambda: Job.objects.filter(pk=result.id, status="SUCCESSFUL").exists(),
+                        timeout=60)
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        outputs = [proc.communicate(timeout=30)[0] for proc in workers]
+    assert [p.returncode for p in workers] == [0, 0, 0], outputs
+    assert result.get(timeout=1) == 300
+    ran = runs(log)
+    assert ran[result.id] == 1 and len(ran) == 301 and set(ran.values()) == {1}
+    # The members really were finished by different workers at the same time.
+    finishers = {j.worker_ids[-1] for j in Job.objects.exclude(pk=result.id)}
+    assert len(finishers) == 3
+
+
+@pytest.mark.slow
+def test_kill_9_mid_chord_runs_the_body_once_with_every_result(tmp_path, broker):
+    log = tmp_path / "runs"
+    slow = [rt.record_slowly.s(str(log), 3).set(priority=10) for _ in range(2)]
+    quick = [rt.record.s(str(log)) for _ in range(100)]
+    result = chord(slow + quick, rt.collect.s(str(log))).delay()
+    victim = start_worker("-c", "4", "--worker-id", "victim", "--loglevel", "WARNING")
+    slow_ids = {str(i) for i in Job.objects.filter(
+        task_path__endswith="record_slowly").values_list("id", flat=True)}
+    # Killed while both slow members are running (each has noted its start).
+    assert wait_for(lambda: slow_ids <= set(runs(log)), timeout=30)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.communicate(timeout=30)
+    assert Job.objects.get(pk=result.id).status == "WAITING"
+    rescuer = start_worker("-c", "4", "--worker-id", "rescuer", "--loglevel", "WARNING")
+    try:
+        assert wait_for(lambda: Job.objects.filter(pk=result.id, status="SUCCESSFUL").exists(),
+                        timeout=60)
+    finally:
+        rescuer.send_signal(signal.SIGTERM)
+        out = rescuer.communicate(timeout=30)[0]
+    assert rescuer.returncode == 0, out
+    assert result.get(timeout=1) == 102
+    ran = runs(log)
+    assert ran[result.id] == 1
+    # The slow members ran twice (killed, then rescued); the body counted them once.
+    assert [ran[i] for i in slow_ids] == [2, 2]
+    body = Job.objects.get(pk=result.id)
+    assert body.args[0][:2] == [2, 2]  # their second attempts' results, in member order
