@@ -21,8 +21,8 @@ outcome hook, see :mod:`django_tasks.store`):
   so exactly one outcome sees it reach 0, and that one makes it READY with the results
   it receives prepended to its arguments. The outcome write itself is fenced by the
   job's lease, so a job's success is counted once, whoever wrote it (a rescue, a retry).
-- FAILED (after its retries): every job waiting for it, directly or further down, is
-  FAILED without running (``UpstreamFailed``, naming the job that failed), so
+- FAILED (after its retries) or CANCELLED: every job waiting for it, directly or
+  further down, is FAILED without running (``UpstreamFailed``, naming the job that failed), so
   ``.get()`` raises instead of hanging; a chord's error callback is enqueued by the
   same transition, once.
 
@@ -367,9 +367,9 @@ def advance(store: Any, applied: list[Any]) -> None:
     Runs inside the transaction that wrote ``applied``; does nothing for jobs outside
     a workflow (their ``links`` is None), which is almost every job.
     """
-    from .states import FAILED, SUCCESSFUL
+    from .states import CANCELLED, FAILED, SUCCESSFUL
 
-    done = [a for a in applied if a.links and a.status in (SUCCESSFUL, FAILED)]
+    done = [a for a in applied if a.links and a.status in (SUCCESSFUL, FAILED, CANCELLED)]
     if not done:
         return
     now = store.now()
@@ -386,7 +386,8 @@ def advance(store: Any, applied: list[Any]) -> None:
 
         task_backends[store.backend_alias].broker.republish(ready)
     for a in failed:
-        _fail_downstream(store, a.id, a.task_path, a.links, now)
+        _fail_downstream(store, a.id, a.task_path, a.links, now,
+                         how="was cancelled" if a.status == CANCELLED else "failed")
 
 
 def _decrement(store: Any, job_id: str, n: int, now: datetime) -> bool:
@@ -427,13 +428,13 @@ def _gather(store: Any, inputs: Tree) -> Any:
 
 
 def _fail_downstream(store: Any, failed_id: str, task_path: str, links: dict[str, Any],
-                     now: datetime) -> None:
+                     now: datetime, how: str = "failed") -> None:
     """Fail what waits for ``failed_id`` (transitively) and enqueue error callbacks."""
     from .serialization import dumps
 
     error = {
         "exception_class_path": "django_tasks.exceptions.UpstreamFailed",
-        "message": f"job {failed_id} ({task_path}) failed, so this workflow step did not run",
+        "message": f"job {failed_id} ({task_path}) {how}, so this workflow step did not run",
         "traceback": "", "attempt": 0, "worker_id": "", "occurred_at": now.isoformat(),
     }
     _enqueue_errbacks(links.get("errbacks", ()), failed_id)

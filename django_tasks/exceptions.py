@@ -61,6 +61,14 @@ class UpstreamFailed(TaskFailed):
     """A job this workflow step waited for failed, so the step did not run."""
 
 
+class Cancelled(TaskFailed):
+    """The job was cancelled."""
+
+
+class Terminated(Cancelled):
+    """The job was cancelled while it ran, and killed after its cancel_grace."""
+
+
 class ResultTimeout(TasksError, TimeoutError):
     """The task did not finish in time."""
 

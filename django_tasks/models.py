@@ -36,6 +36,10 @@ class JobQuerySet(models.QuerySet):
     def failed(self) -> JobQuerySet:
         return self.filter(status=FAILED)
 
+    def cancelling(self) -> JobQuerySet:
+        """Held jobs asked to cancel: their worker has yet to stop them."""
+        return self.held().filter(cancellation__isnull=False)
+
     def prune(self, before: datetime, *, batch_size: int = 1000) -> int:
         """Delete finished jobs that finished before ``before``, in batches; returns how many."""
         total = 0
@@ -98,6 +102,12 @@ class Job(models.Model):
     workflow_id = models.UUIDField(null=True, blank=True)
     waiting_on = models.PositiveIntegerField(default=0, db_default=0)
     links = models.JSONField(null=True, blank=True)
+    # Set once cancelling was asked for (None: never): the error entry the job ends with
+    # (``django_tasks.exceptions.Cancelled``, when and by whom). A job that was READY or
+    # WAITING is CANCELLED at once; a held one keeps running until its worker notices,
+    # and whatever outcome its attempt then has is written as CANCELLED. In the row, so
+    # it survives worker restarts.
+    cancellation = models.JSONField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -132,7 +142,8 @@ class Job(models.Model):
             models.Index(fields=["workflow_id"], condition=Q(workflow_id__isnull=False),
                          name="django_tasks_job_workflow"),
         ]
-        permissions = [("retry_job", "Can retry failed jobs")]
+        permissions = [("retry_job", "Can retry failed jobs"),
+                       ("cancel_job", "Can cancel jobs")]
 
     def __str__(self) -> str:
         return f"{self.task_path} [{self.id}]"

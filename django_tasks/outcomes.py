@@ -23,11 +23,11 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from .conf import may_import
-from .exceptions import Retry, ReturnValueNotSerializable, TaskNotRegistered
+from .exceptions import Retry, ReturnValueNotSerializable, TaskNotRegistered, Terminated
 from .messages import Message, Outcome
 from .results import JobError, JobResult
 from .retry import next_attempt_at
-from .states import FAILED, READY, SUCCESSFUL
+from .states import CANCELLED, FAILED, READY, RUNNING, SUCCESSFUL
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -166,6 +166,7 @@ def job_result(message: Message, task: Any, now: datetime | None = None) -> JobR
         backend=message.backend,
         errors=[error_from_dict(e) for e in message.errors],
         worker_ids=message.worker_ids,
+        job_status=RUNNING,
     )
 
 
@@ -198,6 +199,16 @@ def failure_outcome(
     args = log_args(message)
     cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
     error = error_dict(cause, message.attempt, worker_id, now)
+    if isinstance(exc, Terminated):
+        # The pool killed a job asked to cancel: never retried. The store writes it
+        # CANCELLED (the row says cancelling was asked for); ``task_finished`` is not
+        # sent from here, as for any outcome the store may yet turn into CANCELLED.
+        logger.warning("Job %s CANCELLED: task=%s queue=%s attempt=%d/%d duration=%.3fs: %s",
+                       *args, duration, error["message"])
+        # One class path for every cancelled job; the message names the kill.
+        error.update(traceback="", exception_class_path="django_tasks.exceptions.Cancelled")
+        return Outcome(id=message.id, lease=message.lease, status=CANCELLED, error=error,
+                       finished_at=now.isoformat())
     retry_at = None
     if task is not None and not isinstance(exc, ReturnValueNotSerializable):
         retry_at = next_attempt_at(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.tasks import base as django_base
 
-from .exceptions import ResultTimeout, TaskFailed
+from .exceptions import Cancelled, ResultTimeout, TaskFailed
 
 __all__ = ["GroupResult", "JobError", "JobResult"]
 
@@ -24,9 +24,46 @@ class JobError(django_base.TaskError):
     occurred_at: datetime | None = None
 
 
+#: What ``refresh()`` reloads: Django's attributes and ours.
+REFRESH_ATTRS = (*sorted(django_base.TASK_REFRESH_ATTRS), "progress", "job_status")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobResult(django_base.TaskResult):
-    """Django's ``TaskResult`` for a job stored in the database."""
+    """Django's ``TaskResult`` for a job stored in the database.
+
+    A cancelled job's ``status`` is FAILED (Django has no word for it) with a last error
+    ``django_tasks.exceptions.Cancelled``; :attr:`is_cancelled` tells it apart.
+    """
+
+    #: The task's latest ``context.report_progress()``: ``{"current", "total",
+    #: "message", "updated_at"}``, or None. Reloaded by ``refresh()``.
+    progress: dict[str, Any] | None = field(default=None, compare=False)
+    #: The job row's own status (Django's ``status`` has fewer words): one of
+    #: ``django_tasks.states.JobStatus``.
+    job_status: str = field(default="", repr=False, compare=False)
+
+    @property
+    def is_cancelled(self) -> bool:
+        """Whether the job ended CANCELLED (as of the last refresh)."""
+        return self.job_status == "CANCELLED"
+
+    def refresh(self) -> None:
+        """Reload the result (with ``progress``) from the job table."""
+        fresh = self.task.get_backend().get_result(self.id)
+        for attr in REFRESH_ATTRS:
+            object.__setattr__(self, attr, getattr(fresh, attr))
+
+    def cancel(self, *, by: str = "") -> str:
+        """Cancel the job; returns what happened (see ``JobStore.cancel``):
+
+        ``"cancelled"`` (it had not started and never will), ``"cancelling"`` (a worker
+        holds it; it ends CANCELLED as soon as the worker notices), or, changing
+        nothing, ``"already cancelling"`` or ``"finished <STATUS>"``. Refreshes.
+        """
+        what = self.task.get_backend().cancel([self.id], by=by)[self.id]
+        self.refresh()
+        return what
 
     def wait(
         self, timeout: float | None = None, *, interval: float = 0.05, propagate: bool = True
@@ -34,7 +71,8 @@ class JobResult(django_base.TaskResult):
         """Block until the job has finished, then return its return value.
 
         Raises ``ResultTimeout`` (a ``TimeoutError``) if it has not finished within
-        ``timeout`` seconds, and ``TaskFailed`` if it failed (unless
+        ``timeout`` seconds, ``Cancelled`` (a ``TaskFailed``) if it was cancelled, and
+        ``TaskFailed`` if it failed (unless
         ``propagate=False``, which returns None instead). Polls the result store,
         starting at ``interval`` seconds and backing off to one second.
         """
@@ -56,6 +94,12 @@ class JobResult(django_base.TaskResult):
             delay = min(delay * 1.5, 1.0)
         if self.status == django_base.TaskResultStatus.SUCCESSFUL:
             return self.return_value
+        if propagate and self.is_cancelled:
+            last = self.errors[-1] if self.errors else None
+            raise Cancelled(
+                f"Job {self.id} ({self.task.module_path}) was cancelled"
+                + (f": {last.message}" if last is not None and last.message else "")
+            )
         if propagate:
             last = self.errors[-1] if self.errors else None
             detail = (

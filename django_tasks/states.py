@@ -4,11 +4,14 @@ Django's ``TaskResultStatus`` names what a caller sees; the table needs one more
 READY -> CLAIMED (a worker took it, not started) -> RUNNING (started; the attempt is
 counted) -> SUCCESSFUL | FAILED, or READY again for a retry. A workflow step starts as
 WAITING (for the jobs it depends on) and becomes READY once they have all succeeded, or
-FAILED without running once one of them failed. Results report CLAIMED as
-READY, which it still is for the caller. Because a start is recorded, after a crash the
+FAILED without running once one of them failed. Any job not finished may end
+CANCELLED (``result.cancel()``). Results report CLAIMED and WAITING as READY, which
+they still are for the caller, and CANCELLED as FAILED (Django's API has no word for
+it) with a last error ``django_tasks.exceptions.Cancelled``; ``result.is_cancelled``
+tells it apart. Because a start is recorded, after a crash the
 table tells which jobs had started (their attempt counts) from those only prefetched.
 
-The column is wide enough for statuses still to come (say CANCELLED); code that must
+The column is wide enough for statuses still to come; code that must
 act on "every status a worker holds" or "every final status" uses ``HELD`` and
 ``FINISHED`` rather than listing them.
 """
@@ -19,8 +22,8 @@ from django.db import models
 from django.tasks import TaskResultStatus
 from django.utils.translation import gettext_lazy as _
 
-__all__ = ["CLAIMED", "FAILED", "FINISHED", "HELD", "READY", "RUNNING", "SUCCESSFUL",
-           "WAITING", "JobStatus", "public_status"]
+__all__ = ["CANCELLED", "CLAIMED", "FAILED", "FINISHED", "HELD", "READY", "RUNNING",
+           "SUCCESSFUL", "WAITING", "JobStatus", "public_status"]
 
 
 class JobStatus(models.TextChoices):
@@ -30,6 +33,7 @@ class JobStatus(models.TextChoices):
     RUNNING = TaskResultStatus.RUNNING.value, TaskResultStatus.RUNNING.label
     FAILED = TaskResultStatus.FAILED.value, TaskResultStatus.FAILED.label
     SUCCESSFUL = TaskResultStatus.SUCCESSFUL.value, TaskResultStatus.SUCCESSFUL.label
+    CANCELLED = "CANCELLED", _("Cancelled")
 
 
 READY = JobStatus.READY.value
@@ -38,12 +42,18 @@ RUNNING = JobStatus.RUNNING.value
 SUCCESSFUL = JobStatus.SUCCESSFUL.value
 FAILED = JobStatus.FAILED.value
 WAITING = JobStatus.WAITING.value
+CANCELLED = JobStatus.CANCELLED.value
 #: A worker holds the job: nobody else may claim or change it.
 HELD = (CLAIMED, RUNNING)
-FINISHED = (SUCCESSFUL, FAILED)
+FINISHED = (SUCCESSFUL, FAILED, CANCELLED)
 
 
 def public_status(stored: str) -> TaskResultStatus:
     """What a stored status means to a caller of Django's task API: a claimed job and
-    a workflow step waiting for its inputs are still READY to it."""
-    return TaskResultStatus.READY if stored in (CLAIMED, WAITING) else TaskResultStatus(stored)
+    a workflow step waiting for its inputs are still READY to it; a cancelled job
+    FAILED (its last error is ``Cancelled``)."""
+    if stored in (CLAIMED, WAITING):
+        return TaskResultStatus.READY
+    if stored == CANCELLED:
+        return TaskResultStatus.FAILED
+    return TaskResultStatus(stored)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -36,7 +38,7 @@ from .exceptions import OutcomeHookFailed, WorkerLost
 from .messages import Applied, Message, Outcome, Start
 from .outcomes import as_datetime, error_dict, failure_outcome, send_failed, task_or_none
 from .serialization import dumps
-from .states import CLAIMED, FAILED, HELD, READY, RUNNING
+from .states import CANCELLED, CLAIMED, FAILED, HELD, READY, RUNNING, WAITING
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -90,36 +92,59 @@ RECORD_START = (
     "WHERE id = %(id)s AND lease = %(lease)s AND status = '" + CLAIMED + "'"
 )
 # One outcome. A job that started and finished between two writes has no recorded
-# start: the outcome counts its attempt (status still CLAIMED tells).
+# start: the outcome counts its attempt (status still CLAIMED tells), unless it never
+# ran (a cancelled job dropped from a worker's buffer: CANCELLED without an error). A job asked
+# to cancel (``cancellation`` set) ends CANCELLED whatever its attempt did, with the
+# cancellation as its last error (or the outcome's own, when it is CANCELLED already:
+# the pool's terminate names the kill).
+RAN = (f"status = '{CLAIMED}' AND (%(status)s <> '{CANCELLED}' "
+       "OR %(error)s IS NOT NULL)")
 APPLY_OUTCOME = (
-    "UPDATE {table} SET status = %(status)s, return_value = {json_value}, "
-    "errors = CASE WHEN %(error)s IS NULL THEN errors ELSE {append_error} END, "
-    "finished_at = %(finished_at)s, available_at = COALESCE(%(retry_at)s, available_at), "
-    "attempts = CASE WHEN " + FRESH + " THEN attempts + 1 ELSE attempts END, "
+    "UPDATE {table} SET "
+    "status = CASE WHEN cancellation IS NULL THEN %(status)s ELSE '" + CANCELLED + "' END, "
+    "return_value = CASE WHEN cancellation IS NULL THEN {json_value} ELSE NULL END, "
+    "errors = CASE WHEN cancellation IS NULL OR %(status)s = '" + CANCELLED + "' THEN "
+    "(CASE WHEN %(error)s IS NULL THEN {cancelled_or_errors} ELSE {append_error} END) "
+    "ELSE {append_cancellation} END, "
+    "finished_at = CASE WHEN cancellation IS NULL THEN %(finished_at)s "
+    "ELSE COALESCE(%(finished_at)s, %(now)s) END, "
+    "available_at = COALESCE(%(retry_at)s, available_at), "
+    "attempts = CASE WHEN " + RAN + " THEN attempts + 1 ELSE attempts END, "
     "started_at = COALESCE(started_at, %(started_at)s), "
-    "last_attempted_at = CASE WHEN " + FRESH + " THEN %(started_at)s "
+    "last_attempted_at = CASE WHEN " + RAN + " THEN %(started_at)s "
     "ELSE last_attempted_at END, "
-    "worker_ids = CASE WHEN " + FRESH + " THEN {append_worker} ELSE worker_ids END, "
+    "worker_ids = CASE WHEN " + RAN + " THEN {append_worker} ELSE worker_ids END, "
     "lease = '' "
     "WHERE id = %(id)s AND lease = %(lease)s AND status IN " + HELD_SQL + " "
     "RETURNING " + ", ".join(APPLIED_COLUMNS)
 )
 # Many outcomes in one statement (PostgreSQL): also the ``done`` step of the database
-# broker's exchange.
+# broker's exchange. Cancellation as in APPLY_OUTCOME.
+RAN_PG = (f"j.status = '{CLAIMED}' AND (o.status <> '{CANCELLED}' "
+          "OR (o.error IS NOT NULL AND jsonb_typeof(o.error) <> 'null'))")
 APPLY_OUTCOMES_PG = (
-    "UPDATE {table} AS j SET status = o.status, "
-    "return_value = CASE WHEN jsonb_typeof(o.return_value) = 'null' THEN NULL "
-    "ELSE o.return_value END, "
-    "errors = CASE WHEN o.error IS NULL OR jsonb_typeof(o.error) = 'null' "
-    "THEN j.errors ELSE j.errors || jsonb_build_array(o.error) END, "
-    "finished_at = o.finished_at, available_at = CASE WHEN o.retry_delay IS NOT NULL "
+    "UPDATE {table} AS j SET "
+    "status = CASE WHEN j.cancellation IS NULL THEN o.status ELSE '" + CANCELLED + "' END, "
+    "return_value = CASE WHEN j.cancellation IS NOT NULL "
+    "OR jsonb_typeof(o.return_value) = 'null' THEN NULL ELSE o.return_value END, "
+    "errors = CASE "
+    "WHEN o.error IS NOT NULL AND jsonb_typeof(o.error) <> 'null' "
+    "AND (j.cancellation IS NULL OR o.status = '" + CANCELLED + "') "
+    "THEN j.errors || jsonb_build_array(o.error) "
+    "WHEN j.cancellation IS NULL OR jsonb_typeof(j.cancellation) = 'null' THEN j.errors "
+    "WHEN o.error IS NULL OR jsonb_typeof(o.error) = 'null' "
+    "OR o.status = '" + CANCELLED + "' THEN j.errors || jsonb_build_array(j.cancellation) "
+    "ELSE j.errors || jsonb_build_array(o.error, j.cancellation) END, "
+    "finished_at = CASE WHEN j.cancellation IS NULL THEN o.finished_at "
+    "ELSE COALESCE(o.finished_at, statement_timestamp()) END, "
+    "available_at = CASE WHEN o.retry_delay IS NOT NULL "
     "THEN statement_timestamp() + o.retry_delay * interval '1 second' "
     "ELSE COALESCE(o.retry_at, j.available_at) END, "
-    "attempts = CASE WHEN j." + FRESH + " THEN j.attempts + 1 ELSE j.attempts END, "
+    "attempts = CASE WHEN " + RAN_PG + " THEN j.attempts + 1 ELSE j.attempts END, "
     "started_at = COALESCE(j.started_at, o.started_at), "
-    "last_attempted_at = CASE WHEN j." + FRESH + " THEN o.started_at "
+    "last_attempted_at = CASE WHEN " + RAN_PG + " THEN o.started_at "
     "ELSE j.last_attempted_at END, "
-    "worker_ids = CASE WHEN j." + FRESH + " THEN j.worker_ids || "
+    "worker_ids = CASE WHEN " + RAN_PG + " THEN j.worker_ids || "
     "jsonb_build_array(%(worker)s::text) ELSE j.worker_ids END, "
     "lease = '' "
     "FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(id uuid, lease text, status text, "
@@ -142,14 +167,27 @@ RECORD_STARTS_PG = (
     "WHERE j.id = ANY(%(start_ids)s::uuid[]) AND j.id = s.id AND j.lease = s.lease "
     "AND j.status = '" + CLAIMED + "' RETURNING 1"
 )
-# Claimed, never started: READY again, as if never claimed.
+# Claimed, never started: READY again, as if never claimed. Not a job asked to cancel:
+# that one is written CANCELLED through the outcome path (its workflow moves on).
 GIVE_BACK = (
     "UPDATE {table} SET status = '" + READY + "', worker_id = '', lease = '' "
-    "WHERE id = %(id)s AND lease = %(lease)s AND status = '" + CLAIMED + "'"
+    "WHERE id = %(id)s AND lease = %(lease)s AND status = '" + CLAIMED + "' "
+    "AND cancellation IS NULL"
 )
 GIVE_BACK_ALL = (
     "UPDATE {table} SET status = '" + READY + "', worker_id = '', lease = '' "
-    "WHERE worker_id = %(worker)s AND lease <> '' AND status = '" + CLAIMED + "'"
+    "WHERE worker_id = %(worker)s AND lease <> '' AND status = '" + CLAIMED + "' "
+    "AND cancellation IS NULL"
+)
+# Claimed, never started, asked to cancel: (id, lease) to write CANCELLED.
+CANCELLED_CLAIMS = (
+    "SELECT id, lease, task_path FROM {table} WHERE worker_id = %(worker)s AND lease <> '' "
+    "AND status = '" + CLAIMED + "' AND cancellation IS NOT NULL"
+)
+# Which of a worker's held jobs are asked to cancel (the cancel poll; the held index).
+CANCELLING_OF = (
+    "SELECT id FROM {table} WHERE worker_id = %(worker)s AND lease <> '' "
+    "AND status IN " + HELD_SQL + " AND cancellation IS NOT NULL"
 )
 # Claim jobs by id (a broker that carries ids, such as Redis, chose them): only rows
 # still READY and due change, so a duplicated or stale message claims nothing. The
@@ -186,6 +224,20 @@ PROGRESS = (
     "WHERE id = %(id)s AND (%(lease)s = '' OR lease = %(lease)s) AND status IN " + HELD_SQL
 )
 
+# Cancelling (``{ids}``: the vendor's "id is one of these").
+CANCEL_UNHELD = (
+    "UPDATE {table} SET status = '" + CANCELLED + "', finished_at = %(now)s, "
+    "errors = {append_error}, cancellation = {json_param}, lease = '' "
+    "WHERE {ids} AND backend = %(backend)s AND status IN ('" + READY + "', '" + WAITING + "') "
+    "RETURNING " + ", ".join(APPLIED_COLUMNS)
+)
+CANCEL_HELD = (
+    "UPDATE {table} SET cancellation = {json_param} "
+    "WHERE {ids} AND backend = %(backend)s AND status IN " + HELD_SQL + " AND lease <> '' "
+    "AND cancellation IS NULL "
+    "RETURNING id"
+)
+CANCEL_REQUESTED = "SELECT 1 FROM {table} WHERE id = %(id)s AND cancellation IS NOT NULL"
 
 
 def exchange_pg(claim: str, *ctes: str) -> str:
@@ -212,6 +264,12 @@ _VENDORS: dict[str, dict[str, str]] = {
         "json_value": "%(return_value)s::jsonb",
         "json_progress": "%(progress)s::jsonb",
         "now": "SELECT statement_timestamp()",
+        "json_param": "%(error)s::jsonb",
+        "cancelled_or_errors": "CASE WHEN cancellation IS NULL THEN errors "
+                               "ELSE errors || jsonb_build_array(cancellation) END",
+        "append_cancellation": "CASE WHEN %(error)s IS NULL THEN errors ELSE errors || "
+                               "jsonb_build_array(%(error)s::jsonb) END || "
+                               "jsonb_build_array(cancellation)",
     },
     "sqlite": {
         "append_worker": "json_insert(worker_ids, '$[#]', %(worker)s)",
@@ -219,6 +277,13 @@ _VENDORS: dict[str, dict[str, str]] = {
         "json_value": "%(return_value)s",
         "json_progress": "%(progress)s",
         "now": "",  # one host: the database's clock is this host's
+        "json_param": "json(%(error)s)",
+        # A CANCELLED outcome without an error (dropped unstarted): the cancellation.
+        "cancelled_or_errors": "CASE WHEN cancellation IS NULL THEN errors "
+                               "ELSE json_insert(errors, '$[#]', json(cancellation)) END",
+        "append_cancellation": "json_insert(CASE WHEN %(error)s IS NULL THEN errors "
+                               "ELSE json_insert(errors, '$[#]', json(%(error)s)) END, "
+                               "'$[#]', json(cancellation))",
     },
 }
 
@@ -495,7 +560,7 @@ class JobStore:
             "error": dumps(o.error) if o.error else None,
             "finished_at": self.time(o.finished_at), "retry_at": self.time(o.retry_at),
             "started_at": self.time(o.started_at), "worker": worker_id,
-            "id": self.job_id(o.id), "lease": o.lease,
+            "id": self.job_id(o.id), "lease": o.lease, "now": self.time(timezone.now()),
         }
 
     @staticmethod
@@ -522,14 +587,104 @@ class JobStore:
                     raise OutcomeHookFailed(name) from exc
 
     def give_back(self, messages: Sequence[Message | Start]) -> int:
-        """Claimed jobs that never started go back to READY untouched; returns how many."""
+        """Claimed jobs that never started go back to READY untouched; returns how many.
+
+        Those asked to cancel meanwhile are written CANCELLED instead (not counted).
+        """
         if not messages:
             return 0
         with self.connection.cursor() as cursor:
             cursor.executemany(self.sql(GIVE_BACK), [
                 {"id": self.job_id(m.id), "lease": m.lease} for m in messages
             ])
-            return cursor.rowcount
+            released = cursor.rowcount
+        if released < len(messages):
+            self.apply_outcomes("", [cancelled_outcome(m.id, m.lease) for m in messages])
+        return released
+
+    def _cancelled_claims(self, worker_id: str, ids: set[str] | None) -> list[Outcome]:
+        """CANCELLED outcomes for what ``worker_id`` claimed, never started and was asked
+        to cancel (give-back leaves those claimed)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.sql(CANCELLED_CLAIMS), {"worker": worker_id})
+            rows = cursor.fetchall()
+        return [cancelled_outcome(job_id_str(i), lease, task_path) for i, lease, task_path in rows
+                if ids is None or job_id_str(i) in ids]
+
+    # -- cancelling -------------------------------------------------------------------
+
+    def cancel(self, job_ids: Sequence[Any], *, by: str = "",
+               now: datetime | None = None) -> dict[str, str]:
+        """Cancel these jobs; returns what became of each id asked about:
+
+        - ``"cancelled"``: it was READY or WAITING and is CANCELLED now (it never runs);
+          its workflow moves on as after a failure (the outcome hooks run in this
+          transaction);
+        - ``"cancelling"``: a worker holds it (claimed or running); it is marked, and
+          ends CANCELLED whatever its attempt does: its worker drops it unstarted, or
+          tells the running task (``context.is_cancelled()``) and, with
+          ``cancel_grace``, kills it (prefork);
+        - ``"already cancelling"``; ``"finished <STATUS>"``: nothing changed;
+        - ``"unknown"``: no such job in this backend.
+
+        The mark is in the row: it survives worker restarts and rescues.
+        """
+        from .models import Job
+
+        ids = []
+        for value in job_ids:
+            try:
+                ids.append(str(uuid.UUID(str(value))))
+            except ValueError:
+                continue
+        now = now or timezone.now()
+        error = {
+            "exception_class_path": "django_tasks.exceptions.Cancelled",
+            "message": "cancelled" + (f" by {by}" if by else ""),
+            "traceback": "", "attempt": 0, "worker_id": "", "occurred_at": now.isoformat(),
+        }
+        done: dict[str, str] = {}
+        if ids:
+            names = {f"i{n}": self.job_id(i) for n, i in enumerate(ids)}
+            if self.vendor == "postgresql":
+                in_ids, params = "id = ANY(%(ids)s::uuid[])", {"ids": ids}
+            else:
+                in_ids = "id IN (" + ", ".join(f"%({n})s" for n in names) + ")"
+                params = dict(names)
+            params.update(error=dumps(error), now=self.time(now), backend=self.backend_alias)
+            with transaction.atomic(using=self.database), self.connection.cursor() as cursor:
+                cursor.execute(self.sql(CANCEL_UNHELD.replace("{ids}", in_ids)), params)
+                applied = [self.applied(row) for row in cursor.fetchall()]
+                done.update((a.id, "cancelled") for a in applied)
+                self.run_hooks(applied)
+                cursor.execute(self.sql(CANCEL_HELD.replace("{ids}", in_ids)), params)
+                done.update((job_id_str(row[0]), "cancelling") for row in cursor.fetchall())
+            rest = [i for i in ids if i not in done]
+            for pk, status, cancellation in (
+                Job.objects.using(self.database).filter(pk__in=rest, backend=self.backend_alias)
+                .values_list("pk", "status", "cancellation")
+            ):
+                done[str(pk)] = (f"finished {status}" if status not in HELD
+                                 else "already cancelling" if cancellation else "cancelling")
+        for i, value in zip_ids(job_ids, ids):
+            done.setdefault(i or str(value), "unknown")
+        for job_id, what in done.items():
+            if what in ("cancelled", "cancelling"):
+                logger.info("Job %s %s%s", job_id, what, f" (by {by})" if by else "")
+        return done
+
+    def cancelling(self, worker_id: str) -> set[str]:
+        """Ids of the jobs ``worker_id`` holds that were asked to cancel (the cancel poll)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.sql(CANCELLING_OF), {"worker": worker_id})
+            return {job_id_str(row[0]) for row in cursor.fetchall()}
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether cancelling ``job_id`` was asked for, as committed now (read on the side
+        connection, outside any transaction of the caller's)."""
+        params = {"id": self.job_id(job_id)}
+        return self._on_side(lambda cursor: (cursor.execute(self.sql(CANCEL_REQUESTED), params),
+                                             cursor.fetchone())[1]) is not None
 
     def held_by(self, worker_id: str) -> list[tuple[str, str]]:
         """``(id, lease)`` of every job ``worker_id`` holds (claimed or running)."""
@@ -540,14 +695,69 @@ class JobStore:
         return [(str(i), lease) for i, lease in rows]
 
     def report_progress(self, job_id: str, progress: dict[str, Any], lease: str = "") -> bool:
-        """Store a running job's latest progress (last write wins) while ``lease`` holds it.
+        """Store a running job's latest progress (last write wins) while ``lease`` holds it;
+        visible to other connections at once, even while the task holds a transaction
+        open (written on this thread's side connection, in autocommit).
 
-        Without a lease (called outside a worker) any held job takes the report.
+        Without a lease (called outside a worker) any held job takes the report. On
+        SQLite, inside the task's own transaction, the report is written in that
+        transaction (SQLite has one writer at a time: a second connection would wait
+        for the task to commit) and seen when it commits.
         """
-        with self.connection.cursor() as cursor:
-            cursor.execute(self.sql(PROGRESS), {
-                "progress": dumps(progress), "id": self.job_id(job_id), "lease": lease})
-            return cursor.rowcount > 0
+        params = {"progress": dumps(progress), "id": self.job_id(job_id), "lease": lease}
+        return self._side_write(PROGRESS, params)
+
+    def _side_write(self, statement: str, params: dict[str, Any]) -> bool:
+        own = self.connection
+        if self.vendor == "sqlite" and own.in_atomic_block:
+            with own.cursor() as cursor:
+                cursor.execute(self.sql(statement), params)
+                return cursor.rowcount > 0
+        written = self._on_side(lambda cursor: (cursor.execute(self.sql(statement), params),
+                                                cursor.rowcount)[1])
+        if not written and own.in_atomic_block:
+            # The row may exist only in the caller's own uncommitted transaction (a test
+            # wrapped in one, a job enqueued and run inline): write it there.
+            with own.cursor() as cursor:
+                cursor.execute(self.sql(statement), params)
+                return cursor.rowcount > 0
+        return written > 0
+
+    def _on_side(self, run: Callable[[Any], Any]) -> Any:
+        """``run(cursor)`` on this thread's side connection (autocommit), reconnecting once
+        if the connection broke."""
+        for attempt in (1, 2):
+            conn = self.side_connection()
+            try:
+                with conn.cursor() as cursor:
+                    return run(cursor)
+            except DatabaseError:
+                if attempt == 2 or conn.is_usable():
+                    raise
+                _drop_side_connection(self.database)
+            finally:
+                if not getattr(_side, "keep", False):
+                    # Not a pool's thread or child: a test, a script, the inline pool.
+                    # Kept open it would outlive the caller's idea of its connections
+                    # (a test run could not drop its database).
+                    _drop_side_connection(self.database)
+        raise AssertionError("unreachable")
+
+    def side_connection(self) -> Any:
+        """A connection of this thread's own to the store's database, apart from the one
+        the task's code uses (so never inside its transaction); kept open in a pool's
+        threads and children (:func:`keep_side_connections`), else closed after each
+        use. A forked child opens its own."""
+        conns = getattr(_side, "conns", None)
+        if conns is None or _side.pid != os.getpid():
+            if conns:
+                _inherited_side.extend(conns.values())  # the parent's: never closed here
+            conns = _side.conns = {}
+            _side.pid = os.getpid()
+        conn = conns.get(self.database)
+        if conn is None:
+            conn = conns[self.database] = connections.create_connection(self.database)
+        return conn
 
     # -- rescue -------------------------------------------------------------------------
 
@@ -575,7 +785,7 @@ class JobStore:
             given_back = self.give_back([Start(i, lease, "") for i, lease in held])
             rows = [row for row in rows if job_id_str(row[0]) in ids]
         last_attempted = {job_id_str(row[0]): row[len(MESSAGE_COLUMNS)] for row in rows}
-        outcomes, messages = [], {}
+        outcomes, messages = self._cancelled_claims(worker_id, ids), {}
         for message in self.messages(rows, worker_id, now):
             message.attempt -= 1  # the attempt that was running is already counted
             message.worker_ids.pop()
@@ -593,7 +803,8 @@ class JobStore:
             task = task_or_none(a.task_path)
             if task is not None:
                 send_failed(messages[a.id], task, errors[a.id], now)
-        return RescueCounts(given_back, len(applied) - len(failed), len(failed))
+        retried = sum(a.status == READY for a in applied)
+        return RescueCounts(given_back, retried, len(applied) - retried)
 
     def rescue_orphans(self, rescuer_id: str, now: datetime | None = None,
                        is_gone: Callable[[Any], bool] | None = None,
@@ -731,6 +942,54 @@ class JobStore:
                 lease="", max_attempts=F("attempts") + 1,
             )
         return ids
+
+
+_side = threading.local()
+#: Side connections a forked child inherited: kept referenced, never closed (closing
+#: would act on the parent's session).
+_inherited_side: list[Any] = []
+
+
+def _drop_side_connection(alias: str) -> None:
+    conn = getattr(_side, "conns", {}).pop(alias, None)
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+def keep_side_connections() -> None:
+    """This thread (a pool's thread, a prefork child) keeps its side connections open
+    between reports, until :func:`close_side_connections`."""
+    _side.keep = True
+
+
+def close_side_connections() -> None:
+    """Close this thread's side connections (a pool thread or child that is done)."""
+    if getattr(_side, "pid", None) == os.getpid():
+        for alias in list(_side.conns):
+            _drop_side_connection(alias)
+
+
+def cancelled_outcome(job_id: str, lease: str, task_path: str = "") -> Outcome:
+    """The outcome of a job asked to cancel that never started: it is CANCELLED (no attempt
+    counted; the store appends the row's cancellation as its error)."""
+    return Outcome(id=job_id, lease=lease, status=CANCELLED,
+                   finished_at=timezone.now().isoformat(), task_path=task_path)
+
+
+def zip_ids(values: Sequence[Any], ids: Sequence[str]) -> list[tuple[str | None, Any]]:
+    """Pair each value asked about with its canonical id (None if it is not a UUID)."""
+    out, parsed = [], iter(ids)
+    for value in values:
+        try:
+            uuid.UUID(str(value))
+        except ValueError:
+            out.append((None, value))
+        else:
+            out.append((next(parsed), value))
+    return out
 
 
 def outcomes_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:

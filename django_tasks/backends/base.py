@@ -285,6 +285,7 @@ class ModelBackend(BaseTaskBackend):
             backend=self.alias,
             errors=[],
             worker_ids=[],
+            job_status=job.status,
         )
         transaction.on_commit(lambda: send_robust(task_enqueued, self.alias, result),
                               using=self.database, robust=True)
@@ -299,6 +300,15 @@ class ModelBackend(BaseTaskBackend):
         check_arguments(None, (), progress, task_name="progress")
         progress["updated_at"] = timezone.now().isoformat()
         return self.store.report_progress(job_id, progress, lease)
+
+    def cancel(self, job_ids: Sequence[Any], *, by: str = "") -> dict[str, str]:
+        """Cancel these jobs; what became of each id (see :meth:`JobStore.cancel`).
+
+        A job that had not started is CANCELLED at once, in this call's transaction
+        (with its workflow's follow-ups); one a worker holds is marked, and its worker
+        stops it. ``by`` (say, a user name) is recorded in the error entry.
+        """
+        return self.store.cancel(job_ids, by=by)
 
     def retry(self, job_ids: Sequence[Any]) -> list[str]:
         """Run these FAILED jobs once more (their errors kept); returns the ids retried.
@@ -355,6 +365,8 @@ class ModelBackend(BaseTaskBackend):
             backend=job.backend,
             errors=[error_from_dict(e) for e in job.errors],
             worker_ids=list(job.worker_ids),
+            progress=job.progress,
+            job_status=job.status,
         )
         if job.status == TaskResultStatus.SUCCESSFUL:
             object.__setattr__(result, "_return_value", job.return_value)
