@@ -12,6 +12,7 @@ the extra options::
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from inspect import isclass
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
     from .canvas import Signature
     from .results import JobResult
 
-__all__ = ["Task", "TaskContext"]
+__all__ = ["CANCEL_CHECK_INTERVAL", "Task", "TaskContext"]
+
+#: ``TaskContext.is_cancelled()`` asks the database at most this often (seconds).
+CANCEL_CHECK_INTERVAL = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +56,12 @@ class Task(django_base.Task):
     #: (prefork pool only) so it can clean up; must be below ``time_limit``. Uses SIGALRM
     #: in the child, so such a task must not use SIGALRM (``signal.alarm``) itself.
     soft_time_limit: float | None = None
+    #: Seconds a running job asked to cancel gets to stop by itself (it sees
+    #: ``context.is_cancelled()``) before the prefork pool kills it; it ends CANCELLED
+    #: either way. None: never killed (then the worker's ``--cancel-grace``, if given,
+    #: applies). The threads and inline pools cannot kill: there cancelling is
+    #: cooperative only.
+    cancel_grace: float | None = None
     # True when the queue was chosen by the call (``using``/``apply_async``): ROUTES
     # then leave it alone. Not a user option.
     queue_from_call: bool = field(default=False, repr=False, compare=False)
@@ -79,6 +89,13 @@ class Task(django_base.Task):
                 raise InvalidTask(
                     f"{self.module_path}: {name} must be a number of seconds >= 0; got {value!r}."
                 )
+        grace = self.cancel_grace
+        if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int | float)
+                                  or not math.isfinite(grace) or grace < 0):
+            raise InvalidTask(
+                f"{self.module_path}: cancel_grace must be a number of seconds >= 0 (0: kill "
+                f"at once), or None to let the task stop by itself; got {grace!r}."
+            )
         for name in ("time_limit", "soft_time_limit"):
             value = getattr(self, name)
             if value is not None and (
@@ -166,6 +183,30 @@ class TaskContext(django_base.TaskContext):
 
     # The claim's token: progress reports are written only while it holds the job.
     lease: str = field(default="", repr=False, compare=False)
+    # is_cancelled()'s memory: [when it last asked the database, what it learned].
+    _cancel_seen: list[Any] = field(default_factory=lambda: [None, False], init=False,
+                                    repr=False, compare=False)
+
+    def is_cancelled(self) -> bool:
+        """Whether cancelling this job was asked for: stop soon (return or raise; the job
+        ends CANCELLED either way).
+
+        Asks the database at most once per ``CANCEL_CHECK_INTERVAL`` seconds (0.5),
+        on a connection apart from the task's (so the task's own open transaction
+        does not hide the answer); cheap to call in a loop. Works in prefork children,
+        threads and inline. Once true, stays true.
+        """
+        seen = self._cancel_seen
+        if seen[1]:
+            return True
+        clock = time.monotonic()
+        if seen[0] is not None and clock - seen[0] < CANCEL_CHECK_INTERVAL:
+            return False
+        seen[0] = clock
+        store = getattr(self.task_result.task.get_backend(), "store", None)
+        if store is not None:
+            seen[1] = store.cancel_requested(self.task_result.id)
+        return seen[1]
 
     def retry(
         self,
@@ -184,7 +225,10 @@ class TaskContext(django_base.TaskContext):
 
     def report_progress(self, current: float, total: float | None = None,
                         message: str = "") -> None:
-        """Record how far the job has got; shown in the admin and on the job row."""
+        """Record how far the job has got: ``result.progress`` for callers, a bar in the
+        admin. Written at once on a connection of its own (autocommit), so others see
+        it even while the task holds a transaction open; fenced by the claim's lease
+        (a report from an attempt that lost the job changes nothing)."""
         backend = self.task_result.task.get_backend()
         report = getattr(backend, "report_progress", None)
         if report is not None:

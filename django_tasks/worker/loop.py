@@ -6,9 +6,9 @@ The broker thread does every round trip of the hot path: each :meth:`Worker.exch
 writes the starts and outcomes gathered since the last one and claims jobs for the
 capacity left (one statement on PostgreSQL); while it is in flight the next batch
 gathers. It survives the broker going away (outcomes stay in memory until written).
-The duties thread runs the periodic duties (heartbeat, rescue of dead workers' jobs),
-each a function of the time, on its own connection, so a slow claim never delays a
-heartbeat. Only the broker's outage errors are retried; any other exception in either
+The duties thread runs the periodic duties (heartbeat, rescue of dead workers' jobs,
+the cancel poll), each a function of the time, on its own connection, so a slow claim
+never delays a heartbeat. Only the broker's outage errors are retried; any other exception in either
 thread is a bug: it is logged and stops the worker, whose jobs are then rescued.
 
 The worker talks to the backend's :class:`~django_tasks.backends.base.Broker` and
@@ -40,8 +40,10 @@ from ..backends.base import Broker
 from ..conf import backend as tasks_backend
 from ..exceptions import WorkerIdInUse
 from ..messages import Message, Outcome, Start
+from ..outcomes import task_or_none
 from ..scheduler import MAX_WAIT as SCHEDULER_INTERVAL
 from ..scheduler import Scheduler
+from ..store import cancelled_outcome
 from .broker_thread import BrokerThreads, Duty
 from .liveness import is_gone, process_key
 from .pool import make_pool
@@ -61,6 +63,10 @@ PREFETCH_PER_SLOT = 8
 #: "claimed, not started" although they ran.
 START_RECORD_LAG = 0.02
 
+
+#: How often a worker holding jobs asks which of them were asked to cancel (at most;
+#: never less often than the heartbeat). An idle worker does not ask.
+CANCEL_POLL_INTERVAL = 0.5
 
 #: How often a worker deletes the rows of workers gone longer than WORKER_RETENTION.
 WORKER_PRUNE_INTERVAL = 3600.0
@@ -92,6 +98,7 @@ class Worker(BrokerThreads):
         grace: float | None = None,
         pool_options: dict[str, Any] | None = None,
         beat: bool = False,
+        cancel_grace: float | None = None,
     ) -> None:
         self.backend = tasks_backend(backend)
         broker = getattr(self.backend, "broker", None)
@@ -122,6 +129,11 @@ class Worker(BrokerThreads):
             raise ValueError(f"prefetch must be 0 or more; got {prefetch}.")
         if grace is not None and grace < 0:
             raise ValueError(f"grace must be 0 or more seconds; got {grace}.")
+        if cancel_grace is not None and cancel_grace < 0:
+            raise ValueError(f"cancel_grace must be 0 or more seconds; got {cancel_grace}.")
+        #: For tasks without a ``cancel_grace`` of their own: seconds a running job asked
+        #: to cancel gets before the prefork pool kills it (None: it is never killed).
+        self.cancel_grace = cancel_grace
         self.worker_id = worker_id or default_worker_id()
         self._base_id = self.worker_id
         self._incarnation = 1
@@ -156,6 +168,10 @@ class Worker(BrokerThreads):
         self._starts_since: float | None = None
         self._inflight_since: float | None = None
         self._outcomes: list[Outcome] = []  # finished since the last exchange
+        # Running jobs the cancel poll found asked to cancel, for the main thread (which
+        # owns the pool) to tell; and those already told.
+        self._to_cancel: set[str] = set()
+        self._told: set[str] = set()
         self._dry = False  # the last claim got fewer jobs than asked for
         self._drained = False  # an exchange with nothing held or pending claimed nothing
         self.claimed = 0
@@ -176,6 +192,8 @@ class Worker(BrokerThreads):
         self.duties = [
             Duty("heartbeat", self.heartbeat_interval, self._beat),
             Duty("rescue", self.heartbeat_interval, self._rescue),
+            Duty("cancel poll", min(CANCEL_POLL_INTERVAL, self.heartbeat_interval),
+                 self._poll_cancels),
             *(Duty(name, interval, run) for name, interval, run in self.broker.duties(self.queues)),
         ]
         self.worker_retention = config.worker_retention
@@ -203,7 +221,12 @@ class Worker(BrokerThreads):
         outcomes = self.pool.collect()
         clock = time.monotonic()
         with self._lock:
+            to_cancel, self._to_cancel = self._to_cancel, set()
+        for job_id in to_cancel:
+            self._tell_cancel(job_id)
+        with self._lock:
             for outcome in outcomes:
+                self._told.discard(outcome.id)
                 message, at = self._running.pop(outcome.id, (None, clock))
                 if message is not None:
                     outcome.started_at = message.started_at
@@ -286,6 +309,54 @@ class Worker(BrokerThreads):
         if done.stale:
             self._log_stale(done.stale)
         return len(jobs)
+
+    def _poll_cancels(self, now: datetime | None = None) -> None:
+        """Duty: learn which held jobs were asked to cancel. Buffered ones are dropped
+        unstarted (a CANCELLED outcome, written by the next round trip with the outcome
+        hooks); running ones are handed to the main thread to tell the pool."""
+        with self._lock:
+            if not (self._buffer or self._running):
+                return
+            worker_id = self.worker_id
+        ids = self.store.cancelling(worker_id)
+        if not ids:
+            return
+        with self._lock:
+            dropped = [m for m in self._buffer if m.id in ids]
+            if dropped:
+                self._buffer = deque(m for m in self._buffer if m.id not in ids)
+                self._outcomes.extend(cancelled_outcome(m.id, m.lease, m.task_path)
+                                      for m in dropped)
+            running = {i for i in ids if i in self._running and i not in self._told}
+            self._to_cancel |= running
+        for m in dropped:
+            logger.info("Job %s CANCELLED before it started: task=%s queue=%s", m.id,
+                        m.task_path, m.queue_name)
+        if dropped:
+            poke(self._io_w)
+        if running:
+            poke(self._wake_w)
+
+    def _tell_cancel(self, job_id: str) -> None:
+        """Main thread: the running job ``job_id`` was asked to cancel; with a grace (the
+        task's ``cancel_grace``, else the worker's) the pool kills it once that is over."""
+        with self._lock:
+            entry = self._running.get(job_id)
+            if entry is None or job_id in self._told:
+                return
+            self._told.add(job_id)
+        task = task_or_none(entry[0].task_path)
+        grace = getattr(task, "cancel_grace", None)
+        if grace is None:
+            grace = self.cancel_grace
+        if not self.pool.cancel(job_id, grace):
+            return
+        if grace is not None and self.pool.name == "prefork":
+            logger.warning("Job %s asked to cancel while running: task=%s; killed in %gs "
+                           "unless it stops", job_id, entry[0].task_path, grace)
+        else:
+            logger.warning("Job %s asked to cancel while running: task=%s; it stops when "
+                           "it sees context.is_cancelled()", job_id, entry[0].task_path)
 
     def _log_stale(self, outcomes: Sequence[Outcome]) -> None:
         """Say why each outcome was discarded: its job's row is gone, or held by another."""

@@ -30,6 +30,7 @@ from django.db import connections
 
 from ..messages import Message, Outcome
 from ..outcomes import task_or_none
+from ..store import close_side_connections, keep_side_connections
 from .execute import execute
 from .prefork import PreforkPool
 from .wakeup import drain, pipe, poke
@@ -110,6 +111,10 @@ class InlinePool:
         done, self._done = self._done, []
         return done
 
+    def cancel(self, job_id: str, grace: float | None) -> bool:
+        """Nothing runs between calls: there is nothing to tell."""
+        return False
+
     def waitables(self) -> list[Any]:
         return []
 
@@ -158,6 +163,7 @@ class ThreadPool:
             self._threads.append(thread)
 
     def _run(self) -> None:
+        keep_side_connections()
         try:
             while (message := self._inbox.get()) is not None:
                 outcome = execute(message, self.worker_id)
@@ -170,6 +176,7 @@ class ThreadPool:
                     self._done.append(outcome)
                 poke(self._wake_w)
         finally:
+            close_side_connections()
             connections.close_all()
 
     def free_slots(self) -> int:
@@ -195,6 +202,11 @@ class ThreadPool:
         for outcome in done:
             self._running.pop(outcome.id, None)
         return done
+
+    def cancel(self, job_id: str, grace: float | None) -> bool:
+        """A thread cannot be killed: the task sees ``context.is_cancelled()`` and stops
+        by itself (``grace`` is not enforced). Returns whether it runs here."""
+        return job_id in self._running
 
     def waitables(self) -> list[Any]:
         return [self._wake_r]

@@ -29,10 +29,11 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from ..exceptions import TimeLimitExceeded, WorkerLost
+from ..exceptions import Terminated, TimeLimitExceeded, WorkerLost
 from ..messages import Message, Outcome
 from ..outcomes import failure_outcome, task_or_none
 from ..serialization import dumps
+from ..store import close_side_connections, keep_side_connections
 from .execute import execute
 
 logger = logging.getLogger("django_tasks.worker")
@@ -103,6 +104,7 @@ def _child_main(conn: Any, worker_id: str, siblings: list[Any], parent_pid: int,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _forget_inherited_connections()
+    keep_side_connections()
     done = 0
     while True:
         try:
@@ -122,6 +124,7 @@ def _child_main(conn: Any, worker_id: str, siblings: list[Any], parent_pid: int,
             break  # the supervisor is gone
         if retire:
             break
+    close_side_connections()
     connections.close_all()  # only connections this child opened (see above)
 
 
@@ -181,6 +184,8 @@ class _Slot:
     started: float = 0.0  # time.monotonic() at submit
     time_limit: float | None = None
     deadline: float | None = None  # time.monotonic() past which the child is killed
+    # Set when the job was asked to cancel with a grace: (seconds, its kill time).
+    cancel: tuple[float, float] | None = None
 
 
 class PreforkPool:
@@ -308,6 +313,21 @@ class PreforkPool:
         slot.started = time.monotonic()
         slot.time_limit = getattr(task, "time_limit", None)
         slot.deadline = None if slot.time_limit is None else slot.started + slot.time_limit
+        slot.cancel = None
+
+    def cancel(self, job_id: str, grace: float | None) -> bool:
+        """The job ``job_id`` was asked to cancel: kill its child ``grace`` seconds from
+        now unless it ends first (the time limit's path: its outcome is made up with
+        ``Terminated``). None: leave it to stop by itself. Returns whether it runs here."""
+        slot = next((s for s in self._slots if s.message is not None
+                     and s.message.id == job_id), None)
+        if slot is None:
+            return False
+        if grace is not None and slot.cancel is None:
+            kill_at = time.monotonic() + grace
+            slot.cancel = (grace, kill_at)
+            slot.deadline = kill_at if slot.deadline is None else min(slot.deadline, kill_at)
+        return True
 
     def _receive(self, slot: _Slot) -> dict[str, Any] | None:
         """The child's complete reply, if one is waiting; None if none (or it died mid-way)."""
@@ -354,10 +374,17 @@ class PreforkPool:
             killed = dead = True
             reply = self._receive(slot)  # it may have finished just before the kill
             if reply is None:
-                outcome = self._lost(slot, TimeLimitExceeded(
-                    f"The job ran longer than its time_limit ({slot.time_limit:g} s) and was "
-                    f"killed (pid {process.pid})."
-                ))
+                if slot.cancel is not None and slot.cancel[1] <= now:
+                    exc: BaseException = Terminated(
+                        f"Cancelled while running, and killed after its cancel_grace "
+                        f"({slot.cancel[0]:g} s) (pid {process.pid})."
+                    )
+                else:
+                    exc = TimeLimitExceeded(
+                        f"The job ran longer than its time_limit ({slot.time_limit:g} s) and "
+                        f"was killed (pid {process.pid})."
+                    )
+                outcome = self._lost(slot, exc)
                 self._release(slot, replace=True)
                 return [outcome]
         if reply is not None:

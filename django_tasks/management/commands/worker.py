@@ -99,6 +99,13 @@ class Command(BaseCommand):
                  "interrupted and rescued (default: wait for them).",
         )
         parser.add_argument(
+            "--cancel-grace", type=_seconds, default=None, metavar="SECONDS",
+            help="prefork: a running job asked to cancel is killed this long after the "
+                 "worker notices, unless it stops by itself first (tasks' own cancel_grace "
+                 "wins). Default: never killed; the task stops when it sees "
+                 "context.is_cancelled().",
+        )
+        parser.add_argument(
             "--max-tasks-per-child", type=positive_int, default=None, metavar="N",
             help="prefork: replace a child process after it ran N jobs (leaky code).",
         )
@@ -154,6 +161,7 @@ class Command(BaseCommand):
                 grace=options["grace"],
                 pool_options=pool_options,
                 beat=options["beat"],
+                cancel_grace=options["cancel_grace"],
             )
         except Exception as exc:
             raise CommandError(str(exc)) from exc
