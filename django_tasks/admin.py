@@ -57,8 +57,8 @@ class ScheduleFilter(admin.SimpleListFilter):
 @admin.register(Job)
 class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
-        "id", "task_path", "status", "queue_name", "priority", "attempts_display",
-        "enqueued_at", "started_at", "finished_at", "duration_display",
+        "id", "task_path", "status", "progress_display", "queue_name", "priority",
+        "attempts_display", "enqueued_at", "started_at", "finished_at", "duration_display",
     )
     list_filter = ("status", "queue_name", "backend", "task_path", ScheduleFilter)
     search_fields = ("=id", "task_path")
@@ -66,10 +66,11 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
     date_hierarchy = "enqueued_at"
     list_per_page = 50
     show_full_result_count = False  # COUNT(*) over millions of rows is not free
-    actions = ["retry_jobs"]
+    actions = ["retry_jobs", "cancel_jobs"]
     fieldsets = (
         (None, {"fields": ("id", "task_path", "status", "queue_name", "priority", "backend",
-                           "worker_id", "attempts_display", "progress", "schedule_display",
+                           "worker_id", "attempts_display", "progress_display",
+                           "cancellation_display", "schedule_display",
                            "workflow_display")}),
         (_("Call"), {"fields": ("args_display", "kwargs_display")}),
         (_("Outcome"), {"fields": ("return_value_display", "errors_display")}),
@@ -79,7 +80,8 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
     )
     readonly_fields = (
         "id", "task_path", "status", "queue_name", "priority", "backend", "worker_id",
-        "attempts_display", "progress", "args_display", "kwargs_display",
+        "attempts_display", "progress_display", "cancellation_display", "args_display",
+        "kwargs_display",
         "return_value_display", "errors_display", "enqueued_at", "run_after", "available_at",
         "started_at", "last_attempted_at", "finished_at", "duration_display", "worker_ids",
         "schedule_display", "workflow_display",
@@ -115,6 +117,29 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
         kind = _("run by hand") if tick.manual else _("tick")
         return format_html('<a href="{}">{}</a> ({} {})', url, tick.schedule.name, kind,
                            tick.tick_at.isoformat())
+
+    @admin.display(description=_("progress"))
+    def progress_display(self, job: Job) -> str:
+        """A bar (current of total) and the task's message, from its latest report."""
+        progress = job.progress
+        if not isinstance(progress, dict):
+            return "-"
+        current, total = progress.get("current"), progress.get("total")
+        message = progress.get("message") or ""
+        numbers = isinstance(current, int | float) and isinstance(total, int | float)
+        if numbers and total > 0:
+            return format_html('<progress value="{}" max="{}" title="{}"></progress> {}/{} {}',
+                               current, total, message, current, total, message)
+        return format_html("{} {}", current if current is not None else "", message)
+
+    @admin.display(description=_("cancellation"))
+    def cancellation_display(self, job: Job) -> str:
+        if not job.cancellation:
+            return "-"
+        done = job.status == "CANCELLED"
+        return format_html("{} {} ({})", _("cancelled") if done else _("asked, worker to stop it"),
+                           job.cancellation.get("occurred_at", ""),
+                           job.cancellation.get("message", ""))
 
     @admin.display(description=_("attempts"))
     def attempts_display(self, job: Job) -> str:
@@ -173,6 +198,42 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 request, _("Only FAILED jobs can be retried; %d skipped.") % (selected - retried),
                 messages.WARNING,
             )
+
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("django_tasks.cancel_job")
+
+    @admin.action(description=_("Cancel selected jobs"), permissions=["cancel"])
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        # Through the backend, as result.cancel() does: workflows move on, workers notice.
+        by_backend: dict[str, list[Any]] = {}
+        for job_id, alias in queryset.values_list("id", "backend"):
+            by_backend.setdefault(alias, []).append(job_id)
+        counts = {"cancelled": 0, "cancelling": 0}
+        skipped = 0
+        who = f"admin user {request.user.get_username()}"
+        for alias, ids in by_backend.items():
+            for what in task_backends[alias].cancel(ids, by=who).values():
+                if what in counts:
+                    counts[what] += 1
+                else:
+                    skipped += 1
+        if counts["cancelled"]:
+            self.message_user(request, ngettext(
+                "%d job cancelled (it had not started).",
+                "%d jobs cancelled (they had not started).", counts["cancelled"],
+            ) % counts["cancelled"], messages.SUCCESS)
+        if counts["cancelling"]:
+            self.message_user(request, ngettext(
+                "%d running job is being cancelled: it ends CANCELLED once its worker "
+                "notices.", "%d running jobs are being cancelled: they end CANCELLED once "
+                "their workers notice.", counts["cancelling"],
+            ) % counts["cancelling"], messages.SUCCESS)
+        if skipped:
+            self.message_user(request, ngettext(
+                "%d job was already finished (or being cancelled); nothing to do.",
+                "%d jobs were already finished (or being cancelled); nothing to do.", skipped,
+            ) % skipped, messages.WARNING)
 
 
 @admin.register(Worker)

@@ -27,7 +27,8 @@ def before(age: timedelta, option: str, text: str) -> datetime:
 
 
 class Command(BaseCommand):
-    help = "Inspect and maintain jobs: 'tasks status', 'tasks prune --older-than 7d'."
+    help = ("Inspect and maintain jobs: 'tasks status', 'tasks prune --older-than 7d', "
+            "'tasks cancel ID [ID ...]'.")
 
     def add_arguments(self, parser: Any) -> None:
         one_line_errors(parser)
@@ -44,6 +45,13 @@ class Command(BaseCommand):
                            help="Rows deleted per statement (default: %(default)s).")
         prune.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
                            help="TASKS alias (default: %(default)s).")
+        cancel = sub.add_parser(
+            "cancel", help="Cancel jobs: one not started never runs; a running one is told "
+                           "(context.is_cancelled()) and ends CANCELLED. A finished job is "
+                           "left as it is.")
+        cancel.add_argument("ids", nargs="+", metavar="ID", help="Job ids.")
+        cancel.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
+                            help="TASKS alias (default: %(default)s).")
         status = sub.add_parser(
             "status", help="Queue depths per queue and status; workers: alive, dead or "
                            "stopped, and how many jobs each holds; periodic schedules: "
@@ -66,6 +74,9 @@ class Command(BaseCommand):
             raise CommandError(f"TASKS[{alias!r}] uses {type(tasks_backend).__name__}, which "
                                "keeps no job table; pass --backend with a django_tasks backend.")
         jobs = Job.objects.using(db).filter(backend=alias)
+        if options["action"] == "cancel":
+            self._cancel(tasks_backend, options["ids"])
+            return
         if options["action"] == "prune":
             text = options["older_than"]
             cutoff = before(parse_age(text), "--older-than", text)
@@ -81,6 +92,29 @@ class Command(BaseCommand):
         before(recent, "--recent", text)
         self._status(db, jobs, tasks_backend.config.worker_timeout, recent=recent)
         self._schedules(db, alias)
+
+    def _cancel(self, tasks_backend: Any, ids: list[str]) -> None:
+        done = tasks_backend.cancel(ids, by="manage.py tasks cancel")
+        unknown = []
+        for job_id in ids:
+            key = next((k for k in done if k == job_id or k.replace("-", "") == job_id
+                        .replace("-", "").lower()), job_id)
+            what = done.get(key, "unknown")
+            if what == "cancelled":
+                self.stdout.write(f"{key}: cancelled (it had not started; it will not run)")
+            elif what == "cancelling":
+                self.stdout.write(f"{key}: cancelling (a worker holds it; it ends CANCELLED "
+                                  "once the worker notices)")
+            elif what == "already cancelling":
+                self.stdout.write(f"{key}: already being cancelled; nothing to do")
+            elif what.startswith("finished "):
+                self.stdout.write(f"{key}: already finished ({what.split()[1]}); nothing to do")
+            else:
+                unknown.append(job_id)
+        if unknown:
+            others = "" if len(unknown) == len(ids) else " (the others were handled)"
+            raise CommandError(f"No job {', '.join(unknown)} in "
+                               f"TASKS[{tasks_backend.alias!r}]{others}.")
 
     def _status(self, db: str, jobs: Any, timeout: float, *, recent: timedelta) -> None:
         now = timezone.now()
