@@ -55,3 +55,42 @@ def collect(context, results, path):
     """A chord body: notes its run, returns how many results it got."""
     _note(path, context.job_id)
     return len(results)
+
+
+@task(takes_context=True, max_attempts=3)
+def until_cancelled(context, path, seconds):
+    """Cooperative: works until told to cancel (notes 'saw' then) or ``seconds`` pass."""
+    _note(path, context.job_id)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if context.is_cancelled():
+            with open(path + ".saw", "a") as f:
+                f.write(f"{context.job_id}\n")
+            return "stopped"
+        time.sleep(0.01)
+    return "done"
+
+
+@task(takes_context=True, max_attempts=3, cancel_grace=0.5)
+def ignores_cancel(context, path, seconds):
+    """Never looks at is_cancelled(): only the pool's kill stops it."""
+    _note(path, context.job_id)
+    time.sleep(seconds)
+    return "done"
+
+
+@task(takes_context=True)
+def progress_in_transaction(context, path):
+    """Reports progress inside an open transaction, then waits for ``path + '.go'``."""
+    from django.db import transaction
+
+    from django_tasks.models import Job
+
+    with transaction.atomic():
+        Job.objects.filter(pk=context.job_id).exists()  # the transaction has begun
+        context.report_progress(1, 3, "inside a transaction")
+        _note(path, context.job_id)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path + ".go") and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return "done"
