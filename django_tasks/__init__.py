@@ -10,6 +10,7 @@ from django.tasks import TaskResultStatus
 from .canvas import Signature, chain, chord, group, signature
 from .exceptions import (
     ArgumentNotSerializable,
+    Cancelled,
     EnqueueError,
     InvalidArguments,
     PayloadTooLarge,
@@ -33,6 +34,7 @@ from django.tasks import task  # isort: skip
 
 __all__ = [
     "ArgumentNotSerializable",
+    "Cancelled",
     "EnqueueError",
     "GroupResult",
     "InvalidArguments",

@@ -29,9 +29,13 @@ def send_welcome_email(user_id: int, email: str) -> str:
 
 @task(takes_context=True, max_attempts=4, retry_on=(FlakyStorageError,), backoff=0.5)
 def encode_video(context, video_id: int, steps: int = 5, fail_first: int = 1) -> dict:
-    """Pretend to encode a video; the upload step fails on the first ``fail_first`` attempts."""
+    """Pretend to encode a video, reporting progress per chunk and stopping if cancelled;
+    the upload step fails on the first ``fail_first`` attempts."""
     for step in range(1, steps + 1):
+        if context.is_cancelled():  # result.cancel(), the admin or `tasks cancel`
+            return {"video_id": video_id, "cancelled_at_step": step}
         time.sleep(0.05)
+        # Shown as a bar in the admin and read by callers as result.progress.
         context.report_progress(step, steps, f"encoding chunk {step}/{steps}")
     if context.attempt <= fail_first:
         # Explicit retry, as with Celery's self.retry: exponential backoff between attempts.
