@@ -441,3 +441,57 @@ def test_a_running_job_asked_to_cancel_and_interrupted_at_shutdown_ends_cancelle
     proc.communicate(timeout=30)
     assert_cancelled(result, attempts=1)
     assert runs(log)[result.id] == 1
+
+
+def test_outcomes_racing_cancel_requests_end_in_exactly_one_state(broker):
+    """Two threads, two connections: one writes the outcomes of 40 claimed jobs (first to
+    last) while the other cancels them (last to first). Every job ends SUCCESSFUL with the
+    cancel told 'finished SUCCESSFUL', or CANCELLED with the cancel told 'cancelling';
+    nothing else. Repeated until both orders were seen (a round where one thread ran
+    ahead of the other only shows one)."""
+    import threading
+
+    from django.db import connections
+
+    backend = task_backends["default"]
+    seen = set()
+    for _ in range(5):
+        results = [tasks.add.enqueue(i, i) for i in range(40)]
+        messages = backend.broker.claim("w", "L1", ["default"], 40)
+        assert len(messages) == 40
+        answers = {}
+        start = threading.Barrier(2)
+
+        def write(messages=messages, start=start):
+            start.wait()
+            try:
+                for m in messages:
+                    backend.store.apply_outcomes("w", [Outcome(
+                        id=m.id, lease=m.lease, status="SUCCESSFUL", return_value=1,
+                        finished_at=timezone.now().isoformat(),
+                        started_at=timezone.now().isoformat())])
+            finally:
+                connections.close_all()
+
+        def cancel(results=results, answers=answers, start=start):
+            start.wait()
+            try:
+                for r in reversed(results):
+                    answers.update(backend.cancel([r.id]))
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=write), threading.Thread(target=cancel)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        ids = [r.id for r in results]
+        outcomes = {str(pk): status for pk, status in
+                    Job.objects.filter(pk__in=ids).values_list("id", "status")}
+        pairs = {(outcomes[i], answers[i]) for i in ids}
+        assert pairs <= {("SUCCESSFUL", "finished SUCCESSFUL"), ("CANCELLED", "cancelling")}
+        seen |= pairs
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2
