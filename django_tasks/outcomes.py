@@ -200,13 +200,14 @@ def failure_outcome(
     cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
     error = error_dict(cause, message.attempt, worker_id, now)
     if isinstance(exc, Terminated):
-        # The pool killed a job asked to cancel: never retried. The store writes it
-        # CANCELLED (the row says cancelling was asked for); ``task_finished`` is not
-        # sent from here, as for any outcome the store may yet turn into CANCELLED.
+        # A job asked to cancel that the pool killed, or that stopped by itself after
+        # context.is_cancelled(): never retried; the store writes it CANCELLED.
         logger.warning("Job %s CANCELLED: task=%s queue=%s attempt=%d/%d duration=%.3fs: %s",
                        *args, duration, error["message"])
-        # One class path for every cancelled job; the message names the kill.
+        # One class path for every cancelled job; the message says how it ended.
         error.update(traceback="", exception_class_path="django_tasks.exceptions.Cancelled")
+        if task is not None and notify:
+            send_failed(message, task, error, now, result)  # Django's word: FAILED
         return Outcome(id=message.id, lease=message.lease, status=CANCELLED, error=error,
                        finished_at=now.isoformat())
     retry_at = None

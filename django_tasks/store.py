@@ -96,7 +96,7 @@ RECORD_START = (
 # ran (a cancelled job dropped from a worker's buffer: CANCELLED without an error). A job asked
 # to cancel (``cancellation`` set) ends CANCELLED whatever its attempt did, with the
 # cancellation as its last error (or the outcome's own, when it is CANCELLED already:
-# the pool's terminate names the kill).
+# the pool's terminate names the kill: its message is then prefixed with who asked).
 RAN = (f"status = '{CLAIMED}' AND (%(status)s <> '{CANCELLED}' "
        "OR %(error)s IS NOT NULL)")
 APPLY_OUTCOME = (
@@ -104,7 +104,7 @@ APPLY_OUTCOME = (
     "status = CASE WHEN cancellation IS NULL THEN %(status)s ELSE '" + CANCELLED + "' END, "
     "return_value = CASE WHEN cancellation IS NULL THEN {json_value} ELSE NULL END, "
     "errors = CASE WHEN cancellation IS NULL OR %(status)s = '" + CANCELLED + "' THEN "
-    "(CASE WHEN %(error)s IS NULL THEN {cancelled_or_errors} ELSE {append_error} END) "
+    "(CASE WHEN %(error)s IS NULL THEN {cancelled_or_errors} ELSE {append_outcome_error} END) "
     "ELSE {append_cancellation} END, "
     "finished_at = CASE WHEN cancellation IS NULL THEN %(finished_at)s "
     "ELSE COALESCE(%(finished_at)s, %(now)s) END, "
@@ -131,8 +131,12 @@ APPLY_OUTCOMES_PG = (
     "OR jsonb_typeof(o.return_value) = 'null' THEN NULL ELSE o.return_value END, "
     "errors = CASE "
     "WHEN o.error IS NOT NULL AND jsonb_typeof(o.error) <> 'null' "
-    "AND (j.cancellation IS NULL OR o.status = '" + CANCELLED + "') "
-    "THEN j.errors || jsonb_build_array(o.error) "
+    "AND j.cancellation IS NULL THEN j.errors || jsonb_build_array(o.error) "
+    # The outcome says how a cancelled job ended; the cancellation, who asked.
+    "WHEN o.error IS NOT NULL AND jsonb_typeof(o.error) <> 'null' "
+    "AND o.status = '" + CANCELLED + "' THEN j.errors || jsonb_build_array(o.error || "
+    "jsonb_build_object('message', concat(j.cancellation->>'message', ': ', "
+    "o.error->>'message'))) "
     "WHEN j.cancellation IS NULL OR jsonb_typeof(j.cancellation) = 'null' THEN j.errors "
     "WHEN o.error IS NULL OR jsonb_typeof(o.error) = 'null' "
     "OR o.status = '" + CANCELLED + "' THEN j.errors || jsonb_build_array(j.cancellation) "
@@ -268,6 +272,10 @@ _VENDORS: dict[str, dict[str, str]] = {
         "json_progress": "%(progress)s::jsonb",
         "now": "SELECT statement_timestamp()",
         "json_param": "%(error)s::jsonb",
+        "append_outcome_error": "errors || jsonb_build_array(CASE WHEN cancellation IS NULL "
+                                "THEN %(error)s::jsonb ELSE %(error)s::jsonb || "
+                                "jsonb_build_object('message', concat(cancellation->>'message', "
+                                "': ', %(error)s::jsonb->>'message')) END)",
         "cancelled_or_errors": "CASE WHEN cancellation IS NULL THEN errors "
                                "ELSE errors || jsonb_build_array(cancellation) END",
         "append_cancellation": "CASE WHEN %(error)s IS NULL THEN errors ELSE errors || "
@@ -281,6 +289,10 @@ _VENDORS: dict[str, dict[str, str]] = {
         "json_progress": "%(progress)s",
         "now": "",  # one host: the database's clock is this host's
         "json_param": "json(%(error)s)",
+        "append_outcome_error": "json_insert(errors, '$[#]', CASE WHEN cancellation IS NULL "
+                                "THEN json(%(error)s) ELSE json_set(json(%(error)s), "
+                                "'$.message', json_extract(cancellation, '$.message') || ': ' "
+                                "|| json_extract(%(error)s, '$.message')) END)",
         # A CANCELLED outcome without an error (dropped unstarted): the cancellation.
         "cancelled_or_errors": "CASE WHEN cancellation IS NULL THEN errors "
                                "ELSE json_insert(errors, '$[#]', json(cancellation)) END",

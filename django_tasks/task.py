@@ -187,6 +187,11 @@ class TaskContext(django_base.TaskContext):
     _cancel_seen: list[Any] = field(default_factory=lambda: [None, False], init=False,
                                     repr=False, compare=False)
 
+    @property
+    def cancel_seen(self) -> bool:
+        """Whether :meth:`is_cancelled` has returned True (no database look)."""
+        return bool(self._cancel_seen[1])
+
     def is_cancelled(self) -> bool:
         """Whether cancelling this job was asked for: stop soon (return or raise; the job
         ends CANCELLED either way).

@@ -94,3 +94,15 @@ def progress_in_transaction(context, path):
         while not os.path.exists(path + ".go") and time.monotonic() < deadline:
             time.sleep(0.01)
     return "done"
+
+
+@task(takes_context=True, max_attempts=3)
+def cancels_itself(context):
+    """Asks to cancel its own job, then stops when told (drives the cooperative path
+    in-process, with the inline pool)."""
+    from django.tasks import task_backends
+
+    task_backends["default"].cancel([context.job_id], by="itself")
+    if context.is_cancelled():
+        return "stopped"
+    return "not told"

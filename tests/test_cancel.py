@@ -224,12 +224,15 @@ def test_a_cooperative_running_job_sees_is_cancelled_and_ends_cancelled(tmp_path
     try:
         assert wait_for(lambda: result.id in runs(log), timeout=30)
         asked = time.monotonic()
-        assert result.cancel() == "cancelling"
+        assert result.cancel(by="a test") == "cancelling"
         assert wait_for(lambda: Job.objects.get(pk=result.id).status == "CANCELLED",
                         timeout=10)
         assert time.monotonic() - asked < 5  # is_cancelled() asks every 0.5 s
         assert (tmp_path / "runs.saw").read_text().split() == [result.id]
         assert_cancelled(result, attempts=1)
+        assert result.errors[-1].message.startswith(
+            "cancelled by a test: Cancelled while running; the task stopped by itself "
+            "(returned)")
         after = rt.record.enqueue(str(log))  # the worker goes on
         assert wait_for(lambda: after.id in runs(log), timeout=10)
     finally:
@@ -252,7 +255,10 @@ def test_prefork_kills_a_job_that_ignores_the_cancel_after_its_grace(tmp_path, b
                         timeout=10)
         assert time.monotonic() - asked >= 0.5
         assert_cancelled(result, attempts=1)
-        assert "killed after its cancel_grace (0.5 s)" in result.errors[-1].message
+        message = result.errors[-1].message
+        assert message.startswith("cancelled: Cancelled while running, and killed after its "
+                                  "cancel_grace (0.5 s)"), message
+        assert len(result.errors) == 1
         after = rt.record.enqueue(str(log))  # a new child runs the next job
         assert wait_for(lambda: after.id in runs(log), timeout=10)
     finally:
@@ -495,3 +501,24 @@ def test_outcomes_racing_cancel_requests_end_in_exactly_one_state(broker):
         if len(seen) == 2:
             break
     assert len(seen) == 2
+
+
+def test_a_task_that_stops_after_is_cancelled_sends_task_finished_as_failed(broker):
+    from django.tasks.signals import task_finished
+
+    heard = []
+
+    def receiver(sender, task_result, **kwargs):
+        heard.append((task_result.id, task_result.status,
+                      [e.exception_class_path for e in task_result.errors]))
+
+    task_finished.connect(receiver)
+    try:
+        result = rt.cancels_itself.enqueue()
+        drain()
+    finally:
+        task_finished.disconnect(receiver)
+    assert heard == [(result.id, TaskResultStatus.FAILED, [CANCELLED_ERROR])]
+    assert_cancelled(result, attempts=1)
+    assert result.errors[-1].message.startswith(
+        "cancelled by itself: Cancelled while running; the task stopped by itself (returned)")

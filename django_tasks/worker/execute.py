@@ -19,7 +19,7 @@ from django.tasks import TaskResultStatus
 from django.tasks.signals import task_started
 from django.utils import timezone
 
-from ..exceptions import SoftTimeLimitExceeded, TaskNotRegistered
+from ..exceptions import Cancelled, SoftTimeLimitExceeded, TaskNotRegistered, Terminated
 from ..messages import Message, Outcome
 from ..outcomes import (
     failure_outcome,
@@ -43,14 +43,15 @@ def _raise_soft_time_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded()
 
 
-def _call(task: Any, result: JobResult, lease: str, soft_time_limit: float | None) -> Any:
+def _call(task: Any, result: JobResult, context: TaskContext | None,
+          soft_time_limit: float | None) -> Any:
     """Call the task, with SIGALRM armed to raise SoftTimeLimitExceeded inside it."""
     if not soft_time_limit:
-        return _invoke(task, result, lease)
+        return _invoke(task, result, context)
     previous = signal.signal(signal.SIGALRM, _raise_soft_time_limit)
     signal.setitimer(signal.ITIMER_REAL, soft_time_limit)
     try:
-        return _invoke(task, result, lease)
+        return _invoke(task, result, context)
     finally:
         # If the alarm fires right here, after the task returned, the job still
         # overran its soft limit: failing it with SoftTimeLimitExceeded is fair.
@@ -58,11 +59,20 @@ def _call(task: Any, result: JobResult, lease: str, soft_time_limit: float | Non
         signal.signal(signal.SIGALRM, previous)
 
 
-def _invoke(task: Any, result: JobResult, lease: str) -> Any:
-    if task.takes_context:
-        context = TaskContext(task_result=result, lease=lease)
+def _invoke(task: Any, result: JobResult, context: TaskContext | None) -> Any:
+    if context is not None:
         return task.call(context, *result.args, **result.kwargs)
     return task.call(*result.args, **result.kwargs)
+
+
+def _stopped_by_itself(message: Message, worker_id: str, task: Any, result: JobResult,
+                       started: float, how: str) -> Outcome:
+    """The task saw ``context.is_cancelled()`` and then ended (``how``): the job is
+    CANCELLED whatever it returned or raised (the request cannot be taken back)."""
+    exc = Cancelled(f"Cancelled while running; the task stopped by itself ({how}) after "
+                    "context.is_cancelled() said so.")
+    return failure_outcome(message, Terminated(str(exc)), worker_id, now=timezone.now(),
+                           task=task, duration=time.monotonic() - started, result=result)
 
 
 def execute(
@@ -90,19 +100,25 @@ def execute(
 
     result = job_result(message, task, timezone.now())
     soft = getattr(task, "soft_time_limit", None) if soft_time_limits else None
+    context = TaskContext(task_result=result, lease=message.lease) if task.takes_context else None
     if own_connections:
         close_old_connections()
     try:
         # A receiver's bug is logged; it does not fail the job it was told about.
         send_robust(task_started, message.backend, result)
-        value = _call(task, result, message.lease, soft)
+        value = _call(task, result, context, soft)
         check_return_value(value, task_name=message.task_path)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
+        if context is not None and context.cancel_seen:
+            return _stopped_by_itself(message, worker_id, task, result, started,
+                                      f"raised {type(exc).__name__}: {exc}")
         return failure_outcome(message, exc, worker_id, now=timezone.now(), task=task,
                                duration=time.monotonic() - started, result=result)
     else:
+        if context is not None and context.cancel_seen:
+            return _stopped_by_itself(message, worker_id, task, result, started, "returned")
         now = timezone.now()
         object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
         object.__setattr__(result, "finished_at", now)
