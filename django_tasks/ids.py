@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from typing import Any
 
-__all__ = ["uuid7"]
+__all__ = ["job_id_str", "uuid7"]
 
 
 def uuid7() -> uuid.UUID:
@@ -23,3 +24,8 @@ def uuid7() -> uuid.UUID:
     value = value & ~(0xF << 76) | 0x7 << 76  # version 7
     value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 4122 variant
     return uuid.UUID(int=value)
+
+
+def job_id_str(value: Any) -> str:
+    """A job id as the canonical string (PostgreSQL returns UUIDs, SQLite hex text)."""
+    return str(value) if type(value) is uuid.UUID else str(uuid.UUID(str(value)))

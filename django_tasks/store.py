@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -34,11 +32,14 @@ from typing import Any, NamedTuple
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
+from .cancellation import Cancelling, cancelled_outcome
 from .exceptions import OutcomeHookFailed, WorkerLost
+from .ids import job_id_str
 from .messages import Applied, Message, Outcome, Start
 from .outcomes import as_datetime, error_dict, failure_outcome, send_failed, task_or_none
 from .serialization import dumps
-from .states import CANCELLED, CLAIMED, FAILED, HELD, READY, RUNNING, WAITING
+from .side import on_side
+from .states import CANCELLED, CLAIMED, FAILED, HELD, READY, RUNNING
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -186,16 +187,6 @@ GIVE_BACK_ALL = (
     "WHERE worker_id = %(worker)s AND lease <> '' AND status = '" + CLAIMED + "' "
     "AND cancellation IS NULL"
 )
-# Claimed, never started, asked to cancel: (id, lease) to write CANCELLED.
-CANCELLED_CLAIMS = (
-    "SELECT id, lease, task_path FROM {table} WHERE worker_id = %(worker)s AND lease <> '' "
-    "AND status = '" + CLAIMED + "' AND cancellation IS NOT NULL"
-)
-# Which of a worker's held jobs are asked to cancel (the cancel poll; the held index).
-CANCELLING_OF = (
-    "SELECT id FROM {table} WHERE worker_id = %(worker)s AND lease <> '' "
-    "AND status IN " + HELD_SQL + " AND cancellation IS NOT NULL"
-)
 # Claim jobs by id (a broker that carries ids, such as Redis, chose them): only rows
 # still READY and due change, so a duplicated or stale message claims nothing. The
 # rows are first locked by primary key alone (in id order: no deadlock between
@@ -231,20 +222,6 @@ PROGRESS = (
     "WHERE id = %(id)s AND (%(lease)s = '' OR lease = %(lease)s) AND status IN " + HELD_SQL
 )
 
-# Cancelling (``{ids}``: the vendor's "id is one of these").
-CANCEL_UNHELD = (
-    "UPDATE {table} SET status = '" + CANCELLED + "', finished_at = %(now)s, "
-    "errors = {append_error}, cancellation = {json_param}, lease = '' "
-    "WHERE {ids} AND backend = %(backend)s AND status IN ('" + READY + "', '" + WAITING + "') "
-    "RETURNING " + ", ".join(APPLIED_COLUMNS)
-)
-CANCEL_HELD = (
-    "UPDATE {table} SET cancellation = {json_param} "
-    "WHERE {ids} AND backend = %(backend)s AND status IN " + HELD_SQL + " AND lease <> '' "
-    "AND cancellation IS NULL "
-    "RETURNING id"
-)
-CANCEL_REQUESTED = "SELECT 1 FROM {table} WHERE id = %(id)s AND cancellation IS NOT NULL"
 
 
 def exchange_pg(claim: str, *ctes: str) -> str:
@@ -303,7 +280,7 @@ _VENDORS: dict[str, dict[str, str]] = {
 }
 
 
-class JobStore:
+class JobStore(Cancelling):
     """The job rows and worker registry of one backend, on one database alias."""
 
     def __init__(self, backend_alias: str, database: str, *, worker_timeout: float) -> None:
@@ -624,105 +601,6 @@ class JobStore:
                                      for pk, lease, path in rows if leases.get(str(pk)) == lease])
         return released
 
-    def _cancelled_claims(self, worker_id: str, ids: set[str] | None) -> list[Outcome]:
-        """CANCELLED outcomes for what ``worker_id`` claimed, never started and was asked
-        to cancel (give-back leaves those claimed)."""
-        with self.connection.cursor() as cursor:
-            cursor.execute(self.sql(CANCELLED_CLAIMS), {"worker": worker_id})
-            rows = cursor.fetchall()
-        return [cancelled_outcome(job_id_str(i), lease, task_path) for i, lease, task_path in rows
-                if ids is None or job_id_str(i) in ids]
-
-    # -- cancelling -------------------------------------------------------------------
-
-    def cancel(self, job_ids: Sequence[Any], *, by: str = "",
-               now: datetime | None = None) -> dict[str, str]:
-        """Cancel these jobs; returns what became of each id asked about:
-
-        - ``"cancelled"``: it was READY or WAITING and is CANCELLED now (it never runs);
-          its workflow moves on as after a failure (the outcome hooks run in this
-          transaction);
-        - ``"cancelling"``: a worker holds it (claimed or running); it is marked, and
-          ends CANCELLED whatever its attempt does: its worker drops it unstarted, or
-          tells the running task (``context.is_cancelled()``) and, with
-          ``cancel_grace``, kills it (prefork);
-        - ``"already cancelling"``; ``"finished <STATUS>"``: nothing changed;
-        - ``"unknown"``: no such job in this backend.
-
-        The mark is in the row: it survives worker restarts and rescues.
-        """
-        from .models import Job
-
-        ids = []
-        for value in job_ids:
-            try:
-                ids.append(str(uuid.UUID(str(value))))
-            except ValueError:
-                continue
-        now = now or timezone.now()
-        error = {
-            "exception_class_path": "django_tasks.exceptions.Cancelled",
-            "message": "cancelled" + (f" by {by}" if by else ""),
-            "traceback": "", "attempt": 0, "worker_id": "", "occurred_at": now.isoformat(),
-        }
-        done: dict[str, str] = {}
-        pending = ids
-        # Two guarded statements, then a look at what neither changed. A job given back
-        # (CLAIMED -> READY) between the two is missed by both: go round again for it.
-        for _ in range(3):
-            if not pending:
-                break
-            self._cancel_round(pending, error, now, done)
-            moved = []
-            for pk, status, cancellation in (
-                Job.objects.using(self.database)
-                .filter(pk__in=[i for i in pending if i not in done], backend=self.backend_alias)
-                .values_list("pk", "status", "cancellation")
-            ):
-                if status in (READY, WAITING):
-                    moved.append(str(pk))
-                elif status in HELD:
-                    done[str(pk)] = "already cancelling" if cancellation else "cancelling"
-                else:
-                    done[str(pk)] = f"finished {status}"
-            pending = moved
-        for i, value in zip_ids(job_ids, ids):
-            done.setdefault(i or str(value), "unknown")
-        for job_id, what in done.items():
-            if what in ("cancelled", "cancelling"):
-                logger.info("Job %s %s%s", job_id, what, f" (by {by})" if by else "")
-        return done
-
-    def _cancel_round(self, ids: list[str], error: dict[str, Any], now: datetime,
-                      done: dict[str, str]) -> None:
-        names = {f"i{n}": self.job_id(i) for n, i in enumerate(ids)}
-        if self.vendor == "postgresql":
-            in_ids, params = "id = ANY(%(ids)s::uuid[])", {"ids": ids}
-        else:
-            in_ids = "id IN (" + ", ".join(f"%({n})s" for n in names) + ")"
-            params = dict(names)
-        params.update(error=dumps(error), now=self.time(now), backend=self.backend_alias)
-        with transaction.atomic(using=self.database), self.connection.cursor() as cursor:
-            cursor.execute(self.sql(CANCEL_UNHELD.replace("{ids}", in_ids)), params)
-            applied = [self.applied(row) for row in cursor.fetchall()]
-            done.update((a.id, "cancelled") for a in applied)
-            self.run_hooks(applied)
-            cursor.execute(self.sql(CANCEL_HELD.replace("{ids}", in_ids)), params)
-            done.update((job_id_str(row[0]), "cancelling") for row in cursor.fetchall())
-
-    def cancelling(self, worker_id: str) -> set[str]:
-        """Ids of the jobs ``worker_id`` holds that were asked to cancel (the cancel poll)."""
-        with self.connection.cursor() as cursor:
-            cursor.execute(self.sql(CANCELLING_OF), {"worker": worker_id})
-            return {job_id_str(row[0]) for row in cursor.fetchall()}
-
-    def cancel_requested(self, job_id: str) -> bool:
-        """Whether cancelling ``job_id`` was asked for, as committed now (read on the side
-        connection, outside any transaction of the caller's)."""
-        params = {"id": self.job_id(job_id)}
-        return self._on_side(lambda cursor: (cursor.execute(self.sql(CANCEL_REQUESTED), params),
-                                             cursor.fetchone())[1]) is not None
-
     def held_by(self, worker_id: str) -> list[tuple[str, str]]:
         """``(id, lease)`` of every job ``worker_id`` holds (claimed or running)."""
         from .models import Job
@@ -750,8 +628,8 @@ class JobStore:
             with own.cursor() as cursor:
                 cursor.execute(self.sql(statement), params)
                 return cursor.rowcount > 0
-        written = self._on_side(lambda cursor: (cursor.execute(self.sql(statement), params),
-                                                cursor.rowcount)[1])
+        written = self.on_side(lambda cursor: (cursor.execute(self.sql(statement), params),
+                                               cursor.rowcount)[1])
         if not written and own.in_atomic_block:
             # The row may exist only in the caller's own uncommitted transaction (a test
             # wrapped in one, a job enqueued and run inline): write it there.
@@ -760,41 +638,10 @@ class JobStore:
                 return cursor.rowcount > 0
         return written > 0
 
-    def _on_side(self, run: Callable[[Any], Any]) -> Any:
-        """``run(cursor)`` on this thread's side connection (autocommit), reconnecting once
-        if the connection broke."""
-        for attempt in (1, 2):
-            conn = self.side_connection()
-            try:
-                with conn.cursor() as cursor:
-                    return run(cursor)
-            except DatabaseError:
-                if attempt == 2 or conn.is_usable():
-                    raise
-                _drop_side_connection(self.database)
-            finally:
-                if not getattr(_side, "keep", False):
-                    # Not a pool's thread or child: a test, a script, the inline pool.
-                    # Kept open it would outlive the caller's idea of its connections
-                    # (a test run could not drop its database).
-                    _drop_side_connection(self.database)
-        raise AssertionError("unreachable")
-
-    def side_connection(self) -> Any:
-        """A connection of this thread's own to the store's database, apart from the one
-        the task's code uses (so never inside its transaction); kept open in a pool's
-        threads and children (:func:`keep_side_connections`), else closed after each
-        use. A forked child opens its own."""
-        conns = getattr(_side, "conns", None)
-        if conns is None or _side.pid != os.getpid():
-            if conns:
-                _inherited_side.extend(conns.values())  # the parent's: never closed here
-            conns = _side.conns = {}
-            _side.pid = os.getpid()
-        conn = conns.get(self.database)
-        if conn is None:
-            conn = conns[self.database] = connections.create_connection(self.database)
-        return conn
+    def on_side(self, run: Callable[[Any], Any]) -> Any:
+        """``run(cursor)`` on this thread's side connection to the store's database
+        (:mod:`django_tasks.side`)."""
+        return on_side(self.database, run)
 
     # -- rescue -------------------------------------------------------------------------
 
@@ -981,54 +828,6 @@ class JobStore:
         return ids
 
 
-_side = threading.local()
-#: Side connections a forked child inherited: kept referenced, never closed (closing
-#: would act on the parent's session).
-_inherited_side: list[Any] = []
-
-
-def _drop_side_connection(alias: str) -> None:
-    conn = getattr(_side, "conns", {}).pop(alias, None)
-    if conn is not None:
-        try:
-            conn.close()
-        except Exception:
-            pass
-
-
-def keep_side_connections() -> None:
-    """This thread (a pool's thread, a prefork child) keeps its side connections open
-    between reports, until :func:`close_side_connections`."""
-    _side.keep = True
-
-
-def close_side_connections() -> None:
-    """Close this thread's side connections (a pool thread or child that is done)."""
-    if getattr(_side, "pid", None) == os.getpid():
-        for alias in list(_side.conns):
-            _drop_side_connection(alias)
-
-
-def cancelled_outcome(job_id: str, lease: str, task_path: str = "") -> Outcome:
-    """The outcome of a job asked to cancel that never started: it is CANCELLED (no attempt
-    counted; the store appends the row's cancellation as its error)."""
-    return Outcome(id=job_id, lease=lease, status=CANCELLED,
-                   finished_at=timezone.now().isoformat(), task_path=task_path)
-
-
-def zip_ids(values: Sequence[Any], ids: Sequence[str]) -> list[tuple[str | None, Any]]:
-    """Pair each value asked about with its canonical id (None if it is not a UUID)."""
-    out, parsed = [], iter(ids)
-    for value in values:
-        try:
-            uuid.UUID(str(value))
-        except ValueError:
-            out.append((None, value))
-        else:
-            out.append((next(parsed), value))
-    return out
-
-
 def outcomes_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     """Parameters of APPLY_OUTCOMES_PG."""
     return {
@@ -1054,9 +853,3 @@ def _iso(value: Any) -> str | None:
         return value.isoformat()
     dt = as_datetime(value)
     return dt.isoformat() if dt is not None else None
-
-
-def job_id_str(value: Any) -> str:
-    """A job id as the canonical string (PostgreSQL returns UUIDs, SQLite hex text)."""
-    return str(value) if type(value) is uuid.UUID else str(uuid.UUID(str(value)))
-

@@ -37,13 +37,13 @@ from django.db import IntegrityError, connections
 from django.utils import timezone
 
 from ..backends.base import Broker
+from ..cancellation import cancelled_outcome
 from ..conf import backend as tasks_backend
 from ..exceptions import WorkerIdInUse
 from ..messages import Message, Outcome, Start
 from ..outcomes import task_or_none
 from ..scheduler import MAX_WAIT as SCHEDULER_INTERVAL
 from ..scheduler import Scheduler
-from ..store import cancelled_outcome
 from .broker_thread import BrokerThreads, Duty
 from .liveness import is_gone, process_key
 from .pool import make_pool

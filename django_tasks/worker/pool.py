@@ -30,7 +30,7 @@ from django.db import connections
 
 from ..messages import Message, Outcome
 from ..outcomes import task_or_none
-from ..store import close_side_connections, keep_side_connections
+from ..side import close_side_connections, keep_side_connections
 from .execute import execute
 from .prefork import PreforkPool
 from .wakeup import drain, pipe, poke

@@ -33,7 +33,7 @@ from ..exceptions import Terminated, TimeLimitExceeded, WorkerLost
 from ..messages import Message, Outcome
 from ..outcomes import failure_outcome, task_or_none
 from ..serialization import dumps
-from ..store import close_side_connections, keep_side_connections
+from ..side import close_side_connections, keep_side_connections
 from .execute import execute
 
 logger = logging.getLogger("django_tasks.worker")

@@ -1,0 +1,194 @@
+"""Cancelling jobs: the request, stored in the job's row, and what workers ask of it.
+
+A job that has not started (READY, scheduled, WAITING in a workflow) is CANCELLED at
+once, in the request's transaction, with the outcome hooks (its workflow moves on as
+after a failure). A job a worker holds gets ``Job.cancellation`` (the error entry it
+will end with); the outcome statements in :mod:`django_tasks.store` then write
+whatever its attempt ends with as CANCELLED, so the request and the outcome, both
+writes to one row, are ordered: exactly one final state. Workers learn of requests by
+their cancel poll (:meth:`Cancelling.cancelling`); a running task by
+``context.is_cancelled()`` (:meth:`Cancelling.cancel_requested`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from .ids import job_id_str
+from .messages import Outcome
+from .serialization import dumps
+from .states import CANCELLED, CLAIMED, HELD, READY, RUNNING, WAITING
+
+logger = logging.getLogger("django_tasks.worker")
+
+__all__ = ["Cancelling", "cancelled_outcome"]
+
+HELD_SQL = f"('{CLAIMED}', '{RUNNING}')"
+APPLIED_RETURNING = "id, status, task_path, queue_name, attempts, links"
+
+# Claimed, never started, asked to cancel: (id, lease) to write CANCELLED.
+CANCELLED_CLAIMS = (
+    "SELECT id, lease, task_path FROM {table} WHERE worker_id = %(worker)s AND lease <> '' "
+    "AND status = '" + CLAIMED + "' AND cancellation IS NOT NULL"
+)
+# Which of a worker's held jobs are asked to cancel (the cancel poll; the held index).
+CANCELLING_OF = (
+    "SELECT id FROM {table} WHERE worker_id = %(worker)s AND lease <> '' "
+    "AND status IN " + HELD_SQL + " AND cancellation IS NOT NULL"
+)
+# Cancelling (``{ids}``: the vendor's "id is one of these").
+CANCEL_UNHELD = (
+    "UPDATE {table} SET status = '" + CANCELLED + "', finished_at = %(now)s, "
+    "errors = {append_error}, cancellation = {json_param}, lease = '' "
+    "WHERE {ids} AND backend = %(backend)s AND status IN ('" + READY + "', '" + WAITING + "') "
+    "RETURNING " + APPLIED_RETURNING
+)
+CANCEL_HELD = (
+    "UPDATE {table} SET cancellation = {json_param} "
+    "WHERE {ids} AND backend = %(backend)s AND status IN " + HELD_SQL + " AND lease <> '' "
+    "AND cancellation IS NULL "
+    "RETURNING id"
+)
+CANCEL_REQUESTED = "SELECT 1 FROM {table} WHERE id = %(id)s AND cancellation IS NOT NULL"
+
+
+class Cancelling:
+    """:class:`~django_tasks.store.JobStore`'s cancelling verbs (a part of it)."""
+
+    # What JobStore provides; declared for readers and type checkers.
+    database: str
+    backend_alias: str
+    vendor: str
+    connection: Any
+    sql: Any
+    job_id: Any
+    time: Any
+    applied: Any
+    run_hooks: Any
+    on_side: Any
+
+    def _cancelled_claims(self, worker_id: str, ids: set[str] | None) -> list[Outcome]:
+        """CANCELLED outcomes for what ``worker_id`` claimed, never started and was asked
+        to cancel (give-back leaves those claimed)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.sql(CANCELLED_CLAIMS), {"worker": worker_id})
+            rows = cursor.fetchall()
+        return [cancelled_outcome(job_id_str(i), lease, task_path) for i, lease, task_path in rows
+                if ids is None or job_id_str(i) in ids]
+
+    # -- cancelling -------------------------------------------------------------------
+
+    def cancel(self, job_ids: Sequence[Any], *, by: str = "",
+               now: datetime | None = None) -> dict[str, str]:
+        """Cancel these jobs; returns what became of each id asked about:
+
+        - ``"cancelled"``: it was READY or WAITING and is CANCELLED now (it never runs);
+          its workflow moves on as after a failure (the outcome hooks run in this
+          transaction);
+        - ``"cancelling"``: a worker holds it (claimed or running); it is marked, and
+          ends CANCELLED whatever its attempt does: its worker drops it unstarted, or
+          tells the running task (``context.is_cancelled()``) and, with
+          ``cancel_grace``, kills it (prefork);
+        - ``"already cancelling"``; ``"finished <STATUS>"``: nothing changed;
+        - ``"unknown"``: no such job in this backend.
+
+        The mark is in the row: it survives worker restarts and rescues.
+        """
+        from .models import Job
+
+        ids = []
+        for value in job_ids:
+            try:
+                ids.append(str(uuid.UUID(str(value))))
+            except ValueError:
+                continue
+        now = now or timezone.now()
+        error = {
+            "exception_class_path": "django_tasks.exceptions.Cancelled",
+            "message": "cancelled" + (f" by {by}" if by else ""),
+            "traceback": "", "attempt": 0, "worker_id": "", "occurred_at": now.isoformat(),
+        }
+        done: dict[str, str] = {}
+        pending = ids
+        # Two guarded statements, then a look at what neither changed. A job given back
+        # (CLAIMED -> READY) between the two is missed by both: go round again for it.
+        for _ in range(3):
+            if not pending:
+                break
+            self._cancel_round(pending, error, now, done)
+            moved = []
+            for pk, status, cancellation in (
+                Job.objects.using(self.database)
+                .filter(pk__in=[i for i in pending if i not in done], backend=self.backend_alias)
+                .values_list("pk", "status", "cancellation")
+            ):
+                if status in (READY, WAITING):
+                    moved.append(str(pk))
+                elif status in HELD:
+                    done[str(pk)] = "already cancelling" if cancellation else "cancelling"
+                else:
+                    done[str(pk)] = f"finished {status}"
+            pending = moved
+        for i, value in zip_ids(job_ids, ids):
+            done.setdefault(i or str(value), "unknown")
+        for job_id, what in done.items():
+            if what in ("cancelled", "cancelling"):
+                logger.info("Job %s %s%s", job_id, what, f" (by {by})" if by else "")
+        return done
+
+    def _cancel_round(self, ids: list[str], error: dict[str, Any], now: datetime,
+                      done: dict[str, str]) -> None:
+        names = {f"i{n}": self.job_id(i) for n, i in enumerate(ids)}
+        if self.vendor == "postgresql":
+            in_ids, params = "id = ANY(%(ids)s::uuid[])", {"ids": ids}
+        else:
+            in_ids = "id IN (" + ", ".join(f"%({n})s" for n in names) + ")"
+            params = dict(names)
+        params.update(error=dumps(error), now=self.time(now), backend=self.backend_alias)
+        with transaction.atomic(using=self.database), self.connection.cursor() as cursor:
+            cursor.execute(self.sql(CANCEL_UNHELD.replace("{ids}", in_ids)), params)
+            applied = [self.applied(row) for row in cursor.fetchall()]
+            done.update((a.id, "cancelled") for a in applied)
+            self.run_hooks(applied)
+            cursor.execute(self.sql(CANCEL_HELD.replace("{ids}", in_ids)), params)
+            done.update((job_id_str(row[0]), "cancelling") for row in cursor.fetchall())
+
+    def cancelling(self, worker_id: str) -> set[str]:
+        """Ids of the jobs ``worker_id`` holds that were asked to cancel (the cancel poll)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.sql(CANCELLING_OF), {"worker": worker_id})
+            return {job_id_str(row[0]) for row in cursor.fetchall()}
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether cancelling ``job_id`` was asked for, as committed now (read on the side
+        connection, outside any transaction of the caller's)."""
+        params = {"id": self.job_id(job_id)}
+        return self.on_side(lambda cursor: (cursor.execute(self.sql(CANCEL_REQUESTED), params),
+                                             cursor.fetchone())[1]) is not None
+
+
+def cancelled_outcome(job_id: str, lease: str, task_path: str = "") -> Outcome:
+    """The outcome of a job asked to cancel that never started: it is CANCELLED (no attempt
+    counted; the store appends the row's cancellation as its error)."""
+    return Outcome(id=job_id, lease=lease, status=CANCELLED,
+                   finished_at=timezone.now().isoformat(), task_path=task_path)
+
+
+def zip_ids(values: Sequence[Any], ids: Sequence[str]) -> list[tuple[str | None, Any]]:
+    """Pair each value asked about with its canonical id (None if it is not a UUID)."""
+    out, parsed = [], iter(ids)
+    for value in values:
+        try:
+            uuid.UUID(str(value))
+        except ValueError:
+            out.append((None, value))
+        else:
+            out.append((next(parsed), value))
+    return out
