@@ -10,7 +10,7 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from .ids import uuid7
-from .states import FAILED, FINISHED, HELD, READY, RUNNING, JobStatus
+from .states import ACTIVE, FAILED, FINISHED, HELD, READY, RUNNING, JobStatus
 
 __all__ = ["Job", "Schedule", "ScheduleTick", "Worker"]
 
@@ -90,6 +90,11 @@ class Job(models.Model):
     # holds it). Every write about a held job matches it, so a worker that lost the
     # job -- declared dead, its jobs rescued, perhaps claimed again -- changes nothing.
     lease = models.CharField(max_length=32, blank=True, default="", db_default="")
+    # A unique job's key ("" for an ordinary job): while a job with this key is ready,
+    # scheduled, claimed or running, enqueueing it again returns that job (see
+    # ``django_tasks_job_unique`` below and docs/calling-tasks.md).
+    unique_key = models.CharField(_("unique key"), max_length=255, blank=True, default="",
+                                  db_default="")
 
     objects = JobQuerySet.as_manager()
 
@@ -120,6 +125,23 @@ class Job(models.Model):
                 name="django_tasks_job_finished_at",
             ),
             models.Index(fields=["-enqueued_at"], name="django_tasks_job_enqueued"),
+            # Unique jobs of every status by key: the ``unique_for`` look-up of finished
+            # ones, and the admin's search. Partial: ordinary jobs never enter it.
+            models.Index(fields=["backend", "unique_key"], condition=~Q(unique_key=""),
+                         name="django_tasks_job_unique_key"),
+        ]
+        constraints = [
+            # Unique jobs: one active job per (backend, key), enforced by the database, so
+            # racing enqueues create one job (the others' INSERT ... ON CONFLICT DO NOTHING
+            # inserts nothing and they return the winner). Over the statuses a job has
+            # until it finishes: rescue and retries move a job between them (READY again)
+            # without ever leaving the index, so they keep the key; a finished job frees
+            # it. Partial, so ordinary jobs never enter it.
+            models.UniqueConstraint(
+                fields=["backend", "unique_key"],
+                condition=Q(status__in=ACTIVE) & ~Q(unique_key=""),
+                name="django_tasks_job_unique",
+            ),
         ]
         permissions = [("retry_job", "Can retry failed jobs")]
 
