@@ -164,6 +164,9 @@ class ModelBackend(BaseTaskBackend):
     supports_priority = True
     supports_get_result = True
     supports_async_task = True
+    #: Tasks may be unique (``unique``, ``unique_key``, ``unique_for``): one active job
+    #: per key, kept by a unique index of the job table.
+    supports_unique = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
