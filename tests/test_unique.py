@@ -9,10 +9,12 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connections, transaction
 from django.tasks import TaskResultStatus, default_task_backend
 from django.tasks.exceptions import InvalidTask
 from django.tasks.signals import task_enqueued
+from django.urls import reverse
 from django.utils import timezone
 
 from django_tasks.messages import Start
@@ -328,3 +330,17 @@ def test_fifty_threads_in_transactions_create_one_job(broker):
 
     ids = race(50, enqueue)
     assert len(set(ids)) == 1 and Job.objects.count() == 1
+
+
+# -- admin ----------------------------------------------------------------------------------
+
+
+def test_the_admin_shows_the_key_and_searches_it(client):
+    job = ut.plain.using(unique_key="invoice-42").enqueue(1)
+    ut.plain.enqueue(2)
+    user = User.objects.create_superuser("admin", password="pw")
+    client.force_login(user)
+    detail = client.get(reverse("admin:django_tasks_job_change", args=[job.id]))
+    assert "invoice-42" in detail.text
+    found = client.get(reverse("admin:django_tasks_job_changelist"), {"q": "invoice-42"})
+    assert job.id in found.text and "1 result" in found.text
