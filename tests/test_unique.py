@@ -6,6 +6,7 @@ threads, each with its own database connection.
 
 import hashlib
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -178,6 +179,10 @@ def test_with_unique_for_a_finished_job_counts_until_the_window_passed(broker, e
     again = ut.unique_windowed.enqueue("a")
     assert again.id == first.id and again.status == TaskResultStatus.SUCCESSFUL
     assert again.return_value == "a"
+    assert Job.objects.count() == 1  # the insert was rolled back to its savepoint
+    if broker == "redis":  # and its publish with it
+        b = default_task_backend.broker
+        assert b.client.zcard(b.key("q", "default")) == 0
     assert ut.unique_windowed.enqueue("b").id != first.id  # other arguments
     # 9 minutes later (enqueued_at moved back): still in the 10 minutes window.
     Job.objects.filter(pk=first.id).update(enqueued_at=timezone.now() - timedelta(minutes=9))
@@ -330,6 +335,38 @@ def test_fifty_threads_in_transactions_create_one_job(broker):
 
     ids = race(50, enqueue)
     assert len(set(ids)) == 1 and Job.objects.count() == 1
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_a_concurrent_enqueue_waits_for_the_transaction_holding_the_key(broker, outcome):
+    inserted, decide, other = threading.Event(), threading.Event(), []
+
+    def holder():
+        try:
+            with transaction.atomic():
+                other.append(ut.unique_add.enqueue(1, 2).id)
+                inserted.set()
+                decide.wait(10)
+                if outcome == "rollback":
+                    transaction.set_rollback(True)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert inserted.wait(10)
+    # The other enqueue blocks on the uncommitted row until the holder decides.
+    threading.Timer(0.3, decide.set).start()
+    began = time.monotonic()
+    mine = ut.unique_add.enqueue(1, 2)
+    assert time.monotonic() - began >= 0.25  # it waited for the holder's decision
+    thread.join(10)
+    if outcome == "commit":
+        assert mine.id == other[0]
+    else:
+        assert mine.id != other[0]
+    assert [str(j.id) for j in Job.objects.all()] == [mine.id]
 
 
 # -- admin ----------------------------------------------------------------------------------
