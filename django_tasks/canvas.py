@@ -294,6 +294,9 @@ class _Plan:
             # After an empty group: its result (empty lists) is known now.
             args, receives = (upstream, *args), False
         job = backend.prepare(task, args, kwargs, receives_input=receives)
+        # A workflow's steps are its own: a step is never swapped for another job
+        # holding the same unique key (its dependents wait for this one).
+        job.unique_key = ""
         job.workflow_id = self.workflow_id
         job_id = str(job.id)
         if waits:

@@ -19,7 +19,7 @@ from django.db import models
 from django.tasks import TaskResultStatus
 from django.utils.translation import gettext_lazy as _
 
-__all__ = ["CLAIMED", "FAILED", "FINISHED", "HELD", "READY", "RUNNING", "SUCCESSFUL",
+__all__ = ["ACTIVE", "CLAIMED", "FAILED", "FINISHED", "HELD", "READY", "RUNNING", "SUCCESSFUL",
            "WAITING", "JobStatus", "public_status"]
 
 
@@ -41,6 +41,8 @@ WAITING = JobStatus.WAITING.value
 #: A worker holds the job: nobody else may claim or change it.
 HELD = (CLAIMED, RUNNING)
 FINISHED = (SUCCESSFUL, FAILED)
+#: Every status before a final one: a unique job holds its key through all of them.
+ACTIVE = (READY, *HELD)
 
 
 def public_status(stored: str) -> TaskResultStatus:

@@ -7,12 +7,17 @@ the extra options::
 
     @task(queue_name="emails", max_attempts=5, retry_on=(ConnectionError,), backoff=2.0)
     def send_welcome_email(user_id): ...
+
+    @task(unique=True, unique_for=timedelta(minutes=10))   # see docs/calling-tasks.md
+    def rebuild_report(account_id): ...
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from inspect import isclass
 from typing import TYPE_CHECKING, Any
@@ -27,7 +32,18 @@ if TYPE_CHECKING:
     from .canvas import Signature
     from .results import JobResult
 
-__all__ = ["Task", "TaskContext"]
+__all__ = ["Task", "TaskContext", "call_digest"]
+
+#: Longest ``unique_key`` (the column's width).
+UNIQUE_KEY_MAX = 255
+
+
+def call_digest(task_path: str, args: Any, kwargs: dict[str, Any]) -> str:
+    """The key of ``unique=True``: SHA-256 (hex) of the task path and the canonical JSON
+    of the arguments (keys sorted, no spaces), the same in every process and release."""
+    call = json.dumps([task_path, list(args), kwargs], sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(call.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +68,15 @@ class Task(django_base.Task):
     #: (prefork pool only) so it can clean up; must be below ``time_limit``. Uses SIGALRM
     #: in the child, so such a task must not use SIGALRM (``signal.alarm``) itself.
     soft_time_limit: float | None = None
+    #: One active job per task and arguments: while one is ready, scheduled, claimed or
+    #: running, enqueueing the same call again returns it instead of a new job.
+    unique: bool = False
+    #: One active job per this key (shared by every task of the backend), whatever the
+    #: arguments; usually set per call: ``.using(unique_key=f"invoice-{pk}")``.
+    unique_key: str | None = None
+    #: With ``unique``/``unique_key``: a finished job enqueued less than this long ago
+    #: (a ``timedelta``, or seconds) also counts. Alone, it implies ``unique=True``.
+    unique_for: timedelta | None = None
     # True when the queue was chosen by the call (``using``/``apply_async``): ROUTES
     # then leave it alone. Not a user option.
     queue_from_call: bool = field(default=False, repr=False, compare=False)
@@ -96,8 +121,58 @@ class Task(django_base.Task):
                 f"than time_limit ({self.time_limit!r}), or the job is killed before it can "
                 "clean up."
             )
+        self._check_unique()
         # Explicit base call: zero-argument super() does not work in slots dataclasses.
         django_base.Task.__post_init__(self)
+
+    def _check_unique(self) -> None:
+        if type(self.unique) is not bool:
+            raise InvalidTask(f"{self.module_path}: unique must be True or False; got "
+                              f"{self.unique!r}.")
+        key = self.unique_key
+        if key is not None and (not isinstance(key, str) or not key
+                                or len(key) > UNIQUE_KEY_MAX):
+            got = (f"a string of {len(key)} characters" if isinstance(key, str) and key
+                   else f"{key!r} ({type(key).__name__})")
+            raise InvalidTask(
+                f"{self.module_path}: unique_key must be a non-empty string of at most "
+                f"{UNIQUE_KEY_MAX} characters, e.g. unique_key=f\"invoice-{{invoice.pk}}\"; "
+                f"got {got}."
+            )
+        window = self.unique_for
+        if window is not None:
+            if (isinstance(window, int | float) and not isinstance(window, bool)
+                    and math.isfinite(window) and window > 0):
+                window = timedelta(seconds=window)
+            if not isinstance(window, timedelta) or window <= timedelta(0):
+                raise InvalidTask(
+                    f"{self.module_path}: unique_for must be a positive timedelta or number "
+                    f"of seconds, e.g. unique_for=timedelta(minutes=10); got {window!r}."
+                )
+            object.__setattr__(self, "unique_for", window)
+            if key is None:
+                object.__setattr__(self, "unique", True)
+        if self.is_unique:
+            backend = self.get_backend()  # an unknown alias: Django's InvalidTaskBackend
+            if not getattr(backend, "supports_unique", False):
+                raise InvalidTask(
+                    f"{self.module_path}: unique jobs (unique, unique_key, unique_for) need a "
+                    "django_tasks backend, whose database keeps one active job per key; "
+                    f"TASKS[{self.backend!r}] is {type(backend).__name__}. Use "
+                    "DatabaseBackend or RedisBackend, or drop the unique options."
+                )
+
+    @property
+    def is_unique(self) -> bool:
+        """Whether an enqueue of this task may return an existing job."""
+        return self.unique or self.unique_key is not None
+
+    def unique_key_for(self, args: Any, kwargs: dict[str, Any]) -> str | None:
+        """The key a call of this task holds while active: ``unique_key``, else with
+        ``unique`` the digest of the call (:func:`call_digest`), else None."""
+        if self.unique_key is not None:
+            return self.unique_key
+        return call_digest(self.module_path, args, kwargs) if self.unique else None
 
     def using(
         self,
@@ -106,12 +181,28 @@ class Task(django_base.Task):
         queue_name: str | None = None,
         run_after: datetime | timedelta | None = None,
         backend: str | None = None,
+        unique_key: str | None = None,
+        unique_for: timedelta | float | None = None,
     ) -> Task:
-        """A copy with other defaults. ``run_after`` may also be a ``timedelta`` from now."""
+        """A copy with other defaults. ``run_after`` may also be a ``timedelta`` from now.
+
+        ``unique_key`` makes the call unique by that key, ``unique_for`` adds a window
+        (see the class's fields); both are checked here.
+        """
         if isinstance(run_after, timedelta):
             run_after = timezone.now() + run_after
+        if unique_key is not None or unique_for is not None:
+            changes: dict[str, Any] = {}
+            if unique_key is not None:
+                changes["unique_key"] = unique_key
+            if unique_for is not None:
+                changes["unique_for"] = unique_for
+            # Checked against the backend the copy will use.
+            base = replace(self, **changes, **({"backend": backend} if backend else {}))
+        else:
+            base = self
         task = django_base.Task.using(
-            self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
+            base, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
         )
         if queue_name is not None:
             object.__setattr__(task, "queue_from_call", True)

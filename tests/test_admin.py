@@ -149,7 +149,8 @@ def test_a_schedule_made_in_the_admin_fires(client):
     neither = client.post(url, {**form, "interval": ""})
     assert neither.status_code == 200 and "Give a cron expression or an interval" in neither.text
     typo = client.post(url, {**form, "task_path": "tests.tasks.addd"})
-    assert typo.status_code == 200 and "&#x27;tests.tasks&#x27; has no &#x27;addd&#x27;" in typo.text
+    assert typo.status_code == 200
+    assert "&#x27;tests.tasks&#x27; has no &#x27;addd&#x27;" in typo.text
     wrong_args = client.post(url, {**form, "args": "[1]"})
     assert wrong_args.status_code == 200
     assert "missing a required argument: &#x27;y&#x27;" in wrong_args.text

@@ -205,7 +205,8 @@ def test_kill_9_mid_chord_runs_the_body_once_with_every_result(tmp_path, broker)
     ran = runs(log)
     assert ran[result.id] == 1
     # The slow members ran twice (killed, then rescued); the body counted them once.
-    assert [ran[i] for i in slow_ids] == [2, 2], (list(Job.objects.filter(pk__in=slow_ids).values_list(
-        "status", "attempts", "worker_ids", "errors")), log.read_text())
+    rows = Job.objects.filter(pk__in=slow_ids).values_list("status", "attempts", "worker_ids",
+                                                           "errors")
+    assert [ran[i] for i in slow_ids] == [2, 2], (list(rows), log.read_text())
     body = Job.objects.get(pk=result.id)
     assert body.args[0][:2] == [2, 2]  # their second attempts' results, in member order
