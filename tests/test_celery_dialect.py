@@ -9,7 +9,7 @@ from django.tasks import task
 from django.tasks.exceptions import InvalidTask
 from django.utils import timezone
 
-from django_tasks import Retry, TaskContext
+from django_tasks import Retry, TaskContext, WorkerLost
 from django_tasks.messages import Message
 from django_tasks.models import Job
 from django_tasks.outcomes import failure_outcome
@@ -182,6 +182,12 @@ def test_self_retry_waits_countdown_else_default_retry_delay():
     t = task(bind=True, retry_backoff=True, default_retry_delay=9)(bound)
     assert _delays(t, Retry(), 1) == [9.0]
 
+
+
+def test_a_lost_worker_fails_the_job_unless_autoretry_for_lists_worker_lost():
+    assert _delays(celery_tasks.fetch_feed, WorkerLost(), 1) == ["FAILED"]  # WorkerLostError
+    t = task(autoretry_for=(ConnectionError, WorkerLost), default_retry_delay=3)(plain)
+    assert _delays(t, WorkerLost(), 1) == [3.0]
 
 
 def test_context_retry_raises_by_itself():
