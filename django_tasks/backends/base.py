@@ -42,7 +42,7 @@ from ..results import JobResult
 from ..serialization import check_arguments
 from ..states import READY, public_status
 from ..store import JobStore
-from ..task import Task
+from ..task import Task, for_django_checks
 
 __all__ = ["Broker", "Exchanged", "ModelBackend", "resolve_task"]
 
@@ -184,6 +184,11 @@ class ModelBackend(BaseTaskBackend):
         self.broker = self.broker_class(self)
 
     # -- producing ---------------------------------------------------------------
+
+    def validate_task(self, task: DjangoTask) -> None:
+        """Django's checks, except that a ``bind=True`` task's first parameter (the
+        context) may have any name: Celery's code calls it ``self``."""
+        super().validate_task(for_django_checks(task))
 
     def queue_for(self, task: DjangoTask) -> str:
         """The queue a call goes to: the call's choice, else ROUTES, else the task's."""

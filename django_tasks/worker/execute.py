@@ -43,14 +43,15 @@ def _raise_soft_time_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded()
 
 
-def _call(task: Any, result: JobResult, lease: str, soft_time_limit: float | None) -> Any:
+def _call(task: Any, result: JobResult, lease: str, worker_id: str,
+          soft_time_limit: float | None) -> Any:
     """Call the task, with SIGALRM armed to raise SoftTimeLimitExceeded inside it."""
     if not soft_time_limit:
-        return _invoke(task, result, lease)
+        return _invoke(task, result, lease, worker_id)
     previous = signal.signal(signal.SIGALRM, _raise_soft_time_limit)
     signal.setitimer(signal.ITIMER_REAL, soft_time_limit)
     try:
-        return _invoke(task, result, lease)
+        return _invoke(task, result, lease, worker_id)
     finally:
         # If the alarm fires right here, after the task returned, the job still
         # overran its soft limit: failing it with SoftTimeLimitExceeded is fair.
@@ -58,9 +59,9 @@ def _call(task: Any, result: JobResult, lease: str, soft_time_limit: float | Non
         signal.signal(signal.SIGALRM, previous)
 
 
-def _invoke(task: Any, result: JobResult, lease: str) -> Any:
-    if task.takes_context:
-        context = TaskContext(task_result=result, lease=lease)
+def _invoke(task: Any, result: JobResult, lease: str, worker_id: str) -> Any:
+    if task.takes_context:  # bind=True (Celery's) too: the context is its ``self``
+        context = TaskContext(task_result=result, lease=lease, worker_id=worker_id)
         return task.call(context, *result.args, **result.kwargs)
     return task.call(*result.args, **result.kwargs)
 
@@ -95,7 +96,7 @@ def execute(
     try:
         # A receiver's bug is logged; it does not fail the job it was told about.
         send_robust(task_started, message.backend, result)
-        value = _call(task, result, message.lease, soft)
+        value = _call(task, result, message.lease, worker_id, soft)
         check_return_value(value, task_name=message.task_path)
     except KeyboardInterrupt:
         raise
