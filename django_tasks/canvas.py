@@ -196,6 +196,11 @@ class chord:  # Celery's name
             raise TypeError(f"chord body {body!r} is not a workflow step (task.s(...)).")
         if on_error is not None and not isinstance(on_error, Signature):
             raise TypeError(f"on_error must be a signature (task.s(...)); got {on_error!r}.")
+        if on_error is not None and isinstance(body, group | chord):
+            # The error callback rides on the one job that ends the chord; a group body
+            # has several, and each would call it.
+            raise TypeError("on_error needs a chord body that is a task or a chain ending in "
+                            f"one; got {body!r}.")
         self.body = body
         self.errback = on_error
 

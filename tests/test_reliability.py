@@ -266,7 +266,7 @@ def test_tasks_status_shows_depths_and_alive_dead_stopped_workers():
     header, default_row = text.splitlines()[:2]
     assert header.split() == ["queue", "WAITING", "READY", "CLAIMED", "RUNNING", "FAILED",
                               "SUCCESSFUL"]
-    assert default_row.split() == ["default", "1", "1", "1", "0", "0"]
+    assert default_row.split() == ["default", "0", "1", "1", "1", "0", "0"]
     assert f"{claimed[0].id}  tests.tasks.add  on silent-1  attempt 1/1" in text
     lines = {line.split()[0]: line for line in text.splitlines() if "-1 " in line}
     assert lines["alive-1"].split()[1:5] == ["alive", "prefork", "1", "0"]

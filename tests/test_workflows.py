@@ -210,3 +210,9 @@ def test_kill_9_mid_chord_runs_the_body_once_with_every_result(tmp_path, broker)
     assert [ran[i] for i in slow_ids] == [2, 2], (list(rows), log.read_text())
     body = Job.objects.get(pk=result.id)
     assert body.args[0][:2] == [2, 2]  # their second attempts' results, in member order
+
+
+def test_an_error_callback_needs_a_body_that_ends_in_one_job():
+    with pytest.raises(TypeError, match="on_error needs a chord body that is a task"):
+        chord([tasks.add.s(1, 1)], group(tasks.tsum.s(), tasks.tsum.s()),
+              on_error=tasks.errback.s())
