@@ -124,6 +124,15 @@ def _members(tasks: tuple[Any, ...]) -> list[Node]:
     return list(tasks)
 
 
+def _ends_in_one(node: Node) -> bool:
+    """Whether one job ends ``node`` (a task, or a chain or chord ending in one)."""
+    if isinstance(node, chain):
+        return _ends_in_one(node.tasks[-1])
+    if isinstance(node, chord):
+        return node.body is not None and _ends_in_one(node.body)
+    return isinstance(node, Signature)
+
+
 def _is_node(value: Any) -> bool:
     return isinstance(value, Signature | chain | group | chord)
 
@@ -196,7 +205,7 @@ class chord:  # Celery's name
             raise TypeError(f"chord body {body!r} is not a workflow step (task.s(...)).")
         if on_error is not None and not isinstance(on_error, Signature):
             raise TypeError(f"on_error must be a signature (task.s(...)); got {on_error!r}.")
-        if on_error is not None and isinstance(body, group | chord):
+        if on_error is not None and body is not None and not _ends_in_one(body):
             # The error callback rides on the one job that ends the chord; a group body
             # has several, and each would call it.
             raise TypeError("on_error needs a chord body that is a task or a chain ending in "
@@ -207,7 +216,7 @@ class chord:  # Celery's name
     def on_error(self, errback: Signature) -> chord:
         return chord(self.header, self.body, on_error=errback)
 
-    def __call__(self, body: Signature | None = None, **options: Any) -> Any:
+    def __call__(self, body: Signature | None = None) -> Any:
         """Celery's ``chord(header)(body)``: enqueue at once."""
         return chord(self.header, body or self.body, on_error=self.errback).enqueue()
 
@@ -245,6 +254,7 @@ class _Step:
 class _Plan:
     def __init__(self) -> None:
         self.steps: dict[str, _Step] = {}
+        self.results: dict[str, JobResult] = {}
         self.workflow_id = uuid.uuid4()
         self.backend: Any = None
 
@@ -264,8 +274,18 @@ class _Plan:
             return [self.add(m, upstream, extra, extra_kwargs, []) for m in node.tasks]
         assert isinstance(node, chord)
         header = self.add(node.header, upstream, extra, extra_kwargs, [])
-        own = [node.errback.to_dict()] if node.errback is not None else []
+        own = []
+        if node.errback is not None:
+            self.check_errback(node.errback)
+            own = [node.errback.to_dict()]
         return self.add(node.body, header, (), {}, own + errbacks)
+
+    def check_errback(self, errback: Signature) -> None:
+        """Refuse now an error callback that could not be enqueued at the failure: it
+        gets the failed job's id first (unless immutable)."""
+        backend = errback.task.get_backend()
+        backend.prepare(errback.task, errback.args, dict(errback.kwargs),
+                        receives_input=not errback.immutable)
 
     def _step(self, sig: Signature, upstream: Tree | None, extra: tuple[Any, ...],
               extra_kwargs: Mapping[str, Any], errbacks: list[dict[str, Any]]) -> str:
@@ -278,7 +298,8 @@ class _Plan:
             using["queue_name"] = options["queue"]
         if "priority" in options:
             using["priority"] = options["priority"]
-        if upstream is None and options.get("countdown"):
+        waits = sorted(set(tree_ids(upstream))) if upstream is not None else []
+        if not waits and options.get("countdown"):  # ready at once: due after countdown
             using["run_after"] = timedelta(seconds=options["countdown"])
         if using:
             task = task.using(**using)
@@ -294,7 +315,6 @@ class _Plan:
         receives = upstream is not None and not sig.immutable
         args = (*extra, *sig.args)
         kwargs = {**sig.kwargs, **extra_kwargs}
-        waits = sorted(set(tree_ids(upstream))) if upstream is not None else []
         if receives and not waits:
             # After an empty group: its result (empty lists) is known now.
             args, receives = (upstream, *args), False
@@ -328,15 +348,17 @@ class _Plan:
             if len(self.steps) == 1:
                 step.job.workflow_id = None  # one step alone is a plain job
         # One transaction: no step can start (or end) before every row exists.
+        # ``task_enqueued`` is sent for every step once it commits.
         with transaction.atomic(using=self.backend.store.database):
             for step in self.steps.values():
                 self.backend.store_job(step.job, step.sig.task)
+                self.results[str(step.job.id)] = self.backend.enqueued(step.sig.task,
+                                                                       step.job)
 
     def result(self, tree: Tree) -> JobResult | GroupResult:
         if isinstance(tree, list):
             return GroupResult([self.result(t) for t in tree], id=str(self.workflow_id))
-        step = self.steps[tree]
-        return self.backend.enqueued(step.sig.task, step.job)
+        return self.results[tree]
 
 
 def tree_ids(tree: Tree) -> Iterator[str]:

@@ -528,7 +528,15 @@ class JobStore:
         }
         failed = replace(outcome, status=FAILED, error=error, finished_at=now.isoformat(),
                          retry_at=None, retry_delay=None, return_value=None)
-        return self.apply_outcomes(worker_id, [failed], hooks=False)
+        # The hooks see the failure (a workflow fails what waits for the job, instead
+        # of leaving it waiting forever), unless they fail on it too.
+        try:
+            with transaction.atomic(using=self.database):
+                applied = self._write_outcomes(worker_id, [failed])
+                self.run_hooks(applied)
+            return applied
+        except OutcomeHookFailed:
+            return self.apply_outcomes(worker_id, [failed], hooks=False)
 
     def _outcome_params(self, worker_id: str, o: Outcome) -> dict[str, Any]:
         rv = o.return_value
@@ -763,13 +771,15 @@ class JobStore:
         """Make these FAILED jobs READY for one more attempt (errors kept); returns their ids.
 
         A unique job is not retried while another job holds its key (of several with
-        one key, only the newest is).
+        one key, only the newest is). A workflow step that never ran (a step before it
+        failed) is not retried: the input it waited for does not exist.
         """
-        from django.db.models import F
+        from django.db.models import F, Q
 
         from .models import Job
 
-        jobs = Job.objects.using(self.database).failed().filter(pk__in=list(job_ids))
+        jobs = (Job.objects.using(self.database).failed().filter(pk__in=list(job_ids))
+                .exclude(Q(attempts=0) & Q(links__has_key="inputs")))
         with transaction.atomic(using=self.database):
             rows = list(jobs.select_for_update().order_by("-enqueued_at")
                         .values_list("id", "unique_key"))
