@@ -56,8 +56,31 @@ Node = Any  # Signature | chain | group | chord
 Tree = Any  # str | list[Tree]
 
 
+class _Step:
+    """What every workflow value can do: be piped, and be enqueued (Celery's verbs)."""
+
+    def __or__(self, other: Node) -> chain:
+        # ``a | b`` is a chain; ``group | step`` a chord (the step gets the list).
+        return chain(self, other)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Any:
+        """Enqueue the whole workflow in one transaction; ``args`` are prepended to the
+        first step's (each member's, for a group). Returns the result of what ends it:
+        a ``JobResult``, or a ``GroupResult`` for a group."""
+        return _enqueue(self, args, kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's name for :meth:`enqueue`."""
+        return self.enqueue(*args, **kwargs)
+
+    def apply_async(self, args: Sequence[Any] | None = None,
+                    kwargs: Mapping[str, Any] | None = None) -> Any:
+        """Celery's call; job options go on the steps, with ``.set()``."""
+        return self.enqueue(*(args or ()), **(kwargs or {}))
+
+
 @dataclass(frozen=True)
-class Signature:
+class Signature(_Step):
     """A task with some of its arguments: a step of a workflow.
 
     ``task.s(*args, **kwargs)`` is partial (it receives the previous step's result as
@@ -82,19 +105,6 @@ class Signature:
                                       not isinstance(countdown, int | float) or countdown < 0):
             raise TypeError(f"countdown must be a number of seconds >= 0; got {countdown!r}.")
         return replace(self, options=options)
-
-    def __or__(self, other: Node) -> chain:
-        return chain(self, other)
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> JobResult:
-        """Enqueue this step alone; ``args`` are prepended (Celery's ``partial.delay(x)``)."""
-        return _enqueue(self, args, kwargs)
-
-    delay = enqueue
-
-    def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None) -> JobResult:
-        return self.enqueue(*(args or ()), **(kwargs or {}))
 
     def to_dict(self) -> dict[str, Any]:
         """As stored in a job's ``links`` (an error callback)."""
@@ -134,10 +144,10 @@ def _ends_in_one(node: Node) -> bool:
 
 
 def _is_node(value: Any) -> bool:
-    return isinstance(value, Signature | chain | group | chord)
+    return isinstance(value, _Step)
 
 
-class chain:  # Celery's name
+class chain(_Step):  # Celery's name
     """Steps one after the other, each receiving the previous one's result."""
 
     def __init__(self, *tasks: Any) -> None:
@@ -148,42 +158,15 @@ class chain:  # Celery's name
             raise ValueError("chain() needs at least one step.")
         self.tasks = steps
 
-    def __or__(self, other: Node) -> chain:
-        return chain(self, other)
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> JobResult | GroupResult:
-        """Enqueue every step; returns the last step's result (``args`` go to the first)."""
-        return _enqueue(self, args, kwargs)
-
-    delay = enqueue
-
-    def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None) -> JobResult | GroupResult:
-        return self.enqueue(*(args or ()), **(kwargs or {}))
-
     def __repr__(self) -> str:
         return " | ".join(map(repr, self.tasks))
 
 
-class group:  # Celery's name
+class group(_Step):  # Celery's name
     """Steps that run in parallel; its result is the list of theirs, in order."""
 
     def __init__(self, *tasks: Any) -> None:
         self.tasks = _members(tasks)
-
-    def __or__(self, other: Node) -> chain:
-        # ``group | step`` is a chord: the step gets the list of results.
-        return chain(self, other)
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> GroupResult:
-        """Enqueue every member (``args`` prepended to each); returns a ``GroupResult``."""
-        return _enqueue(self, args, kwargs)
-
-    delay = enqueue
-
-    def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None) -> GroupResult:
-        return self.enqueue(*(args or ()), **(kwargs or {}))
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -192,7 +175,7 @@ class group:  # Celery's name
         return f"group({', '.join(map(repr, self.tasks))})"
 
 
-class chord:  # Celery's name
+class chord(_Step):  # Celery's name
     """A group, then ``body`` with the list of its results: the body runs exactly once,
     when every member has succeeded. If a member fails (after its retries) the body
     does not run (it is FAILED, so ``.get()`` raises) and ``on_error`` (a signature)
@@ -220,20 +203,11 @@ class chord:  # Celery's name
         """Celery's ``chord(header)(body)``: enqueue at once."""
         return chord(self.header, body or self.body, on_error=self.errback).enqueue()
 
-    def __or__(self, other: Node) -> chain:
-        return chain(self, other)
-
     def enqueue(self, *args: Any, **kwargs: Any) -> Any:
         """Enqueue header and body; returns the body's result."""
         if self.body is None:
             raise ValueError("chord() needs a body: chord(header, body) or chord(header)(body).")
         return _enqueue(self, args, kwargs)
-
-    delay = enqueue
-
-    def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None) -> Any:
-        return self.enqueue(*(args or ()), **(kwargs or {}))
 
     def __repr__(self) -> str:
         return f"chord({self.header!r}, {self.body!r})"
@@ -243,7 +217,7 @@ class chord:  # Celery's name
 
 
 @dataclass
-class _Step:
+class _Job:
     sig: Signature
     job: Any  # the unsaved Job
     inputs: Tree | None  # what it receives (None: a first step)
@@ -253,7 +227,7 @@ class _Step:
 
 class _Plan:
     def __init__(self) -> None:
-        self.steps: dict[str, _Step] = {}
+        self.steps: dict[str, _Job] = {}
         self.results: dict[str, JobResult] = {}
         self.workflow_id = uuid.uuid4()
         self.backend: Any = None
@@ -329,7 +303,7 @@ class _Plan:
             job.waiting_on = len(waits)
         for dependency in waits:
             self.steps[dependency].dependents.append(job_id)
-        self.steps[job_id] = _Step(sig, job, upstream, list(errbacks))
+        self.steps[job_id] = _Job(sig, job, upstream, list(errbacks))
         return job_id
 
     def store(self) -> None:
