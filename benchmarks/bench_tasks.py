@@ -6,3 +6,9 @@ from django.tasks import task
 @task()
 def noop():
     return None
+
+
+@task()
+def count(values):
+    """A chord body: how many results it got."""
+    return len(values)

@@ -61,7 +61,7 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "attempts_display", "enqueued_at", "started_at", "finished_at", "duration_display",
     )
     list_filter = ("status", "queue_name", "backend", "task_path", ScheduleFilter)
-    search_fields = ("=id", "task_path")
+    search_fields = ("=id", "task_path", "=unique_key")
     ordering = ("-enqueued_at",)
     date_hierarchy = "enqueued_at"
     list_per_page = 50
@@ -69,8 +69,8 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
     actions = ["retry_jobs", "cancel_jobs"]
     fieldsets = (
         (None, {"fields": ("id", "task_path", "status", "queue_name", "priority", "backend",
-                           "worker_id", "attempts_display", "progress_display",
-                           "cancellation_display", "schedule_display",
+                           "unique_key", "worker_id", "attempts_display",
+                           "progress_display", "cancellation_display", "schedule_display",
                            "workflow_display")}),
         (_("Call"), {"fields": ("args_display", "kwargs_display")}),
         (_("Outcome"), {"fields": ("return_value_display", "errors_display")}),
@@ -79,9 +79,9 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
                                   "worker_ids")}),
     )
     readonly_fields = (
-        "id", "task_path", "status", "queue_name", "priority", "backend", "worker_id",
-        "attempts_display", "progress_display", "cancellation_display", "args_display",
-        "kwargs_display",
+        "id", "task_path", "status", "queue_name", "priority", "backend", "unique_key",
+        "worker_id", "attempts_display", "progress_display", "cancellation_display",
+        "args_display", "kwargs_display",
         "return_value_display", "errors_display", "enqueued_at", "run_after", "available_at",
         "started_at", "last_attempted_at", "finished_at", "duration_display", "worker_ids",
         "schedule_display", "workflow_display",
@@ -195,7 +195,8 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
         )
         if retried < selected:
             self.message_user(
-                request, _("Only FAILED jobs can be retried; %d skipped.") % (selected - retried),
+                request, _("Only FAILED jobs can be retried, and a unique job only while no "
+                           "other job holds its key; %d skipped.") % (selected - retried),
                 messages.WARNING,
             )
 

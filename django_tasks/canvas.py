@@ -56,8 +56,31 @@ Node = Any  # Signature | chain | group | chord
 Tree = Any  # str | list[Tree]
 
 
+class _Step:
+    """What every workflow value can do: be piped, and be enqueued (Celery's verbs)."""
+
+    def __or__(self, other: Node) -> chain:
+        # ``a | b`` is a chain; ``group | step`` a chord (the step gets the list).
+        return chain(self, other)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Any:
+        """Enqueue the whole workflow in one transaction; ``args`` are prepended to the
+        first step's (each member's, for a group). Returns the result of what ends it:
+        a ``JobResult``, or a ``GroupResult`` for a group."""
+        return _enqueue(self, args, kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's name for :meth:`enqueue`."""
+        return self.enqueue(*args, **kwargs)
+
+    def apply_async(self, args: Sequence[Any] | None = None,
+                    kwargs: Mapping[str, Any] | None = None) -> Any:
+        """Celery's call; job options go on the steps, with ``.set()``."""
+        return self.enqueue(*(args or ()), **(kwargs or {}))
+
+
 @dataclass(frozen=True)
-class Signature:
+class Signature(_Step):
     """A task with some of its arguments: a step of a workflow.
 
     ``task.s(*args, **kwargs)`` is partial (it receives the previous step's result as
@@ -82,19 +105,6 @@ class Signature:
                                       not isinstance(countdown, int | float) or countdown < 0):
             raise TypeError(f"countdown must be a number of seconds >= 0; got {countdown!r}.")
         return replace(self, options=options)
-
-    def __or__(self, other: Node) -> chain:
-        return chain(self, other)
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> JobResult:
-        """Enqueue this step alone; ``args`` are prepended (Celery's ``partial.delay(x)``)."""
-        return _enqueue(self, args, kwargs)
-
-    delay = enqueue
-
-    def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None) -> JobResult:
-        return self.enqueue(*(args or ()), **(kwargs or {}))
 
     def to_dict(self) -> dict[str, Any]:
         """As stored in a job's ``links`` (an error callback)."""
@@ -124,11 +134,20 @@ def _members(tasks: tuple[Any, ...]) -> list[Node]:
     return list(tasks)
 
 
+def _ends_in_one(node: Node) -> bool:
+    """Whether one job ends ``node`` (a task, or a chain or chord ending in one)."""
+    if isinstance(node, chain):
+        return _ends_in_one(node.tasks[-1])
+    if isinstance(node, chord):
+        return node.body is not None and _ends_in_one(node.body)
+    return isinstance(node, Signature)
+
+
 def _is_node(value: Any) -> bool:
-    return isinstance(value, Signature | chain | group | chord)
+    return isinstance(value, _Step)
 
 
-class chain:  # Celery's name
+class chain(_Step):  # Celery's name
     """Steps one after the other, each receiving the previous one's result."""
 
     def __init__(self, *tasks: Any) -> None:
@@ -139,42 +158,15 @@ class chain:  # Celery's name
             raise ValueError("chain() needs at least one step.")
         self.tasks = steps
 
-    def __or__(self, other: Node) -> chain:
-        return chain(self, other)
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> JobResult | GroupResult:
-        """Enqueue every step; returns the last step's result (``args`` go to the first)."""
-        return _enqueue(self, args, kwargs)
-
-    delay = enqueue
-
-    def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None) -> JobResult | GroupResult:
-        return self.enqueue(*(args or ()), **(kwargs or {}))
-
     def __repr__(self) -> str:
         return " | ".join(map(repr, self.tasks))
 
 
-class group:  # Celery's name
+class group(_Step):  # Celery's name
     """Steps that run in parallel; its result is the list of theirs, in order."""
 
     def __init__(self, *tasks: Any) -> None:
         self.tasks = _members(tasks)
-
-    def __or__(self, other: Node) -> chain:
-        # ``group | step`` is a chord: the step gets the list of results.
-        return chain(self, other)
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> GroupResult:
-        """Enqueue every member (``args`` prepended to each); returns a ``GroupResult``."""
-        return _enqueue(self, args, kwargs)
-
-    delay = enqueue
-
-    def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None) -> GroupResult:
-        return self.enqueue(*(args or ()), **(kwargs or {}))
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -183,7 +175,7 @@ class group:  # Celery's name
         return f"group({', '.join(map(repr, self.tasks))})"
 
 
-class chord:  # Celery's name
+class chord(_Step):  # Celery's name
     """A group, then ``body`` with the list of its results: the body runs exactly once,
     when every member has succeeded. If a member fails (after its retries) the body
     does not run (it is FAILED, so ``.get()`` raises) and ``on_error`` (a signature)
@@ -196,30 +188,26 @@ class chord:  # Celery's name
             raise TypeError(f"chord body {body!r} is not a workflow step (task.s(...)).")
         if on_error is not None and not isinstance(on_error, Signature):
             raise TypeError(f"on_error must be a signature (task.s(...)); got {on_error!r}.")
+        if on_error is not None and body is not None and not _ends_in_one(body):
+            # The error callback rides on the one job that ends the chord; a group body
+            # has several, and each would call it.
+            raise TypeError("on_error needs a chord body that is a task or a chain ending in "
+                            f"one; got {body!r}.")
         self.body = body
         self.errback = on_error
 
     def on_error(self, errback: Signature) -> chord:
         return chord(self.header, self.body, on_error=errback)
 
-    def __call__(self, body: Signature | None = None, **options: Any) -> Any:
+    def __call__(self, body: Signature | None = None) -> Any:
         """Celery's ``chord(header)(body)``: enqueue at once."""
         return chord(self.header, body or self.body, on_error=self.errback).enqueue()
-
-    def __or__(self, other: Node) -> chain:
-        return chain(self, other)
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Any:
         """Enqueue header and body; returns the body's result."""
         if self.body is None:
             raise ValueError("chord() needs a body: chord(header, body) or chord(header)(body).")
         return _enqueue(self, args, kwargs)
-
-    delay = enqueue
-
-    def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None) -> Any:
-        return self.enqueue(*(args or ()), **(kwargs or {}))
 
     def __repr__(self) -> str:
         return f"chord({self.header!r}, {self.body!r})"
@@ -229,7 +217,7 @@ class chord:  # Celery's name
 
 
 @dataclass
-class _Step:
+class _Job:
     sig: Signature
     job: Any  # the unsaved Job
     inputs: Tree | None  # what it receives (None: a first step)
@@ -239,7 +227,8 @@ class _Step:
 
 class _Plan:
     def __init__(self) -> None:
-        self.steps: dict[str, _Step] = {}
+        self.steps: dict[str, _Job] = {}
+        self.results: dict[str, JobResult] = {}
         self.workflow_id = uuid.uuid4()
         self.backend: Any = None
 
@@ -259,8 +248,18 @@ class _Plan:
             return [self.add(m, upstream, extra, extra_kwargs, []) for m in node.tasks]
         assert isinstance(node, chord)
         header = self.add(node.header, upstream, extra, extra_kwargs, [])
-        own = [node.errback.to_dict()] if node.errback is not None else []
+        own = []
+        if node.errback is not None:
+            self.check_errback(node.errback)
+            own = [node.errback.to_dict()]
         return self.add(node.body, header, (), {}, own + errbacks)
+
+    def check_errback(self, errback: Signature) -> None:
+        """Refuse now an error callback that could not be enqueued at the failure: it
+        gets the failed job's id first (unless immutable)."""
+        backend = errback.task.get_backend()
+        backend.prepare(errback.task, errback.args, dict(errback.kwargs),
+                        receives_input=not errback.immutable)
 
     def _step(self, sig: Signature, upstream: Tree | None, extra: tuple[Any, ...],
               extra_kwargs: Mapping[str, Any], errbacks: list[dict[str, Any]]) -> str:
@@ -273,7 +272,8 @@ class _Plan:
             using["queue_name"] = options["queue"]
         if "priority" in options:
             using["priority"] = options["priority"]
-        if upstream is None and options.get("countdown"):
+        waits = sorted(set(tree_ids(upstream))) if upstream is not None else []
+        if not waits and options.get("countdown"):  # ready at once: due after countdown
             using["run_after"] = timedelta(seconds=options["countdown"])
         if using:
             task = task.using(**using)
@@ -289,11 +289,13 @@ class _Plan:
         receives = upstream is not None and not sig.immutable
         args = (*extra, *sig.args)
         kwargs = {**sig.kwargs, **extra_kwargs}
-        waits = sorted(set(tree_ids(upstream))) if upstream is not None else []
         if receives and not waits:
             # After an empty group: its result (empty lists) is known now.
             args, receives = (upstream, *args), False
         job = backend.prepare(task, args, kwargs, receives_input=receives)
+        # A workflow's steps are its own: a step is never swapped for another job
+        # holding the same unique key (its dependents wait for this one).
+        job.unique_key = ""
         job.workflow_id = self.workflow_id
         job_id = str(job.id)
         if waits:
@@ -301,7 +303,7 @@ class _Plan:
             job.waiting_on = len(waits)
         for dependency in waits:
             self.steps[dependency].dependents.append(job_id)
-        self.steps[job_id] = _Step(sig, job, upstream, list(errbacks))
+        self.steps[job_id] = _Job(sig, job, upstream, list(errbacks))
         return job_id
 
     def store(self) -> None:
@@ -320,15 +322,17 @@ class _Plan:
             if len(self.steps) == 1:
                 step.job.workflow_id = None  # one step alone is a plain job
         # One transaction: no step can start (or end) before every row exists.
+        # ``task_enqueued`` is sent for every step once it commits.
         with transaction.atomic(using=self.backend.store.database):
             for step in self.steps.values():
                 self.backend.store_job(step.job, step.sig.task)
+                self.results[str(step.job.id)] = self.backend.enqueued(step.sig.task,
+                                                                       step.job)
 
     def result(self, tree: Tree) -> JobResult | GroupResult:
         if isinstance(tree, list):
             return GroupResult([self.result(t) for t in tree], id=str(self.workflow_id))
-        step = self.steps[tree]
-        return self.backend.enqueued(step.sig.task, step.job)
+        return self.results[tree]
 
 
 def tree_ids(tree: Tree) -> Iterator[str]:

@@ -10,7 +10,7 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from .ids import uuid7
-from .states import FAILED, FINISHED, HELD, READY, RUNNING, JobStatus
+from .states import ACTIVE, FAILED, FINISHED, HELD, READY, RUNNING, JobStatus
 
 __all__ = ["Job", "Schedule", "ScheduleTick", "Worker"]
 
@@ -108,6 +108,11 @@ class Job(models.Model):
     # and whatever outcome its attempt then has is written as CANCELLED. In the row, so
     # it survives worker restarts.
     cancellation = models.JSONField(null=True, blank=True)
+    # A unique job's key ("" for an ordinary job): while a job with this key is ready,
+    # scheduled, claimed or running, enqueueing it again returns that job (see
+    # ``django_tasks_job_unique`` below and docs/calling-tasks.md).
+    unique_key = models.CharField(_("unique key"), max_length=255, blank=True, default="",
+                                  db_default="")
 
     objects = JobQuerySet.as_manager()
 
@@ -141,6 +146,23 @@ class Job(models.Model):
             # The admin's "other jobs of this workflow"; only workflow jobs are in it.
             models.Index(fields=["workflow_id"], condition=Q(workflow_id__isnull=False),
                          name="django_tasks_job_workflow"),
+            # Unique jobs of every status by key: the ``unique_for`` look-up of finished
+            # ones, and the admin's search. Partial: ordinary jobs never enter it.
+            models.Index(fields=["backend", "unique_key"], condition=~Q(unique_key=""),
+                         name="django_tasks_job_unique_key"),
+        ]
+        constraints = [
+            # Unique jobs: one active job per (backend, key), enforced by the database, so
+            # racing enqueues create one job (the others' INSERT ... ON CONFLICT DO NOTHING
+            # inserts nothing and they return the winner). Over the statuses a job has
+            # until it finishes: rescue and retries move a job between them (READY again)
+            # without ever leaving the index, so they keep the key; a finished job frees
+            # it. Partial, so ordinary jobs never enter it.
+            models.UniqueConstraint(
+                fields=["backend", "unique_key"],
+                condition=Q(status__in=ACTIVE) & ~Q(unique_key=""),
+                name="django_tasks_job_unique",
+            ),
         ]
         permissions = [("retry_job", "Can retry failed jobs"),
                        ("cancel_job", "Can cancel jobs")]

@@ -190,7 +190,7 @@ def failure_outcome(
 
     The one place failures are decided, whether the task raised ``exc``, the pool
     made it up (the child died, the hard time limit killed it) or a rescuer did (the
-    worker was lost). The task's policy applies (``retry_on``, backoff,
+    worker was lost). The task's policy applies (``retry_on``, backoff, ``retry_delay``,
     ``max_attempts``); without ``task`` (it could not be resolved) nothing is retried.
     Logs the job's finish line; on FAILED sends ``task_finished`` (with ``result``,
     or one built from ``message``) unless ``task`` is unknown or ``notify`` is false
@@ -220,6 +220,7 @@ def failure_outcome(
             backoff=getattr(task, "backoff", 1.0),
             backoff_max=getattr(task, "backoff_max", 3600.0),
             jitter=getattr(task, "jitter", True),
+            retry_delay=getattr(task, "retry_delay", None),
             now=now,
         )
     if retry_at is not None:

@@ -9,9 +9,11 @@ from typing import Any
 
 from django.tasks import base as django_base
 
-from .exceptions import Cancelled, ResultTimeout, TaskFailed
+from .exceptions import Cancelled, ResultTimeout, TaskFailed, UpstreamFailed
 
 __all__ = ["GroupResult", "JobError", "JobResult"]
+
+UPSTREAM_FAILED = f"{UpstreamFailed.__module__}.{UpstreamFailed.__qualname__}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +104,9 @@ class JobResult(django_base.TaskResult):
             )
         if propagate:
             last = self.errors[-1] if self.errors else None
+            if last is not None and last.exception_class_path == UPSTREAM_FAILED:
+                raise UpstreamFailed(f"Job {self.id} ({self.task.module_path}) did not run: "
+                                     f"{getattr(last, 'message', '')}")
             detail = (
                 f": {last.exception_class_path}: {getattr(last, 'message', '')}" if last else ""
             )

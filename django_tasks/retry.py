@@ -29,7 +29,9 @@ def backoff_delay(
     so retries of jobs that failed together spread out but never come back sooner
     than half the nominal delay.
     """
-    delay = min(backoff_max, backoff * (2 ** max(0, attempt - 1)))
+    # A float power: no huge int for attempt 10,000, and 2.0 ** 1000 is already far past
+    # any backoff_max (an int power overflowed float() past attempt ~1025).
+    delay = min(backoff_max, backoff * 2.0 ** min(max(0, attempt - 1), 1000))
     if jitter:
         delay = delay / 2 + rand() * delay / 2
     return delay
@@ -45,19 +47,22 @@ def next_attempt_at(
     backoff_max: float,
     jitter: bool,
     now: datetime,
+    retry_delay: float | None = None,
     rand: Callable[[], float] = random.random,
 ) -> datetime | None:
     """When to run the next attempt, or None when the job has failed for good.
 
     A job is retried while attempts remain and either the task asked for it
-    (``raise context.retry(...)``) or the exception is one of ``retry_on``; an empty
-    ``retry_on`` means any ``Exception``. ``Retry(countdown=...)`` overrides the backoff.
+    (``context.retry(...)``) or the exception is one of ``retry_on``; an empty
+    ``retry_on`` means any ``Exception``. A ``Retry`` waits its ``countdown``, else
+    ``retry_delay`` when set, else the backoff delay.
     """
     if attempt >= max_attempts:
         return None
     if isinstance(exc, Retry):
-        if exc.countdown is not None:
-            return now + timedelta(seconds=max(0.0, exc.countdown))
+        wait = exc.countdown if exc.countdown is not None else retry_delay
+        if wait is not None:
+            return now + timedelta(seconds=max(0.0, wait))
     elif not isinstance(exc, retry_on or Exception):
         return None
     delay = backoff_delay(

@@ -22,7 +22,7 @@ from django.db import models
 from django.tasks import TaskResultStatus
 from django.utils.translation import gettext_lazy as _
 
-__all__ = ["CANCELLED", "CLAIMED", "FAILED", "FINISHED", "HELD", "READY", "RUNNING",
+__all__ = ["ACTIVE", "CANCELLED", "CLAIMED", "FAILED", "FINISHED", "HELD", "READY", "RUNNING",
            "SUCCESSFUL", "WAITING", "JobStatus", "public_status"]
 
 
@@ -46,6 +46,8 @@ CANCELLED = JobStatus.CANCELLED.value
 #: A worker holds the job: nobody else may claim or change it.
 HELD = (CLAIMED, RUNNING)
 FINISHED = (SUCCESSFUL, FAILED, CANCELLED)
+#: Every status before a final one: a unique job holds its key through all of them.
+ACTIVE = (READY, *HELD)
 
 
 def public_status(stored: str) -> TaskResultStatus:

@@ -29,7 +29,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, NamedTuple
 
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.utils import timezone
 
 from .cancellation import Cancelling, cancelled_outcome
@@ -39,7 +39,7 @@ from .messages import Applied, Message, Outcome, Start
 from .outcomes import as_datetime, error_dict, failure_outcome, send_failed, task_or_none
 from .serialization import dumps
 from .side import on_side
-from .states import CANCELLED, CLAIMED, FAILED, HELD, READY, RUNNING
+from .states import ACTIVE, CANCELLED, CLAIMED, FAILED, HELD, READY, RUNNING
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -82,6 +82,7 @@ MESSAGE_COLUMNS = (
 APPLIED_COLUMNS = ("id", "status", "task_path", "queue_name", "attempts", "links")
 
 HELD_SQL = f"('{CLAIMED}', '{RUNNING}')"
+ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE) + ")"
 FRESH = f"status = '{CLAIMED}'"  # a job whose start was never recorded
 
 # -- statements (vendor fragments in braces, parameters by name) --------------------------
@@ -217,6 +218,26 @@ RUNNING_OF = (
     "SELECT " + ", ".join(MESSAGE_COLUMNS) + ", last_attempted_at FROM {table} "
     "WHERE worker_id = %(worker)s AND lease <> '' AND status = '" + RUNNING + "'"
 )
+# Unique jobs. The conflict target names the partial unique index
+# ``django_tasks_job_unique`` (its columns and predicate): a job whose key an active job
+# holds is not inserted, and the caller's transaction goes on unharmed (an INSERT that
+# raised IntegrityError would abort it on PostgreSQL). A conflicting row of a
+# transaction still in flight makes the INSERT wait for it: committed, it conflicts;
+# rolled back, the key is free and this INSERT goes ahead.
+UNIQUE_PREDICATE = "status IN " + ACTIVE_SQL + " AND NOT (unique_key = '')"
+ON_CONFLICT_UNIQUE = " ON CONFLICT (backend, unique_key) WHERE " + UNIQUE_PREDICATE + " DO NOTHING"
+# The job holding a key: the active one (UNIQUE_ACTIVE), or the last one that finished
+# among those enqueued at or after ``since`` (UNIQUE_RECENT, for ``unique_for``). The
+# predicates are spelled as the partial indexes' are: SQLite matches them as text.
+UNIQUE_ACTIVE = (
+    "SELECT * FROM {table} WHERE backend = %(backend)s AND unique_key = %(key)s "
+    "AND " + UNIQUE_PREDICATE
+)
+UNIQUE_RECENT = (
+    "SELECT * FROM {table} WHERE backend = %(backend)s AND unique_key = %(key)s "
+    "AND NOT (unique_key = '') AND NOT (status IN " + ACTIVE_SQL + ") "
+    "AND enqueued_at >= %(since)s ORDER BY enqueued_at DESC LIMIT 1"
+)
 PROGRESS = (
     "UPDATE {table} SET progress = {json_progress} "
     "WHERE id = %(id)s AND (%(lease)s = '' OR lease = %(lease)s) AND status IN " + HELD_SQL
@@ -319,19 +340,40 @@ class JobStore(Cancelling):
 
     def insert_sql(self, job: Any) -> tuple[str, Sequence[Any]]:
         """The INSERT of a new ``Job`` instance, compiled for this database (model
-        ``save()`` machinery bypassed: no signals are sent for jobs)."""
+        ``save()`` machinery bypassed: no signals are sent for jobs). A unique job's
+        inserts nothing while an active job holds its key (``ON_CONFLICT_UNIQUE``)."""
         from django.db.models.sql import InsertQuery
 
         query = InsertQuery(type(job))
         query.insert_values(type(job)._meta.concrete_fields, [job])
         [(sql, params)] = query.get_compiler(using=self.database).as_sql()
+        if job.unique_key:
+            sql += ON_CONFLICT_UNIQUE
         return sql, params
 
-    def insert(self, job: Any) -> None:
-        """INSERT a new job on this store's connection (in the caller's transaction)."""
+    def insert(self, job: Any) -> bool:
+        """INSERT a new job on this store's connection (in the caller's transaction);
+        returns False, having stored nothing, if it is unique and an active job holds
+        its key."""
         sql, params = self.insert_sql(job)
         with self.connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            if not job.unique_key:
+                cursor.execute(sql, params)
+                return True
+            cursor.execute(sql + " RETURNING 1", params)
+            return bool(cursor.fetchall())
+
+    def unique_holder(self, key: str, since: datetime | None = None) -> Any | None:
+        """The active ``Job`` holding ``key``, or with ``since`` the last finished one
+        enqueued at or after ``since``; None if there is none."""
+        from .models import Job
+
+        params: dict[str, Any] = {"backend": self.backend_alias, "key": key}
+        if since is None:
+            sql = self.sql(UNIQUE_ACTIVE)
+        else:
+            sql, params["since"] = self.sql(UNIQUE_RECENT), self.time(since)
+        return next(iter(Job.objects.db_manager(self.database).raw(sql, params)), None)
 
     def job_id(self, value: str) -> Any:
         """A job id as this database's driver takes it (SQLite stores 32 hex digits)."""
@@ -543,7 +585,15 @@ class JobStore(Cancelling):
         }
         failed = replace(outcome, status=FAILED, error=error, finished_at=now.isoformat(),
                          retry_at=None, retry_delay=None, return_value=None)
-        return self.apply_outcomes(worker_id, [failed], hooks=False)
+        # The hooks see the failure (a workflow fails what waits for the job, instead
+        # of leaving it waiting forever), unless they fail on it too.
+        try:
+            with transaction.atomic(using=self.database):
+                applied = self._write_outcomes(worker_id, [failed])
+                self.run_hooks(applied)
+            return applied
+        except OutcomeHookFailed:
+            return self.apply_outcomes(worker_id, [failed], hooks=False)
 
     def _outcome_params(self, worker_id: str, o: Outcome) -> dict[str, Any]:
         rv = o.return_value
@@ -813,18 +863,36 @@ class JobStore(Cancelling):
     # -- operator actions ------------------------------------------------------------------
 
     def retry_failed(self, job_ids: Sequence[Any]) -> list[str]:
-        """Make these FAILED jobs READY for one more attempt (errors kept); returns their ids."""
-        from django.db.models import F
+        """Make these FAILED jobs READY for one more attempt (errors kept); returns their ids.
+
+        A unique job is not retried while another job holds its key (of several with
+        one key, only the newest is). A workflow step that never ran (a step before it
+        failed) is not retried: the input it waited for does not exist.
+        """
+        from django.db.models import F, Q
 
         from .models import Job
 
-        jobs = Job.objects.using(self.database).failed().filter(pk__in=list(job_ids))
+        jobs = (Job.objects.using(self.database).failed().filter(pk__in=list(job_ids))
+                .exclude(Q(attempts=0) & Q(links__has_key="inputs")))
         with transaction.atomic(using=self.database):
-            ids = [str(i) for i in jobs.select_for_update().values_list("id", flat=True)]
-            Job.objects.using(self.database).filter(pk__in=ids).update(
-                status=READY, available_at=self.now(), finished_at=None, worker_id="",
-                lease="", max_attempts=F("attempts") + 1,
-            )
+            rows = list(jobs.select_for_update().order_by("-enqueued_at")
+                        .values_list("id", "unique_key"))
+            changes = {"status": READY, "available_at": self.now(), "finished_at": None,
+                       "worker_id": "", "lease": "", "max_attempts": F("attempts") + 1}
+            ids = [str(i) for i, key in rows if not key]
+            Job.objects.using(self.database).filter(pk__in=ids).update(**changes)
+            # A unique job READY again holds its key once more: not while another job
+            # holds it (nor two of the same key), which the unique index refuses.
+            for job_id, key in rows:
+                if not key:
+                    continue
+                try:
+                    with transaction.atomic(using=self.database):
+                        Job.objects.using(self.database).filter(pk=job_id).update(**changes)
+                except IntegrityError:
+                    continue
+                ids.append(str(job_id))
         return ids
 
 

@@ -7,16 +7,25 @@ the extra options::
 
     @task(queue_name="emails", max_attempts=5, retry_on=(ConnectionError,), backoff=2.0)
     def send_welcome_email(user_id): ...
+
+    @task(unique=True, unique_for=timedelta(minutes=10))   # see docs/calling-tasks.md
+    def rebuild_report(account_id): ...
+
+Celery's task options (``bind``, ``max_retries``, ``autoretry_for``, ...) are accepted
+too, for code ported from Celery: :func:`celery_options` maps them onto ours, in this
+one place (the table is in docs/coming-from-celery.md).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field, fields, replace
 from datetime import datetime, timedelta
-from inspect import isclass
-from typing import TYPE_CHECKING, Any
+from inspect import Parameter, isclass, signature
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.tasks import base as django_base
 from django.tasks.exceptions import InvalidTask
@@ -28,26 +37,180 @@ if TYPE_CHECKING:
     from .canvas import Signature
     from .results import JobResult
 
-__all__ = ["CANCEL_CHECK_INTERVAL", "Task", "TaskContext"]
+__all__ = ["CANCEL_CHECK_INTERVAL", "MAX_ATTEMPTS_LIMIT", "Request", "Task", "TaskContext",
+           "call_digest", "celery_options"]
+
+#: The largest ``max_attempts`` the job table stores (a PostgreSQL ``integer``). Celery's
+#: ``max_retries=None`` ("retry forever") maps to it: with any delay of a second or more,
+#: that is longer than the deployment will live.
+MAX_ATTEMPTS_LIMIT = 2**31 - 1
 
 #: ``TaskContext.is_cancelled()`` asks the database at most this often (seconds).
 CANCEL_CHECK_INTERVAL = 0.5
+
+
+class _Unset:
+    """The default of an option nobody set: tells "left out" from "set to the default"."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Any = _Unset()
+
+#: Our retry options and their values when neither they nor a Celery option are given.
+NATIVE_DEFAULTS: dict[str, Any] = {
+    "max_attempts": 1, "retry_on": (), "backoff": 1.0, "backoff_max": 3600.0,
+    "jitter": True, "retry_delay": None,
+}
+
+#: Celery's option -> ours, for options that set the same thing: giving both is an error.
+CELERY_COUNTERPARTS = {
+    "max_retries": "max_attempts",
+    "autoretry_for": "retry_on",
+    "retry_backoff": "backoff",
+    "retry_backoff_max": "backoff_max",
+    "retry_jitter": "jitter",
+    "default_retry_delay": "retry_delay",
+}
+
+_PAIR_FIXES = {
+    "max_retries": lambda v: (
+        f"max_retries={v!r} is max_attempts={_attempts(v)!r} (attempts include the first run)"
+    ),
+    "autoretry_for": lambda v: f"autoretry_for={v!r} is retry_on={v!r}",
+    "retry_backoff": lambda v: (
+        "retry_backoff=True is backoff=1, retry_backoff=N is backoff=N" if v is not False else
+        "retry_backoff=False is a fixed delay: backoff=backoff_max=the delay, jitter=False"
+    ),
+    "retry_backoff_max": lambda v: f"retry_backoff_max={v!r} is backoff_max={v!r}",
+    "retry_jitter": lambda v: f"retry_jitter={v!r} is jitter={v!r}",
+    "default_retry_delay": lambda v: f"default_retry_delay={v!r} is retry_delay={v!r}",
+}
+
+
+def _attempts(max_retries: int | None) -> int:
+    return MAX_ATTEMPTS_LIMIT if max_retries is None else max_retries + 1
+
+
+def _seconds(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, int | float)
+            and math.isfinite(value) and value >= 0)
+
+
+def celery_options(
+    task_path: str, celery: dict[str, Any], ours: dict[str, Any], *, takes_context: bool,
+) -> dict[str, Any]:
+    """Our option values for the Celery options in ``celery``: the one place they map.
+
+    ``celery`` holds the Celery options given, ``ours`` the retry options of ours given.
+    A task that uses any Celery option (``acks_late`` aside) behaves as in Celery: only
+    ``self.retry()`` and ``autoretry_for`` retry, ``max_retries`` defaults to 3, a retry
+    without countdown waits ``default_retry_delay`` (180 s), fixed unless
+    ``retry_backoff``. What it leaves out takes Celery's default, unless one of our
+    options gives it. A Celery option and ours for the same thing is an ``InvalidTask``,
+    as is ``bind=False`` with ``takes_context=True``, and ``acks_late=False``.
+    """
+    def invalid(message: str) -> InvalidTask:
+        return InvalidTask(f"{task_path}: {message}")
+
+    for theirs, value in celery.items():
+        mine = CELERY_COUNTERPARTS.get(theirs)
+        if mine in ours:
+            raise invalid(
+                f"{theirs}={value!r} (Celery's option) and {mine}={ours[mine]!r} (ours) set the "
+                f"same thing; pass one of them: {_PAIR_FIXES[theirs](value)}."
+            )
+    if celery.get("bind") is False and takes_context:
+        raise invalid(
+            "bind=False and takes_context=True contradict each other (bind=True is Celery's "
+            "takes_context=True); pass one of them."
+        )
+    if "acks_late" in celery and celery["acks_late"] is not True:
+        raise invalid(
+            f"acks_late={celery['acks_late']!r} is not available: a job is acknowledged only "
+            "when its outcome is written, so acks_late=True is always on (a job whose worker "
+            "dies is not lost). Remove the option, or pass acks_late=True."
+        )
+    given = {k: v for k, v in celery.items() if k != "acks_late"}
+    if given.get("bind") is False:
+        del given["bind"]
+    if not given:
+        return {}
+
+    max_retries = given.get("max_retries", 3)
+    if max_retries is not None and (type(max_retries) is not int or not
+                                    0 <= max_retries < MAX_ATTEMPTS_LIMIT):
+        raise invalid(f"max_retries must be a whole number >= 0, or None to retry without "
+                      f"limit; got {max_retries!r}.")
+    delay = given.get("default_retry_delay", 180)
+    if not _seconds(delay):
+        raise invalid(f"default_retry_delay must be a number of seconds >= 0; got {delay!r}.")
+    exponential = given.get("retry_backoff", False)
+    if not (exponential is True or exponential is False or _seconds(exponential)):
+        raise invalid(f"retry_backoff must be True (1 s, doubling), False (a fixed "
+                      f"default_retry_delay) or a number of seconds; got {exponential!r}.")
+    cap = given.get("retry_backoff_max", 600)
+    if not _seconds(cap):
+        raise invalid(f"retry_backoff_max must be a number of seconds >= 0; got {cap!r}.")
+    jitter = given.get("retry_jitter", True)
+    if not isinstance(jitter, bool):
+        raise invalid(f"retry_jitter must be True or False; got {jitter!r}.")
+    autoretry_for = given.get("autoretry_for", ())
+    if isclass(autoretry_for):
+        autoretry_for = (autoretry_for,)
+    if not isinstance(autoretry_for, tuple | list) or not all(
+        isclass(t) and issubclass(t, BaseException) for t in autoretry_for
+    ):
+        raise invalid(f"autoretry_for must be a tuple of exception classes, e.g. "
+                      f"autoretry_for=(ConnectionError,); got {given['autoretry_for']!r}.")
+
+    mapped: dict[str, Any] = {
+        "max_attempts": _attempts(max_retries),
+        # Retry alone: only self.retry() retries, as in Celery without autoretry_for.
+        "retry_on": tuple(autoretry_for) or (Retry,),
+        "retry_delay": float(delay),
+    }
+    if exponential:  # autoretry_for: base * 2 ** retries, capped, jittered (0: as False)
+        mapped.update(backoff=1.0 if exponential is True else float(exponential),
+                      backoff_max=float(cap), jitter=jitter)
+    else:  # autoretry_for waits default_retry_delay, fixed, as self.retry() does
+        mapped.update(backoff=float(delay), backoff_max=float(delay), jitter=False)
+    if given.get("bind"):
+        mapped["takes_context"] = True
+    # Our options, where given, win over what Celery's defaults filled in.
+    return {k: v for k, v in mapped.items() if k not in ours}
+
+#: Longest ``unique_key`` (the column's width).
+UNIQUE_KEY_MAX = 255
+
+
+def call_digest(task_path: str, args: Any, kwargs: dict[str, Any]) -> str:
+    """The key of ``unique=True``: SHA-256 (hex) of the task path and the canonical JSON
+    of the arguments (keys sorted, no spaces), the same in every process and release."""
+    call = json.dumps([task_path, list(args), kwargs], sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(call.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Task(django_base.Task):
     """A task with retry options. Create it with ``@task(...)``, not directly."""
 
+    # The retry options default to UNSET so that Celery's options can tell which of
+    # ours were given; __post_init__ replaces UNSET with NATIVE_DEFAULTS.
     #: Total runs allowed, the first one included. 1 means no retries.
-    max_attempts: int = 1
+    max_attempts: int = UNSET
     #: Exception types that trigger a retry; empty means any ``Exception``.
-    retry_on: tuple[type[BaseException], ...] = ()
+    retry_on: tuple[type[BaseException], ...] = UNSET
     #: Seconds before the first retry; doubles with each attempt.
-    backoff: float = 1.0
+    backoff: float = UNSET
     #: Ceiling for the backoff delay, in seconds.
-    backoff_max: float = 3600.0
+    backoff_max: float = UNSET
     #: Spread each delay over ``[d/2, d]`` so retries of a burst of failures spread out.
-    jitter: bool = True
+    jitter: bool = UNSET
+    #: Seconds ``context.retry()`` without ``countdown`` waits; None: the backoff delay.
+    retry_delay: float | None = UNSET
     #: Hard limit in seconds: past it the prefork pool kills the child running the job
     #: and records ``TimeLimitExceeded`` (retried like any error). Not enforced by the
     #: threads and inline pools, which can only warn.
@@ -62,11 +225,53 @@ class Task(django_base.Task):
     #: applies). The threads and inline pools cannot kill: there cancelling is
     #: cooperative only.
     cancel_grace: float | None = None
+    #: One active job per task and arguments: while one is ready, scheduled, claimed or
+    #: running, enqueueing the same call again returns it instead of a new job.
+    unique: bool = False
+    #: One active job per this key (shared by every task of the backend), whatever the
+    #: arguments; usually set per call: ``.using(unique_key=f"invoice-{pk}")``.
+    unique_key: str | None = None
+    #: With ``unique``/``unique_key``: a finished job enqueued less than this long ago
+    #: (a ``timedelta``, or seconds) also counts. Alone, it implies ``unique=True``.
+    unique_for: timedelta | None = None
+    #: Celery's ``bind=True``: ``takes_context=True``, and the function's first
+    #: parameter (the context) may have any name, as Celery's ``self``.
+    bind: bool | None = None
     # True when the queue was chosen by the call (``using``/``apply_async``): ROUTES
     # then leave it alone. Not a user option.
     queue_from_call: bool = field(default=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    # Celery's other options: read once by __post_init__ and mapped onto ours by
+    # celery_options(); not stored, so a copy (using()) carries only our options.
+    max_retries: InitVar[int | None] = UNSET
+    default_retry_delay: InitVar[float] = UNSET
+    autoretry_for: InitVar[tuple[type[BaseException], ...]] = UNSET
+    retry_backoff: InitVar[bool | float] = UNSET
+    retry_backoff_max: InitVar[float] = UNSET
+    retry_jitter: InitVar[bool] = UNSET
+    acks_late: InitVar[bool] = UNSET
+
+    def __post_init__(
+        self, max_retries: Any, default_retry_delay: Any, autoretry_for: Any,
+        retry_backoff: Any, retry_backoff_max: Any, retry_jitter: Any, acks_late: Any,
+    ) -> None:
+        if self.bind is not None and not isinstance(self.bind, bool):
+            raise InvalidTask(f"{self.module_path}: bind must be True or False; "
+                              f"got {self.bind!r}.")
+        celery = {k: v for k, v in {
+            "max_retries": max_retries, "default_retry_delay": default_retry_delay,
+            "autoretry_for": autoretry_for, "retry_backoff": retry_backoff,
+            "retry_backoff_max": retry_backoff_max, "retry_jitter": retry_jitter,
+            "acks_late": acks_late,
+        }.items() if v is not UNSET}
+        if self.bind is not None:
+            celery["bind"] = self.bind
+        ours = {k: getattr(self, k) for k in NATIVE_DEFAULTS if getattr(self, k) is not UNSET}
+        values = celery_options(self.module_path, celery, ours, takes_context=self.takes_context)
+        for name, default in NATIVE_DEFAULTS.items():
+            object.__setattr__(self, name, values.get(name, ours.get(name, default)))
+        if values.get("takes_context"):
+            object.__setattr__(self, "takes_context", True)
         retry_on = self.retry_on
         if isclass(retry_on):
             retry_on = (retry_on,)
@@ -78,10 +283,11 @@ class Task(django_base.Task):
                 f"e.g. retry_on=(ConnectionError,); got {self.retry_on!r}."
             )
         object.__setattr__(self, "retry_on", tuple(retry_on))
-        if type(self.max_attempts) is not int or self.max_attempts < 1:
+        if (type(self.max_attempts) is not int
+                or not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT):
             raise InvalidTask(
                 f"{self.module_path}: max_attempts must be a whole number >= 1 "
-                f"(1 means no retries); got {self.max_attempts!r}."
+                f"(1 means no retries) and <= {MAX_ATTEMPTS_LIMIT}; got {self.max_attempts!r}."
             )
         for name in ("backoff", "backoff_max"):
             value = getattr(self, name)
@@ -95,6 +301,11 @@ class Task(django_base.Task):
             raise InvalidTask(
                 f"{self.module_path}: cancel_grace must be a number of seconds >= 0 (0: kill "
                 f"at once), or None to let the task stop by itself; got {grace!r}."
+            )
+        if self.retry_delay is not None and not _seconds(self.retry_delay):
+            raise InvalidTask(
+                f"{self.module_path}: retry_delay must be a number of seconds >= 0, or None "
+                f"for the backoff delay; got {self.retry_delay!r}."
             )
         for name in ("time_limit", "soft_time_limit"):
             value = getattr(self, name)
@@ -113,8 +324,58 @@ class Task(django_base.Task):
                 f"than time_limit ({self.time_limit!r}), or the job is killed before it can "
                 "clean up."
             )
+        self._check_unique()
         # Explicit base call: zero-argument super() does not work in slots dataclasses.
         django_base.Task.__post_init__(self)
+
+    def _check_unique(self) -> None:
+        if type(self.unique) is not bool:
+            raise InvalidTask(f"{self.module_path}: unique must be True or False; got "
+                              f"{self.unique!r}.")
+        key = self.unique_key
+        if key is not None and (not isinstance(key, str) or not key
+                                or len(key) > UNIQUE_KEY_MAX):
+            got = (f"a string of {len(key)} characters" if isinstance(key, str) and key
+                   else f"{key!r} ({type(key).__name__})")
+            raise InvalidTask(
+                f"{self.module_path}: unique_key must be a non-empty string of at most "
+                f"{UNIQUE_KEY_MAX} characters, e.g. unique_key=f\"invoice-{{invoice.pk}}\"; "
+                f"got {got}."
+            )
+        window = self.unique_for
+        if window is not None:
+            if (isinstance(window, int | float) and not isinstance(window, bool)
+                    and math.isfinite(window) and window > 0):
+                window = timedelta(seconds=window)
+            if not isinstance(window, timedelta) or window <= timedelta(0):
+                raise InvalidTask(
+                    f"{self.module_path}: unique_for must be a positive timedelta or number "
+                    f"of seconds, e.g. unique_for=timedelta(minutes=10); got {window!r}."
+                )
+            object.__setattr__(self, "unique_for", window)
+            if key is None:
+                object.__setattr__(self, "unique", True)
+        if self.is_unique:
+            backend = self.get_backend()  # an unknown alias: Django's InvalidTaskBackend
+            if not getattr(backend, "supports_unique", False):
+                raise InvalidTask(
+                    f"{self.module_path}: unique jobs (unique, unique_key, unique_for) need a "
+                    "django_tasks backend, whose database keeps one active job per key; "
+                    f"TASKS[{self.backend!r}] is {type(backend).__name__}. Use "
+                    "DatabaseBackend or RedisBackend, or drop the unique options."
+                )
+
+    @property
+    def is_unique(self) -> bool:
+        """Whether an enqueue of this task may return an existing job."""
+        return self.unique or self.unique_key is not None
+
+    def unique_key_for(self, args: Any, kwargs: dict[str, Any]) -> str | None:
+        """The key a call of this task holds while active: ``unique_key``, else with
+        ``unique`` the digest of the call (:func:`call_digest`), else None."""
+        if self.unique_key is not None:
+            return self.unique_key
+        return call_digest(self.module_path, args, kwargs) if self.unique else None
 
     def using(
         self,
@@ -123,12 +384,28 @@ class Task(django_base.Task):
         queue_name: str | None = None,
         run_after: datetime | timedelta | None = None,
         backend: str | None = None,
+        unique_key: str | None = None,
+        unique_for: timedelta | float | None = None,
     ) -> Task:
-        """A copy with other defaults. ``run_after`` may also be a ``timedelta`` from now."""
+        """A copy with other defaults. ``run_after`` may also be a ``timedelta`` from now.
+
+        ``unique_key`` makes the call unique by that key, ``unique_for`` adds a window
+        (see the class's fields); both are checked here.
+        """
         if isinstance(run_after, timedelta):
             run_after = timezone.now() + run_after
+        if unique_key is not None or unique_for is not None:
+            changes: dict[str, Any] = {}
+            if unique_key is not None:
+                changes["unique_key"] = unique_key
+            if unique_for is not None:
+                changes["unique_for"] = unique_for
+            # Checked against the backend the copy will use.
+            base = replace(self, **changes, **({"backend": backend} if backend else {}))
+        else:
+            base = self
         task = django_base.Task.using(
-            self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
+            base, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
         )
         if queue_name is not None:
             object.__setattr__(task, "queue_from_call", True)
@@ -177,12 +454,61 @@ class Task(django_base.Task):
         return task.enqueue(*(args or ()), **(kwargs or {}))
 
 
+def for_django_checks(task: django_base.Task) -> django_base.Task:
+    """``task`` as Django's ``validate_task`` should see it.
+
+    Django requires a ``takes_context`` task's first parameter to be named ``context``;
+    Celery's bound tasks call it ``self``. For a ``bind=True`` task this checks that
+    there is a first positional parameter and returns a copy (made without running
+    ``__post_init__`` again) that Django does not check for its name.
+    """
+    if not getattr(task, "bind", None):
+        return task
+    try:
+        params = list(signature(task.func).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    if not params or params[0].kind not in (Parameter.POSITIONAL_ONLY,
+                                            Parameter.POSITIONAL_OR_KEYWORD):
+        raise InvalidTask(
+            f"{task.module_path}: bind=True passes the context as the first argument, but "
+            "the function has no first positional parameter: add one (Celery calls it self)."
+        )
+    view = object.__new__(type(task))
+    for f in fields(task):
+        object.__setattr__(view, f.name, getattr(task, f.name))
+    object.__setattr__(view, "takes_context", False)
+    return view
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Celery's ``self.request`` in a bound task: the job being run, read-only."""
+
+    #: The job's id (``context.job_id``).
+    id: str
+    #: Retries so far: 0 on the first run (``context.attempt - 1``).
+    retries: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    #: The task's name: its dotted path.
+    task: str
+    #: The id of the worker running the job (Celery's node name).
+    hostname: str
+
+    @property
+    def worker(self) -> str:
+        return self.hostname
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskContext(django_base.TaskContext):
-    """What a ``takes_context=True`` task receives as its first argument."""
+    """What a ``takes_context=True`` (or Celery's ``bind=True``) task receives first."""
 
     # The claim's token: progress reports are written only while it holds the job.
     lease: str = field(default="", repr=False, compare=False)
+    #: The id of the worker running this attempt.
+    worker_id: str = ""
     # is_cancelled()'s memory: [when it last asked the database, what it learned].
     _cancel_seen: list[Any] = field(default_factory=lambda: [None, False], init=False,
                                     repr=False, compare=False)
@@ -219,14 +545,28 @@ class TaskContext(django_base.TaskContext):
         countdown: float | None = None,
         exc: BaseException | None = None,
         message: str | None = None,
-    ) -> Retry:
-        """Return the exception to raise to run this task again.
+        eta: datetime | None = None,
+        max_retries: Any = None,
+    ) -> NoReturn:
+        """Raise :class:`~django_tasks.Retry`, which runs this task again.
 
-        ``raise context.retry(countdown=30)`` retries in 30 s (default: the task's
-        backoff). Attempts still count against ``max_attempts``; once they are used up
-        the job fails, with ``exc`` (when given) recorded as the error.
+        ``context.retry(countdown=30)`` retries in 30 s; ``eta`` (an aware datetime)
+        instead sets the moment; with neither it waits the task's ``retry_delay``
+        (Celery's ``default_retry_delay``), else the backoff delay. It raises by itself,
+        as Celery's ``self.retry()`` does, so ``raise context.retry(...)`` and a bare
+        ``context.retry(...)`` both work. Attempts still count against ``max_attempts``;
+        once they are used up the job fails, with ``exc`` (when given) as its error.
         """
-        return Retry(message, countdown=countdown, exc=exc)
+        if max_retries is not None:
+            raise TypeError(
+                f"{self.name}: retry(max_retries=...) is not supported: the limit is the "
+                "task's, set with max_retries= (or max_attempts=) on @task."
+            )
+        if eta is not None:
+            if countdown is not None:
+                raise TypeError("retry() takes countdown or eta, not both.")
+            countdown = (eta - timezone.now()).total_seconds()
+        raise Retry(message, countdown=countdown, exc=exc)
 
     def report_progress(self, current: float, total: float | None = None,
                         message: str = "") -> None:
@@ -244,3 +584,23 @@ class TaskContext(django_base.TaskContext):
     def job_id(self) -> str:
         """The id of the job being run (also ``context.task_result.id``)."""
         return self.task_result.id
+
+    # -- Celery's names, for bound tasks (bind=True) ported from Celery ---------------
+
+    @property
+    def request(self) -> Request:
+        """Celery's ``self.request``: id, retries (0 on the first run), args, kwargs, ..."""
+        result = self.task_result
+        return Request(id=result.id, retries=max(0, self.attempt - 1), args=result.args,
+                       kwargs=result.kwargs, task=result.task.module_path,
+                       hostname=self.worker_id)
+
+    @property
+    def name(self) -> str:
+        """Celery's ``self.name``: the task's dotted path."""
+        return self.task_result.task.module_path
+
+    @property
+    def max_retries(self) -> int:
+        """Celery's ``self.max_retries``: ``max_attempts - 1``."""
+        return getattr(self.task_result.task, "max_attempts", 1) - 1

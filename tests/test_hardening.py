@@ -674,7 +674,8 @@ def test_install_requires_is_what_the_library_imports():
 @pytest.mark.slow
 def test_demo_runs_only_its_own_jobs_on_a_used_database(tmp_path):
     """`make demo` is migrate + demo: with a backlog and a job that never ends already in
-    the database, the demo runs its six jobs, touches no other and returns."""
+    the database, the demo runs its jobs (six, a chain and a chord), touches no other and
+    returns."""
     import subprocess
 
     from tests.helpers import ROOT
@@ -696,10 +697,13 @@ def test_demo_runs_only_its_own_jobs_on_a_used_database(tmp_path):
         encode_video.enqueue(1, steps=10**6)  # 14 hours of work
     """))
     out = manage("demo", "--timeout", "60", timeout=120)
-    table = out[out.index("task  "):].splitlines()[1:7]
+    table = out[out.index("task  "):].splitlines()[1:9]
     assert [row.split()[0] for row in table] == [
-        "send_welcome_email", "encode_video", "add", "mul", "add", "sometimes_fails"]
+        "send_welcome_email", "encode_video", "add", "mul", "add", "sometimes_fails", "mul",
+        "tsum"]
     assert all(row.split()[1] in {"SUCCESSFUL", "FAILED"} for row in table), out
+    assert table[6].split()[1:] == ["SUCCESSFUL", "1", "16"]  # chain(add.s(2, 2), mul.s(4))
+    assert table[7].split()[1:] == ["SUCCESSFUL", "1", "90"]  # the chord's callback
     assert "Gave up" not in out
     assert "Task id=" not in out  # Django's logger does not repeat the worker's lines
     counts = manage("shell", "-c", textwrap.dedent("""

@@ -154,3 +154,19 @@ def test_a_worker_with_no_queue_to_serve_says_so(settings):
     with pytest.raises(ValueError, match=r"QUEUES'\] is empty .* name them with -Q"):
         Worker(pool="inline")
     assert Worker(pool="inline", queues=["default"]).queues == ["default"]
+
+
+def test_retry_delay_is_what_a_retry_without_countdown_waits():
+    def at(exc, **kw):
+        return next_attempt_at(attempt=1, max_attempts=3, exc=exc, retry_on=(), backoff=1,
+                               backoff_max=60, jitter=False, now=NOW, **kw)
+
+    assert at(Retry(), retry_delay=30) == NOW + timedelta(seconds=30)
+    assert at(Retry(countdown=5), retry_delay=30) == NOW + timedelta(seconds=5)
+    assert at(Retry()) == NOW + timedelta(seconds=1)  # None: the backoff
+    assert at(ValueError(), retry_delay=30) == NOW + timedelta(seconds=1)  # only for Retry
+
+
+def test_backoff_of_a_very_late_attempt_does_not_overflow():
+    assert backoff_delay(5000, backoff=1, backoff_max=600, jitter=False) == 600
+    assert backoff_delay(10**9, backoff=0, backoff_max=600, jitter=False) == 0

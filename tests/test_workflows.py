@@ -7,7 +7,7 @@ import pytest
 from django.db import transaction
 
 from django_tasks import GroupResult, TaskFailed, chain, chord, group
-from django_tasks.exceptions import InvalidArguments
+from django_tasks.exceptions import InvalidArguments, UpstreamFailed
 from django_tasks.models import Job, Worker
 from tests import reliability_tasks as rt
 from tests import tasks
@@ -69,7 +69,7 @@ def test_a_failed_step_fails_the_rest_of_the_chain_and_get_raises(broker):
     result = chain(tasks.add.s(1, 1), tasks.fails_twice_then_gives_up.s(),
                    tasks.mul.s(2), tasks.add.s(3)).delay()
     run(broker)
-    with pytest.raises(TaskFailed, match="did not run"):
+    with pytest.raises(UpstreamFailed, match=r"did not run: job .* failed"):
         result.get(timeout=10)
     statuses = list(Job.objects.order_by("enqueued_at").values_list("status", "attempts"))
     assert statuses == [("SUCCESSFUL", 1), ("FAILED", 2), ("FAILED", 0), ("FAILED", 0)]
@@ -205,6 +205,74 @@ def test_kill_9_mid_chord_runs_the_body_once_with_every_result(tmp_path, broker)
     ran = runs(log)
     assert ran[result.id] == 1
     # The slow members ran twice (killed, then rescued); the body counted them once.
-    assert [ran[i] for i in slow_ids] == [2, 2]
+    rows = Job.objects.filter(pk__in=slow_ids).values_list("status", "attempts", "worker_ids",
+                                                           "errors")
+    assert [ran[i] for i in slow_ids] == [2, 2], (list(rows), log.read_text())
     body = Job.objects.get(pk=result.id)
     assert body.args[0][:2] == [2, 2]  # their second attempts' results, in member order
+
+
+def test_an_error_callback_needs_a_body_that_ends_in_one_job_and_a_call_that_fits():
+    for body in (group(tasks.tsum.s(), tasks.tsum.s()),
+                 chain(tasks.tsum.s(), group(tasks.identity.s(), tasks.identity.s()))):
+        with pytest.raises(TypeError, match="on_error needs a chord body that is a task"):
+            chord([tasks.add.s(1, 1)], body, on_error=tasks.errback.s())
+    # add(x, y) would get the failed job's id and nothing else: refused now, not at the
+    # failure.
+    with pytest.raises(InvalidArguments, match="missing a required argument: 'y'"):
+        chord([tasks.add.s(1, 1)], tasks.tsum.s(), on_error=tasks.add.s()).delay()
+    assert not Job.objects.exists()
+
+
+def test_a_step_that_never_ran_is_not_retried_by_hand():
+    from django.tasks import default_task_backend
+
+    result = chain(tasks.fails_twice_then_gives_up.s(1), tasks.mul.s(2)).delay()
+    drain()
+    failed = Job.objects.get(task_path="tests.tasks.fails_twice_then_gives_up")
+    assert default_task_backend.retry([result.id, failed.pk]) == [str(failed.pk)]
+    assert Job.objects.get(pk=result.id).status == "FAILED"
+
+
+def test_a_failing_outcome_hook_still_fails_what_waits(settings):
+    from django_tasks.store import _OUTCOME_HOOKS, register_outcome_hook
+
+    def broken(store, applied):
+        if any(a.task_path == "tests.tasks.add" and a.status == "SUCCESSFUL" for a in applied):
+            raise RuntimeError("a bug in someone's hook")
+
+    register_outcome_hook(broken)
+    try:
+        result = chain(tasks.add.s(1, 1), tasks.mul.s(2)).delay()
+        drain()
+    finally:
+        _OUTCOME_HOOKS.remove(broken)
+    first = Job.objects.exclude(pk=result.id).get()
+    assert first.status == "FAILED"
+    assert first.errors[-1]["exception_class_path"].endswith("OutcomeHookFailed")
+    with pytest.raises(UpstreamFailed):  # not left WAITING forever
+        result.get(timeout=5)
+
+
+def test_every_step_sends_task_enqueued_once_committed():
+    from django.tasks.signals import task_enqueued
+
+    seen = []
+
+    def receiver(sender, task_result, **kwargs):
+        seen.append(task_result.id)
+
+    task_enqueued.connect(receiver)
+    try:
+        chain(tasks.add.s(1, 1), group(tasks.mul.s(2), tasks.mul.s(3)), tasks.tsum.s()).delay()
+    finally:
+        task_enqueued.disconnect(receiver)
+    assert sorted(seen) == sorted(str(i) for i in Job.objects.values_list("id", flat=True))
+    assert len(seen) == 4
+
+
+def test_countdown_after_an_empty_group_is_kept():
+    result = chain(group(), tasks.tsum.s().set(countdown=60)).delay()
+    step = Job.objects.get(pk=result.id)
+    assert step.status == "READY" and step.args == [[]]
+    assert (step.available_at - step.enqueued_at).total_seconds() > 50

@@ -20,7 +20,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.core import checks
@@ -42,9 +42,12 @@ from ..results import JobResult
 from ..serialization import check_arguments
 from ..states import READY, public_status
 from ..store import JobStore
-from ..task import Task
+from ..task import Task, for_django_checks
 
 __all__ = ["Broker", "Exchanged", "ModelBackend", "resolve_task"]
+
+#: Conflicting INSERTs of a unique job whose holder then finished, before giving up.
+UNIQUE_TRIES = 5
 
 
 class Exchanged(NamedTuple):
@@ -86,9 +89,14 @@ class Broker(ABC):
         self.store: JobStore = backend.store
 
     @abstractmethod
-    def publish(self, job: Any) -> None:
+    def publish(self, job: Any) -> bool:
         """Store ``job`` (a ``Job`` instance) in the caller's transaction on the store's
-        database; it becomes claimable once that commits, exactly once."""
+        database; it becomes claimable once that commits, exactly once.
+
+        A unique job (``job.unique_key``) whose key an active job holds is neither
+        stored nor published: returns False, and the caller's transaction is unharmed
+        (:meth:`JobStore.insert`). Otherwise returns True.
+        """
 
     @abstractmethod
     def claim(self, worker_id: str, lease: str, queues: Sequence[str], limit: int,
@@ -164,6 +172,9 @@ class ModelBackend(BaseTaskBackend):
     supports_priority = True
     supports_get_result = True
     supports_async_task = True
+    #: Tasks may be unique (``unique``, ``unique_key``, ``unique_for``): one active job
+    #: per key, kept by a unique index of the job table.
+    supports_unique = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
@@ -173,6 +184,11 @@ class ModelBackend(BaseTaskBackend):
         self.broker = self.broker_class(self)
 
     # -- producing ---------------------------------------------------------------
+
+    def validate_task(self, task: DjangoTask) -> None:
+        """Django's checks, except that a ``bind=True`` task's first parameter (the
+        context) may have any name: Celery's code calls it ``self``."""
+        super().validate_task(for_django_checks(task))
 
     def queue_for(self, task: DjangoTask) -> str:
         """The queue a call goes to: the call's choice, else ROUTES, else the task's."""
@@ -191,7 +207,9 @@ class ModelBackend(BaseTaskBackend):
         JSON (``ArgumentNotSerializable``) or exceed ``MAX_PAYLOAD`` (``PayloadTooLarge``).
         """
         job = self.prepare(task, args, kwargs)
-        self.store_job(job, task)
+        holder = self.store_job(job, task)
+        if holder is not None:  # the job holding the key: nothing enqueued, no signal
+            return self.result_from_job(holder)
         return self.enqueued(task, job)
 
     def prepare(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
@@ -235,7 +253,7 @@ class ModelBackend(BaseTaskBackend):
                       setting=f"TASKS[{self.alias!r}]['OPTIONS']['MAX_PAYLOAD']")
         from ..models import Job
 
-        return Job(
+        job = Job(
             id=uuid7(),
             task_path=task.module_path,
             backend=self.alias,
@@ -249,15 +267,28 @@ class ModelBackend(BaseTaskBackend):
             # Due by the database's clock, the one workers claim by.
             available_at=task.run_after or Now(),
         )
+        unique_key_for = getattr(task, "unique_key_for", None)
+        key = unique_key_for(args, kwargs) if unique_key_for is not None else None
+        if key:
+            job.unique_key = key
+        return job
 
-    def store_job(self, job: Any, task: DjangoTask) -> None:
+    def store_job(self, job: Any, task: DjangoTask) -> Any:
         """Write a prepared job: through the broker (claimable once the caller's
-        transaction commits), or only as a row for a workflow step that waits."""
+        transaction commits), or only as a row for a workflow step that waits.
+
+        A unique job whose key another job holds is not stored: that job is returned
+        (None otherwise).
+        """
+        holder = None
         try:
-            if job.status == READY:
-                self.broker.publish(job)
-            else:
+            if job.status != READY:
                 self.store.insert(job)
+            elif job.unique_key:
+                holder = self._publish_unique(job, getattr(task, "unique_for", None),
+                                              job.enqueued_at)
+            else:
+                self.broker.publish(job)
         except DatabaseError as exc:
             # One statement (INSERT, and NOTIFY on PostgreSQL) that failed: nothing was
             # stored, unless the connection broke after the commit was sent. Inside the
@@ -266,6 +297,7 @@ class ModelBackend(BaseTaskBackend):
             raise EnqueueError(
                 f"Could not enqueue {task.module_path}: {type(exc).__name__}: {exc}".strip()
             ) from exc
+        return holder
 
     def enqueued(self, task: DjangoTask, job: Any) -> JobResult:
         """The result for a stored job; ``task_enqueued`` is sent once the caller's
@@ -290,6 +322,43 @@ class ModelBackend(BaseTaskBackend):
         transaction.on_commit(lambda: send_robust(task_enqueued, self.alias, result),
                               using=self.database, robust=True)
         return result
+
+    def _publish_unique(self, job: Any, window: timedelta | None, now: datetime) -> Any:
+        """Publish unique ``job`` unless a job holds its key; returns None if published,
+        else the ``Job`` holding the key.
+
+        The unique index decides: of any number of racing enqueues one inserts, the
+        others' INSERT inserts nothing, and the look-up only finds the winner. A holder
+        that finished between a conflicting INSERT and the look-up no longer holds the
+        key: the INSERT is tried again. With ``window``, a finished job enqueued less
+        than that long ago holds it too, which no index can tell: the job is inserted
+        (taking the key, so racing enqueues wait or conflict), then such a job is looked
+        for, and if there is one the insert is rolled back (a savepoint) and it is
+        returned. Inserting first, rather than reading first, keeps a transaction on
+        SQLite a writer from its first statement (a reader that then writes fails with
+        "database is locked" when another connection wrote in between).
+        """
+        since = None if window is None else now - window
+        for _ in range(UNIQUE_TRIES):
+            if since is None:
+                if self.broker.publish(job):
+                    return None
+            else:
+                with transaction.atomic(using=self.database):
+                    if self.broker.publish(job):
+                        holder = self.store.unique_holder(job.unique_key, since=since)
+                        if holder is None:
+                            return None
+                        transaction.set_rollback(True, using=self.database)
+                        return holder
+            holder = self.store.unique_holder(job.unique_key)
+            if holder is not None:
+                return holder
+        raise EnqueueError(
+            f"Could not enqueue {job.task_path} under unique_key {job.unique_key!r}: "
+            f"{UNIQUE_TRIES} times a job held the key and finished before it could be read. "
+            "Nothing was enqueued; try again."
+        )
 
     def report_progress(self, job_id: str, progress: dict[str, Any], lease: str = "") -> bool:
         """Store the latest progress report of a held job (last write wins).

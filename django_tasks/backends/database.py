@@ -56,6 +56,7 @@ CLAIM_SQLITE = (
     "ORDER BY priority DESC, available_at LIMIT %(limit)s) " + _RETURNING
 )
 EXCHANGE_PG = exchange_pg(CLAIM_PG)
+# A unique job's INSERT (ON CONFLICT DO NOTHING) that inserted nothing notifies nobody.
 INSERT_NOTIFY_PG = "WITH j AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM j"
 NOTIFY_PG = "SELECT pg_notify(c, '') FROM unnest(%s::text[]) AS c"
 
@@ -113,19 +114,20 @@ class DatabaseBroker(Broker):
     def supports_wakeup(self) -> bool:  # type: ignore[override]
         return self.backend.config.notify and self.store.vendor == "postgresql"
 
-    def publish(self, job: Any) -> None:
+    def publish(self, job: Any) -> bool:
         """INSERT the job on the caller's connection, in the caller's transaction (and on
         PostgreSQL NOTIFY its queue's channel in the same statement, delivered at commit;
-        identical notifications of one transaction fold into one)."""
+        identical notifications of one transaction fold into one). A unique job whose
+        key is held: nothing inserted, nobody notified."""
         if not self.supports_wakeup:
-            self.store.insert(job)
-            return
+            return self.store.insert(job)
         # One statement, so one round trip, and in autocommit one commit: the job
         # cannot be stored while the caller sees an error from a separate NOTIFY.
         insert_sql, params = self.store.insert_sql(job)
         with self.store.connection.cursor() as cursor:
             cursor.execute(INSERT_NOTIFY_PG.format(insert=insert_sql),
                            [*params, channel(job.queue_name)])
+            return bool(cursor.fetchall())  # a row if inserted (and notified)
 
     def republish(self, job_ids: Sequence[str]) -> None:
         """The rows are the messages: only wake the workers of their queues."""

@@ -11,7 +11,8 @@ How a job travels
 -----------------
 1. ``enqueue`` INSERTs the row in the caller's transaction; once that commits (at once
    in autocommit), one script call adds the id to its queue (or to the delayed set)
-   and wakes the workers serving the queue. A rollback publishes nothing.
+   and wakes the workers serving the queue. A rollback publishes nothing, and neither
+   does a unique job whose key another job holds (no row was inserted).
 2. A worker's round trip pops ids (highest priority, then oldest, across the queues it
    serves) into its *held* hash in one script call, which also moves due delayed jobs
    and forgets the jobs whose outcomes are written; then one SQL statement records
@@ -371,12 +372,15 @@ class RedisBroker(Broker):
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(self, job: Any) -> None:
-        """INSERT the row in the caller's transaction; the message follows its commit."""
-        self.store.insert(job)
+    def publish(self, job: Any) -> bool:
+        """INSERT the row in the caller's transaction; the message follows its commit
+        (only if a row was inserted: a unique job whose key is held publishes nothing)."""
+        if not self.store.insert(job):
+            return False
         entry = (rank(job.priority), ms(job.run_after), job.queue_name, str(job.id))
         transaction.on_commit(partial(self._publish_committed, [entry]),
                               using=self.store.database)
+        return True
 
     def _publish_committed(self, entries: list[tuple[int, int, str, str]]) -> None:
         try:

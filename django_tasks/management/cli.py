@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 from django.core.management.base import CommandError, CommandParser
 
-__all__ = ["one_line_errors", "parse_age", "positive_int"]
+__all__ = ["add_loglevel", "one_line_errors", "parse_age", "positive_int"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -29,6 +29,15 @@ def one_line_errors(parser: Any) -> None:
     """
     if isinstance(parser, CommandParser):
         parser.__class__ = _OneLineParser
+
+
+def add_loglevel(parser: Any) -> None:
+    """``--loglevel``, as the worker and beat take it (any case)."""
+    parser.add_argument(
+        "--loglevel", default="INFO", type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="Log level of the django_tasks loggers (default: %(default)s).",
+    )
 
 
 def positive_int(value: str) -> int:

@@ -100,7 +100,9 @@ def execute(
 
     result = job_result(message, task, timezone.now())
     soft = getattr(task, "soft_time_limit", None) if soft_time_limits else None
-    context = TaskContext(task_result=result, lease=message.lease) if task.takes_context else None
+    # bind=True (Celery's) too: the context is its ``self``.
+    context = (TaskContext(task_result=result, lease=message.lease, worker_id=worker_id)
+               if task.takes_context else None)
     if own_connections:
         close_old_connections()
     try:

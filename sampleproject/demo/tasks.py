@@ -55,6 +55,12 @@ def mul(x: float, y: float) -> float:
     return x * y
 
 
+@task()
+def tsum(values: list[float]) -> float:
+    """A chord's callback: the sum of its members' results."""
+    return sum(values)
+
+
 @task(max_attempts=3, backoff=0.2)
 def sometimes_fails(probability: float = 0.5) -> str:
     if random.random() < probability:

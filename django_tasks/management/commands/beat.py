@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 
-from django_tasks.management.cli import one_line_errors
+from django_tasks.management.cli import add_loglevel, one_line_errors
 from django_tasks.scheduler import Scheduler
 from django_tasks.worker.supervisor import configure_logging
 
@@ -34,11 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true",
                             help="Synchronise the settings, run one pass (fire what is due "
                                  "now) and exit: for cron or a test.")
-        parser.add_argument(
-            "--loglevel", default="INFO", type=str.upper,
-            choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-            help="Log level of the django_tasks loggers (default: %(default)s).",
-        )
+        add_loglevel(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         configure_logging(options["loglevel"])

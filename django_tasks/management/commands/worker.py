@@ -11,7 +11,7 @@ from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils.module_loading import autodiscover_modules
 
 from django_tasks.exceptions import WorkerIdInUse
-from django_tasks.management.cli import one_line_errors, positive_int
+from django_tasks.management.cli import add_loglevel, one_line_errors, positive_int
 from django_tasks.worker import Worker
 from django_tasks.worker.pool import POOLS
 from django_tasks.worker.supervisor import configure_logging, install_signal_handlers
@@ -128,11 +128,7 @@ class Command(BaseCommand):
             "--worker-id", default=None,
             help="Name shown in results and the admin (default: host-pid-random).",
         )
-        parser.add_argument(
-            "--loglevel", default="INFO", type=str.upper,
-            choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-            help="Log level of the django_tasks loggers (default: %(default)s).",
-        )
+        add_loglevel(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         configure_logging(options["loglevel"])

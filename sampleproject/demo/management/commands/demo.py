@@ -12,9 +12,17 @@ from django.core.management.base import BaseCommand
 from django.db import connections, transaction
 from django.tasks import TaskResultStatus
 
+from django_tasks import chain, chord, group
 from django_tasks.worker import Worker
 from django_tasks.worker.supervisor import configure_logging
-from sampleproject.demo.tasks import add, encode_video, mul, send_welcome_email, sometimes_fails
+from sampleproject.demo.tasks import (
+    add,
+    encode_video,
+    mul,
+    send_welcome_email,
+    sometimes_fails,
+    tsum,
+)
 
 #: The TASKS alias of the demo's jobs (settings.py): the same table, queues and routes as
 #: "default", but a worker of this alias claims nothing else, so a database with older
@@ -33,6 +41,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         configure_logging("INFO")
         self._admin_user()
+        demo_add, demo_mul = add.using(backend=DEMO), mul.using(backend=DEMO)
         with transaction.atomic():
             results = [
                 send_welcome_email.using(backend=DEMO).enqueue(1, "ada@example.com"),
@@ -41,6 +50,11 @@ class Command(BaseCommand):
                 mul.using(backend=DEMO).delay(6, 7),
                 add.using(backend=DEMO).apply_async(args=[10, 20], countdown=1),
                 sometimes_fails.using(backend=DEMO).enqueue(0.3),
+                # Workflows, Celery's tutorial examples: (2 + 2) * 4, and the sum of
+                # ten additions run in parallel (a chord's callback runs once, after all).
+                chain(demo_add.s(2, 2), demo_mul.s(4)).delay(),
+                chord(group(demo_add.s(i, i) for i in range(10)),
+                      tsum.using(backend=DEMO).s()).delay(),
             ]
         self.stdout.write(f"Enqueued {len(results)} jobs; starting a worker.\n")
         # grace=0: when told to stop, a job still running is interrupted, not waited for.

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('django_tasks', '0005_workflows'),
+        ('django_tasks', '0006_unique_key'),
     ]
 
     operations = [
