@@ -522,3 +522,16 @@ def test_a_task_that_stops_after_is_cancelled_sends_task_finished_as_failed(brok
     assert_cancelled(result, attempts=1)
     assert result.errors[-1].message.startswith(
         "cancelled by itself: Cancelled while running; the task stopped by itself (returned)")
+
+
+def test_cancelling_a_unique_job_frees_its_key(broker):
+    from tests import unique_tasks
+
+    first = unique_tasks.unique_add.enqueue(1, 2)
+    assert unique_tasks.unique_add.enqueue(1, 2).id == first.id  # the key is held
+    assert first.cancel() == "cancelled"
+    second = unique_tasks.unique_add.enqueue(1, 2)
+    assert second.id != first.id
+    drain()
+    assert second.get(timeout=5) == 3
+    assert_cancelled(first)
