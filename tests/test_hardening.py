@@ -767,3 +767,15 @@ def test_admin_changelist_counts_the_matching_jobs_and_no_total(client):
     assert counts() == [("4", "results"), ("4", "jobs")]
     assert counts(queue_name="emails") == [("1", "result"), ("1", "job")]  # no "of 4 total"
     assert counts(q="add") == [("3", "results"), ("3", "jobs")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_django_options_after_a_tasks_action_are_accepted():
+    """`manage.py tasks status --settings X` (Django's options after the action) runs."""
+    from tests.helpers import start_command
+
+    proc = start_command("tasks", "status", "--settings", "tests.settings", "--traceback",
+                         "-v", "2")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert out.split()[:2] == ["queue", "WAITING"]

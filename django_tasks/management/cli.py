@@ -9,7 +9,8 @@ from typing import Any, NoReturn
 
 from django.core.management.base import CommandError, CommandParser
 
-__all__ = ["add_loglevel", "one_line_errors", "parse_age", "positive_int"]
+__all__ = ["accept_django_options", "add_loglevel", "one_line_errors", "parse_age",
+           "positive_int"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -29,6 +30,19 @@ def one_line_errors(parser: Any) -> None:
     """
     if isinstance(parser, CommandParser):
         parser.__class__ = _OneLineParser
+
+
+def accept_django_options(subparser: Any) -> None:
+    """Let ``manage.py <command> <action> --settings X`` (Django's options after the
+    action) parse: argparse hands everything after the action to the subparser, which
+    knows none of them. They keep their meaning (Django read ``--settings`` and
+    ``--pythonpath`` from the command line before the command ran)."""
+    hidden = {"default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+    subparser.add_argument("--settings", **hidden)
+    subparser.add_argument("--pythonpath", **hidden)
+    subparser.add_argument("-v", "--verbosity", type=int, choices=[0, 1, 2, 3], **hidden)
+    for flag in ("--traceback", "--no-color", "--force-color", "--skip-checks"):
+        subparser.add_argument(flag, action="store_true", **hidden)
 
 
 def add_loglevel(parser: Any) -> None:

@@ -11,7 +11,12 @@ from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils import timezone
 
 from django_tasks.conf import backend
-from django_tasks.management.cli import one_line_errors, parse_age, positive_int
+from django_tasks.management.cli import (
+    accept_django_options,
+    one_line_errors,
+    parse_age,
+    positive_int,
+)
 from django_tasks.models import Job, Schedule, ScheduleTick, Worker
 from django_tasks.states import JobStatus
 
@@ -62,6 +67,8 @@ class Command(BaseCommand):
             "--recent", default="1h", metavar="AGE",
             help="Also list workers stopped within this age (default: 1h).",
         )
+        for action in (prune, cancel, status):
+            accept_django_options(action)
 
     def handle(self, *args: Any, **options: Any) -> None:
         alias = options["backend"]
