@@ -56,6 +56,10 @@ class Exchanged(NamedTuple):
     applied: list[Applied]
     #: Outcomes discarded: the job was no longer held under their lease.
     stale: list[Outcome]
+    #: Jobs the broker has taken for the worker but not claimed yet: the next round
+    #: trip claims them (the Redis broker pops during one round trip's SQL statement
+    #: what the next one claims), so the worker is not out of work.
+    pending: int = 0
 
 
 def stale_of(outcomes: Sequence[Outcome], applied: Sequence[Applied]) -> list[Outcome]:

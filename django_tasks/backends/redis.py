@@ -74,7 +74,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -236,6 +236,15 @@ REDIS_OUTAGES: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError,
     redis_errors.OutOfMemoryError,
 )
+
+
+class _PendingPop(NamedTuple):
+    """A pop script sent on ``conn`` whose reply is not read yet."""
+
+    conn: Any
+    worker_id: str
+    acks: list[str]
+    args: list[Any]
 
 
 class RedisWakeSource:
@@ -457,41 +466,119 @@ class RedisBroker(Broker):
         rows = self.store.claim_ids(worker_id, lease, popped, now)
         return self._settle(worker_id, popped, rows)
 
+    def _send_pop(self, worker_id: str, queues: Sequence[str], limit: int,
+                  now: datetime | None) -> _PendingPop | None:
+        """Send the pop script for ``limit`` more ids (and the acks) without waiting for
+        its reply; :meth:`_read_pop` reads it. None if there is nothing to send."""
+        acks = self._acks.pop(worker_id, [])
+        limit = max(0, limit) if queues else 0
+        if limit <= 0 and not acks:
+            return None
+        script = self._script(POP_LUA)
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", script.sha, 0, self.prefix, worker_id, limit, ms(now),
+                              len(queues), *queues, *acks)
+        except BaseException:
+            pool.release(conn)
+            self._acks.setdefault(worker_id, [])[:0] = acks
+            raise
+        return _PendingPop(conn, worker_id, acks, [self.prefix, worker_id, limit, ms(now),
+                                                   len(queues), *queues, *acks])
+
+    def _read_pop(self, pending: _PendingPop) -> list[str]:
+        """The ids a :meth:`_send_pop` popped (also after a failed SQL statement: the
+        reply must be read before the connection serves anything else)."""
+        pool = self.client.connection_pool
+        try:
+            try:
+                popped = pending.conn.read_response()
+            except redis_errors.NoScriptError:  # Redis restarted: load it, pop again
+                popped = self._script(POP_LUA)(args=pending.args)
+        except BaseException:
+            pending.conn.disconnect()  # a reply may still be on its way
+            self._acks.setdefault(pending.worker_id, [])[:0] = pending.acks
+            raise
+        finally:
+            pool.release(pending.conn)
+        return [i.decode() if isinstance(i, bytes) else i for i in popped]
+
     def exchange(self, worker_id: str, *, lease: str, starts: Sequence[Start] = (),
                  outcomes: Sequence[Outcome] = (), queues: Sequence[str] = (),
                  limit: int = 0, now: datetime | None = None) -> Exchanged:
-        """One script call (forget written outcomes, move due jobs, pop), then one SQL
-        statement on PostgreSQL (starts, outcomes, claim of the popped ids)."""
+        """One script call (forget written outcomes, move due jobs, pop) and one SQL
+        statement on PostgreSQL (starts, outcomes, claim of popped ids).
+
+        When there is something to write (starts, outcomes, or ids popped by the last
+        round trip), the two overlap: the pop is sent before the statement and its
+        reply read after it, and the ids it popped are claimed by the next round trip
+        (``Exchanged.pending``). An idle worker's round trip (nothing to write) pops,
+        then claims what it popped at once.
+        """
         if not queues:
             limit = 0
+        carried = self._popped.pop(worker_id, [])
         acks = len(self._acks.get(worker_id, ()))
-        try:
+        pending: _PendingPop | None = None
+        if starts or outcomes or carried:
+            # Claim up to ``limit`` of the ids popped last time; pop as many as make
+            # ``limit`` ready for the next round trip.
+            popped, kept = carried[:limit], carried[limit:]
+            if kept:
+                self._popped[worker_id] = kept
+            if limit > len(kept) or acks > 256:
+                try:
+                    pending = self._send_pop(worker_id, queues, limit - len(kept), now)
+                except REDIS_OUTAGES as exc:  # written and claimed all the same
+                    self._redis_down(exc)
+        else:
+            # Redis down and nothing to write: an outage of this round trip.
             popped = self._pop(worker_id, queues, limit, now) if limit > 0 or acks > 256 else []
-        except REDIS_OUTAGES as exc:
-            if not (starts or outcomes):
-                raise
-            # Redis is down, the database may not be: results are written all the same
-            # (and ids popped earlier claimed); claiming new ones waits for Redis.
-            self._redis_down(exc)
-            popped = list(self._popped.get(worker_id, ()))
-        rows: Sequence[Sequence[Any]] = []
-        applied: list[Applied] = []
-        if self.store.vendor == "postgresql" and (popped or starts or outcomes):
-            params = {"lease": lease, "backend": self.backend.alias,
-                      "now": self.store.time(now), "claim_ids": popped}
+            self._popped.pop(worker_id, None)  # claimed now (kept again if that fails)
+        try:
+            rows, applied = self._write_and_claim(worker_id, lease, starts, outcomes, popped,
+                                                  now)
+        except BaseException:
+            # Nothing claimed: the ids are claimed by a later round trip.
+            unclaimed = [*popped, *self._popped.get(worker_id, [])]
+            if pending is not None:
+                try:
+                    unclaimed.extend(self._read_pop(pending))
+                except REDIS_OUTAGES:
+                    pass  # the statement's error is the one to report
+            self._popped[worker_id] = unclaimed
+            raise
+        fresh: list[str] = []
+        if pending is not None:
             try:
-                rows, applied = self.store.exchange_pg(worker_id, EXCHANGE_IDS_PG, params,
-                                                       starts, outcomes)
-            except OutcomeHookFailed:  # rolled back: the parts one by one
-                rows, applied = self._exchange_parts(worker_id, lease, starts, outcomes,
-                                                     popped, now)
-        elif popped or starts or outcomes:
-            rows, applied = self._exchange_parts(worker_id, lease, starts, outcomes, popped, now)
+                fresh = self._read_pop(pending)
+            except REDIS_OUTAGES as exc:  # what it popped, if anything, is recovered later
+                self._redis_down(exc)
         # Written or stale, an outcome's job is no longer ours: the next pop forgets it.
         self._acks.setdefault(worker_id, []).extend(o.id for o in outcomes)
         retried = [a.id for a in applied if a.status == READY]
+        kept = self._popped.pop(worker_id, [])
         messages = self._settle(worker_id, popped, rows, retried)
-        return Exchanged(messages, applied, stale_of(outcomes, applied))
+        if kept or fresh:
+            self._popped[worker_id] = [*kept, *fresh]
+        return Exchanged(messages, applied, stale_of(outcomes, applied), len(kept) + len(fresh))
+
+    def _write_and_claim(self, worker_id: str, lease: str, starts: Sequence[Start],
+                         outcomes: Sequence[Outcome], popped: list[str],
+                         now: datetime | None) -> tuple[Sequence[Sequence[Any]], list[Applied]]:
+        """Starts, outcomes and the claim of ``popped``: one statement on PostgreSQL."""
+        if not (popped or starts or outcomes):
+            return [], []
+        if self.store.vendor == "postgresql":
+            params = {"lease": lease, "backend": self.backend.alias,
+                      "now": self.store.time(now), "claim_ids": popped}
+            try:
+                return self.store.exchange_pg(worker_id, EXCHANGE_IDS_PG, params, starts,
+                                              outcomes)
+            except OutcomeHookFailed:  # rolled back: the parts one by one
+                pass
+        return self._exchange_parts(worker_id, lease, starts, outcomes, popped, now)
 
     def _exchange_parts(self, worker_id: str, lease: str, starts: Sequence[Start],
                         outcomes: Sequence[Outcome], popped: Sequence[str],

@@ -270,8 +270,10 @@ class Worker(BrokerThreads):
             self._buffer.extend(jobs)
             self.claimed += len(jobs)
             self.completed += len(outcomes)
-            self._dry = len(jobs) < want
-            self._drained = want > 0 and not jobs and not held and not outcomes
+            # Jobs pending in the broker are claimed by the next round trip: not dry.
+            self._dry = len(jobs) < want and not done.pending
+            self._drained = (want > 0 and not jobs and not done.pending and not held
+                             and not outcomes)
         if jobs or starts or self._drained:
             poke(self._wake_w)  # new jobs, or dispatch may have waited for the starts
         if done.stale:
