@@ -111,6 +111,10 @@ class Broker(ABC):
         its job changes nothing and comes back in ``stale``. If it raises, nothing the
         worker must remember was lost: starts and outcomes may be sent again (a replay
         is harmless, the leases see to it).
+
+        A broker may take jobs for the worker in one round trip and claim them in the
+        next (``Exchanged.pending`` counts them): the worker then makes that round
+        trip without waiting for a wake-up.
         """
         self.store.record_starts(worker_id, starts)
         applied = self.store.apply_outcomes(worker_id, outcomes)

@@ -17,7 +17,8 @@ How a job travels
    and forgets the jobs whose outcomes are written; then one SQL statement records
    starts, writes outcomes and claims the popped ids under a fresh lease where the rows
    are still READY and due. The database decides: a duplicated or stale message claims
-   nothing and is dropped, so no job runs twice.
+   nothing and is dropped, so no job runs twice. A busy worker overlaps the two: the
+   pop is sent before the statement, read after it, and claimed by the next round trip.
 3. A live worker keeps what it holds however long the jobs run (no visibility
    timeout). A dead worker's jobs are rescued from the rows like with any broker, and
    its held hash is put back into the queues (:meth:`RedisBroker.recover`).
@@ -351,6 +352,42 @@ class RedisBroker(Broker):
             script = self._scripts[source] = self.client.register_script(source)
         return script
 
+    # Scripts are sent on a pooled connection directly, not through ``Redis.evalsha``:
+    # its command layer cost ~50 us per call (median of interleaved runs: 124 us vs
+    # 72 us for a publish), on every enqueue and every round trip. The failure
+    # behaviour is the client's (no retry; a connection that failed is closed).
+
+    def _send_script(self, source: str, args: Sequence[Any]) -> Any:
+        """Send ``source`` with ``args`` on a connection taken from the pool; returns the
+        connection, for :meth:`_read_script`."""
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", self._script(source).sha, 0, *args)
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        return conn
+
+    def _read_script(self, conn: Any, source: str, args: Sequence[Any]) -> Any:
+        """The reply to :meth:`_send_script`; the connection goes back to the pool."""
+        try:
+            return conn.read_response()
+        except redis_errors.NoScriptError:  # Redis restarted: the Script loads itself
+            return self._script(source)(args=list(args))
+        except redis_errors.ResponseError:
+            raise
+        except BaseException:
+            conn.disconnect()  # a reply may still be on its way
+            raise
+        finally:
+            self.client.connection_pool.release(conn)
+
+    def _eval(self, source: str, args: Sequence[Any]) -> Any:
+        """Run a script and return its reply."""
+        return self._read_script(self._send_script(source, args), source, args)
+
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
@@ -403,7 +440,7 @@ class RedisBroker(Broker):
         for entry in entries:
             args.extend(entry)
         if len(args) > 2:
-            self._script(PUBLISH_LUA)(args=args)
+            self._eval(PUBLISH_LUA, args)
 
     def _publish_rows(self, rows: Sequence[tuple[str, str, int, datetime]]) -> None:
         """Publish READY rows ``(id, queue, priority, available_at)`` as the database has them."""
@@ -432,7 +469,7 @@ class RedisBroker(Broker):
         ids = self._popped.setdefault(worker_id, [])
         limit -= len(ids)
         try:
-            popped = self._script(POP_LUA)(args=[
+            popped = self._eval(POP_LUA, [
                 self.prefix, worker_id, max(0, limit), ms(now), len(queues), *queues, *acks,
             ]) if (limit > 0 and queues) or acks else []
         except BaseException:
@@ -474,34 +511,21 @@ class RedisBroker(Broker):
         limit = max(0, limit) if queues else 0
         if limit <= 0 and not acks:
             return None
-        script = self._script(POP_LUA)
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
+        args = [self.prefix, worker_id, limit, ms(now), len(queues), *queues, *acks]
         try:
-            conn.send_command("EVALSHA", script.sha, 0, self.prefix, worker_id, limit, ms(now),
-                              len(queues), *queues, *acks)
+            return _PendingPop(self._send_script(POP_LUA, args), worker_id, acks, args)
         except BaseException:
-            pool.release(conn)
             self._acks.setdefault(worker_id, [])[:0] = acks
             raise
-        return _PendingPop(conn, worker_id, acks, [self.prefix, worker_id, limit, ms(now),
-                                                   len(queues), *queues, *acks])
 
     def _read_pop(self, pending: _PendingPop) -> list[str]:
         """The ids a :meth:`_send_pop` popped (also after a failed SQL statement: the
         reply must be read before the connection serves anything else)."""
-        pool = self.client.connection_pool
         try:
-            try:
-                popped = pending.conn.read_response()
-            except redis_errors.NoScriptError:  # Redis restarted: load it, pop again
-                popped = self._script(POP_LUA)(args=pending.args)
+            popped = self._read_script(pending.conn, POP_LUA, pending.args)
         except BaseException:
-            pending.conn.disconnect()  # a reply may still be on its way
             self._acks.setdefault(pending.worker_id, [])[:0] = pending.acks
             raise
-        finally:
-            pool.release(pending.conn)
         return [i.decode() if isinstance(i, bytes) else i for i in popped]
 
     def exchange(self, worker_id: str, *, lease: str, starts: Sequence[Start] = (),
@@ -595,7 +619,7 @@ class RedisBroker(Broker):
         for m in messages:
             by_worker.setdefault(m.worker_ids[-1] if m.worker_ids else "", []).append(m.id)
         for worker_id, ids in by_worker.items():
-            self._script(GIVE_BACK_LUA)(args=[self.prefix, worker_id, *ids])
+            self._eval(GIVE_BACK_LUA, [self.prefix, worker_id, *ids])
         return released
 
     # -- recovery and reconciliation -----------------------------------------------------
@@ -675,7 +699,7 @@ class RedisBroker(Broker):
         for i, q, p, _ in rows:
             args.extend((rank(p), q, i))
         absent = {i.decode() if isinstance(i, bytes) else i
-                  for i in self._script(ABSENT_LUA)(args=args)}
+                  for i in self._eval(ABSENT_LUA, args)}
         lost = absent & self._absent
         self._absent = absent - lost
         if lost:
