@@ -120,36 +120,6 @@ def test_a_stale_or_duplicated_message_claims_nothing_and_is_dropped():
     assert Job.objects.get(pk=result.id).lease == "L"
 
 
-def test_a_round_trip_that_writes_pops_for_the_next_one_and_a_failed_one_keeps_its_pop(
-        monkeypatch):
-    from django.db import OperationalError
-    from django.utils import timezone
-
-    from django_tasks.messages import Outcome, Start
-
-    broker = backend().broker
-    a, b, c = (tasks.add.enqueue(i, i) for i in range(3))
-    [ma] = broker.claim("w", "L1", ["default"], 1)
-    # The pop overlaps the SQL statement that records the start: b is pending.
-    done = broker.exchange("w", lease="L2", starts=[Start(ma.id, ma.lease,
-                           timezone.now().isoformat())], queues=["default"], limit=1)
-    assert (done.claimed, done.pending) == ([], 1) and not queued(b.id)
-    assert Job.objects.get(pk=b.id).status == "READY"
-    # A statement that fails claims nothing; what was popped meanwhile (c) is kept, and
-    # its reply was read: the connection serves the next command.
-    monkeypatch.setattr(broker, "_write_and_claim", lambda *a, **k: (_ for _ in ()).throw(
-        OperationalError("connection lost")))
-    outcome = Outcome(id=ma.id, lease=ma.lease, status="SUCCESSFUL", return_value=0,
-                      finished_at=timezone.now().isoformat())
-    with pytest.raises(OperationalError):
-        broker.exchange("w", lease="L3", outcomes=[outcome], queues=["default"], limit=2)
-    monkeypatch.undo()
-    assert client().ping() and not queued(c.id)
-    done = broker.exchange("w", lease="L4", outcomes=[outcome], queues=["default"], limit=2)
-    assert sorted(m.id for m in done.claimed) == sorted([b.id, c.id]) and done.pending == 0
-    assert [x.id for x in done.applied] == [a.id]
-
-
 # -- Redis forgets ----------------------------------------------------------------------
 
 

@@ -56,10 +56,6 @@ class Exchanged(NamedTuple):
     applied: list[Applied]
     #: Outcomes discarded: the job was no longer held under their lease.
     stale: list[Outcome]
-    #: Jobs the broker has taken for the worker but not claimed yet: the next round
-    #: trip claims them (the Redis broker pops during one round trip's SQL statement
-    #: what the next one claims), so the worker is not out of work.
-    pending: int = 0
 
 
 def stale_of(outcomes: Sequence[Outcome], applied: Sequence[Applied]) -> list[Outcome]:
@@ -111,10 +107,6 @@ class Broker(ABC):
         its job changes nothing and comes back in ``stale``. If it raises, nothing the
         worker must remember was lost: starts and outcomes may be sent again (a replay
         is harmless, the leases see to it).
-
-        A broker may take jobs for the worker in one round trip and claim them in the
-        next (``Exchanged.pending`` counts them): the worker then makes that round
-        trip without waiting for a wake-up.
         """
         self.store.record_starts(worker_id, starts)
         applied = self.store.apply_outcomes(worker_id, outcomes)

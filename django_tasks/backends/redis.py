@@ -17,8 +17,7 @@ How a job travels
    and forgets the jobs whose outcomes are written; then one SQL statement records
    starts, writes outcomes and claims the popped ids under a fresh lease where the rows
    are still READY and due. The database decides: a duplicated or stale message claims
-   nothing and is dropped, so no job runs twice. A busy worker overlaps the two: the
-   pop is sent before the statement, read after it, and claimed by the next round trip.
+   nothing and is dropped, so no job runs twice.
 3. A live worker keeps what it holds however long the jobs run (no visibility
    timeout). A dead worker's jobs are rescued from the rows like with any broker, and
    its held hash is put back into the queues (:meth:`RedisBroker.recover`).
@@ -75,7 +74,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -239,15 +238,6 @@ REDIS_OUTAGES: tuple[type[BaseException], ...] = (
 )
 
 
-class _PendingPop(NamedTuple):
-    """A pop script sent on ``conn`` whose reply is not read yet."""
-
-    conn: Any
-    worker_id: str
-    acks: list[str]
-    args: list[Any]
-
-
 class RedisWakeSource:
     """Wakes an idle worker when jobs are published to its queues (Redis pub/sub).
 
@@ -352,27 +342,18 @@ class RedisBroker(Broker):
             script = self._scripts[source] = self.client.register_script(source)
         return script
 
-    # Scripts are sent on a pooled connection directly, not through ``Redis.evalsha``:
-    # its command layer cost ~50 us per call (median of interleaved runs: 124 us vs
-    # 72 us for a publish), on every enqueue and every round trip. The failure
-    # behaviour is the client's (no retry; a connection that failed is closed).
+    def _eval(self, source: str, args: Sequence[Any]) -> Any:
+        """Run a script and return its reply.
 
-    def _send_script(self, source: str, args: Sequence[Any]) -> Any:
-        """Send ``source`` with ``args`` on a connection taken from the pool; returns the
-        connection, for :meth:`_read_script`."""
+        Sent on a pooled connection directly, not through ``Redis.evalsha``: its
+        command layer cost ~50 us per call (median of interleaved runs: 124 us vs 72 us
+        for a publish), on every enqueue and every worker round trip. The failure
+        behaviour is the client's: no retry, and a connection that failed is closed.
+        """
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
             conn.send_command("EVALSHA", self._script(source).sha, 0, *args)
-        except BaseException:
-            conn.disconnect()
-            pool.release(conn)
-            raise
-        return conn
-
-    def _read_script(self, conn: Any, source: str, args: Sequence[Any]) -> Any:
-        """The reply to :meth:`_send_script`; the connection goes back to the pool."""
-        try:
             return conn.read_response()
         except redis_errors.NoScriptError:  # Redis restarted: the Script loads itself
             return self._script(source)(args=list(args))
@@ -382,11 +363,7 @@ class RedisBroker(Broker):
             conn.disconnect()  # a reply may still be on its way
             raise
         finally:
-            self.client.connection_pool.release(conn)
-
-    def _eval(self, source: str, args: Sequence[Any]) -> Any:
-        """Run a script and return its reply."""
-        return self._read_script(self._send_script(source, args), source, args)
+            pool.release(conn)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -503,106 +480,41 @@ class RedisBroker(Broker):
         rows = self.store.claim_ids(worker_id, lease, popped, now)
         return self._settle(worker_id, popped, rows)
 
-    def _send_pop(self, worker_id: str, queues: Sequence[str], limit: int,
-                  now: datetime | None) -> _PendingPop | None:
-        """Send the pop script for ``limit`` more ids (and the acks) without waiting for
-        its reply; :meth:`_read_pop` reads it. None if there is nothing to send."""
-        acks = self._acks.pop(worker_id, [])
-        limit = max(0, limit) if queues else 0
-        if limit <= 0 and not acks:
-            return None
-        args = [self.prefix, worker_id, limit, ms(now), len(queues), *queues, *acks]
-        try:
-            return _PendingPop(self._send_script(POP_LUA, args), worker_id, acks, args)
-        except BaseException:
-            self._acks.setdefault(worker_id, [])[:0] = acks
-            raise
-
-    def _read_pop(self, pending: _PendingPop) -> list[str]:
-        """The ids a :meth:`_send_pop` popped (also after a failed SQL statement: the
-        reply must be read before the connection serves anything else)."""
-        try:
-            popped = self._read_script(pending.conn, POP_LUA, pending.args)
-        except BaseException:
-            self._acks.setdefault(pending.worker_id, [])[:0] = pending.acks
-            raise
-        return [i.decode() if isinstance(i, bytes) else i for i in popped]
-
     def exchange(self, worker_id: str, *, lease: str, starts: Sequence[Start] = (),
                  outcomes: Sequence[Outcome] = (), queues: Sequence[str] = (),
                  limit: int = 0, now: datetime | None = None) -> Exchanged:
-        """One script call (forget written outcomes, move due jobs, pop) and one SQL
-        statement on PostgreSQL (starts, outcomes, claim of popped ids).
-
-        When there is something to write (starts, outcomes, or ids popped by the last
-        round trip), the two overlap: the pop is sent before the statement and its
-        reply read after it, and the ids it popped are claimed by the next round trip
-        (``Exchanged.pending``). An idle worker's round trip (nothing to write) pops,
-        then claims what it popped at once.
-        """
+        """One script call (forget written outcomes, move due jobs, pop), then one SQL
+        statement on PostgreSQL (starts, outcomes, claim of the popped ids)."""
         if not queues:
             limit = 0
-        carried = self._popped.pop(worker_id, [])
         acks = len(self._acks.get(worker_id, ()))
-        pending: _PendingPop | None = None
-        if starts or outcomes or carried:
-            # Claim up to ``limit`` of the ids popped last time; pop as many as make
-            # ``limit`` ready for the next round trip.
-            popped, kept = carried[:limit], carried[limit:]
-            if kept:
-                self._popped[worker_id] = kept
-            if limit > len(kept) or acks > 256:
-                try:
-                    pending = self._send_pop(worker_id, queues, limit - len(kept), now)
-                except REDIS_OUTAGES as exc:  # written and claimed all the same
-                    self._redis_down(exc)
-        else:
-            # Redis down and nothing to write: an outage of this round trip.
-            popped = self._pop(worker_id, queues, limit, now) if limit > 0 or acks > 256 else []
-            self._popped.pop(worker_id, None)  # claimed now (kept again if that fails)
         try:
-            rows, applied = self._write_and_claim(worker_id, lease, starts, outcomes, popped,
-                                                  now)
-        except BaseException:
-            # Nothing claimed: the ids are claimed by a later round trip.
-            unclaimed = [*popped, *self._popped.get(worker_id, [])]
-            if pending is not None:
-                try:
-                    unclaimed.extend(self._read_pop(pending))
-                except REDIS_OUTAGES:
-                    pass  # the statement's error is the one to report
-            self._popped[worker_id] = unclaimed
-            raise
-        fresh: list[str] = []
-        if pending is not None:
-            try:
-                fresh = self._read_pop(pending)
-            except REDIS_OUTAGES as exc:  # what it popped, if anything, is recovered later
-                self._redis_down(exc)
-        # Written or stale, an outcome's job is no longer ours: the next pop forgets it.
-        self._acks.setdefault(worker_id, []).extend(o.id for o in outcomes)
-        retried = [a.id for a in applied if a.status == READY]
-        kept = self._popped.pop(worker_id, [])
-        messages = self._settle(worker_id, popped, rows, retried)
-        if kept or fresh:
-            self._popped[worker_id] = [*kept, *fresh]
-        return Exchanged(messages, applied, stale_of(outcomes, applied), len(kept) + len(fresh))
-
-    def _write_and_claim(self, worker_id: str, lease: str, starts: Sequence[Start],
-                         outcomes: Sequence[Outcome], popped: list[str],
-                         now: datetime | None) -> tuple[Sequence[Sequence[Any]], list[Applied]]:
-        """Starts, outcomes and the claim of ``popped``: one statement on PostgreSQL."""
-        if not (popped or starts or outcomes):
-            return [], []
-        if self.store.vendor == "postgresql":
+            popped = self._pop(worker_id, queues, limit, now) if limit > 0 or acks > 256 else []
+        except REDIS_OUTAGES as exc:
+            if not (starts or outcomes):
+                raise
+            # Redis is down, the database may not be: results are written all the same
+            # (and ids popped earlier claimed); claiming new ones waits for Redis.
+            self._redis_down(exc)
+            popped = list(self._popped.get(worker_id, ()))
+        rows: Sequence[Sequence[Any]] = []
+        applied: list[Applied] = []
+        if self.store.vendor == "postgresql" and (popped or starts or outcomes):
             params = {"lease": lease, "backend": self.backend.alias,
                       "now": self.store.time(now), "claim_ids": popped}
             try:
-                return self.store.exchange_pg(worker_id, EXCHANGE_IDS_PG, params, starts,
-                                              outcomes)
+                rows, applied = self.store.exchange_pg(worker_id, EXCHANGE_IDS_PG, params,
+                                                       starts, outcomes)
             except OutcomeHookFailed:  # rolled back: the parts one by one
-                pass
-        return self._exchange_parts(worker_id, lease, starts, outcomes, popped, now)
+                rows, applied = self._exchange_parts(worker_id, lease, starts, outcomes,
+                                                     popped, now)
+        elif popped or starts or outcomes:
+            rows, applied = self._exchange_parts(worker_id, lease, starts, outcomes, popped, now)
+        # Written or stale, an outcome's job is no longer ours: the next pop forgets it.
+        self._acks.setdefault(worker_id, []).extend(o.id for o in outcomes)
+        retried = [a.id for a in applied if a.status == READY]
+        messages = self._settle(worker_id, popped, rows, retried)
+        return Exchanged(messages, applied, stale_of(outcomes, applied))
 
     def _exchange_parts(self, worker_id: str, lease: str, starts: Sequence[Start],
                         outcomes: Sequence[Outcome], popped: Sequence[str],

@@ -270,10 +270,8 @@ class Worker(BrokerThreads):
             self._buffer.extend(jobs)
             self.claimed += len(jobs)
             self.completed += len(outcomes)
-            # Jobs pending in the broker are claimed by the next round trip: not dry.
-            self._dry = len(jobs) < want and not done.pending
-            self._drained = (want > 0 and not jobs and not done.pending and not held
-                             and not outcomes)
+            self._dry = len(jobs) < want
+            self._drained = want > 0 and not jobs and not held and not outcomes
         if jobs or starts or self._drained:
             poke(self._wake_w)  # new jobs, or dispatch may have waited for the starts
         if done.stale:
