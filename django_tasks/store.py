@@ -245,21 +245,34 @@ PROGRESS = (
 
 
 
-def exchange_pg(claim: str, *ctes: str) -> str:
+def exchange_pg(claim: str, *ctes: str) -> tuple[str, str]:
     """The worker's whole round trip on PostgreSQL as one statement, ``claim`` being the
     claim's UPDATE: one round trip and one commit however many starts, outcomes and
     claims (data-modifying CTEs always run to completion). A claim's sub-select sees
     the snapshot from before the CTEs, which only touch held rows. Rows: ``'c'`` and
     MESSAGE_COLUMNS for a claimed job, ``'d'`` and APPLIED_COLUMNS at positions
     1-4, 9 and 7 (``links``, in the jsonb column ``args``) for an outcome written.
-    ``ctes`` (``name AS (...)``) come before the claim, which may read them."""
-    return (
+    ``ctes`` (``name AS (...)``) come before the claim, which may read them.
+
+    Two statements: the whole round trip, and the claim alone for a round trip with no
+    start or outcome to write (an idle worker woken by an enqueue). Without the empty
+    parts the claim took 341 us instead of 580 us (the Redis broker's) and 412 us
+    instead of 750 us (the database broker's): planning them and running them on empty
+    JSON both cost, and this round trip is on the path from enqueue to start. A busy
+    worker's round trips keep the one statement: leaving out whichever part was empty
+    in every round trip measured no faster (database broker, alternating drains of
+    20,000 jobs: 3,754 and 3,673 vs 3,823 and 3,828 jobs/s).
+    """
+    head = "WITH " + "".join(cte + ", " for cte in ctes) + "claimed AS (" + claim + ") "
+    claim_only = head + "SELECT 'c', " + ", ".join(MESSAGE_COLUMNS) + " FROM claimed"
+    whole = (
         "WITH started AS (" + RECORD_STARTS_PG + "), done AS (" + APPLY_OUTCOMES_PG + "), "
         + "".join(cte + ", " for cte in ctes) + "claimed AS (" + claim + ") "
         "SELECT 'c', " + ", ".join(MESSAGE_COLUMNS) + " FROM claimed "
         "UNION ALL SELECT 'd', id, status, task_path, queue_name, NULL, NULL, links, NULL, "
         "attempts, " + ", ".join(["NULL"] * (len(MESSAGE_COLUMNS) - 9)) + " FROM done"
     )
+    return whole, claim_only
 
 
 _VENDORS: dict[str, dict[str, str]] = {
@@ -470,11 +483,12 @@ class JobStore(Cancelling):
             ])
             return cursor.rowcount
 
-    def exchange_pg(self, worker_id: str, statement: str, params: dict[str, Any],
+    def exchange_pg(self, worker_id: str, statements: tuple[str, str],
+                    params: dict[str, Any],
                     starts: Sequence[Start], outcomes: Sequence[Outcome],
                     ) -> tuple[list[Sequence[Any]], list[Applied]]:
-        """Run an :func:`exchange_pg` statement (PostgreSQL); returns the claimed rows
-        and the outcomes written.
+        """Run an :func:`exchange_pg` statement (PostgreSQL; the claim alone if there is
+        nothing to write); returns the claimed rows and the outcomes written.
 
         The outcome hooks run in the statement's transaction; if one fails, all of it
         is rolled back and :class:`OutcomeHookFailed` propagates: the caller then makes
@@ -486,6 +500,7 @@ class JobStore(Cancelling):
         hooks = _OUTCOME_HOOKS if outcomes else []
         atomic = transaction.atomic(using=self.database) if hooks else nullcontext()
         with atomic, self.connection.cursor() as cursor:
+            statement = statements[0 if starts or outcomes else 1]
             cursor.execute(self.sql(statement), params)
             rows = cursor.fetchall()
             claimed = [row[1:] for row in rows if row[0] == "c"]

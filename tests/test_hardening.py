@@ -615,7 +615,7 @@ def test_install_requires_is_what_the_library_imports():
     extras = {name: value.split() for name, value in setup["options.extras_require"].items()}
     assert requires == ["Django>=6.1"]
     assert extras["postgres"] == ["psycopg[binary]>=3.2"]
-    assert extras["redis"] == ["redis>=5.0"]
+    assert extras["redis"] == ["redis>=5.3"]
     assert extras["sample"] == ["django-environ>=0.11"]
     # make demo and make test install .[test]: it must bring everything the others do.
     assert {*extras["postgres"], *extras["redis"], *extras["sample"]} <= set(extras["test"])

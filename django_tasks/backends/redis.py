@@ -343,6 +343,29 @@ class RedisBroker(Broker):
             script = self._scripts[source] = self.client.register_script(source)
         return script
 
+    def _eval(self, source: str, args: Sequence[Any]) -> Any:
+        """Run a script and return its reply.
+
+        Sent on a pooled connection directly, not through ``Redis.evalsha``: its
+        command layer cost ~50 us per call (median of interleaved runs: 124 us vs 72 us
+        for a publish), on every enqueue and every worker round trip. The failure
+        behaviour is the client's: no retry, and a connection that failed is closed.
+        """
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", self._script(source).sha, 0, *args)
+            return conn.read_response()
+        except redis_errors.NoScriptError:  # Redis restarted: the Script loads itself
+            return self._script(source)(args=list(args))
+        except redis_errors.ResponseError:
+            raise
+        except BaseException:
+            conn.disconnect()  # a reply may still be on its way
+            raise
+        finally:
+            pool.release(conn)
+
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
@@ -398,7 +421,7 @@ class RedisBroker(Broker):
         for entry in entries:
             args.extend(entry)
         if len(args) > 2:
-            self._script(PUBLISH_LUA)(args=args)
+            self._eval(PUBLISH_LUA, args)
 
     def _publish_rows(self, rows: Sequence[tuple[str, str, int, datetime]]) -> None:
         """Publish READY rows ``(id, queue, priority, available_at)`` as the database has them."""
@@ -427,7 +450,7 @@ class RedisBroker(Broker):
         ids = self._popped.setdefault(worker_id, [])
         limit -= len(ids)
         try:
-            popped = self._script(POP_LUA)(args=[
+            popped = self._eval(POP_LUA, [
                 self.prefix, worker_id, max(0, limit), ms(now), len(queues), *queues, *acks,
             ]) if (limit > 0 and queues) or acks else []
         except BaseException:
@@ -512,7 +535,7 @@ class RedisBroker(Broker):
         for m in messages:
             by_worker.setdefault(m.worker_ids[-1] if m.worker_ids else "", []).append(m.id)
         for worker_id, ids in by_worker.items():
-            self._script(GIVE_BACK_LUA)(args=[self.prefix, worker_id, *ids])
+            self._eval(GIVE_BACK_LUA, [self.prefix, worker_id, *ids])
         return released
 
     # -- recovery and reconciliation -----------------------------------------------------
@@ -592,7 +615,7 @@ class RedisBroker(Broker):
         for i, q, p, _ in rows:
             args.extend((rank(p), q, i))
         absent = {i.decode() if isinstance(i, bytes) else i
-                  for i in self._script(ABSENT_LUA)(args=args)}
+                  for i in self._eval(ABSENT_LUA, args)}
         lost = absent & self._absent
         self._absent = absent - lost
         if lost:
