@@ -14,7 +14,7 @@ class DjangoTasksConfig(AppConfig):
         from .store import register_outcome_hook
 
         # Workflows move forward in the transaction of each outcome write.
-        register_outcome_hook(advance)
+        register_outcome_hook(advance, linked_only=True)
 
         django_logger = logging.getLogger("django.tasks")
         if not any(isinstance(f, LoggedByWorker) for f in django_logger.filters):

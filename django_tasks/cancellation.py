@@ -174,11 +174,14 @@ class Cancelling:
                                              cursor.fetchone())[1]) is not None
 
 
-def cancelled_outcome(job_id: str, lease: str, task_path: str = "") -> Outcome:
+def cancelled_outcome(job_id: str, lease: str, task_path: str = "", *,
+                      linked: bool = True) -> Outcome:
     """The outcome of a job asked to cancel that never started: it is CANCELLED (no attempt
-    counted; the store appends the row's cancellation as its error)."""
+    counted; the store appends the row's cancellation as its error). ``linked``: it may
+    be a workflow step (its write runs every outcome hook), unless the caller knows."""
     return Outcome(id=job_id, lease=lease, status=CANCELLED,
-                   finished_at=timezone.now().isoformat(), task_path=task_path)
+                   finished_at=timezone.now().isoformat(), task_path=task_path,
+                   linked=linked)
 
 
 def zip_ids(values: Sequence[Any], ids: Sequence[str]) -> list[tuple[str | None, Any]]:

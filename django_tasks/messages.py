@@ -42,6 +42,8 @@ class Message:
     started_at: str | None
     run_after: str | None
     available_at: str | None
+    #: The job's workflow (chain, group, chord), if it is a step of one.
+    workflow_id: str | None = None
 
     def to_wire(self) -> list[Any]:
         """The values in field order, JSON-able (for the pipe to a pool child): no keys
@@ -78,6 +80,9 @@ class Outcome:
     started_at: str | None = None
     #: Filled by the worker: the task path, for log lines about the outcome.
     task_path: str = field(default="", compare=False)
+    #: Filled by the worker: the job is a workflow step (its outcome moves the workflow:
+    #: the write runs the ``linked_only`` outcome hooks).
+    linked: bool = field(default=False, compare=False)
 
     def to_wire(self) -> list[Any]:
         return [getattr(self, f) for f in _OUTCOME_FIELDS]

@@ -171,6 +171,9 @@ def test_three_workers_finishing_members_at_once_run_the_body_exactly_once(tmp_p
             proc.send_signal(signal.SIGTERM)
         outputs = [proc.communicate(timeout=30)[0] for proc in workers]
     assert [p.returncode for p in workers] == [0, 0, 0], outputs
+    # Every member's outcome ran the workflow hook in its own write's transaction (the
+    # worker marked them linked), never through the fallback.
+    assert not any("without their hooks" in out for out in outputs), outputs
     assert result.get(timeout=1) == 300
     ran = runs(log)
     assert ran[result.id] == 1 and len(ran) == 301 and set(ran.values()) == {1}

@@ -231,6 +231,7 @@ class Worker(BrokerThreads):
                 if message is not None:
                     outcome.started_at = message.started_at
                     outcome.task_path = message.task_path
+                    outcome.linked = message.workflow_id is not None
                 self._outcomes.append(outcome)
                 took = clock - at
                 self._avg_run = took if self._avg_run is None else 0.8 * self._avg_run + 0.2 * took
@@ -325,7 +326,8 @@ class Worker(BrokerThreads):
             dropped = [m for m in self._buffer if m.id in ids]
             if dropped:
                 self._buffer = deque(m for m in self._buffer if m.id not in ids)
-                self._outcomes.extend(cancelled_outcome(m.id, m.lease, m.task_path)
+                self._outcomes.extend(cancelled_outcome(m.id, m.lease, m.task_path,
+                                                        linked=m.workflow_id is not None)
                                       for m in dropped)
             running = {i for i in ids if i in self._running and i not in self._told}
             self._to_cancel |= running
