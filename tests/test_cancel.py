@@ -239,7 +239,10 @@ def test_a_cooperative_running_job_sees_is_cancelled_and_ends_cancelled(tmp_path
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert runs(log)[result.id] == 1
-    assert "asked to cancel while running" in out
+    # The job's finish line says it was cancelled. (The cancel poll's "asked to cancel
+    # while running" line appears only when the poll sees the request before the task
+    # does: both look every 0.5 s.)
+    assert f"Job {result.id} CANCELLED: task=tests.reliability_tasks.until_cancelled" in out
 
 
 @pytest.mark.slow
@@ -263,8 +266,10 @@ def test_prefork_kills_a_job_that_ignores_the_cancel_after_its_grace(tmp_path, b
         assert wait_for(lambda: after.id in runs(log), timeout=10)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=30)
     assert runs(log)[result.id] == 1  # max_attempts=3, never retried
+    # The worker's cancel poll saw the request (the task never looks) and said so.
+    assert f"Job {result.id} asked to cancel while running: task=" in out
 
 
 @pytest.mark.slow
