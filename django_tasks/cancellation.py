@@ -22,16 +22,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from .ids import job_id_str
-from .messages import Outcome
+from .messages import APPLIED_COLUMNS, Outcome
 from .serialization import dumps
-from .states import CANCELLED, CLAIMED, HELD, READY, RUNNING, WAITING
+from .states import CANCELLED, CLAIMED, HELD, HELD_SQL, READY, WAITING
 
 logger = logging.getLogger("django_tasks.worker")
 
 __all__ = ["Cancelling", "cancelled_outcome"]
 
-HELD_SQL = f"('{CLAIMED}', '{RUNNING}')"
-APPLIED_RETURNING = "id, status, task_path, queue_name, attempts, links"
+APPLIED_RETURNING = ", ".join(APPLIED_COLUMNS)
 
 # Claimed, never started, asked to cancel: (id, lease) to write CANCELLED.
 CANCELLED_CLAIMS = (

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
-__all__ = ["Applied", "Message", "Outcome", "Start"]
+__all__ = ["APPLIED_COLUMNS", "Applied", "Message", "Outcome", "Start"]
 
 
 @dataclass(slots=True)
@@ -113,3 +113,7 @@ class Applied(NamedTuple):
     attempts: int
     #: The job's workflow plumbing (``Job.links``), None for a job outside a workflow.
     links: dict[str, Any] | None = None
+
+
+#: Columns an outcome write returns, as an :class:`Applied` (its fields, in order).
+APPLIED_COLUMNS = Applied._fields

@@ -35,11 +35,11 @@ from django.utils import timezone
 from .cancellation import Cancelling, cancelled_outcome
 from .exceptions import OutcomeHookFailed, WorkerLost
 from .ids import job_id_str
-from .messages import Applied, Message, Outcome, Start
+from .messages import APPLIED_COLUMNS, Applied, Message, Outcome, Start
 from .outcomes import as_datetime, error_dict, failure_outcome, send_failed, task_or_none
 from .serialization import dumps
 from .side import on_side
-from .states import ACTIVE, CANCELLED, CLAIMED, FAILED, HELD, READY, RUNNING
+from .states import ACTIVE_SQL, CANCELLED, CLAIMED, FAILED, HELD, HELD_SQL, READY, RUNNING
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -98,10 +98,7 @@ MESSAGE_COLUMNS = (
     "run_after", "available_at", "workflow_id",
 )
 #: Columns an outcome write returns (an :class:`Applied`).
-APPLIED_COLUMNS = ("id", "status", "task_path", "queue_name", "attempts", "links")
 
-HELD_SQL = f"('{CLAIMED}', '{RUNNING}')"
-ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE) + ")"
 FRESH = f"status = '{CLAIMED}'"  # a job whose start was never recorded
 
 # -- statements (vendor fragments in braces, parameters by name) --------------------------

@@ -220,10 +220,11 @@ class Worker(BrokerThreads):
         """
         outcomes = self.pool.collect()
         clock = time.monotonic()
-        with self._lock:
-            to_cancel, self._to_cancel = self._to_cancel, set()
-        for job_id in to_cancel:
-            self._tell_cancel(job_id)
+        if self._to_cancel:  # rare: no lock on the hot path otherwise
+            with self._lock:
+                to_cancel, self._to_cancel = self._to_cancel, set()
+            for job_id in to_cancel:
+                self._tell_cancel(job_id)
         with self._lock:
             for outcome in outcomes:
                 self._told.discard(outcome.id)
