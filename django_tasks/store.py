@@ -30,6 +30,7 @@ from functools import cached_property
 from typing import Any, NamedTuple
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from .cancellation import Cancelling, cancelled_outcome
@@ -338,6 +339,7 @@ class JobStore(Cancelling):
         self.database = database
         self.worker_timeout = worker_timeout
         self._sql_cache: dict[str, str] = {}
+        self._insert_texts: dict[tuple[int, ...], str] = {}
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -370,14 +372,37 @@ class JobStore(Cancelling):
     def insert_sql(self, job: Any) -> tuple[str, Sequence[Any]]:
         """The INSERT of a new ``Job`` instance, compiled for this database (model
         ``save()`` machinery bypassed: no signals are sent for jobs). A unique job's
-        inserts nothing while an active job holds its key (``ON_CONFLICT_UNIQUE``)."""
+        inserts nothing while an active job holds its key (``ON_CONFLICT_UNIQUE``).
+
+        The statement text depends only on which values are ``Now()`` (the database's
+        clock: ``available_at`` of a job due at once), so it is compiled once per shape
+        and each job only has its values prepared, as Django's compiler prepares them.
+        Compiling was ~40% of an enqueue's Python time. Any other expression takes
+        Django's full path.
+        """
+        fields = type(job)._meta.concrete_fields
+        values = [f.pre_save(job, True) for f in fields]
+        shape = tuple(i for i, v in enumerate(values) if hasattr(v, "resolve_expression"))
+        if any(type(values[i]) is not Now for i in shape):
+            sql, params = self._compile_insert(job)
+        else:
+            sql = self._insert_texts.get(shape)
+            if sql is None:
+                sql = self._insert_texts[shape] = self._compile_insert(job)[0]
+            connection = self.connection
+            params = [f.get_db_prep_save(v, connection)
+                      for i, (f, v) in enumerate(zip(fields, values, strict=True))
+                      if i not in shape]
+        if job.unique_key:
+            sql += ON_CONFLICT_UNIQUE
+        return sql, params
+
+    def _compile_insert(self, job: Any) -> tuple[str, Sequence[Any]]:
         from django.db.models.sql import InsertQuery
 
         query = InsertQuery(type(job))
         query.insert_values(type(job)._meta.concrete_fields, [job])
         [(sql, params)] = query.get_compiler(using=self.database).as_sql()
-        if job.unique_key:
-            sql += ON_CONFLICT_UNIQUE
         return sql, params
 
     def insert(self, job: Any) -> bool:

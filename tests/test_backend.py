@@ -370,3 +370,35 @@ def test_a_job_claimed_again_waits_while_its_old_attempt_runs_here():
     assert worker.dispatch() == 1
     worker.drain()
     assert result.wait(timeout=1) == 3
+
+
+def test_cached_insert_statement_is_the_compilers():
+    """The INSERT text is compiled once and reused; each job's values must still be
+    exactly what Django's compiler would send (order, JSON, datetimes, unique keys)."""
+    from django_tasks.store import ON_CONFLICT_UNIQUE
+
+    jobs = [
+        default_task_backend.prepare(tasks.add, [1, 2], {}),
+        default_task_backend.prepare(tasks.add.using(priority=7, queue_name="emails",
+                                                     run_after=timedelta(minutes=5)),
+                                     [3], {"y": {"nested": [1, None, "é"]}}),
+    ]
+    when = default_task_backend.prepare(tasks.add.using(run_after=timezone.now()), [6, 7], {})
+    jobs.append(when)  # available_at a value, not Now(): another statement shape
+    unique = default_task_backend.prepare(tasks.add, [4, 5], {})
+    unique.unique_key = "k-1"
+    jobs.append(unique)
+    for job in jobs:
+        sql, params = store.insert_sql(job)
+        compiled, compiled_params = store._compile_insert(job)
+        assert sql == compiled + (ON_CONFLICT_UNIQUE if job.unique_key else "")
+        def plain(values):  # psycopg's Jsonb wrappers compare by identity
+            return [getattr(v, "obj", v) for v in values]
+
+        assert plain(params) == plain(compiled_params)
+    assert len(store._insert_texts) == 2
+    # And what was stored reads back as enqueued.
+    for job in jobs:
+        store.insert(job)
+    stored = {str(j.id): (j.args, j.kwargs, j.priority, j.unique_key) for j in Job.objects.all()}
+    assert stored == {str(j.id): (j.args, j.kwargs, j.priority, j.unique_key) for j in jobs}

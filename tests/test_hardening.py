@@ -603,7 +603,8 @@ def test_deleting_a_running_job_under_a_real_worker(tmp_path):
 
 def test_install_requires_is_what_the_library_imports():
     """Only Django is required: with psycopg, redis and django-environ unimportable, every
-    module but the Redis broker imports, the checks pass and a job runs (SQLite)."""
+    module but the Redis broker's (backends/redis*.py) imports, the checks pass and a job
+    runs (SQLite)."""
     import configparser
     import subprocess
 
@@ -647,7 +648,7 @@ def test_install_requires_is_what_the_library_imports():
         import django_tasks
 
         for module in pkgutil.walk_packages(django_tasks.__path__, "django_tasks."):
-            if module.name != "django_tasks.backends.redis":
+            if not module.name.startswith("django_tasks.backends.redis"):  # its extra
                 importlib.import_module(module.name)
         from django.core.management import call_command
 

@@ -47,6 +47,11 @@ def key(*parts):
 
 
 def queued(job_id, queue="default"):
+    backend().broker.flush()  # publishes are sent without waiting for their replies
+    return in_redis(job_id, queue)
+
+
+def in_redis(job_id, queue="default"):
     return client().zscore(key("q", queue), str(job_id)) is not None
 
 
@@ -118,6 +123,59 @@ def test_a_stale_or_duplicated_message_claims_nothing_and_is_dropped():
     assert broker.claim("other", "L2", ["default"], 10) == []
     assert not queued(result.id)
     assert Job.objects.get(pk=result.id).lease == "L"
+
+
+def test_publishes_are_not_waited_for_but_every_reply_is_read():
+    from django_tasks.backends.redis_publisher import MAX_IN_FLIGHT
+
+    publisher = backend().broker.publisher
+    first = tasks.add.enqueue(0, 0)
+    assert len(publisher._in_flight) == 1  # sent; its reply is read later
+    results = [first]
+    for i in range(2 * MAX_IN_FLIGHT):
+        results.append(tasks.add.enqueue(i, i))
+        assert len(publisher._in_flight) <= MAX_IN_FLIGHT
+    backend().broker.flush()
+    assert not publisher._in_flight
+    assert all(in_redis(r.id) for r in results)
+
+
+def test_a_publish_redis_refuses_is_logged_naming_the_job(private_redis, caplog):
+    tasks.add.enqueue(0, 0)
+    private_redis.client().config_set("maxmemory", "1")  # noeviction: writes refused
+    with caplog.at_level(logging.WARNING, logger="django_tasks.worker"):
+        refused = tasks.add.enqueue(1, 1)  # does not raise: the row is committed
+        backend().broker.flush()
+    assert Job.objects.get(pk=refused.id).status == "READY"
+    [record] = [r for r in caplog.records if "could not be published" in r.getMessage()]
+    assert refused.id in record.getMessage() and "OutOfMemoryError" in record.getMessage()
+    private_redis.client().config_set("maxmemory", "0")
+    assert not in_redis(refused.id)
+
+
+def test_a_killed_publish_connection_loses_no_publish(private_redis, caplog):
+    first = tasks.add.enqueue(0, 0)
+    assert queued(first.id)
+    private_redis.client().client_kill_filter(_type="normal", skipme=True)
+    with caplog.at_level(logging.WARNING, logger="django_tasks.worker"):
+        results = [tasks.add.enqueue(i, i) for i in range(50)]
+        backend().broker.flush()
+    assert all(in_redis(r.id) for r in results)
+    assert not [r for r in caplog.records if "could not be published" in r.getMessage()]
+
+
+def test_after_a_pause_the_publish_connection_is_looked_at_before_it_is_used(
+        private_redis, monkeypatch):
+    from django_tasks.backends import redis_publisher
+
+    first = tasks.add.enqueue(0, 0)
+    assert queued(first.id)
+    private_redis.kill()
+    private_redis.start()  # same port, empty; the publisher's socket is dead
+    monkeypatch.setattr(redis_publisher, "IDLE", 0.0)  # "a pause" without sleeping
+    after = tasks.add.enqueue(1, 1)
+    # Not flushed: had it been written to the dead socket, nothing would say so.
+    assert wait_for(lambda: in_redis(after.id), timeout=5)
 
 
 # -- Redis forgets ----------------------------------------------------------------------

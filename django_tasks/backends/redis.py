@@ -12,7 +12,9 @@ How a job travels
 1. ``enqueue`` INSERTs the row in the caller's transaction; once that commits (at once
    in autocommit), one script call adds the id to its queue (or to the delayed set)
    and wakes the workers serving the queue. A rollback publishes nothing, and neither
-   does a unique job whose key another job holds (no row was inserted).
+   does a unique job whose key another job holds (no row was inserted). The enqueue
+   does not wait for Redis's reply (``redis_publisher.py``): a failed publish cannot
+   fail it, the row being committed, and is logged and left to the reconciler.
 2. A worker's round trip pops ids (highest priority, then oldest, across the queues it
    serves) into its *held* hash in one script call, which also moves due delayed jobs
    and forgets the jobs whose outcomes are written; then one SQL statement records
@@ -97,6 +99,7 @@ from ..store import CLAIM_IDS_LOCK_PG, CLAIM_IDS_UPDATE_PG, exchange_pg, job_id_
 from ..worker.wakeup import drain, pipe, poke
 from .base import Broker, Exchanged, ModelBackend, stale_of
 from .database import _outage_errors
+from .redis_publisher import Publisher
 
 __all__ = ["RedisBackend", "RedisBroker"]
 
@@ -315,6 +318,7 @@ class RedisBroker(Broker):
         self.prefix: str = options.get("PREFIX") or default_prefix(backend)
         self.connection_options: dict[str, Any] = dict(options.get("CONNECTION_OPTIONS") or {})
         self._client: redis.Redis | None = None
+        self._publisher: Publisher | None = None
         self._scripts: dict[str, Any] = {}
         # Per worker id: ids whose outcomes are written (forgotten by the next pop), and
         # ids popped but not claimed yet (an outage between the pop and the claim).
@@ -406,15 +410,26 @@ class RedisBroker(Broker):
         return True
 
     def _publish_committed(self, entries: list[tuple[int, int, str, str]]) -> None:
-        try:
-            self._send(entries)
-        except redis_errors.RedisError as exc:
-            # The row is committed; the reconciler will publish it (module docstring).
-            logger.warning(
-                "Job %s is stored but could not be published (%s at %s: %s); a worker "
-                "will publish it when it reconciles with the database",
-                ", ".join(e[3] for e in entries), type(exc).__name__, self.safe_url(), exc,
-            )
+        # Not waiting for the reply; a failure is logged, and the row is committed
+        # already: the reconciler publishes it (redis_publisher.py says why).
+        args: list[Any] = [self.prefix, 0]
+        for entry in entries:
+            args.extend(entry)
+        self.publisher.send(args)
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            pool = self.client.connection_pool
+            self._publisher = Publisher(
+                PUBLISH_LUA, lambda: pool.connection_class(**pool.connection_kwargs),
+                self.safe_url, REDIS_OUTAGES)
+        return self._publisher
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until Redis has answered every publish this process sent."""
+        if self._publisher is not None:
+            self._publisher.flush(timeout)
 
     def _send(self, entries: Iterable[tuple[int, int, str, str]], now: int = 0) -> None:
         args: list[Any] = [self.prefix, now]
