@@ -1,4 +1,4 @@
-"""Job rows and the worker registry: what every broker shares.
+"""Job rows: what every broker shares.
 
 Whatever carries the messages (the job table itself, Redis), the truth about a job is
 its row: status, attempts, errors, result, progress, who holds it and under which
@@ -14,7 +14,10 @@ Its guarantees:
   (:func:`django_tasks.outcomes.failure_outcome`);
 - liveness (heartbeats, expiry) is judged by the database's clock, never a host's.
 
-SQL that differs between vendors is kept as named statements with named parameters.
+Its parts: the SQL it runs (named statements with named parameters, vendor fragments
+in braces) is in :mod:`django_tasks.statements`; the worker registry and the rescue of
+lost workers' jobs in :mod:`django_tasks.registry`; cancelling in
+:mod:`django_tasks.cancellation`.
 """
 
 from __future__ import annotations
@@ -27,20 +30,36 @@ from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from .cancellation import Cancelling, cancelled_outcome
-from .exceptions import OutcomeHookFailed, WorkerLost
+from .exceptions import OutcomeHookFailed
 from .ids import job_id_str
-from .messages import APPLIED_COLUMNS, Applied, Message, Outcome, Start
-from .outcomes import as_datetime, error_dict, failure_outcome, send_failed, task_or_none
+from .messages import Applied, Message, Outcome, Start
+from .outcomes import as_datetime, error_dict
+from .registry import Registry, RescueCounts
 from .serialization import dumps
 from .side import on_side
-from .states import ACTIVE_SQL, CANCELLED, CLAIMED, FAILED, HELD, HELD_SQL, READY, RUNNING
+from .statements import (
+    APPLY_OUTCOME,
+    APPLY_OUTCOMES_PG,
+    CLAIM_IDS_PG,
+    CLAIM_IDS_SQLITE,
+    GIVE_BACK,
+    MESSAGE_COLUMNS,
+    ON_CONFLICT_UNIQUE,
+    PROGRESS,
+    RECORD_START,
+    RECORD_STARTS_PG,
+    UNIQUE_ACTIVE,
+    UNIQUE_RECENT,
+    VENDORS,
+)
+from .states import CLAIMED, FAILED, HELD, HELD_SQL, READY
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -86,252 +105,7 @@ def outcome_hooks() -> list[OutcomeHook]:
     return _OUTCOME_HOOKS
 
 
-class RescueCounts(NamedTuple):
-    given_back: int
-    retried: int
-    failed: int
-
-
-#: Columns a claim returns, in this order; :meth:`JobStore.message` reads them.
-MESSAGE_COLUMNS = (
-    "id", "lease", "task_path", "queue_name", "priority", "backend", "args", "kwargs",
-    "attempts", "max_attempts", "worker_ids", "errors", "enqueued_at", "started_at",
-    "run_after", "available_at", "workflow_id",
-)
-#: Columns an outcome write returns (an :class:`Applied`).
-
-FRESH = f"status = '{CLAIMED}'"  # a job whose start was never recorded
-
-# -- statements (vendor fragments in braces, parameters by name) --------------------------
-
-RECORD_START = (
-    "UPDATE {table} SET status = '" + RUNNING + "', attempts = attempts + 1, "
-    "started_at = COALESCE(started_at, %(at)s), last_attempted_at = %(at)s, "
-    "worker_ids = {append_worker} "
-    "WHERE id = %(id)s AND lease = %(lease)s AND status = '" + CLAIMED + "'"
-)
-# One outcome. A job that started and finished between two writes has no recorded
-# start: the outcome counts its attempt (status still CLAIMED tells), unless it never
-# ran (a cancelled job dropped from a worker's buffer: CANCELLED without an error). A job asked
-# to cancel (``cancellation`` set) ends CANCELLED whatever its attempt did, with the
-# cancellation as its last error (or the outcome's own, when it is CANCELLED already:
-# the pool's terminate names the kill: its message is then prefixed with who asked).
-RAN = (f"status = '{CLAIMED}' AND (%(status)s <> '{CANCELLED}' "
-       "OR %(error)s IS NOT NULL)")
-APPLY_OUTCOME = (
-    "UPDATE {table} SET "
-    "status = CASE WHEN cancellation IS NULL THEN %(status)s ELSE '" + CANCELLED + "' END, "
-    "return_value = CASE WHEN cancellation IS NULL THEN {json_value} ELSE NULL END, "
-    "errors = CASE WHEN cancellation IS NULL OR %(status)s = '" + CANCELLED + "' THEN "
-    "(CASE WHEN %(error)s IS NULL THEN {cancelled_or_errors} ELSE {append_outcome_error} END) "
-    "ELSE {append_cancellation} END, "
-    "finished_at = CASE WHEN cancellation IS NULL THEN %(finished_at)s "
-    "ELSE COALESCE(%(finished_at)s, %(now)s) END, "
-    "available_at = COALESCE(%(retry_at)s, available_at), "
-    "attempts = CASE WHEN " + RAN + " THEN attempts + 1 ELSE attempts END, "
-    "started_at = COALESCE(started_at, %(started_at)s), "
-    "last_attempted_at = CASE WHEN " + RAN + " THEN %(started_at)s "
-    "ELSE last_attempted_at END, "
-    "worker_ids = CASE WHEN " + RAN + " THEN {append_worker} ELSE worker_ids END, "
-    "lease = '' "
-    "WHERE id = %(id)s AND lease = %(lease)s AND status IN " + HELD_SQL + " "
-    # Nothing becomes CANCELLED unless cancelling it was asked for.
-    "AND (%(status)s <> '" + CANCELLED + "' OR cancellation IS NOT NULL) "
-    "RETURNING " + ", ".join(APPLIED_COLUMNS)
-)
-# Many outcomes in one statement (PostgreSQL): also the ``done`` step of the database
-# broker's exchange. Cancellation as in APPLY_OUTCOME.
-RAN_PG = (f"j.status = '{CLAIMED}' AND (o.status <> '{CANCELLED}' "
-          "OR (o.error IS NOT NULL AND jsonb_typeof(o.error) <> 'null'))")
-APPLY_OUTCOMES_PG = (
-    "UPDATE {table} AS j SET "
-    "status = CASE WHEN j.cancellation IS NULL THEN o.status ELSE '" + CANCELLED + "' END, "
-    "return_value = CASE WHEN j.cancellation IS NOT NULL "
-    "OR jsonb_typeof(o.return_value) = 'null' THEN NULL ELSE o.return_value END, "
-    "errors = CASE "
-    "WHEN o.error IS NOT NULL AND jsonb_typeof(o.error) <> 'null' "
-    "AND j.cancellation IS NULL THEN j.errors || jsonb_build_array(o.error) "
-    # The outcome says how a cancelled job ended; the cancellation, who asked.
-    "WHEN o.error IS NOT NULL AND jsonb_typeof(o.error) <> 'null' "
-    "AND o.status = '" + CANCELLED + "' THEN j.errors || jsonb_build_array(o.error || "
-    "jsonb_build_object('message', concat(j.cancellation->>'message', ': ', "
-    "o.error->>'message'))) "
-    "WHEN j.cancellation IS NULL OR jsonb_typeof(j.cancellation) = 'null' THEN j.errors "
-    "WHEN o.error IS NULL OR jsonb_typeof(o.error) = 'null' "
-    "OR o.status = '" + CANCELLED + "' THEN j.errors || jsonb_build_array(j.cancellation) "
-    "ELSE j.errors || jsonb_build_array(o.error, j.cancellation) END, "
-    "finished_at = CASE WHEN j.cancellation IS NULL THEN o.finished_at "
-    "ELSE COALESCE(o.finished_at, statement_timestamp()) END, "
-    "available_at = CASE WHEN o.retry_delay IS NOT NULL "
-    "THEN statement_timestamp() + o.retry_delay * interval '1 second' "
-    "ELSE COALESCE(o.retry_at, j.available_at) END, "
-    "attempts = CASE WHEN " + RAN_PG + " THEN j.attempts + 1 ELSE j.attempts END, "
-    "started_at = COALESCE(j.started_at, o.started_at), "
-    "last_attempted_at = CASE WHEN " + RAN_PG + " THEN o.started_at "
-    "ELSE j.last_attempted_at END, "
-    "worker_ids = CASE WHEN " + RAN_PG + " THEN j.worker_ids || "
-    "jsonb_build_array(%(worker)s::text) ELSE j.worker_ids END, "
-    "lease = '' "
-    "FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(id uuid, lease text, status text, "
-    "return_value jsonb, error jsonb, finished_at timestamptz, retry_at timestamptz, "
-    "retry_delay float8, "
-    "started_at timestamptz) "
-    # ``j.id = ANY(ids)``: the planner then fetches the rows by primary key. Joined on
-    # the recordset alone (estimated at 100 rows) it scanned the held-jobs index, whose
-    # dead entries grow with every job done until VACUUM: 3 ms per round trip after
-    # 4,000 jobs, 4 ms after 16,000.
-    "WHERE j.id = ANY(%(outcome_ids)s::uuid[]) AND j.id = o.id AND j.lease = o.lease "
-    "AND j.status IN " + HELD_SQL + " "
-    "AND (o.status <> '" + CANCELLED + "' OR j.cancellation IS NOT NULL) "
-    "RETURNING " + ", ".join(f"j.{c}" for c in APPLIED_COLUMNS)
-)
-RECORD_STARTS_PG = (
-    "UPDATE {table} AS j SET status = '" + RUNNING + "', attempts = j.attempts + 1, "
-    "started_at = COALESCE(j.started_at, s.at), last_attempted_at = s.at, "
-    "worker_ids = j.worker_ids || jsonb_build_array(%(worker)s::text) "
-    "FROM jsonb_to_recordset(%(starts)s::jsonb) AS s(id uuid, lease text, at timestamptz) "
-    "WHERE j.id = ANY(%(start_ids)s::uuid[]) AND j.id = s.id AND j.lease = s.lease "
-    "AND j.status = '" + CLAIMED + "' RETURNING 1"
-)
-# Claimed, never started: READY again, as if never claimed. Not a job asked to cancel:
-# that one is written CANCELLED through the outcome path (its workflow moves on).
-GIVE_BACK = (
-    "UPDATE {table} SET status = '" + READY + "', worker_id = '', lease = '' "
-    "WHERE id = %(id)s AND lease = %(lease)s AND status = '" + CLAIMED + "' "
-    "AND cancellation IS NULL"
-)
-GIVE_BACK_ALL = (
-    "UPDATE {table} SET status = '" + READY + "', worker_id = '', lease = '' "
-    "WHERE worker_id = %(worker)s AND lease <> '' AND status = '" + CLAIMED + "' "
-    "AND cancellation IS NULL"
-)
-# Claim jobs by id (a broker that carries ids, such as Redis, chose them): only rows
-# still READY and due change, so a duplicated or stale message claims nothing. The
-# rows are first locked by primary key alone (in id order: no deadlock between
-# claimers), and the conditions are checked on what was locked: with the conditions in
-# the UPDATE itself, statistics that are stale after a burst of enqueues (few READY
-# rows) made the planner walk the claim index with the ids as a filter, 5 ms for 9
-# jobs among 20,000 ready ones; this way it is 0.3 ms whatever the statistics say.
-CLAIM_IDS_LOCK_PG = (
-    "locked AS MATERIALIZED (SELECT id, status, backend, available_at FROM {table} "
-    "WHERE id = ANY(%(claim_ids)s::uuid[]) ORDER BY id FOR UPDATE)"
-)
-CLAIM_IDS_UPDATE_PG = (
-    "UPDATE {table} AS j SET status = '" + CLAIMED + "', worker_id = %(worker)s, "
-    "lease = %(lease)s FROM locked AS l "
-    "WHERE j.id = l.id AND l.status = '" + READY + "' AND l.backend = %(backend)s "
-    "AND l.available_at <= COALESCE(%(now)s::timestamptz, statement_timestamp()) "
-    "RETURNING " + ", ".join(f"j.{c}" for c in MESSAGE_COLUMNS)
-)
-CLAIM_IDS_PG = "WITH " + CLAIM_IDS_LOCK_PG + " " + CLAIM_IDS_UPDATE_PG
-CLAIM_IDS_SQLITE = (
-    "UPDATE {table} SET status = '" + CLAIMED + "', worker_id = %(worker)s, "
-    "lease = %(lease)s "
-    "WHERE id IN ({ids}) AND status = '" + READY + "' AND backend = %(backend)s "
-    "AND available_at <= %(now)s "
-    "RETURNING " + ", ".join(MESSAGE_COLUMNS)
-)
-RUNNING_OF = (
-    "SELECT " + ", ".join(MESSAGE_COLUMNS) + ", last_attempted_at FROM {table} "
-    "WHERE worker_id = %(worker)s AND lease <> '' AND status = '" + RUNNING + "'"
-)
-# Unique jobs. The conflict target names the partial unique index
-# ``django_tasks_job_unique`` (its columns and predicate): a job whose key an active job
-# holds is not inserted, and the caller's transaction goes on unharmed (an INSERT that
-# raised IntegrityError would abort it on PostgreSQL). A conflicting row of a
-# transaction still in flight makes the INSERT wait for it: committed, it conflicts;
-# rolled back, the key is free and this INSERT goes ahead.
-UNIQUE_PREDICATE = "status IN " + ACTIVE_SQL + " AND NOT (unique_key = '')"
-ON_CONFLICT_UNIQUE = " ON CONFLICT (backend, unique_key) WHERE " + UNIQUE_PREDICATE + " DO NOTHING"
-# The job holding a key: the active one (UNIQUE_ACTIVE), or the last one that finished
-# among those enqueued at or after ``since`` (UNIQUE_RECENT, for ``unique_for``). The
-# predicates are spelled as the partial indexes' are: SQLite matches them as text.
-UNIQUE_ACTIVE = (
-    "SELECT * FROM {table} WHERE backend = %(backend)s AND unique_key = %(key)s "
-    "AND " + UNIQUE_PREDICATE
-)
-UNIQUE_RECENT = (
-    "SELECT * FROM {table} WHERE backend = %(backend)s AND unique_key = %(key)s "
-    "AND NOT (unique_key = '') AND NOT (status IN " + ACTIVE_SQL + ") "
-    "AND enqueued_at >= %(since)s ORDER BY enqueued_at DESC LIMIT 1"
-)
-PROGRESS = (
-    "UPDATE {table} SET progress = {json_progress} "
-    "WHERE id = %(id)s AND (%(lease)s = '' OR lease = %(lease)s) AND status IN " + HELD_SQL
-)
-
-
-
-def exchange_pg(claim: str, *ctes: str) -> tuple[str, str]:
-    """The worker's whole round trip on PostgreSQL as one statement, ``claim`` being the
-    claim's UPDATE: one round trip and one commit however many starts, outcomes and
-    claims (data-modifying CTEs always run to completion). A claim's sub-select sees
-    the snapshot from before the CTEs, which only touch held rows. Rows: ``'c'`` and
-    MESSAGE_COLUMNS for a claimed job, ``'d'`` and APPLIED_COLUMNS at positions
-    1-4, 9 and 7 (``links``, in the jsonb column ``args``) for an outcome written.
-    ``ctes`` (``name AS (...)``) come before the claim, which may read them.
-
-    Two statements: the whole round trip, and the claim alone for a round trip with no
-    start or outcome to write (an idle worker woken by an enqueue). Without the empty
-    parts the claim took 341 us instead of 580 us (the Redis broker's) and 412 us
-    instead of 750 us (the database broker's): planning them and running them on empty
-    JSON both cost, and this round trip is on the path from enqueue to start. A busy
-    worker's round trips keep the one statement: leaving out whichever part was empty
-    in every round trip measured no faster (database broker, alternating drains of
-    20,000 jobs: 3,754 and 3,673 vs 3,823 and 3,828 jobs/s).
-    """
-    head = "WITH " + "".join(cte + ", " for cte in ctes) + "claimed AS (" + claim + ") "
-    claim_only = head + "SELECT 'c', " + ", ".join(MESSAGE_COLUMNS) + " FROM claimed"
-    whole = (
-        "WITH started AS (" + RECORD_STARTS_PG + "), done AS (" + APPLY_OUTCOMES_PG + "), "
-        + "".join(cte + ", " for cte in ctes) + "claimed AS (" + claim + ") "
-        "SELECT 'c', " + ", ".join(MESSAGE_COLUMNS) + " FROM claimed "
-        "UNION ALL SELECT 'd', id, status, task_path, queue_name, NULL, NULL, links, NULL, "
-        "attempts, " + ", ".join(["NULL"] * (len(MESSAGE_COLUMNS) - 9)) + " FROM done"
-    )
-    return whole, claim_only
-
-
-_VENDORS: dict[str, dict[str, str]] = {
-    "postgresql": {
-        "append_worker": "worker_ids || jsonb_build_array(%(worker)s::text)",
-        "append_error": "errors || jsonb_build_array(%(error)s::jsonb)",
-        "json_value": "%(return_value)s::jsonb",
-        "json_progress": "%(progress)s::jsonb",
-        "now": "SELECT statement_timestamp()",
-        "json_param": "%(error)s::jsonb",
-        "append_outcome_error": "errors || jsonb_build_array(CASE WHEN cancellation IS NULL "
-                                "THEN %(error)s::jsonb ELSE %(error)s::jsonb || "
-                                "jsonb_build_object('message', concat(cancellation->>'message', "
-                                "': ', %(error)s::jsonb->>'message')) END)",
-        "cancelled_or_errors": "CASE WHEN cancellation IS NULL THEN errors "
-                               "ELSE errors || jsonb_build_array(cancellation) END",
-        "append_cancellation": "CASE WHEN %(error)s IS NULL THEN errors ELSE errors || "
-                               "jsonb_build_array(%(error)s::jsonb) END || "
-                               "jsonb_build_array(cancellation)",
-    },
-    "sqlite": {
-        "append_worker": "json_insert(worker_ids, '$[#]', %(worker)s)",
-        "append_error": "json_insert(errors, '$[#]', json(%(error)s))",
-        "json_value": "%(return_value)s",
-        "json_progress": "%(progress)s",
-        "now": "",  # one host: the database's clock is this host's
-        "json_param": "json(%(error)s)",
-        "append_outcome_error": "json_insert(errors, '$[#]', CASE WHEN cancellation IS NULL "
-                                "THEN json(%(error)s) ELSE json_set(json(%(error)s), "
-                                "'$.message', json_extract(cancellation, '$.message') || ': ' "
-                                "|| json_extract(%(error)s, '$.message')) END)",
-        # A CANCELLED outcome without an error (dropped unstarted): the cancellation.
-        "cancelled_or_errors": "CASE WHEN cancellation IS NULL THEN errors "
-                               "ELSE json_insert(errors, '$[#]', json(cancellation)) END",
-        "append_cancellation": "json_insert(CASE WHEN %(error)s IS NULL THEN errors "
-                               "ELSE json_insert(errors, '$[#]', json(%(error)s)) END, "
-                               "'$[#]', json(cancellation))",
-    },
-}
-
-
-class JobStore(Cancelling):
+class JobStore(Registry, Cancelling):
     """The job rows and worker registry of one backend, on one database alias."""
 
     def __init__(self, backend_alias: str, database: str, *, worker_timeout: float) -> None:
@@ -360,7 +134,7 @@ class JobStore(Cancelling):
             pass
         from .models import Job
 
-        fragments = _VENDORS.get(self.vendor)
+        fragments = VENDORS.get(self.vendor)
         if fragments is None:
             raise NotImplementedError(
                 f"django_tasks stores jobs in PostgreSQL or SQLite, not {self.vendor}."
@@ -441,7 +215,7 @@ class JobStore(Cancelling):
 
     def now(self) -> datetime:
         """The database's clock: what liveness and expiry are judged by."""
-        query = _VENDORS.get(self.vendor, {}).get("now")
+        query = VENDORS.get(self.vendor, {}).get("now")
         if not query:
             return timezone.now()
         with self.connection.cursor() as cursor:
@@ -758,173 +532,6 @@ class JobStore(Cancelling):
         """``run(cursor)`` on this thread's side connection to the store's database
         (:mod:`django_tasks.side`)."""
         return on_side(self.database, run)
-
-    # -- rescue -------------------------------------------------------------------------
-
-    def rescue(self, worker_id: str, reason: str, *, job_ids: Sequence[str] | None = None,
-               now: datetime | None = None) -> RescueCounts:
-        """Free the jobs ``worker_id`` holds (all, or ``job_ids``) because it is gone.
-
-        Claimed, never started: READY again untouched. Started: the attempt ended with
-        ``WorkerLost(reason)``, decided by the task's policy like any exception
-        (``retry_on``, backoff, ``max_attempts``); ``task_finished`` is sent for those
-        that end FAILED. Only jobs still held under the lease read here change.
-        """
-        now = now or timezone.now()
-        ids = None if job_ids is None else {str(i) for i in job_ids}
-        with self.connection.cursor() as cursor:
-            if ids is None:
-                cursor.execute(self.sql(GIVE_BACK_ALL), {"worker": worker_id})
-                given_back = cursor.rowcount
-            else:
-                given_back = 0
-            cursor.execute(self.sql(RUNNING_OF), {"worker": worker_id})
-            rows = cursor.fetchall()
-        if ids is not None:
-            held = [(i, lease) for i, lease in self.held_by(worker_id) if i in ids]
-            given_back = self.give_back([Start(i, lease, "") for i, lease in held])
-            rows = [row for row in rows if job_id_str(row[0]) in ids]
-        last_attempted = {job_id_str(row[0]): row[len(MESSAGE_COLUMNS)] for row in rows}
-        outcomes, messages = self._cancelled_claims(worker_id, ids), {}
-        for message in self.messages(rows, worker_id, now):
-            message.attempt -= 1  # the attempt that was running is already counted
-            message.worker_ids.pop()
-            started = as_datetime(last_attempted[message.id])
-            ran = (now - started).total_seconds() if started else 0.0
-            outcome = failure_outcome(message, WorkerLost(reason), worker_id, now=now,
-                                      task=task_or_none(message.task_path), duration=ran,
-                                      notify=False)
-            outcomes.append(outcome)
-            messages[message.id] = message
-        applied = self.apply_outcomes(worker_id, outcomes)
-        errors = {o.id: o.error for o in outcomes}
-        failed = [a for a in applied if a.status == FAILED]
-        for a in failed:  # sent once written: a job another writer won is not reported
-            task = task_or_none(a.task_path)
-            if task is not None:
-                send_failed(messages[a.id], task, errors[a.id], now)
-        retried = sum(a.status == READY for a in applied)
-        return RescueCounts(given_back, retried, len(applied) - retried)
-
-    def rescue_orphans(self, rescuer_id: str, now: datetime | None = None,
-                       is_gone: Callable[[Any], bool] | None = None,
-                       ) -> list[tuple[str, str, RescueCounts]]:
-        """Declare dead the workers that stopped heart-beating, and free every job held by
-        a worker that is not running (stopped, declared dead, or unknown).
-
-        Dead means: its last heartbeat is older than ``WORKER_TIMEOUT`` by the
-        database's clock (``now`` overrides it, for tests), or at once when
-        ``is_gone(worker)`` says its process no longer exists (a check only a worker on
-        the same host can make). Returns ``(worker id, reason, counts)`` for each
-        worker whose jobs were rescued.
-        """
-        from .models import Job, Worker
-
-        now = now or self.now()
-        workers = Worker.objects.using(self.database)
-        timeout = self.worker_timeout
-        for w in workers.expired(now, timeout).exclude(id=rescuer_id):
-            silent = (now - w.last_heartbeat_at).total_seconds()
-            self.declare_dead(w.id, f"declared dead by {rescuer_id}: no heartbeat for "
-                                    f"{silent:.0f} s (WORKER_TIMEOUT {timeout:g} s)", now)
-        if is_gone is not None:
-            for w in workers.running().exclude(id=rescuer_id):
-                if is_gone(w):
-                    self.declare_dead(w.id, f"declared dead by {rescuer_id}: process "
-                                            f"{w.pid} on {w.hostname} is gone", now)
-        holders = set(
-            Job.objects.using(self.database).held().values_list("worker_id", flat=True)
-            .distinct()
-        )
-        if not holders:
-            return []
-        live = set(workers.running().filter(id__in=holders).values_list("id", flat=True))
-        reasons = dict(workers.filter(id__in=holders - live).values_list("id", "stop_reason"))
-        rescued = []
-        for holder in sorted(holders - live):
-            why = reasons.get(holder) or "not registered"
-            reason = f"worker {holder or '(none)'} was lost while running the job ({why})"
-            counts = self.rescue(holder, reason, now=now)
-            if any(counts):
-                rescued.append((holder, why, counts))
-        return rescued
-
-    # -- the worker registry -----------------------------------------------------------
-
-    def register_worker(self, *, is_gone: Callable[[Any], bool] | None = None,
-                        **fields: Any) -> None:
-        """Record a worker as running, under an id no live worker has.
-
-        A stopped worker's id may be taken again (a restart under a fixed
-        ``--worker-id``), and so may the id of a worker that is dead but not declared so
-        yet: silent past ``WORKER_TIMEOUT``, or ``is_gone(worker)`` (its process no
-        longer exists; a check only a worker on the same host can make). Its jobs are
-        rescued first. A live worker's id raises ``WorkerIdInUse``.
-        """
-        from .exceptions import WorkerIdInUse
-        from .models import Worker
-
-        now = self.now()
-        worker_id = fields.pop("id")
-        fields.update(started_at=now, last_heartbeat_at=now, stopped_at=None, stop_reason="")
-        workers = Worker.objects.using(self.database)
-        # Single statements rather than update_or_create's transaction: on SQLite a
-        # read-then-write transaction fails at once ("database is locked") when another
-        # worker writes in between, while single statements wait their turn.
-        if workers.filter(id=worker_id, stopped_at__isnull=False).update(**fields):
-            return
-        old = workers.filter(id=worker_id).first()
-        if old is not None:
-            expired = workers.expired(now, self.worker_timeout).filter(id=worker_id).exists()
-            if not (expired or (is_gone is not None and is_gone(old))):
-                raise WorkerIdInUse(
-                    f"A running worker is registered as {worker_id!r}; give this one another "
-                    "--worker-id (or none: a unique one is generated), or stop that one first."
-                )
-            why = "no heartbeat" if expired else f"process {old.pid} on {old.hostname} is gone"
-            self.declare_dead(worker_id, f"replaced by a new worker under its id ({why})", now)
-            self.rescue(worker_id, f"worker {worker_id} was lost while running the job ({why})",
-                        now=now)
-            workers.filter(id=worker_id).update(**fields)
-            return
-        workers.create(id=worker_id, **fields)
-
-    def heartbeat(self, worker_id: str) -> bool:
-        """Record that ``worker_id`` is alive now (database clock); False if declared dead."""
-        from .models import Worker
-
-        return bool(
-            Worker.objects.using(self.database).running().filter(id=worker_id)
-            .update(last_heartbeat_at=self.now())
-        )
-
-    def unregister_worker(self, worker_id: str, reason: str = "shutdown") -> None:
-        """Mark ``worker_id`` stopped; whatever it still holds becomes rescuable at once."""
-        from .models import Worker
-
-        Worker.objects.using(self.database).filter(id=worker_id).update(
-            stopped_at=self.now(), stop_reason=reason[:200]
-        )
-
-    def prune_workers(self, before: datetime) -> int:
-        """Delete the rows of workers not heard from since ``before`` that hold no job."""
-        from .models import Worker
-
-        return Worker.objects.using(self.database).prune(before)
-
-    def existing(self, job_ids: Sequence[str]) -> set[str]:
-        """Those of ``job_ids`` whose rows exist."""
-        from .models import Job
-
-        return {str(pk) for pk in Job.objects.using(self.database)
-                .filter(pk__in=list(job_ids)).values_list("pk", flat=True)}
-
-    def declare_dead(self, worker_id: str, reason: str, now: datetime) -> None:
-        from .models import Worker
-
-        Worker.objects.using(self.database).running().filter(id=worker_id).update(
-            stopped_at=now, stop_reason=reason[:200]
-        )
 
     # -- operator actions ------------------------------------------------------------------
 

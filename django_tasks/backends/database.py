@@ -28,8 +28,8 @@ from django.utils import timezone
 
 from ..exceptions import OutcomeHookFailed
 from ..messages import Message, Outcome, Start
+from ..statements import MESSAGE_COLUMNS, exchange_pg
 from ..states import CLAIMED, READY
-from ..store import MESSAGE_COLUMNS, exchange_pg
 from .base import Broker, Exchanged, ModelBackend, stale_of
 
 __all__ = ["DatabaseBackend", "DatabaseBroker"]

@@ -94,8 +94,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ..exceptions import OutcomeHookFailed
 from ..messages import Applied, Message, Outcome, Start
+from ..statements import CLAIM_IDS_LOCK_PG, CLAIM_IDS_UPDATE_PG, exchange_pg
 from ..states import READY
-from ..store import CLAIM_IDS_LOCK_PG, CLAIM_IDS_UPDATE_PG, exchange_pg, job_id_str
+from ..store import job_id_str
 from ..worker.wakeup import drain, pipe, poke
 from .base import Broker, Exchanged, ModelBackend, stale_of
 from .database import _outage_errors
