@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -302,9 +301,10 @@ class Scheduler:
         Rides out database outages, retrying with a growing delay."""
         from django.db import connections
 
+        from .outage import Outage
+
         synced = False
-        failing_since: float | None = None
-        delay = 0.1
+        outage = Outage(logger, "Scheduler: database unreachable", "Scheduler: database back")
         while not stop.is_set():
             try:
                 if not synced:
@@ -313,19 +313,12 @@ class Scheduler:
                 self.run_due()
                 wait = self.seconds_to_next()
             except DatabaseError as exc:
-                if failing_since is None:
-                    failing_since = time.monotonic()
-                    logger.error("Scheduler: database unreachable (%s: %s); retrying",
-                                 type(exc).__name__, str(exc).strip())
+                delay = outage.failed(exc)
                 for conn in connections.all(initialized_only=True):
                     conn.close()
                 stop.wait(delay)
-                delay = min(5.0, delay * 2)
                 continue
-            if failing_since is not None:
-                logger.warning("Scheduler: database back after %.1fs",
-                               time.monotonic() - failing_since)
-                failing_since, delay = None, 0.1
+            outage.recovered()
             stop.wait(wait)
 
     def seconds_to_next(self) -> float:

@@ -170,3 +170,25 @@ def test_retry_delay_is_what_a_retry_without_countdown_waits():
 def test_backoff_of_a_very_late_attempt_does_not_overflow():
     assert backoff_delay(5000, backoff=1, backoff_max=600, jitter=False) == 600
     assert backoff_delay(10**9, backoff=0, backoff_max=600, jitter=False) == 0
+
+
+def test_outage_logs_once_backs_off_and_says_how_long_it_lasted(caplog):
+    import logging
+
+    from django_tasks.outage import Outage
+
+    log = logging.getLogger("tests.outage")
+    outage = Outage(log, "Thing unreachable", "Thing back")
+    outage.recovered()  # no outage: nothing to say
+    with caplog.at_level(logging.WARNING, logger="tests.outage"):
+        delays = [outage.failed(ConnectionError(" refused\n")) for _ in range(8)]
+        assert outage.since is not None and outage.lasted() >= 0
+        outage.recovered("; done")
+        assert outage.since is None and outage.lasted() == 0
+        assert outage.failed(ConnectionError("again")) == 0.1  # the delay starts over
+    assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert messages[0] == ("ERROR", "Thing unreachable (ConnectionError: refused); retrying")
+    assert messages[1][0] == "WARNING" and messages[1][1].startswith("Thing back after ")
+    assert messages[1][1].endswith("s; done")
+    assert len(messages) == 3  # one line per outage, not per try

@@ -22,6 +22,7 @@ from typing import Any
 
 from django.db import connections
 
+from ..outage import Outage
 from .liveness import is_gone
 from .wakeup import drain, poke
 
@@ -63,8 +64,7 @@ class BrokerThreads:
 
     def _broker_loop(self) -> None:
         """Round trips until the main thread is done; survives broker outages."""
-        failing_since: float | None = None
-        delay = 0.0
+        outage = Outage(logger, "Broker unreachable", "Broker back")
         prepared = False
         try:
             while True:
@@ -78,33 +78,24 @@ class BrokerThreads:
                         prepared = True
                     if self._listener is None and self._listens:
                         self._reopen_wake_source()
-                    if failing_since is not None:
+                    if outage.since is not None:
                         self._reconcile()
                     if self._worth_a_round_trip():
                         self.exchange()
-                    if failing_since is not None:
-                        logger.warning("Broker back after %.1fs; outcomes written",
-                                       time.monotonic() - failing_since)
-                        failing_since, delay = None, 0.0
+                    outage.recovered("; outcomes written")
                     if not self._worth_a_round_trip():
                         self._sleep_broker()
                 except self.broker.outage_errors as exc:
-                    if self._broker_stop and failing_since is not None and (
-                        time.monotonic() - failing_since > max(10.0, self.grace or 0.0)
-                    ):
+                    if self._broker_stop and outage.lasted() > max(10.0, self.grace or 0.0):
                         logger.error(
                             "Giving up on the broker at shutdown: %d outcome(s) unwritten; "
                             "those jobs will be rescued and run again", len(self._outcomes),
                         )
                         return
-                    if failing_since is None:
-                        failing_since = time.monotonic()
-                        logger.error("Broker unreachable (%s: %s); keeping %d outcome(s) "
-                                     "in memory and retrying", type(exc).__name__,
-                                     str(exc).strip(), len(self._outcomes))
+                    delay = outage.failed(exc, f"keeping {len(self._outcomes)} outcome(s) "
+                                               "in memory and retrying")
                     self._reset_connections()
                     prepared = False
-                    delay = min(5.0, delay * 2 or 0.1)
                     time.sleep(delay)
         except BaseException:
             self._crash("broker")
@@ -162,8 +153,7 @@ class BrokerThreads:
 
     def _duties_loop(self) -> None:
         """Run each duty when due, on this thread's own connection, until the worker stops."""
-        failing_since: float | None = None
-        delay = 0.1
+        outage = Outage(logger, "Duties: broker unreachable", "Duties: broker back")
         try:
             while not self._duties_stop.is_set():
                 clock = time.monotonic()
@@ -173,22 +163,15 @@ class BrokerThreads:
                         duty.run(None)
                         duty.due = time.monotonic() + duty.interval
                 except self.broker.outage_errors as exc:
-                    if failing_since is None:
-                        failing_since = time.monotonic()
-                        logger.error("Duties: broker unreachable (%s: %s); retrying",
-                                     type(exc).__name__, str(exc).strip())
+                    delay = outage.failed(exc)
                     self._reset_connections(listener=False)
                     # Starting a buffered job now could run one a rescuer has given to
                     # another worker after declaring this one dead: pause dispatch.
                     if time.monotonic() - self._alive_at > self.worker_timeout / 2:
                         self._holding = True
                     self._duties_stop.wait(delay)
-                    delay = min(5.0, delay * 2)
                     continue
-                if failing_since is not None:
-                    logger.warning("Duties: broker back after %.1fs",
-                                   time.monotonic() - failing_since)
-                    failing_since, delay = None, 0.1
+                outage.recovered()
                 next_due = min(d.due for d in self.duties)
                 self._duties_stop.wait(max(0.0, next_due - time.monotonic()))
         except BaseException:
