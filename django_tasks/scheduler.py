@@ -295,15 +295,16 @@ class Scheduler:
 
     # -- running ----------------------------------------------------------------------------
 
-    def serve(self, stop: threading.Event) -> None:
-        """``manage.py beat``: sync the settings, then a pass whenever a tick is due (at
-        least every ``MAX_WAIT`` seconds, to see admin edits) until ``stop`` is set.
-        Rides out database outages, retrying with a growing delay."""
+    def serve(self, stop: threading.Event, *, sync: bool = True) -> None:
+        """``manage.py beat``: sync the settings (unless ``sync`` is False: done
+        already), then a pass whenever a tick is due (at least every ``MAX_WAIT``
+        seconds, to see admin edits) until ``stop`` is set. Rides out database outages,
+        retrying with a growing delay."""
         from django.db import connections
 
         from .outage import Outage
 
-        synced = False
+        synced = not sync
         outage = Outage(logger, "Scheduler: database unreachable", "Scheduler: database back")
         while not stop.is_set():
             try:

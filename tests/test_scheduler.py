@@ -377,6 +377,39 @@ def test_worker_with_beat_runs_the_schedule(broker):
     assert set(done.values_list("id", flat=True)) <= linked
 
 
+@pytest.mark.slow
+@pytest.mark.postgres_only
+def test_a_scheduler_pass_stuck_in_a_lock_wait_does_not_stop_the_workers_heartbeats():
+    """worker --beat runs the scheduler in a thread of its own: with the schedule table
+    locked, its pass waits, and the worker must still heart-beat (and not be declared
+    dead by another worker's rescue), then carry on scheduling once the lock is gone."""
+    from django.db import connection, transaction
+
+    from django_tasks.models import Worker
+
+    proc = start_command("worker", "--beat", "-c", "1", env=SCHEDULE_ENV)
+    try:
+        assert wait_for(lambda: ScheduleTick.objects.exists(), timeout=30)
+        worker = Worker.objects.get(pid=proc.pid)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"LOCK TABLE {Schedule._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+            locked_at = Worker.objects.get(pk=worker.pk).last_heartbeat_at
+            ticks = ScheduleTick.objects.count()
+            # WORKER_TIMEOUT in the test settings is 2 s: three seconds of heartbeats.
+            deadline = locked_at + timedelta(seconds=3)
+            assert wait_for(lambda: Worker.objects.get(pk=worker.pk).last_heartbeat_at
+                            > deadline, timeout=10)
+            assert ScheduleTick.objects.count() == ticks  # the pass was waiting
+        assert wait_for(lambda: ScheduleTick.objects.count() > ticks + 1, timeout=10)
+        assert Worker.objects.get(pk=worker.pk).stopped_at is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+
+
 def test_prune_deletes_only_ticks_no_scheduler_can_need():
     scheduler = synced(entry(schedule=60))
     step(scheduler, T0 + timedelta(seconds=7), T0 + timedelta(minutes=5, seconds=10),

@@ -6,6 +6,8 @@
 - The **duties thread** runs the periodic duties (:class:`Duty`: heartbeat, rescue of
   dead workers' jobs; each a function of the time) on its own connection, so a slow
   claim never delays a heartbeat.
+- With ``--beat``, the **beat thread** runs the scheduler, on its own connection too,
+  so a long scheduler pass delays neither.
 
 Only the broker's ``outage_errors`` are retried; any other exception in either thread
 is a bug: it is logged with its traceback and stops the worker, whose jobs are then
@@ -50,6 +52,7 @@ class BrokerThreads:
     _lock: Any
     broker: Any
     store: Any
+    scheduler: Any
 
     def _crash(self, thread: str) -> None:
         """A bug (not an outage) in ``thread``: say so loudly and stop the worker."""
@@ -176,6 +179,18 @@ class BrokerThreads:
                 self._duties_stop.wait(max(0.0, next_due - time.monotonic()))
         except BaseException:
             self._crash("duties")
+        finally:
+            connections.close_all()
+
+    # -- the beat thread (worker --beat) ----------------------------------------------------
+
+    def _beat_loop(self) -> None:
+        """The scheduler's loop (as ``manage.py beat``, synchronised at start already)
+        until the worker stops; it rides out database outages itself."""
+        try:
+            self.scheduler.serve(self._duties_stop, sync=False)
+        except BaseException:
+            self._crash("beat")
         finally:
             connections.close_all()
 

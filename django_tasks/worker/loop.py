@@ -42,7 +42,6 @@ from ..conf import backend as tasks_backend
 from ..exceptions import WorkerIdInUse
 from ..messages import Message, Outcome, Start
 from ..outcomes import task_or_none
-from ..scheduler import MAX_WAIT as SCHEDULER_INTERVAL
 from ..scheduler import Scheduler
 from .broker_thread import BrokerThreads, Duty
 from .liveness import is_gone, process_key
@@ -67,6 +66,7 @@ START_RECORD_LAG = 0.02
 #: How often a worker holding jobs asks which of them were asked to cancel (at most;
 #: never less often than the heartbeat). An idle worker does not ask.
 CANCEL_POLL_INTERVAL = 0.5
+BEAT_JOIN_TIMEOUT = 10.0  # seconds a stopping worker waits for a scheduler pass
 
 #: How often a worker deletes the rows of workers gone longer than WORKER_RETENTION.
 WORKER_PRUNE_INTERVAL = 3600.0
@@ -201,12 +201,12 @@ class Worker(BrokerThreads):
             Duty("prune workers", min(WORKER_PRUNE_INTERVAL, self.worker_retention),
                  self._prune_workers)
         )
-        # --beat: the scheduler as a duty, so a small deployment runs one process. Safe
-        # beside any number of other schedulers (each tick is enqueued once).
-        self.scheduler: Scheduler | None = None
-        if beat:
-            self.scheduler = Scheduler(self.backend.alias)
-            self.duties.append(Duty("beat", SCHEDULER_INTERVAL, self.scheduler.run_due))
+        # --beat: the scheduler in a thread of its own, so a small deployment runs one
+        # process. Not a duty: a long pass (a lock wait, catch_up="all") must not delay
+        # heartbeats. Safe beside any number of other schedulers (each tick is enqueued
+        # once).
+        self.scheduler: Scheduler | None = Scheduler(self.backend.alias) if beat else None
+        self._beat_thread: threading.Thread | None = None
         self._wake_r, self._wake_w = pipe()  # wakes the main thread
         self._io_r, self._io_w = pipe()  # wakes the broker thread
         self._pipes: tuple[int, ...] = (self._wake_r, self._wake_w, self._io_r, self._io_w)
@@ -470,6 +470,10 @@ class Worker(BrokerThreads):
         self._duties_thread = threading.Thread(target=self._duties_loop, name="duties",
                                                daemon=True)
         self._duties_thread.start()
+        if self.scheduler is not None:
+            self._beat_thread = threading.Thread(target=self._beat_loop, name="beat",
+                                                 daemon=True)
+            self._beat_thread.start()
         aborted = False
         grace_ends: float | None = None
         try:
@@ -571,6 +575,14 @@ class Worker(BrokerThreads):
                 logger.error("Could not write %d outcome(s): %s", len(self._outcomes), exc)
         if self._duties_thread is not None:
             self._duties_thread.join()
+        if self._beat_thread is not None:
+            # A pass stuck in a lock wait is left to die with the process: its
+            # transaction is rolled back, enqueueing nothing (the tick is not lost to
+            # the other schedulers).
+            self._beat_thread.join(timeout=BEAT_JOIN_TIMEOUT)
+            if self._beat_thread.is_alive():
+                logger.warning("The scheduler's pass did not finish within %ss; leaving it",
+                               BEAT_JOIN_TIMEOUT)
         with self._lock:
             not_started = list(self._buffer)
             self._buffer.clear()
