@@ -53,6 +53,17 @@ class Retry(TasksError):
         self.exc = exc
 
 
+class MaxRetriesExceededError(TasksError):
+    """The task called retry() with no retries left."""
+
+    def __init__(self, message: str | None = None, *, task_args: list | None = None,
+                 task_kwargs: dict | None = None) -> None:
+        super().__init__(message)
+        #: The job's arguments, as Celery's ``MaxRetriesExceededError`` carries them.
+        self.task_args = task_args if task_args is not None else []
+        self.task_kwargs = task_kwargs if task_kwargs is not None else {}
+
+
 class TaskFailed(TasksError):
     """The task failed."""
 

@@ -190,8 +190,9 @@ def failure_outcome(
 
     The one place failures are decided, whether the task raised ``exc``, the pool
     made it up (the child died, the hard time limit killed it) or a rescuer did (the
-    worker was lost). The task's policy applies (``retry_on``, backoff, ``retry_delay``,
-    ``max_attempts``); without ``task`` (it could not be resolved) nothing is retried.
+    worker was lost). The task's policy applies (``retry_on``, ``dont_retry_on``,
+    backoff, ``retry_delay``, ``max_attempts``); without ``task`` (it could not be
+    resolved) nothing is retried.
     Logs the job's finish line; on FAILED sends ``task_finished`` (with ``result``,
     or one built from ``message``) unless ``task`` is unknown or ``notify`` is false
     (a rescuer sends it once the outcome is written).
@@ -221,6 +222,7 @@ def failure_outcome(
             backoff_max=getattr(task, "backoff_max", 3600.0),
             jitter=getattr(task, "jitter", True),
             retry_delay=getattr(task, "retry_delay", None),
+            dont_retry_on=getattr(task, "dont_retry_on", ()),
             now=now,
         )
     if retry_at is not None:

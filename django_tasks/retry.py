@@ -48,14 +48,17 @@ def next_attempt_at(
     jitter: bool,
     now: datetime,
     retry_delay: float | None = None,
+    dont_retry_on: tuple[type[BaseException], ...] = (),
     rand: Callable[[], float] = random.random,
 ) -> datetime | None:
     """When to run the next attempt, or None when the job has failed for good.
 
     A job is retried while attempts remain and either the task asked for it
     (``context.retry(...)``) or the exception is one of ``retry_on``; an empty
-    ``retry_on`` means any ``Exception``. A ``Retry`` waits its ``countdown``, else
-    ``retry_delay`` when set, else the backoff delay.
+    ``retry_on`` means any ``Exception``, and one of ``dont_retry_on`` (subclasses
+    included) never retries by itself (a ``Retry`` the task raised always does). A
+    ``Retry`` waits its ``countdown``, else ``retry_delay`` when set, else the backoff
+    delay.
     """
     if attempt >= max_attempts:
         return None
@@ -63,7 +66,7 @@ def next_attempt_at(
         wait = exc.countdown if exc.countdown is not None else retry_delay
         if wait is not None:
             return now + timedelta(seconds=max(0.0, wait))
-    elif not isinstance(exc, retry_on or Exception):
+    elif isinstance(exc, dont_retry_on) or not isinstance(exc, retry_on or Exception):
         return None
     delay = backoff_delay(
         attempt, backoff=backoff, backoff_max=backoff_max, jitter=jitter, rand=rand

@@ -22,16 +22,17 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from inspect import Parameter, isclass, signature
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
 from django.tasks import base as django_base
 from django.tasks.exceptions import InvalidTask
 from django.utils import timezone
 
-from .exceptions import Retry
+from .exceptions import MaxRetriesExceededError, Retry, WorkerLost
 
 if TYPE_CHECKING:
     from .canvas import Signature
@@ -60,14 +61,15 @@ UNSET: Any = _Unset()
 
 #: Our retry options and their values when neither they nor a Celery option are given.
 NATIVE_DEFAULTS: dict[str, Any] = {
-    "max_attempts": 1, "retry_on": (), "backoff": 1.0, "backoff_max": 3600.0,
-    "jitter": True, "retry_delay": None,
+    "max_attempts": 1, "retry_on": (), "dont_retry_on": (), "backoff": 1.0,
+    "backoff_max": 3600.0, "jitter": True, "retry_delay": None,
 }
 
 #: Celery's option -> ours, for options that set the same thing: giving both is an error.
 CELERY_COUNTERPARTS = {
     "max_retries": "max_attempts",
     "autoretry_for": "retry_on",
+    "dont_autoretry_for": "dont_retry_on",
     "retry_backoff": "backoff",
     "retry_backoff_max": "backoff_max",
     "retry_jitter": "jitter",
@@ -79,6 +81,7 @@ _PAIR_FIXES = {
         f"max_retries={v!r} is max_attempts={_attempts(v)!r} (attempts include the first run)"
     ),
     "autoretry_for": lambda v: f"autoretry_for={v!r} is retry_on={v!r}",
+    "dont_autoretry_for": lambda v: f"dont_autoretry_for={v!r} is dont_retry_on={v!r}",
     "retry_backoff": lambda v: (
         "retry_backoff=True is backoff=1, retry_backoff=N is backoff=N" if v is not False else
         "retry_backoff=False is a fixed delay: backoff=backoff_max=the delay, jitter=False"
@@ -88,6 +91,11 @@ _PAIR_FIXES = {
     "default_retry_delay": lambda v: f"default_retry_delay={v!r} is retry_delay={v!r}",
 }
 
+#: The keys of Celery's ``retry_kwargs`` (what autoretries pass to ``self.retry()``)
+#: that mean something here; Celery's others (``exc``, ``eta``, ``args``, ``kwargs``,
+#: ``throw``, ``queue``, ...) do not fit a decorator-wide setting or our model.
+RETRY_KWARGS = ("max_retries", "countdown")
+
 
 def _attempts(max_retries: int | None) -> int:
     return MAX_ATTEMPTS_LIMIT if max_retries is None else max_retries + 1
@@ -96,6 +104,18 @@ def _attempts(max_retries: int | None) -> int:
 def _seconds(value: Any) -> bool:
     return (not isinstance(value, bool) and isinstance(value, int | float)
             and math.isfinite(value) and value >= 0)
+
+
+def exception_types(value: Any) -> tuple[type[BaseException], ...] | None:
+    """``value`` (an exception class, or a tuple or list of them) as a tuple; None if
+    it is anything else."""
+    if isclass(value):
+        value = (value,)
+    if not isinstance(value, tuple | list) or not all(
+        isclass(t) and issubclass(t, BaseException) for t in value
+    ):
+        return None
+    return tuple(value)
 
 
 def celery_options(
@@ -109,7 +129,9 @@ def celery_options(
     without countdown waits ``default_retry_delay`` (180 s), fixed unless
     ``retry_backoff``. What it leaves out takes Celery's default, unless one of our
     options gives it. A Celery option and ours for the same thing is an ``InvalidTask``,
-    as is ``bind=False`` with ``takes_context=True``, and ``acks_late=False``.
+    as is ``bind=False`` with ``takes_context=True``, and ``acks_late=False``. The
+    result has ``"celery": True`` (the task then gets Celery's ``self.retry()``, see
+    :meth:`TaskContext.retry`), and ``"takes_context"`` for ``bind=True``.
     """
     def invalid(message: str) -> InvalidTask:
         return InvalidTask(f"{task_path}: {message}")
@@ -138,10 +160,12 @@ def celery_options(
     if not given:
         return {}
 
-    max_retries = given.get("max_retries", 3)
+    retry_kwargs = _retry_kwargs(given, ours, invalid)
+    name = "retry_kwargs['max_retries']" if "max_retries" in retry_kwargs else "max_retries"
+    max_retries = retry_kwargs.get("max_retries", given.get("max_retries", 3))
     if max_retries is not None and (type(max_retries) is not int or not
                                     0 <= max_retries < MAX_ATTEMPTS_LIMIT):
-        raise invalid(f"max_retries must be a whole number >= 0, or None to retry without "
+        raise invalid(f"{name} must be a whole number >= 0, or None to retry without "
                       f"limit; got {max_retries!r}.")
     delay = given.get("default_retry_delay", 180)
     if not _seconds(delay):
@@ -156,30 +180,119 @@ def celery_options(
     jitter = given.get("retry_jitter", True)
     if not isinstance(jitter, bool):
         raise invalid(f"retry_jitter must be True or False; got {jitter!r}.")
-    autoretry_for = given.get("autoretry_for", ())
-    if isclass(autoretry_for):
-        autoretry_for = (autoretry_for,)
-    if not isinstance(autoretry_for, tuple | list) or not all(
-        isclass(t) and issubclass(t, BaseException) for t in autoretry_for
-    ):
+    autoretry_for = exception_types(given.get("autoretry_for", ()))
+    if autoretry_for is None:
         raise invalid(f"autoretry_for must be a tuple of exception classes, e.g. "
                       f"autoretry_for=(ConnectionError,); got {given['autoretry_for']!r}.")
+    dont = _dont_autoretry_for(given, ours, invalid)
+    retry_on = autoretry_for or (Retry,)  # Retry alone: only self.retry() retries
+    if _reject_on_worker_lost(given, ours, dont, invalid) and not issubclass(WorkerLost,
+                                                                             retry_on):
+        retry_on = (*retry_on, WorkerLost)
 
     mapped: dict[str, Any] = {
-        "max_attempts": _attempts(max_retries),
-        # Retry alone: only self.retry() retries, as in Celery without autoretry_for.
-        "retry_on": tuple(autoretry_for) or (Retry,),
-        "retry_delay": float(delay),
+        "max_attempts": _attempts(max_retries), "retry_on": retry_on,
+        "retry_delay": float(delay), "celery": True,
     }
-    if exponential:  # autoretry_for: base * 2 ** retries, capped, jittered (0: as False)
+    if dont:
+        mapped["dont_retry_on"] = dont
+    # An autoretry waits: with retry_backoff, base * 2 ** retries, capped, jittered (0:
+    # as False; it wins over retry_kwargs' countdown, as in Celery); else
+    # retry_kwargs' countdown, else default_retry_delay, fixed, as self.retry() does.
+    if exponential:
         mapped.update(backoff=1.0 if exponential is True else float(exponential),
                       backoff_max=float(cap), jitter=jitter)
-    else:  # autoretry_for waits default_retry_delay, fixed, as self.retry() does
-        mapped.update(backoff=float(delay), backoff_max=float(delay), jitter=False)
+    else:
+        fixed = float(retry_kwargs.get("countdown", delay))
+        mapped.update(backoff=fixed, backoff_max=fixed, jitter=False)
     if given.get("bind"):
         mapped["takes_context"] = True
     # Our options, where given, win over what Celery's defaults filled in.
     return {k: v for k, v in mapped.items() if k not in ours}
+
+
+def _retry_kwargs(given: dict[str, Any], ours: dict[str, Any],
+                  invalid: Callable[[str], InvalidTask]) -> dict[str, Any]:
+    """Celery's ``retry_kwargs``, checked: the keys that apply, None values dropped."""
+    value = given.get("retry_kwargs", {})
+    if not isinstance(value, dict):
+        raise invalid(f"retry_kwargs must be a dict, e.g. retry_kwargs={{'max_retries': 5}}; "
+                      f"got {value!r}.")
+    for key in value:
+        if key not in RETRY_KWARGS:
+            raise invalid(
+                f"retry_kwargs[{key!r}] is not supported: retry_kwargs takes "
+                f"{' and '.join(map(repr, RETRY_KWARGS))} (what an autoretry waits is "
+                "countdown or retry_backoff; the limit is max_retries)."
+            )
+    # None is Celery's "the task's own max_retries": the same as leaving it out.
+    value = {k: v for k, v in value.items() if v is not None}
+    if value and "autoretry_for" not in given and "retry_on" not in ours:
+        raise invalid(f"retry_kwargs={value!r} applies to autoretries only: add "
+                      "autoretry_for=(...), or remove it (Celery ignores it too).")
+    if "max_retries" in value:
+        limit = value["max_retries"]
+        if "max_retries" in given:
+            raise invalid(
+                f"retry_kwargs={{'max_retries': {limit!r}}} and max_retries="
+                f"{given['max_retries']!r} set the same limit (here one limit covers "
+                "self.retry() and autoretries); pass one of them."
+            )
+        if "max_attempts" in ours:
+            raise invalid(
+                f"retry_kwargs={{'max_retries': {limit!r}}} (Celery's option) and "
+                f"max_attempts={ours['max_attempts']!r} (ours) set the same thing; pass one "
+                f"of them: {_PAIR_FIXES['max_retries'](limit)}."
+            )
+    if "countdown" in value:
+        countdown = value["countdown"]
+        if not _seconds(countdown):
+            raise invalid(f"retry_kwargs['countdown'] must be a number of seconds >= 0; "
+                          f"got {countdown!r}.")
+        for mine in ("backoff", "backoff_max", "jitter"):
+            if mine in ours:
+                raise invalid(
+                    f"retry_kwargs={{'countdown': {countdown!r}}} (Celery's option) and "
+                    f"{mine}={ours[mine]!r} (ours) set the same thing; pass one of them: "
+                    f"countdown={countdown!r} is backoff=backoff_max={countdown!r}, "
+                    "jitter=False."
+                )
+    return value
+
+
+def _dont_autoretry_for(given: dict[str, Any], ours: dict[str, Any],
+                        invalid: Callable[[str], InvalidTask]) -> tuple[type[BaseException], ...]:
+    """Celery's ``dont_autoretry_for``, checked."""
+    value = given.get("dont_autoretry_for", ())
+    dont = exception_types(value)
+    if dont is None:
+        raise invalid(f"dont_autoretry_for must be a tuple of exception classes, e.g. "
+                      f"dont_autoretry_for=(ValueError,); got {value!r}.")
+    if dont and "autoretry_for" not in given and "retry_on" not in ours:
+        raise invalid(f"dont_autoretry_for={value!r} only narrows autoretry_for: add "
+                      "autoretry_for=(...), or remove it (Celery ignores it too).")
+    return dont
+
+
+def _reject_on_worker_lost(given: dict[str, Any], ours: dict[str, Any],
+                           dont: tuple[type[BaseException], ...],
+                           invalid: Callable[[str], InvalidTask]) -> bool:
+    """Celery's ``reject_on_worker_lost``, checked: True runs a lost worker's job again."""
+    value = given.get("reject_on_worker_lost", False)
+    if not isinstance(value, bool):
+        raise invalid(f"reject_on_worker_lost must be True or False; got {value!r}.")
+    if value and "retry_on" in ours:
+        raise invalid(
+            f"reject_on_worker_lost=True (Celery's option) and retry_on={ours['retry_on']!r} "
+            "(ours) set the same thing; pass one of them: reject_on_worker_lost=True is "
+            "WorkerLost listed in retry_on."
+        )
+    if value and issubclass(WorkerLost, dont):
+        raise invalid(
+            f"reject_on_worker_lost=True and dont_autoretry_for={dont!r} contradict each "
+            "other (dont_autoretry_for covers django_tasks.WorkerLost); pass one of them."
+        )
+    return value
 
 #: Longest ``unique_key`` (the column's width).
 UNIQUE_KEY_MAX = 255
@@ -203,6 +316,9 @@ class Task(django_base.Task):
     max_attempts: int = UNSET
     #: Exception types that trigger a retry; empty means any ``Exception``.
     retry_on: tuple[type[BaseException], ...] = UNSET
+    #: Exception types (subclasses included) never retried, even if ``retry_on``
+    #: matches (Celery's ``dont_autoretry_for``); ``context.retry()`` still retries.
+    dont_retry_on: tuple[type[BaseException], ...] = UNSET
     #: Seconds before the first retry; doubles with each attempt.
     backoff: float = UNSET
     #: Ceiling for the backoff delay, in seconds.
@@ -240,6 +356,10 @@ class Task(django_base.Task):
     # True when the queue was chosen by the call (``using``/``apply_async``): ROUTES
     # then leave it alone. Not a user option.
     queue_from_call: bool = field(default=False, repr=False, compare=False)
+    # True when the task was declared with Celery's options: its ``self.retry()`` then
+    # decides, as Celery's does, when retries are used up. Kept by copies (a copy's
+    # __post_init__ no longer sees the Celery options). Not a user option.
+    celery: bool = field(default=False, repr=False, compare=False)
 
     # Celery's other options: read once by __post_init__ and mapped onto ours by
     # celery_options(); not stored, so a copy (using()) carries only our options.
@@ -250,10 +370,14 @@ class Task(django_base.Task):
     retry_backoff_max: InitVar[float] = UNSET
     retry_jitter: InitVar[bool] = UNSET
     acks_late: InitVar[bool] = UNSET
+    retry_kwargs: InitVar[dict[str, Any]] = UNSET
+    dont_autoretry_for: InitVar[tuple[type[BaseException], ...]] = UNSET
+    reject_on_worker_lost: InitVar[bool] = UNSET
 
     def __post_init__(
         self, max_retries: Any, default_retry_delay: Any, autoretry_for: Any,
         retry_backoff: Any, retry_backoff_max: Any, retry_jitter: Any, acks_late: Any,
+        retry_kwargs: Any, dont_autoretry_for: Any, reject_on_worker_lost: Any,
     ) -> None:
         if self.bind is not None and not isinstance(self.bind, bool):
             raise InvalidTask(f"{self.module_path}: bind must be True or False; "
@@ -262,7 +386,9 @@ class Task(django_base.Task):
             "max_retries": max_retries, "default_retry_delay": default_retry_delay,
             "autoretry_for": autoretry_for, "retry_backoff": retry_backoff,
             "retry_backoff_max": retry_backoff_max, "retry_jitter": retry_jitter,
-            "acks_late": acks_late,
+            "acks_late": acks_late, "retry_kwargs": retry_kwargs,
+            "dont_autoretry_for": dont_autoretry_for,
+            "reject_on_worker_lost": reject_on_worker_lost,
         }.items() if v is not UNSET}
         if self.bind is not None:
             celery["bind"] = self.bind
@@ -272,17 +398,16 @@ class Task(django_base.Task):
             object.__setattr__(self, name, values.get(name, ours.get(name, default)))
         if values.get("takes_context"):
             object.__setattr__(self, "takes_context", True)
-        retry_on = self.retry_on
-        if isclass(retry_on):
-            retry_on = (retry_on,)
-        if not isinstance(retry_on, tuple | list) or not all(
-            isclass(t) and issubclass(t, BaseException) for t in retry_on
-        ):
-            raise InvalidTask(
-                f"{self.module_path}: retry_on must be a tuple of exception classes, "
-                f"e.g. retry_on=(ConnectionError,); got {self.retry_on!r}."
-            )
-        object.__setattr__(self, "retry_on", tuple(retry_on))
+        if values.get("celery"):
+            object.__setattr__(self, "celery", True)
+        for name in ("retry_on", "dont_retry_on"):
+            types = exception_types(getattr(self, name))
+            if types is None:
+                raise InvalidTask(
+                    f"{self.module_path}: {name} must be a tuple of exception classes, "
+                    f"e.g. {name}=(ConnectionError,); got {getattr(self, name)!r}."
+                )
+            object.__setattr__(self, name, types)
         if (type(self.max_attempts) is not int
                 or not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT):
             raise InvalidTask(
@@ -509,6 +634,11 @@ class TaskContext(django_base.TaskContext):
     lease: str = field(default="", repr=False, compare=False)
     #: The id of the worker running this attempt.
     worker_id: str = ""
+    #: The job's ``max_attempts`` (0: unknown, the task's applies).
+    max_attempts: int = 0
+    # retry(throw=False)'s Retry, for the worker: [Retry or None].
+    _retry_pending: list[Any] = field(default_factory=lambda: [None], init=False,
+                                      repr=False, compare=False)
     # is_cancelled()'s memory: [when it last asked the database, what it learned].
     _cancel_seen: list[Any] = field(default_factory=lambda: [None, False], init=False,
                                     repr=False, compare=False)
@@ -539,6 +669,16 @@ class TaskContext(django_base.TaskContext):
             seen[1] = store.cancel_requested(self.task_result.id)
         return seen[1]
 
+    @overload
+    def retry(self, *, countdown: float | None = ..., exc: BaseException | None = ...,
+              message: str | None = ..., eta: datetime | None = ..., max_retries: Any = ...,
+              throw: Literal[True] = ...) -> NoReturn: ...
+
+    @overload
+    def retry(self, *, countdown: float | None = ..., exc: BaseException | None = ...,
+              message: str | None = ..., eta: datetime | None = ..., max_retries: Any = ...,
+              throw: bool) -> Retry: ...
+
     def retry(
         self,
         *,
@@ -547,7 +687,8 @@ class TaskContext(django_base.TaskContext):
         message: str | None = None,
         eta: datetime | None = None,
         max_retries: Any = None,
-    ) -> NoReturn:
+        throw: bool = True,
+    ) -> Retry:
         """Raise :class:`~django_tasks.Retry`, which runs this task again.
 
         ``context.retry(countdown=30)`` retries in 30 s; ``eta`` (an aware datetime)
@@ -556,17 +697,64 @@ class TaskContext(django_base.TaskContext):
         as Celery's ``self.retry()`` does, so ``raise context.retry(...)`` and a bare
         ``context.retry(...)`` both work. Attempts still count against ``max_attempts``;
         once they are used up the job fails, with ``exc`` (when given) as its error.
+
+        A task declared with Celery's options gets Celery's rule for the last attempt:
+        with no retry left (the job's attempt is its ``max_attempts``, the numbers the
+        worker decides by) this raises ``exc`` itself, or without ``exc``
+        :class:`~django_tasks.MaxRetriesExceededError`, which the task may catch.
+
+        ``throw=False`` (Celery's) returns the ``Retry`` instead of raising it, once it
+        is sure to happen: the job runs again as asked whatever this attempt does next
+        (its return value is dropped; an exception it raises is recorded as the
+        attempt's error). With no retry left it raises, as with ``throw=True``.
         """
         if max_retries is not None:
             raise TypeError(
                 f"{self.name}: retry(max_retries=...) is not supported: the limit is the "
                 "task's, set with max_retries= (or max_attempts=) on @task."
             )
+        if not isinstance(throw, bool):
+            raise TypeError(f"{self.name}: retry(throw=...) must be True or False; "
+                            f"got {throw!r}.")
         if eta is not None:
             if countdown is not None:
                 raise TypeError("retry() takes countdown or eta, not both.")
             countdown = (eta - timezone.now()).total_seconds()
-        raise Retry(message, countdown=countdown, exc=exc)
+        retry = Retry(message, countdown=countdown, exc=exc)
+        if throw and not self._celery:  # ours: the worker alone decides (as it always has)
+            raise retry
+        if self.attempt >= self.max_attempts_of_job:
+            if not self._celery:
+                raise retry  # the job fails, with exc (else Retry) as its error
+            if exc is not None:
+                raise exc
+            result = self.task_result
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{result.id}] args:{result.args} "
+                f"kwargs:{result.kwargs}: attempt {self.attempt} of max_attempts "
+                f"{self.max_attempts_of_job} (max_retries={self.max_retries}) was the last.",
+                task_args=result.args, task_kwargs=result.kwargs,
+            )
+        if throw:
+            raise retry
+        self._retry_pending[0] = retry
+        return retry
+
+    @property
+    def retry_pending(self) -> Retry | None:
+        """The ``Retry`` a ``retry(throw=False)`` returned, if any: the worker retries the
+        job whatever the task does afterwards."""
+        return self._retry_pending[0]
+
+    @property
+    def max_attempts_of_job(self) -> int:
+        """The job's ``max_attempts``, as the worker reads it (the task's unless the job
+        was retried by hand)."""
+        return self.max_attempts or getattr(self.task_result.task, "max_attempts", 1)
+
+    @property
+    def _celery(self) -> bool:
+        return bool(getattr(self.task_result.task, "celery", False))
 
     def report_progress(self, current: float, total: float | None = None,
                         message: str = "") -> None:
@@ -574,11 +762,45 @@ class TaskContext(django_base.TaskContext):
         admin. Written at once on a connection of its own (autocommit), so others see
         it even while the task holds a transaction open; fenced by the claim's lease
         (a report from an attempt that lost the job changes nothing)."""
+        self._report({"current": current, "total": total, "message": message})
+
+    def update_state(self, task_id: str | None = None, state: str | None = None,
+                     meta: Any = None, **kwargs: Any) -> None:
+        """Celery's ``self.update_state(state="PROGRESS", meta={...})``: a progress report.
+
+        ``result.progress`` becomes ``{"state": state, "meta": meta, "current",
+        "total", "message", "updated_at"}``: ``state`` and ``meta`` as given (Celery's
+        ``result.state`` and ``result.info``; ``meta`` must be JSON), ``current`` and
+        ``total`` copied from ``meta`` when they are numbers (the admin's bar),
+        ``message`` from ``meta["message"]`` if it is a string, else ``state``. The
+        job's status is not changed (it stays RUNNING whatever ``state`` says). Only the
+        job being run can be updated: another ``task_id`` is a ``TypeError``.
+        """
+        if kwargs:
+            raise TypeError(f"{self.name}: update_state() got {', '.join(sorted(kwargs))}: "
+                            "only task_id (this job's), state and meta are supported.")
+        if task_id is not None and str(task_id) != str(self.job_id):
+            raise TypeError(f"{self.name}: update_state(task_id={task_id!r}) names another "
+                            "job: only the job being run can report its state.")
+        if state is not None and not isinstance(state, str):
+            raise TypeError(f"{self.name}: update_state(state=...) must be a string such as "
+                            f"'PROGRESS', or None; got {state!r}.")
+        progress: dict[str, Any] = {"current": None, "total": None, "message": state or "",
+                                    "state": state, "meta": meta}
+        if isinstance(meta, dict):
+            for key in ("current", "total"):
+                value = meta.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    progress[key] = value
+            if isinstance(meta.get("message"), str):
+                progress["message"] = meta["message"]
+        self._report(progress)
+
+    def _report(self, progress: dict[str, Any]) -> None:
         backend = self.task_result.task.get_backend()
         report = getattr(backend, "report_progress", None)
         if report is not None:
-            report(self.task_result.id, {"current": current, "total": total, "message": message},
-                   lease=self.lease)
+            report(self.task_result.id, progress, lease=self.lease)
 
     @property
     def job_id(self) -> str:
@@ -602,5 +824,5 @@ class TaskContext(django_base.TaskContext):
 
     @property
     def max_retries(self) -> int:
-        """Celery's ``self.max_retries``: ``max_attempts - 1``."""
-        return getattr(self.task_result.task, "max_attempts", 1) - 1
+        """Celery's ``self.max_retries``: the job's ``max_attempts - 1``."""
+        return self.max_attempts_of_job - 1

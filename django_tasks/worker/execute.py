@@ -19,7 +19,13 @@ from django.tasks import TaskResultStatus
 from django.tasks.signals import task_started
 from django.utils import timezone
 
-from ..exceptions import Cancelled, SoftTimeLimitExceeded, TaskNotRegistered, Terminated
+from ..exceptions import (
+    Cancelled,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskNotRegistered,
+    Terminated,
+)
 from ..messages import Message, Outcome
 from ..outcomes import (
     failure_outcome,
@@ -101,7 +107,8 @@ def execute(
     result = job_result(message, task, timezone.now())
     soft = getattr(task, "soft_time_limit", None) if soft_time_limits else None
     # bind=True (Celery's) too: the context is its ``self``.
-    context = (TaskContext(task_result=result, lease=message.lease, worker_id=worker_id)
+    context = (TaskContext(task_result=result, lease=message.lease, worker_id=worker_id,
+                           max_attempts=message.max_attempts)
                if task.takes_context else None)
     if own_connections:
         close_old_connections()
@@ -109,6 +116,8 @@ def execute(
         # A receiver's bug is logged; it does not fail the job it was told about.
         send_robust(task_started, message.backend, result)
         value = _call(task, result, context, soft)
+        if context is not None and context.retry_pending is not None:
+            raise context.retry_pending  # retry(throw=False): runs again, value dropped
         check_return_value(value, task_name=message.task_path)
     except KeyboardInterrupt:
         raise
@@ -116,6 +125,11 @@ def execute(
         if context is not None and context.cancel_seen:
             return _stopped_by_itself(message, worker_id, task, result, started,
                                       f"raised {type(exc).__name__}: {exc}")
+        pending = context.retry_pending if context is not None else None
+        if pending is not None and not isinstance(exc, Retry):
+            # retry(throw=False), then an exception: the retry asked for still happens,
+            # with what was raised as the attempt's error.
+            exc = Retry(countdown=pending.countdown, exc=exc)
         return failure_outcome(message, exc, worker_id, now=timezone.now(), task=task,
                                duration=time.monotonic() - started, result=result)
     else:
