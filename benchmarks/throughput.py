@@ -10,7 +10,8 @@ asserted):
 1. enqueue rate: N x ``noop.enqueue()`` from one producer in autocommit (jobs/s);
 2. drain rate: N ready jobs, ``manage.py worker -c 2 --burst`` timed from the start
    of the subprocess to its exit (jobs/s, worker start-up included); all N jobs
-   are then checked to be SUCCESSFUL;
+   are then checked to be SUCCESSFUL; then the same with two such workers at once
+   (unless ``--no-two-workers``), as workers on two machines would share a backlog;
 3. latency: a running idle worker (-c 2), 200 jobs enqueued one at a time, each after
    the previous one finished; enqueue-to-start = ``started_at - enqueued_at`` (p50, p99).
 
@@ -130,31 +131,53 @@ def drain_run(
     worker_args: Sequence[str] = ("--burst",),
     counts: Callable[[], dict[str, int]] = status_counts,
     before: int = 0,
+    workers: int = 1,
 ) -> tuple[float | None, str]:
-    """Run ``manage.py worker -c 2 *worker_args`` to its exit; (jobs/s or None, verification).
+    """Run ``workers`` x ``manage.py worker -c 2 *worker_args`` to their exit; (jobs/s or
+    None, verification).
 
-    N / (start of the subprocess to its exit). The verification line counts rows by status
-    with ``counts`` and reports SUCCESSFUL ones beyond ``before`` (those there already).
+    N / (start of the subprocesses to the last one's exit). The verification line counts
+    rows by status with ``counts`` and reports SUCCESSFUL ones beyond ``before`` (those
+    there already).
     """
     from django.db import connection
 
     connection.close()  # nothing of ours holds a lock or idles in a transaction meanwhile
     started = time.perf_counter()
-    proc = subprocess.run(
-        [*WORKER, *worker_args], cwd=REPO, env=os.environ.copy(), capture_output=True, text=True
-    )
+    procs = [subprocess.Popen([*WORKER, *worker_args], cwd=REPO, env=os.environ.copy(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(workers)]
+    outputs = [proc.communicate() for proc in procs]
     elapsed = time.perf_counter() - started
     found = counts()
     ok = found.get("SUCCESSFUL", 0) - before
     line = f"{ok}/{n} SUCCESSFUL ({', '.join(f'{k}={v}' for k, v in found.items())})"
-    if proc.returncode != 0 or proc.stderr.strip():
-        print(f"  worker exited with code {proc.returncode}; output:")
-        for text in (proc.stdout, proc.stderr):
-            if text.strip():
-                print("    " + text.rstrip().replace("\n", "\n    "))
-    if proc.returncode != 0:
+    failed = False
+    for proc, (stdout, stderr) in zip(procs, outputs, strict=True):
+        if proc.returncode != 0 or stderr.strip():
+            print(f"  worker exited with code {proc.returncode}; output:")
+            for text in (stdout, stderr):
+                if text.strip():
+                    print("    " + text.rstrip().replace("\n", "\n    "))
+        failed |= proc.returncode != 0
+    if failed:
         return None, line
     return n / elapsed, line
+
+
+def enqueue_backlog(n: int) -> None:
+    """N ready jobs, untimed (one transaction), for a drain."""
+    from django.db import transaction
+    from django.tasks import default_task_backend
+
+    from benchmarks.bench_tasks import noop
+
+    with transaction.atomic():
+        for _ in range(n):
+            noop.enqueue()
+    flush = getattr(default_task_backend.broker, "flush", None)
+    if flush is not None:  # the Redis broker's publishes: all answered before the clock
+        flush()
 
 
 def wait_finished(job_id, timeout: float = 10.0) -> str:
@@ -260,6 +283,8 @@ def main() -> None:
     parser.add_argument("--brokers", default=",".join(BROKERS),
                         help="comma-separated, of: %(default)s")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="default %(default)s")
+    parser.add_argument("--no-two-workers", dest="two_workers", action="store_false",
+                        help="skip the drain by two workers at once")
     args = parser.parse_args()
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     if not brokers or set(brokers) - set(BROKERS):
@@ -281,6 +306,13 @@ def main() -> None:
             results.setdefault((broker, "drain"), []).append(drained)
             print(f"run {i}/{r} {broker}: enqueue {fmt(rate, 'jobs/s')}, drain "
                   f"{fmt(drained, 'jobs/s')}; after drain: {check}")
+            if args.two_workers:
+                truncate()
+                enqueue_backlog(n)
+                drained, check = drain_run(n, workers=2)
+                results.setdefault((broker, "drain 2"), []).append(drained)
+                print(f"run {i}/{r} {broker}: drain by 2 workers {fmt(drained, 'jobs/s')}; "
+                      f"after drain: {check}")
     for i in range(1, r + 1):
         for broker in brokers:
             use_broker(broker, args.redis_url)
@@ -300,6 +332,8 @@ def main() -> None:
     rows = [
         ("enqueue (1 producer, autocommit)", "enqueue", "jobs/s"),
         ("drain (worker -c 2 --burst, incl. start)", "drain", "jobs/s"),
+        *([("drain, 2 workers at once (each -c 2)", "drain 2", "jobs/s")]
+          if args.two_workers else []),
         (f"latency p50 (enqueue->start, {LATENCY_JOBS} jobs)", "latency p50", "ms"),
         (f"latency p99 (enqueue->start, {LATENCY_JOBS} jobs)", "latency p99", "ms"),
     ]
