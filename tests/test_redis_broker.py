@@ -224,6 +224,42 @@ def test_no_keys_are_left_behind_by_a_worker_that_drained_its_queue():
 # -- configuration and operator messages ---------------------------------------------------
 
 
+def test_tasks_status_says_what_redis_holds(settings):
+    from datetime import timedelta
+    from io import StringIO
+
+    broker = backend().broker
+    tasks.add.enqueue(1, 1)
+    tasks.add.enqueue(2, 2)
+    tasks.add.using(queue_name="emails").enqueue(3, 3)
+    tasks.add.using(run_after=timedelta(minutes=5)).enqueue(4, 4)
+    broker.flush()
+    [claimed] = broker.claim("w-1", "L", ["default"], 1)
+    out = StringIO()
+    call_command("tasks", "status", stdout=out)
+    text = out.getvalue()
+    assert f"Redis at {broker.safe_url()} (prefix {broker.prefix}):" in text
+    assert "  queue default: 1 id(s) ready" in text
+    assert "  queue emails: 1 id(s) ready" in text
+    assert "  delayed: 1 id(s) not due yet" in text
+    assert "  held: 1 id(s) by 1 worker(s) (w-1 1)" in text
+    assert "  epoch: missing" in text  # no worker has reconciled yet
+    broker.reconcile(["default"])
+    out = StringIO()
+    call_command("tasks", "status", stdout=out)
+    assert "  epoch: set" in out.getvalue()
+    assert claimed.id  # held by w-1 until its outcome is written
+
+    good = settings.TASKS["default"]
+    settings.TASKS = {**settings.TASKS, "default": {
+        **good, "OPTIONS": {**good["OPTIONS"], "URL": "redis://127.0.0.1:1/0"}}}
+    out = StringIO()
+    call_command("tasks", "status", stdout=out)  # does not raise: it says so
+    assert "Redis at redis://127.0.0.1:1/0" in out.getvalue()
+    assert "unreachable (ConnectionError" in out.getvalue()
+
+
+
 def test_a_worker_that_cannot_reach_redis_at_start_says_so(settings):
     proc = start_worker("--burst", env={"REDIS_URL": "redis://127.0.0.1:1/0"})
     out, _ = proc.communicate(timeout=60)

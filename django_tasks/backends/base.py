@@ -161,6 +161,12 @@ class Broker(ABC):
         """Problems with this broker's configuration, for ``manage.py check``."""
         return []
 
+    def status(self) -> list[str]:
+        """Lines for ``manage.py tasks status`` about what the broker holds beyond the
+        job rows (none for the database broker: the rows are all there is). Never
+        raises for an unreachable broker: it says so."""
+        return []
+
 
 class ModelBackend(BaseTaskBackend):
     """Results in the ``Job`` model (``self.store``); ``broker_class`` carries the messages."""

@@ -111,6 +111,11 @@ EXCHANGE_IDS_PG = exchange_pg(CLAIM_IDS_UPDATE_PG, CLAIM_IDS_LOCK_PG)
 RECONCILE_LOCK_MS = 60_000
 HEAD = 200  # rows of each queue's head compared with Redis per reconcile
 
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def default_prefix(backend: ModelBackend) -> str:
     """``django_tasks:<alias>:<8 hex digits naming the job table's database>``."""
     import hashlib
@@ -555,6 +560,44 @@ class RedisBroker(Broker):
         if not queues:
             return None
         return RedisWakeSource(self.client, [self.key("wake", q) for q in queues])
+
+    def status(self) -> list[str]:
+        """What Redis holds: ids per queue, delayed, held by workers, and whether it
+        still knows the queues (``epoch``)."""
+        head = f"Redis at {self.safe_url()} (prefix {self.prefix}):"
+        try:
+            client = self.client
+            queue_key = self.key("q", "")
+            queues = sorted(k.decode()[len(queue_key):] if isinstance(k, bytes)
+                            else k[len(queue_key):]
+                            for k in client.scan_iter(match=_glob_escape(queue_key) + "*",
+                                                      count=1000))
+            holders = sorted(h.decode() if isinstance(h, bytes) else h
+                             for h in client.smembers(self.key("holders")))
+            with client.pipeline(transaction=False) as pipe_:
+                pipe_.exists(self.key("epoch"))
+                pipe_.zcard(self.key("delayed"))
+                for queue in queues:
+                    pipe_.zcard(self.key("q", queue))
+                for holder in holders:
+                    pipe_.hlen(self.key("held", holder))
+                epoch, delayed, *counts = pipe_.execute()
+        except REDIS_OUTAGES as exc:
+            return [head, f"  unreachable ({type(exc).__name__}: {exc}); jobs are stored, "
+                          "and published once it is back"]
+        ready, held = counts[:len(queues)], counts[len(queues):]
+        lines = [head]
+        lines += [f"  queue {q}: {n} id(s) ready" for q, n in zip(queues, ready, strict=True)]
+        if not queues:
+            lines.append("  no ids ready")
+        lines.append(f"  delayed: {delayed} id(s) not due yet")
+        lines.append(f"  held: {sum(held)} id(s) by {len(holders)} worker(s)" + (
+            " (" + ", ".join(f"{h} {n}" for h, n in zip(holders, held, strict=True)) + ")"
+            if holders else ""))
+        lines.append("  epoch: " + ("set" if epoch else
+                                    "missing: Redis lost its data or no worker has run yet; "
+                                    "the next worker to reconcile republishes every READY job"))
+        return lines
 
     def check(self) -> list[checks.CheckMessage]:
         where = f"TASKS[{self.backend.alias!r}]['OPTIONS']"

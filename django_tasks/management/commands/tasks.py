@@ -59,8 +59,8 @@ class Command(BaseCommand):
                             help="TASKS alias (default: %(default)s).")
         status = sub.add_parser(
             "status", help="Queue depths per queue and status; workers: alive, dead or "
-                           "stopped, and how many jobs each holds; periodic schedules: "
-                           "state, last and next run.")
+                           "stopped, and how many jobs each holds; with the Redis broker, "
+                           "what Redis holds; periodic schedules: state, last and next run.")
         status.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
                             help="TASKS alias (default: %(default)s).")
         status.add_argument(
@@ -98,6 +98,10 @@ class Command(BaseCommand):
         recent = parse_age(text, "--recent")
         before(recent, "--recent", text)
         self._status(db, jobs, tasks_backend.config.worker_timeout, recent=recent)
+        broker_lines = tasks_backend.broker.status()
+        if broker_lines:
+            self.stdout.write("")
+            self.stdout.write("\n".join(broker_lines))
         self._schedules(db, alias)
 
     def _cancel(self, tasks_backend: Any, ids: list[str]) -> None:
