@@ -76,6 +76,16 @@ def test_a_job_is_published_when_its_transaction_commits_and_never_on_rollback()
     assert not queued(dropped.id) and not Job.objects.filter(pk=dropped.id).exists()
 
 
+def test_jobs_of_one_priority_are_claimed_in_the_order_they_were_enqueued():
+    # Published together at the commit, many share a millisecond: Redis breaks the tie
+    # by id, which must follow creation.
+    with transaction.atomic():
+        results = [tasks.add.enqueue(i, i) for i in range(200)]
+    broker = backend().broker
+    claimed = [m.id for _ in results for m in broker.claim("w", "L", ["default"], 1)]
+    assert claimed == [r.id for r in results]
+
+
 def test_a_delayed_job_waits_in_the_delayed_set_and_is_claimed_when_due():
     from datetime import timedelta
 

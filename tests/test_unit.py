@@ -192,3 +192,15 @@ def test_outage_logs_once_backs_off_and_says_how_long_it_lasted(caplog):
     assert messages[1][0] == "WARNING" and messages[1][1].startswith("Thing back after ")
     assert messages[1][1].endswith("s; done")
     assert len(messages) == 3  # one line per outage, not per try
+
+
+def test_job_ids_are_version_7_and_only_increase_within_a_process():
+    import time
+    import uuid
+
+    from django_tasks.ids import uuid7
+
+    ids = [uuid7() for _ in range(20000)]  # many within one millisecond
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert {(u.version, u.variant) for u in ids} == {(7, uuid.RFC_4122)}
+    assert abs((ids[-1].int >> 80) - time.time() * 1000) < 5000  # milliseconds since 1970
