@@ -42,10 +42,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 
 from .conf import ScheduleEntry
 from .conf import backend as tasks_backend
+from .outage import Outage
 
 __all__ = ["CATCH_UP_LIMIT", "GRACE", "Fired", "Scheduler", "check_schedules"]
 
@@ -300,10 +301,6 @@ class Scheduler:
         already), then a pass whenever a tick is due (at least every ``MAX_WAIT``
         seconds, to see admin edits) until ``stop`` is set. Rides out database outages,
         retrying with a growing delay."""
-        from django.db import connections
-
-        from .outage import Outage
-
         synced = not sync
         outage = Outage(logger, "Scheduler: database unreachable", "Scheduler: database back")
         while not stop.is_set():

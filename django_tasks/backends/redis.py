@@ -111,6 +111,11 @@ EXCHANGE_IDS_PG = exchange_pg(CLAIM_IDS_UPDATE_PG, CLAIM_IDS_LOCK_PG)
 RECONCILE_LOCK_MS = 60_000
 HEAD = 200  # rows of each queue's head compared with Redis per reconcile
 
+def _text(value: bytes | str) -> str:
+    """A Redis reply's string (the client returns bytes unless decode_responses)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _glob_escape(text: str) -> str:
     """``text`` as a literal in a Redis MATCH pattern."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
@@ -316,10 +321,7 @@ class RedisBroker(Broker):
     def _publish_committed(self, entries: list[tuple[int, int, str, str]]) -> None:
         # Not waiting for the reply; a failure is logged, and the row is committed
         # already: the reconciler publishes it (redis_publisher.py says why).
-        args: list[Any] = [self.prefix, 0]
-        for entry in entries:
-            args.extend(entry)
-        self.publisher.send(args)
+        self.publisher.send(self._publish_args(entries), [e[3] for e in entries])
 
     @property
     def publisher(self) -> Publisher:
@@ -335,10 +337,16 @@ class RedisBroker(Broker):
         if self._publisher is not None:
             self._publisher.flush(timeout)
 
-    def _send(self, entries: Iterable[tuple[int, int, str, str]], now: int = 0) -> None:
+    def _publish_args(self, entries: Iterable[tuple[int, int, str, str]],
+                      now: int = 0) -> list[Any]:
+        """PUBLISH_LUA's arguments: prefix, now, then (rank, due, queue, id) per job."""
         args: list[Any] = [self.prefix, now]
         for entry in entries:
             args.extend(entry)
+        return args
+
+    def _send(self, entries: Iterable[tuple[int, int, str, str]], now: int = 0) -> None:
+        args = self._publish_args(entries, now)
         if len(args) > 2:
             self._eval(PUBLISH_LUA, args)
 
@@ -375,7 +383,7 @@ class RedisBroker(Broker):
         except BaseException:
             self._acks.setdefault(worker_id, [])[:0] = acks
             raise
-        ids.extend(i.decode() if isinstance(i, bytes) else i for i in popped)
+        ids.extend(map(_text, popped))
         return list(ids)
 
     def _settle(self, worker_id: str, popped: list[str], rows: Sequence[Sequence[Any]],
@@ -463,7 +471,7 @@ class RedisBroker(Broker):
         """Publish again what ``worker_id`` held and the database says is READY (its rows
         were rescued or given back), then forget its held hash."""
         held = self.key("held", worker_id)
-        ids = [i.decode() if isinstance(i, bytes) else i for i in self.client.hkeys(held)]
+        ids = [_text(i) for i in self.client.hkeys(held)]
         self._publish_rows(self.store.ready_rows(ids))
         with self.client.pipeline() as pipe_:
             pipe_.delete(held)
@@ -533,8 +541,7 @@ class RedisBroker(Broker):
         args: list[Any] = [self.prefix]
         for i, q, p, _ in rows:
             args.extend((rank(p), q, i))
-        absent = {i.decode() if isinstance(i, bytes) else i
-                  for i in self._eval(ABSENT_LUA, args)}
+        absent = set(map(_text, self._eval(ABSENT_LUA, args)))
         lost = absent & self._absent
         self._absent = absent - lost
         if lost:
@@ -547,8 +554,7 @@ class RedisBroker(Broker):
         them hold anything in the database, or stopped uncleanly)."""
         from ..models import Worker
 
-        holders = {h.decode() if isinstance(h, bytes) else h
-                   for h in self.client.smembers(self.key("holders"))}
+        holders = set(map(_text, self.client.smembers(self.key("holders"))))
         if not holders:
             return
         running = set(Worker.objects.using(self.store.database).running()
@@ -568,12 +574,10 @@ class RedisBroker(Broker):
         try:
             client = self.client
             queue_key = self.key("q", "")
-            queues = sorted(k.decode()[len(queue_key):] if isinstance(k, bytes)
-                            else k[len(queue_key):]
+            queues = sorted(_text(k)[len(queue_key):]
                             for k in client.scan_iter(match=_glob_escape(queue_key) + "*",
                                                       count=1000))
-            holders = sorted(h.decode() if isinstance(h, bytes) else h
-                             for h in client.smembers(self.key("holders")))
+            holders = sorted(map(_text, client.smembers(self.key("holders"))))
             with client.pipeline(transaction=False) as pipe_:
                 pipe_.exists(self.key("epoch"))
                 pipe_.zcard(self.key("delayed"))

@@ -58,7 +58,6 @@ class Publisher:
 
     def __init__(self, script: str, connect: Callable[[], Any], describe: Callable[[], str],
                  outages: tuple[type[BaseException], ...]) -> None:
-        self._script = script
         self._connect = connect
         self._describe = describe
         self._outages = (*outages, OSError)
@@ -79,15 +78,14 @@ class Publisher:
             parts += (b"$%d\r\n" % len(data), data, b"\r\n")
         return b"".join(parts)
 
-    def send(self, args: Sequence[Any]) -> None:
-        """Publish (script arguments ``args``); returns once the command is written.
+    def send(self, args: Sequence[Any], job_ids: Sequence[str]) -> None:
+        """Publish (script arguments ``args``, about ``job_ids``, named if it fails);
+        returns once the command is written.
 
         Replies are read only every ``READ_AT`` publishes: each look at the socket is a
         system call, and together they cost as much as the publish itself.
         """
-        # The jobs' ids (arguments: prefix, now, then rank, due, queue, id per job) for
-        # the log line if the publish fails.
-        command = (self._pack(args), [str(i) for i in args[5::4]])
+        command = (self._pack(args), list(job_ids))
         with self._lock:
             if self._pid != os.getpid():  # new, or forked: the socket is the parent's
                 self._pid, self._conn, self._in_flight = os.getpid(), None, deque()
