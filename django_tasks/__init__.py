@@ -7,7 +7,6 @@ worker that runs the jobs. ``from django_tasks import task`` is Django's decorat
 
 from django.tasks import TaskResultStatus
 
-from .canvas import Signature, chain, chord, group, signature
 from .exceptions import (
     ArgumentNotSerializable,
     Cancelled,
@@ -28,6 +27,7 @@ from .exceptions import (
 )
 from .results import GroupResult, JobError, JobResult
 from .task import Task, TaskContext
+from .workflows.canvas import Signature, chain, chord, group, signature
 
 # After the submodule imports: importing ``django_tasks.task`` binds the package
 # attribute ``task`` to that module, which would shadow Django's decorator.

@@ -348,7 +348,7 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Run selected schedules now"), permissions=["run"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
-        from .scheduler import Scheduler
+        from .beat.scheduler import Scheduler
 
         for schedule in queryset:
             fired = Scheduler(schedule.backend).run_now(schedule)

@@ -9,9 +9,9 @@ class DjangoTasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from .canvas import advance
-        from .outcomes import LoggedByWorker
-        from .store import register_outcome_hook
+        from .jobs.policy import LoggedByWorker
+        from .jobs.store import register_outcome_hook
+        from .workflows.advance import advance
 
         # Workflows move forward in the transaction of each outcome write.
         register_outcome_hook(advance, linked_only=True)

@@ -390,7 +390,7 @@ class Schedule(models.Model):
             # a typo here would otherwise show only as an error at every tick.
             from django.tasks import task_backends
 
-            from .scheduler import call_problem
+            from .beat.scheduler import call_problem
 
             problem = call_problem(task_backends[self.backend], self.task_path, self.args,
                                    self.kwargs, self.queue_name)

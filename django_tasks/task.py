@@ -41,8 +41,8 @@ from .celery_dialect import (
 from .exceptions import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
-    from .canvas import Signature
     from .results import JobResult
+    from .workflows.canvas import Signature
 
 __all__ = ["CANCEL_CHECK_INTERVAL", "MAX_ATTEMPTS_LIMIT", "Request", "Task", "TaskContext",
            "call_digest", "celery_options"]
@@ -305,13 +305,13 @@ class Task(django_base.Task):
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A workflow step that receives the previous step's result first (Celery's
         partial signature): ``chain(add.s(2, 2), mul.s(4))``."""
-        from .canvas import Signature
+        from .workflows.canvas import Signature
 
         return Signature(self, args, kwargs)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """A workflow step that runs with exactly these arguments (immutable)."""
-        from .canvas import Signature
+        from .workflows.canvas import Signature
 
         return Signature(self, args, kwargs, immutable=True)
 

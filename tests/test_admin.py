@@ -89,8 +89,8 @@ def test_worker_changelist_shows_alive_dead_and_stopped(client):
 def schedule():
     from datetime import UTC, datetime
 
+    from django_tasks.beat.scheduler import Scheduler
     from django_tasks.conf import parse_schedule_entry
-    from django_tasks.scheduler import Scheduler
 
     entry, _ = parse_schedule_entry("nightly", {"task": "tests.tasks.add",
                                                 "schedule": "0 3 * * *", "args": [1, 2]})
@@ -101,7 +101,7 @@ def schedule():
 
 
 def test_schedule_changelist_shows_timing_runs_and_links_to_its_jobs(client, schedule):
-    from django_tasks.scheduler import Scheduler
+    from django_tasks.beat.scheduler import Scheduler
 
     fired = Scheduler("default").run_now(schedule)
     staff(client, "view_schedule", "view_job")
@@ -137,8 +137,8 @@ def test_settings_schedules_keep_their_call_but_their_timing_can_change(client, 
 
 
 def test_a_schedule_made_in_the_admin_fires(client):
+    from django_tasks.beat.scheduler import Scheduler
     from django_tasks.models import Schedule
-    from django_tasks.scheduler import Scheduler
 
     staff(client, "view_schedule", "add_schedule")
     url = reverse("admin:django_tasks_schedule_add")

@@ -10,7 +10,7 @@ from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.utils import timezone
 
 from django_tasks import ArgumentNotSerializable, JobError, ResultTimeout, TaskFailed
-from django_tasks.messages import Outcome
+from django_tasks.jobs.messages import Outcome
 from django_tasks.models import Job
 from django_tasks.worker import Worker
 from tests import tasks
@@ -375,7 +375,7 @@ def test_a_job_claimed_again_waits_while_its_old_attempt_runs_here():
 def test_cached_insert_statement_is_the_compilers():
     """The INSERT text is compiled once and reused; each job's values must still be
     exactly what Django's compiler would send (order, JSON, datetimes, unique keys)."""
-    from django_tasks.statements import ON_CONFLICT_UNIQUE
+    from django_tasks.jobs.statements import ON_CONFLICT_UNIQUE
 
     jobs = [
         default_task_backend.prepare(tasks.add, [1, 2], {}),

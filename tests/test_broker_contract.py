@@ -15,9 +15,9 @@ from django.tasks import task_backends
 from django.utils import timezone
 
 from django_tasks.backends.base import Broker
-from django_tasks.messages import Outcome, Start
+from django_tasks.jobs.messages import Outcome, Start
+from django_tasks.jobs.store import register_outcome_hook
 from django_tasks.models import Job
-from django_tasks.store import register_outcome_hook
 from tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -144,7 +144,7 @@ def test_a_replayed_exchange_writes_nothing_twice(backend):
 def test_outcome_hooks_run_in_the_outcomes_transaction(backend, monkeypatch):
     from django.db import connections
 
-    from django_tasks import store
+    from django_tasks.jobs import store
 
     seen = []
 
@@ -167,7 +167,7 @@ def test_outcome_hooks_run_in_the_outcomes_transaction(backend, monkeypatch):
 
 
 def test_a_failing_outcome_hook_fails_only_its_job(backend, monkeypatch, caplog):
-    from django_tasks import store
+    from django_tasks.jobs import store
 
     bad = tasks.add.enqueue(1, 1)
     good = tasks.add.enqueue(2, 2)

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from django_tasks import TaskFailed, chain, chord
 from django_tasks.exceptions import Cancelled
-from django_tasks.messages import Outcome
+from django_tasks.jobs.messages import Outcome
 from django_tasks.models import Job
 from django_tasks.worker.loop import Worker
 from tests import reliability_tasks as rt

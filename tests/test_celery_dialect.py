@@ -11,9 +11,9 @@ from django.utils import timezone
 
 import django_tasks
 from django_tasks import MaxRetriesExceededError, Retry, TaskContext, WorkerLost
-from django_tasks.messages import Message, Start
+from django_tasks.jobs.messages import Message, Start
+from django_tasks.jobs.policy import failure_outcome, job_result
 from django_tasks.models import Job
-from django_tasks.outcomes import failure_outcome, job_result
 from django_tasks.task import MAX_ATTEMPTS_LIMIT
 from django_tasks.testing import drain
 from tests import celery_tasks

@@ -17,8 +17,8 @@ import pytest
 from django.tasks.exceptions import InvalidTask
 from django.utils import timezone
 
-from django_tasks.messages import Message
-from django_tasks.worker.pool import PreforkPool, ThreadPool, make_pool
+from django_tasks.jobs.messages import Message
+from django_tasks.worker.pools import PreforkPool, ThreadPool, make_pool
 
 ROOT = Path(__file__).resolve().parent.parent
 LINUX = sys.platform.startswith("linux")
@@ -337,7 +337,7 @@ SUPERVISOR = textwrap.dedent("""
     import django
     django.setup()
     from tests.test_pool import make_message
-    from django_tasks.worker.pool import PreforkPool
+    from django_tasks.worker.pools import PreforkPool
     pool = PreforkPool(2, "w1")
     pool.start()
     pool.submit(make_message("sleep_then_return", 60))

@@ -136,7 +136,7 @@ def test_a_stale_or_duplicated_message_claims_nothing_and_is_dropped():
 
 
 def test_publishes_are_not_waited_for_but_every_reply_is_read():
-    from django_tasks.backends.redis_publisher import MAX_IN_FLIGHT
+    from django_tasks.backends.redis.publisher import MAX_IN_FLIGHT
 
     publisher = backend().broker.publisher
     first = tasks.add.enqueue(0, 0)
@@ -176,7 +176,7 @@ def test_a_killed_publish_connection_loses_no_publish(private_redis, caplog):
 
 def test_after_a_pause_the_publish_connection_is_looked_at_before_it_is_used(
         private_redis, monkeypatch):
-    from django_tasks.backends import redis_publisher
+    from django_tasks.backends.redis import publisher as redis_publisher
 
     first = tasks.add.enqueue(0, 0)
     assert queued(first.id)
@@ -279,7 +279,7 @@ def test_a_worker_that_cannot_reach_redis_at_start_says_so(settings):
 
 
 def test_the_redis_url_is_required_and_checked(settings):
-    from django_tasks.backends.redis import RedisBackend
+    from django_tasks.backends.redis.broker import RedisBackend
 
     for url, expected in [(None, "is required"), ("http://x", "must be a redis://")]:
         options = {} if url is None else {"URL": url}

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from django_tasks import EnqueueError
 from django_tasks.conf import BackendOptions
-from django_tasks.messages import Outcome, Start
+from django_tasks.jobs.messages import Outcome, Start
 from django_tasks.models import Job, Worker
 from django_tasks.worker import Worker as TaskWorker
 from django_tasks.worker.liveness import is_gone, process_key

@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.core.management import call_command
 
+from django_tasks.beat.scheduler import CATCH_UP_LIMIT, GRACE, Scheduler
 from django_tasks.conf import BackendOptions, parse_schedule_entry
 from django_tasks.models import Job, Schedule, ScheduleTick
-from django_tasks.scheduler import CATCH_UP_LIMIT, GRACE, Scheduler
 from django_tasks.schedules import crontab
 from tests.helpers import start_command, wait_for
 

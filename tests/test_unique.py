@@ -18,7 +18,7 @@ from django.tasks.signals import task_enqueued
 from django.urls import reverse
 from django.utils import timezone
 
-from django_tasks.messages import Start
+from django_tasks.jobs.messages import Start
 from django_tasks.models import Job
 from django_tasks.states import CLAIMED, FAILED, READY, RUNNING, SUCCESSFUL
 from django_tasks.task import call_digest

@@ -245,7 +245,7 @@ def test_a_step_that_never_ran_is_not_retried_by_hand():
 
 
 def test_a_failing_outcome_hook_still_fails_what_waits(settings):
-    from django_tasks.store import _OUTCOME_HOOKS, register_outcome_hook
+    from django_tasks.jobs.store import _OUTCOME_HOOKS, register_outcome_hook
 
     def broken(store, applied):
         if any(a.task_path == "tests.tasks.add" and a.status == "SUCCESSFUL" for a in applied):

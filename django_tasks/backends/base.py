@@ -2,7 +2,7 @@
 
 A backend (what ``TASKS[alias]["BACKEND"]`` names) has two parts:
 
-- a :class:`~django_tasks.store.JobStore`: the job rows and the worker registry, the
+- a :class:`~django_tasks.jobs.store.JobStore`: the job rows and the worker registry, the
   same for every broker (results, attempts, errors, progress, leases, rescue);
 - a :class:`Broker`: what carries messages (publish, claim, give back, recover a lost
   worker's messages, wake idle workers). The worker depends on this interface alone;
@@ -36,12 +36,12 @@ from django.utils import timezone
 from ..conf import BackendOptions
 from ..exceptions import EnqueueError
 from ..ids import uuid7
-from ..messages import Applied, Message, Outcome, Start
-from ..outcomes import error_from_dict, resolve_task, send_robust
+from ..jobs.messages import Applied, Message, Outcome, Start
+from ..jobs.policy import error_from_dict, resolve_task, send_robust
+from ..jobs.store import JobStore
 from ..results import JobResult
 from ..serialization import check_arguments
 from ..states import READY, public_status
-from ..store import JobStore
 from ..task import Task, for_django_checks
 
 __all__ = ["Broker", "Exchanged", "ModelBackend", "resolve_task"]
@@ -450,7 +450,7 @@ class ModelBackend(BaseTaskBackend):
     # -- configuration -----------------------------------------------------------
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
-        from ..scheduler import check_schedules
+        from ..beat.scheduler import check_schedules
 
         errors: list[checks.CheckMessage] = list(self.broker.check())
         if self.config.schedule:

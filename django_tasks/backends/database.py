@@ -27,8 +27,8 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from ..exceptions import OutcomeHookFailed
-from ..messages import Message, Outcome, Start
-from ..statements import MESSAGE_COLUMNS, exchange_pg
+from ..jobs.messages import Message, Outcome, Start
+from ..jobs.statements import MESSAGE_COLUMNS, exchange_pg
 from ..states import CLAIMED, READY
 from .base import Broker, Exchanged, ModelBackend, stale_of
 

@@ -1,9 +1,9 @@
 """Run one claimed job in the current process or thread and describe the outcome.
 
 This is the only place a task function is called. It takes a
-:class:`~django_tasks.messages.Message` and returns an
-:class:`~django_tasks.messages.Outcome`; nothing here touches the job table. Failures
-are decided by :func:`django_tasks.outcomes.failure_outcome`, the one policy shared
+:class:`~django_tasks.jobs.messages.Message` and returns an
+:class:`~django_tasks.jobs.messages.Outcome`; nothing here touches the job table. Failures
+are decided by :func:`django_tasks.jobs.policy.failure_outcome`, the one policy shared
 with the pool's own verdicts (a dead child, a hard time limit) and with rescue.
 """
 
@@ -26,8 +26,8 @@ from ..exceptions import (
     TaskNotRegistered,
     Terminated,
 )
-from ..messages import Message, Outcome
-from ..outcomes import (
+from ..jobs.messages import Message, Outcome
+from ..jobs.policy import (
     failure_outcome,
     job_result,
     log_args,

@@ -12,7 +12,7 @@ never delays a heartbeat. Only the broker's outage errors are retried; any other
 thread is a bug: it is logged and stops the worker, whose jobs are then rescued.
 
 The worker talks to the backend's :class:`~django_tasks.backends.base.Broker` and
-:class:`~django_tasks.store.JobStore` only, never to a concrete broker.
+:class:`~django_tasks.jobs.store.JobStore` only, never to a concrete broker.
 
 ``Worker.run_once(now)`` does one whole step on the calling thread, so tests drive the
 worker without threads or sleeping; ``Worker.run()`` runs both threads until told to
@@ -37,15 +37,15 @@ from django.db import IntegrityError, connections
 from django.utils import timezone
 
 from ..backends.base import Broker
-from ..cancellation import cancelled_outcome
+from ..beat.scheduler import Scheduler
 from ..conf import backend as tasks_backend
 from ..exceptions import WorkerIdInUse
-from ..messages import Message, Outcome, Start
-from ..outcomes import task_or_none
-from ..scheduler import Scheduler
+from ..jobs.cancel import cancelled_outcome
+from ..jobs.messages import Message, Outcome, Start
+from ..jobs.policy import task_or_none
 from .broker_thread import BrokerThreads, Duty
 from .liveness import is_gone, process_key
-from .pool import make_pool
+from .pools import make_pool
 from .wakeup import drain, pipe, poke
 
 logger = logging.getLogger("django_tasks.worker")

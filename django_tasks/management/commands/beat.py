@@ -1,4 +1,4 @@
-"""``manage.py beat``: enqueue periodic tasks. All logic lives in django_tasks.scheduler."""
+"""``manage.py beat``: enqueue periodic tasks. All logic lives in django_tasks.beat.scheduler."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 
+from django_tasks.beat.scheduler import Scheduler
 from django_tasks.management.cli import add_loglevel, one_line_errors
-from django_tasks.scheduler import Scheduler
 from django_tasks.worker.supervisor import configure_logging
 
 logger = logging.getLogger("django_tasks.beat")

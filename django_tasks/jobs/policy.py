@@ -1,7 +1,7 @@
 """What an attempt's end means: the one policy for every way a job can stop running.
 
 An exception the task raised, a hard time limit, a pool child that died and a worker
-that was lost (rescued by another) all become an :class:`~django_tasks.messages.Outcome`
+that was lost (rescued by another) all become an :class:`~django_tasks.jobs.messages.Outcome`
 through :func:`failure_outcome`, so ``retry_on``, backoff and ``max_attempts`` mean the
 same whichever happened. Nothing here touches the job table; the store writes outcomes.
 """
@@ -22,12 +22,12 @@ from django.tasks.signals import task_finished
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from .conf import may_import
-from .exceptions import Retry, ReturnValueNotSerializable, TaskNotRegistered, Terminated
+from ..conf import may_import
+from ..exceptions import Retry, ReturnValueNotSerializable, TaskNotRegistered, Terminated
+from ..results import JobError, JobResult
+from ..retry import next_attempt_at
+from ..states import CANCELLED, FAILED, READY, RUNNING, SUCCESSFUL
 from .messages import Message, Outcome
-from .results import JobError, JobResult
-from .retry import next_attempt_at
-from .states import CANCELLED, FAILED, READY, RUNNING, SUCCESSFUL
 
 logger = logging.getLogger("django_tasks.worker")
 

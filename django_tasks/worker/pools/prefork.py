@@ -3,8 +3,8 @@
 The supervisor side (``PreforkPool``) runs in the worker's main thread; the child
 side (``_child_main``) is everything a forked child runs. A child that dies, overruns
 its ``time_limit`` or reaches its recycling limits is replaced; a dead child's job
-gets an outcome built by :func:`~django_tasks.outcomes.failure_outcome`, like
-any exception. See :mod:`django_tasks.worker.pool` for the interface all pools share.
+gets an outcome built by :func:`~django_tasks.jobs.policy.failure_outcome`, like
+any exception. See :mod:`django_tasks.worker.pools` for the interface all pools share.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from ..exceptions import Terminated, TimeLimitExceeded, WorkerLost
-from ..messages import Message, Outcome
-from ..outcomes import failure_outcome, task_or_none
-from ..serialization import dumps
-from ..side import close_side_connections, keep_side_connections
-from .execute import execute
+from ...exceptions import Terminated, TimeLimitExceeded, WorkerLost
+from ...jobs.messages import Message, Outcome
+from ...jobs.policy import failure_outcome, task_or_none
+from ...jobs.side import close_side_connections, keep_side_connections
+from ...serialization import dumps
+from ..execute import execute
 
 logger = logging.getLogger("django_tasks.worker")
 

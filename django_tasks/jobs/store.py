@@ -11,13 +11,13 @@ Its guarantees:
   registered outcome hooks in the same transaction, so what must follow an outcome
   (a chain's next step, a chord's counter) happens exactly once or not at all;
 - a lost worker's jobs go through the same policy as any failure
-  (:func:`django_tasks.outcomes.failure_outcome`);
+  (:func:`django_tasks.jobs.policy.failure_outcome`);
 - liveness (heartbeats, expiry) is judged by the database's clock, never a host's.
 
 Its parts: the SQL it runs (named statements with named parameters, vendor fragments
-in braces) is in :mod:`django_tasks.statements`; the worker registry and the rescue of
-lost workers' jobs in :mod:`django_tasks.registry`; cancelling in
-:mod:`django_tasks.cancellation`.
+in braces) is in :mod:`django_tasks.jobs.statements`; the worker registry and the rescue of
+lost workers' jobs in :mod:`django_tasks.jobs.rescue`; cancelling in
+:mod:`django_tasks.jobs.cancel`.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from .cancellation import Cancelling, cancelled_outcome
-from .exceptions import OutcomeHookFailed
-from .ids import job_id_str
+from ..exceptions import OutcomeHookFailed
+from ..ids import job_id_str
+from ..serialization import dumps
+from ..states import CLAIMED, FAILED, HELD, HELD_SQL, READY
+from .cancel import Cancelling, cancelled_outcome
 from .messages import Applied, Message, Outcome, Start
-from .outcomes import as_datetime, error_dict
-from .registry import Registry, RescueCounts
-from .serialization import dumps
+from .policy import as_datetime, error_dict
+from .rescue import Registry, RescueCounts
 from .side import on_side
 from .statements import (
     APPLY_OUTCOME,
@@ -59,7 +60,6 @@ from .statements import (
     UNIQUE_RECENT,
     VENDORS,
 )
-from .states import CLAIMED, FAILED, HELD, HELD_SQL, READY
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -132,7 +132,7 @@ class JobStore(Registry, Cancelling):
             return self._sql_cache[statement]
         except KeyError:
             pass
-        from .models import Job
+        from ..models import Job
 
         fragments = VENDORS.get(self.vendor)
         if fragments is None:
@@ -194,7 +194,7 @@ class JobStore(Registry, Cancelling):
     def unique_holder(self, key: str, since: datetime | None = None) -> Any | None:
         """The active ``Job`` holding ``key``, or with ``since`` the last finished one
         enqueued at or after ``since``; None if there is none."""
-        from .models import Job
+        from ..models import Job
 
         params: dict[str, Any] = {"backend": self.backend_alias, "key": key}
         if since is None:
@@ -268,7 +268,7 @@ class JobStore(Registry, Cancelling):
 
     def fail_unreadable(self, row: Sequence[Any], exc: Exception,
                         now: datetime | None = None) -> None:
-        from .models import Job
+        from ..models import Job
 
         job_id, lease = row[0], row[1]
         reason = (f"The job's row cannot be read ({type(exc).__name__}: {exc}); it was "
@@ -357,7 +357,7 @@ class JobStore(Registry, Cancelling):
 
     def ready_rows(self, job_ids: Sequence[str]) -> list[tuple[str, str, int, datetime]]:
         """``(id, queue, priority, available_at)`` of those jobs that are READY."""
-        from .models import Job
+        from ..models import Job
 
         if not job_ids:
             return []
@@ -481,7 +481,7 @@ class JobStore(Registry, Cancelling):
             ])
             released = cursor.rowcount
         if released < len(messages):
-            from .models import Job
+            from ..models import Job
 
             leases = {m.id: m.lease for m in messages}
             rows = (Job.objects.using(self.database)
@@ -493,7 +493,7 @@ class JobStore(Registry, Cancelling):
 
     def held_by(self, worker_id: str) -> list[tuple[str, str]]:
         """``(id, lease)`` of every job ``worker_id`` holds (claimed or running)."""
-        from .models import Job
+        from ..models import Job
 
         rows = (Job.objects.using(self.database).held().filter(worker_id=worker_id)
                 .values_list("id", "lease"))
@@ -530,7 +530,7 @@ class JobStore(Registry, Cancelling):
 
     def on_side(self, run: Callable[[Any], Any]) -> Any:
         """``run(cursor)`` on this thread's side connection to the store's database
-        (:mod:`django_tasks.side`)."""
+        (:mod:`django_tasks.jobs.side`)."""
         return on_side(self.database, run)
 
     # -- operator actions ------------------------------------------------------------------
@@ -544,7 +544,7 @@ class JobStore(Registry, Cancelling):
         """
         from django.db.models import F, Q
 
-        from .models import Job
+        from ..models import Job
 
         jobs = (Job.objects.using(self.database).failed().filter(pk__in=list(job_ids))
                 .exclude(Q(attempts=0) & Q(links__has_key="inputs")))

@@ -1,21 +1,6 @@
-"""Execution pools: where claimed jobs run.
-
-Every pool has ``size`` slots and the same small surface, driven by the worker loop
-from one thread:
-
-- ``start()``; ``submit(message)`` to a free slot (``free_slots()`` > 0);
-- ``collect()``: the outcomes finished since the last call (never blocks);
-- ``waitables()``: objects for ``multiprocessing.connection.wait()`` that become ready
-  when ``collect()`` has something to do, and ``next_deadline()``: seconds until it has
-  something to do anyway (a hard time limit falls due), or None;
-- ``running()`` / ``running_ids()``: jobs submitted and not yet collected;
-- ``stop(now=False, timeout=None)``: see :meth:`PreforkPool.stop`.
-
-The prefork pool lives in :mod:`django_tasks.worker.prefork`.
-
-Messages and outcomes cross process boundaries as JSON bytes. Only the prefork pool
-can enforce ``time_limit`` / ``soft_time_limit`` and survive a job that kills its
-process; the threads and inline pools run jobs inside the worker process itself.
+"""The pools that run jobs inside the worker process: ``threads`` (a slot per thread)
+and ``inline`` (the calling thread, for tests and scripts). Neither can enforce a hard
+``time_limit`` nor survive a job that kills its process; the prefork pool can.
 """
 
 from __future__ import annotations
@@ -28,16 +13,15 @@ from typing import Any
 
 from django.db import connections
 
-from ..messages import Message, Outcome
-from ..outcomes import task_or_none
-from ..side import close_side_connections, keep_side_connections
-from .execute import execute
-from .prefork import PreforkPool
-from .wakeup import drain, pipe, poke
+from ...jobs.messages import Message, Outcome
+from ...jobs.policy import task_or_none
+from ...jobs.side import close_side_connections, keep_side_connections
+from ..execute import execute
+from ..wakeup import drain, pipe, poke
 
 logger = logging.getLogger("django_tasks.worker")
 
-__all__ = ["InlinePool", "PreforkPool", "ThreadPool", "make_pool"]
+__all__ = ["InlinePool", "ThreadPool"]
 
 
 def _refuse_recycling(pool: str, **options: Any) -> None:
@@ -248,22 +232,3 @@ class ThreadPool:
         for job_id in abandoned:
             del self._running[job_id]
         return unfinished + abandoned
-
-
-POOLS: dict[str, type[InlinePool] | type[ThreadPool] | type[PreforkPool]] = {
-    "prefork": PreforkPool, "threads": ThreadPool, "inline": InlinePool,
-}
-
-
-def make_pool(kind: str, size: int, worker_id: str,
-              **options: Any) -> InlinePool | ThreadPool | PreforkPool:
-    """Build the pool named ``kind``; ``options`` go to its constructor.
-
-    ``max_tasks_per_child`` and ``max_memory_per_child`` (KiB) are prefork options;
-    the other pools accept None for them and raise ValueError for anything else.
-    """
-    try:
-        cls = POOLS[kind]
-    except KeyError:
-        raise ValueError(f"Unknown pool {kind!r}; choose one of {', '.join(POOLS)}.") from None
-    return cls(size, worker_id, **options)

@@ -1,6 +1,6 @@
 """The SQL of the job store: named statements, vendor fragments in braces, parameters
 by name (``%(name)s``), formatted once per database by :meth:`JobStore.sql
-<django_tasks.store.JobStore.sql>`.
+<django_tasks.jobs.store.JobStore.sql>`.
 
 Kept apart from the code that runs them so each statement can be read whole, with the
 comment that says why it is written the way it is.
@@ -8,8 +8,8 @@ comment that says why it is written the way it is.
 
 from __future__ import annotations
 
+from ..states import ACTIVE_SQL, CANCELLED, CLAIMED, HELD_SQL, READY, RUNNING
 from .messages import APPLIED_COLUMNS
-from .states import ACTIVE_SQL, CANCELLED, CLAIMED, HELD_SQL, READY, RUNNING
 
 #: Columns a claim returns, in this order; ``JobStore.message`` reads them.
 MESSAGE_COLUMNS = (

@@ -1,5 +1,5 @@
 """The Redis broker's Lua scripts: each an atomic step on the keys that
-``backends/redis.py``'s docstring lists (queues, delayed set, held hashes).
+``backends/redis/broker.py``'s docstring lists (queues, delayed set, held hashes).
 
 Scripts take the key prefix as ``ARGV[1]`` and build key names from it (no ``KEYS``:
 the broker does not support Redis Cluster, whose slots would need them).

@@ -1,7 +1,7 @@
 """Workers and what they hold: the registry, and the rescue of a lost worker's jobs.
 
-:class:`~django_tasks.store.JobStore`'s verbs about workers (a part of it, as
-:class:`~django_tasks.cancellation.Cancelling` is). A worker is a row that heart-beats
+:class:`~django_tasks.jobs.store.JobStore`'s verbs about workers (a part of it, as
+:class:`~django_tasks.jobs.cancel.Cancelling` is). A worker is a row that heart-beats
 by the database's clock; one that stops doing so past ``WORKER_TIMEOUT``, or whose
 process is gone, is declared dead, and every job a non-running worker holds goes
 through the same failure policy as any exception (``WorkerLost``).
@@ -15,12 +15,12 @@ from typing import Any, NamedTuple
 
 from django.utils import timezone
 
-from .exceptions import WorkerLost
-from .ids import job_id_str
+from ..exceptions import WorkerLost
+from ..ids import job_id_str
+from ..states import FAILED, READY
 from .messages import Start
-from .outcomes import as_datetime, failure_outcome, send_failed, task_or_none
+from .policy import as_datetime, failure_outcome, send_failed, task_or_none
 from .statements import GIVE_BACK_ALL, MESSAGE_COLUMNS, RUNNING_OF
-from .states import FAILED, READY
 
 __all__ = ["Registry", "RescueCounts"]
 
@@ -32,7 +32,7 @@ class RescueCounts(NamedTuple):
 
 
 class Registry:
-    """:class:`~django_tasks.store.JobStore`'s worker registry and rescue (a part of it)."""
+    """:class:`~django_tasks.jobs.store.JobStore`'s worker registry and rescue (a part of it)."""
 
     # What JobStore provides; declared for readers and type checkers.
     database: str
@@ -105,7 +105,7 @@ class Registry:
         the same host can make). Returns ``(worker id, reason, counts)`` for each
         worker whose jobs were rescued.
         """
-        from .models import Job, Worker
+        from ..models import Job, Worker
 
         now = now or self.now()
         workers = Worker.objects.using(self.database)
@@ -148,8 +148,8 @@ class Registry:
         longer exists; a check only a worker on the same host can make). Its jobs are
         rescued first. A live worker's id raises ``WorkerIdInUse``.
         """
-        from .exceptions import WorkerIdInUse
-        from .models import Worker
+        from ..exceptions import WorkerIdInUse
+        from ..models import Worker
 
         now = self.now()
         worker_id = fields.pop("id")
@@ -178,7 +178,7 @@ class Registry:
 
     def heartbeat(self, worker_id: str) -> bool:
         """Record that ``worker_id`` is alive now (database clock); False if declared dead."""
-        from .models import Worker
+        from ..models import Worker
 
         return bool(
             Worker.objects.using(self.database).running().filter(id=worker_id)
@@ -187,7 +187,7 @@ class Registry:
 
     def unregister_worker(self, worker_id: str, reason: str = "shutdown") -> None:
         """Mark ``worker_id`` stopped; whatever it still holds becomes rescuable at once."""
-        from .models import Worker
+        from ..models import Worker
 
         Worker.objects.using(self.database).filter(id=worker_id).update(
             stopped_at=self.now(), stop_reason=reason[:200]
@@ -195,19 +195,19 @@ class Registry:
 
     def prune_workers(self, before: datetime) -> int:
         """Delete the rows of workers not heard from since ``before`` that hold no job."""
-        from .models import Worker
+        from ..models import Worker
 
         return Worker.objects.using(self.database).prune(before)
 
     def existing(self, job_ids: Sequence[str]) -> set[str]:
         """Those of ``job_ids`` whose rows exist."""
-        from .models import Job
+        from ..models import Job
 
         return {str(pk) for pk in Job.objects.using(self.database)
                 .filter(pk__in=list(job_ids)).values_list("pk", flat=True)}
 
     def declare_dead(self, worker_id: str, reason: str, now: datetime) -> None:
-        from .models import Worker
+        from ..models import Worker
 
         Worker.objects.using(self.database).running().filter(id=worker_id).update(
             stopped_at=now, stop_reason=reason[:200]

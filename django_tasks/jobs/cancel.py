@@ -3,7 +3,7 @@
 A job that has not started (READY, scheduled, WAITING in a workflow) is CANCELLED at
 once, in the request's transaction, with the outcome hooks (its workflow moves on as
 after a failure). A job a worker holds gets ``Job.cancellation`` (the error entry it
-will end with); the outcome statements in :mod:`django_tasks.store` then write
+will end with); the outcome statements in :mod:`django_tasks.jobs.store` then write
 whatever its attempt ends with as CANCELLED, so the request and the outcome, both
 writes to one row, are ordered: exactly one final state. Workers learn of requests by
 their cancel poll (:meth:`Cancelling.cancelling`); a running task by
@@ -21,10 +21,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .ids import job_id_str
+from ..ids import job_id_str
+from ..serialization import dumps
+from ..states import CANCELLED, CLAIMED, HELD, HELD_SQL, READY, WAITING
 from .messages import APPLIED_COLUMNS, Outcome
-from .serialization import dumps
-from .states import CANCELLED, CLAIMED, HELD, HELD_SQL, READY, WAITING
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -59,7 +59,7 @@ CANCEL_REQUESTED = "SELECT 1 FROM {table} WHERE id = %(id)s AND cancellation IS 
 
 
 class Cancelling:
-    """:class:`~django_tasks.store.JobStore`'s cancelling verbs (a part of it)."""
+    """:class:`~django_tasks.jobs.store.JobStore`'s cancelling verbs (a part of it)."""
 
     # What JobStore provides; declared for readers and type checkers.
     database: str
@@ -100,7 +100,7 @@ class Cancelling:
 
         The mark is in the row: it survives worker restarts and rescues.
         """
-        from .models import Job
+        from ..models import Job
 
         ids = []
         for value in job_ids:

@@ -13,7 +13,7 @@ How a job travels
    in autocommit), one script call adds the id to its queue (or to the delayed set)
    and wakes the workers serving the queue. A rollback publishes nothing, and neither
    does a unique job whose key another job holds (no row was inserted). The enqueue
-   does not wait for Redis's reply (``redis_publisher.py``): a failed publish cannot
+   does not wait for Redis's reply (``publisher.py``): a failed publish cannot
    fail it, the row being committed, and is logged and left to the reconciler.
 2. A worker's round trip pops ids (highest priority, then oldest, across the queues it
    serves) into its *held* hash in one script call, which also moves due delayed jobs
@@ -92,16 +92,16 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "django-tasks-engine: pip install -e '.[redis]')."
     ) from exc
 
-from ..exceptions import OutcomeHookFailed
-from ..messages import Applied, Message, Outcome, Start
-from ..statements import CLAIM_IDS_LOCK_PG, CLAIM_IDS_UPDATE_PG, exchange_pg
-from ..states import READY
-from ..store import job_id_str
-from ..worker.wakeup import drain, pipe, poke
-from .base import Broker, Exchanged, ModelBackend, stale_of
-from .database import _outage_errors
-from .redis_publisher import Publisher
-from .redis_scripts import ABSENT_LUA, GIVE_BACK_LUA, POP_LUA, PUBLISH_LUA
+from ...exceptions import OutcomeHookFailed
+from ...jobs.messages import Applied, Message, Outcome, Start
+from ...jobs.statements import CLAIM_IDS_LOCK_PG, CLAIM_IDS_UPDATE_PG, exchange_pg
+from ...jobs.store import job_id_str
+from ...states import READY
+from ...worker.wakeup import drain, pipe, poke
+from ..base import Broker, Exchanged, ModelBackend, stale_of
+from ..database import _outage_errors
+from .publisher import Publisher
+from .scripts import ABSENT_LUA, GIVE_BACK_LUA, POP_LUA, PUBLISH_LUA
 
 __all__ = ["RedisBackend", "RedisBroker"]
 
@@ -320,7 +320,7 @@ class RedisBroker(Broker):
 
     def _publish_committed(self, entries: list[tuple[int, int, str, str]]) -> None:
         # Not waiting for the reply; a failure is logged, and the row is committed
-        # already: the reconciler publishes it (redis_publisher.py says why).
+        # already: the reconciler publishes it (publisher.py says why).
         self.publisher.send(self._publish_args(entries), [e[3] for e in entries])
 
     @property
@@ -494,7 +494,7 @@ class RedisBroker(Broker):
     def republish_all(self) -> int:
         """Publish every READY row of this backend (once Redis lost its data); returns
         how many, or -1 if another worker is doing it."""
-        from ..models import Job
+        from ...models import Job
 
         token = uuid.uuid4().hex
         lock = self.key("reconciling")
@@ -526,7 +526,7 @@ class RedisBroker(Broker):
     def _sweep_heads(self, queues: Sequence[str], now: datetime | None) -> None:
         """Publish the jobs at the head of each queue (as the database orders it) that
         Redis has not had for two reconciles running (a publish lost)."""
-        from ..models import Job
+        from ...models import Job
 
         now = now or self.store.now()
         rows: list[tuple[str, str, int, datetime]] = []
@@ -552,7 +552,7 @@ class RedisBroker(Broker):
     def _recover_strays(self) -> None:
         """Held hashes of workers that are not running (killed before the rescue saw
         them hold anything in the database, or stopped uncleanly)."""
-        from ..models import Worker
+        from ...models import Worker
 
         holders = set(map(_text, self.client.smembers(self.key("holders"))))
         if not holders:

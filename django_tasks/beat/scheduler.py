@@ -44,9 +44,9 @@ from typing import Any
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
-from .conf import ScheduleEntry
-from .conf import backend as tasks_backend
-from .outage import Outage
+from ..conf import ScheduleEntry
+from ..conf import backend as tasks_backend
+from ..outage import Outage
 
 __all__ = ["CATCH_UP_LIMIT", "GRACE", "Fired", "Scheduler", "check_schedules"]
 
@@ -83,7 +83,7 @@ def entry_digest(entry: ScheduleEntry) -> str:
 
 def timing_fields(timing: Any) -> dict[str, Any]:
     """The model fields (``cron``, ``interval``) that store ``timing``."""
-    from .schedules import crontab
+    from ..schedules import crontab
 
     if isinstance(timing, crontab):
         return {"cron": timing.expression, "interval": None}
@@ -105,7 +105,7 @@ class Scheduler:
         self.database = self.store.database
 
     def _schedules(self) -> Any:
-        from .models import Schedule
+        from ..models import Schedule
 
         return Schedule.objects.using(self.database).filter(backend=self.alias)
 
@@ -123,7 +123,7 @@ class Scheduler:
         its history; delete it in the admin). Rows made in the admin are left alone.
         Returns counts: created, updated, removed.
         """
-        from .models import Schedule
+        from ..models import Schedule
 
         if entries is None:
             entries = self.backend.config.schedule
@@ -220,7 +220,7 @@ class Scheduler:
         return [latest]
 
     def _run_schedule(self, schedule: Any, now: datetime) -> list[Fired]:
-        from .models import Schedule
+        from ..models import Schedule
 
         try:
             ticks = self._to_fire(schedule, now)
@@ -247,7 +247,7 @@ class Scheduler:
         the commit). A task that refuses the call (its arguments no longer fit, say) is
         recorded on the tick and the schedule as an error; the tick is not retried.
         """
-        from .models import Schedule, ScheduleTick
+        from ..models import Schedule, ScheduleTick
 
         now = now or self.store.now()
         try:
@@ -277,7 +277,7 @@ class Scheduler:
     def _enqueue(self, schedule: Any) -> tuple[str | None, str]:
         """Enqueue the schedule's call in the current transaction: (job id, "") or
         (None, why it was refused). Database errors propagate (an outage: retried)."""
-        from .outcomes import resolve_task
+        from ..jobs.policy import resolve_task
 
         try:
             task = resolve_task(schedule.task_path)
@@ -343,8 +343,8 @@ class Scheduler:
 def call_problem(backend: Any, task_path: str, args: Sequence[Any],
                  kwargs: dict[str, Any], queue: str = "") -> str | None:
     """Why a schedule's call could not be enqueued on ``backend``, or None."""
-    from .outcomes import resolve_task
-    from .serialization import check_arguments, check_signature
+    from ..jobs.policy import resolve_task
+    from ..serialization import check_arguments, check_signature
 
     try:
         task = resolve_task(task_path)
