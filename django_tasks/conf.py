@@ -272,12 +272,14 @@ class BackendOptions:
 
 
 def backend(alias: str) -> Any:
-    """The task backend ``alias``; ValueError naming the configured ones if there is none."""
+    """The task backend ``alias``; ``ImproperlyConfigured`` naming the configured ones if
+    there is none."""
+    from django.core.exceptions import ImproperlyConfigured
     from django.tasks import task_backends
 
     if alias not in task_backends.settings:
         known = ", ".join(sorted(task_backends.settings)) or "none"
-        raise ValueError(f"TASKS has no backend {alias!r} (configured: {known}).")
+        raise ImproperlyConfigured(f"TASKS has no backend {alias!r} (configured: {known}).")
     return task_backends[alias]
 
 

@@ -104,10 +104,6 @@ class WorkerIdInUse(TasksError):
     """A running worker is already registered under this id."""
 
 
-class BrokerUnavailable(TasksError):
-    """The broker cannot be reached (the worker retries; nothing is lost)."""
-
-
 class OutcomeHookFailed(TasksError):
     """An outcome hook raised: the job it was called for is failed with the hook's error."""
 

@@ -390,10 +390,9 @@ class Schedule(models.Model):
             # a typo here would otherwise show only as an error at every tick.
             from django.tasks import task_backends
 
-            from .beat.scheduler import call_problem
-
-            problem = call_problem(task_backends[self.backend], self.task_path, self.args,
-                                   self.kwargs, self.queue_name)
+            call_problem = getattr(task_backends[self.backend], "call_problem", None)
+            problem = call_problem and call_problem(self.task_path, self.args, self.kwargs,
+                                                    self.queue_name)
             if problem:
                 errors["task_path"] = problem
         if errors:

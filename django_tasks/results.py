@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.tasks import base as django_base
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from .exceptions import Cancelled, ResultTimeout, TaskFailed, UpstreamFailed
+from .states import SUCCESSFUL, public_status
 
-__all__ = ["GroupResult", "JobError", "JobResult"]
+__all__ = ["GroupResult", "JobError", "JobResult", "as_datetime", "error_from_dict"]
 
 UPSTREAM_FAILED = f"{UpstreamFailed.__module__}.{UpstreamFailed.__qualname__}"
 
@@ -24,6 +28,30 @@ class JobError(django_base.TaskError):
     attempt: int = 0
     worker_id: str = ""
     occurred_at: datetime | None = None
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """A stored or transported timestamp (a datetime or an ISO string) as an aware
+    datetime; a naive one is UTC."""
+    if value is None or isinstance(value, datetime):
+        dt = value
+    else:
+        dt = parse_datetime(value)
+    if dt is not None and timezone.is_naive(dt):
+        dt = dt.replace(tzinfo=UTC)
+    return dt
+
+
+def error_from_dict(data: dict[str, Any]) -> JobError:
+    """The :class:`JobError` of one entry of a job's ``errors`` list."""
+    return JobError(
+        exception_class_path=data.get("exception_class_path", ""),
+        traceback=data.get("traceback", ""),
+        message=data.get("message", ""),
+        attempt=data.get("attempt", 0),
+        worker_id=data.get("worker_id", ""),
+        occurred_at=as_datetime(data.get("occurred_at")),
+    )
 
 
 #: What ``refresh()`` reloads: Django's attributes and ours.
@@ -44,6 +72,32 @@ class JobResult(django_base.TaskResult):
     #: The job row's own status (Django's ``status`` has fewer words): one of
     #: ``django_tasks.states.JobStatus``.
     job_status: str = field(default="", repr=False, compare=False)
+
+    @classmethod
+    def build(cls, task: Any, *, id: str, job_status: str, args: list[Any],
+              kwargs: dict[str, Any], backend: str, enqueued_at: Any = None,
+              started_at: Any = None, finished_at: Any = None,
+              last_attempted_at: Any = None, errors: Sequence[dict[str, Any]] = (),
+              worker_ids: Sequence[str] = (), progress: dict[str, Any] | None = None,
+              return_value: Any = None) -> JobResult:
+        """The one way our results are made, from what a job's row (or its message) holds.
+
+        ``job_status`` is the row's own word; Django's ``status`` is derived from it.
+        Timestamps may be datetimes or ISO strings; ``errors`` are the row's error dicts.
+        ``return_value`` is kept only for a SUCCESSFUL job.
+        """
+        result = cls(
+            task=task, id=id, status=public_status(job_status),
+            enqueued_at=as_datetime(enqueued_at), started_at=as_datetime(started_at),
+            finished_at=as_datetime(finished_at),
+            last_attempted_at=as_datetime(last_attempted_at),
+            args=args, kwargs=kwargs, backend=backend,
+            errors=[error_from_dict(e) for e in errors], worker_ids=list(worker_ids),
+            progress=progress, job_status=job_status,
+        )
+        if job_status == SUCCESSFUL:
+            object.__setattr__(result, "_return_value", return_value)
+        return result
 
     @property
     def is_cancelled(self) -> bool:

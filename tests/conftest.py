@@ -96,3 +96,12 @@ def broker(request):
     if request.param == "redis":
         request.getfixturevalue("redis_default")
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_processes():
+    """Kill the worker processes a test started and left running (a failed assertion)."""
+    from tests.helpers import kill_leftovers
+
+    yield
+    kill_leftovers()

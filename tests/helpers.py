@@ -1,6 +1,7 @@
 """Helpers for tests that run real `manage.py worker` processes."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,10 +22,32 @@ def start_command(command, *args, env=None):
     """A `python -m django <command>` subprocess on the test database, as start_worker."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings",
            "DJANGO_TASKS_TEST_DB_NAME": connection.settings_dict["NAME"], **(env or {})}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "django", command, *args], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    STARTED.append(proc)
+    return proc
+
+
+#: Processes started by the current test; ``kill_leftovers`` (an autouse fixture in
+#: conftest.py) kills those still running when it ends, so a failed assertion never
+#: leaves a worker behind (a stopped one holds the test database open, and the next
+#: run cannot recreate it).
+STARTED: list[subprocess.Popen] = []
+
+
+def kill_leftovers() -> None:
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def wait_for(predicate, timeout=20.0, interval=0.05):

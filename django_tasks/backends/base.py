@@ -27,7 +27,6 @@ from django.core import checks
 from django.db import DatabaseError, connections, transaction
 from django.db.models.functions import Now
 from django.tasks import Task as DjangoTask
-from django.tasks import TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
@@ -37,11 +36,11 @@ from ..conf import BackendOptions
 from ..exceptions import EnqueueError
 from ..ids import uuid7
 from ..jobs.messages import Applied, Message, Outcome, Start
-from ..jobs.policy import error_from_dict, resolve_task, send_robust
+from ..jobs.policy import resolve_task, send_robust
 from ..jobs.store import JobStore
 from ..results import JobResult
 from ..serialization import check_arguments
-from ..states import READY, public_status
+from ..states import READY
 from ..task import Task, for_django_checks
 
 __all__ = ["Broker", "Exchanged", "ModelBackend", "resolve_task"]
@@ -181,6 +180,8 @@ class ModelBackend(BaseTaskBackend):
     #: Tasks may be unique (``unique``, ``unique_key``, ``unique_for``): one active job
     #: per key, kept by a unique index of the job table.
     supports_unique = True
+    #: Chains, groups and chords (:mod:`django_tasks.workflows`) run on this backend.
+    supports_workflows = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
@@ -218,12 +219,16 @@ class ModelBackend(BaseTaskBackend):
             return self.result_from_job(holder)
         return self.enqueued(task, job)
 
-    def prepare(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
-                receives_input: bool = False) -> Any:
-        """The unsaved ``Job`` for a call, after every check :meth:`enqueue` makes.
+    def check_call(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
+                   receives_input: bool = False) -> str:
+        """Every check a call must pass before it is stored; returns its queue.
 
-        ``receives_input``: a workflow step that will get its input (the previous step's
-        result) as an extra first argument; the signature is checked with it.
+        The one set of checks: :meth:`enqueue` makes them, and so do the schedules'
+        system check and the admin's schedule form (:meth:`call_problem`). Raises
+        ``InvalidTaskBackend``, ``InvalidTask``, ``InvalidArguments``,
+        ``ArgumentNotSerializable`` or ``PayloadTooLarge``, saying why.
+        ``receives_input``: a workflow step that will get its input (the previous
+        step's result) as an extra first argument; the signature is checked with it.
         """
         from django.apps import apps
         from django.tasks.exceptions import InvalidTaskBackend
@@ -257,6 +262,26 @@ class ModelBackend(BaseTaskBackend):
         check_payload(task.func, args, kwargs, self.config.max_payload,
                       task_name=task.module_path,
                       setting=f"TASKS[{self.alias!r}]['OPTIONS']['MAX_PAYLOAD']")
+        return queue_name
+
+    def call_problem(self, task_path: str, args: Sequence[Any], kwargs: dict[str, Any],
+                     queue: str = "") -> str | None:
+        """Why a call of the task at ``task_path`` could not be enqueued, or None: the
+        checks of :meth:`check_call`, made without enqueueing (a schedule's call, by the
+        system check and the admin's schedule form)."""
+        try:
+            task = resolve_task(task_path)
+            if queue:
+                task = task.using(queue_name=queue)
+            self.check_call(task, args, kwargs)
+        except Exception as exc:
+            return str(exc).removesuffix("Nothing was enqueued.").strip()
+        return None
+
+    def prepare(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
+                receives_input: bool = False) -> Any:
+        """The unsaved ``Job`` for a call that passed :meth:`check_call`."""
+        queue_name = self.check_call(task, args, kwargs, receives_input=receives_input)
         from ..models import Job
 
         job = Job(
@@ -310,21 +335,9 @@ class ModelBackend(BaseTaskBackend):
         transaction commits (never for a rolled-back one), at once outside one."""
         if job.queue_name != task.queue_name:
             task = replace(task, queue_name=job.queue_name)
-        result = JobResult(
-            task=task,
-            id=str(job.id),
-            status=TaskResultStatus.READY,
-            enqueued_at=job.enqueued_at,
-            started_at=None,
-            finished_at=None,
-            last_attempted_at=None,
-            args=list(job.args),
-            kwargs=job.kwargs,
-            backend=self.alias,
-            errors=[],
-            worker_ids=[],
-            job_status=job.status,
-        )
+        result = JobResult.build(task, id=str(job.id), job_status=job.status,
+                                 enqueued_at=job.enqueued_at, args=list(job.args),
+                                 kwargs=job.kwargs, backend=self.alias)
         transaction.on_commit(lambda: send_robust(task_enqueued, self.alias, result),
                               using=self.database, robust=True)
         return result
@@ -427,25 +440,13 @@ class ModelBackend(BaseTaskBackend):
                 run_after=job.run_after,
                 backend=job.backend,
             )
-        result = JobResult(
-            task=task,
-            id=str(job.id),
-            status=public_status(job.status),
-            enqueued_at=job.enqueued_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            last_attempted_at=job.last_attempted_at,
-            args=job.args,
-            kwargs=job.kwargs,
-            backend=job.backend,
-            errors=[error_from_dict(e) for e in job.errors],
-            worker_ids=list(job.worker_ids),
-            progress=job.progress,
-            job_status=job.status,
+        return JobResult.build(
+            task, id=str(job.id), job_status=job.status, enqueued_at=job.enqueued_at,
+            started_at=job.started_at, finished_at=job.finished_at,
+            last_attempted_at=job.last_attempted_at, args=job.args, kwargs=job.kwargs,
+            backend=job.backend, errors=job.errors, worker_ids=job.worker_ids,
+            progress=job.progress, return_value=job.return_value,
         )
-        if job.status == TaskResultStatus.SUCCESSFUL:
-            object.__setattr__(result, "_return_value", job.return_value)
-        return result
 
     # -- configuration -----------------------------------------------------------
 

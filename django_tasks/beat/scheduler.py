@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
 from ..conf import ScheduleEntry
@@ -96,7 +97,7 @@ class Scheduler:
     def __init__(self, backend: str = "default") -> None:
         self.backend = tasks_backend(backend)
         if not hasattr(self.backend, "store"):
-            raise ValueError(
+            raise ImproperlyConfigured(
                 f"TASKS[{backend!r}] uses {type(self.backend).__name__}, which has no "
                 "schedules; periodic tasks need a django_tasks backend."
             )
@@ -340,25 +341,6 @@ class Scheduler:
             now += timedelta(microseconds=1)
 
 
-def call_problem(backend: Any, task_path: str, args: Sequence[Any],
-                 kwargs: dict[str, Any], queue: str = "") -> str | None:
-    """Why a schedule's call could not be enqueued on ``backend``, or None."""
-    from ..jobs.policy import resolve_task
-    from ..serialization import check_arguments, check_signature
-
-    try:
-        task = resolve_task(task_path)
-        check_signature(task.func, args, kwargs, task_name=task_path,
-                        takes_context=task.takes_context)
-        check_arguments(task.func, args, kwargs, task_name=task_path)
-    except Exception as exc:
-        return str(exc).removesuffix("Nothing was enqueued.").strip()
-    queue = queue or backend.queue_for(task)
-    if backend.queues and queue not in backend.queues:
-        return f"queue {queue!r} is not in TASKS[{backend.alias!r}]['QUEUES']."
-    return None
-
-
 def check_schedules(backend: Any) -> list[Any]:
     """System-check errors for ``OPTIONS["SCHEDULE"]`` entries whose task cannot run."""
     from django.core import checks
@@ -366,7 +348,7 @@ def check_schedules(backend: Any) -> list[Any]:
     errors = []
     for entry in backend.config.schedule:
         where = f"TASKS[{backend.alias!r}]['OPTIONS']['SCHEDULE'][{entry.name!r}]"
-        problem = call_problem(backend, entry.task, entry.args, dict(entry.kwargs), entry.queue)
+        problem = backend.call_problem(entry.task, entry.args, dict(entry.kwargs), entry.queue)
         if problem:
             errors.append(checks.Error(f"{where}: {problem}", id="django_tasks.E007"))
     return errors

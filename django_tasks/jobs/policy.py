@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 from importlib import import_module
 from traceback import format_exception
@@ -19,12 +19,10 @@ from typing import Any
 from django.tasks import Task as DjangoTask
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.signals import task_finished
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from ..conf import may_import
 from ..exceptions import Retry, ReturnValueNotSerializable, TaskNotRegistered, Terminated
-from ..results import JobError, JobResult
+from ..results import JobResult, as_datetime, error_from_dict
 from ..retry import next_attempt_at
 from ..states import CANCELLED, FAILED, READY, RUNNING, SUCCESSFUL
 from .messages import Message, Outcome
@@ -99,28 +97,6 @@ def task_or_none(path: str) -> Any:
         return None
 
 
-def as_datetime(value: Any) -> datetime | None:
-    """A stored or transported timestamp as an aware datetime."""
-    if value is None or isinstance(value, datetime):
-        dt = value
-    else:
-        dt = parse_datetime(value)
-    if dt is not None and timezone.is_naive(dt):
-        dt = dt.replace(tzinfo=UTC)
-    return dt
-
-
-def error_from_dict(data: dict[str, Any]) -> JobError:
-    return JobError(
-        exception_class_path=data.get("exception_class_path", ""),
-        traceback=data.get("traceback", ""),
-        message=data.get("message", ""),
-        attempt=data.get("attempt", 0),
-        worker_id=data.get("worker_id", ""),
-        occurred_at=as_datetime(data.get("occurred_at")),
-    )
-
-
 def storable(text: str) -> str:
     """``text`` with what no database stores (NUL, lone surrogates) backslash-escaped."""
     if "\x00" in text:
@@ -153,20 +129,11 @@ def _sender(backend_alias: str) -> type:
 
 def job_result(message: Message, task: Any, now: datetime | None = None) -> JobResult:
     """The ``TaskResult`` of the attempt ``message`` is for, as the task and signals see it."""
-    return JobResult(
-        task=task,
-        id=message.id,
-        status=TaskResultStatus.RUNNING,
-        enqueued_at=as_datetime(message.enqueued_at),
-        started_at=as_datetime(message.started_at),
-        finished_at=None,
-        last_attempted_at=now,
-        args=message.args,
-        kwargs=message.kwargs,
-        backend=message.backend,
-        errors=[error_from_dict(e) for e in message.errors],
+    return JobResult.build(
+        task, id=message.id, job_status=RUNNING, enqueued_at=message.enqueued_at,
+        started_at=message.started_at, last_attempted_at=now, args=message.args,
+        kwargs=message.kwargs, backend=message.backend, errors=message.errors,
         worker_ids=message.worker_ids,
-        job_status=RUNNING,
     )
 
 

@@ -262,8 +262,6 @@ class _Plan:
 
     def _step(self, sig: Signature, upstream: Tree | None, extra: tuple[Any, ...],
               extra_kwargs: Mapping[str, Any], errbacks: list[dict[str, Any]]) -> str:
-        from ..backends.base import ModelBackend
-
         task = sig.task
         options = sig.options
         using: dict[str, Any] = {}
@@ -277,7 +275,7 @@ class _Plan:
         if using:
             task = task.using(**using)
         backend = task.get_backend()
-        if not isinstance(backend, ModelBackend):
+        if not getattr(backend, "supports_workflows", False):
             raise InvalidTask(f"{task.module_path} uses {type(backend).__name__}: workflows "
                               "need a django_tasks backend.")
         if self.backend is None:
