@@ -85,7 +85,7 @@ def test_a_task_module_that_fails_to_import_fails_its_job_not_the_process(
         # The same child (prefork) ran all three: the import errors killed nothing.
         assert run(pool, make_message("getpid")).return_value == pid
     finally:
-        pool.stop(now=True)
+        pool.stop(at_once=True)
     for outcome in (raises, syntax):
         assert outcome.status == "FAILED"  # not retried: the task cannot be resolved
         assert outcome.error["exception_class_path"] == NOT_REGISTERED

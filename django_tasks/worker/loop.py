@@ -507,7 +507,7 @@ class Worker(BrokerThreads):
         except Abort:  # raised by code that embeds the worker; signals only set flags
             aborted = True
         finally:
-            self.shutdown(now=aborted)
+            self.shutdown(at_once=aborted)
         return self.completed
 
     def _done_claiming(self) -> bool:
@@ -548,10 +548,10 @@ class Worker(BrokerThreads):
 
     # -- stopping -------------------------------------------------------------------------
 
-    def shutdown(self, *, now: bool = False) -> None:
+    def shutdown(self, *, at_once: bool = False) -> None:
         """Stop the pool, write what is pending, give back and rescue the rest, sign off.
 
-        ``now``: kill running jobs at once (a second signal). Otherwise running jobs
+        ``at_once``: kill running jobs at once (a second signal). Otherwise running jobs
         were given until the grace period ended; any still running are killed. Either
         way the interrupted jobs are rescued at once (their attempt ends with
         ``WorkerLost``, under the task's retry policy), and prefetched jobs are given
@@ -562,7 +562,7 @@ class Worker(BrokerThreads):
         self._duties_stop.set()
         # Running jobs have had their grace period (run() waited for it), so stop kills
         # whatever still runs; prefork children that are idle just exit.
-        unfinished = self.pool.stop(now=now, timeout=0)
+        unfinished = self.pool.stop(at_once=at_once, timeout=0)
         self.dispatch()  # outcomes that arrived meanwhile
         if self._broker is not None and self._broker.is_alive():
             self._broker_stop = True  # it writes what is pending, then returns
@@ -594,7 +594,7 @@ class Worker(BrokerThreads):
                 released = self.broker.give_back(not_started)
                 logger.info("Gave back %d job(s) claimed but not started", released)
             if interrupted:
-                why = ("stopped at once by a second signal" if now else
+                why = ("stopped at once by a second signal" if at_once else
                        f"still running when the {self.grace:g}s shutdown grace period ended")
                 self._record_start_of(interrupted)
                 counts = self.store.rescue(
