@@ -5,6 +5,7 @@ sleeping. The real-process versions (kill -9, SIGSTOP, dropped connections) are 
 test_crashes.py.
 """
 
+import dataclasses
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from django_tasks import EnqueueError
 from django_tasks.conf import BackendOptions
 from django_tasks.jobs.messages import Outcome, Start
 from django_tasks.models import Job, Worker
-from django_tasks.worker import TaskWorker
+from django_tasks.worker import Phase, TaskWorker
 from django_tasks.worker.liveness import is_gone, process_key
 from tests import reliability_tasks as rt
 from tests import tasks
@@ -310,6 +311,38 @@ def test_adaptive_prefetch_learns_from_outcomes():
     assert worker.exchange() == 2  # one slot + one prefetched, before any measurement
     worker.drain()
     assert worker.snapshot().avg_run is not None and worker.prefetch_now() > 1
+
+
+def test_a_snapshot_is_what_the_worker_holds_and_did():
+    results = [tasks.add.enqueue(i, i) for i in range(3)]
+    worker = TaskWorker(pool="inline", worker_id="w", prefetch=2)
+    assert worker.exchange() == 3
+    before = worker.snapshot()
+    assert (before.holder, before.buffered, before.running, before.claimed) == (
+        "w", tuple(r.id for r in results), (), 3)
+    assert worker.drain() == 3
+    after = worker.snapshot()
+    assert (after.buffered, after.running, after.unrecorded_starts, after.unwritten_outcomes,
+            after.claimed, after.completed, after.drained) == ((), (), 0, 0, 3, 3, True)
+    assert before.buffered == tuple(r.id for r in results)  # a copy: it did not change
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.claimed = 0
+
+
+def test_the_phase_only_moves_forward_and_run_duty_names_the_duties():
+    worker = TaskWorker(pool="inline")
+    assert worker.phase is Phase.RUNNING
+    worker.abort()  # a second signal
+    assert worker.phase is Phase.ABORTING
+    worker.stop()  # a later, lesser request changes nothing
+    assert worker.phase is Phase.ABORTING
+    worker.shutdown(at_once=True)
+    assert worker.phase is Phase.STOPPED and worker.stop_duties.is_set()
+    worker.abort()
+    assert worker.phase is Phase.STOPPED
+    with pytest.raises(ValueError, match=r"^No duty 'cancel'; this worker's duties are "
+                                         r"heartbeat, rescue, cancel poll, "):
+        worker.run_duty("cancel")
 
 
 def test_a_bug_in_the_broker_thread_stops_the_worker_loudly(monkeypatch, caplog):
