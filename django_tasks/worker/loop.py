@@ -293,7 +293,7 @@ class TaskWorker:
             if phase <= self.phase:
                 return
             self.phase = phase
-        if phase >= Phase.SHUTTING_DOWN:  # never from a signal handler (see stop())
+        if phase >= Phase.SHUTTING_DOWN:  # shutdown() only: signals ask for no more than ABORTING
             self.stop_duties.set()
 
     def stop(self) -> None:
