@@ -17,7 +17,7 @@ the jobs::
 Time is a parameter: ``drain(now=timezone.now() + timedelta(minutes=5))`` also runs
 the jobs deferred, and the retries due, within the next five minutes.
 
-Both helpers drive :class:`~django_tasks.worker.Worker` through its public methods
+Both helpers drive :class:`~django_tasks.worker.TaskWorker` through its public methods
 only (``exchange``, ``dispatch``, ``stop``, ``shutdown`` and the ``claimed`` /
 ``completed`` counters). Each call uses a new worker whose id starts with
 ``testing-`` (it shows in ``result.worker_ids``); the worker is not registered in the
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from .exceptions import TasksError
-from .worker import Worker
+from .worker import TaskWorker
 
 __all__ = ["DEFAULT_MAX_JOBS", "DrainLimitExceeded", "drain", "run_once"]
 
@@ -139,10 +139,10 @@ def run_once(
 
 
 def _worker(backend: str, queues: Sequence[str] | None, *, concurrency: int,
-            max_tasks: int | None = None) -> Worker:
+            max_tasks: int | None = None) -> TaskWorker:
     if isinstance(queues, str):
         raise TypeError(f"queues takes a list of queue names, e.g. queues=[{queues!r}].")
-    return Worker(
+    return TaskWorker(
         backend=backend, queues=queues, pool="inline", concurrency=concurrency, prefetch=0,
         max_tasks=max_tasks, worker_id=f"testing-{uuid.uuid4().hex[:12]}",
     )

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django_tasks import ArgumentNotSerializable, JobError, ResultTimeout, TaskFailed
 from django_tasks.jobs.messages import Outcome
 from django_tasks.models import Job
-from django_tasks.worker import Worker
+from django_tasks.worker import TaskWorker
 from tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,7 +29,7 @@ def _current_backend():
 
 
 def drain(now=None, **kwargs):
-    worker = Worker(pool="inline", concurrency=4, **kwargs)
+    worker = TaskWorker(pool="inline", concurrency=4, **kwargs)
     worker.drain(now)
     return worker
 
@@ -280,14 +280,14 @@ def test_prune_and_retry_verbs():
 
 def test_prefetched_jobs_run_in_order_and_are_given_back_on_shutdown():
     results = [tasks.add.enqueue(i, 0) for i in range(4)]
-    worker = Worker(pool="inline", concurrency=1, prefetch=2)
+    worker = TaskWorker(pool="inline", concurrency=1, prefetch=2)
     assert worker.exchange() == 3  # one slot + two prefetched, in one round trip
-    assert [j.id for j in worker._buffer] == [r.id for r in results[:3]]
+    assert worker.snapshot().buffered == tuple(r.id for r in results[:3])
     assert {Job.objects.get(pk=r.id).status for r in results[:3]} == {"CLAIMED"}
     results[0].refresh()
     assert results[0].status == TaskResultStatus.READY  # claimed is not started
     worker.dispatch()  # starts job 0 (the inline pool runs it there and then)
-    assert [j.id for j in worker._buffer] == [results[1].id, results[2].id]
+    assert worker.snapshot().buffered == (results[1].id, results[2].id)
     assert worker.exchange() == 0  # records the start; no room left to claim
     job0 = Job.objects.get(pk=results[0].id)
     assert (job0.status, job0.attempts, job0.worker_ids) == ("RUNNING", 1, [worker.worker_id])
@@ -357,16 +357,16 @@ def test_the_admins_retry_goes_through_the_backend():
 
 def test_a_job_claimed_again_waits_while_its_old_attempt_runs_here():
     result = tasks.add.enqueue(1, 2)
-    worker = Worker(pool="inline", concurrency=2, prefetch=0)
+    worker = TaskWorker(pool="inline", concurrency=2, prefetch=0)
     [old] = broker.claim(worker.worker_id, "old", ["default"], 1)
     # The old attempt still runs in this worker (say, after it was presumed dead and its
     # jobs rescued); the job is given back and claimed again by the same worker.
-    worker._running[old.id] = (old, 0.0)
+    worker.ledger.add_running(old)
     broker.give_back([old])
     assert worker.exchange() == 1
     assert worker.dispatch() == 0  # not a second run of the same job at once
     assert Job.objects.get(pk=result.id).status == "CLAIMED"
-    del worker._running[old.id]  # the old attempt ended
+    worker.ledger.remove_running(old.id)  # the old attempt ended
     assert worker.dispatch() == 1
     worker.drain()
     assert result.wait(timeout=1) == 3

@@ -20,7 +20,7 @@ from django_tasks import TaskFailed, chain, chord
 from django_tasks.exceptions import Cancelled
 from django_tasks.jobs.messages import Outcome
 from django_tasks.models import Job
-from django_tasks.worker.loop import Worker
+from django_tasks.worker import TaskWorker
 from tests import reliability_tasks as rt
 from tests import tasks
 from tests.helpers import start_worker, wait_for
@@ -32,7 +32,7 @@ CANCELLED_ERROR = "django_tasks.exceptions.Cancelled"
 
 
 def inline_worker(**kwargs):
-    return Worker(pool="inline", concurrency=2, **kwargs)
+    return TaskWorker(pool="inline", concurrency=2, **kwargs)
 
 
 def drain():
@@ -120,7 +120,7 @@ def test_a_claimed_job_in_a_workers_buffer_is_dropped_unstarted(tmp_path, broker
     assert Job.objects.get(pk=result.id).status == "CLAIMED"
     assert result.cancel() == "cancelling"
     assert result.cancel() == "already cancelling"
-    worker._poll_cancels()  # the duty
+    worker.run_duty("cancel poll")
     worker.drain()
     assert not log.exists()
     assert_cancelled(result)
@@ -145,8 +145,8 @@ def test_a_claimed_job_of_a_dead_worker_is_cancelled_by_the_rescue(tmp_path, bro
     worker.exchange()  # claims it; the worker is never registered: rescue frees it
     result.cancel()
     rescuer = inline_worker()
-    rescuer._register()
-    rescuer._rescue()
+    rescuer.register()
+    rescuer.run_duty("rescue")
     assert_cancelled(result)
     rescuer.drain()
     assert not log.exists()

@@ -85,7 +85,7 @@ def test_a_task_module_that_fails_to_import_fails_its_job_not_the_process(
         # The same child (prefork) ran all three: the import errors killed nothing.
         assert run(pool, make_message("getpid")).return_value == pid
     finally:
-        pool.stop(now=True)
+        pool.stop(at_once=True)
     for outcome in (raises, syntax):
         assert outcome.status == "FAILED"  # not retried: the task cannot be resolved
         assert outcome.error["exception_class_path"] == NOT_REGISTERED
@@ -395,14 +395,14 @@ def test_loglevel_is_case_insensitive(capsys):
 def test_a_worker_id_taken_at_the_same_moment_is_refused_clearly(monkeypatch):
     from django_tasks.exceptions import WorkerIdInUse
     from django_tasks.models import Worker as WorkerRow
-    from django_tasks.worker import Worker
+    from django_tasks.worker import TaskWorker
 
-    Worker(pool="inline", worker_id="twin")._register()
+    TaskWorker(pool="inline", worker_id="twin").register()
     # The second worker looks before the first has inserted, then inserts too.
     monkeypatch.setattr(type(WorkerRow.objects.all()), "first", lambda qs: None)
     with pytest.raises(WorkerIdInUse, match=r"^Another worker registered as 'twin' at the same "
                                             r"moment; give this one another --worker-id"):
-        Worker(pool="inline", worker_id="twin")._register()
+        TaskWorker(pool="inline", worker_id="twin").register()
 
 
 # -- django_tasks missing from INSTALLED_APPS --------------------------------------------------
@@ -473,11 +473,11 @@ def test_enqueue_without_the_app_says_what_to_do(settings):
 def test_a_failed_job_is_logged_once(caplog, pool_name):
     import logging
 
-    from django_tasks.worker import Worker
+    from django_tasks.worker import TaskWorker
 
     caplog.set_level(logging.DEBUG)
     result = tasks.fails_with_type_error.enqueue()
-    Worker(pool=pool_name, burst=True).run()
+    TaskWorker(pool=pool_name, burst=True).run()
     lines = [r for r in caplog.records if result.id in r.getMessage()]
     assert [(r.name, r.levelname) for r in lines] == [
         ("django_tasks.worker", "INFO"),  # started
@@ -540,12 +540,12 @@ def test_tasks_prune_deletes_gone_workers_but_not_those_still_holding_jobs():
 
 @db
 def test_workers_prune_gone_workers_rows_after_worker_retention(settings):
-    from django_tasks.worker import Worker
+    from django_tasks.worker import TaskWorker
 
     settings.TASKS = {"default": {**settings.TASKS["default"], "OPTIONS": {
         **settings.TASKS["default"]["OPTIONS"], "WORKER_RETENTION": 2 * 86400}}}
     worker_rows({"stopped-3d": 3, "stopped-1d": 1, "silent-3d": 3})
-    worker = Worker(pool="inline", burst=True, worker_id="pruner")
+    worker = TaskWorker(pool="inline", burst=True, worker_id="pruner")
     assert "prune workers" in [d.name for d in worker.duties]  # and hourly after start
     worker.run()
     assert remaining() == ["pruner", "stopped-1d"]  # silent-3d: last heard of 3 days ago

@@ -90,7 +90,7 @@ def pools():
 
     yield build
     for pool in made:
-        pool.stop(now=True)
+        pool.stop(at_once=True)
 
 
 # -- child death ---------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def test_stop_now_kills_at_once(pools):
     slow = make_message("sleep_then_return", 30)
     pool.submit(slow)
     started = time.monotonic()
-    assert pool.stop(now=True) == [slow.id]
+    assert pool.stop(at_once=True) == [slow.id]
     assert time.monotonic() - started < 3
     assert pool.collect() == []
     assert gone(pid)

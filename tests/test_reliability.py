@@ -5,6 +5,7 @@ sleeping. The real-process versions (kill -9, SIGSTOP, dropped connections) are 
 test_crashes.py.
 """
 
+import dataclasses
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from django_tasks import EnqueueError
 from django_tasks.conf import BackendOptions
 from django_tasks.jobs.messages import Outcome, Start
 from django_tasks.models import Job, Worker
-from django_tasks.worker import Worker as TaskWorker
+from django_tasks.worker import Phase, TaskWorker
 from django_tasks.worker.liveness import is_gone, process_key
 from tests import reliability_tasks as rt
 from tests import tasks
@@ -195,7 +196,7 @@ def test_reconcile_gives_back_claims_whose_answer_was_lost():
     result = tasks.add.enqueue(1, 1)
     worker = TaskWorker(pool="inline", worker_id="w")
     claim("w")  # committed, but the worker never saw the rows
-    worker._reconcile()
+    worker.broker_thread.reconcile()
     job = Job.objects.get(pk=result.id)
     assert (job.status, job.worker_id, job.lease) == ("READY", "", "")
 
@@ -205,13 +206,11 @@ def test_interrupted_jobs_are_rescued_by_the_worker_itself():
     worker = TaskWorker(pool="inline", worker_id="w", prefetch=0)
     register("w")
     worker.exchange()
-    message = worker._buffer[0]
-    job_id = message.id
-    with worker._lock:  # as dispatch() does, without running it
-        worker._buffer.clear()
-        stamp = timezone.now().isoformat()
-        worker._running[job_id] = (message, 0.0)
-        worker._starts.append(Start(job_id, message.lease, stamp))
+    (job_id,) = worker.snapshot().buffered
+    worker.pool.submit = lambda message: None  # the pool takes the job and does not run it
+    assert worker.dispatch() == 1  # started: running, its start not yet written
+    snapshot = worker.snapshot()
+    assert (snapshot.buffered, snapshot.running, snapshot.unrecorded_starts) == ((), (job_id,), 1)
     worker.pool.stop = lambda **kw: [job_id]  # the pool reports it killed the job
     worker.grace = 5
     worker.shutdown()
@@ -289,19 +288,19 @@ def test_tasks_prune_command():
 
 
 def test_adaptive_prefetch_holds_what_the_slots_start_within_the_window():
-    from django_tasks.worker.loop import PREFETCH_PER_SLOT, PREFETCH_WINDOW
+    from django_tasks.worker.ledger import PREFETCH_PER_SLOT, PREFETCH_WINDOW
 
     worker = TaskWorker(pool="inline", concurrency=2)
     assert worker.adaptive_prefetch and worker.prefetch == 2 * PREFETCH_PER_SLOT
     assert worker.prefetch_now() == 2  # nothing measured yet: one per slot
-    worker._avg_run = 0.0005  # short jobs: up to the cap
+    worker.ledger.set_average_run(0.0005)  # short jobs: up to the cap
     assert worker.prefetch_now() == 2 * PREFETCH_PER_SLOT
-    worker._avg_run = PREFETCH_WINDOW  # each slot starts one job per window
+    worker.ledger.set_average_run(PREFETCH_WINDOW)  # each slot starts one job per window
     assert worker.prefetch_now() == 2
-    worker._avg_run = 60.0  # long jobs: hold none, so another worker can take them
+    worker.ledger.set_average_run(60.0)  # long jobs: hold none, so another worker can take them
     assert worker.prefetch_now() == 0
     fixed = TaskWorker(pool="inline", concurrency=2, prefetch=3)
-    fixed._avg_run = 60.0
+    fixed.ledger.set_average_run(60.0)
     assert fixed.prefetch_now() == 3 and not fixed.adaptive_prefetch
 
 
@@ -311,7 +310,39 @@ def test_adaptive_prefetch_learns_from_outcomes():
     worker = TaskWorker(pool="inline", concurrency=1)
     assert worker.exchange() == 2  # one slot + one prefetched, before any measurement
     worker.drain()
-    assert worker._avg_run is not None and worker.prefetch_now() > 1
+    assert worker.snapshot().avg_run is not None and worker.prefetch_now() > 1
+
+
+def test_a_snapshot_is_what_the_worker_holds_and_did():
+    results = [tasks.add.enqueue(i, i) for i in range(3)]
+    worker = TaskWorker(pool="inline", worker_id="w", prefetch=2)
+    assert worker.exchange() == 3
+    before = worker.snapshot()
+    assert (before.holder, before.buffered, before.running, before.claimed) == (
+        "w", tuple(r.id for r in results), (), 3)
+    assert worker.drain() == 3
+    after = worker.snapshot()
+    assert (after.buffered, after.running, after.unrecorded_starts, after.unwritten_outcomes,
+            after.claimed, after.completed, after.drained) == ((), (), 0, 0, 3, 3, True)
+    assert before.buffered == tuple(r.id for r in results)  # a copy: it did not change
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.claimed = 0
+
+
+def test_the_phase_only_moves_forward_and_run_duty_names_the_duties():
+    worker = TaskWorker(pool="inline")
+    assert worker.phase is Phase.RUNNING
+    worker.abort()  # a second signal
+    assert worker.phase is Phase.ABORTING
+    worker.stop()  # a later, lesser request changes nothing
+    assert worker.phase is Phase.ABORTING
+    worker.shutdown(at_once=True)
+    assert worker.phase is Phase.STOPPED and worker.stop_duties.is_set()
+    worker.abort()
+    assert worker.phase is Phase.STOPPED
+    with pytest.raises(ValueError, match=r"^No duty 'cancel'; this worker's duties are "
+                                         r"heartbeat, rescue, cancel poll, "):
+        worker.run_duty("cancel")
 
 
 def test_a_bug_in_the_broker_thread_stops_the_worker_loudly(monkeypatch, caplog):

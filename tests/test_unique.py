@@ -22,14 +22,14 @@ from django_tasks.jobs.messages import Start
 from django_tasks.models import Job
 from django_tasks.states import CLAIMED, FAILED, READY, RUNNING, SUCCESSFUL
 from django_tasks.task import call_digest
-from django_tasks.worker import Worker
+from django_tasks.worker import TaskWorker
 from tests import unique_tasks as ut
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def drain(now=None):
-    Worker(pool="inline", concurrency=4).drain(now)
+    TaskWorker(pool="inline", concurrency=4).drain(now)
 
 
 def rows(key):

@@ -118,14 +118,14 @@ def test_workers_stepped_by_hand_do_not_leak_descriptors():
     import gc
     import os
 
-    from django_tasks.worker import Worker
+    from django_tasks.worker import TaskWorker
 
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc")
     gc.collect()
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(50):
-        Worker(pool="inline")  # never started nor shut down, as in tests and drain()
+        TaskWorker(pool="inline")  # never started nor shut down, as in tests and drain()
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= before
 
@@ -148,12 +148,20 @@ def test_every_public_name_imports_and_task_is_the_decorator():
 
 
 def test_a_worker_with_no_queue_to_serve_says_so(settings):
-    from django_tasks.worker import Worker
+    from django_tasks.worker import TaskWorker
 
     settings.TASKS = {"default": {**settings.TASKS["default"], "QUEUES": []}}
     with pytest.raises(ValueError, match=r"QUEUES'\] is empty .* name them with -Q"):
-        Worker(pool="inline")
-    assert Worker(pool="inline", queues=["default"]).queues == ["default"]
+        TaskWorker(pool="inline")
+    assert TaskWorker(pool="inline", queues=["default"]).queues == ["default"]
+
+
+def test_the_worker_loops_former_name_still_imports():
+    import django_tasks.models
+    from django_tasks.worker import TaskWorker, Worker
+
+    assert Worker is TaskWorker  # as docs and projects imported it before the rename
+    assert django_tasks.models.Worker is not TaskWorker  # the registry's row
 
 
 def test_retry_delay_is_what_a_retry_without_countdown_waits():

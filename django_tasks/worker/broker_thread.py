@@ -1,109 +1,206 @@
-"""The worker's two I/O threads, as a part of :class:`~django_tasks.worker.loop.Worker`.
+"""The broker thread: every round trip of the hot path, and riding out broker outages.
 
-- The **broker thread** makes every round trip of the hot path
-  (:meth:`Worker.exchange`: starts, outcomes, claims) and rides out broker outages,
-  keeping outcomes in memory until they are written.
-- The **duties thread** runs the periodic duties (:class:`Duty`: heartbeat, rescue of
-  dead workers' jobs; each a function of the time) on its own connection, so a slow
-  claim never delays a heartbeat.
-- With ``--beat``, the **beat thread** runs the scheduler, on its own connection too,
-  so a long scheduler pass delays neither.
+Each round trip (:meth:`BrokerThread.exchange`) writes the starts and outcomes the main
+thread gathered in the :class:`~django_tasks.worker.ledger.Ledger` since the last one
+and claims jobs for the room left (one statement on PostgreSQL); while it is in flight
+the next batch gathers. Between round trips the thread sleeps until the main thread
+has something to write, the broker's wake-up channel says jobs were published, or the
+poll timer runs out.
 
-Only the broker's ``outage_errors`` are retried; any other exception in either thread
-is a bug: it is logged with its traceback and stops the worker, whose jobs are then
-given back or rescued.
+Only the broker's ``outage_errors`` are retried (outcomes stay in memory until they
+are written); any other exception is a bug: it is logged with its traceback and stops
+the worker, whose jobs are then given back or rescued.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from multiprocessing.connection import wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 
+from ..jobs.messages import Outcome
 from ..outage import Outage
-from .liveness import is_gone
-from .wakeup import drain, poke
+from .phase import Phase
+
+if TYPE_CHECKING:  # the worker builds this class: no import at run time
+    from .loop import TaskWorker
 
 logger = logging.getLogger("django_tasks.worker")
 
-__all__ = ["BrokerThreads", "Duty"]
+__all__ = ["BrokerThread", "reset_connections"]
 
 
-class Duty:
-    """A periodic duty of the duties thread: ``run(now)`` every ``interval`` seconds.
+def reset_connections() -> None:
+    """Drop the calling thread's database connections; the next use reconnects."""
+    for conn in connections.all(initialized_only=True):
+        try:
+            conn.close()
+        except Exception:
+            pass  # it is broken already; Django reconnects on next use
 
-    First due one interval from now: ``Worker.start()`` registers (a fresh heartbeat)
-    and rescues synchronously before the thread starts.
+
+class BrokerThread:
+    """What the broker thread does for ``worker``; :meth:`run` is the thread's body.
+
+    It owns the broker's wake-up channel (``listener``): opened by ``TaskWorker.start()``
+    before the thread starts, reopened here after it broke, closed at shutdown.
     """
 
-    def __init__(self, name: str, interval: float, run: Any) -> None:
-        self.name, self.interval, self.run = name, interval, run
-        self.due = time.monotonic() + interval
+    def __init__(self, worker: TaskWorker) -> None:
+        self.worker = worker
+        self.listener: Any = None
+        self.listens = False  # the broker has a wake-up channel to keep open
+        self._wake_retry_at = 0.0
 
+    # -- one round trip ---------------------------------------------------------------------
 
-class BrokerThreads:
-    """The broker and duties threads of a worker (state and verbs live on ``Worker``)."""
+    def exchange(self, now: datetime | None = None) -> int:
+        """One broker round trip: write starts and outcomes, claim for the room left.
 
-    # Attributes ``Worker.__init__`` sets; declared for readers and type checkers.
-    _lock: Any
-    broker: Any
-    store: Any
-    scheduler: Any
+        If the round trip fails, the starts and outcomes are kept for the next one and
+        the error propagates. Returns how many jobs were claimed.
+        """
+        worker = self.worker
+        ledger = worker.ledger
+        batch = ledger.take(claiming=worker.phase is Phase.RUNNING)
+        try:
+            done = worker.broker.exchange(
+                batch.holder, lease=uuid.uuid4().hex, starts=batch.starts,
+                outcomes=batch.outcomes, queues=worker.queues, limit=batch.want, now=now,
+            )
+        except BaseException:
+            ledger.put_back(batch)
+            raise
+        jobs = done.claimed
+        drained = ledger.add_claimed(batch, jobs)
+        if jobs or batch.starts or drained:
+            worker.wake_main.poke()  # new jobs, or dispatch may have waited for the starts
+        if done.stale:
+            self._log_stale(done.stale)
+        return len(jobs)
 
-    def _crash(self, thread: str) -> None:
-        """A bug (not an outage) in ``thread``: say so loudly and stop the worker."""
-        logger.exception(
-            "Bug in the worker's %s thread; stopping the worker (its jobs will be rescued). "
-            "Please report this with the traceback", thread,
-        )
-        self.crashed = True
-        self.stop()
+    def _log_stale(self, outcomes: Sequence[Outcome]) -> None:
+        """Say why each outcome was discarded: its job's row is gone, or held by another."""
+        try:
+            exist = self.worker.store.existing([o.id for o in outcomes])
+        except Exception:  # logging must not cost the round trip that already committed
+            exist = {o.id for o in outcomes}
+        for outcome in outcomes:
+            if outcome.id not in exist:
+                logger.warning(
+                    "Job %s was deleted while it ran: its outcome %s went nowhere: task=%s",
+                    outcome.id, outcome.status, outcome.task_path or "?",
+                )
+                continue
+            logger.warning(
+                "Job %s: outcome %s discarded: task=%s: this worker no longer holds the job "
+                "under that claim (it was rescued after this worker was presumed dead, or "
+                "this is a replay of a write that had already been made); the job's row "
+                "keeps its state", outcome.id, outcome.status, outcome.task_path or "?",
+            )
 
-    # -- the broker thread ----------------------------------------------------------------
+    def reconcile(self) -> None:
+        """After a failed round trip: free jobs the table says we hold but we don't know.
 
-    def _broker_loop(self) -> None:
+        A claim whose commit succeeded but whose answer was lost leaves such jobs.
+        """
+        worker = self.worker
+        held = dict(worker.store.held_by(worker.worker_id))
+        unknown = sorted(set(held) - worker.ledger.known_ids())
+        if unknown:
+            released, retried, failed = worker.store.rescue(
+                worker.worker_id, f"worker {worker.worker_id} lost track of the job when its "
+                "broker connection broke", job_ids=unknown,
+            )
+            logger.warning("Freed %d job(s) held without this worker knowing: %d given back, "
+                           "%d to retry, %d failed", len(unknown), released, retried, failed)
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def run(self) -> None:
         """Round trips until the main thread is done; survives broker outages."""
+        worker = self.worker
+        ledger = worker.ledger
         outage = Outage(logger, "Broker unreachable", "Broker back")
         prepared = False
         try:
             while True:
-                with self._lock:
-                    pending = bool(self._outcomes or self._starts)
-                if self._broker_stop and not pending:
+                pending = ledger.has_writes()
+                if worker.phase >= Phase.FLUSHING and not pending:
                     return
                 try:
                     if not prepared:
-                        self.broker.prepare_connection()
+                        worker.broker.prepare_connection()
                         prepared = True
-                    if self._listener is None and self._listens:
+                    if self.listener is None and self.listens:
                         self._reopen_wake_source()
                     if outage.since is not None:
-                        self._reconcile()
+                        self.reconcile()
                     if self._worth_a_round_trip():
                         self.exchange()
                     outage.recovered("; outcomes written")
                     if not self._worth_a_round_trip():
-                        self._sleep_broker()
-                except self.broker.outage_errors as exc:
-                    if self._broker_stop and outage.lasted() > max(10.0, self.grace or 0.0):
+                        self._sleep()
+                except worker.broker.outage_errors as exc:
+                    unwritten = ledger.snapshot().unwritten_outcomes
+                    if (worker.phase >= Phase.FLUSHING
+                            and outage.lasted() > max(10.0, worker.grace or 0.0)):
                         logger.error(
                             "Giving up on the broker at shutdown: %d outcome(s) unwritten; "
-                            "those jobs will be rescued and run again", len(self._outcomes),
+                            "those jobs will be rescued and run again", unwritten,
                         )
                         return
-                    delay = outage.failed(exc, f"keeping {len(self._outcomes)} outcome(s) "
+                    delay = outage.failed(exc, f"keeping {unwritten} outcome(s) "
                                                "in memory and retrying")
-                    self._reset_connections()
+                    self.reset()
                     prepared = False
                     time.sleep(delay)
         except BaseException:
-            self._crash("broker")
+            worker.bug_in("broker")
         finally:
             connections.close_all()
+
+    def _worth_a_round_trip(self) -> bool:
+        worker = self.worker
+        return worker.ledger.worth_a_round_trip(claiming=worker.phase is Phase.RUNNING,
+                                                burst=worker.burst)
+
+    def _sleep(self) -> None:
+        """Wait for the main thread, a wake-up from the broker or the poll timer."""
+        worker = self.worker
+        waitables: list[Any] = [worker.wake_broker]
+        timeout = worker.poll_interval
+        if self.listener is not None:
+            waitables.append(self.listener)
+        elif self.listens:
+            timeout = min(timeout, 1.0)  # the wake-up channel is to be reopened soon
+        ready = wait(waitables, timeout)
+        if worker.wake_broker in ready:
+            worker.wake_broker.drain()
+        if self.listener is not None and self.listener in ready:
+            self.listener.drain()  # raises when the LISTEN connection was dropped
+        # Woken by the broker or the poll timer: worth asking for jobs again.
+        if not ready or self.listener in ready:
+            worker.ledger.expect_jobs()
+
+    # -- the wake-up channel --------------------------------------------------------------------
+
+    def open_wake_source(self) -> None:
+        """Subscribe to the broker's wake-up channel, if it has one (at start)."""
+        worker = self.worker
+        try:
+            self.listener = worker.broker.wake_source(worker.queues)
+        except worker.broker.outage_errors as exc:  # polling still works; say why we are slower
+            logger.warning("No wake-up channel (%s); polling every %ss", exc,
+                           worker.poll_interval)
+        else:
+            self.listens = self.listener is not None
 
     def _reopen_wake_source(self) -> None:
         """Subscribe again after the wake-up channel broke; while that fails, poll.
@@ -113,153 +210,27 @@ class BrokerThreads:
         round trip. Tried at most once a second.
         """
         now = time.monotonic()
-        if now < getattr(self, "_wake_retry_at", 0.0):
+        if now < self._wake_retry_at:
             return
         self._wake_retry_at = now + 1.0
         try:
-            self._listener = self.broker.wake_source(self.queues)
-        except self.broker.outage_errors as exc:
+            self.listener = self.worker.broker.wake_source(self.worker.queues)
+        except self.worker.broker.outage_errors as exc:
             logger.debug("No wake-up channel yet (%s); polling", exc)
 
-    def _worth_a_round_trip(self) -> bool:
-        """Something to write, or room to fill and reason to think jobs are ready."""
-        with self._lock:
-            if self._outcomes or self._starts:
-                return True
-            if self._room() <= 0:
-                return False
-            if not self._dry:
-                return True
-            # A burst worker with nothing left asks once more rather than wait for the
-            # poll timer: an empty answer then means the queue is drained.
-            return self.burst and not (self._buffer or self._running) and not self._drained
-
-    def _sleep_broker(self) -> None:
-        """Wait for the main thread, a wake-up from the broker or the poll timer."""
-        waitables = [self._io_r]
-        timeout = self.poll_interval
-        if self._listener is not None:
-            waitables.append(self._listener)
-        elif self._listens:
-            timeout = min(timeout, 1.0)  # the wake-up channel is to be reopened soon
-        ready = wait(waitables, timeout)
-        if self._io_r in ready:
-            drain(self._io_r)
-        if self._listener is not None and self._listener in ready:
-            self._listener.drain()  # raises when the LISTEN connection was dropped
-        with self._lock:
-            # Woken by the broker or the poll timer: worth asking for jobs again.
-            if not ready or self._listener in ready:
-                self._dry = False
-
-    # -- the duties thread ----------------------------------------------------------------
-
-    def _duties_loop(self) -> None:
-        """Run each duty when due, on this thread's own connection, until the worker stops."""
-        outage = Outage(logger, "Duties: broker unreachable", "Duties: broker back")
-        try:
-            while not self._duties_stop.is_set():
-                clock = time.monotonic()
-                due = [d for d in self.duties if d.due <= clock]
-                try:
-                    for duty in due:
-                        duty.run(None)
-                        duty.due = time.monotonic() + duty.interval
-                except self.broker.outage_errors as exc:
-                    delay = outage.failed(exc)
-                    self._reset_connections(listener=False)
-                    # Starting a buffered job now could run one a rescuer has given to
-                    # another worker after declaring this one dead: pause dispatch.
-                    if time.monotonic() - self._alive_at > self.worker_timeout / 2:
-                        self._holding = True
-                    self._duties_stop.wait(delay)
-                    continue
-                outage.recovered()
-                next_due = min(d.due for d in self.duties)
-                self._duties_stop.wait(max(0.0, next_due - time.monotonic()))
-        except BaseException:
-            self._crash("duties")
-        finally:
-            connections.close_all()
-
-    # -- the beat thread (worker --beat) ----------------------------------------------------
-
-    def _beat_loop(self) -> None:
-        """The scheduler's loop (as ``manage.py beat``, synchronised at start already)
-        until the worker stops; it rides out database outages itself."""
-        try:
-            self.scheduler.serve(self._duties_stop, sync=False)
-        except BaseException:
-            self._crash("beat")
-        finally:
-            connections.close_all()
-
-    def _beat(self, now: datetime | None = None) -> None:
-        """Duty: tell the registry this worker is alive; learn if it was declared dead."""
-        if self.store.heartbeat(self.worker_id):
-            self._alive_at = time.monotonic()
-            if self._holding:
-                self._holding = False
-                poke(self._wake_w)
-            return
-        old = self.worker_id
-        with self._lock:
-            # The rescuer gave our claimed jobs back and ended our running ones' leases:
-            # what we hold is no longer ours. Running jobs finish; their outcomes will
-            # be discarded. We come back as a new worker, never as the dead one.
-            dropped = len(self._buffer)
-            self._buffer.clear()
-            self._incarnation += 1
-            self.worker_id = f"{self._base_id}~{self._incarnation}"
-        logger.error(
-            "Worker %s was declared dead (no heartbeat for over %gs); its jobs were rescued. "
-            "Dropped %d prefetched job(s); registering again as %s",
-            old, self.worker_timeout, dropped, self.worker_id,
-        )
-        self._register()
-        self._alive_at = time.monotonic()
-        self._holding = False
-        poke(self._wake_w)
-
-    def _rescue(self, now: datetime | None = None) -> None:
-        """Duty: declare silent workers dead and rescue what lost workers held."""
-        for holder, why, (released, retried, failed) in self.store.rescue_orphans(
-            self.worker_id, now, is_gone=is_gone
-        ):
-            self.broker.recover(holder)
-            logger.warning(
-                "Rescued the jobs of worker %s (%s): %d given back, %d to retry, %d failed",
-                holder, why, released, retried, failed,
-            )
-
-    def _reconcile(self) -> None:
-        """After a failed round trip: free jobs the table says we hold but we don't know.
-
-        A claim whose commit succeeded but whose answer was lost leaves such jobs.
-        """
-        held = dict(self.store.held_by(self.worker_id))
-        with self._lock:
-            known = {j.id for j in self._buffer} | set(self._running)
-            known |= {o.id for o in self._outcomes}
-        unknown = sorted(set(held) - known)
-        if unknown:
-            released, retried, failed = self.store.rescue(
-                self.worker_id, f"worker {self.worker_id} lost track of the job when its "
-                "broker connection broke", job_ids=unknown,
-            )
-            logger.warning("Freed %d job(s) held without this worker knowing: %d given back, "
-                           "%d to retry, %d failed", len(unknown), released, retried, failed)
-
-    def _reset_connections(self, *, listener: bool = True) -> None:
-        """Drop this thread's connections; the next pass reconnects (and LISTENs again)."""
-        for conn in connections.all(initialized_only=True):
+    def reset(self) -> None:
+        """Drop this thread's connections and the wake-up channel; the next pass
+        reconnects (and subscribes again)."""
+        reset_connections()
+        if self.listener is not None:
             try:
-                conn.close()
-            except Exception:
-                pass  # it is broken already; Django reconnects on next use
-        if listener and self._listener is not None:
-            try:
-                self._listener.close()
+                self.listener.close()
             except Exception:
                 pass
-            self._listener = None
+            self.listener = None
+
+    def close_wake_source(self) -> None:
+        """Unsubscribe (at shutdown, once the thread has returned)."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None

@@ -7,23 +7,26 @@ import signal
 import sys
 from typing import Any
 
-from .loop import Worker
+from .loop import TaskWorker
+from .phase import Phase
 
 __all__ = ["configure_logging", "install_signal_handlers"]
 
 
-def install_signal_handlers(worker: Worker) -> None:
+def install_signal_handlers(worker: TaskWorker) -> None:
     """SIGTERM/SIGINT: stop claiming and finish running jobs; a second one: stop at once.
 
-    The handlers only set flags and wake the main loop, which acts at its next safe
-    point: a signal never interrupts the worker between taking a job and recording it.
+    The handlers only move the worker's phase and wake its threads, which act at their
+    next safe point: a signal never interrupts the worker between taking a job and
+    recording it.
     """
 
     def handle(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if worker.shutting_down or worker.abort_requested:
+        phase = worker.phase
+        if phase >= Phase.ABORTING:
             return  # already on the way out: let it finish
-        if worker.stopping:
+        if phase is Phase.STOPPING:
             worker.abort()
             return
         logging.getLogger("django_tasks.worker").info(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["drain", "pipe", "poke"]
+__all__ = ["Pipe", "drain", "pipe", "poke"]
 
 
 def pipe() -> tuple[int, int]:
@@ -34,3 +34,29 @@ def drain(fd: int) -> None:
         os.read(fd, 4096)
     except (BlockingIOError, OSError):
         pass
+
+
+class Pipe:
+    """A self-pipe as one object: ``poke()`` from any thread (or a signal handler) wakes
+    whoever waits on it; ``fileno()`` makes it a waitable; ``drain()`` after waking."""
+
+    __slots__ = ("r", "w")
+
+    def __init__(self) -> None:
+        self.r, self.w = pipe()
+
+    def fileno(self) -> int:
+        return self.r
+
+    def poke(self) -> None:
+        poke(self.w)
+
+    def drain(self) -> None:
+        drain(self.r)
+
+    def close(self) -> None:
+        """Close both ends (once; later calls do nothing)."""
+        fds, self.r, self.w = (self.r, self.w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)

@@ -12,7 +12,7 @@ from django.utils.module_loading import autodiscover_modules
 
 from django_tasks.exceptions import WorkerIdInUse
 from django_tasks.management.cli import add_loglevel, one_line_errors, positive_int
-from django_tasks.worker import Worker
+from django_tasks.worker import TaskWorker
 from django_tasks.worker.pools import POOLS
 from django_tasks.worker.supervisor import configure_logging, install_signal_handlers
 
@@ -145,7 +145,7 @@ class Command(BaseCommand):
                 "they need --pool prefork."
             )
         try:
-            worker = Worker(
+            worker = TaskWorker(
                 backend=options["backend"],
                 queues=queues,
                 concurrency=options["concurrency"],

@@ -9,7 +9,7 @@ from one thread:
   when ``collect()`` has something to do, and ``next_deadline()``: seconds until it has
   something to do anyway (a hard time limit falls due), or None;
 - ``running()`` / ``running_ids()``: jobs submitted and not yet collected;
-- ``stop(now=False, timeout=None)``: see :meth:`PreforkPool.stop`.
+- ``stop(at_once=False, timeout=None)``: see :meth:`PreforkPool.stop`.
 
 Each pool is a module of this package: :mod:`.prefork` (the default), :mod:`.threads`
 (``threads`` and ``inline``).

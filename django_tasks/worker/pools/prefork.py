@@ -445,10 +445,10 @@ class PreforkPool:
             return None
         return max(0.0, min(due) - time.monotonic())
 
-    def stop(self, *, now: bool = False, timeout: float | None = None) -> list[str]:
+    def stop(self, *, at_once: bool = False, timeout: float | None = None) -> list[str]:
         """Stop taking work and end the children; returns the ids of jobs that did not finish.
 
-        With ``now``, running children are killed at once. Otherwise running jobs get up
+        With ``at_once``, running children are killed at once. Otherwise running jobs get up
         to ``timeout`` seconds (None: as long as they take) to finish, with time limits
         and child deaths still handled as in ``collect()``; children still running then
         are killed. Killed jobs get no outcome: their ids are returned and the caller
@@ -462,7 +462,7 @@ class PreforkPool:
             if slot.message is None and slot.process is not None:
                 self._release(slot, replace=False)  # EOF: an idle child exits
         end = None if timeout is None else time.monotonic() + timeout
-        while not now and self.running():
+        while not at_once and self.running():
             self._done.extend(self._check_all())
             remaining = None if end is None else end - time.monotonic()
             if not self.running() or (remaining is not None and remaining <= 0):

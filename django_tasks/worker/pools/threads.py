@@ -105,7 +105,7 @@ class InlinePool:
     def next_deadline(self) -> float | None:
         return None
 
-    def stop(self, *, now: bool = False, timeout: float | None = None) -> list[str]:
+    def stop(self, *, at_once: bool = False, timeout: float | None = None) -> list[str]:
         """Nothing runs between calls; outcomes not yet collected stay for ``collect()``."""
         return []
 
@@ -198,8 +198,8 @@ class ThreadPool:
     def next_deadline(self) -> float | None:
         return None  # no limits are enforced, so nothing ever falls due
 
-    def stop(self, *, now: bool = False, timeout: float | None = None) -> list[str]:
-        """Stop taking work; wait for running jobs unless ``now``, up to ``timeout`` s.
+    def stop(self, *, at_once: bool = False, timeout: float | None = None) -> list[str]:
+        """Stop taking work; wait for running jobs unless ``at_once``, up to ``timeout`` s.
 
         Returns the ids of jobs that did not finish: those never started (taken back
         from the queue) and those still running when the wait ended, whose threads are
@@ -221,7 +221,7 @@ class ThreadPool:
                 self._running.pop(message.id, None)
         for _ in self._threads:
             self._inbox.put(None)
-        if not now:
+        if not at_once:
             end = None if timeout is None else time.monotonic() + timeout
             for thread in self._threads:
                 thread.join(None if end is None else max(0.0, end - time.monotonic()))

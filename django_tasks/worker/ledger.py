@@ -1,0 +1,388 @@
+"""What a worker holds, shared by its main and broker threads under one lock.
+
+A job moves through the ledger as: claimed (a round trip puts it in the *buffer*) ->
+started (dispatch moves it to *running* in a free slot and records an unwritten
+*start*) -> finished (dispatch turns the pool's outcome into an unwritten *outcome*)
+-> written (the next round trip takes the starts and outcomes, and puts them back if
+it fails). Cancel requests found by the cancel poll drop buffered jobs (a CANCELLED
+outcome) and queue running ones for the main thread to tell the pool.
+
+Every method is one transition and takes the lock once; the hot path takes it once per
+dispatch and twice per round trip. Nothing here does I/O or waits while holding it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
+
+from django.utils import timezone
+
+from ..jobs.cancel import cancelled_outcome
+from ..jobs.messages import Message, Outcome, Start
+
+__all__ = [
+    "PREFETCH_PER_SLOT", "PREFETCH_WINDOW", "START_RECORD_LAG", "Batch", "Ledger", "Load",
+    "Snapshot",
+]
+
+#: Adaptive prefetch holds what the slots are expected to start within this many seconds.
+PREFETCH_WINDOW = 0.1
+#: ... and at most this many jobs per slot.
+PREFETCH_PER_SLOT = 8
+#: Starts are recorded by the next round trip. If the oldest unrecorded start is older
+#: than this (the broker thread is starved or the database slow), no more jobs start
+#: until it is recorded: that bounds which jobs a kill -9 can leave recorded as
+#: "claimed, not started" although they ran.
+START_RECORD_LAG = 0.02
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The ledger at one moment (:meth:`Ledger.snapshot`), for tests and status."""
+
+    holder: str  #: the worker id the jobs are held under
+    buffered: tuple[str, ...]  #: claimed, not started, in the order they will start
+    running: tuple[str, ...]  #: started in a slot, no outcome collected yet
+    unrecorded_starts: int  #: starts not yet written by a round trip
+    unwritten_outcomes: int  #: outcomes not yet written by a round trip
+    to_cancel: frozenset[str]  #: running jobs asked to cancel, the pool not told yet
+    told: frozenset[str]  #: running jobs asked to cancel, the pool told
+    claimed: int  #: jobs claimed since the worker was made
+    completed: int  #: outcomes written since the worker was made
+    dry: bool  #: the last claim got fewer jobs than it asked for
+    drained: bool  #: the last round trip, with nothing held or pending, claimed nothing
+    avg_run: float | None  #: seconds a job spends in a slot, moving average (None: none yet)
+
+
+class Batch(NamedTuple):
+    """What one round trip writes and asks for (:meth:`Ledger.take`)."""
+
+    holder: str
+    starts: list[Start]
+    outcomes: list[Outcome]
+    want: int  #: jobs to claim
+    held: int  #: jobs buffered or running when it was taken
+
+
+class Load(NamedTuple):
+    """What the main loop decides on (:meth:`Ledger.load`)."""
+
+    running: int
+    busy: bool  #: something running, buffered or unwritten
+    drained: bool
+
+
+class Ledger:
+    """The jobs one worker holds (buffered, running), the starts and outcomes it has not
+    written yet, the cancel requests it has to tell, and its counters.
+
+    ``holder`` is the worker id the jobs are held under: it changes when the worker was
+    declared dead and comes back (:meth:`reincarnate`), atomically with forgetting what
+    the rescuer took.
+    """
+
+    def __init__(self, holder: str, *, concurrency: int, prefetch: int | None = None,
+                 max_tasks: int | None = None) -> None:
+        self.concurrency = concurrency
+        # ``prefetch=None``: adaptive (see :meth:`prefetch_now`), up to this many.
+        self.prefetch = PREFETCH_PER_SLOT * concurrency if prefetch is None else prefetch
+        self.adaptive_prefetch = prefetch is None
+        self.max_tasks = max_tasks
+        self._lock = threading.Lock()
+        self.holder = holder
+        self._buffer: deque[Message] = deque()  # claimed, not started
+        # job id -> (message, time.monotonic() at the start), for jobs in the pool
+        self._running: dict[str, tuple[Message, float]] = {}
+        self._starts: list[Start] = []  # started since the last exchange
+        # time.monotonic() of the oldest start not yet committed: in _starts, and in the
+        # round trip in flight
+        self._starts_since: float | None = None
+        self._inflight_since: float | None = None
+        self._outcomes: list[Outcome] = []  # finished since the last exchange
+        # Running jobs the cancel poll found asked to cancel, for the main thread (which
+        # owns the pool) to tell; and those already told.
+        self._to_cancel: set[str] = set()
+        self._told: set[str] = set()
+        self._dry = False  # the last claim got fewer jobs than asked for
+        self._drained = False  # an exchange with nothing held or pending claimed nothing
+        self._avg_run: float | None = None  # seconds per job in a slot, moving average
+        self.claimed = 0
+        self.completed = 0
+
+    # -- the main thread: dispatch ---------------------------------------------------------
+
+    def collect_and_start(self, outcomes: Sequence[Outcome], *, may_start: bool,
+                          free_slots: Callable[[], int], clock: float,
+                          now: datetime | None = None) -> list[Message]:
+        """Keep the pool's finished ``outcomes`` for the next round trip, then move
+        buffered jobs into the free slots and record their starts.
+
+        Returns the jobs to submit to the pool. None start unless ``may_start``, nor
+        while the oldest unrecorded start is older than ``START_RECORD_LAG``;
+        ``free_slots()`` is asked only when they may. A job still running here (an
+        older attempt) stays buffered: a job never runs twice at once in one worker.
+        """
+        with self._lock:
+            for outcome in outcomes:
+                self._told.discard(outcome.id)
+                message, at = self._running.pop(outcome.id, (None, clock))
+                if message is not None:
+                    outcome.started_at = message.started_at
+                    outcome.task_path = message.task_path
+                    outcome.linked = message.workflow_id is not None
+                self._outcomes.append(outcome)
+                took = clock - at
+                self._avg_run = took if self._avg_run is None else 0.8 * self._avg_run + 0.2 * took
+            jobs: list[Message] = []
+            oldest = min((t for t in (self._starts_since, self._inflight_since) if t is not None),
+                         default=clock)
+            lagging = clock - oldest > START_RECORD_LAG
+            free = 0
+            if may_start and not lagging:
+                free = free_slots()
+            if free > 0 and self._buffer:
+                stamp = (now or timezone.now()).isoformat()
+                if self._starts_since is None:
+                    self._starts_since = clock
+                waiting = []
+                while free > 0 and self._buffer:
+                    job = self._buffer.popleft()
+                    if job.id in self._running:
+                        # Claimed again (after a rescue) while the attempt that lost it
+                        # still runs here: a job never runs twice at once in one worker.
+                        waiting.append(job)
+                        continue
+                    job.started_at = job.started_at or stamp
+                    self._running[job.id] = (job, clock)
+                    self._starts.append(Start(job.id, job.lease, stamp))
+                    jobs.append(job)
+                    free -= 1
+                self._buffer.extendleft(reversed(waiting))
+        return jobs
+
+    @property
+    def has_cancels(self) -> bool:
+        """Running jobs wait to be told to cancel (read without the lock: a hint)."""
+        return bool(self._to_cancel)
+
+    def take_cancels(self) -> set[str]:
+        """The running jobs to tell to cancel, emptied."""
+        with self._lock:
+            to_cancel, self._to_cancel = self._to_cancel, set()
+        return to_cancel
+
+    def mark_told(self, job_id: str) -> Message | None:
+        """Note that the pool is told to cancel ``job_id``; its message, or None if it is
+        not running or was told already."""
+        with self._lock:
+            entry = self._running.get(job_id)
+            if entry is None or job_id in self._told:
+                return None
+            self._told.add(job_id)
+        return entry[0]
+
+    def load(self) -> Load:
+        """Jobs running, and whether anything is held or unwritten."""
+        with self._lock:
+            return Load(len(self._running),
+                        bool(self._running or self._buffer or self._outcomes), self._drained)
+
+    def idle(self) -> bool:
+        """The last round trip found nothing and nothing is held or unwritten."""
+        with self._lock:
+            return self._drained and not (self._buffer or self._running or self._outcomes)
+
+    # -- the broker thread: round trips ----------------------------------------------------
+
+    def has_writes(self) -> bool:
+        """Starts or outcomes wait to be written."""
+        with self._lock:
+            return bool(self._outcomes or self._starts)
+
+    def worth_a_round_trip(self, *, claiming: bool, burst: bool) -> bool:
+        """Something to write, or room to fill and reason to think jobs are ready."""
+        with self._lock:
+            if self._outcomes or self._starts:
+                return True
+            if self._room(claiming) <= 0:
+                return False
+            if not self._dry:
+                return True
+            # A burst worker with nothing left asks once more rather than wait for the
+            # poll timer: an empty answer then means the queue is drained.
+            return burst and not (self._buffer or self._running) and not self._drained
+
+    def expect_jobs(self) -> None:
+        """Woken by the broker or the poll timer: worth asking for jobs again."""
+        with self._lock:
+            self._dry = False
+
+    def take(self, *, claiming: bool) -> Batch:
+        """Take the starts and outcomes to write and the number of jobs to claim.
+
+        A start whose job has finished meanwhile is left out (the outcome records the
+        attempt). ``claiming`` False: claim nothing (the worker is stopping).
+        """
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
+            finished = {o.id for o in outcomes}
+            # A job that started and finished in between needs no separate start record.
+            starts = [s for s in self._starts if s.id not in finished]
+            self._starts = []
+            self._inflight_since, self._starts_since = self._starts_since, None
+            return Batch(self.holder, starts, outcomes, self._room(claiming),
+                         len(self._buffer) + len(self._running))
+
+    def put_back(self, batch: Batch) -> None:
+        """The round trip of ``batch`` failed: its starts and outcomes go first in the
+        next one."""
+        with self._lock:
+            self._outcomes[:0] = batch.outcomes
+            self._starts[:0] = batch.starts
+            self._starts_since = min(
+                (t for t in (self._inflight_since, self._starts_since) if t is not None),
+                default=None,
+            )
+            self._inflight_since = None
+
+    def add_claimed(self, batch: Batch, jobs: Sequence[Message]) -> bool:
+        """The round trip of ``batch`` committed and claimed ``jobs``: buffer them.
+
+        Returns whether the queue looks drained (asked for jobs, holding and writing
+        nothing, and got none).
+        """
+        with self._lock:
+            self._inflight_since = None
+            self._buffer.extend(jobs)
+            self.claimed += len(jobs)
+            self.completed += len(batch.outcomes)
+            self._dry = len(jobs) < batch.want
+            self._drained = (batch.want > 0 and not jobs and not batch.held
+                             and not batch.outcomes)
+            return self._drained
+
+    def known_ids(self) -> set[str]:
+        """Ids of the jobs this worker knows it holds: buffered, running or unwritten."""
+        with self._lock:
+            known = {j.id for j in self._buffer} | set(self._running)
+            known |= {o.id for o in self._outcomes}
+        return known
+
+    def _room(self, claiming: bool) -> int:
+        """Jobs to claim now (call with the lock held)."""
+        if not claiming:
+            return 0
+        room = self.concurrency + self.prefetch_now() - len(self._buffer) - len(self._running)
+        if self.max_tasks is not None:
+            room = min(room, self.max_tasks - self.claimed)
+        return max(0, room)
+
+    def prefetch_now(self) -> int:
+        """How many jobs to hold beyond the free slots at the moment.
+
+        Adaptive: as many as the slots are expected to start within PREFETCH_WINDOW,
+        judged by how long recent jobs ran, at most ``prefetch``; one per slot until a
+        job has been measured.
+        """
+        if not self.adaptive_prefetch:
+            return self.prefetch
+        avg_run = self._avg_run
+        if avg_run is None:  # nothing measured yet: one per slot
+            return min(self.prefetch, self.concurrency)
+        fits = int(self.concurrency * PREFETCH_WINDOW / max(avg_run, 1e-6))
+        return min(self.prefetch, fits)
+
+    # -- the duties thread -----------------------------------------------------------------
+
+    def holding_as(self) -> str | None:
+        """The id jobs are held under, or None when none is buffered or running."""
+        with self._lock:
+            return self.holder if (self._buffer or self._running) else None
+
+    def cancel(self, job_ids: Collection[str]) -> tuple[list[Message], set[str]]:
+        """Jobs asked to cancel: buffered ones are dropped unstarted, with a CANCELLED
+        outcome for the next round trip; running ones not told yet are queued for the
+        main thread. Returns (the dropped messages, the running ids queued)."""
+        with self._lock:
+            dropped = [m for m in self._buffer if m.id in job_ids]
+            if dropped:
+                self._buffer = deque(m for m in self._buffer if m.id not in job_ids)
+                self._outcomes.extend(cancelled_outcome(m.id, m.lease, m.task_path,
+                                                        linked=m.workflow_id is not None)
+                                      for m in dropped)
+            running = {i for i in job_ids if i in self._running and i not in self._told}
+            self._to_cancel |= running
+        return dropped, running
+
+    def reincarnate(self, holder: str) -> int:
+        """The worker was declared dead: the rescuer gave the buffered jobs back, so
+        they are forgotten, and from now on jobs are held as ``holder``. Running jobs
+        finish; their outcomes will be discarded. Returns how many were dropped."""
+        with self._lock:
+            dropped = len(self._buffer)
+            self._buffer.clear()
+            self.holder = holder
+        return dropped
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def release(self, unfinished: Collection[str]) -> tuple[list[Message], list[str]]:
+        """At shutdown: empty the buffer and forget the running jobs the pool did not
+        finish. Returns (the buffered messages, the ids of those interrupted)."""
+        with self._lock:
+            not_started = list(self._buffer)
+            self._buffer.clear()
+            interrupted = [i for i in unfinished if i in self._running]
+            for job_id in interrupted:
+                self._running.pop(job_id, None)
+        return not_started, interrupted
+
+    def take_starts_of(self, job_ids: Collection[str]) -> list[Start]:
+        """Remove and return the unwritten starts of ``job_ids``."""
+        with self._lock:
+            starts = [s for s in self._starts if s.id in job_ids]
+            self._starts = [s for s in self._starts if s.id not in job_ids]
+        return starts
+
+    # -- looking, and setting up for tests ----------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """An immutable copy of the ledger, taken under the lock."""
+        with self._lock:
+            return Snapshot(
+                holder=self.holder,
+                buffered=tuple(m.id for m in self._buffer),
+                running=tuple(self._running),
+                unrecorded_starts=len(self._starts),
+                unwritten_outcomes=len(self._outcomes),
+                to_cancel=frozenset(self._to_cancel),
+                told=frozenset(self._told),
+                claimed=self.claimed,
+                completed=self.completed,
+                dry=self._dry,
+                drained=self._drained,
+                avg_run=self._avg_run,
+            )
+
+    def add_running(self, message: Message, *, since: float = 0.0) -> None:
+        """Count ``message`` as running in a slot since ``since`` (``time.monotonic()``),
+        with no start to record: what a test uses to stand for an attempt that still
+        runs here (dispatch adds the jobs it starts itself)."""
+        with self._lock:
+            self._running[message.id] = (message, since)
+
+    def remove_running(self, job_id: str) -> None:
+        """Forget a running job without an outcome (the counterpart of :meth:`add_running`)."""
+        with self._lock:
+            self._running.pop(job_id, None)
+
+    def set_average_run(self, seconds: float | None) -> None:
+        """Set the measured seconds per job that adaptive prefetch goes by (dispatch
+        updates it from every outcome; tests set it)."""
+        with self._lock:
+            self._avg_run = seconds
