@@ -106,3 +106,10 @@ def cancels_itself(context):
     if context.is_cancelled():
         return "stopped"
     return "not told"
+
+
+@task(takes_context=True, max_attempts=3)
+def interrupts(context, path):
+    """Raises KeyboardInterrupt itself (a BaseException, not an Exception)."""
+    _note(path, context.job_id)
+    raise KeyboardInterrupt("raised by the task")

@@ -324,3 +324,27 @@ def test_a_task_that_never_returns_cannot_wedge_the_worker(tmp_path):
     assert soft_job.errors[-1]["exception_class_path"].endswith("SoftTimeLimitExceeded")
     assert (tmp_path / "cleanup").read_text() == "cleaned up"
     assert Job.objects.get(pk=after.id).status == "SUCCESSFUL"  # and the worker went on
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_task_raising_keyboard_interrupt_fails_alone_and_the_worker_goes_on(
+        tmp_path, pool, broker):
+    """A BaseException raised by the task is its outcome: FAILED with that exception and
+    its traceback, never retried (max_attempts=3, no retry_on for it), and the worker
+    runs the next job and exits its burst. It used to kill a prefork child (recorded as
+    WorkerLost and retried) or a pool thread (the job left RUNNING, the worker hung)."""
+    log = tmp_path / "runs"
+    bad = rt.interrupts.enqueue(str(log))
+    good = rt.record.enqueue(str(log))
+    proc = start_worker("-c", "1", "--prefetch", "1", "--pool", pool, "--burst")
+    out = finish(proc, timeout=30)
+    assert proc.returncode == 0, out
+    job = Job.objects.get(pk=bad.id)
+    assert (job.status, job.attempts, len(job.errors)) == ("FAILED", 1, 1), out
+    (error,) = job.errors
+    assert error["exception_class_path"] == "builtins.KeyboardInterrupt"
+    assert error["message"] == "raised by the task"
+    assert 'raise KeyboardInterrupt("raised by the task")' in error["traceback"]
+    assert Job.objects.get(pk=good.id).status == "SUCCESSFUL"
+    assert runs(log) == {bad.id: 1, good.id: 1}
+    assert "WorkerLost" not in out and not held().exists()

@@ -27,12 +27,17 @@ def _modules() -> dict[str, tuple[Path, bool]]:
 
 
 def _imports(name: str, path: Path, is_package: bool, modules) -> set[str]:
-    """The package's modules ``name`` imports, at module level or inside a function,
-    except ``django_tasks.models``: code that runs before the app registry is ready
-    imports the models inside functions, which is why those imports are lazy."""
+    """The package's modules ``name`` imports, at module level or inside a function (not
+    under ``if TYPE_CHECKING``), except ``django_tasks.models``: code that runs before
+    the app registry is ready imports the models inside functions, which is why those
+    imports are lazy."""
     out = set()
     here = name.split(".") if is_package else name.split(".")[:-1]
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # imports for type checkers only are not run
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            node.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = here[:len(here) - (node.level - 1)]

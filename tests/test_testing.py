@@ -9,6 +9,7 @@ import os
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.db.transaction import TransactionManagementError
 from django.tasks import TaskResultStatus, default_task_backend, task
@@ -23,6 +24,7 @@ from django_tasks.testing import DrainLimitExceeded, drain, run_once
 from tests.testing_tasks import (
     create_user,
     create_user_atomic,
+    interrupts,
     poll_forever,
     send_welcome_email,
     sync_account,
@@ -62,6 +64,15 @@ class Scenarios:
         drain()
         assert not Job.objects.held().exists()
         assert statuses() == ["SUCCESSFUL"] * 3
+
+    def test_a_task_raising_keyboard_interrupt_fails_and_drain_goes_on(self):
+        bad = interrupts.enqueue()
+        good = urgent.enqueue(1)
+        assert drain() == 2                     # the exception does not escape drain()
+        job = Job.objects.get(pk=bad.id)
+        assert (job.status, job.attempts) == ("FAILED", 1)  # not retried
+        assert job.errors[0]["exception_class_path"] == "builtins.KeyboardInterrupt"
+        assert Job.objects.get(pk=good.id).status == "SUCCESSFUL"
 
     def test_jobs_run_one_at_a_time_in_claim_order(self):
         low = send_welcome_email.enqueue("late@example.com")
@@ -260,7 +271,7 @@ def test_bad_arguments_are_refused_with_the_fix():
 
 @override_settings(TASKS=IMMEDIATE)
 def test_drain_needs_a_django_tasks_backend():
-    with pytest.raises(ValueError, match="ImmediateBackend, which has no queue"):
+    with pytest.raises(ImproperlyConfigured, match="ImmediateBackend, which has no queue"):
         drain()
 
 

@@ -5,6 +5,7 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.tasks.exceptions import InvalidTask
 
 from django_tasks.conf import BackendOptions
@@ -151,7 +152,7 @@ def test_a_worker_with_no_queue_to_serve_says_so(settings):
     from django_tasks.worker import TaskWorker
 
     settings.TASKS = {"default": {**settings.TASKS["default"], "QUEUES": []}}
-    with pytest.raises(ValueError, match=r"QUEUES'\] is empty .* name them with -Q"):
+    with pytest.raises(ImproperlyConfigured, match=r"QUEUES'\] is empty .* name them with -Q"):
         TaskWorker(pool="inline")
     assert TaskWorker(pool="inline", queues=["default"]).queues == ["default"]
 

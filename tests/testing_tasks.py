@@ -51,3 +51,8 @@ def create_user(username: str) -> int:
 def create_user_atomic(username: str) -> int:
     with transaction.atomic():
         return User.objects.create(username=username).pk
+
+
+@task(max_attempts=3)
+def interrupts() -> None:
+    raise KeyboardInterrupt("raised by the task")

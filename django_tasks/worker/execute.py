@@ -119,9 +119,11 @@ def execute(
         if context is not None and context.retry_pending is not None:
             raise context.retry_pending  # retry(throw=False): runs again, value dropped
         check_return_value(value, task_name=message.task_path)
-    except KeyboardInterrupt:
-        raise
     except BaseException as exc:
+        # Anything the task raises is its outcome, KeyboardInterrupt and SystemExit
+        # included: the job fails with that exception and traceback (retried only if
+        # its retry_on names the class), and the slot goes on. A real Ctrl-C never
+        # lands here: workers handle SIGINT themselves and prefork children ignore it.
         if context is not None and context.cancel_seen:
             return _stopped_by_itself(message, worker_id, task, result, started,
                                       f"raised {type(exc).__name__}: {exc}")

@@ -33,6 +33,7 @@ from datetime import datetime
 from multiprocessing.connection import wait
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connections
 
 from ..backends.base import Broker
@@ -90,7 +91,7 @@ class TaskWorker:
         self.backend = tasks_backend(backend)
         broker = getattr(self.backend, "broker", None)
         if not isinstance(broker, Broker):
-            raise ValueError(
+            raise ImproperlyConfigured(
                 f"TASKS[{backend!r}] uses {type(self.backend).__name__}, which has no queue "
                 "to work on; the worker needs a django_tasks backend."
             )
@@ -101,7 +102,7 @@ class TaskWorker:
         if not self.queues:
             # Django reads an empty QUEUES as "any queue", but a claim walks the queues
             # it is given: there is no list to walk, so say so rather than claim nothing.
-            raise ValueError(
+            raise ImproperlyConfigured(
                 f"TASKS[{backend!r}]['QUEUES'] is empty (any queue may be used), so this "
                 "worker has no queues to serve: name them with -Q (e.g. -Q default,emails) "
                 "or list them in QUEUES."

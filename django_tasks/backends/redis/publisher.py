@@ -1,7 +1,7 @@
 """Publishing enqueued jobs to Redis without waiting for each reply.
 
 A committed job's publish cannot fail the enqueue: its row is committed already, and if
-the publish is lost a worker's reconciler publishes the row (see ``redis.py``). So the
+the publish is lost a worker's reconciler publishes the row (see ``broker.py``). So the
 reply carries nothing the caller acts on, and waiting for it (a round trip to Redis,
 ~50-70 us on loopback, as much again in the client) only delays the caller. The
 :class:`Publisher` writes each publish to a connection of its own and reads the replies

@@ -13,7 +13,7 @@ from django.db import connections, transaction
 from django.tasks import TaskResultStatus
 
 from django_tasks import chain, chord, group
-from django_tasks.worker import Worker
+from django_tasks.worker import TaskWorker
 from django_tasks.worker.supervisor import configure_logging
 from sampleproject.demo.tasks import (
     add,
@@ -58,7 +58,7 @@ class Command(BaseCommand):
             ]
         self.stdout.write(f"Enqueued {len(results)} jobs; starting a worker.\n")
         # grace=0: when told to stop, a job still running is interrupted, not waited for.
-        worker = Worker(backend=DEMO, concurrency=options["concurrency"], pool="prefork",
+        worker = TaskWorker(backend=DEMO, concurrency=options["concurrency"], pool="prefork",
                         grace=0)
         deadline = time.monotonic() + options["timeout"]
         watcher = threading.Thread(target=self._stop_when_done,
@@ -83,7 +83,7 @@ class Command(BaseCommand):
         )
 
     @staticmethod
-    def _stop_when_done(worker: Worker, results: list[Any], deadline: float) -> None:
+    def _stop_when_done(worker: TaskWorker, results: list[Any], deadline: float) -> None:
         """Stop ``worker`` once the demo's jobs are finished (retries and countdowns
         included), or at ``deadline``."""
         try:
