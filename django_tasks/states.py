@@ -50,15 +50,6 @@ FINISHED = (SUCCESSFUL, FAILED, CANCELLED)
 ACTIVE = (READY, *HELD)
 
 
-def sql_in(statuses: tuple[str, ...]) -> str:
-    """``statuses`` as an SQL list literal, for ``status IN ...`` in named statements."""
-    return "(" + ", ".join(f"'{s}'" for s in statuses) + ")"
-
-
-HELD_SQL = sql_in(HELD)
-ACTIVE_SQL = sql_in(ACTIVE)
-
-
 def public_status(stored: str) -> TaskResultStatus:
     """What a stored status means to a caller of Django's task API: a claimed job and
     a workflow step waiting for its inputs are still READY to it; a cancelled job

@@ -375,7 +375,7 @@ def test_a_job_claimed_again_waits_while_its_old_attempt_runs_here():
 def test_cached_insert_statement_is_the_compilers():
     """The INSERT text is compiled once and reused; each job's values must still be
     exactly what Django's compiler would send (order, JSON, datetimes, unique keys)."""
-    from django_tasks.jobs.statements import ON_CONFLICT_UNIQUE
+    from django_tasks.jobs.portable import ON_CONFLICT_UNIQUE
 
     jobs = [
         default_task_backend.prepare(tasks.add, [1, 2], {}),

@@ -9,9 +9,12 @@ A backend (what ``TASKS[alias]["BACKEND"]`` names) has two parts:
   capability flags (``supports_*``) say what a broker can do, as Django's
   ``BaseTaskBackend`` does for backends.
 
-A broker may implement :meth:`Broker.exchange` (the worker's one verb per round trip)
-in one statement as an optimisation (the database broker does), but never with a
-different contract.
+A broker owns transport only: every statement on job rows, the claim included, is the
+store's (a broker that carries ids hands them to :meth:`JobStore.exchange
+<django_tasks.jobs.store.JobStore.exchange>` as ``ByIds``; the database broker asks it
+for ``ByQueues``). A broker may implement
+:meth:`Broker.exchange` (the worker's one verb per round trip) in one store call as an
+optimisation (both do), but never with a different contract.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.core import checks
 from django.db import DatabaseError, connections, transaction
@@ -35,7 +38,7 @@ from django.utils import timezone
 from ..conf import BackendOptions
 from ..exceptions import EnqueueError
 from ..ids import uuid7
-from ..jobs.messages import Applied, Message, Outcome, Start
+from ..jobs.messages import Exchanged, Message, Outcome, Start, stale_of
 from ..jobs.policy import resolve_task, send_robust
 from ..jobs.store import JobStore
 from ..results import JobResult
@@ -43,26 +46,10 @@ from ..serialization import check_arguments
 from ..states import READY
 from ..task import Task, for_django_checks
 
-__all__ = ["Broker", "Exchanged", "ModelBackend", "resolve_task"]
+__all__ = ["Broker", "Exchanged", "ModelBackend", "resolve_task", "stale_of"]
 
 #: Conflicting INSERTs of a unique job whose holder then finished, before giving up.
 UNIQUE_TRIES = 5
-
-
-class Exchanged(NamedTuple):
-    """What one :meth:`Broker.exchange` did."""
-
-    #: Jobs claimed for the worker, best first.
-    claimed: list[Message]
-    #: Outcomes written (their lease still held the job).
-    applied: list[Applied]
-    #: Outcomes discarded: the job was no longer held under their lease.
-    stale: list[Outcome]
-
-
-def stale_of(outcomes: Sequence[Outcome], applied: Sequence[Applied]) -> list[Outcome]:
-    written = {a.id for a in applied}
-    return [o for o in outcomes if o.id not in written]
 
 
 class Broker(ABC):

@@ -3,8 +3,9 @@
 A job that has not started (READY, scheduled, WAITING in a workflow) is CANCELLED at
 once, in the request's transaction, with the outcome hooks (its workflow moves on as
 after a failure). A job a worker holds gets ``Job.cancellation`` (the error entry it
-will end with); the outcome statements in :mod:`django_tasks.jobs.store` then write
-whatever its attempt ends with as CANCELLED, so the request and the outcome, both
+will end with); the outcome statements (``APPLY_OUTCOME*`` in :mod:`django_tasks.jobs.postgresql`
+and :mod:`django_tasks.jobs.sqlite`) then write whatever its attempt ends with as
+CANCELLED, so the request and the outcome, both
 writes to one row, are ordered: exactly one final state. Workers learn of requests by
 their cancel poll (:meth:`Cancelling.cancelling`); a running task by
 ``context.is_cancelled()`` (:meth:`Cancelling.cancel_requested`).
@@ -23,39 +24,12 @@ from django.utils import timezone
 
 from ..ids import job_id_str
 from ..serialization import dumps
-from ..states import CANCELLED, CLAIMED, HELD, HELD_SQL, READY, WAITING
-from .messages import APPLIED_COLUMNS, Outcome
+from ..states import CANCELLED, HELD, READY, WAITING
+from .messages import Outcome
 
 logger = logging.getLogger("django_tasks.worker")
 
 __all__ = ["Cancelling", "cancelled_outcome"]
-
-APPLIED_RETURNING = ", ".join(APPLIED_COLUMNS)
-
-# Claimed, never started, asked to cancel: (id, lease) to write CANCELLED.
-CANCELLED_CLAIMS = (
-    "SELECT id, lease, task_path FROM {table} WHERE worker_id = %(worker)s AND lease <> '' "
-    "AND status = '" + CLAIMED + "' AND cancellation IS NOT NULL"
-)
-# Which of a worker's held jobs are asked to cancel (the cancel poll; the held index).
-CANCELLING_OF = (
-    "SELECT id FROM {table} WHERE worker_id = %(worker)s AND lease <> '' "
-    "AND status IN " + HELD_SQL + " AND cancellation IS NOT NULL"
-)
-# Cancelling (``{ids}``: the vendor's "id is one of these").
-CANCEL_UNHELD = (
-    "UPDATE {table} SET status = '" + CANCELLED + "', finished_at = %(now)s, "
-    "errors = {append_error}, cancellation = {json_param}, lease = '' "
-    "WHERE {ids} AND backend = %(backend)s AND status IN ('" + READY + "', '" + WAITING + "') "
-    "RETURNING " + APPLIED_RETURNING
-)
-CANCEL_HELD = (
-    "UPDATE {table} SET cancellation = {json_param} "
-    "WHERE {ids} AND backend = %(backend)s AND status IN " + HELD_SQL + " AND lease <> '' "
-    "AND cancellation IS NULL "
-    "RETURNING id"
-)
-CANCEL_REQUESTED = "SELECT 1 FROM {table} WHERE id = %(id)s AND cancellation IS NOT NULL"
 
 
 class Cancelling:
@@ -64,23 +38,16 @@ class Cancelling:
     # What JobStore provides; declared for readers and type checkers.
     database: str
     backend_alias: str
-    vendor: str
-    connection: Any
-    sql: Any
-    job_id: Any
-    time: Any
+    engine: Any
     applied: Any
     run_hooks: Any
-    on_side: Any
 
     def _cancelled_claims(self, worker_id: str, ids: set[str] | None) -> list[Outcome]:
         """CANCELLED outcomes for what ``worker_id`` claimed, never started and was asked
         to cancel (give-back leaves those claimed)."""
-        with self.connection.cursor() as cursor:
-            cursor.execute(self.sql(CANCELLED_CLAIMS), {"worker": worker_id})
-            rows = cursor.fetchall()
-        return [cancelled_outcome(job_id_str(i), lease, task_path) for i, lease, task_path in rows
-                if ids is None or job_id_str(i) in ids]
+        claims = [(job_id_str(c.id), c) for c in self.engine.cancelled_claims(worker_id)]
+        return [cancelled_outcome(i, c.lease, c.task_path) for i, c in claims
+                if ids is None or i in ids]
 
     # -- cancelling -------------------------------------------------------------------
 
@@ -144,33 +111,22 @@ class Cancelling:
 
     def _cancel_round(self, ids: list[str], error: dict[str, Any], now: datetime,
                       done: dict[str, str]) -> None:
-        names = {f"i{n}": self.job_id(i) for n, i in enumerate(ids)}
-        if self.vendor == "postgresql":
-            in_ids, params = "id = ANY(%(ids)s::uuid[])", {"ids": ids}
-        else:
-            in_ids = "id IN (" + ", ".join(f"%({n})s" for n in names) + ")"
-            params = dict(names)
-        params.update(error=dumps(error), now=self.time(now), backend=self.backend_alias)
-        with transaction.atomic(using=self.database), self.connection.cursor() as cursor:
-            cursor.execute(self.sql(CANCEL_UNHELD.replace("{ids}", in_ids)), params)
-            applied = [self.applied(row) for row in cursor.fetchall()]
+        error_json = dumps(error)
+        with transaction.atomic(using=self.database):
+            applied = [self.applied(row) for row in self.engine.cancel_unheld(ids, error_json, now)]
             done.update((a.id, "cancelled") for a in applied)
             self.run_hooks(applied)
-            cursor.execute(self.sql(CANCEL_HELD.replace("{ids}", in_ids)), params)
-            done.update((job_id_str(row[0]), "cancelling") for row in cursor.fetchall())
+            done.update((job_id_str(i), "cancelling")
+                        for i in self.engine.cancel_held(ids, error_json))
 
     def cancelling(self, worker_id: str) -> set[str]:
         """Ids of the jobs ``worker_id`` holds that were asked to cancel (the cancel poll)."""
-        with self.connection.cursor() as cursor:
-            cursor.execute(self.sql(CANCELLING_OF), {"worker": worker_id})
-            return {job_id_str(row[0]) for row in cursor.fetchall()}
+        return {job_id_str(i) for i in self.engine.cancelling_of(worker_id)}
 
     def cancel_requested(self, job_id: str) -> bool:
         """Whether cancelling ``job_id`` was asked for, as committed now (read on the side
         connection, outside any transaction of the caller's)."""
-        params = {"id": self.job_id(job_id)}
-        return self.on_side(lambda cursor: (cursor.execute(self.sql(CANCEL_REQUESTED), params),
-                                             cursor.fetchone())[1]) is not None
+        return self.engine.cancel_requested(job_id)
 
 
 def cancelled_outcome(job_id: str, lease: str, task_path: str = "", *,

@@ -12,10 +12,12 @@ plain JSON without a conversion step on the hot path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
-__all__ = ["APPLIED_COLUMNS", "Applied", "Message", "Outcome", "Start"]
+__all__ = ["APPLIED_COLUMNS", "Applied", "ByIds", "ByQueues", "Exchanged", "Message", "Outcome",
+           "Start", "stale_of"]
 
 
 @dataclass(slots=True)
@@ -117,3 +119,45 @@ class Applied(NamedTuple):
 
 #: Columns an outcome write returns, as an :class:`Applied` (its fields, in order).
 APPLIED_COLUMNS = Applied._fields
+
+
+class ByQueues(NamedTuple):
+    """A claim of the best ready jobs of ``queues`` (highest priority, then oldest), up to
+    ``limit``: the job table is the queue (the database broker)."""
+
+    queues: Sequence[str]
+    limit: int
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.queues) and self.limit > 0
+
+
+class ByIds(NamedTuple):
+    """A claim of these jobs, where they are still READY and due: a broker that carries
+    ids (Redis) chose them; a duplicated or stale id claims nothing."""
+
+    ids: Sequence[str]
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.ids)
+
+
+class Exchanged(NamedTuple):
+    """What one round trip (:meth:`JobStore.exchange`, ``Broker.exchange``) did."""
+
+    #: Jobs claimed for the worker, best first.
+    claimed: list[Message]
+    #: Outcomes written (their lease still held the job).
+    applied: list[Applied]
+    #: Outcomes discarded: the job was no longer held under their lease.
+    stale: list[Outcome]
+    #: Ids claimed whose rows could not be read: the store failed them, nobody runs them.
+    unreadable: tuple[str, ...] = ()
+
+
+def stale_of(outcomes: Sequence[Outcome], applied: Sequence[Applied]) -> list[Outcome]:
+    """Those of ``outcomes`` that were not written."""
+    written = {a.id for a in applied}
+    return [o for o in outcomes if o.id not in written]

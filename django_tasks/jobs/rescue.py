@@ -20,7 +20,6 @@ from ..ids import job_id_str
 from ..states import FAILED, READY
 from .messages import Start
 from .policy import as_datetime, failure_outcome, send_failed, task_or_none
-from .statements import GIVE_BACK_ALL, MESSAGE_COLUMNS, RUNNING_OF
 
 __all__ = ["Registry", "RescueCounts"]
 
@@ -37,8 +36,7 @@ class Registry:
     # What JobStore provides; declared for readers and type checkers.
     database: str
     worker_timeout: float
-    connection: Any
-    sql: Any
+    engine: Any
     now: Any
     held_by: Any
     give_back: Any
@@ -59,19 +57,13 @@ class Registry:
         """
         now = now or timezone.now()
         ids = None if job_ids is None else {str(i) for i in job_ids}
-        with self.connection.cursor() as cursor:
-            if ids is None:
-                cursor.execute(self.sql(GIVE_BACK_ALL), {"worker": worker_id})
-                given_back = cursor.rowcount
-            else:
-                given_back = 0
-            cursor.execute(self.sql(RUNNING_OF), {"worker": worker_id})
-            rows = cursor.fetchall()
+        given_back = self.engine.give_back_all(worker_id) if ids is None else 0
+        rows = self.engine.running_of(worker_id)
         if ids is not None:
             held = [(i, lease) for i, lease in self.held_by(worker_id) if i in ids]
             given_back = self.give_back([Start(i, lease, "") for i, lease in held])
-            rows = [row for row in rows if job_id_str(row[0]) in ids]
-        last_attempted = {job_id_str(row[0]): row[len(MESSAGE_COLUMNS)] for row in rows}
+            rows = [row for row in rows if job_id_str(row.id) in ids]
+        last_attempted = {job_id_str(row.id): row.last_attempted_at for row in rows}
         outcomes, messages = self._cancelled_claims(worker_id, ids), {}
         for message in self.messages(rows, worker_id, now):
             message.attempt -= 1  # the attempt that was running is already counted

@@ -14,58 +14,51 @@ Its guarantees:
   (:func:`django_tasks.jobs.policy.failure_outcome`);
 - liveness (heartbeats, expiry) is judged by the database's clock, never a host's.
 
-Its parts: the SQL it runs (named statements with named parameters, vendor fragments
-in braces) is in :mod:`django_tasks.jobs.statements`; the worker registry and the rescue of
-lost workers' jobs in :mod:`django_tasks.jobs.rescue`; cancelling in
-:mod:`django_tasks.jobs.cancel`.
+Its parts: the statements it runs, and how its database differs, are its engine's
+(:mod:`django_tasks.jobs.postgresql` or :mod:`django_tasks.jobs.sqlite`, picked once when
+the store is built; :mod:`django_tasks.jobs.engine` says what an engine does); the worker
+registry and the rescue of lost workers' jobs are in :mod:`django_tasks.jobs.rescue`;
+cancelling in :mod:`django_tasks.jobs.cancel`. Where a job is enqueued: :meth:`JobStore.insert`;
+claimed: :meth:`JobStore.exchange` (the engine's ``CLAIM_*`` statements); completed:
+:meth:`JobStore.exchange` and :meth:`JobStore.apply_outcomes`, what an outcome means being
+:mod:`django_tasks.jobs.policy`'s and what follows it the outcome hooks'
+(:mod:`django_tasks.workflows.advance`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime
-from functools import cached_property
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models.functions import Now
+from django.db.utils import ConnectionDoesNotExist
 from django.utils import timezone
 
 from ..exceptions import OutcomeHookFailed
 from ..ids import job_id_str
 from ..serialization import dumps
-from ..states import CLAIMED, FAILED, HELD, HELD_SQL, READY
+from ..states import CLAIMED, FAILED, READY
 from .cancel import Cancelling, cancelled_outcome
-from .messages import Applied, Message, Outcome, Start
+from .engine import Engine, Row, Unavailable
+from .messages import Applied, ByIds, ByQueues, Exchanged, Message, Outcome, Start, stale_of
 from .policy import as_datetime, error_dict
+from .postgresql import PostgreSQL
 from .rescue import Registry, RescueCounts
-from .side import on_side
-from .statements import (
-    APPLY_OUTCOME,
-    APPLY_OUTCOMES_PG,
-    CLAIM_IDS_PG,
-    CLAIM_IDS_SQLITE,
-    GIVE_BACK,
-    MESSAGE_COLUMNS,
-    ON_CONFLICT_UNIQUE,
-    PROGRESS,
-    RECORD_START,
-    RECORD_STARTS_PG,
-    UNIQUE_ACTIVE,
-    UNIQUE_RECENT,
-    VENDORS,
-)
+from .rows import Decremented, FailedStep, MessageRow
+from .sqlite import SQLite
 
 logger = logging.getLogger("django_tasks.worker")
 
-__all__ = ["HELD", "HELD_SQL", "MESSAGE_COLUMNS", "JobStore", "OutcomeHook", "RescueCounts",
-           "hooks_for", "job_id_str", "outcomes_params", "register_outcome_hook",
-           "starts_params"]
+__all__ = ["ENGINES", "JobStore", "OutcomeHook", "RescueCounts", "hooks_for",
+           "register_outcome_hook"]
+
+#: The engine of each database vendor django_tasks stores jobs in.
+ENGINES: dict[str, type[Engine]] = {"postgresql": PostgreSQL, "sqlite": SQLite}
 
 #: ``hook(store, applied)``: runs inside the transaction that wrote ``applied``.
 OutcomeHook = Callable[["JobStore", list[Applied]], None]
@@ -112,36 +105,15 @@ class JobStore(Registry, Cancelling):
         self.backend_alias = backend_alias
         self.database = database
         self.worker_timeout = worker_timeout
-        self._sql_cache: dict[str, str] = {}
+        #: This database's statements and ways, chosen once (see :mod:`.engine`).
+        self.engine: Engine = engine_for(backend_alias, database)
         self._insert_texts: dict[tuple[int, ...], str] = {}
-
-    # -- plumbing ---------------------------------------------------------------------
 
     @property
     def connection(self) -> Any:
         return connections[self.database]
 
-    @cached_property
-    def vendor(self) -> str:
-        return self.connection.vendor
-
-    def sql(self, statement: str) -> str:
-        """``statement`` with this database's table name and vendor fragments (cached:
-        statements are module constants, and the hot path asks for the same few)."""
-        try:
-            return self._sql_cache[statement]
-        except KeyError:
-            pass
-        from ..models import Job
-
-        fragments = VENDORS.get(self.vendor)
-        if fragments is None:
-            raise NotImplementedError(
-                f"django_tasks stores jobs in PostgreSQL or SQLite, not {self.vendor}."
-            )
-        table = self.connection.ops.quote_name(Job._meta.db_table)
-        text = self._sql_cache[statement] = statement.format(table=table, **fragments)
-        return text
+    # -- enqueueing ---------------------------------------------------------------------
 
     def insert_sql(self, job: Any) -> tuple[str, Sequence[Any]]:
         """The INSERT of a new ``Job`` instance, compiled for this database (model
@@ -168,7 +140,7 @@ class JobStore(Registry, Cancelling):
                       for i, (f, v) in enumerate(zip(fields, values, strict=True))
                       if i not in shape]
         if job.unique_key:
-            sql += ON_CONFLICT_UNIQUE
+            sql = self.engine.insert_unique(sql)
         return sql, params
 
     def _compile_insert(self, job: Any) -> tuple[str, Sequence[Any]]:
@@ -179,68 +151,66 @@ class JobStore(Registry, Cancelling):
         [(sql, params)] = query.get_compiler(using=self.database).as_sql()
         return sql, params
 
-    def insert(self, job: Any) -> bool:
+    def insert(self, job: Any, *, notify: str | None = None) -> bool:
         """INSERT a new job on this store's connection (in the caller's transaction);
         returns False, having stored nothing, if it is unique and an active job holds
-        its key."""
+        its key.
+
+        ``notify``: a channel to NOTIFY in the same statement (delivered at commit; only
+        if a row was inserted), where the database :attr:`notifies`.
+        """
         sql, params = self.insert_sql(job)
-        with self.connection.cursor() as cursor:
-            if not job.unique_key:
-                cursor.execute(sql, params)
-                return True
-            cursor.execute(sql + " RETURNING 1", params)
-            return bool(cursor.fetchall())
+        if notify is not None:
+            return self.engine.insert_notify(sql, params, notify)
+        return self.engine.insert(sql, params, unique=bool(job.unique_key))
+
+    @property
+    def notifies(self) -> bool:
+        """Whether this database wakes listeners (:meth:`notify`, :meth:`listen`)."""
+        return self.engine.notifies
+
+    def notify(self, channels: Sequence[str]) -> None:
+        """NOTIFY these channels once the caller's transaction commits."""
+        self.engine.notify(channels)
+
+    def listen(self, channels: Sequence[str]) -> Any:
+        """A waitable (``fileno()``, ``drain()``, ``close()``) readable once any of these
+        channels is notified."""
+        return self.engine.listen(channels)
+
+    def queues_of(self, job_ids: Sequence[str]) -> set[str]:
+        """The queues of these jobs."""
+        from ..models import Job
+
+        return set(Job.objects.using(self.database).filter(pk__in=list(job_ids))
+                   .values_list("queue_name", flat=True))
 
     def unique_holder(self, key: str, since: datetime | None = None) -> Any | None:
         """The active ``Job`` holding ``key``, or with ``since`` the last finished one
         enqueued at or after ``since``; None if there is none."""
-        from ..models import Job
-
-        params: dict[str, Any] = {"backend": self.backend_alias, "key": key}
-        if since is None:
-            sql = self.sql(UNIQUE_ACTIVE)
-        else:
-            sql, params["since"] = self.sql(UNIQUE_RECENT), self.time(since)
-        return next(iter(Job.objects.db_manager(self.database).raw(sql, params)), None)
-
-    def job_id(self, value: str) -> Any:
-        """A job id as this database's driver takes it (SQLite stores 32 hex digits)."""
-        return uuid.UUID(value) if self.vendor == "postgresql" else uuid.UUID(value).hex
-
-    def time(self, value: str | datetime | None) -> Any:
-        dt = as_datetime(value)
-        if dt is None or self.vendor == "postgresql":
-            return dt
-        return self.connection.ops.adapt_datetimefield_value(dt)
+        return self.engine.unique_holder(key, since)
 
     def now(self) -> datetime:
         """The database's clock: what liveness and expiry are judged by."""
-        query = VENDORS.get(self.vendor, {}).get("now")
-        if not query:
-            return timezone.now()
-        with self.connection.cursor() as cursor:
-            cursor.execute(query)
-            return cursor.fetchone()[0]
+        return self.engine.now()
 
-    def message(self, row: Sequence[Any], worker_id: str) -> Message:
-        """The message for a claimed row (columns as MESSAGE_COLUMNS)."""
-        (job_id, lease, task_path, queue_name, priority, backend, args, kwargs, attempts,
-         max_attempts, worker_ids, errors, enqueued_at, started_at, run_after,
-         available_at, workflow_id) = row[:len(MESSAGE_COLUMNS)]
-        if isinstance(args, str):  # SQLite returns JSON as text
-            args, kwargs = json.loads(args), json.loads(kwargs)
-            worker_ids, errors = json.loads(worker_ids), json.loads(errors)
+    # -- reading claimed rows -------------------------------------------------------------
+
+    def message(self, row: Any, worker_id: str) -> Message:
+        """The message for a claimed row (any row with MessageRow's columns, read by name)."""
+        row = self.engine.decode(row)
         return Message(
-            id=job_id_str(job_id), lease=lease, task_path=task_path,
-            queue_name=queue_name, priority=priority, backend=backend, args=args,
-            kwargs=kwargs, attempt=attempts + 1, max_attempts=max_attempts,
-            worker_ids=[*worker_ids, worker_id], errors=errors,
-            enqueued_at=_iso(enqueued_at), started_at=_iso(started_at),
-            run_after=_iso(run_after), available_at=_iso(available_at),
-            workflow_id=None if workflow_id is None else str(workflow_id),
+            id=job_id_str(row.id), lease=row.lease, task_path=row.task_path,
+            queue_name=row.queue_name, priority=row.priority, backend=row.backend,
+            args=row.args, kwargs=row.kwargs, attempt=row.attempts + 1,
+            max_attempts=row.max_attempts, worker_ids=[*row.worker_ids, worker_id],
+            errors=row.errors, enqueued_at=_iso(row.enqueued_at),
+            started_at=_iso(row.started_at), run_after=_iso(row.run_after),
+            available_at=_iso(row.available_at),
+            workflow_id=None if row.workflow_id is None else str(row.workflow_id),
         )
 
-    def messages(self, rows: Sequence[Sequence[Any]], worker_id: str,
+    def messages(self, rows: Sequence[Any], worker_id: str,
                  now: datetime | None = None) -> list[Message]:
         """The messages for claimed rows; a row that cannot be read fails alone.
 
@@ -257,71 +227,80 @@ class JobStore(Registry, Cancelling):
                 self.fail_unreadable(row, exc, now)
         return messages
 
-    def claimed_messages(self, rows: Sequence[Sequence[Any]],
-                         worker_id: str) -> list[Message]:
-        """:meth:`messages` for the rows a claim returned, in claim order: highest
-        priority, then oldest (RETURNING has no order; the ISO strings, all UTC, sort
-        like the times they name)."""
+    def claimed(self, rows: Sequence[Any], worker_id: str) -> tuple[list[Message], tuple[str, ...]]:
+        """:meth:`messages` for the rows a claim returned, in claim order (highest priority,
+        then oldest: RETURNING has no order; the ISO strings, all UTC, sort like the
+        times they name), and the ids of those that could not be read."""
         messages = self.messages(rows, worker_id)
         messages.sort(key=lambda m: (-m.priority, m.available_at or ""))
-        return messages
+        read = {m.id for m in messages}
+        return messages, tuple(i for i in (job_id_str(r.id) for r in rows) if i not in read)
 
-    def fail_unreadable(self, row: Sequence[Any], exc: Exception,
-                        now: datetime | None = None) -> None:
+    def fail_unreadable(self, row: Any, exc: Exception, now: datetime | None = None) -> None:
         from ..models import Job
 
-        job_id, lease = row[0], row[1]
         reason = (f"The job's row cannot be read ({type(exc).__name__}: {exc}); it was "
                   "failed without running. Fix or delete the row.")
-        logger.error("Job %s FAILED: %s", job_id, reason)
+        logger.error("Job %s FAILED: %s", row.id, reason)
         now = now or timezone.now()
         error = {**error_dict(exc, 0, "", now), "message": reason, "traceback": "",
                  "exception_class_path": "django_tasks.exceptions.TasksError"}
         # The errors list is replaced: it may be what is malformed.
-        Job.objects.using(self.database).filter(pk=job_id, lease=lease).update(
+        Job.objects.using(self.database).filter(pk=row.id, lease=row.lease).update(
             status=FAILED, finished_at=now, lease="", errors=[error])
 
-    # -- starts and outcomes ------------------------------------------------------------
+    # -- the worker's round trip ----------------------------------------------------------
 
-    def record_starts(self, worker_id: str, starts: Sequence[Start]) -> int:
-        """Mark claimed jobs RUNNING (attempt counted), where the lease still holds them."""
-        if not starts:
-            return 0
-        with self.connection.cursor() as cursor:
-            if self.vendor == "postgresql":
-                cursor.execute(self.sql(RECORD_STARTS_PG),
-                               {"worker": worker_id, **starts_params(starts)})
-                return cursor.rowcount
-            sql = self.sql(RECORD_START)
-            cursor.executemany(sql, [
-                {"at": self.time(s.at), "worker": worker_id, "id": self.job_id(s.id),
-                 "lease": s.lease} for s in starts
-            ])
-            return cursor.rowcount
+    def exchange(self, worker_id: str, *, lease: str, starts: Sequence[Start] = (),
+                 outcomes: Sequence[Outcome] = (), claim: ByQueues | ByIds,
+                 now: datetime | None = None) -> Exchanged:
+        """The worker's round trip: record ``starts``, write ``outcomes`` (with the outcome
+        hooks, in their transaction), then make ``claim`` under ``lease``.
 
-    def exchange_pg(self, worker_id: str, statements: tuple[str, str],
-                    params: dict[str, Any],
-                    starts: Sequence[Start], outcomes: Sequence[Outcome],
-                    ) -> tuple[list[Sequence[Any]], list[Applied]]:
-        """Run an :func:`exchange_pg` statement (PostgreSQL; the claim alone if there is
-        nothing to write); returns the claimed rows and the outcomes written.
-
-        The outcome hooks run in the statement's transaction; if one fails, all of it
-        is rolled back and :class:`OutcomeHookFailed` propagates: the caller then makes
-        the parts one by one (:meth:`apply_outcomes` fails only the jobs whose hooks
-        fail).
+        ``claim`` is :class:`ByQueues` (the job table is the queue) or :class:`ByIds` (a
+        broker that carries ids chose them). Each part is fenced by leases: a start or
+        outcome whose lease no longer holds its job changes nothing and comes back in
+        ``stale``; a replay is harmless. ``now`` (tests) replaces the database's clock
+        for the claim. How many statements it takes is the engine's: one on PostgreSQL,
+        one per start, per outcome and the claim in one transaction on SQLite.
         """
-        params = {"worker": worker_id, **params, **starts_params(starts),
-                  **outcomes_params(outcomes)}
+        if not (starts or outcomes or claim.wanted):
+            return Exchanged([], [], [])
+        rows, applied = self.engine.exchange(self, worker_id, lease, starts, outcomes,
+                                             claim, now)
+        claimed, unreadable = self.claimed(rows, worker_id)
+        return Exchanged(claimed, applied, stale_of(outcomes, applied), unreadable)
+
+    def claim(self, worker_id: str, lease: str, claim: ByQueues | ByIds,
+              now: datetime | None = None) -> Exchanged:
+        """Atomically take the jobs ``claim`` names (best first) under ``lease``, in one
+        statement; nobody else can claim them until they are finished, given back or
+        rescued. Only ``claimed`` and ``unreadable`` are filled."""
+        claimed, unreadable = self.claimed(self.engine.claim(worker_id, lease, claim, now),
+                                           worker_id)
+        return Exchanged(claimed, [], [], unreadable)
+
+    def exchange_parts(self, worker_id: str, lease: str, starts: Sequence[Start],
+                       outcomes: Sequence[Outcome], claim: ByQueues | ByIds,
+                       now: datetime | None) -> tuple[list[MessageRow], list[Applied]]:
+        """The round trip as three parts (the engine says in which transaction)."""
+        self.record_starts(worker_id, starts)
+        applied = self.apply_outcomes(worker_id, outcomes)
+        return self.engine.claim(worker_id, lease, claim, now), applied
+
+    def write_with_hooks(self, outcomes: Sequence[Outcome],
+                         write: Callable[[], tuple[list[Row], list[Any]]],
+                         ) -> tuple[list[Row], list[Applied]]:
+        """Run ``write`` (one statement writing ``outcomes``; returns its other rows and
+        the outcome rows written) with the outcome hooks ``outcomes`` need in its
+        transaction. If a hook fails, all of it is rolled back and
+        :class:`OutcomeHookFailed` propagates: the caller then makes the parts one by one
+        (:meth:`apply_outcomes` fails only the jobs whose hooks fail)."""
         hooks = hooks_for(outcomes)
         atomic = transaction.atomic(using=self.database) if hooks else nullcontext()
-        with atomic, self.connection.cursor() as cursor:
-            statement = statements[0 if starts or outcomes else 1]
-            cursor.execute(self.sql(statement), params)
-            rows = cursor.fetchall()
-            claimed = [row[1:] for row in rows if row[0] == "c"]
-            applied = [self.applied((r[1], r[2], r[3], r[4], r[9], r[7]))
-                       for r in rows if r[0] == "d"]
+        with atomic:
+            rows, written = write()
+            applied = [self.applied(row) for row in written]
             if hooks:
                 self.run_hooks(applied, hooks)
         if len(hooks) < len(_OUTCOME_HOOKS) and any(a.links for a in applied):
@@ -331,29 +310,13 @@ class JobStore(Registry, Cancelling):
                          "running them now: %s", ", ".join(a.id for a in applied if a.links))
             with transaction.atomic(using=self.database):
                 self.run_hooks([a for a in applied if a.links], _LINKED_ONLY)
-        return claimed, applied
+        return rows, applied
 
-    def claim_ids(self, worker_id: str, lease: str, job_ids: Sequence[str],
-                  now: datetime | None = None) -> list[Sequence[Any]]:
-        """Claim these jobs under ``lease`` where they are still READY and due; returns
-        their rows (MESSAGE_COLUMNS). For brokers that carry ids, not rows."""
-        if not job_ids:
-            return []
-        if now is None and self.vendor != "postgresql":
-            now = timezone.now()  # SQLite: one host, one clock
-        params: dict[str, Any] = {"worker": worker_id, "lease": lease,
-                                  "backend": self.backend_alias, "now": self.time(now)}
-        if self.vendor == "postgresql":
-            sql = self.sql(CLAIM_IDS_PG)
-            params["claim_ids"] = list(job_ids)
-        else:
-            names = {f"i{n}": self.job_id(i) for n, i in enumerate(job_ids)}
-            sql = self.sql(CLAIM_IDS_SQLITE.replace(
-                "{ids}", ", ".join(f"%({n})s" for n in names)))
-            params.update(names)
-        with self.connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
+    def record_starts(self, worker_id: str, starts: Sequence[Start]) -> int:
+        """Mark claimed jobs RUNNING (attempt counted), where the lease still holds them."""
+        if not starts:
+            return 0
+        return self.engine.record_starts(worker_id, starts)
 
     def ready_rows(self, job_ids: Sequence[str]) -> list[tuple[str, str, int, datetime]]:
         """``(id, queue, priority, available_at)`` of those jobs that are READY."""
@@ -365,6 +328,8 @@ class JobStore(Registry, Cancelling):
                 .filter(status=READY, backend=self.backend_alias, pk__in=list(job_ids))
                 .values_list("id", "queue_name", "priority", "available_at"))
         return [(str(i), q, p, a) for i, q, p, a in rows]
+
+    # -- outcomes -------------------------------------------------------------------------
 
     def apply_outcomes(self, worker_id: str, outcomes: Sequence[Outcome], *,
                        hooks: bool = True) -> list[Applied]:
@@ -390,18 +355,7 @@ class JobStore(Registry, Cancelling):
             return self.fail_by_hook(worker_id, outcomes[0], failure)
 
     def _write_outcomes(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Applied]:
-        with self.connection.cursor() as cursor:
-            if self.vendor == "postgresql":
-                cursor.execute(self.sql(APPLY_OUTCOMES_PG),
-                               {"worker": worker_id, **outcomes_params(outcomes)})
-                rows = cursor.fetchall()
-            else:
-                sql = self.sql(APPLY_OUTCOME)
-                rows = []
-                for o in outcomes:
-                    cursor.execute(sql, self._outcome_params(worker_id, o))
-                    rows.extend(cursor.fetchall())
-        return [self.applied(row) for row in rows]
+        return [self.applied(row) for row in self.engine.write_outcomes(worker_id, outcomes)]
 
     def fail_by_hook(self, worker_id: str, outcome: Outcome,
                      failure: OutcomeHookFailed) -> list[Applied]:
@@ -433,22 +387,11 @@ class JobStore(Registry, Cancelling):
         except OutcomeHookFailed:
             return self.apply_outcomes(worker_id, [failed], hooks=False)
 
-    def _outcome_params(self, worker_id: str, o: Outcome) -> dict[str, Any]:
-        rv = o.return_value
-        return {
-            "status": o.status, "return_value": None if rv is None else dumps(rv),
-            "error": dumps(o.error) if o.error else None,
-            "finished_at": self.time(o.finished_at), "retry_at": self.time(o.retry_at),
-            "started_at": self.time(o.started_at), "worker": worker_id,
-            "id": self.job_id(o.id), "lease": o.lease, "now": self.time(timezone.now()),
-        }
-
-    @staticmethod
-    def applied(row: Sequence[Any]) -> Applied:
-        job_id, status, task_path, queue_name, attempts, links = row
-        if isinstance(links, str):  # SQLite returns JSON as text
-            links = json.loads(links)
-        return Applied(job_id_str(job_id), status, task_path, queue_name, attempts, links)
+    def applied(self, row: Any) -> Applied:
+        """An outcome row written (any row with Applied's columns, read by name)."""
+        row = self.engine.decode(row)
+        return Applied(job_id_str(row.id), row.status, row.task_path, row.queue_name,
+                       row.attempts, row.links)
 
     def run_hooks(self, applied: list[Applied],
                   hooks: Sequence[OutcomeHook] | None = None) -> None:
@@ -475,11 +418,7 @@ class JobStore(Registry, Cancelling):
         """
         if not messages:
             return 0
-        with self.connection.cursor() as cursor:
-            cursor.executemany(self.sql(GIVE_BACK), [
-                {"id": self.job_id(m.id), "lease": m.lease} for m in messages
-            ])
-            released = cursor.rowcount
+        released = self.engine.give_back([(m.id, m.lease) for m in messages])
         if released < len(messages):
             from ..models import Job
 
@@ -509,29 +448,22 @@ class JobStore(Registry, Cancelling):
         transaction (SQLite has one writer at a time: a second connection would wait
         for the task to commit) and seen when it commits.
         """
-        params = {"progress": dumps(progress), "id": self.job_id(job_id), "lease": lease}
-        return self._side_write(PROGRESS, params)
+        return self.engine.report_progress(job_id, dumps(progress), lease)
 
-    def _side_write(self, statement: str, params: dict[str, Any]) -> bool:
-        own = self.connection
-        if self.vendor == "sqlite" and own.in_atomic_block:
-            with own.cursor() as cursor:
-                cursor.execute(self.sql(statement), params)
-                return cursor.rowcount > 0
-        written = self.on_side(lambda cursor: (cursor.execute(self.sql(statement), params),
-                                               cursor.rowcount)[1])
-        if not written and own.in_atomic_block:
-            # The row may exist only in the caller's own uncommitted transaction (a test
-            # wrapped in one, a job enqueued and run inline): write it there.
-            with own.cursor() as cursor:
-                cursor.execute(self.sql(statement), params)
-                return cursor.rowcount > 0
-        return written > 0
+    # -- workflows (the outcome hook's writes) --------------------------------------------
 
-    def on_side(self, run: Callable[[Any], Any]) -> Any:
-        """``run(cursor)`` on this thread's side connection to the store's database
-        (:mod:`django_tasks.jobs.side`)."""
-        return on_side(self.database, run)
+    def decrement_waiting(self, job_id: str, n: int) -> Decremented | None:
+        """Count ``n`` inputs of a WAITING workflow step as done; None if it is not
+        waiting. Exactly one caller sees ``waiting_on`` reach 0."""
+        row = self.engine.decrement(job_id, n)
+        return None if row is None else self.engine.decode(row)
+
+    def fail_waiting(self, job_id: str, error: dict[str, Any],
+                     now: datetime) -> FailedStep | None:
+        """FAIL a WAITING workflow step with ``error``, without running it; None if it is
+        not waiting (already failed by another branch, or cancelled)."""
+        row = self.engine.fail_waiting(job_id, dumps(error), now)
+        return None if row is None else self.engine.decode(row)
 
     # -- operator actions ------------------------------------------------------------------
 
@@ -569,24 +501,17 @@ class JobStore(Registry, Cancelling):
         return ids
 
 
-def outcomes_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """Parameters of APPLY_OUTCOMES_PG."""
-    return {
-        "outcome_ids": [o.id for o in outcomes],
-        "outcomes": dumps([
-            {"id": o.id, "lease": o.lease, "status": o.status, "return_value": o.return_value,
-             "error": o.error, "finished_at": o.finished_at, "retry_at": o.retry_at,
-             "retry_delay": o.retry_delay,
-             "started_at": o.started_at}
-            for o in outcomes
-        ]),
-    }
-
-
-def starts_params(starts: Sequence[Start]) -> dict[str, Any]:
-    """Parameters of RECORD_STARTS_PG (``worker`` aside)."""
-    return {"start_ids": [s.id for s in starts],
-            "starts": dumps([{"id": s.id, "lease": s.lease, "at": s.at} for s in starts])}
+def engine_for(backend: str, database: str) -> Engine:
+    """The engine of ``database``'s vendor; an :class:`Unavailable` one (raising on use,
+    reported by ``manage.py check``) for another vendor or an alias not in DATABASES."""
+    try:
+        vendor = connections[database].vendor
+    except ConnectionDoesNotExist:
+        return Unavailable(database, None)  # type: ignore[return-value]
+    engine = ENGINES.get(vendor)
+    if engine is None:
+        return Unavailable(database, vendor)  # type: ignore[return-value]
+    return engine(backend, database)
 
 
 def _iso(value: Any) -> str | None:

@@ -22,15 +22,6 @@ logger = logging.getLogger("django_tasks.worker")
 
 __all__ = ["advance"]
 
-DECREMENT = (
-    "UPDATE {table} SET waiting_on = waiting_on - %(n)s "
-    "WHERE id = %(id)s AND status = 'WAITING' RETURNING waiting_on, links, args"
-)
-FAIL_WAITING = (
-    "UPDATE {table} SET status = 'FAILED', finished_at = %(now)s, "
-    "errors = {append_error} WHERE id = %(id)s AND status = 'WAITING' RETURNING links"
-)
-
 
 def advance(store: Any, applied: list[Any]) -> None:
     """Outcome hook: move the workflows of the jobs just finished (module docstring).
@@ -63,18 +54,12 @@ def advance(store: Any, applied: list[Any]) -> None:
 
 def _decrement(store: Any, job_id: str, n: int, now: datetime) -> bool:
     """Count ``n`` inputs of ``job_id`` as done; if it has them all, make it READY."""
-    import json
-
     from ..models import Job
 
-    with store.connection.cursor() as cursor:
-        cursor.execute(store.sql(DECREMENT), {"n": n, "id": store.job_id(job_id)})
-        row = cursor.fetchone()
-    if row is None or row[0] != 0:
+    step = store.decrement_waiting(job_id, n)
+    if step is None or step.waiting_on != 0:
         return False
-    links, args = row[1], row[2]
-    if isinstance(links, str):  # SQLite returns JSON as text
-        links, args = json.loads(links), json.loads(args)
+    links, args = step.links, step.args
     if links.get("mode", "value") == "value":
         args = [_gather(store, links.get("inputs")), *args]
     countdown = links.get("countdown") or 0.0
@@ -101,8 +86,6 @@ def _gather(store: Any, inputs: Tree) -> Any:
 def _fail_downstream(store: Any, failed_id: str, task_path: str, links: dict[str, Any],
                      now: datetime, how: str = "failed") -> None:
     """Fail what waits for ``failed_id`` (transitively) and enqueue error callbacks."""
-    from ..serialization import dumps
-
     error = {
         "exception_class_path": "django_tasks.exceptions.UpstreamFailed",
         "message": f"job {failed_id} ({task_path}) {how}, so this workflow step did not run",
@@ -112,19 +95,10 @@ def _fail_downstream(store: Any, failed_id: str, task_path: str, links: dict[str
     pending = list(links.get("dependents", ()))
     while pending:
         job_id = pending.pop()
-        with store.connection.cursor() as cursor:
-            cursor.execute(store.sql(FAIL_WAITING), {
-                "now": store.time(now), "error": dumps(error), "id": store.job_id(job_id),
-            })
-            row = cursor.fetchone()
-        if row is None:
+        step = store.fail_waiting(job_id, error, now)
+        if step is None:
             continue  # not waiting (already failed by another branch, or cancelled)
-        down = row[0]
-        if isinstance(down, str):
-            import json
-
-            down = json.loads(down)
-        down = down or {}
+        down = step.links or {}
         _enqueue_errbacks(down.get("errbacks", ()), failed_id)
         pending.extend(down.get("dependents", ()))
 

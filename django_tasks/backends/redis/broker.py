@@ -17,10 +17,11 @@ How a job travels
    fail it, the row being committed, and is logged and left to the reconciler.
 2. A worker's round trip pops ids (highest priority, then oldest, across the queues it
    serves) into its *held* hash in one script call, which also moves due delayed jobs
-   and forgets the jobs whose outcomes are written; then one SQL statement records
-   starts, writes outcomes and claims the popped ids under a fresh lease where the rows
-   are still READY and due. The database decides: a duplicated or stale message claims
-   nothing and is dropped, so no job runs twice.
+   and forgets the jobs whose outcomes are written; then the job store records starts,
+   writes outcomes and claims the popped ids (``ByIds``) under a fresh lease where the
+   rows are still READY and due, in one SQL statement on PostgreSQL. The database
+   decides: a duplicated or stale message claims nothing and is dropped, so no job runs
+   twice.
 3. A live worker keeps what it holds however long the jobs run (no visibility
    timeout). A dead worker's jobs are rescued from the rows like with any broker, and
    its held hash is put back into the queues (:meth:`RedisBroker.recover`).
@@ -92,13 +93,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "django-tasks-engine: pip install -e '.[redis]')."
     ) from exc
 
-from ...exceptions import OutcomeHookFailed
-from ...jobs.messages import Applied, Message, Outcome, Start
-from ...jobs.statements import CLAIM_IDS_LOCK_PG, CLAIM_IDS_UPDATE_PG, exchange_pg
-from ...jobs.store import job_id_str
+from ...jobs.messages import ByIds, Message, Outcome, Start
 from ...states import READY
 from ...worker.wakeup import drain, pipe, poke
-from ..base import Broker, Exchanged, ModelBackend, stale_of
+from ..base import Broker, Exchanged, ModelBackend
 from ..database import _outage_errors
 from .publisher import Publisher
 from .scripts import ABSENT_LUA, GIVE_BACK_LUA, POP_LUA, PUBLISH_LUA
@@ -107,7 +105,6 @@ __all__ = ["RedisBackend", "RedisBroker"]
 
 logger = logging.getLogger("django_tasks.worker")
 
-EXCHANGE_IDS_PG = exchange_pg(CLAIM_IDS_UPDATE_PG, CLAIM_IDS_LOCK_PG)
 RECONCILE_LOCK_MS = 60_000
 HEAD = 200  # rows of each queue's head compared with Redis per reconcile
 
@@ -386,14 +383,13 @@ class RedisBroker(Broker):
         ids.extend(map(_text, popped))
         return list(ids)
 
-    def _settle(self, worker_id: str, popped: list[str], rows: Sequence[Sequence[Any]],
+    def _settle(self, worker_id: str, popped: list[str], done: Exchanged,
                 requeue: Sequence[str] = ()) -> list[Message]:
-        """After the claim: messages for the rows claimed; popped ids that claimed nothing
-        (stale, duplicated, or not due by the database's clock) are let go, and those
-        still READY are published again as the database has them."""
+        """After the claim: popped ids that claimed nothing (stale, duplicated, or not due
+        by the database's clock) are let go, and those still READY are published again
+        as the database has them; returns the messages claimed."""
         self._popped.pop(worker_id, None)
-        messages = self.store.claimed_messages(rows, worker_id)
-        claimed = {job_id_str(r[0]) for r in rows}
+        claimed = {m.id for m in done.claimed}.union(done.unreadable)
         missed = [i for i in popped if i not in claimed]
         if missed or requeue:
             self._acks.setdefault(worker_id, []).extend(missed)
@@ -401,21 +397,22 @@ class RedisBroker(Broker):
                 self._publish_rows(self.store.ready_rows([*missed, *requeue]))
             except REDIS_OUTAGES as exc:  # committed already: the reconciler will
                 self._redis_down(exc)
-        return messages
+        return done.claimed
 
     def claim(self, worker_id: str, lease: str, queues: Sequence[str], limit: int,
               now: datetime | None = None) -> list[Message]:
         if limit <= 0 or not queues:
             return []
         popped = self._pop(worker_id, queues, limit, now)
-        rows = self.store.claim_ids(worker_id, lease, popped, now)
-        return self._settle(worker_id, popped, rows)
+        return self._settle(worker_id, popped,
+                            self.store.claim(worker_id, lease, ByIds(popped), now))
 
     def exchange(self, worker_id: str, *, lease: str, starts: Sequence[Start] = (),
                  outcomes: Sequence[Outcome] = (), queues: Sequence[str] = (),
                  limit: int = 0, now: datetime | None = None) -> Exchanged:
-        """One script call (forget written outcomes, move due jobs, pop), then one SQL
-        statement on PostgreSQL (starts, outcomes, claim of the popped ids)."""
+        """One script call (forget written outcomes, move due jobs, pop), then one store
+        round trip (starts, outcomes, claim of the popped ids: one SQL statement on
+        PostgreSQL)."""
         if not queues:
             limit = 0
         acks = len(self._acks.get(worker_id, ()))
@@ -428,33 +425,12 @@ class RedisBroker(Broker):
             # (and ids popped earlier claimed); claiming new ones waits for Redis.
             self._redis_down(exc)
             popped = list(self._popped.get(worker_id, ()))
-        rows: Sequence[Sequence[Any]] = []
-        applied: list[Applied] = []
-        if self.store.vendor == "postgresql" and (popped or starts or outcomes):
-            params = {"lease": lease, "backend": self.backend.alias,
-                      "now": self.store.time(now), "claim_ids": popped}
-            try:
-                rows, applied = self.store.exchange_pg(worker_id, EXCHANGE_IDS_PG, params,
-                                                       starts, outcomes)
-            except OutcomeHookFailed:  # rolled back: the parts one by one
-                rows, applied = self._exchange_parts(worker_id, lease, starts, outcomes,
-                                                     popped, now)
-        elif popped or starts or outcomes:
-            rows, applied = self._exchange_parts(worker_id, lease, starts, outcomes, popped, now)
+        done = self.store.exchange(worker_id, lease=lease, starts=starts, outcomes=outcomes,
+                                   claim=ByIds(popped), now=now)
         # Written or stale, an outcome's job is no longer ours: the next pop forgets it.
         self._acks.setdefault(worker_id, []).extend(o.id for o in outcomes)
-        retried = [a.id for a in applied if a.status == READY]
-        messages = self._settle(worker_id, popped, rows, retried)
-        return Exchanged(messages, applied, stale_of(outcomes, applied))
-
-    def _exchange_parts(self, worker_id: str, lease: str, starts: Sequence[Start],
-                        outcomes: Sequence[Outcome], popped: Sequence[str],
-                        now: datetime | None) -> tuple[list[Sequence[Any]], list[Applied]]:
-        # One transaction: on SQLite one write lock for the three parts.
-        with transaction.atomic(using=self.store.database):
-            self.store.record_starts(worker_id, starts)
-            applied = self.store.apply_outcomes(worker_id, outcomes)
-            return self.store.claim_ids(worker_id, lease, popped, now), applied
+        retried = [a.id for a in done.applied if a.status == READY]
+        return done._replace(claimed=self._settle(worker_id, popped, done, retried))
 
     def give_back(self, messages: Sequence[Message]) -> int:
         released = self.store.give_back(messages)

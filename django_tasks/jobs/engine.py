@@ -1,0 +1,275 @@
+"""What the job store asks of its database: the interface of the two engines.
+
+The store (:class:`~django_tasks.jobs.store.JobStore`) picks one engine when it is built,
+by its database's vendor, and never asks again (as Oban picks ``engines/basic.ex`` or
+``engines/lite.ex``): :class:`~django_tasks.jobs.postgresql.PostgreSQL` or
+:class:`~django_tasks.jobs.sqlite.SQLite`. Each engine module holds every statement its
+database runs, named, with the reason it is written that way; the few both run as
+written are in :mod:`django_tasks.jobs.portable` and run by this base class.
+
+Where the two databases differ in code rather than text, an engine method says how:
+how a job id and a time are passed (:meth:`Engine.job_id`, :meth:`Engine.time`), whose
+clock ``now`` is (:meth:`Engine.now`), lists of ids, and the worker's round trip in one
+statement or in three parts in one transaction (:meth:`Engine.exchange`). JSON comes
+back as text from both (:meth:`Engine.decode` reads it, the one place). The store holds the policy
+(outcome hooks, what a failure means); an engine only reads and writes rows.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from django.db import connections, transaction
+from django.db.utils import ConnectionDoesNotExist
+
+from .messages import Applied, ByIds, ByQueues, Outcome, Start
+from .portable import (
+    CANCEL_REQUESTED,
+    CANCELLED_CLAIMS,
+    CANCELLING_OF,
+    DECREMENT,
+    GIVE_BACK,
+    GIVE_BACK_ALL,
+    INSERTED,
+    ON_CONFLICT_UNIQUE,
+    RUNNING_OF,
+    UNIQUE_ACTIVE,
+    UNIQUE_RECENT,
+)
+from .rows import JSON_COLUMNS, CancelledClaim, Decremented, FailedStep, MessageRow, RunningRow
+from .side import on_side
+
+__all__ = ["Engine", "RoundTrip", "Unavailable"]
+
+Row = TypeVar("Row", bound=tuple[Any, ...])
+
+
+class RoundTrip(Protocol):
+    """What the store lends an engine for the worker's round trip (:meth:`Engine.exchange`):
+    its policy, which no engine repeats."""
+
+    def exchange_parts(self, worker_id: str, lease: str, starts: Sequence[Start],
+                       outcomes: Sequence[Outcome], claim: ByQueues | ByIds,
+                       now: datetime | None) -> tuple[list[MessageRow], list[Applied]]:
+        """Record starts, write outcomes (hooks, a failing hook failing its job alone),
+        claim: three parts, in the caller's transaction if there is one."""
+
+    def write_with_hooks(self, outcomes: Sequence[Outcome],
+                         write: Callable[[], tuple[list[Row], list[Any]]],
+                         ) -> tuple[list[Row], list[Applied]]:
+        """Run ``write`` (one statement writing ``outcomes``: its other rows and the
+        outcome rows written) with the outcome hooks in its transaction; raises
+        ``OutcomeHookFailed``, all of it rolled back, if a hook fails."""
+
+
+class Engine(ABC):
+    """The rows of one backend (``backend``) in one database (``database``)."""
+
+    #: The database can wake listeners at commit (NOTIFY on insert, LISTEN).
+    notifies: bool = False
+    #: None: django_tasks can store jobs here (see :class:`Unavailable`).
+    unsupported: str | None = None
+
+    def __init__(self, backend: str, database: str) -> None:
+        self.backend = backend
+        self.database = database
+
+    @property
+    def connection(self) -> Any:
+        return connections[self.database]
+
+    # -- values ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def job_id(self, value: str) -> Any:
+        """A job id as this database's driver takes it."""
+
+    @abstractmethod
+    def time(self, value: str | datetime | None) -> Any:
+        """A time (ISO string or datetime) as this database's driver takes it."""
+
+    @abstractmethod
+    def now(self) -> datetime:
+        """The database's clock: what liveness and expiry are judged by."""
+
+    def decode(self, row: Row) -> Row:
+        """``row`` (a named tuple) with its JSON columns as Python values: the one place
+        they are read. Django's connections return JSON as text on both databases (its
+        JSONField decodes it, raw cursors do not: Django registers jsonb's loader as
+        text on PostgreSQL)."""
+        fields: tuple[str, ...] = row._fields  # type: ignore[attr-defined]
+        return row._replace(**{  # type: ignore[attr-defined]
+            name: json.loads(value) for name, value in zip(fields, row, strict=True)
+            if name in JSON_COLUMNS and isinstance(value, str)
+        })
+
+    # -- the round trip -------------------------------------------------------------------
+
+    @abstractmethod
+    def record_starts(self, worker_id: str, starts: Sequence[Start]) -> int:
+        """Mark claimed jobs RUNNING (attempt counted) where the lease still holds them."""
+
+    @abstractmethod
+    def write_outcomes(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Applied]:
+        """Write outcomes whose lease still holds the job; the rows written (undecoded)."""
+
+    @abstractmethod
+    def claim(self, worker_id: str, lease: str, claim: ByQueues | ByIds,
+              now: datetime | None) -> list[MessageRow]:
+        """Take jobs under ``lease``; ``now`` None means the database's clock."""
+
+    def exchange(self, store: RoundTrip, worker_id: str, lease: str, starts: Sequence[Start],
+                 outcomes: Sequence[Outcome], claim: ByQueues | ByIds,
+                 now: datetime | None) -> tuple[list[MessageRow], list[Applied]]:
+        """The worker's round trip: record ``starts``, write ``outcomes`` (with their
+        hooks), then claim; returns the rows claimed and the outcome rows written.
+
+        Here the three parts in one transaction: one commit, and on SQLite one write lock
+        for all three (SQLite has one writer: taking the lock three times costs more
+        than holding it).
+        """
+        with transaction.atomic(using=self.database):
+            return store.exchange_parts(worker_id, lease, starts, outcomes, claim, now)
+
+    # -- statements both databases run as written --------------------------------------
+
+    def insert_unique(self, sql: str) -> str:
+        """``sql`` (an INSERT) inserting nothing while an active job holds its key."""
+        return sql + ON_CONFLICT_UNIQUE
+
+    def insert(self, sql: str, params: Sequence[Any], *, unique: bool) -> bool:
+        """Run an INSERT of one job; a unique one reports whether it inserted."""
+        with self.connection.cursor() as cursor:
+            if not unique:
+                cursor.execute(sql, params)
+                return True
+            cursor.execute(sql + INSERTED, params)
+            return bool(cursor.fetchall())
+
+    def unique_holder(self, key: str, since: datetime | None) -> Any | None:
+        # The model is imported when first needed: models cannot be imported while the
+        # app registry is loading, and backends (so stores) may be built then.
+        from ..models import Job
+
+        params: dict[str, Any] = {"backend": self.backend, "key": key}
+        if since is None:
+            sql = UNIQUE_ACTIVE
+        else:
+            sql, params["since"] = UNIQUE_RECENT, self.time(since)
+        return next(iter(Job.objects.db_manager(self.database).raw(sql, params)), None)
+
+    def give_back(self, held: Sequence[tuple[str, str]]) -> int:
+        """``(id, lease)`` claimed, never started, not asked to cancel: READY again."""
+        with self.connection.cursor() as cursor:
+            cursor.executemany(GIVE_BACK, [{"id": self.job_id(i), "lease": lease}
+                                           for i, lease in held])
+            return cursor.rowcount
+
+    def give_back_all(self, worker_id: str) -> int:
+        with self.connection.cursor() as cursor:
+            cursor.execute(GIVE_BACK_ALL, {"worker": worker_id})
+            return cursor.rowcount
+
+    def running_of(self, worker_id: str) -> list[RunningRow]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(RUNNING_OF, {"worker": worker_id})
+            return [RunningRow._make(row) for row in cursor.fetchall()]
+
+    def cancelled_claims(self, worker_id: str) -> list[CancelledClaim]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(CANCELLED_CLAIMS, {"worker": worker_id})
+            return [CancelledClaim._make(row) for row in cursor.fetchall()]
+
+    def cancelling_of(self, worker_id: str) -> list[Any]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(CANCELLING_OF, {"worker": worker_id})
+            return [row[0] for row in cursor.fetchall()]
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """As committed now: read on the side connection."""
+        params = {"id": self.job_id(job_id)}
+        return on_side(self.database, lambda cursor: (cursor.execute(CANCEL_REQUESTED, params),
+                                                      cursor.fetchone())[1]) is not None
+
+    def decrement(self, job_id: str, n: int) -> Decremented | None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(DECREMENT, {"n": n, "id": self.job_id(job_id)})
+            row = cursor.fetchone()
+        return None if row is None else Decremented._make(row)
+
+    # -- statements spelled per database -------------------------------------------------
+
+    @abstractmethod
+    def fail_waiting(self, job_id: str, error: str, now: datetime) -> FailedStep | None:
+        """A WAITING workflow step FAILED with ``error`` (JSON); None if it was not
+        waiting (undecoded)."""
+
+    @abstractmethod
+    def cancel_unheld(self, ids: Sequence[str], error: str, now: datetime) -> list[Applied]:
+        """READY or WAITING jobs of ``ids`` CANCELLED with ``error``; the rows written."""
+
+    @abstractmethod
+    def cancel_held(self, ids: Sequence[str], error: str) -> list[Any]:
+        """Held jobs of ``ids`` marked to cancel; their ids."""
+
+    @abstractmethod
+    def report_progress(self, job_id: str, progress: str, lease: str) -> bool:
+        """Store a held job's latest progress report (JSON) where ``lease`` holds it (any
+        lease if ``lease`` is empty), seen by others at once (:meth:`side_write`)."""
+
+    def side_write(self, sql: str, params: dict[str, Any]) -> bool:
+        """Run a write on the side connection (autocommit: others see it at once), or, if
+        the row is only in the caller's own transaction, in it; whether it wrote."""
+        own = self.connection
+        if self.writes_in_own_transaction(own):
+            with own.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.rowcount > 0
+        written = on_side(self.database, lambda cursor: (cursor.execute(sql, params),
+                                                         cursor.rowcount)[1])
+        if not written and own.in_atomic_block:
+            # The row may exist only in the caller's own uncommitted transaction (a test
+            # wrapped in one, a job enqueued and run inline): write it there.
+            with own.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.rowcount > 0
+        return written > 0
+
+    def writes_in_own_transaction(self, own: Any) -> bool:
+        """Whether a side write must go through ``own`` (the caller's connection) instead."""
+        return False
+
+    # -- waking workers ------------------------------------------------------------------
+
+    def insert_notify(self, sql: str, params: Sequence[Any], channel: str) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} has no NOTIFY")
+
+    def notify(self, channels: Sequence[str]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no NOTIFY")
+
+    def listen(self, channels: Sequence[str]) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no LISTEN")
+
+
+class Unavailable:
+    """The engine of a database django_tasks cannot store jobs in (neither PostgreSQL nor
+    SQLite: ``unsupported`` names it, for ``manage.py check``), or of an alias that is not
+    in DATABASES (``unsupported`` None: the backend's check says so): every use raises,
+    saying which."""
+
+    notifies = False
+
+    def __init__(self, database: str, unsupported: str | None) -> None:
+        self.database = database
+        self.unsupported = unsupported
+
+    def __getattr__(self, name: str) -> Any:
+        if self.unsupported is None:
+            raise ConnectionDoesNotExist(f"The connection '{self.database}' doesn't exist.")
+        raise NotImplementedError(
+            f"django_tasks stores jobs in PostgreSQL or SQLite, not {self.unsupported}."
+        )

@@ -1,0 +1,76 @@
+"""The statements PostgreSQL and SQLite run as written, each once.
+
+Every other statement is spelled per database, in :mod:`django_tasks.jobs.postgresql` and
+:mod:`django_tasks.jobs.sqlite`; these are the ones whose text is the same for both
+(plain SQL, no JSON, no arrays, no clock), run by :class:`django_tasks.jobs.engine.Engine`
+for either. A statement here that needs something one database lacks moves to the two
+engine modules, one spelling each: it never grows a per-database fragment.
+
+Parameters are named (``%(name)s``); the table is ``"django_tasks_job"``, quoted as both
+databases quote it.
+"""
+
+from __future__ import annotations
+
+from .rows import MESSAGE_COLUMNS
+
+# Claimed, never started: READY again, as if never claimed. Not a job asked to cancel:
+# that one is written CANCELLED through the outcome path (its workflow moves on).
+GIVE_BACK = (
+    "UPDATE \"django_tasks_job\" SET status = 'READY', worker_id = '', lease = '' "
+    "WHERE id = %(id)s AND lease = %(lease)s AND status = 'CLAIMED' "
+    "AND cancellation IS NULL"
+)
+GIVE_BACK_ALL = (
+    "UPDATE \"django_tasks_job\" SET status = 'READY', worker_id = '', lease = '' "
+    "WHERE worker_id = %(worker)s AND lease <> '' AND status = 'CLAIMED' "
+    "AND cancellation IS NULL"
+)
+# A lost worker's running jobs, as claimed (a RunningRow), for the failure policy.
+RUNNING_OF = (
+    "SELECT " + ", ".join(MESSAGE_COLUMNS) + ", last_attempted_at FROM \"django_tasks_job\" "
+    "WHERE worker_id = %(worker)s AND lease <> '' AND status = 'RUNNING'"
+)
+# Unique jobs. The conflict target names the partial unique index
+# ``django_tasks_job_unique`` (its columns and predicate): a job whose key an active job
+# holds is not inserted, and the caller's transaction goes on unharmed (an INSERT that
+# raised IntegrityError would abort it on PostgreSQL). A conflicting row of a
+# transaction still in flight makes the INSERT wait for it: committed, it conflicts;
+# rolled back, the key is free and this INSERT goes ahead.
+ON_CONFLICT_UNIQUE = (
+    " ON CONFLICT (backend, unique_key) WHERE status IN ('READY', 'CLAIMED', 'RUNNING') "
+    "AND NOT (unique_key = '') DO NOTHING"
+)
+# Appended to a unique job's INSERT: a row back if it was inserted.
+INSERTED = " RETURNING 1"
+# The job holding a key: the active one (UNIQUE_ACTIVE), or the last one that finished
+# among those enqueued at or after ``since`` (UNIQUE_RECENT, for ``unique_for``). The
+# predicates are spelled as the partial indexes' are: SQLite matches them as text.
+UNIQUE_ACTIVE = (
+    "SELECT * FROM \"django_tasks_job\" WHERE backend = %(backend)s AND unique_key = %(key)s "
+    "AND status IN ('READY', 'CLAIMED', 'RUNNING') AND NOT (unique_key = '')"
+)
+UNIQUE_RECENT = (
+    "SELECT * FROM \"django_tasks_job\" WHERE backend = %(backend)s AND unique_key = %(key)s "
+    "AND NOT (unique_key = '') AND NOT (status IN ('READY', 'CLAIMED', 'RUNNING')) "
+    "AND enqueued_at >= %(since)s ORDER BY enqueued_at DESC LIMIT 1"
+)
+# Claimed, never started, asked to cancel: (id, lease, task_path) to write CANCELLED.
+CANCELLED_CLAIMS = (
+    "SELECT id, lease, task_path FROM \"django_tasks_job\" WHERE worker_id = %(worker)s "
+    "AND lease <> '' AND status = 'CLAIMED' AND cancellation IS NOT NULL"
+)
+# Which of a worker's held jobs are asked to cancel (the cancel poll; the held index).
+CANCELLING_OF = (
+    "SELECT id FROM \"django_tasks_job\" WHERE worker_id = %(worker)s AND lease <> '' "
+    "AND status IN ('CLAIMED', 'RUNNING') AND cancellation IS NOT NULL"
+)
+CANCEL_REQUESTED = (
+    "SELECT 1 FROM \"django_tasks_job\" WHERE id = %(id)s AND cancellation IS NOT NULL"
+)
+# A workflow step counts ``n`` of its inputs as done (a Decremented row); the database
+# serialises concurrent decrements on the row, so exactly one sees it reach 0.
+DECREMENT = (
+    "UPDATE \"django_tasks_job\" SET waiting_on = waiting_on - %(n)s "
+    "WHERE id = %(id)s AND status = 'WAITING' RETURNING waiting_on, links, args"
+)
