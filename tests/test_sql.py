@@ -10,6 +10,7 @@ from django.db import connection, models
 from django.db.utils import ConnectionDoesNotExist
 
 import django_tasks
+from django_tasks.backends.base import ModelBackend
 from django_tasks.backends.database import DatabaseBackend
 from django_tasks.jobs import portable, postgresql, sqlite
 from django_tasks.jobs import store as store_module
@@ -109,3 +110,9 @@ def test_a_database_alias_not_in_databases_is_reported_by_the_backend():
     assert "django_tasks.E005" not in {e.id for e in backend.check()}
     with pytest.raises(ConnectionDoesNotExist):
         backend.store.now()
+
+
+def test_a_store_knows_its_brokers_republish():
+    backend = DatabaseBackend("elsewhere", {"QUEUES": [], "OPTIONS": {}})
+    assert isinstance(backend, ModelBackend)
+    assert backend.store.republish == backend.broker.republish

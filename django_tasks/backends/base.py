@@ -9,10 +9,11 @@ A backend (what ``TASKS[alias]["BACKEND"]`` names) has two parts:
   capability flags (``supports_*``) say what a broker can do, as Django's
   ``BaseTaskBackend`` does for backends.
 
-A broker owns transport only: every statement on job rows, the claim included, is the
-store's (a broker that carries ids hands them to :meth:`JobStore.exchange
-<django_tasks.jobs.store.JobStore.exchange>` as ``ByIds``; the database broker asks it
-for ``ByQueues``). A broker may implement
+A broker is built from the store and its own typed options (:meth:`Broker.options_from`
+reads them from the backend, once), never the whole backend. It owns transport only:
+every statement on job rows, the claim included, is the store's (a broker that carries
+ids hands them to :meth:`JobStore.exchange <django_tasks.jobs.store.JobStore.exchange>`
+as ``ByIds``; the database broker asks it for ``ByQueues``). A broker may implement
 :meth:`Broker.exchange` (the worker's one verb per round trip) in one store call as an
 optimisation (both do), but never with a different contract.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,10 +47,19 @@ from ..serialization import check_arguments
 from ..states import READY
 from ..task import Task, for_django_checks
 
-__all__ = ["Broker", "Exchanged", "ModelBackend", "resolve_task", "stale_of"]
+__all__ = ["Broker", "BrokerOptions", "Exchanged", "ModelBackend", "resolve_task", "stale_of"]
 
 #: Conflicting INSERTs of a unique job whose holder then finished, before giving up.
 UNIQUE_TRIES = 5
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    """What a broker reads of its backend's configuration: its own options type
+    subclasses this one (:meth:`Broker.options_from` builds it)."""
+
+    #: The backend's alias (``TASKS[alias]``), for messages and its rows' ``backend``.
+    alias: str
 
 
 class Broker(ABC):
@@ -70,9 +80,15 @@ class Broker(ABC):
     #: ``OPTIONS`` keys of this broker's own, beside the ones every backend reads.
     option_names: frozenset[str] = frozenset()
 
-    def __init__(self, backend: ModelBackend) -> None:
-        self.backend = backend
-        self.store: JobStore = backend.store
+    def __init__(self, store: JobStore, options: BrokerOptions) -> None:
+        self.store = store
+        self.options = options
+        self.alias = options.alias
+
+    @classmethod
+    def options_from(cls, backend: ModelBackend) -> BrokerOptions:
+        """This broker's options, read from ``backend`` (its configuration and OPTIONS)."""
+        return BrokerOptions(alias=backend.alias)
 
     @abstractmethod
     def publish(self, job: Any) -> bool:
@@ -175,7 +191,9 @@ class ModelBackend(BaseTaskBackend):
         self.config = BackendOptions.parse(self.options, self.broker_class.option_names)
         self.database = self.config.database
         self.store = JobStore(alias, self.database, worker_timeout=self.config.worker_timeout)
-        self.broker = self.broker_class(self)
+        self.broker = self.broker_class(self.store, self.broker_class.options_from(self))
+        # What the store's follow-ups (a workflow's next step) publish through.
+        self.store.republish = self.broker.republish
 
     # -- producing ---------------------------------------------------------------
 

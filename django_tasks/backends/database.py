@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.core import checks
 
 from ..jobs.messages import ByQueues, Message, Outcome, Start
-from .base import Broker, Exchanged, ModelBackend
+from .base import Broker, BrokerOptions, Exchanged, ModelBackend
 
-__all__ = ["DatabaseBackend", "DatabaseBroker"]
+__all__ = ["DatabaseBackend", "DatabaseBroker", "DatabaseOptions"]
 
 CHANNEL_PREFIX = "django_tasks:"
 
@@ -45,15 +46,26 @@ def _outage_errors() -> tuple[type[BaseException], ...]:
     return (DatabaseError, psycopg.Error)
 
 
+@dataclass(frozen=True)
+class DatabaseOptions(BrokerOptions):
+    #: OPTIONS["NOTIFY"]: wake idle workers on enqueue, where the database can.
+    notify: bool = True
+
+
 class DatabaseBroker(Broker):
     """Messages are the job rows themselves; see the module docstring."""
 
     supports_transactional_publish = True
     outage_errors = _outage_errors()
+    options: DatabaseOptions
+
+    @classmethod
+    def options_from(cls, backend: ModelBackend) -> DatabaseOptions:
+        return DatabaseOptions(alias=backend.alias, notify=backend.config.notify)
 
     @property
     def supports_wakeup(self) -> bool:  # type: ignore[override]
-        return self.backend.config.notify and self.store.notifies
+        return self.options.notify and self.store.notifies
 
     def publish(self, job: Any) -> bool:
         """INSERT the job on the caller's connection, in the caller's transaction (and
@@ -90,7 +102,7 @@ class DatabaseBroker(Broker):
         unsupported = self.store.engine.unsupported
         if unsupported is not None:
             return [checks.Error(
-                f"TASKS[{self.backend.alias!r}]: the database broker supports PostgreSQL "
+                f"TASKS[{self.alias!r}]: the database broker supports PostgreSQL "
                 f"and SQLite; database {self.store.database!r} is {unsupported}.",
                 id="django_tasks.E005",
             )]

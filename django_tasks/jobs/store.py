@@ -101,12 +101,17 @@ def outcome_hooks() -> list[OutcomeHook]:
 class JobStore(Registry, Cancelling):
     """The job rows and worker registry of one backend, on one database alias."""
 
-    def __init__(self, backend_alias: str, database: str, *, worker_timeout: float) -> None:
+    def __init__(self, backend_alias: str, database: str, *, worker_timeout: float,
+                 republish: Callable[[Sequence[str]], None] | None = None) -> None:
         self.backend_alias = backend_alias
         self.database = database
         self.worker_timeout = worker_timeout
         #: This database's statements and ways, chosen once (see :mod:`.engine`).
         self.engine: Engine = engine_for(backend_alias, database)
+        #: Makes jobs a follow-up made READY (a workflow's next step) claimable and wakes
+        #: the workers of their queues, once the caller's transaction commits: the
+        #: broker's ``republish``, given by the backend that built both.
+        self.republish: Callable[[Sequence[str]], None] = republish or _no_broker
         self._insert_texts: dict[tuple[int, ...], str] = {}
 
     @property
@@ -512,6 +517,11 @@ def engine_for(backend: str, database: str) -> Engine:
     if engine is None:
         return Unavailable(database, vendor)  # type: ignore[return-value]
     return engine(backend, database)
+
+
+def _no_broker(job_ids: Sequence[str]) -> None:
+    raise RuntimeError("This JobStore was built without a broker to republish jobs through: "
+                       "build stores with their backend (ModelBackend).")
 
 
 def _iso(value: Any) -> str | None:

@@ -44,9 +44,7 @@ def advance(store: Any, applied: list[Any]) -> None:
             failed.append(a)
     ready = [d for d, n in sorted(succeeded.items()) if _decrement(store, d, n, now)]
     if ready:
-        from django.tasks import task_backends
-
-        task_backends[store.backend_alias].broker.republish(ready)
+        store.republish(ready)
     for a in failed:
         _fail_downstream(store, a.id, a.task_path, a.links, now,
                          how="was cancelled" if a.status == CANCELLED else "failed")

@@ -76,6 +76,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -96,7 +97,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ...jobs.messages import ByIds, Message, Outcome, Start
 from ...states import READY
 from ...worker.wakeup import drain, pipe, poke
-from ..base import Broker, Exchanged, ModelBackend
+from ..base import Broker, BrokerOptions, Exchanged, ModelBackend
 from ..database import _outage_errors
 from .publisher import Publisher
 from .scripts import ABSENT_LUA, GIVE_BACK_LUA, POP_LUA, PUBLISH_LUA
@@ -118,15 +119,15 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def default_prefix(backend: ModelBackend) -> str:
+def default_prefix(alias: str, database: str) -> str:
     """``django_tasks:<alias>:<8 hex digits naming the job table's database>``."""
     import hashlib
 
     from django.conf import settings
 
-    db = settings.DATABASES.get(backend.database, {})
+    db = settings.DATABASES.get(database, {})
     name = "|".join(str(db.get(k) or "") for k in ("ENGINE", "HOST", "PORT", "NAME"))
-    return f"django_tasks:{backend.alias}:{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return f"django_tasks:{alias}:{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def rank(priority: int) -> int:
@@ -209,6 +210,18 @@ class RedisWakeSource:
         self._release(closed=True)
 
 
+@dataclass(frozen=True)
+class RedisOptions(BrokerOptions):
+    #: OPTIONS["URL"]: the Redis server ("" when missing: ``manage.py check`` says so).
+    url: str = ""
+    #: OPTIONS["PREFIX"] of every key, or :func:`default_prefix`.
+    prefix: str = ""
+    #: OPTIONS["CONNECTION_OPTIONS"]: passed to ``redis.Redis.from_url``.
+    connection_options: dict[str, Any] = field(default_factory=dict)
+    #: Seconds between heartbeats: the reconciler runs at least this often (at most 2 s).
+    heartbeat_interval: float = 5.0
+
+
 class RedisBroker(Broker):
     """Messages in Redis, job rows in the database; see the module docstring."""
 
@@ -216,13 +229,23 @@ class RedisBroker(Broker):
     supports_wakeup = True
     outage_errors = (*_outage_errors(), *REDIS_OUTAGES)
     option_names = frozenset({"URL", "PREFIX", "CONNECTION_OPTIONS"})
+    options: RedisOptions
 
-    def __init__(self, backend: ModelBackend) -> None:
-        super().__init__(backend)
+    @classmethod
+    def options_from(cls, backend: ModelBackend) -> RedisOptions:
         options = backend.options
-        self.url: str = options.get("URL") or ""
-        self.prefix: str = options.get("PREFIX") or default_prefix(backend)
-        self.connection_options: dict[str, Any] = dict(options.get("CONNECTION_OPTIONS") or {})
+        return RedisOptions(
+            alias=backend.alias, url=options.get("URL") or "",
+            prefix=options.get("PREFIX") or default_prefix(backend.alias, backend.database),
+            connection_options=dict(options.get("CONNECTION_OPTIONS") or {}),
+            heartbeat_interval=backend.config.heartbeat_interval,
+        )
+
+    def __init__(self, store: Any, options: RedisOptions) -> None:
+        super().__init__(store, options)
+        self.url = options.url
+        self.prefix = options.prefix
+        self.connection_options = options.connection_options
         self._client: redis.Redis | None = None
         self._publisher: Publisher | None = None
         self._scripts: dict[str, Any] = {}
@@ -239,7 +262,7 @@ class RedisBroker(Broker):
         if self._client is None:
             if not self.url:
                 raise ImproperlyConfigured(
-                    f"TASKS[{self.backend.alias!r}]['OPTIONS']['URL'] is required by the "
+                    f"TASKS[{self.alias!r}]['OPTIONS']['URL'] is required by the "
                     "Redis broker, e.g. 'redis://127.0.0.1:6379/0'."
                 )
             options = {"socket_timeout": 5.0, "socket_connect_timeout": 3.0,
@@ -457,7 +480,7 @@ class RedisBroker(Broker):
         self._popped.pop(worker_id, None)
 
     def duties(self, queues: Sequence[str]) -> list[tuple[str, float, Callable[..., None]]]:
-        interval = min(2.0, self.backend.config.heartbeat_interval)
+        interval = min(2.0, self.options.heartbeat_interval)
         return [("reconcile", interval, partial(self.reconcile, queues))]
 
     def reconcile(self, queues: Sequence[str], now: datetime | None = None) -> None:
@@ -479,7 +502,7 @@ class RedisBroker(Broker):
         began, count, last = time.monotonic(), 0, None
         try:
             jobs = Job.objects.using(self.store.database).filter(
-                status=READY, backend=self.backend.alias).order_by("pk")
+                status=READY, backend=self.alias).order_by("pk")
             while True:
                 page = jobs if last is None else jobs.filter(pk__gt=last)
                 rows = [(str(i), q, p, a) for i, q, p, a in page.values_list(
@@ -508,7 +531,7 @@ class RedisBroker(Broker):
         rows: list[tuple[str, str, int, datetime]] = []
         for queue in queues:
             head = (Job.objects.using(self.store.database)
-                    .ready(now, [queue]).filter(backend=self.backend.alias)
+                    .ready(now, [queue]).filter(backend=self.alias)
                     .values_list("id", "queue_name", "priority", "available_at")[:HEAD])
             rows.extend((str(i), q, p, a) for i, q, p, a in head)
         if not rows:
@@ -580,7 +603,7 @@ class RedisBroker(Broker):
         return lines
 
     def check(self) -> list[checks.CheckMessage]:
-        where = f"TASKS[{self.backend.alias!r}]['OPTIONS']"
+        where = f"TASKS[{self.alias!r}]['OPTIONS']"
         if not isinstance(self.url, str) or not self.url:
             return [checks.Error(f"{where}['URL'] is required by the Redis broker.",
                                  hint="e.g. 'redis://127.0.0.1:6379/0'",
