@@ -11,8 +11,8 @@ Where the two databases differ in code rather than text, an engine method says h
 how a job id and a time are passed (:meth:`Engine.job_id`, :meth:`Engine.time`), whose
 clock ``now`` is (:meth:`Engine.now`), lists of ids, and the worker's round trip in one
 statement or in three parts in one transaction (:meth:`Engine.exchange`). JSON comes
-back as text from both (:meth:`Engine.decode` reads it, the one place). The store holds the policy
-(outcome hooks, what a failure means); an engine only reads and writes rows.
+back as text from both (:meth:`Engine.decode` reads it, the one place). The store holds
+the policy (outcome hooks, what a failure means); an engine only reads and writes rows.
 """
 
 from __future__ import annotations
@@ -129,8 +129,7 @@ class Engine(ABC):
         hooks), then claim; returns the rows claimed and the outcome rows written.
 
         Here the three parts in one transaction: one commit, and on SQLite one write lock
-        for all three (SQLite has one writer: taking the lock three times costs more
-        than holding it).
+        for the three parts (SQLite has one writer at a time).
         """
         with transaction.atomic(using=self.database):
             return store.exchange_parts(worker_id, lease, starts, outcomes, claim, now)
