@@ -235,3 +235,47 @@ def test_an_operators_retry_makes_a_failed_job_claimable_again(backend):
     assert backend.retry([result.id]) == [result.id]
     [again] = claim(backend, lease="L3")
     assert (again.id, again.attempt) == (result.id, 2)
+
+
+def _hold_row_lock(job_id):
+    """Another session that locks ``job_id``'s row (as application code doing
+    ``select_for_update()`` would) until it is closed."""
+    import psycopg
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    for key in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(key, None)
+    other = psycopg.connect(**params)
+    other.execute('SELECT 1 FROM "django_tasks_job" WHERE id = %s FOR UPDATE', [job_id])
+    return other
+
+
+@pytest.mark.postgres_only
+def test_a_locked_row_is_skipped_not_waited_for(backend):
+    from django.db import connection
+
+    first = tasks.add.enqueue(0, 0)
+    [started] = claim(backend)
+    locked = tasks.add.enqueue(1, 1)
+    free = tasks.add.enqueue(2, 2)
+    other = _hold_row_lock(locked.id)
+    with connection.cursor() as cursor:
+        # Waiting for the lock would fail the claim after 2 s instead of hanging the test.
+        cursor.execute("SET lock_timeout = '2s'")
+    try:
+        # The whole round trip (a start to record, then the claim) takes the free job.
+        done = backend.broker.exchange(
+            "w", lease="L2", starts=[Start(started.id, started.lease, at())],
+            queues=["default"], limit=10)
+        assert [m.id for m in done.claimed] == [free.id]
+        assert claim(backend, lease="L3") == []  # and a claim alone skips it too
+        assert Job.objects.get(pk=locked.id).status == "READY"  # untouched
+    finally:
+        other.close()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    # Unlocked, it is claimed (the Redis broker tries it again a second later).
+    [again] = claim(backend, lease="L4", now=timezone.now() + timedelta(seconds=2))
+    assert again.id == locked.id
+    assert Job.objects.get(pk=first.id).status == "RUNNING"

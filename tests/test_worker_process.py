@@ -102,3 +102,26 @@ def test_two_workers_never_run_a_job_twice(broker):
     assert all(len(j.worker_ids) == 1 for j in jobs)
     starts = sum(o.count("started: task=tests.tasks.add") for o in outs)
     assert starts == 300  # each job started exactly once across both workers
+
+
+@pytest.mark.postgres_only
+def test_a_job_whose_row_is_locked_does_not_hold_up_the_others(broker):
+    """Application code holding a job's row lock (select_for_update, an admin action, a
+    migration) delays that job only: the worker runs the next one at once, and the
+    locked one once the lock is gone."""
+    from tests.test_broker_contract import _hold_row_lock
+
+    locked = tasks.add.enqueue(1, 1)
+    other = _hold_row_lock(locked.id)
+    try:
+        free = tasks.add.enqueue(2, 2)
+        proc = start_worker("-c", "2")
+        assert wait_for(lambda: Job.objects.get(pk=free.id).status == "SUCCESSFUL",
+                        timeout=15)
+        assert Job.objects.get(pk=locked.id).status == "READY"
+    finally:
+        other.close()
+    assert wait_for(lambda: Job.objects.get(pk=locked.id).status == "SUCCESSFUL", timeout=15)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out

@@ -124,7 +124,7 @@ CLAIM_READY = (
 _LOCKED = (
     "locked AS MATERIALIZED (SELECT id, status, backend, available_at "
     "FROM \"django_tasks_job\" "
-    "WHERE id = ANY(%(claim_ids)s::uuid[]) ORDER BY id FOR UPDATE)"
+    "WHERE id = ANY(%(claim_ids)s::uuid[]) ORDER BY id FOR UPDATE SKIP LOCKED)"
 )
 _CLAIM_LOCKED = (
     "UPDATE \"django_tasks_job\" AS j SET status = 'CLAIMED', worker_id = %(worker)s, "

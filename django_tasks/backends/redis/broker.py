@@ -77,13 +77,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
+from django.utils import timezone
 
 try:
     import redis
@@ -108,6 +109,9 @@ logger = logging.getLogger("django_tasks.worker")
 
 RECONCILE_LOCK_MS = 60_000
 HEAD = 200  # rows of each queue's head compared with Redis per reconcile
+#: Seconds before a popped job whose row was locked (by a transaction of the
+#: application's, an admin action, a migration) is tried again; meanwhile other jobs run.
+LOCKED_RETRY = 1.0
 
 def _text(value: bytes | str) -> str:
     """A Redis reply's string (the client returns bytes unless decode_responses)."""
@@ -407,17 +411,26 @@ class RedisBroker(Broker):
         return list(ids)
 
     def _settle(self, worker_id: str, popped: list[str], done: Exchanged,
-                requeue: Sequence[str] = ()) -> list[Message]:
-        """After the claim: popped ids that claimed nothing (stale, duplicated, or not due
-        by the database's clock) are let go, and those still READY are published again
-        as the database has them; returns the messages claimed."""
+                requeue: Sequence[str] = (), now: datetime | None = None) -> list[Message]:
+        """After the claim: popped ids that claimed nothing (stale, duplicated, not due by
+        the database's clock, or locked by another transaction) are let go, and those
+        still READY are published again as the database has them; returns the messages
+        claimed. A row that was due and still READY was skipped because it was locked:
+        it is tried again after ``LOCKED_RETRY``, not at once (the next pop would only
+        find it locked again)."""
         self._popped.pop(worker_id, None)
         claimed = {m.id for m in done.claimed}.union(done.unreadable)
         missed = [i for i in popped if i not in claimed]
         if missed or requeue:
             self._acks.setdefault(worker_id, []).extend(missed)
             try:
-                self._publish_rows(self.store.ready_rows([*missed, *requeue]))
+                rows = self.store.ready_rows([*missed, *requeue])
+                if missed:
+                    retry = (now or timezone.now()) + timedelta(seconds=LOCKED_RETRY)
+                    skipped = set(missed)
+                    rows = [(i, q, p, max(at, retry) if i in skipped else at)
+                            for i, q, p, at in rows]
+                self._publish_rows(rows)
             except REDIS_OUTAGES as exc:  # committed already: the reconciler will
                 self._redis_down(exc)
         return done.claimed
@@ -428,7 +441,7 @@ class RedisBroker(Broker):
             return []
         popped = self._pop(worker_id, queues, limit, now)
         return self._settle(worker_id, popped,
-                            self.store.claim(worker_id, lease, ByIds(popped), now))
+                            self.store.claim(worker_id, lease, ByIds(popped), now), now=now)
 
     def exchange(self, worker_id: str, *, lease: str, starts: Sequence[Start] = (),
                  outcomes: Sequence[Outcome] = (), queues: Sequence[str] = (),
@@ -453,7 +466,7 @@ class RedisBroker(Broker):
         # Written or stale, an outcome's job is no longer ours: the next pop forgets it.
         self._acks.setdefault(worker_id, []).extend(o.id for o in outcomes)
         retried = [a.id for a in done.applied if a.status == READY]
-        return done._replace(claimed=self._settle(worker_id, popped, done, retried))
+        return done._replace(claimed=self._settle(worker_id, popped, done, retried, now))
 
     def give_back(self, messages: Sequence[Message]) -> int:
         released = self.store.give_back(messages)
