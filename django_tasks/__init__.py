@@ -3,6 +3,16 @@
 The API is Django's own (``django.tasks``); this package adds a backend whose
 ``Task`` class understands retries, Celery's calling verbs and routing, and a
 worker that runs the jobs. ``from django_tasks import task`` is Django's decorator.
+
+Where things are (docs/architecture.md draws the whole map):
+
+- enqueued: ``backends/base.py`` (``ModelBackend.enqueue``, checks in ``check_call``),
+  stored by ``jobs/store.py`` (``JobStore.insert``);
+- claimed: ``jobs/postgresql.py`` / ``jobs/sqlite.py`` (``CLAIM_READY``, ``CLAIM_IDS``),
+  run by ``JobStore.exchange``;
+- run: ``worker/execute.py``, fed by ``worker/loop.py`` and ``worker/pools/``;
+- completed: ``jobs/policy.py`` decides, ``jobs/store.py`` writes, and
+  ``workflows/advance.py`` moves what waited for the job.
 """
 
 from django.tasks import TaskResultStatus

@@ -33,7 +33,9 @@ class JobError(django_base.TaskError):
 def as_datetime(value: Any) -> datetime | None:
     """A stored or transported timestamp (a datetime or an ISO string) as an aware
     datetime; a naive one is UTC."""
-    if value is None or isinstance(value, datetime):
+    if value is None or (type(value) is datetime and value.tzinfo is not None):
+        return value  # the common case, on the hot path: nothing to do
+    if isinstance(value, datetime):
         dt = value
     else:
         dt = parse_datetime(value)

@@ -21,6 +21,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any, Protocol, TypeVar
 
 from django.db import connections, transaction
@@ -46,6 +47,14 @@ from .side import on_side
 __all__ = ["Engine", "RoundTrip", "Unavailable"]
 
 Row = TypeVar("Row", bound=tuple[Any, ...])
+
+
+@cache
+def _json_positions(row_type: type) -> tuple[int, ...]:
+    """Where a row type's JSON columns are (decoding is on the hot path: once per claimed
+    job and per outcome written)."""
+    return tuple(i for i, name in enumerate(row_type._fields)  # type: ignore[attr-defined]
+                 if name in JSON_COLUMNS)
 
 
 class RoundTrip(Protocol):
@@ -101,11 +110,12 @@ class Engine(ABC):
         they are read. Django's connections return JSON as text on both databases (its
         JSONField decodes it, raw cursors do not: Django registers jsonb's loader as
         text on PostgreSQL)."""
-        fields: tuple[str, ...] = row._fields  # type: ignore[attr-defined]
-        return row._replace(**{  # type: ignore[attr-defined]
-            name: json.loads(value) for name, value in zip(fields, row, strict=True)
-            if name in JSON_COLUMNS and isinstance(value, str)
-        })
+        positions = _json_positions(type(row))
+        values = list(row)
+        for i in positions:
+            if isinstance(values[i], str):
+                values[i] = json.loads(values[i])
+        return row._make(values)  # type: ignore[attr-defined]
 
     # -- the round trip -------------------------------------------------------------------
 

@@ -238,6 +238,8 @@ class JobStore(Registry, Cancelling):
         times they name), and the ids of those that could not be read."""
         messages = self.messages(rows, worker_id)
         messages.sort(key=lambda m: (-m.priority, m.available_at or ""))
+        if len(messages) == len(rows):
+            return messages, ()
         read = {m.id for m in messages}
         return messages, tuple(i for i in (job_id_str(r.id) for r in rows) if i not in read)
 

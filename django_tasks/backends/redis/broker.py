@@ -71,8 +71,6 @@ claimed, held hashes shrink with every round trip. Redis Cluster is not supporte
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -97,11 +95,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ...jobs.messages import ByIds, Message, Outcome, Start
 from ...states import READY
-from ...worker.wakeup import drain, pipe, poke
 from ..base import Broker, BrokerOptions, Exchanged, ModelBackend
 from ..database import _outage_errors
 from .publisher import Publisher
 from .scripts import ABSENT_LUA, GIVE_BACK_LUA, POP_LUA, PUBLISH_LUA
+from .wakeup import RedisWakeSource
 
 __all__ = ["RedisBackend", "RedisBroker"]
 
@@ -151,67 +149,6 @@ REDIS_OUTAGES: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError,
     redis_errors.OutOfMemoryError,
 )
-
-
-class RedisWakeSource:
-    """Wakes an idle worker when jobs are published to its queues (Redis pub/sub).
-
-    A thread of its own blocks in the subscription and pokes a pipe, so the broker
-    thread never blocks on Redis: the pipe is what it waits on, with its poll timer.
-    A broken subscription surfaces from :meth:`drain`, and the worker opens a new one.
-    """
-
-    def __init__(self, client: redis.Redis, channels: Sequence[str]) -> None:
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(*channels)
-        self._r, self._w = pipe()
-        self._error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._closed = self._finished = False
-        self._thread = threading.Thread(target=self._listen, name="redis-wake", daemon=True)
-        self._thread.start()
-
-    def _listen(self) -> None:
-        try:
-            while not self._closed:
-                if self._pubsub.get_message(timeout=0.5) is not None:
-                    poke(self._w)
-        except Exception as exc:
-            self._error = exc
-            poke(self._w)
-        finally:
-            try:
-                self._pubsub.close()
-            except Exception:
-                pass
-            self._release(finished=True)
-
-    def _release(self, *, finished: bool = False, closed: bool = False) -> None:
-        """The pipe is closed once both the owner closed and the thread finished."""
-        with self._lock:
-            self._finished |= finished
-            self._closed |= closed
-            if not (self._finished and self._closed):
-                return
-        for fd in (self._r, self._w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def fileno(self) -> int:
-        return self._r
-
-    def drain(self) -> int:
-        """Consume pending wake-ups; raises if the subscription broke."""
-        drain(self._r)
-        if self._error is not None:
-            raise self._error
-        return 1
-
-    def close(self) -> None:
-        """Stop listening (within half a second the thread closes its subscription)."""
-        self._release(closed=True)
 
 
 @dataclass(frozen=True)
