@@ -212,10 +212,19 @@ class Engine(ABC):
 
     # -- statements spelled per database -------------------------------------------------
 
-    @abstractmethod
+    #: This database's spelling of two statements whose code is the same on both
+    #: (each engine module's FAIL_WAITING and PROGRESS).
+    fail_waiting_sql: str
+    progress_sql: str
+
     def fail_waiting(self, job_id: str, error: str, now: datetime) -> FailedStep | None:
         """A WAITING workflow step FAILED with ``error`` (JSON); None if it was not
         waiting (undecoded)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.fail_waiting_sql, {"now": self.time(now), "error": error,
+                                                   "id": self.job_id(job_id)})
+            row = cursor.fetchone()
+        return None if row is None else FailedStep._make(row)
 
     @abstractmethod
     def cancel_unheld(self, ids: Sequence[str], error: str, now: datetime) -> list[Applied]:
@@ -225,10 +234,11 @@ class Engine(ABC):
     def cancel_held(self, ids: Sequence[str], error: str) -> list[Any]:
         """Held jobs of ``ids`` marked to cancel; their ids."""
 
-    @abstractmethod
     def report_progress(self, job_id: str, progress: str, lease: str) -> bool:
         """Store a held job's latest progress report (JSON) where ``lease`` holds it (any
         lease if ``lease`` is empty), seen by others at once (:meth:`side_write`)."""
+        return self.side_write(self.progress_sql, {"progress": progress,
+                                                   "id": self.job_id(job_id), "lease": lease})
 
     def side_write(self, sql: str, params: dict[str, Any]) -> bool:
         """Run a write on the side connection (autocommit: others see it at once), or, if

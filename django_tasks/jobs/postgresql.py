@@ -25,7 +25,7 @@ from ..results import as_datetime
 from ..serialization import dumps
 from .engine import Engine, RoundTrip
 from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, Outcome, Start
-from .rows import MESSAGE_COLUMNS, ExchangeRow, FailedStep, MessageRow
+from .rows import MESSAGE_COLUMNS, ExchangeRow, MessageRow
 
 __all__ = ["PostgreSQL", "PostgresListener"]
 
@@ -211,6 +211,9 @@ LISTEN = "LISTEN {}"
 class PostgreSQL(Engine):
     """The job store's statements on PostgreSQL (module docstring)."""
 
+    fail_waiting_sql = FAIL_WAITING
+    progress_sql = PROGRESS
+
     notifies = True
 
     def job_id(self, value: str) -> Any:
@@ -293,17 +296,6 @@ class PostgreSQL(Engine):
             cursor.execute(CANCEL_HELD, {"ids": list(ids), "error": error,
                                          "backend": self.backend})
             return [row[0] for row in cursor.fetchall()]
-
-    def fail_waiting(self, job_id: str, error: str, now: datetime) -> FailedStep | None:
-        with self.connection.cursor() as cursor:
-            cursor.execute(FAIL_WAITING, {"now": self.time(now), "error": error,
-                                          "id": self.job_id(job_id)})
-            row = cursor.fetchone()
-        return None if row is None else FailedStep._make(row)
-
-    def report_progress(self, job_id: str, progress: str, lease: str) -> bool:
-        return self.side_write(PROGRESS, {"progress": progress, "id": self.job_id(job_id),
-                                          "lease": lease})
 
     # -- waking workers ------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from ..results import as_datetime
 from ..serialization import dumps
 from .engine import Engine
 from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, Outcome, Start
-from .rows import MESSAGE_COLUMNS, FailedStep, MessageRow
+from .rows import MESSAGE_COLUMNS, MessageRow
 
 __all__ = ["SQLite"]
 
@@ -138,6 +138,9 @@ class SQLite(Engine):
     """The job store's statements on SQLite (module docstring). The round trip is the
     base class's: three parts in one transaction."""
 
+    fail_waiting_sql = FAIL_WAITING
+    progress_sql = PROGRESS
+
     def job_id(self, value: str) -> Any:
         return uuid.UUID(value).hex  # as Django stores a UUIDField: 32 hex digits
 
@@ -205,17 +208,6 @@ class SQLite(Engine):
         with self.connection.cursor() as cursor:
             cursor.execute(sql, {**params, "error": error, "backend": self.backend})
             return [row[0] for row in cursor.fetchall()]
-
-    def fail_waiting(self, job_id: str, error: str, now: datetime) -> FailedStep | None:
-        with self.connection.cursor() as cursor:
-            cursor.execute(FAIL_WAITING, {"now": self.time(now), "error": error,
-                                          "id": self.job_id(job_id)})
-            row = cursor.fetchone()
-        return None if row is None else FailedStep._make(row)
-
-    def report_progress(self, job_id: str, progress: str, lease: str) -> bool:
-        return self.side_write(PROGRESS, {"progress": progress, "id": self.job_id(job_id),
-                                          "lease": lease})
 
     def writes_in_own_transaction(self, own: Any) -> bool:
         # Inside the task's own transaction: SQLite has one writer at a time, so a second
