@@ -40,15 +40,15 @@ class JobQuerySet(models.QuerySet):
         """Held jobs asked to cancel: their worker has yet to stop them."""
         return self.held().filter(cancellation__isnull=False)
 
+    def prunable(self, before: datetime) -> JobQuerySet:
+        """Finished jobs that finished before ``before``."""
+        return self.finished().filter(finished_at__lt=before)
+
     def prune(self, before: datetime, *, batch_size: int = 1000) -> int:
         """Delete finished jobs that finished before ``before``, in batches; returns how many."""
         total = 0
         while True:
-            ids = list(
-                self.finished().filter(finished_at__lt=before).values_list("pk", flat=True)[
-                    :batch_size
-                ]
-            )
+            ids = list(self.prunable(before).values_list("pk", flat=True)[:batch_size])
             if not ids:
                 return total
             total += self.model._base_manager.using(self.db).filter(pk__in=ids).delete()[0]
@@ -191,12 +191,20 @@ class WorkerQuerySet(models.QuerySet):
         """Running workers silent for more than ``timeout`` seconds: dead, not yet declared."""
         return self.running().filter(last_heartbeat_at__lt=now - timedelta(seconds=timeout))
 
-    def prune(self, before: datetime) -> int:
-        """Delete the rows of workers not heard from since before ``before`` (stopped,
-        declared dead, or silent); returns how many. A worker that still holds jobs keeps
-        its row until they are rescued."""
+    def prunable(self, before: datetime, *, now: datetime, timeout: float) -> WorkerQuerySet:
+        """Workers not heard from since before ``before`` (stopped, declared dead, or
+        silent) whose rows may go. Never a live one: a running worker that heart-beat
+        within ``timeout`` seconds of ``now`` keeps its row whatever ``before`` says
+        (deleted, it would take itself for declared dead). Nor one that still holds jobs:
+        its row stays until they are rescued."""
         held = Job.objects.using(self.db).held().values("worker_id")
-        return self.filter(last_heartbeat_at__lt=before).exclude(id__in=held).delete()[0]
+        live = models.Q(stopped_at__isnull=True,
+                        last_heartbeat_at__gte=now - timedelta(seconds=timeout))
+        return self.filter(last_heartbeat_at__lt=before).exclude(live).exclude(id__in=held)
+
+    def prune(self, before: datetime, *, now: datetime, timeout: float) -> int:
+        """Delete the rows :meth:`prunable` selects; returns how many."""
+        return self.prunable(before, now=now, timeout=timeout).delete()[0]
 
 
 class Worker(models.Model):
@@ -400,12 +408,15 @@ class Schedule(models.Model):
 
 
 class ScheduleTickQuerySet(models.QuerySet):
-    def prune(self, before: datetime) -> int:
-        """Delete tick records from before ``before`` that no scheduler can need: ticks
-        its schedule has decided (before its ``checked_until``), which no pass looks at
-        again. Returns how many."""
+    def prunable(self, before: datetime) -> ScheduleTickQuerySet:
+        """Tick records from before ``before`` that no scheduler can need: ticks its
+        schedule has decided (before its ``checked_until``), which no pass looks at again."""
         decided = self.filter(tick_at__lt=models.F("schedule__checked_until"))
-        return decided.filter(tick_at__lt=before).delete()[0]
+        return decided.filter(tick_at__lt=before)
+
+    def prune(self, before: datetime) -> int:
+        """Delete the records :meth:`prunable` selects; returns how many."""
+        return self.prunable(before).delete()[0]
 
 
 class ScheduleTick(models.Model):

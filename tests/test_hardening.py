@@ -539,6 +539,29 @@ def test_tasks_prune_deletes_gone_workers_but_not_those_still_holding_jobs():
 
 
 @db
+def test_tasks_prune_never_deletes_a_live_worker_and_dry_run_deletes_nothing():
+    """--older-than 0 used to delete the row of a live worker (which then took itself for
+    declared dead): a running worker that heart-beat within WORKER_TIMEOUT keeps its row."""
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.tasks import default_task_backend
+
+    worker_rows({"stopped-old": 8, "silent-old": 8})
+    store = default_task_backend.store
+    store.register_worker(id="live", hostname="h", pid=1, backend="default",
+                          queues=["default"], concurrency=1, pool="prefork")
+    out = StringIO()
+    call_command("tasks", "prune", "--older-than", "0s", "--dry-run", stdout=out)
+    assert "Would delete 0 finished job(s)" in out.getvalue()
+    assert ", 2 worker(s) gone since then" in out.getvalue()
+    assert remaining() == ["live", "silent-old", "stopped-old"]  # nothing deleted
+    call_command("tasks", "prune", "--older-than", "0s", stdout=out)
+    assert remaining() == ["live"]
+    assert store.heartbeat("live")  # still registered, not declared dead
+
+
+@db
 def test_workers_prune_gone_workers_rows_after_worker_retention(settings):
     from django_tasks.worker import TaskWorker
 

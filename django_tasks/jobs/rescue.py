@@ -189,7 +189,8 @@ class Registry:
         """Delete the rows of workers not heard from since ``before`` that hold no job."""
         from ..models import Worker
 
-        return Worker.objects.using(self.database).prune(before)
+        return Worker.objects.using(self.database).prune(before, now=self.now(),
+                                                         timeout=self.worker_timeout)
 
     def existing(self, job_ids: Sequence[str]) -> set[str]:
         """Those of ``job_ids`` whose rows exist."""

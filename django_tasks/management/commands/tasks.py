@@ -50,6 +50,8 @@ class Command(BaseCommand):
                            help="Rows deleted per statement (default: %(default)s).")
         prune.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
                            help="TASKS alias (default: %(default)s).")
+        prune.add_argument("--dry-run", action="store_true",
+                           help="Count what would be deleted; delete nothing.")
         cancel = sub.add_parser(
             "cancel", help="Cancel jobs: one not started never runs; a running one is told "
                            "(context.is_cancelled()) and ends CANCELLED. A finished job is "
@@ -87,12 +89,22 @@ class Command(BaseCommand):
         if options["action"] == "prune":
             text = options["older_than"]
             cutoff = before(parse_age(text), "--older-than", text)
-            deleted = jobs.prune(cutoff, batch_size=options["batch_size"])
-            workers = Worker.objects.using(db).filter(backend=alias).prune(cutoff)
-            ticks = ScheduleTick.objects.using(db).filter(schedule__backend=alias).prune(cutoff)
-            self.stdout.write(f"Deleted {deleted} finished job(s) that finished before "
-                              f"{cutoff:%Y-%m-%d %H:%M:%S %Z}, {workers} worker(s) gone "
-                              f"since then, and {ticks} schedule tick(s) from before then.")
+            # Live workers are judged by the database's clock, as workers judge each other.
+            workers = Worker.objects.using(db).filter(backend=alias).prunable(
+                cutoff, now=tasks_backend.store.now(),
+                timeout=tasks_backend.config.worker_timeout)
+            ticks = ScheduleTick.objects.using(db).filter(schedule__backend=alias)
+            if options["dry_run"]:
+                counts = (jobs.prunable(cutoff).count(), workers.count(),
+                          ticks.prunable(cutoff).count())
+                verb = "Would delete"
+            else:
+                counts = (jobs.prune(cutoff, batch_size=options["batch_size"]),
+                          workers.delete()[0], ticks.prune(cutoff))
+                verb = "Deleted"
+            self.stdout.write(f"{verb} {counts[0]} finished job(s) that finished before "
+                              f"{cutoff:%Y-%m-%d %H:%M:%S %Z}, {counts[1]} worker(s) gone "
+                              f"since then, and {counts[2]} schedule tick(s) from before then.")
             return
         text = options["recent"]
         recent = parse_age(text, "--recent")
