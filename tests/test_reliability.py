@@ -259,13 +259,19 @@ def test_tasks_status_shows_depths_and_alive_dead_stopped_workers():
         tasks.add.enqueue(i, i)
     claimed = claim("silent-1", 2)
     start("silent-1", claimed[:1])
+    tasks.add.using(run_after=timedelta(hours=1)).enqueue(9, 9)  # READY, due later
+    # A worker of another backend on the same database is not this backend's.
+    Worker.objects.create(id="other-1", hostname="h", pid=2, backend="other", concurrency=1,
+                          pool="prefork", started_at=timezone.now(),
+                          last_heartbeat_at=timezone.now())
     out = StringIO()
     call_command("tasks", "status", stdout=out)
     text = out.getvalue()
     header, default_row = text.splitlines()[:2]
-    assert header.split() == ["queue", "WAITING", "READY", "CLAIMED", "RUNNING", "FAILED",
-                              "SUCCESSFUL", "CANCELLED"]
-    assert default_row.split() == ["default", "0", "1", "1", "1", "0", "0", "0"]
+    assert header.split() == ["queue", "WAITING", "READY", "SCHEDULED", "CLAIMED", "RUNNING",
+                              "FAILED", "SUCCESSFUL", "CANCELLED"]
+    assert default_row.split() == ["default", "0", "1", "1", "1", "1", "0", "0", "0"]
+    assert "other-1" not in text
     assert f"{claimed[0].id}  tests.tasks.add  on silent-1  attempt 1/1" in text
     lines = {line.split()[0]: line for line in text.splitlines() if "-1 " in line}
     assert lines["alive-1"].split()[1:5] == ["alive", "prefork", "1", "0"]

@@ -20,6 +20,8 @@ from django_tasks.management.cli import (
 from django_tasks.models import Job, Schedule, ScheduleTick, Worker
 from django_tasks.states import JobStatus
 
+#: The status table's column for READY jobs not due yet (not a stored status).
+SCHEDULED = "SCHEDULED"
 RUNNING_SHOWN = 20
 
 
@@ -109,7 +111,8 @@ class Command(BaseCommand):
         text = options["recent"]
         recent = parse_age(text, "--recent")
         before(recent, "--recent", text)
-        self._status(db, jobs, tasks_backend.config.worker_timeout, recent=recent)
+        self._status(db, alias, jobs, tasks_backend.config.worker_timeout, recent=recent,
+                     due_by=tasks_backend.store.now())
         broker_lines = tasks_backend.broker.status()
         if broker_lines:
             self.stdout.write("")
@@ -139,13 +142,22 @@ class Command(BaseCommand):
             raise CommandError(f"No job {', '.join(unknown)} in "
                                f"TASKS[{tasks_backend.alias!r}]{others}.")
 
-    def _status(self, db: str, jobs: Any, timeout: float, *, recent: timedelta) -> None:
+    def _status(self, db: str, alias: str, jobs: Any, timeout: float, *, recent: timedelta,
+                due_by: datetime) -> None:
         now = timezone.now()
-        rows = jobs.values("queue_name", "status").annotate(n=Count("pk")).order_by("queue_name")
+        # READY splits by the database's clock (the one workers claim by): due now, or
+        # SCHEDULED for later (deferred, or a retry waiting out its backoff).
+        later = Count("pk", filter=Q(status=JobStatus.READY, available_at__gt=due_by))
+        rows = (jobs.values("queue_name", "status").annotate(n=Count("pk"), later=later)
+                .order_by("queue_name"))
         depths: dict[str, dict[str, int]] = {}
         for row in rows:
-            depths.setdefault(row["queue_name"], {})[row["status"]] = row["n"]
+            counts = depths.setdefault(row["queue_name"], {})
+            counts[row["status"]] = row["n"] - row["later"]
+            if row["later"]:
+                counts[SCHEDULED] = row["later"]
         statuses = list(JobStatus.values)
+        statuses.insert(statuses.index(JobStatus.READY) + 1, SCHEDULED)
         self.stdout.write(f"{'queue':<24}" + "".join(f"{s:>12}" for s in statuses))
         for queue, counts in sorted(depths.items()):
             self.stdout.write(f"{queue:<24}" + "".join(f"{counts.get(s, 0):>12}" for s in statuses))
@@ -153,10 +165,9 @@ class Command(BaseCommand):
             self.stdout.write("(no jobs)")
         self.stdout.write("")
 
-        held = dict(
-            Job.objects.using(db).held().values_list("worker_id").annotate(n=Count("pk"))
-        )
-        workers = Worker.objects.using(db).filter(
+        # This backend's workers and jobs only (several backends may share a database).
+        held = dict(jobs.held().values_list("worker_id").annotate(n=Count("pk")))
+        workers = Worker.objects.using(db).filter(backend=alias).filter(
             Q(stopped_at__isnull=True) | Q(stopped_at__gte=now - recent) | Q(id__in=held)
         ).order_by("started_at")
         self.stdout.write(f"{'worker':<36}{'state':>9}{'pool':>9}{'slots':>6}{'holds':>6}"
@@ -178,7 +189,7 @@ class Command(BaseCommand):
             self.stdout.write(f"{worker_id or '(none)':<36}{'unknown':>9}{'':>9}{'':>6}{n:>6}  "
                               "not registered; rescued by the next worker")
 
-        running = (Job.objects.using(db).running().order_by("last_attempted_at")
+        running = (jobs.running().order_by("last_attempted_at")
                    .values_list("id", "task_path", "worker_id", "attempts", "max_attempts",
                                 "last_attempted_at"))
         shown = list(running[:RUNNING_SHOWN + 1])
