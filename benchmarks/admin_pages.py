@@ -120,7 +120,7 @@ def pages() -> list[tuple[str, str, dict[str, str]]]:
         ("job list", jobs, {}),
         ("status=FAILED", jobs, {"status__exact": "FAILED"}),
         ("status=READY", jobs, {"status__exact": "READY"}),
-        ("queue=default", jobs, {"queue_name__exact": "default"}),
+        ("queue=default", jobs, {"queue_name": "default"}),
         ("search exact id", jobs, {"q": job_id}),
         ("search 'noop'", jobs, {"q": "noop"}),
         ("job page", reverse("admin:django_tasks_job_change", args=[job_id]), {}),

@@ -4,10 +4,17 @@ and run periodic schedules."""
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import datetime, time, timedelta
+from functools import cached_property
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.contrib.admin.utils import get_last_value_from_parameters
+from django.core.paginator import Paginator
+from django.db import connections
+from django.db.models import Min, Q, QuerySet
 from django.http import HttpRequest
 from django.tasks import task_backends
 from django.urls import reverse
@@ -17,14 +24,168 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from .conf import BackendOptions
-from .models import Job, Schedule, ScheduleTick, Worker
+from .models import Job, JobQuerySet, Schedule, ScheduleTick, Worker
 
 #: Jobs of a workflow listed on a job's page.
 WORKFLOW_SHOWN = 50
+#: The job list counts matching jobs up to this many; past it the count is PostgreSQL's
+#: estimate (shown as "about N"), so a listing never reads every matching row.
+COUNT_CAP = 10_000
+#: At most this many task paths are offered by the task filter and matched by search.
+TASK_PATHS_SHOWN = 500
 
 
 def _pretty(value: Any) -> str:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True))
+
+
+def task_paths(using: str, limit: int = TASK_PATHS_SHOWN) -> list[str]:
+    """The distinct task paths of the job table, in order, by one probe of the
+    ``django_tasks_job_task`` index per path (a loose index scan) rather than a
+    ``DISTINCT`` over every row: tens of paths cost tens of index look-ups."""
+    connection = connections[using]
+    table = connection.ops.quote_name(Job._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH RECURSIVE paths(path) AS ("
+            f" SELECT MIN(task_path) FROM {table}"
+            f" UNION ALL"
+            f" SELECT (SELECT MIN(task_path) FROM {table} WHERE task_path > paths.path)"
+            f" FROM paths WHERE paths.path IS NOT NULL"
+            f") SELECT path FROM paths WHERE path IS NOT NULL LIMIT %s", [limit])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def request_task_paths(request: HttpRequest, using: str) -> list[str]:
+    """``task_paths(using)``, once per request (the task filter and search both use it)."""
+    cache = request.__dict__.setdefault("_django_tasks_task_paths", {})
+    if using not in cache:
+        cache[using] = task_paths(using)
+    return cache[using]
+
+
+def _estimated_rows(queryset: QuerySet[Job]) -> int | None:
+    """PostgreSQL's estimate of how many rows ``queryset`` matches: the table's
+    ``pg_class.reltuples`` when unfiltered (None if never analyzed), else the planner's
+    row estimate of its query. None on other databases."""
+    connection = connections[queryset.db]
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        if not queryset.query.where:
+            cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                           [Job._meta.db_table])
+            row = cursor.fetchone()
+            return row[0] if row and row[0] >= 0 else None
+        sql, params = queryset.order_by().query.sql_with_params()
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+        plan = cursor.fetchone()[0]
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        return int(plan[0]["Plan"]["Plan Rows"])
+
+
+class JobPaginator(Paginator):
+    """Counts at most ``COUNT_CAP`` matching jobs (``SELECT COUNT(*) FROM (... LIMIT
+    COUNT_CAP + 1)``); past that, and for the unfiltered list, PostgreSQL's estimate is
+    the count and ``estimated`` is True. Never a ``COUNT(*)`` over the whole table."""
+
+    estimated = False
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if not queryset.query.where:
+            estimate = _estimated_rows(queryset)
+            if estimate is not None and estimate > COUNT_CAP:
+                self.estimated = True
+                return estimate
+        counted = queryset.order_by()[:COUNT_CAP + 1].count()
+        if counted <= COUNT_CAP:
+            return counted
+        self.estimated = True
+        return max(counted, _estimated_rows(queryset) or 0)
+
+
+class AdminJobQuerySet(JobQuerySet):
+    """The job list's queryset: its date drill-down finds the years, months or days that
+    have jobs by one ``MIN(enqueued_at)`` index probe per value found, instead of a
+    ``SELECT DISTINCT date_trunc(...)`` over every matching row."""
+
+    def datetimes(self, field_name: str, kind: str, order: str = "ASC",
+                  tzinfo: Any = None) -> Any:
+        if field_name != "enqueued_at" or kind not in ("year", "month", "day") \
+                or order != "ASC" or not settings.USE_TZ:
+            return super().datetimes(field_name, kind, order, tzinfo)
+        zone = tzinfo or timezone.get_current_timezone()
+        rows = self.order_by()
+        found: list[datetime] = []
+        after = None
+        while len(found) < 400:
+            later = rows if after is None else rows.filter(enqueued_at__gte=after)
+            first = later.aggregate(first=Min("enqueued_at"))["first"]
+            if first is None:
+                break
+            start = first.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+            if kind == "day":
+                found.append(start)
+                after = datetime.combine(start.date() + timedelta(days=1), time(), zone)
+            elif kind == "month":
+                found.append(start.replace(day=1))
+                after = start.replace(day=1, month=start.month % 12 + 1,
+                                      year=start.year + start.month // 12)
+            else:
+                found.append(start.replace(day=1, month=1))
+                after = start.replace(day=1, month=1, year=start.year + 1)
+        return found
+
+
+class FixedValuesFilter(admin.AllValuesFieldListFilter):
+    """Django's filter by a column's values, its choices from ``values()`` instead of a
+    ``SELECT DISTINCT`` over the table (a full scan at millions of jobs)."""
+
+    def __init__(self, field: Any, request: HttpRequest, params: Any, model: Any,
+                 model_admin: Any, field_path: str) -> None:
+        self.lookup_kwarg = field_path
+        self.lookup_kwarg_isnull = f"{field_path}__isnull"
+        self.lookup_val = params.get(self.lookup_kwarg)
+        self.lookup_val_isnull = get_last_value_from_parameters(
+            params, self.lookup_kwarg_isnull)
+        self.empty_value_display = model_admin.get_empty_value_display()
+        values = set(self.values(request, model_admin.get_queryset(request).db))
+        values.update(self.lookup_val or ())  # a chosen value stays shown
+        self.lookup_choices = sorted(values)
+        admin.FieldListFilter.__init__(self, field, request, params, model, model_admin,
+                                       field_path)
+
+    def values(self, request: HttpRequest, using: str) -> list[str]:
+        raise NotImplementedError
+
+
+class QueueFilter(FixedValuesFilter):
+    """The queues of the TASKS setting's backends."""
+
+    def values(self, request: HttpRequest, using: str) -> list[str]:
+        queues = {"default"}
+        for alias in settings.TASKS:
+            try:
+                queues.update(task_backends[alias].queues)
+            except Exception:  # a backend that fails to load shows its error elsewhere
+                continue
+        return list(queues)
+
+
+class BackendFilter(FixedValuesFilter):
+    """The aliases of the TASKS setting."""
+
+    def values(self, request: HttpRequest, using: str) -> list[str]:
+        return list(settings.TASKS)
+
+
+class TaskFilter(FixedValuesFilter):
+    """The task paths jobs have, by the task index (``task_paths``)."""
+
+    def values(self, request: HttpRequest, using: str) -> list[str]:
+        return request_task_paths(request, using)
 
 
 class ReadOnlyMixin:
@@ -60,11 +221,17 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "id", "task_path", "status", "progress_display", "queue_name", "priority",
         "attempts_display", "enqueued_at", "started_at", "finished_at", "duration_display",
     )
-    list_filter = ("status", "queue_name", "backend", "task_path", ScheduleFilter)
-    search_fields = ("=id", "task_path", "=unique_key")
+    # Every part of the list is served by an index at millions of jobs (docs/admin.md,
+    # "Millions of jobs"; benchmarks/admin_pages.py): fixed filter choices, counts capped
+    # or estimated (JobPaginator), search by equality only, sorting by indexed columns.
+    list_filter = ("status", ("queue_name", QueueFilter), ("backend", BackendFilter),
+                   ("task_path", TaskFilter), ScheduleFilter)
+    search_fields = ("=id", "task_path", "=unique_key")  # see get_search_results
     ordering = ("-enqueued_at",)
+    sortable_by = ("id", "enqueued_at")
     date_hierarchy = "enqueued_at"
     list_per_page = 50
+    paginator = JobPaginator
     show_full_result_count = False  # COUNT(*) over millions of rows is not free
     actions = ["retry_jobs", "cancel_jobs"]
     fieldsets = (
@@ -86,6 +253,30 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "started_at", "last_attempted_at", "finished_at", "duration_display", "worker_ids",
         "schedule_display", "workflow_display",
     )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
+        queryset = super().get_queryset(request)
+        return AdminJobQuerySet(model=Job, query=queryset.query, using=queryset._db)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Job],
+                           search_term: str) -> tuple[QuerySet[Job], bool]:
+        """An exact job id (the primary key), an exact unique key, or part of a task path
+        (case-insensitive), each by equality on an indexed column: the task paths that
+        contain the term are found first (``task_paths``), then their jobs by
+        ``task_path IN (...)``; never a ``LIKE`` over every row. A term that is a UUID
+        is looked for as a job id or unique key only."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        match = Q(unique_key=term)
+        try:
+            match |= Q(pk=uuid.UUID(term))
+        except ValueError:
+            paths = [path for path in request_task_paths(request, queryset.db)
+                     if term.lower() in path.lower()]
+            if paths:
+                match |= Q(task_path__in=paths)
+        return queryset.filter(match), False
 
     @admin.display(description=_("workflow"))
     def workflow_display(self, job: Job) -> str:
