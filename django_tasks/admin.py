@@ -94,16 +94,18 @@ class JobPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         queryset = self.object_list
-        if not queryset.query.where:
-            estimate = _estimated_rows(queryset)
-            if estimate is not None and estimate > COUNT_CAP:
-                self.estimated = True
-                return estimate
+        unfiltered = not queryset.query.where
+        estimate = _estimated_rows(queryset) if unfiltered else None
+        if estimate is not None and estimate > COUNT_CAP:
+            self.estimated = True
+            return estimate
         counted = queryset.order_by()[:COUNT_CAP + 1].count()
         if counted <= COUNT_CAP:
             return counted
         self.estimated = True
-        return max(counted, _estimated_rows(queryset) or 0)
+        if not unfiltered:
+            estimate = _estimated_rows(queryset)
+        return max(counted, estimate or 0)
 
 
 class AdminJobQuerySet(JobQuerySet):
