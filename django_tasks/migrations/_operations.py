@@ -3,9 +3,16 @@ migration to Django's loader)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from django.db import migrations
+
+
+def _builds_concurrently(schema_editor: Any) -> bool:
+    """Whether this database's schema editor builds indexes concurrently (PostgreSQL's
+    ``add_index(..., concurrently=True)``); asked of the editor, not of a vendor name."""
+    return "concurrently" in inspect.signature(schema_editor.add_index).parameters
 
 
 class AddIndexConcurrently(migrations.AddIndex):
@@ -24,7 +31,7 @@ class AddIndexConcurrently(migrations.AddIndex):
 
     def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any,
                           to_state: Any) -> None:
-        if schema_editor.connection.vendor != "postgresql":
+        if not _builds_concurrently(schema_editor):
             return super().database_forwards(app_label, schema_editor, from_state, to_state)
         if schema_editor.connection.in_atomic_block:
             raise ValueError(f"{type(self).__name__} builds {self.index.name} concurrently, "
@@ -36,7 +43,7 @@ class AddIndexConcurrently(migrations.AddIndex):
 
     def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any,
                            to_state: Any) -> None:
-        if schema_editor.connection.vendor != "postgresql":
+        if not _builds_concurrently(schema_editor):
             return super().database_backwards(app_label, schema_editor, from_state, to_state)
         model = from_state.apps.get_model(app_label, self.model_name)
         if self.allow_migrate_model(schema_editor.connection.alias, model):
