@@ -29,7 +29,8 @@ from .models import Job, JobQuerySet, Schedule, ScheduleTick, Worker
 #: Jobs of a workflow listed on a job's page.
 WORKFLOW_SHOWN = 50
 #: The job list counts matching jobs up to this many; past it the count is PostgreSQL's
-#: estimate (shown as "about N"), so a listing never reads every matching row.
+#: estimate ("about N"; "more than N" on SQLite), so a listing never reads every
+#: matching row (JobPaginator).
 COUNT_CAP = 10_000
 #: At most this many task paths are offered by the task filter and matched by search
 #: (one index probe each).
