@@ -1,0 +1,180 @@
+"""How long each admin page takes with millions of jobs (PostgreSQL).
+
+    .venv/bin/python benchmarks/admin_pages.py [--ready N] [--finished N] [--refill]
+        [--repeat R] [--database-url URL]
+
+Fills a database of its own (default ``django_tasks_admin_bench``, created if missing)
+with N ready and N finished jobs (1,000,000 each by default) by ``INSERT ... SELECT
+FROM generate_series`` in SQL, then ``VACUUM ANALYZE`` (as autovacuum would have done
+on a table that size). A fill whose counts match is reused; ``--refill`` forces a new
+one. Then it logs a superuser in with Django's test client and prints each page's time
+(best of R, ms), how many queries it ran and the slowest of them. Nothing is asserted.
+See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.throughput import ensure_database, setup_django  # noqa: E402
+
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/django_tasks_admin_bench"
+BATCH = 250_000  # rows per INSERT statement
+
+# Jobs spread evenly over the hour before the fill, ready and finished interleaved; ids
+# are UUIDv7 of the enqueue time (as ids.uuid7 makes them). Tasks: 90% noop, 9%
+# send_email, 1% over five report tasks; queues round-robin; 5% of finished jobs FAILED.
+INSERT = """
+INSERT INTO django_tasks_job (
+    id, task_path, queue_name, status, args, kwargs, errors, worker_ids, attempts,
+    enqueued_at, available_at, started_at, last_attempted_at, finished_at, worker_id,
+    return_value)
+SELECT
+    (lpad(to_hex((extract(epoch FROM t) * 1000)::bigint), 12, '0') || '7'
+     || substr(md5(%(kind)s || i::text), 1, 3) || '8'
+     || substr(md5(%(kind)s || i::text), 4, 15))::uuid,
+    CASE WHEN i %% 100 = 0 THEN 'app.tasks.report_' || (i / 100 %% 5)
+         WHEN i %% 10 = 0 THEN 'app.tasks.send_email'
+         ELSE 'benchmarks.bench_tasks.noop' END,
+    (ARRAY['default', 'emails', 'heavy_compute'])[1 + i %% 3],
+    CASE WHEN NOT %(finished)s THEN 'READY'
+         WHEN i %% 20 = 7 THEN 'FAILED' ELSE 'SUCCESSFUL' END,
+    '[]'::jsonb, '{}'::jsonb,
+    CASE WHEN %(finished)s AND i %% 20 = 7 THEN
+        '[{"attempt": 1, "worker_id": "bench", "exception_class_path": "ValueError",
+           "message": "boom", "traceback": "Traceback ...", "occurred_at": "x"}]'::jsonb
+         ELSE '[]'::jsonb END,
+    CASE WHEN %(finished)s THEN '["bench"]'::jsonb ELSE '[]'::jsonb END,
+    CASE WHEN %(finished)s THEN 1 ELSE 0 END,
+    t, t,
+    CASE WHEN %(finished)s THEN t + interval '1 ms' END,
+    CASE WHEN %(finished)s THEN t + interval '1 ms' END,
+    CASE WHEN %(finished)s THEN t + interval '2 ms' END,
+    CASE WHEN %(finished)s THEN 'bench' ELSE '' END,
+    NULL
+FROM (
+    SELECT i, %(start)s::timestamptz + (i * %(step)s + %(shift)s) * interval '1 second' AS t
+    FROM generate_series(%(first)s, %(last)s) AS i
+) AS rows
+"""
+
+
+def counts() -> tuple[int, int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FILTER (WHERE status = 'READY'), "
+                       "count(*) FILTER (WHERE status <> 'READY') FROM django_tasks_job")
+        ready, finished = cursor.fetchone()
+    return ready, finished
+
+
+def fill(ready: int, finished: int) -> None:
+    from django.db import connection
+    from django.utils import timezone
+
+    start = timezone.now() - timezone.timedelta(hours=1)
+    began = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE django_tasks_job, django_tasks_worker")
+        for kind, n, shift in (("r", ready, 0.0), ("f", finished, 0.5)):
+            step = 3600.0 / max(n, 1)
+            for first in range(1, n + 1, BATCH):
+                cursor.execute(INSERT, {
+                    "kind": kind, "finished": kind == "f", "start": start, "step": step,
+                    "shift": shift * step, "first": first, "last": min(n, first + BATCH - 1)})
+        for k in range(5):
+            cursor.execute(
+                "INSERT INTO django_tasks_worker (id, hostname, pid, backend, queues, "
+                "concurrency, pool, started_at, last_heartbeat_at, process_key, stop_reason) "
+                "VALUES (%s, 'bench', %s, 'default', '[\"default\"]', 2, 'prefork', now(), "
+                "now(), '', '')", [f"bench-{k}", 1000 + k])
+    print(f"filled {ready:,} ready + {finished:,} finished in "
+          f"{time.perf_counter() - began:.0f} s", flush=True)
+    began = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE django_tasks_job")
+    print(f"VACUUM ANALYZE in {time.perf_counter() - began:.0f} s", flush=True)
+
+
+def pages() -> list[tuple[str, str, dict[str, str]]]:
+    from django.db import connection
+    from django.urls import reverse
+
+    with connection.cursor() as cursor:
+        # A finished job from the middle of the table (untimed).
+        cursor.execute("SELECT id FROM django_tasks_job WHERE status = 'SUCCESSFUL' "
+                       "AND enqueued_at > (SELECT min(enqueued_at) + interval '30 minutes' "
+                       "FROM django_tasks_job) ORDER BY enqueued_at LIMIT 1")
+        job_id = str(cursor.fetchone()[0])
+    jobs = reverse("admin:django_tasks_job_changelist")
+    return [
+        ("job list", jobs, {}),
+        ("status=FAILED", jobs, {"status__exact": "FAILED"}),
+        ("status=READY", jobs, {"status__exact": "READY"}),
+        ("queue=default", jobs, {"queue_name": "default"}),
+        ("search exact id", jobs, {"q": job_id}),
+        ("search 'noop'", jobs, {"q": "noop"}),
+        ("job page", reverse("admin:django_tasks_job_change", args=[job_id]), {}),
+        ("workers", reverse("admin:django_tasks_worker_changelist"), {}),
+    ]
+
+
+def measure(repeat: int) -> None:
+    from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext, setup_test_environment
+
+    setup_test_environment()  # the test client's response.context, ALLOWED_HOSTS
+    user = User.objects.filter(username="bench").first() or User.objects.create_superuser(
+        "bench", "bench@example.com", "bench")
+    client = Client()
+    client.force_login(user)
+    print(f"\n{'page':<18} {'best ms':>8} {'runs ms':<24} {'queries':>7}  slowest query (ms)")
+    for name, url, params in pages():
+        times = []
+        for _ in range(repeat):
+            began = time.perf_counter()
+            response = client.get(url, params)
+            times.append((time.perf_counter() - began) * 1000)
+            if response.status_code != 200:
+                sys.exit(f"{name}: HTTP {response.status_code} for {url} {params}")
+        with CaptureQueriesContext(connection) as queries:
+            client.get(url, params)
+        slow = max(queries.captured_queries, key=lambda q: float(q["time"]))
+        runs = ", ".join(f"{t:.0f}" for t in times)
+        print(f"{name:<18} {min(times):>8.0f} {runs:<24} {len(queries):>7}  "
+              f"{float(slow['time']) * 1000:.0f}: {slow['sql'][:110]}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument("--ready", type=int, default=1_000_000)
+    parser.add_argument("--finished", type=int, default=1_000_000)
+    parser.add_argument("--refill", action="store_true", help="fill again even if the "
+                        "counts match")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    ensure_database(args.database_url)
+    os.environ.setdefault("ALLOWED_HOSTS", "testserver")
+    setup_django(args.database_url)
+    have = counts()
+    if args.refill or have != (args.ready, args.finished):
+        fill(args.ready, args.finished)
+    else:
+        print(f"reusing the fill: {have[0]:,} ready + {have[1]:,} finished")
+    measure(args.repeat)
+
+
+if __name__ == "__main__":
+    main()
