@@ -194,6 +194,8 @@ class RedisBroker(Broker):
         # ids popped but not claimed yet (an outage between the pop and the claim).
         self._acks: dict[str, list[str]] = {}
         self._popped: dict[str, list[str]] = {}
+        # Popped ids the last claim left READY (per worker): missed again, they wait.
+        self._missed: dict[str, set[str]] = {}
         self._absent: set[str] = set()  # head rows absent from Redis at the last reconcile
 
     # -- plumbing ---------------------------------------------------------------------
@@ -352,21 +354,24 @@ class RedisBroker(Broker):
         """After the claim: popped ids that claimed nothing (stale, duplicated, not due by
         the database's clock, or locked by another transaction) are let go, and those
         still READY are published again as the database has them; returns the messages
-        claimed. A row that was due and still READY was skipped because it was locked:
-        it is tried again after ``LOCKED_RETRY``, not at once (the next pop would only
-        find it locked again)."""
+        claimed. A row still READY and due that two claims running left alone is locked
+        by another transaction (claims skip locked rows): it is tried again after
+        ``LOCKED_RETRY``, not at once, so a long lock costs a pop a second, not a busy
+        loop; the first miss is published again at once, whatever its cause."""
         self._popped.pop(worker_id, None)
         claimed = {m.id for m in done.claimed}.union(done.unreadable)
         missed = [i for i in popped if i not in claimed]
+        before = self._missed.pop(worker_id, set())
         if missed or requeue:
             self._acks.setdefault(worker_id, []).extend(missed)
             try:
                 rows = self.store.ready_rows([*missed, *requeue])
-                if missed:
+                again = before.intersection(missed)
+                if again:
                     retry = (now or timezone.now()) + timedelta(seconds=LOCKED_RETRY)
-                    skipped = set(missed)
-                    rows = [(i, q, p, max(at, retry) if i in skipped else at)
+                    rows = [(i, q, p, max(at, retry) if i in again else at)
                             for i, q, p, at in rows]
+                self._missed[worker_id] = {r[0] for r in rows}.intersection(missed)
                 self._publish_rows(rows)
             except REDIS_OUTAGES as exc:  # committed already: the reconciler will
                 self._redis_down(exc)
