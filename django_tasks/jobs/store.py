@@ -94,10 +94,6 @@ def hooks_for(outcomes: Sequence[Outcome]) -> list[OutcomeHook]:
     return [h for h in _OUTCOME_HOOKS if h not in _LINKED_ONLY]
 
 
-def outcome_hooks() -> list[OutcomeHook]:
-    return _OUTCOME_HOOKS
-
-
 class JobStore(Registry, Cancelling):
     """The job rows and worker registry of one backend, on one database alias."""
 

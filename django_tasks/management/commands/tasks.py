@@ -112,7 +112,7 @@ class Command(BaseCommand):
         recent = parse_age(text, "--recent")
         before(recent, "--recent", text)
         self._status(db, alias, jobs, tasks_backend.config.worker_timeout, recent=recent,
-                     due_by=tasks_backend.store.now())
+                     now=tasks_backend.store.now())
         broker_lines = tasks_backend.broker.status()
         if broker_lines:
             self.stdout.write("")
@@ -143,11 +143,11 @@ class Command(BaseCommand):
                                f"TASKS[{tasks_backend.alias!r}]{others}.")
 
     def _status(self, db: str, alias: str, jobs: Any, timeout: float, *, recent: timedelta,
-                due_by: datetime) -> None:
-        now = timezone.now()
-        # READY splits by the database's clock (the one workers claim by): due now, or
-        # SCHEDULED for later (deferred, or a retry waiting out its backoff).
-        later = Count("pk", filter=Q(status=JobStatus.READY, available_at__gt=due_by))
+                now: datetime) -> None:
+        """``now``: the database's clock, the one workers claim and judge liveness by."""
+        # READY splits into due now, or SCHEDULED for later (deferred, or a retry waiting
+        # out its backoff).
+        later = Count("pk", filter=Q(status=JobStatus.READY, available_at__gt=now))
         rows = (jobs.values("queue_name", "status").annotate(n=Count("pk"), later=later)
                 .order_by("queue_name"))
         depths: dict[str, dict[str, int]] = {}

@@ -24,17 +24,6 @@ logger = logging.getLogger("django_tasks.worker")
 __all__ = ["InlinePool", "ThreadPool"]
 
 
-def _refuse_recycling(pool: str, **options: Any) -> None:
-    # Explicit rather than silently ignored: a deploy asking for recycling with
-    # --pool threads would otherwise believe its memory is bounded.
-    given = sorted(name for name, value in options.items() if value is not None)
-    if given:
-        raise ValueError(
-            f"{', '.join(given)} only apply to the prefork pool, whose child processes can "
-            f"be replaced; the {pool} pool runs jobs inside the worker process."
-        )
-
-
 class _LimitWarnings:
     """Warns once per task path that the pool cannot enforce the task's time limits."""
 
@@ -57,7 +46,31 @@ class _LimitWarnings:
             )
 
 
-class InlinePool:
+class _InProcessPool:
+    """What the two pools that run jobs inside the worker process share: their slots,
+    their outcomes waiting for ``collect()``, the time-limit warning, and the refusal of
+    child recycling (explicit rather than silently ignored: a deploy asking for it with
+    ``--pool threads`` would otherwise believe its memory is bounded)."""
+
+    name: str
+
+    def __init__(self, size: int, worker_id: str, *, max_tasks_per_child: int | None = None,
+                 max_memory_per_child: int | None = None) -> None:
+        given = sorted(name for name, value in (("max_tasks_per_child", max_tasks_per_child),
+                                                ("max_memory_per_child", max_memory_per_child))
+                       if value is not None)
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} only apply to the prefork pool, whose child processes "
+                f"can be replaced; the {self.name} pool runs jobs inside the worker process."
+            )
+        self.size = max(1, size)
+        self.worker_id = worker_id
+        self._done: list[Outcome] = []
+        self._limits = _LimitWarnings(self.name)
+
+
+class InlinePool(_InProcessPool):
     """Runs each job synchronously in the caller, on the caller's connections (tests, demos).
 
     Time limits are not enforced (a WARNING is logged once per task that has one);
@@ -65,15 +78,6 @@ class InlinePool:
     """
 
     name = "inline"
-
-    def __init__(self, size: int, worker_id: str, *, max_tasks_per_child: int | None = None,
-                 max_memory_per_child: int | None = None) -> None:
-        _refuse_recycling(self.name, max_tasks_per_child=max_tasks_per_child,
-                          max_memory_per_child=max_memory_per_child)
-        self.size = max(1, size)
-        self.worker_id = worker_id
-        self._done: list[Outcome] = []
-        self._limits = _LimitWarnings(self.name)
 
     def start(self) -> None:
         pass
@@ -110,7 +114,7 @@ class InlinePool:
         return []
 
 
-class ThreadPool:
+class ThreadPool(_InProcessPool):
     """Jobs run in daemon threads of the worker process; each thread has its own DB connection.
 
     Python can neither kill nor interrupt a thread, and SIGALRM only reaches the main
@@ -124,12 +128,9 @@ class ThreadPool:
 
     def __init__(self, size: int, worker_id: str, *, max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None) -> None:
-        _refuse_recycling(self.name, max_tasks_per_child=max_tasks_per_child,
-                          max_memory_per_child=max_memory_per_child)
-        self.size = max(1, size)
-        self.worker_id = worker_id
+        super().__init__(size, worker_id, max_tasks_per_child=max_tasks_per_child,
+                         max_memory_per_child=max_memory_per_child)
         self._inbox: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
-        self._done: list[Outcome] = []
         # Submitted and not yet collected, in submission order. Touched only by the
         # supervisor thread, except under _lock.
         self._running: dict[str, Message] = {}
@@ -138,7 +139,6 @@ class ThreadPool:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = pipe()
         self._threads: list[threading.Thread] = []
-        self._limits = _LimitWarnings(self.name)
 
     def start(self) -> None:
         for n in range(self.size):
