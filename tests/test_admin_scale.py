@@ -12,7 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_tasks import admin as tasks_admin
+from django_tasks.admin import jobs as tasks_admin
 from django_tasks.models import Job, JobQuerySet
 
 pytestmark = pytest.mark.django_db(transaction=True)
