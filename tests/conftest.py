@@ -46,8 +46,23 @@ def _skip_redis_tests_without_redis(items) -> None:
         item.add_marker(skip)
 
 
+def _skip_browser_tests_without_browser(items) -> None:
+    from tests.browser import browser_problem
+
+    needs = [item for item in items if "browser" in item.keywords]
+    problem = browser_problem() if needs else None
+    if problem is None:
+        return
+    if CI:
+        raise pytest.UsageError(f"CI=true and no browser for the admin's browser tests: {problem}")
+    skip = pytest.mark.skip(reason=f"no browser: {problem}")
+    for item in needs:
+        item.add_marker(skip)
+
+
 def pytest_collection_modifyitems(config, items):
     _skip_redis_tests_without_redis(items)
+    _skip_browser_tests_without_browser(items)
     if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         skip = pytest.mark.skip(reason="needs PostgreSQL (run with TEST_DB=postgres)")
         for item in items:
@@ -96,6 +111,16 @@ def broker(request):
     if request.param == "redis":
         request.getfixturevalue("redis_default")
     return request.param
+
+
+@pytest.fixture
+def browser():
+    """A headless Chromium at 1400x900 (tests/browser.py), closed after the test."""
+    from tests.browser import start_chromium
+
+    driver = start_chromium()
+    yield driver
+    driver.quit()
 
 
 @pytest.fixture(autouse=True)
