@@ -146,6 +146,9 @@ LOGGING = {
 # manage.py demo enqueues its jobs through this alias: the same job table, queues and
 # routes as "default", but its worker claims only the demo's jobs, so a database with
 # older jobs (a backlog, or one that never ends) does not hold the demo up.
-# It runs no schedules.
+# It runs a schedule of its own, not the default alias's.
 TASKS["demo"] = {**TASKS["default"], "OPTIONS": {
-    k: v for k, v in TASKS["default"]["OPTIONS"].items() if k != "SCHEDULE"}}
+    **{k: v for k, v in TASKS["default"]["OPTIONS"].items() if k != "SCHEDULE"},
+    "SCHEDULE": {"demo-add-every-10-seconds": {
+        "task": "sampleproject.demo.tasks.add", "schedule": 10.0, "args": [1, 1]}},
+}}

@@ -68,6 +68,24 @@ def sometimes_fails(probability: float = 0.5) -> str:
     return "lucky"
 
 
+@task(max_attempts=3, retry_on=(ConnectionError,))
+def import_feed(url: str) -> int:
+    """Import a supplier's product feed. This supplier's feed is broken: a ValueError is
+    not in ``retry_on``, so the job fails at once, with its traceback in the admin."""
+    raise ValueError(f"{url} is not a product feed: expected JSON, got an HTML error page")
+
+
+@task(takes_context=True)
+def build_report(context, month: str, sections: int = 30, seconds: float = 6.0) -> str:
+    """A long job that reports its progress (the admin's progress bar, result.progress)."""
+    for section in range(1, sections + 1):
+        if context.is_cancelled():
+            return f"report for {month} cancelled at section {section}"
+        time.sleep(seconds / sections)
+        context.report_progress(section, sections, f"section {section}/{sections}")
+    return f"report for {month}: {sections} sections"
+
+
 @task()
 def clear_expired_sessions() -> int:
     """Delete expired sessions (what ``manage.py clearsessions`` does), every midnight."""

@@ -13,14 +13,17 @@ from django.db import connections, transaction
 from django.tasks import TaskResultStatus
 
 from django_tasks import chain, chord, group
+from django_tasks.beat.scheduler import Scheduler
+from django_tasks.models import Schedule
 from django_tasks.worker import TaskWorker
 from django_tasks.worker.supervisor import configure_logging
 from sampleproject.demo.tasks import (
     add,
+    build_report,
     encode_video,
+    import_feed,
     mul,
     send_welcome_email,
-    sometimes_fails,
     tsum,
 )
 
@@ -30,8 +33,14 @@ from sampleproject.demo.tasks import (
 DEMO = "demo"
 
 
+#: The demo's periodic schedule (settings.py, TASKS["demo"]["OPTIONS"]["SCHEDULE"]).
+DEMO_SCHEDULE = "demo-add-every-10-seconds"
+
+
 class Command(BaseCommand):
-    help = "Create an admin user, enqueue the sample jobs and run a worker until they finish."
+    help = ("Create an admin user, enqueue the sample jobs (one fails, one is retried, one "
+            "reports progress for a few seconds, one comes from a periodic schedule) and "
+            "run a worker until they finish.")
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--timeout", type=float, default=60.0,
@@ -49,17 +58,22 @@ class Command(BaseCommand):
                 add.using(backend=DEMO).enqueue(2, 3),
                 mul.using(backend=DEMO).delay(6, 7),
                 add.using(backend=DEMO).apply_async(args=[10, 20], countdown=1),
-                sometimes_fails.using(backend=DEMO).enqueue(0.3),
+                # Fails at once (a ValueError is not in its retry_on): the failure path.
+                import_feed.using(backend=DEMO).enqueue("https://supplier.example/feed"),
+                # A few seconds of work with a progress bar in the admin.
+                build_report.using(backend=DEMO).enqueue("2026-11"),
                 # Workflows, Celery's tutorial examples: (2 + 2) * 4, and the sum of
                 # ten additions run in parallel (a chord's callback runs once, after all).
                 chain(demo_add.s(2, 2), demo_mul.s(4)).delay(),
                 chord(group(demo_add.s(i, i) for i in range(10)),
                       tsum.using(backend=DEMO).s()).delay(),
             ]
+        results.append(self._run_schedule_now())
         self.stdout.write(f"Enqueued {len(results)} jobs; starting a worker.\n")
         # grace=0: when told to stop, a job still running is interrupted, not waited for.
+        # beat=True: the worker also fires the demo's schedule while it runs.
         worker = TaskWorker(backend=DEMO, concurrency=options["concurrency"], pool="prefork",
-                        grace=0)
+                            grace=0, beat=True)
         deadline = time.monotonic() + options["timeout"]
         watcher = threading.Thread(target=self._stop_when_done,
                                    args=(worker, results, deadline), daemon=True)
@@ -77,8 +91,9 @@ class Command(BaseCommand):
             name = r.task.module_path.rsplit(".", 1)[-1]
             self.stdout.write(f"{name:<40} {r.status:<11} {r.attempts:<8} {value}")
         self.stdout.write(
-            "\nSee them in the admin: .venv/bin/python manage.py runserver, then "
-            "http://127.0.0.1:8000/admin/django_tasks/job/\n"
+            "\nThe control room: .venv/bin/python manage.py runserver, then open "
+            "http://127.0.0.1:8000/admin/django_tasks/dashboard/\n"
+            "From the terminal: .venv/bin/python manage.py tasks status\n"
             "Run a worker yourself: .venv/bin/python manage.py worker\n"
         )
 
@@ -96,6 +111,19 @@ class Command(BaseCommand):
         finally:
             connections.close_all()
             worker.stop()
+
+    @staticmethod
+    def _run_schedule_now() -> Any:
+        """The demo's periodic schedule, synced from the settings and fired once now (as
+        the admin's "Run selected schedules now" does): its job's result."""
+        scheduler = Scheduler(DEMO)
+        scheduler.sync()
+        schedule = Schedule.objects.using(scheduler.database).get(backend=DEMO,
+                                                                   name=DEMO_SCHEDULE)
+        fired = scheduler.run_now(schedule)
+        if fired.error:
+            raise RuntimeError(f"{DEMO_SCHEDULE}: {fired.error}")
+        return add.using(backend=DEMO).get_result(fired.job_id)
 
     def _admin_user(self) -> None:
         User = get_user_model()
