@@ -17,6 +17,7 @@ Where things are (docs/architecture.md draws the whole map):
 
 from django.tasks import TaskResultStatus
 
+from .celery import AsyncResult, shared_task
 from .exceptions import (
     ArgumentNotSerializable,
     Cancelled,
@@ -45,6 +46,7 @@ from django.tasks import task  # isort: skip
 
 __all__ = [
     "ArgumentNotSerializable",
+    "AsyncResult",
     "Cancelled",
     "EnqueueError",
     "GroupResult",
@@ -70,6 +72,7 @@ __all__ = [
     "chain",
     "chord",
     "group",
+    "shared_task",
     "signature",
     "task",
 ]

@@ -13,7 +13,17 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from .exceptions import Cancelled, ResultTimeout, TaskFailed, UpstreamFailed
-from .states import SUCCESSFUL, public_status
+from .states import (
+    CANCELLED,
+    CLAIMED,
+    FAILED,
+    FINISHED,
+    READY,
+    RUNNING,
+    SUCCESSFUL,
+    WAITING,
+    public_status,
+)
 
 __all__ = ["GroupResult", "JobError", "JobResult", "as_datetime", "error_from_dict"]
 
@@ -174,6 +184,72 @@ class JobResult(django_base.TaskResult):
 
     #: Celery's name for :meth:`wait`.
     get = wait
+
+    # -- Celery's names (docs/coming-from-celery.md) ---------------------------------------
+
+    @property
+    def task_id(self) -> str:
+        """Celery's name for :attr:`id`."""
+        return self.id
+
+    @property
+    def state(self) -> str:
+        """The status in Celery's words: PENDING (ready, scheduled, waiting in a
+        workflow, claimed), RETRY (ready again after a failed attempt), STARTED,
+        SUCCESS, FAILURE, REVOKED (cancelled). As of the last refresh."""
+        if self.job_status == READY and self.errors:
+            return "RETRY"
+        return _CELERY_STATES.get(self.job_status, "PENDING")
+
+    @property
+    def result(self) -> Any:
+        """Celery's ``result.result`` (and ``.info``): the return value of a successful
+        job, the last error (a :class:`JobError`) of a failed or cancelled one, the
+        progress report of a running one, else None."""
+        if self.job_status == SUCCESSFUL:
+            return self.return_value
+        if self.job_status in (FAILED, CANCELLED):
+            return self.errors[-1] if self.errors else None
+        return self.progress
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        """The traceback of the last failed attempt, or None."""
+        return self.errors[-1].traceback if self.errors else None
+
+    def ready(self) -> bool:
+        """Whether the job has finished (Celery's ``ready()``)."""
+        return self.job_status in FINISHED
+
+    def successful(self) -> bool:
+        return self.job_status == SUCCESSFUL
+
+    def failed(self) -> bool:
+        """FAILED or CANCELLED (Celery's FAILURE and REVOKED)."""
+        return self.job_status in (FAILED, CANCELLED)
+
+    def revoke(self, terminate: bool = False, signal: Any = None) -> str:
+        """Celery's ``revoke()``: cancel the job (see :meth:`cancel`). With
+        ``terminate=True`` a running job is killed as soon as its worker notices (the
+        prefork pool; the threads pool can only ask it to stop), instead of after the
+        task's ``cancel_grace``. ``signal`` is accepted and not used: the worker kills
+        with SIGKILL."""
+        what = self.task.get_backend().cancel([self.id], terminate=terminate)[self.id]
+        self.refresh()
+        return what
+
+    def forget(self) -> None:
+        """Celery's ``forget()``: delete the row of this finished job (its result, errors
+        and progress). A job not finished is refused with ``ValueError``: cancel it
+        first."""
+        self.task.get_backend().forget(self.id)
+
+
+_CELERY_STATES = {READY: "PENDING", WAITING: "PENDING", CLAIMED: "PENDING",
+                  RUNNING: "STARTED", SUCCESSFUL: "SUCCESS", FAILED: "FAILURE",
+                  CANCELLED: "REVOKED"}
 
 
 class GroupResult:

@@ -38,6 +38,7 @@ from .celery_dialect import (
     exception_types,
     seconds,
 )
+from .celery_options import call_options, task_options
 from .exceptions import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
@@ -119,6 +120,9 @@ class Task(django_base.Task):
     #: Celery's ``bind=True``: ``takes_context=True``, and the function's first
     #: parameter (the context) may have any name, as Celery's ``self``.
     bind: bool | None = None
+    #: Celery's ``ignore_result=True``: the return value is not stored (status, errors
+    #: and times are). A step of a workflow keeps it: the next step receives it.
+    ignore_result: bool = False
     # True when the queue was chosen by the call (``using``/``apply_async``): ROUTES
     # then leave it alone. Not a user option.
     queue_from_call: bool = field(default=False, repr=False, compare=False)
@@ -145,6 +149,9 @@ class Task(django_base.Task):
         retry_backoff: Any, retry_backoff_max: Any, retry_jitter: Any, acks_late: Any,
         retry_kwargs: Any, dont_autoretry_for: Any, reject_on_worker_lost: Any,
     ) -> None:
+        if not isinstance(self.ignore_result, bool):
+            raise InvalidTask(f"{self.module_path}: ignore_result must be True or False; "
+                              f"got {self.ignore_result!r}.")
         if self.bind is not None and not isinstance(self.bind, bool):
             raise InvalidTask(f"{self.module_path}: bind must be True or False; "
                               f"got {self.bind!r}.")
@@ -319,30 +326,51 @@ class Task(django_base.Task):
         """Celery's name for :meth:`enqueue`."""
         return self.enqueue(*args, **kwargs)
 
-    def apply_async(
-        self,
-        args: list | tuple | None = None,
-        kwargs: dict[str, Any] | None = None,
-        *,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-    ) -> JobResult:
+    def apply_async(self, args: list | tuple | None = None,
+                    kwargs: dict[str, Any] | None = None, **options: Any) -> JobResult:
         """Celery's call: enqueue with per-call options.
 
         ``countdown`` (seconds from now) and ``eta`` (an aware datetime) both set
-        ``run_after``; give one or neither.
+        ``run_after``; give one or neither. ``queue`` and ``priority`` as in
+        :meth:`using`. ``link`` / ``link_error``: signatures enqueued after this job
+        succeeds (with its result first) / once it fails for good (with its id first).
+        Every other Celery option is answered by
+        :data:`django_tasks.celery_options.CALL_OPTIONS`: accepted where it asks for what
+        we always do, else a ``TypeError`` naming it.
         """
+        options = call_options(self.module_path, options)
+        countdown, eta = options.get("countdown"), options.get("eta")
         if countdown is not None and eta is not None:
             raise TypeError("apply_async() takes countdown or eta, not both.")
         run_after: datetime | timedelta | None = eta
         if countdown is not None:
-            if not isinstance(countdown, int | float) or countdown < 0:
+            if not seconds(countdown):
                 raise TypeError(f"countdown must be a number of seconds >= 0; got {countdown!r}.")
             run_after = timedelta(seconds=countdown)
-        task = self.using(queue_name=queue, priority=priority, run_after=run_after)
-        return task.enqueue(*(args or ()), **(kwargs or {}))
+        task = self.using(queue_name=options.get("queue"), priority=options.get("priority"),
+                          run_after=run_after)
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        if options.get("link") is None and options.get("link_error") is None:
+            return task.enqueue(*args, **kwargs)
+        from .workflows.canvas import linked
+
+        return linked(task.s(*args, **kwargs), options.get("link"), options.get("link_error"))
+
+
+_dataclass_init = Task.__init__
+
+
+def _init(self: Task, **kwargs: Any) -> None:
+    # Celery's options (queue=, name=, serializer=, ...) are answered before the
+    # dataclass sees them: renamed, accepted or refused in one line (celery_options).
+    func = kwargs.get("func")
+    path = f"{func.__module__}.{func.__qualname__}" if func is not None else "task"
+    # dataclasses.replace() passes the InitVars' UNSET defaults back in: not options.
+    given = {k: v for k, v in kwargs.items() if v is not UNSET}
+    _dataclass_init(self, **task_options(path, given))
+
+
+Task.__init__ = _init  # type: ignore[method-assign]
 
 
 def for_django_checks(task: django_base.Task) -> django_base.Task:

@@ -37,10 +37,10 @@ from django.tasks.signals import task_enqueued
 from django.utils import timezone
 
 from ..conf import BackendOptions
-from ..exceptions import EnqueueError
+from ..exceptions import EnqueueError, TaskNotRegistered
 from ..ids import uuid7
 from ..jobs.messages import Exchanged, Message, Outcome, Start, stale_of
-from ..jobs.policy import resolve_task, send_robust
+from ..jobs.policy import resolve_task, send_robust, stand_in_task
 from ..jobs.store import JobStore
 from ..results import JobResult
 from ..serialization import check_arguments
@@ -394,14 +394,37 @@ class ModelBackend(BaseTaskBackend):
         progress["updated_at"] = timezone.now().isoformat()
         return self.store.report_progress(job_id, progress, lease)
 
-    def cancel(self, job_ids: Sequence[Any], *, by: str = "") -> dict[str, str]:
+    def cancel(self, job_ids: Sequence[Any], *, by: str = "",
+               terminate: bool = False) -> dict[str, str]:
         """Cancel these jobs; what became of each id (see :meth:`JobStore.cancel`).
 
         A job that had not started is CANCELLED at once, in this call's transaction
         (with its workflow's follow-ups); one a worker holds is marked, and its worker
-        stops it. ``by`` (say, a user name) is recorded in the error entry.
+        stops it: once the task sees ``context.is_cancelled()``, or when its
+        ``cancel_grace`` is over (prefork), or, with ``terminate`` (Celery's
+        ``revoke(terminate=True)``), killed as soon as the worker notices (prefork; the
+        threads pool can only ask). ``by`` (say, a user name) is recorded in the error entry.
         """
-        return self.store.cancel(job_ids, by=by)
+        return self.store.cancel(job_ids, by=by, terminate=terminate)
+
+    def forget(self, job_id: Any) -> None:
+        """Delete the row of this finished job (Celery's ``result.forget()``).
+        ``ValueError`` if it has not finished (cancel it first);
+        ``TaskResultDoesNotExist`` if there is no such job."""
+        from ..models import Job
+
+        try:
+            pk = uuid.UUID(str(job_id))
+        except ValueError:
+            raise TaskResultDoesNotExist(job_id) from None
+        jobs = Job.objects.using(self.database).filter(pk=pk, backend=self.alias)
+        if jobs.finished().delete()[0]:
+            return
+        status = jobs.values_list("status", flat=True).first()
+        if status is None:
+            raise TaskResultDoesNotExist(job_id)
+        raise ValueError(f"Job {job_id} is {status}: only a finished job can be forgotten "
+                         "(cancel it first).")
 
     def retry(self, job_ids: Sequence[Any]) -> list[str]:
         """Run these FAILED jobs once more (their errors kept); returns the ids retried.
@@ -434,7 +457,12 @@ class ModelBackend(BaseTaskBackend):
         return self.result_from_job(job)
 
     def result_from_job(self, job: Any) -> JobResult:
-        task = resolve_task(job.task_path)
+        """The result of a job row; a job whose task no longer resolves (renamed or
+        removed in a deploy) still reads, under a stand-in task of the same path."""
+        try:
+            task = resolve_task(job.task_path)
+        except TaskNotRegistered as exc:
+            task = stand_in_task(job.task_path, self.alias, str(exc))
         if (task.queue_name, task.priority, task.run_after, task.backend) != (
             job.queue_name, job.priority, job.run_after, job.backend
         ):

@@ -51,7 +51,7 @@ class Cancelling:
 
     # -- cancelling -------------------------------------------------------------------
 
-    def cancel(self, job_ids: Sequence[Any], *, by: str = "",
+    def cancel(self, job_ids: Sequence[Any], *, by: str = "", terminate: bool = False,
                now: datetime | None = None) -> dict[str, str]:
         """Cancel these jobs; returns what became of each id asked about:
 
@@ -81,6 +81,8 @@ class Cancelling:
             "message": "cancelled" + (f" by {by}" if by else ""),
             "traceback": "", "attempt": 0, "worker_id": "", "occurred_at": now.isoformat(),
         }
+        if terminate:
+            error["terminate"] = True
         done: dict[str, str] = {}
         pending = ids
         # Two guarded statements, then a look at what neither changed. A job given back
@@ -119,9 +121,11 @@ class Cancelling:
             done.update((job_id_str(i), "cancelling")
                         for i in self.engine.cancel_held(ids, error_json))
 
-    def cancelling(self, worker_id: str) -> set[str]:
-        """Ids of the jobs ``worker_id`` holds that were asked to cancel (the cancel poll)."""
-        return {job_id_str(i) for i in self.engine.cancelling_of(worker_id)}
+    def cancelling(self, worker_id: str) -> dict[str, bool]:
+        """The jobs ``worker_id`` holds that were asked to cancel (the cancel poll): id ->
+        whether to kill it at once (``revoke(terminate=True)``)."""
+        return {job_id_str(row.id): bool((row.cancellation or {}).get("terminate"))
+                for row in self.engine.cancelling_of(worker_id)}
 
     def cancel_requested(self, job_id: str) -> bool:
         """Whether cancelling ``job_id`` was asked for, as committed now (read on the side

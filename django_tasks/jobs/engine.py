@@ -41,7 +41,15 @@ from .portable import (
     UNIQUE_ACTIVE,
     UNIQUE_RECENT,
 )
-from .rows import JSON_COLUMNS, CancelledClaim, Decremented, FailedStep, MessageRow, RunningRow
+from .rows import (
+    JSON_COLUMNS,
+    CancelledClaim,
+    Cancelling,
+    Decremented,
+    FailedStep,
+    MessageRow,
+    RunningRow,
+)
 from .side import on_side
 
 __all__ = ["Engine", "RoundTrip", "Unavailable"]
@@ -193,10 +201,10 @@ class Engine(ABC):
             cursor.execute(CANCELLED_CLAIMS, {"worker": worker_id})
             return [CancelledClaim._make(row) for row in cursor.fetchall()]
 
-    def cancelling_of(self, worker_id: str) -> list[Any]:
+    def cancelling_of(self, worker_id: str) -> list[Cancelling]:
         with self.connection.cursor() as cursor:
             cursor.execute(CANCELLING_OF, {"worker": worker_id})
-            return [row[0] for row in cursor.fetchall()]
+            return [self.decode(Cancelling._make(row)) for row in cursor.fetchall()]
 
     def cancel_requested(self, job_id: str) -> bool:
         """As committed now: read on the side connection."""

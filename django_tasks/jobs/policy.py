@@ -89,6 +89,22 @@ def _import_failed(path: str, module: str, exc: BaseException) -> str:
             f"{type(exc).__name__}: {exc} (its traceback follows).")
 
 
+def stand_in_task(path: str, backend: str, reason: str) -> DjangoTask:
+    """A task standing for ``path`` where it no longer resolves (renamed or removed in a
+    deploy), so the job's result still reads: same path, calling it raises
+    ``TaskNotRegistered`` with ``reason``."""
+    from ..task import Task
+
+    module, _, name = path.rpartition(".")
+
+    def stand_in(*args: Any, **kwargs: Any) -> Any:
+        raise TaskNotRegistered(reason)
+
+    stand_in.__module__, stand_in.__name__ = module or "unknown", name or path
+    stand_in.__qualname__ = stand_in.__name__
+    return Task(func=stand_in, backend=backend)
+
+
 def task_or_none(path: str) -> Any:
     """The task at ``path``, or None if it cannot be resolved (then: no retries, no limits)."""
     try:

@@ -62,7 +62,8 @@ CANCELLED_CLAIMS = (
 )
 # Which of a worker's held jobs are asked to cancel (the cancel poll; the held index).
 CANCELLING_OF = (
-    "SELECT id FROM \"django_tasks_job\" WHERE worker_id = %(worker)s AND lease <> '' "
+    "SELECT id, cancellation FROM \"django_tasks_job\" WHERE worker_id = %(worker)s "
+    "AND lease <> '' "
     "AND status IN ('CLAIMED', 'RUNNING') AND cancellation IS NOT NULL"
 )
 CANCEL_REQUESTED = (

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 from .messages import APPLIED_COLUMNS
 
-__all__ = ["JSON_COLUMNS", "MESSAGE_COLUMNS", "CancelledClaim", "Decremented", "ExchangeRow",
-           "FailedStep", "MessageRow", "RunningRow"]
+__all__ = ["JSON_COLUMNS", "MESSAGE_COLUMNS", "CancelledClaim", "Cancelling", "Decremented",
+           "ExchangeRow", "FailedStep", "MessageRow", "RunningRow"]
 
 #: The job table's JSON columns (a test checks them against the model's JSONFields).
 JSON_COLUMNS = frozenset({"args", "kwargs", "return_value", "errors", "worker_ids", "progress",
@@ -67,6 +67,14 @@ class Decremented(NamedTuple):
     waiting_on: int
     links: Any
     args: Any
+
+
+class Cancelling(NamedTuple):
+    """A held job asked to cancel (CANCELLING_OF): the request, an error entry with
+    ``"terminate": true`` for Celery's ``revoke(terminate=True)``."""
+
+    id: Any
+    cancellation: Any
 
 
 class CancelledClaim(NamedTuple):

@@ -48,9 +48,10 @@ def accept_django_options(subparser: Any) -> None:
 def add_loglevel(parser: Any) -> None:
     """``--loglevel``, as the worker and beat take it (any case)."""
     parser.add_argument(
-        "--loglevel", default="INFO", type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="Log level of the django_tasks loggers (default: %(default)s).",
+        "-l", "--loglevel", default="INFO", type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="Log level of the django_tasks loggers, in any case as Celery's -l takes it "
+             "(default: %(default)s).",
     )
 
 

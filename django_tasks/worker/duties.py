@@ -142,6 +142,8 @@ def poll_cancels(worker: TaskWorker, now: datetime | None = None) -> None:
     ids = worker.store.cancelling(holder)
     if not ids:
         return
+    # revoke(terminate=True): killed as soon as the main thread tells the pool.
+    worker.terminating.update(i for i, terminate in ids.items() if terminate)
     dropped, running = worker.ledger.cancel(ids)
     for m in dropped:
         logger.info("Job %s CANCELLED before it started: task=%s queue=%s", m.id,

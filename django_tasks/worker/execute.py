@@ -146,6 +146,8 @@ def execute(
             *args, time.monotonic() - started,
         )
         send_finished(message.backend, result)
+        if getattr(task, "ignore_result", False) and message.workflow_id is None:
+            value = None  # Celery's ignore_result: not stored (a workflow's next step needs it)
         return success_outcome(message, value, now)
     finally:
         if own_connections:

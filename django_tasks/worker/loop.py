@@ -122,6 +122,9 @@ class TaskWorker:
         #: For tasks without a ``cancel_grace`` of their own: seconds a running job asked
         #: to cancel gets before the prefork pool kills it (None: it is never killed).
         self.cancel_grace = cancel_grace
+        #: Jobs asked to cancel with ``terminate=True`` (Celery's ``revoke``): no grace.
+        #: Filled by the cancel poll (duties thread), emptied by the main thread.
+        self.terminating: set[str] = set()
         worker_id = worker_id or default_worker_id()
         self.concurrency = max(1, concurrency)
         self.pool = make_pool(pool, self.concurrency, worker_id, **(pool_options or {}))
@@ -253,6 +256,9 @@ class TaskWorker:
         grace = getattr(task, "cancel_grace", None)
         if grace is None:
             grace = self.cancel_grace
+        if job_id in self.terminating:  # revoke(terminate=True)
+            self.terminating.discard(job_id)
+            grace = 0.0
         if not self.pool.cancel(job_id, grace):
             return
         if grace is not None and self.pool.name == "prefork":

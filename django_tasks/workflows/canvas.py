@@ -47,7 +47,7 @@ from ..results import GroupResult, JobResult
 
 logger = logging.getLogger("django_tasks.worker")
 
-__all__ = ["Signature", "chain", "chord", "group", "signature"]
+__all__ = ["Signature", "chain", "chord", "group", "linked", "signature"]
 
 #: What a node of a canvas may be.
 Node = Any  # Signature | chain | group | chord
@@ -212,6 +212,34 @@ class chord(_Step):  # Celery's name
         return f"chord({self.header!r}, {self.body!r})"
 
 
+class _Linked(_Step):
+    """One job with Celery's ``link`` (callbacks run after it succeeds, each receiving
+    its result unless immutable) and ``link_error`` (error callbacks enqueued once if it
+    fails for good, with its id first): a chain of one. Made by :func:`linked`."""
+
+    def __init__(self, step: Signature, callbacks: list[Signature],
+                 errbacks: list[Signature]) -> None:
+        self.step, self.callbacks, self.errbacks = step, callbacks, errbacks
+
+
+def _signatures(option: str, value: Any) -> list[Signature]:
+    if value is None:
+        return []
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    for v in values:
+        if not isinstance(v, Signature):
+            raise TypeError(f"{option}= takes a signature (task.s(...)) or a list of them; "
+                            f"got {v!r}.")
+    return values
+
+
+def linked(step: Signature, link: Any = None, link_error: Any = None) -> JobResult:
+    """Enqueue ``step`` with Celery's ``link`` / ``link_error`` (signatures, or lists of
+    them), in one transaction; returns the step's own result, as Celery does."""
+    node = _Linked(step, _signatures("link", link), _signatures("link_error", link_error))
+    return _enqueue(node, (), {})
+
+
 # -- planning: a canvas -> job rows ----------------------------------------------------------
 
 
@@ -245,6 +273,14 @@ class _Plan:
             return out
         if isinstance(node, group):
             return [self.add(m, upstream, extra, extra_kwargs, []) for m in node.tasks]
+        if isinstance(node, _Linked):
+            for errback in node.errbacks:
+                self.check_errback(errback)
+            out = self._step(node.step, upstream, extra, extra_kwargs,
+                             [e.to_dict() for e in node.errbacks] + errbacks)
+            for callback in node.callbacks:
+                self.add(callback, out, (), {}, [])
+            return out
         assert isinstance(node, chord)
         header = self.add(node.header, upstream, extra, extra_kwargs, [])
         own = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -15,6 +16,12 @@ from django_tasks.management.cli import add_loglevel, one_line_errors, positive_
 from django_tasks.worker import TaskWorker
 from django_tasks.worker.pools import POOLS
 from django_tasks.worker.supervisor import configure_logging, install_signal_handlers
+
+
+def _no_autoscale(value: str) -> None:
+    raise argparse.ArgumentTypeError(
+        "Celery's autoscaling is not supported: a worker runs -c N slots and an idle slot costs "
+        "nothing, so give -c the most you want and scale by running more workers")
 
 
 def _non_negative(value: str) -> int:
@@ -125,13 +132,22 @@ class Command(BaseCommand):
             help="TASKS alias whose jobs to run (default: %(default)s).",
         )
         parser.add_argument(
-            "--worker-id", default=None,
-            help="Name shown in results and the admin (default: host-pid-random).",
+            "--worker-id", "-n", "--hostname", default=None, dest="worker_id",
+            help="Name shown in results and the admin (default: host-pid-random); "
+                 "unique among live workers. %%h is replaced by the host name, as in "
+                 "Celery's -n worker1@%%h.",
+        )
+        parser.add_argument(
+            "--autoscale", type=_no_autoscale, default=None, metavar="MAX,MIN",
+            help="Celery's option, refused: a worker has -c slots, idle ones cost nothing; "
+                 "scale by running more workers.",
         )
         add_loglevel(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         configure_logging(options["loglevel"])
+        if options["worker_id"]:
+            options["worker_id"] = options["worker_id"].replace("%h", socket.gethostname())
         # Import every app's tasks module once, before forking, so children share it.
         autodiscover_modules("tasks")
         queues = [q.strip() for q in options["queues"].split(",") if q.strip()]
