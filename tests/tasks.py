@@ -221,3 +221,9 @@ def fails_twice_then_gives_up(*args):
 @task()
 def errback(failed_job_id, note=""):
     return f"{note}handled {failed_job_id}"
+
+
+@task(ignore_result=True)
+def add_quietly(x, y):
+    """Celery's ignore_result: its return value is not stored."""
+    return x + y

@@ -704,8 +704,8 @@ def test_install_requires_is_what_the_library_imports():
 @pytest.mark.slow
 def test_demo_runs_only_its_own_jobs_on_a_used_database(tmp_path):
     """`make demo` is migrate + demo: with a backlog and a job that never ends already in
-    the database, the demo runs its jobs (seven, a chain, a chord and a schedule's), touches no other and
-    returns."""
+    the database, the demo runs its jobs (seven, a chain, a chord and a schedule's),
+    touches no other and returns."""
     import subprocess
 
     from tests.helpers import ROOT
