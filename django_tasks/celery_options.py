@@ -131,7 +131,8 @@ TASK_OPTIONS: dict[str, Answer] = {
                                  "ImmediateBackend or django_tasks.testing in tests"),
     "pydantic": Answer("refused", "arguments are JSON values; validate them inside the task"),
     "rate_limit": Answer("not yet", "rate limits are not available yet (issue #21)"),
-    "expires": Answer("not yet", "expiry is not available yet (issue #21)"),
+    "expires": Answer("built in", "seconds, timedelta or datetime: a job not started by "
+                      "then ends CANCELLED (Expired) without running"),
 }
 
 #: The options of Celery's ``task.apply_async(args, kwargs, **options)``.
@@ -170,7 +171,7 @@ CALL_OPTIONS: dict[str, Answer] = {
     "time_limit": Answer("refused", "set time_limit on the task"),
     "soft_time_limit": Answer("refused", "set soft_time_limit on the task"),
     "shadow": Answer("refused", "a job is named by its task's dotted path"),
-    "expires": Answer("not yet", "expiry is not available yet (issue #21)"),
+    "expires": Answer("built in", "as the task option, for this call"),
     "producer": Answer("refused", "enqueue writes through the task's backend: pass "
                        "nothing"),
     "connection": Answer("refused", "enqueue writes through the task's backend: pass "

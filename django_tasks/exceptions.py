@@ -76,6 +76,11 @@ class Cancelled(TaskFailed):
     """The job was cancelled."""
 
 
+class Expired(Cancelled):
+    """The job was not started before its expiry time (Celery's ``expires``): it ends
+    CANCELLED without running (Celery's REVOKED)."""
+
+
 class Terminated(Cancelled):
     """The job was cancelled while it ran, and killed after its cancel_grace."""
 

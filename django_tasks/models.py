@@ -113,6 +113,9 @@ class Job(models.Model):
     # ``django_tasks_job_unique`` below and docs/calling-tasks.md).
     unique_key = models.CharField(_("unique key"), max_length=255, blank=True, default="",
                                   db_default="")
+    # Celery's ``expires``: a job not started by then is CANCELLED (error ``Expired``)
+    # when a worker takes it, instead of running. None: never expires.
+    expires_at = models.DateTimeField(_("expires"), null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 

@@ -12,7 +12,7 @@ from django.tasks import base as django_base
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from .exceptions import Cancelled, ResultTimeout, TaskFailed, UpstreamFailed
+from .exceptions import Cancelled, Expired, ResultTimeout, TaskFailed, UpstreamFailed
 from .states import (
     CANCELLED,
     CLAIMED,
@@ -28,6 +28,7 @@ from .states import (
 __all__ = ["GroupResult", "JobError", "JobResult", "as_datetime", "error_from_dict"]
 
 UPSTREAM_FAILED = f"{UpstreamFailed.__module__}.{UpstreamFailed.__qualname__}"
+EXPIRED = f"{Expired.__module__}.{Expired.__qualname__}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,6 +165,9 @@ class JobResult(django_base.TaskResult):
             return self.return_value
         if propagate and self.is_cancelled:
             last = self.errors[-1] if self.errors else None
+            if last is not None and last.exception_class_path == EXPIRED:
+                raise Expired(f"Job {self.id} ({self.task.module_path}) expired before it "
+                              "started")
             raise Cancelled(
                 f"Job {self.id} ({self.task.module_path}) was cancelled"
                 + (f": {last.message}" if last is not None and last.message else "")

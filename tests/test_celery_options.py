@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.tasks import task
@@ -242,7 +242,7 @@ def test_link_runs_after_success_with_the_result_and_link_error_once_on_failure(
         link=[tasks.add.s(1)], link_error=tasks.getpid.si())
     drain()
     rows = {j.task_path: j for j in Job.objects.all()}
-    assert rows["tests.tasks.fails_with_type_error"].pk == __import__("uuid").UUID(failing.id)
+    assert str(rows["tests.tasks.fails_with_type_error"].pk) == failing.id
     assert rows["tests.tasks.add"].status == "FAILED"  # upstream failed: never ran
     assert rows["tests.tasks.getpid"].status == "SUCCESSFUL"  # the errback, once
     with pytest.raises(TypeError, match=r"link= takes a signature"):
@@ -280,3 +280,42 @@ def test_worker_takes_celerys_l_and_n_and_refuses_autoscale():
     out, _ = refused.communicate(timeout=60)
     assert refused.returncode != 0
     assert "argument --autoscale: Celery's autoscaling is not supported" in out
+
+
+# -- expires ---------------------------------------------------------------------------------
+
+
+@db
+def test_a_job_not_started_before_it_expires_ends_cancelled_unrun(broker):
+    from django.utils import timezone
+
+    from django_tasks import Expired
+
+    late = tasks.add.apply_async((1, 2), expires=timezone.now() - timedelta(seconds=1))
+    on_time = tasks.add.apply_async((3, 4), expires=60)
+    assert Job.objects.get(pk=on_time.id).expires_at > timezone.now()
+    drain()
+    job = Job.objects.get(pk=late.id)
+    assert (job.status, job.attempts, job.worker_ids, job.return_value) == (
+        "CANCELLED", 0, [], None)
+    assert job.errors[-1]["exception_class_path"] == "django_tasks.exceptions.Expired"
+    late.refresh()
+    assert late.state == "REVOKED"
+    with pytest.raises(Expired, match="expired before it started"):
+        late.wait(timeout=1)
+    assert on_time.wait(timeout=1) == 7
+
+
+@db
+def test_expires_on_the_task_counts_from_the_enqueue_and_bad_values_are_refused():
+    quick = task(expires=timedelta(minutes=5))(plain)
+    assert quick.expires_at(datetime(2026, 1, 1, tzinfo=UTC)) == datetime(2026, 1, 1, 0, 5,
+                                                                          tzinfo=UTC)
+    result = tasks.add.apply_async((1, 1), expires=30)
+    job = Job.objects.get(pk=result.id)
+    assert (job.expires_at - job.enqueued_at).total_seconds() == 30
+    for bad in (0, -1, "soon", float("inf"), datetime(2030, 1, 1)):
+        with pytest.raises(InvalidTask, match="expires must be a number of seconds > 0"):
+            task(expires=bad)(plain)
+    with pytest.raises(InvalidTask, match="expires must be"):
+        tasks.add.apply_async((1, 1), expires="soon")

@@ -303,6 +303,9 @@ class ModelBackend(BaseTaskBackend):
             # Due by the database's clock, the one workers claim by.
             available_at=task.run_after or Now(),
         )
+        expires_at = getattr(task, "expires_at", None)
+        if expires_at is not None:
+            job.expires_at = expires_at(job.enqueued_at)
         unique_key_for = getattr(task, "unique_key_for", None)
         key = unique_key_for(args, kwargs) if unique_key_for is not None else None
         if key:

@@ -52,7 +52,7 @@ class Cancelling:
     # -- cancelling -------------------------------------------------------------------
 
     def cancel(self, job_ids: Sequence[Any], *, by: str = "", terminate: bool = False,
-               now: datetime | None = None) -> dict[str, str]:
+               expired: bool = False, now: datetime | None = None) -> dict[str, str]:
         """Cancel these jobs; returns what became of each id asked about:
 
         - ``"cancelled"``: it was READY or WAITING and is CANCELLED now (it never runs);
@@ -83,6 +83,9 @@ class Cancelling:
         }
         if terminate:
             error["terminate"] = True
+        if expired:  # Celery's expires: a worker took it after its expiry time
+            error.update(exception_class_path="django_tasks.exceptions.Expired",
+                         message="expired: not started before its expiry time")
         done: dict[str, str] = {}
         pending = ids
         # Two guarded statements, then a look at what neither changed. A job given back

@@ -46,6 +46,8 @@ class Message:
     available_at: str | None
     #: The job's workflow (chain, group, chord), if it is a step of one.
     workflow_id: str | None = None
+    #: Celery's ``expires``: not started by then, it is CANCELLED (``Expired``) unrun.
+    expires_at: str | None = None
 
     def to_wire(self) -> list[Any]:
         """The values in field order, JSON-able (for the pipe to a pool child): no keys

@@ -42,6 +42,7 @@ class MessageRow(NamedTuple):
     run_after: Any
     available_at: Any
     workflow_id: Any
+    expires_at: Any
 
 
 #: Columns a claim returns, in this order.

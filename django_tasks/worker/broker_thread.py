@@ -23,9 +23,11 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections
+from django.utils import timezone
 
-from ..jobs.messages import Outcome
+from ..jobs.messages import Message, Outcome
 from ..outage import Outage
+from ..results import as_datetime
 from .phase import Phase
 
 if TYPE_CHECKING:  # the worker builds this class: no import at run time
@@ -78,12 +80,31 @@ class BrokerThread:
             ledger.put_back(batch)
             raise
         jobs = done.claimed
+        if any(m.expires_at is not None for m in jobs):
+            jobs = self._expire(jobs)
         drained = ledger.add_claimed(batch, jobs)
         if jobs or batch.starts or drained:
             worker.wake_main.poke()  # new jobs, or dispatch may have waited for the starts
         if done.stale:
             self._log_stale(done.stale)
         return len(jobs)
+
+    def _expire(self, jobs: Sequence[Message]) -> Sequence[Message]:
+        """Of claimed ``jobs``, those past their expiry time (Celery's ``expires``) are
+        asked to cancel (the error ``Expired``) and never reach the buffer: the next round
+        trip writes them CANCELLED, as any claimed job asked to cancel. Returns the rest."""
+        now = timezone.now()
+        expired = [m for m in jobs if m.expires_at is not None
+                   and as_datetime(m.expires_at) <= now]
+        if not expired:
+            return jobs
+        self.worker.store.cancel([m.id for m in expired], expired=True)
+        self.worker.ledger.drop_claimed(expired)
+        for m in expired:
+            logger.info("Job %s expired before it started: task=%s queue=%s", m.id,
+                        m.task_path, m.queue_name)
+        gone = {m.id for m in expired}
+        return [m for m in jobs if m.id not in gone]
 
     def _log_stale(self, outcomes: Sequence[Outcome]) -> None:
         """Say why each outcome was discarded: its job's row is gone, or held by another."""

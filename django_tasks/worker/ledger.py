@@ -266,6 +266,15 @@ class Ledger:
                              and not batch.outcomes)
             return self._drained
 
+    def drop_claimed(self, jobs: Sequence[Message]) -> None:
+        """Claimed ``jobs`` that are not to run (expired, and asked to cancel): a
+        CANCELLED outcome each for the next round trip, as for a cancelled buffered job."""
+        with self._lock:
+            self.claimed += len(jobs)
+            self._outcomes.extend(cancelled_outcome(m.id, m.lease, m.task_path,
+                                                    linked=m.workflow_id is not None)
+                                  for m in jobs)
+
     def known_ids(self) -> set[str]:
         """Ids of the jobs this worker knows it holds: buffered, running or unwritten."""
         with self._lock:
