@@ -130,7 +130,8 @@ TASK_OPTIONS: dict[str, Answer] = {
     "store_eager_result": Answer("refused", "there is no eager mode: use Django's "
                                  "ImmediateBackend or django_tasks.testing in tests"),
     "pydantic": Answer("refused", "arguments are JSON values; validate them inside the task"),
-    "rate_limit": Answer("not yet", "rate limits are not available yet (issue #21)"),
+    "rate_limit": Answer("built in", "'30/s', '100/m', '1000/h': held across every worker on "
+                         "every host (Celery's is per worker); jobs over it wait"),
     "expires": Answer("built in", "seconds, timedelta or datetime: a job not started by "
                       "then ends CANCELLED (Expired) without running"),
 }

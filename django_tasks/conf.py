@@ -18,7 +18,8 @@ from django.core.signals import setting_changed
 __all__ = ["BackendOptions", "ScheduleEntry", "backend", "may_import", "task_modules"]
 
 _KNOWN = {"DATABASE", "ROUTES", "POLL_INTERVAL", "NOTIFY", "HEARTBEAT_INTERVAL",
-          "WORKER_TIMEOUT", "TASK_MODULES", "MAX_PAYLOAD", "WORKER_RETENTION", "SCHEDULE"}
+          "WORKER_TIMEOUT", "TASK_MODULES", "MAX_PAYLOAD", "WORKER_RETENTION", "SCHEDULE",
+          "RATE_LIMITS"}
 #: What a SCHEDULE entry may say (Celery's beat_schedule keys, plus ours).
 _SCHEDULE_KEYS = {"task", "schedule", "args", "kwargs", "queue", "priority", "options",
                   "timezone", "catch_up", "enabled"}
@@ -157,6 +158,9 @@ class BackendOptions:
     worker_timeout: float = 30.0
     #: Periodic tasks (OPTIONS["SCHEDULE"]), in the order given.
     schedule: tuple[ScheduleEntry, ...] = ()
+    #: Queue name -> its rate limit (OPTIONS["RATE_LIMITS"], Celery's syntax: "100/m"),
+    #: held across every worker (django_tasks.rates).
+    rate_limits: Mapping[str, Any] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
 
     @classmethod
@@ -242,6 +246,8 @@ class BackendOptions:
                                 "{'clear-cache-every-midnight': {'task': "
                                 "'myapp.tasks.clear_cache', 'schedule': crontab(minute=0, "
                                 "hour=0)}}")
+        if "RATE_LIMITS" in options:
+            values["rate_limits"] = _rate_limits(options["RATE_LIMITS"], problems)
         beat = values.get("heartbeat_interval", cls.heartbeat_interval)
         timeout = values.get("worker_timeout", cls.worker_timeout)
         if timeout <= 2 * beat:
@@ -269,6 +275,26 @@ class BackendOptions:
             if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(task_path, pattern):
                 return queue
         return None
+
+
+def _rate_limits(value: Any, problems: list[str]) -> dict[str, Any]:
+    """OPTIONS["RATE_LIMITS"], checked: queue name -> Rate."""
+    from .rates import parse_rate
+
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        problems.append("OPTIONS['RATE_LIMITS'] must map queue names to rates, e.g. "
+                        "{'emails': '100/m'}")
+        return {}
+    limits = {}
+    for queue, text in value.items():
+        try:
+            rate = parse_rate(text)
+        except ValueError as exc:
+            problems.append(f"OPTIONS['RATE_LIMITS'][{queue!r}]: {exc}")
+            continue
+        if rate is not None:
+            limits[queue] = rate
+    return limits
 
 
 def backend(alias: str) -> Any:

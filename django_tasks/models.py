@@ -460,3 +460,28 @@ class ScheduleTick(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schedule_id} @ {self.tick_at.isoformat()}"
+
+
+class RateLimit(models.Model):
+    """The next free start slot of one rate-limited key of a backend (a task's dotted
+    path, or ``queue:<name>``): what makes ``rate_limit`` hold across every worker
+    (``django_tasks.rates``). Written by workers, one short statement per round trip
+    that claimed limited jobs."""
+
+    backend = models.CharField(max_length=100)
+    key = models.CharField(max_length=255)
+    #: Seconds since the epoch (the database's clock on PostgreSQL) of the next slot:
+    #: a float, so both databases do the arithmetic in one portable statement.
+    next_at = models.FloatField(default=0.0)
+    #: How many slots the last reservation granted (read back by that reservation).
+    last_granted = models.IntegerField(default=0)
+
+    class Meta:
+        db_table = "django_tasks_rate"
+        verbose_name = _("rate limit")
+        constraints = [
+            models.UniqueConstraint(fields=["backend", "key"], name="django_tasks_rate_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.backend}: {self.key}"

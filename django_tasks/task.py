@@ -39,6 +39,7 @@ from .celery_dialect import (
 )
 from .celery_options import call_options, task_options
 from .context import CANCEL_CHECK_INTERVAL, Request, TaskContext
+from .rates import parse_rate
 
 if TYPE_CHECKING:
     from .results import JobResult
@@ -124,6 +125,10 @@ class Task(django_base.Task):
     #: ``datetime``: a job not started by then is CANCELLED with the error ``Expired``
     #: when a worker takes it, and never runs. Per call: ``apply_async(expires=...)``.
     expires: float | timedelta | datetime | None = None
+    #: Celery's ``rate_limit``: at most this many jobs of the task start per second,
+    #: minute or hour (``"30/s"``, ``"100/m"``, ``"1000/h"``, or a number per second),
+    #: across every worker on every host; jobs over it wait (``django_tasks.rates``).
+    rate_limit: str | float | None = None
     # True when the queue was chosen by the call (``using``/``apply_async``): ROUTES
     # then leave it alone. Not a user option.
     queue_from_call: bool = field(default=False, repr=False, compare=False)
@@ -160,6 +165,10 @@ class Task(django_base.Task):
                 f"{self.module_path}: expires must be a number of seconds > 0, a positive "
                 f"timedelta or an aware datetime; got {expires!r}."
             )
+        try:
+            parse_rate(self.rate_limit)
+        except ValueError as exc:
+            raise InvalidTask(f"{self.module_path}: rate_limit: {exc}.") from None
         if not isinstance(self.ignore_result, bool):
             raise InvalidTask(f"{self.module_path}: ignore_result must be True or False; "
                               f"got {self.ignore_result!r}.")

@@ -227,3 +227,9 @@ def errback(failed_job_id, note=""):
 def add_quietly(x, y):
     """Celery's ignore_result: its return value is not stored."""
     return x + y
+
+
+@task(rate_limit="30/s")
+def rate_limited(n):
+    """At most 30 start per second, across every worker."""
+    return n

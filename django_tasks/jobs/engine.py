@@ -33,8 +33,10 @@ from .portable import (
     CANCELLED_CLAIMS,
     CANCELLING_OF,
     DECREMENT,
+    ENSURE_RATE,
     GIVE_BACK,
     GIVE_BACK_ALL,
+    GIVE_BACK_AT,
     INSERTED,
     ON_CONFLICT_UNIQUE,
     RUNNING_OF,
@@ -186,6 +188,27 @@ class Engine(ABC):
                                            for i, lease in held])
             return cursor.rowcount
 
+    def give_back_at(self, held: Sequence[tuple[str, str]], at: datetime) -> int:
+        """``(id, lease)`` claimed, never started, not asked to cancel: READY again, due
+        at ``at`` (a rate limit's next free slot)."""
+        with self.connection.cursor() as cursor:
+            cursor.executemany(GIVE_BACK_AT, [{"id": self.job_id(i), "lease": lease,
+                                               "at": self.time(at)} for i, lease in held])
+            return cursor.rowcount
+
+    def reserve(self, key: str, interval: float, want: int,
+                horizon: float) -> tuple[float, int, float]:
+        """Reserve up to ``want`` start slots of rate-limited ``key`` within ``horizon``
+        seconds (``RESERVE_SLOTS``): ``(next_at, granted, now)`` in seconds since the
+        epoch; the first slot granted is ``next_at - granted * interval``."""
+        params = {"backend": self.backend, "key": key, "interval": interval, "want": want,
+                  "horizon": horizon}
+        with self.connection.cursor() as cursor:
+            cursor.execute(ENSURE_RATE, params)
+            cursor.execute(self.reserve_sql, params)
+            next_at, granted, now = cursor.fetchone()
+        return float(next_at), int(granted), float(now)
+
     def give_back_all(self, worker_id: str) -> int:
         with self.connection.cursor() as cursor:
             cursor.execute(GIVE_BACK_ALL, {"worker": worker_id})
@@ -223,6 +246,7 @@ class Engine(ABC):
     #: This database's spelling of two statements whose code is the same on both
     #: (each engine module's FAIL_WAITING and PROGRESS).
     fail_waiting_sql: str
+    reserve_sql: str
     progress_sql: str
 
     def fail_waiting(self, job_id: str, error: str, now: datetime) -> FailedStep | None:

@@ -75,3 +75,35 @@ DECREMENT = (
     "UPDATE \"django_tasks_job\" SET waiting_on = waiting_on - %(n)s "
     "WHERE id = %(id)s AND status = 'WAITING' RETURNING waiting_on, links, args"
 )
+
+# -- rate limits (django_tasks.rates) ------------------------------------------------------
+
+# The row of a rate-limited key, made once (its reservations then update it).
+ENSURE_RATE = (
+    "INSERT INTO \"django_tasks_rate\" (backend, key, next_at, last_granted) "
+    "VALUES (%(backend)s, %(key)s, 0, 0) ON CONFLICT (backend, key) DO NOTHING"
+)
+# Claimed jobs of a rate-limited key for which no start slot was free within the
+# horizon: READY again, due when one will be (``available_at``); not one asked to cancel.
+GIVE_BACK_AT = (
+    "UPDATE \"django_tasks_job\" SET status = 'READY', worker_id = '', lease = '', "
+    "available_at = %(at)s "
+    "WHERE id = %(id)s AND lease = %(lease)s AND status = 'CLAIMED' "
+    "AND cancellation IS NULL"
+)
+
+
+def reserve_slots(now: str, greatest: str, least: str, floor: str) -> str:
+    """Reserve up to ``want`` start slots of a key within ``horizon`` seconds of ``now``,
+    spaced ``interval`` apart, in one UPDATE (both databases evaluate SET from the old
+    row and RETURNING from the new): ``next_at`` moves past the slots granted,
+    ``last_granted`` says how many, and the statement's ``now`` comes back, so the first
+    slot is ``next_at - last_granted * interval`` by the database's clock. The dialects
+    differ in their clock and in the spelling of max, min and floor."""
+    base = f"{greatest}(next_at, {now})"
+    granted = (f"CASE WHEN {base} > {now} + %(horizon)s THEN 0 ELSE {least}(%(want)s, "
+               + floor.format(f"(({now} + %(horizon)s) - {base}) / %(interval)s") + " + 1) END")
+    return ("UPDATE \"django_tasks_rate\" SET "
+            f"next_at = {base} + %(interval)s * ({granted}), last_granted = {granted} "
+            "WHERE backend = %(backend)s AND key = %(key)s "
+            f"RETURNING next_at, last_granted, {now}")

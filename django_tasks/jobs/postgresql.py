@@ -25,11 +25,15 @@ from ..results import as_datetime
 from ..serialization import dumps
 from .engine import Engine, RoundTrip
 from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, Outcome, Start
+from .portable import reserve_slots
 from .rows import MESSAGE_COLUMNS, ExchangeRow, MessageRow
 
 __all__ = ["PostgreSQL", "PostgresListener"]
 
 NOW = "SELECT statement_timestamp()"
+# Rate limits: slots by the database's clock, in seconds since the epoch.
+RESERVE_SLOTS = reserve_slots("EXTRACT(EPOCH FROM statement_timestamp())::float8",
+                              "GREATEST", "LEAST", "FLOOR({})::int")
 
 # -- starts and outcomes -------------------------------------------------------------------
 
@@ -213,6 +217,7 @@ class PostgreSQL(Engine):
 
     fail_waiting_sql = FAIL_WAITING
     progress_sql = PROGRESS
+    reserve_sql = RESERVE_SLOTS
 
     notifies = True
 

@@ -27,6 +27,7 @@ from ..results import as_datetime
 from ..serialization import dumps
 from .engine import Engine
 from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, Outcome, Start
+from .portable import reserve_slots
 from .rows import MESSAGE_COLUMNS, MessageRow
 
 __all__ = ["SQLite"]
@@ -84,6 +85,11 @@ APPLY_OUTCOME = (
 
 # The best ready jobs of some queues (the database broker), ``{queues}`` one placeholder
 # per queue.
+# Rate limits: the host's clock read by the statement itself (once it holds the write
+# lock, so a wait for the lock does not date the slots), in seconds since the epoch; the
+# floor is a cast, the value being >= 0 where it is taken.
+RESERVE_SLOTS = reserve_slots("((julianday('now') - 2440587.5) * 86400.0)", "MAX", "MIN",
+                              "CAST({} AS INTEGER)")
 CLAIM_READY = (
     "UPDATE \"django_tasks_job\" SET status = 'CLAIMED', worker_id = %(worker)s, "
     "lease = %(lease)s "
@@ -140,6 +146,7 @@ class SQLite(Engine):
 
     fail_waiting_sql = FAIL_WAITING
     progress_sql = PROGRESS
+    reserve_sql = RESERVE_SLOTS
 
     def job_id(self, value: str) -> Any:
         return uuid.UUID(value).hex  # as Django stores a UUIDField: 32 hex digits

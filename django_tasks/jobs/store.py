@@ -434,6 +434,22 @@ class JobStore(Registry, Cancelling):
                                      for pk, lease, path in rows if leases.get(str(pk)) == lease])
         return released
 
+    def give_back_at(self, messages: Sequence[Message], at: datetime) -> int:
+        """Claimed jobs that never started go back to READY, due at ``at`` (a rate
+        limit's next free slot), and are published again for brokers that carry ids;
+        returns how many. Those asked to cancel meanwhile are written CANCELLED."""
+        released = self.engine.give_back_at([(m.id, m.lease) for m in messages], at)
+        if released < len(messages):
+            self.give_back(messages)  # writes the cancelled ones; the others are READY
+        self.republish([m.id for m in messages])
+        return released
+
+    def reserve(self, key: str, interval: float, want: int,
+                horizon: float) -> tuple[float, int, float]:
+        """Start slots of a rate-limited key (``django_tasks.rates``): ``(next_at,
+        granted, now)`` in seconds since the epoch, by the database's clock."""
+        return self.engine.reserve(key, interval, want, horizon)
+
     def held_by(self, worker_id: str) -> list[tuple[str, str]]:
         """``(id, lease)`` of every job ``worker_id`` holds (claimed or running)."""
         from ..models import Job

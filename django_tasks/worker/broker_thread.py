@@ -80,9 +80,12 @@ class BrokerThread:
             ledger.put_back(batch)
             raise
         jobs = done.claimed
-        if any(m.expires_at is not None for m in jobs):
-            jobs = self._expire(jobs)
-        drained = ledger.add_claimed(batch, jobs)
+        hold = None
+        if jobs:
+            if any(m.expires_at is not None for m in jobs):
+                jobs = self._expire(jobs)
+            jobs, hold = worker.pacer.pace(jobs)
+        drained = ledger.add_claimed(batch, jobs, hold)
         if jobs or batch.starts or drained:
             worker.wake_main.poke()  # new jobs, or dispatch may have waited for the starts
         if done.stale:

@@ -96,6 +96,9 @@ class Ledger:
         self._lock = threading.Lock()
         self.holder = holder
         self._buffer: deque[Message] = deque()  # claimed, not started
+        # Buffered jobs of rate-limited tasks that start at a later time.monotonic():
+        # their reserved start slot (worker/pacing.py). Empty unless limits are used.
+        self._not_before: dict[str, float] = {}
         # job id -> (message, time.monotonic() at the start), for jobs in the pool
         self._running: dict[str, tuple[Message, float]] = {}
         self._starts: list[Start] = []  # started since the last exchange
@@ -147,8 +150,6 @@ class Ledger:
                 free = free_slots()
             if free > 0 and self._buffer:
                 stamp = (now or timezone.now()).isoformat()
-                if self._starts_since is None:
-                    self._starts_since = clock
                 waiting = []
                 while free > 0 and self._buffer:
                     job = self._buffer.popleft()
@@ -157,12 +158,21 @@ class Ledger:
                         # still runs here: a job never runs twice at once in one worker.
                         waiting.append(job)
                         continue
+                    if self._not_before and job.id in self._not_before:
+                        if self._not_before[job.id] > clock:
+                            waiting.append(job)  # its rate-limit slot has not come
+                            continue
+                        del self._not_before[job.id]
                     job.started_at = job.started_at or stamp
                     self._running[job.id] = (job, clock)
                     self._starts.append(Start(job.id, job.lease, stamp))
                     jobs.append(job)
                     free -= 1
                 self._buffer.extendleft(reversed(waiting))
+                if jobs and self._starts_since is None:
+                    # Only when one started: a buffer of jobs held for their rate-limit
+                    # slot must not make the next starts wait for a round trip.
+                    self._starts_since = clock
         return jobs
 
     @property
@@ -250,14 +260,18 @@ class Ledger:
             )
             self._inflight_since = None
 
-    def add_claimed(self, batch: Batch, jobs: Sequence[Message]) -> bool:
-        """The round trip of ``batch`` committed and claimed ``jobs``: buffer them.
+    def add_claimed(self, batch: Batch, jobs: Sequence[Message],
+                    hold: dict[str, float] | None = None) -> bool:
+        """The round trip of ``batch`` committed and claimed ``jobs``: buffer them;
+        those in ``hold`` start no sooner than its ``time.monotonic()`` (rate limits).
 
         Returns whether the queue looks drained (asked for jobs, holding and writing
         nothing, and got none).
         """
         with self._lock:
             self._inflight_since = None
+            if hold:
+                self._not_before.update(hold)
             self._buffer.extend(jobs)
             self.claimed += len(jobs)
             self.completed += len(batch.outcomes)
@@ -265,6 +279,13 @@ class Ledger:
             self._drained = (batch.want > 0 and not jobs and not batch.held
                              and not batch.outcomes)
             return self._drained
+
+    def next_start(self) -> float | None:
+        """The ``time.monotonic()`` at which the first held job may start, or None."""
+        if not self._not_before:  # read without the lock: a hint for the main loop's wait
+            return None
+        with self._lock:
+            return min(self._not_before.values(), default=None)
 
     def drop_claimed(self, jobs: Sequence[Message]) -> None:
         """Claimed ``jobs`` that are not to run (expired, and asked to cancel): a
@@ -319,6 +340,8 @@ class Ledger:
         main thread. Returns (the dropped messages, the running ids queued)."""
         with self._lock:
             dropped = [m for m in self._buffer if m.id in job_ids]
+            for m in dropped:
+                self._not_before.pop(m.id, None)
             if dropped:
                 self._buffer = deque(m for m in self._buffer if m.id not in job_ids)
                 self._outcomes.extend(cancelled_outcome(m.id, m.lease, m.task_path,

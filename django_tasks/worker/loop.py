@@ -45,6 +45,7 @@ from .broker_thread import BrokerThread
 from .duties import Duty, Liveness, duties_of, prune_workers, rescue, run_duties
 from .ledger import Ledger, Snapshot
 from .liveness import is_gone, process_key
+from .pacing import Pacer
 from .phase import Phase
 from .pools import make_pool
 from .wakeup import Pipe
@@ -125,6 +126,8 @@ class TaskWorker:
         #: Jobs asked to cancel with ``terminate=True`` (Celery's ``revoke``): no grace.
         #: Filled by the cancel poll (duties thread), emptied by the main thread.
         self.terminating: set[str] = set()
+        #: Rate limits: which claimed jobs start when (worker/pacing.py).
+        self.pacer = Pacer(self)
         worker_id = worker_id or default_worker_id()
         self.concurrency = max(1, concurrency)
         self.pool = make_pool(pool, self.concurrency, worker_id, **(pool_options or {}))
@@ -428,6 +431,11 @@ class TaskWorker:
             timeout = min(timeout, max(0.0, deadline))
         if until is not None:
             timeout = min(timeout, max(0.0, until - time.monotonic()))
+        held = self.ledger.next_start()  # a rate-limited job's start slot
+        if held is not None:
+            # At least 2 ms: the timer may wake a hair early, and a slot already due may
+            # wait for the broker thread to record earlier starts: no busy loop.
+            timeout = min(timeout, max(held - time.monotonic(), 0.002))
         ready = wait([*self.pool.waitables(), self.wake_main], timeout)
         if self.wake_main in ready:
             self.wake_main.drain()

@@ -1,0 +1,98 @@
+"""Rate limits hold across every worker on every host (Celery's are per worker)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from itertools import pairwise
+
+import pytest
+from django.tasks import task
+from django.tasks.exceptions import InvalidTask
+
+from django_tasks.conf import BackendOptions
+from django_tasks.models import Job, RateLimit
+from django_tasks.rates import parse_rate
+from tests import tasks
+from tests.helpers import start_worker, wait_for
+
+db = pytest.mark.django_db(transaction=True)
+
+
+def plain():
+    return None
+
+
+def test_celerys_rate_syntax():
+    assert parse_rate("30/s").interval == pytest.approx(1 / 30)
+    assert parse_rate("100/m").interval == pytest.approx(0.6)
+    assert parse_rate("1000/h").interval == pytest.approx(3.6)
+    assert parse_rate(10).interval == pytest.approx(0.1)  # a number: per second
+    assert parse_rate("2.5").interval == pytest.approx(0.4)
+    assert parse_rate(None) is None and parse_rate("0/m") is None and parse_rate(0) is None
+    for bad in ("fast", "10/d", "-1/s", "", True, [10], "inf/s"):
+        with pytest.raises(ValueError, match="a rate limit is a string such as '30/s'"):
+            parse_rate(bad)
+
+
+def test_bad_limits_are_refused_where_they_are_written():
+    with pytest.raises(InvalidTask, match=r"plain: rate_limit: a rate limit is a string"):
+        task(rate_limit="often")(plain)
+    assert task(rate_limit="10/m")(plain).rate_limit == "10/m"
+    options = BackendOptions.parse({"RATE_LIMITS": {"emails": "100/m", "bulk": "lots"}})
+    assert options.rate_limits["emails"].interval == pytest.approx(0.6)
+    assert options.problems == ("OPTIONS['RATE_LIMITS']['bulk']: a rate limit is a string "
+                                "such as '30/s', '100/m' or '1000/h' (or a number per "
+                                "second); got 'lots'",)
+    assert BackendOptions.parse({"RATE_LIMITS": ["emails"]}).problems
+
+
+def most_in_any_window(times, width):
+    """The largest number of ``times`` (sorted) within any half-open window of ``width``."""
+    most, first = 0, 0
+    for last in range(len(times)):
+        while times[last] - times[first] >= width:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+@db
+def test_a_queue_limit_spaces_the_starts_of_its_jobs(settings):
+    from tests.test_backend import drain
+
+    options = settings.TASKS["default"]["OPTIONS"]
+    settings.TASKS = {**settings.TASKS, "default": {**settings.TASKS["default"], "OPTIONS": {
+        **options, "RATE_LIMITS": {"emails": "20/s"}}}}
+    for i in range(6):
+        tasks.send_email.delay(f"user{i}@example.com")
+    other = tasks.add.delay(1, 1)  # the default queue has no limit
+    drain()
+    starts = sorted(Job.objects.filter(queue_name="emails").values_list("started_at", flat=True))
+    gaps = [(b - a).total_seconds() for a, b in pairwise(starts)]
+    # Slots 1/20 s apart (5% more): six starts span at least five gaps, whatever the
+    # lateness of any one start.
+    assert len(starts) == 6 and (starts[-1] - starts[0]).total_seconds() >= 5 * 0.05, gaps
+    assert Job.objects.get(pk=other.id).status == "SUCCESSFUL"
+    assert RateLimit.objects.filter(key="queue:emails").exists()
+    assert not RateLimit.objects.filter(key="tests.tasks.add").exists()
+
+
+@pytest.mark.slow
+@db
+def test_four_workers_never_start_more_than_the_limit_in_any_second(broker):
+    results = [tasks.rate_limited.delay(i) for i in range(100)]
+    workers = [start_worker("-c", "2", "--pool", "threads") for _ in range(4)]
+    assert wait_for(lambda: Job.objects.filter(status="SUCCESSFUL").count() == 100,
+                    timeout=60), Job.objects.values_list("status", flat=True)[:5]
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        assert w.wait(timeout=30) == 0
+    starts = sorted(Job.objects.values_list("started_at", flat=True))
+    assert most_in_any_window(starts, timedelta(seconds=1)) <= 30
+    # Not a trickle either: 100 jobs at 30/s (spaced 5% wider) take about 3.5 s.
+    assert (starts[-1] - starts[0]) < timedelta(seconds=10)
+    ran_by = set(Job.objects.values_list("worker_id", flat=True))
+    assert len(ran_by) >= 2, "the limit must hold across workers, so several must run jobs"
+    assert {r.id for r in results} == {str(i) for i in Job.objects.values_list("pk", flat=True)}
+    assert RateLimit.objects.get(key="tests.tasks.rate_limited").next_at > 0
