@@ -81,10 +81,11 @@ def test_a_page_runs_the_same_queries_however_many_jobs(admin_client, monkeypatc
     make_jobs(300)
     response, many = page_queries(admin_client)
     # session, user, the task paths (one index probe per distinct path, 3 here, and one
-    # finding no more), schedules, the capped count, [the planner's estimate past the cap
+    # finding no more), the worker filter's choices (the worker table), schedules, the
+    # capped count, [the planner's estimate past the cap
     # (PostgreSQL)], the rows, the date range, and two probes of the date drill-down
     # (today's jobs, then none after today).
-    expected = 13 if connection.vendor == "postgresql" else 12
+    expected = 14 if connection.vendor == "postgresql" else 13
     assert len(some) == len(many) == expected, "\n".join(many)
     if connection.vendor == "postgresql":
         assert re.search(r"about \d+ jobs", response.text)
@@ -132,9 +133,9 @@ def test_the_job_list_shows_what_it_showed(admin_client):
                       progress={"current": 2, "total": 4, "message": "half"})
     response, _ = page_queries(admin_client)
     row = next(r for r in response.text.split("<tr") if str(job.pk) in r)
-    for column in ("id", "task_path", "status", "progress_display", "queue_name", "priority",
-                   "attempts_display", "enqueued_at", "started_at", "finished_at",
-                   "duration_display"):
+    for column in ("short_id", "task_path", "state_display", "for_display", "error_display",
+                   "queue_name", "worker_display", "attempts_display", "progress_display",
+                   "enqueued_display", "finished_display"):
         assert f'class="field-{column}' in row or f'class="nowrap field-{column}' in row, \
             column
     assert "1/3" in row and "half" in row and "Failed" in row
@@ -197,4 +198,5 @@ def test_only_indexed_columns_are_offered_for_sorting(admin_client):
     make_jobs(2)
     response, _ = page_queries(admin_client)
     sortable = set(re.findall(r'class="sortable[^"]*column-(\w+)', response.text))
-    assert sortable == {"id", "enqueued_at"}  # the primary key and django_tasks_job_enqueued
+    # the primary key and django_tasks_job_enqueued
+    assert sortable == {"short_id", "enqueued_display"}
