@@ -30,7 +30,7 @@ from ..models import Job
 __all__ = ["JobActionsMixin", "log_action"]
 
 #: The confirmation pages count matching jobs up to this many ("more than N" past it).
-CONFIRM_COUNT_CAP = 10_000
+CONFIRM_COUNT_CAP = 1_000
 
 
 def log_action(request: HttpRequest, message: str, *, count: int, flag: int = CHANGE,

@@ -21,6 +21,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from ..jobs import summary
+from ..jobs.summary import task_paths
 from ..models import Job, JobQuerySet, Schedule, ScheduleTick, Worker
 from .actions import JobActionsMixin
 from .common import ReadOnlyMixin, seconds, worker_link
@@ -32,24 +33,6 @@ from .page import JobPageMixin
 COUNT_CAP = 10_000
 #: The worker filter offers the workers most recently started, this many.
 WORKERS_SHOWN = 50
-#: At most this many task paths are offered by the task filter and matched by search
-#: (one index probe each).
-TASK_PATHS_SHOWN = 200
-
-
-def task_paths(using: str, limit: int = TASK_PATHS_SHOWN) -> list[str]:
-    """The distinct task paths of the job table, in order: a loose index scan, one
-    ``ORDER BY task_path LIMIT 1`` probe of the ``django_tasks_job_task`` index per path
-    (tens of paths, tens of sub-millisecond look-ups) instead of a ``SELECT DISTINCT``
-    that reads every row."""
-    jobs = Job.objects.using(using).order_by("task_path").values_list("task_path", flat=True)
-    paths: list[str] = []
-    while len(paths) < limit:
-        path = (jobs.filter(task_path__gt=paths[-1]) if paths else jobs).first()
-        if path is None:
-            break
-        paths.append(path)
-    return paths
 
 
 def request_task_paths(request: HttpRequest, using: str) -> list[str]:
