@@ -74,6 +74,19 @@ def _by_backend(jobs: QuerySet[Any], ids: Iterable[Any]) -> dict[str, list[str]]
     return by
 
 
+def _ids(values: Iterable[Any]) -> list[str]:
+    """Canonical job ids; what is not a UUID is dropped (it names no job)."""
+    import uuid
+
+    ids = []
+    for value in values:
+        try:
+            ids.append(str(uuid.UUID(str(value))))
+        except ValueError:
+            continue
+    return ids
+
+
 def _chunks(values: Sequence[Any], size: int = BATCH) -> Iterator[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
@@ -100,13 +113,16 @@ def skip_reasons(jobs: QuerySet[Any], ids: Sequence[str]) -> Counter[str]:
 def retry(jobs: QuerySet[Any], ids: Sequence[Any], *, by: str) -> Retried:
     """Retry the FAILED jobs among ``ids`` (of ``jobs``, a Job queryset on the right
     database), each through its backend's ``retry``; the others are counted by reason."""
-    wanted = [str(i) for i in ids]
+    wanted = _ids(ids)
     done = Retried()
     for alias, alias_ids in _by_backend(jobs, wanted).items():
         for chunk in _chunks(alias_ids):
             done.ids.extend(task_backends[alias].retry(chunk, by=by))
     retried = set(done.ids)
     done.skipped = skip_reasons(jobs, [i for i in wanted if i not in retried])
+    done.skipped["unknown"] += len(ids) - len(wanted)
+    if not done.skipped["unknown"]:
+        del done.skipped["unknown"]
     return done
 
 
@@ -114,13 +130,16 @@ def cancel(jobs: QuerySet[Any], ids: Sequence[Any], *, by: str) -> Cancelled:
     """Cancel ``ids`` through their backends' ``cancel`` (``JobStore.cancel``: not
     started, CANCELLED at once; held, its worker stops it); ids of no job read
     ``"unknown"``."""
-    wanted = [str(i) for i in ids]
+    wanted = _ids(ids)
     done = Cancelled()
     for alias, alias_ids in _by_backend(jobs, wanted).items():
         for chunk in _chunks(alias_ids):
             done.each.update(task_backends[alias].cancel(chunk, by=by))
     for job_id in wanted:
         done.each.setdefault(job_id, "unknown")
+    for value in ids:
+        if str(value) not in done.each and not _ids([value]):
+            done.each[str(value)] = "unknown"
     return done
 
 
