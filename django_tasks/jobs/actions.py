@@ -87,7 +87,8 @@ def _ids(values: Iterable[Any]) -> list[str]:
     return ids
 
 
-def _chunks(values: Sequence[Any], size: int = BATCH) -> Iterator[Sequence[Any]]:
+def _chunks(values: Sequence[Any], size: int | None = None) -> Iterator[Sequence[Any]]:
+    size = size or BATCH
     for start in range(0, len(values), size):
         yield values[start:start + size]
 
@@ -143,12 +144,14 @@ def cancel(jobs: QuerySet[Any], ids: Sequence[Any], *, by: str) -> Cancelled:
     return done
 
 
-def retry_failed_in(selection: QuerySet[Any], *, by: str, batch_size: int = BATCH) -> Retried:
+def retry_failed_in(selection: QuerySet[Any], *, by: str,
+                    batch_size: int | None = None) -> Retried:
     """Retry every FAILED job of ``selection`` (say, the admin's filtered list), newest
     first, ``batch_size`` at a time: each batch is found by keyset on the failed-jobs
     index (``enqueued_at``, id) and retried in its own transaction, so a million
     failed jobs are a thousand short statements, not one long one."""
     failed = selection.filter(status=FAILED).order_by("-enqueued_at", "-pk")
+    batch_size = batch_size or BATCH
     done = Retried()
     after: tuple[Any, Any] | None = None
     while True:
@@ -173,11 +176,12 @@ def purgeable(jobs: QuerySet[Any], queue: str) -> QuerySet[Any]:
     return jobs.filter(queue_name=queue, status__in=PURGED, lease="", workflow_id__isnull=True)
 
 
-def purge(jobs: QuerySet[Any], queue: str, *, batch_size: int = BATCH) -> dict[str, int]:
+def purge(jobs: QuerySet[Any], queue: str, *, batch_size: int | None = None) -> dict[str, int]:
     """Delete ``purgeable(jobs, queue)``, ``batch_size`` rows per statement (READY jobs
     by the claim index, finished ones by the finished-at index); returns how many,
     ``{"ready": n, "finished": m}``. A READY job claimed between a batch's look-up and
     its delete is kept: the delete matches status and lease again."""
+    batch_size = batch_size or BATCH
     deleted = {"ready": 0, "finished": 0}
     base = jobs.model._base_manager.using(jobs.db)
     for kind, statuses in (("ready", (READY,)), ("finished", FINISHED)):
