@@ -52,9 +52,10 @@ def task_paths(using: str, limit: int = TASK_PATHS_SHOWN) -> list[str]:
 
 
 def short_id(job_id: Any) -> str:
-    """The first 8 characters of a job id (unique enough to read; ``tasks show`` takes
-    any unique prefix)."""
-    return str(job_id)[:8]
+    """The last 8 characters of a job id. Not the first 8: job ids are UUIDv7, whose
+    first 8 hex digits are the enqueue time to ~65 s, the same for every job of a
+    burst; the last 8 are random. ``tasks show`` takes this, or any unique start."""
+    return str(job_id)[-8:]
 
 
 def state(job: Any, now: datetime) -> str:

@@ -32,14 +32,18 @@ def _local(value: datetime | None) -> str:
 
 
 def resolve(jobs: QuerySet[Any], text: str) -> Any:
-    """The job whose id is ``text`` or starts with it (dashes optional, any case): a
-    primary-key range look-up, never a scan. CommandError if none or several match."""
+    """The job whose id is ``text``, starts with it (dashes optional, any case: a
+    primary-key range look-up), or, for 8 hex digits, ends with them (the short id the
+    lists show; that look-up reads the whole table). CommandError if none or several."""
     hexa = text.strip().replace("-", "").lower()
     if not hexa or len(hexa) > 32 or any(c not in "0123456789abcdef" for c in hexa):
         raise CommandError(f"{text!r} is not a job id (or the start of one): ids are "
                            "hexadecimal UUIDs, e.g. 0190b1c4-...")
     low, high = uuid.UUID(hexa.ljust(32, "0")), uuid.UUID(hexa.ljust(32, "f"))
     found = list(jobs.filter(pk__gte=low, pk__lte=high).order_by("pk")[:3])
+    if len(hexa) == 8:
+        found += [j for j in jobs.filter(pk__endswith=hexa).order_by("pk")[:3]
+                  if j not in found]
     if not found:
         raise CommandError(f"No job {text} in this backend.")
     if len(found) > 1:
@@ -70,12 +74,12 @@ def list_jobs(out: TextIO, jobs: QuerySet[Any], *, now: datetime, status: str | 
         paths = [p for p in summary.task_paths(jobs.db) if task.lower() in p.lower()]
         jobs = jobs.filter(Q(task_path=task) | Q(task_path__in=paths))
     rows = list(jobs.order_by("-enqueued_at", "-pk")[:limit + 1])
-    out.write(f"{'id':<9}{'state':<11}{'queue':<11}{'task':<27}{'enqueued':<10}detail\n")
+    out.write(f"{'id':<9}{'state':<10}{'queue':<10}{'task':<23}{'enqueued':<9}detail\n")
     for job in rows[:limit]:
         state = summary.state(job, now)
         ago = summary.age(now - job.enqueued_at) if job.enqueued_at else "-"
-        line = (f"{summary.short_id(job.pk):<9}{state:<11}{_fit(job.queue_name, 10):<11}"
-                f"{_fit(job.task_path, 26):<27}{ago:<10}{summary.state_for(job, now)}")
+        line = (f"{summary.short_id(job.pk):<9}{state:<10}{_fit(job.queue_name, 9):<10}"
+                f"{_fit(job.task_path, 22):<23}{ago:<9}{summary.state_for(job, now)}")
         out.write(line[:WIDTH].rstrip() + "\n")
         error = summary.error_line(job, WIDTH - 4)
         if error:
@@ -183,7 +187,7 @@ def cancel(out: TextIO, jobs: QuerySet[Any], ids: list[str], *, alias: str, by: 
 
 
 def purge(out: TextIO, jobs: QuerySet[Any], queue: str, *, yes: bool,
-          ask: Any = input) -> None:
+          ask: Any = None) -> None:
     """Delete ``queue``'s READY and finished jobs (``actions.purgeable``), after asking
     unless ``yes``."""
     if not yes:
@@ -193,7 +197,7 @@ def purge(out: TextIO, jobs: QuerySet[Any], queue: str, *, yes: bool,
                   "worker holds and workflow jobs stay).\n")
         out.flush()
         try:
-            answer = ask("Delete them? [y/N] ")
+            answer = (ask or input)("Delete them? [y/N] ")
         except EOFError:
             answer = ""
         if answer.strip().lower() not in ("y", "yes"):
