@@ -45,26 +45,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         one_line_errors(parser)
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-        prune = sub.add_parser(
-            "prune", help="Delete finished jobs older than an age, in batches, the rows "
-                          "of workers stopped (or silent) since before then, and the "
-                          "records of schedule ticks from before then.")
-        prune.add_argument(
-            "--older-than", required=True, metavar="AGE",
-            help="Finished (workers: stopped) longer ago than this: 90s, 15m, 12h, 7d, 2w.",
+        status = sub.add_parser(
+            "status", help="Queue depths per queue and status; workers: alive, dead or "
+                           "stopped, and how many jobs each holds; with the Redis broker, "
+                           "what Redis holds; periodic schedules: state, last and next run.")
+        status.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
+                            help="TASKS alias (default: %(default)s).")
+        status.add_argument(
+            "--recent", default="1h", metavar="AGE",
+            help="Also list workers stopped within this age (default: 1h).",
         )
-        prune.add_argument("--batch-size", type=positive_int, default=1000,
-                           help="Rows deleted per statement (default: %(default)s).")
-        prune.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
-                           help="TASKS alias (default: %(default)s).")
-        prune.add_argument("--dry-run", action="store_true",
-                           help="Count what would be deleted; delete nothing.")
-        cancel = sub.add_parser(
-            "cancel", help="Cancel jobs: one not started never runs; a running one is told "
-                           "(context.is_cancelled()) and ends CANCELLED. A finished job is "
-                           "left as it is.")
-        cancel.add_argument("ids", nargs="+", metavar="ID",
-                            help="Job ids, or unique starts of them.")
         listing = sub.add_parser(
             "list", help="Jobs, newest first, one line each (a failed job's error below "
                          "it); SCHEDULED is a READY job not due yet.")
@@ -89,24 +79,34 @@ class Command(BaseCommand):
         retry.add_argument("--failed", action="store_true",
                            help="Every FAILED job (of --queue, if given), in batches.")
         retry.add_argument("--queue", help="With --failed: of this queue only.")
+        cancel = sub.add_parser(
+            "cancel", help="Cancel jobs: one not started never runs; a running one is told "
+                           "(context.is_cancelled()) and ends CANCELLED. A finished job is "
+                           "left as it is.")
+        cancel.add_argument("ids", nargs="+", metavar="ID",
+                            help="Job ids, or unique starts of them.")
         purge = sub.add_parser(
             "purge", help="Delete a queue's READY and finished jobs, in batches. Jobs a worker "
                           "holds, WAITING jobs and every job of a workflow stay.")
         purge.add_argument("queue", metavar="QUEUE", help="The queue's name.")
         purge.add_argument("--yes", action="store_true", help="Do not ask first.")
+        prune = sub.add_parser(
+            "prune", help="Delete finished jobs older than an age, in batches, the rows "
+                          "of workers stopped (or silent) since before then, and the "
+                          "records of schedule ticks from before then.")
+        prune.add_argument(
+            "--older-than", required=True, metavar="AGE",
+            help="Finished (workers: stopped) longer ago than this: 90s, 15m, 12h, 7d, 2w.",
+        )
+        prune.add_argument("--batch-size", type=positive_int, default=1000,
+                           help="Rows deleted per statement (default: %(default)s).")
+        prune.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
+                           help="TASKS alias (default: %(default)s).")
+        prune.add_argument("--dry-run", action="store_true",
+                           help="Count what would be deleted; delete nothing.")
         for action in (cancel, listing, show, retry, purge):
             action.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
                                 help="TASKS alias (default: %(default)s).")
-        status = sub.add_parser(
-            "status", help="Queue depths per queue and status; workers: alive, dead or "
-                           "stopped, and how many jobs each holds; with the Redis broker, "
-                           "what Redis holds; periodic schedules: state, last and next run.")
-        status.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
-                            help="TASKS alias (default: %(default)s).")
-        status.add_argument(
-            "--recent", default="1h", metavar="AGE",
-            help="Also list workers stopped within this age (default: 1h).",
-        )
         for action in (prune, cancel, status, listing, show, retry, purge):
             accept_django_options(action)
 
