@@ -34,7 +34,7 @@ def test_list_newest_first_with_filters_in_80_columns():
     mail = tasks.send_email.enqueue("a@example.com")
     text = tasks_cmd("list")
     lines = text.splitlines()
-    assert lines[0].split() == ["id", "state", "queue", "task", "enqueued", "detail"]
+    assert lines[0].split() == ["id", "state", "queue", "task", "age", "detail"]
     assert [line[:8] for line in lines[1:4]] == [mail.id[-8:], later.id[-8:],
                                                  str(bad.pk)[-8:]]
     assert "SCHEDULED" in lines[2] and "scheduled in 59m" in lines[2]

@@ -275,7 +275,8 @@ def test_tasks_status_shows_depths_and_alive_dead_stopped_workers():
     assert re.fullmatch(r"\d+s", default_row.split()[9])  # the oldest due READY job's wait
     assert max(len(line) for line in text.splitlines()[:3]) <= 80
     assert "other-1" not in text
-    assert f"{claimed[0].id}  tests.tasks.add  on silent-1  attempt 1/1" in text
+    assert f"{claimed[0].id[-8:]}  tests.tasks.add  on silent-1  attempt 1/1" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
     lines = {line.split()[0]: line for line in text.splitlines() if "-1 " in line}
     assert lines["alive-1"].split()[1:5] == ["alive", "prefork", "1", "0"]
     assert lines["silent-1"].split()[1:5] == ["dead", "prefork", "1", "2"]

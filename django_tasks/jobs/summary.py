@@ -124,7 +124,17 @@ class Event:
 
 
 def _when(value: Any) -> Any:
+    """A time from a JSON entry (an ISO string) as a datetime; as it is if not one."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return value
     return value or ""
+
+
+def _order(event: Event) -> tuple[int, Any]:
+    return (0, event.at.timestamp()) if isinstance(event.at, datetime) else (1, str(event.at))
 
 
 def timeline(job: Any) -> list[Event]:
@@ -154,5 +164,4 @@ def timeline(job: Any) -> list[Event]:
                             str(worker or "")))
     if job.status in FINISHED and job.finished_at and not last_failed:
         events.append(Event(job.finished_at, job.status.lower()))
-    return sorted(events, key=lambda e: str(e.at.isoformat() if isinstance(e.at, datetime)
-                                            else e.at or ""))
+    return sorted(events, key=_order)

@@ -74,12 +74,12 @@ def list_jobs(out: TextIO, jobs: QuerySet[Any], *, now: datetime, status: str | 
         paths = [p for p in summary.task_paths(jobs.db) if task.lower() in p.lower()]
         jobs = jobs.filter(Q(task_path=task) | Q(task_path__in=paths))
     rows = list(jobs.order_by("-enqueued_at", "-pk")[:limit + 1])
-    out.write(f"{'id':<9}{'state':<10}{'queue':<10}{'task':<23}{'enqueued':<9}detail\n")
+    out.write(f"{'id':<9}{'state':<11}{'queue':<10}{'task':<22}{'age':<8}detail\n")
     for job in rows[:limit]:
         state = summary.state(job, now)
         ago = summary.age(now - job.enqueued_at) if job.enqueued_at else "-"
-        line = (f"{summary.short_id(job.pk):<9}{state:<10}{_fit(job.queue_name, 9):<10}"
-                f"{_fit(job.task_path, 22):<23}{ago:<9}{summary.state_for(job, now)}")
+        line = (f"{summary.short_id(job.pk):<9}{state:<11}{_fit(job.queue_name, 9):<10}"
+                f"{_fit(job.task_path, 21):<22}{ago:<8}{summary.state_for(job, now)}")
         out.write(line[:WIDTH].rstrip() + "\n")
         error = summary.error_line(job, WIDTH - 4)
         if error:

@@ -219,8 +219,12 @@ class Command(BaseCommand):
         workers = Worker.objects.using(db).filter(backend=alias).filter(
             Q(stopped_at__isnull=True) | Q(stopped_at__gte=now - recent) | Q(id__in=held)
         ).order_by("started_at")
-        self.stdout.write(f"{'worker':<36}{'state':>9}{'pool':>9}{'slots':>6}{'holds':>6}"
+        self.stdout.write(f"{'worker':<22}{'state':>8}{'pool':>8}{'slots':>6}{'holds':>6}"
                           f"  last heartbeat")
+
+        def name(worker_id: str) -> str:
+            return worker_id if len(worker_id) <= 21 else "~" + worker_id[-20:]
+
         for w in workers:
             state = w.state(now, timeout)
             age = (now - w.last_heartbeat_at).total_seconds()
@@ -228,15 +232,18 @@ class Command(BaseCommand):
             if state == "stopped":
                 note += f"; stopped: {w.stop_reason or 'shutdown'}"
             elif state == "dead":
-                note += f"; silent past WORKER_TIMEOUT ({timeout:g}s), rescued by the next worker"
-            self.stdout.write(f"{w.id:<36}{state:>9}{w.pool:>9}{w.concurrency:>6}"
+                note += "; rescue due"
+            self.stdout.write(f"{name(w.id):<22}{state:>8}{w.pool:>8}{w.concurrency:>6}"
                               f"{held.get(w.id, 0):>6}  {note}")
         if not workers:
             self.stdout.write("(no workers)")
         orphans = {k: v for k, v in held.items() if k not in {w.id for w in workers}}
         for worker_id, n in sorted(orphans.items()):
-            self.stdout.write(f"{worker_id or '(none)':<36}{'unknown':>9}{'':>9}{'':>6}{n:>6}  "
-                              "not registered; rescued by the next worker")
+            self.stdout.write(f"{name(worker_id) or '(none)':<22}{'unknown':>8}{'':>8}{'':>6}"
+                              f"{n:>6}  not registered: rescue due")
+        if any(w.state(now, timeout) == "dead" for w in workers) or orphans:
+            self.stdout.write(f"(rescue due: silent past WORKER_TIMEOUT ({timeout:g}s) or not "
+                              "registered;\n the next worker's rescue duty takes its jobs back)")
 
         running = (jobs.running().order_by("last_attempted_at")
                    .values_list("id", "task_path", "worker_id", "attempts", "max_attempts",
@@ -247,8 +254,8 @@ class Command(BaseCommand):
             self.stdout.write("running jobs (longest first):")
         for job_id, path, worker_id, attempt, most, since in shown[:RUNNING_SHOWN]:
             took = (now - since).total_seconds() if since else 0.0
-            self.stdout.write(f"  {job_id}  {path}  on {worker_id}  attempt {attempt}/{most}  "
-                              f"for {took:.1f}s")
+            self.stdout.write(f"  {summary.short_id(job_id)}  {path}  on {worker_id}  attempt "
+                              f"{attempt}/{most}  for {took:.1f}s")
         if len(shown) > RUNNING_SHOWN:
             self.stdout.write(f"  ... and {running.count() - RUNNING_SHOWN} more")
 
