@@ -225,3 +225,25 @@ def test_the_workers_page_shows_queues_running_jobs_and_links(client):
     detail = client.get(reverse("admin:django_tasks_worker_change", args=["w-1"])).text
     assert str(job.id)[-8:] in detail and "running for" in detail
     assert Worker.objects.count() == 1
+
+
+def test_select_all_acts_in_batches(client, monkeypatch):
+    from django_tasks.jobs import actions
+
+    monkeypatch.setattr(actions, "BATCH", 2)
+    jobs = failed(5)
+    user(client, "view_job", "retry_job", "cancel_job")
+    batches = []
+    real = actions.retry
+    monkeypatch.setattr(actions, "retry", lambda *a, **k: batches.append(a[1]) or real(*a, **k))
+    client.post(JOBS, {"action": "retry_jobs", "select_across": "1",
+                       "_selected_action": [str(jobs[0].pk)]})
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert set(Job.objects.values_list("status", flat=True)) == {"READY"}
+    client.post(JOBS, {"action": "cancel_jobs", "select_across": "1",
+                       "_selected_action": [str(jobs[0].pk)]})
+    assert set(Job.objects.values_list("status", flat=True)) == {"CANCELLED"}
+    retried, cancelled = LogEntry.objects.order_by("action_time")
+    assert "Retried 5 of 5 selected" in retried.change_message
+    assert "Cancelled 5 of 5 selected job(s) (5 at once, 0 by their workers)" == \
+        cancelled.change_message and cancelled.object_repr == "5 jobs"

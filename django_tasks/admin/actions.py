@@ -100,14 +100,16 @@ class JobActionsMixin:
                               messages.WARNING)
 
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        ids = list(queryset.values_list("pk", flat=True))
-        done = actions.retry(queryset.model._base_manager.using(queryset.db), ids,
-                             by=who(request))
+        jobs = queryset.model._base_manager.using(queryset.db)
+        done, asked, first = actions.Retried(), 0, None
+        for ids in actions.id_batches(queryset):  # "select all" may be millions
+            done.add(actions.retry(jobs, ids, by=who(request)))
+            asked, first = asked + len(ids), first or ids[0]
         self.report_retried(request, done)
         log_action(request, _("Retried %(n)d of %(asked)d selected job(s)%(skipped)s") % {
-            "n": len(done.ids), "asked": len(ids),
+            "n": len(done.ids), "asked": asked,
             "skipped": f"; skipped: {done.skipped_text()}" if done.skipped else ""},
-            count=len(done.ids), job_id=ids[0] if len(ids) == 1 else None)
+            count=len(done.ids), job_id=first if asked == 1 else None)
 
     retry_jobs.allowed_permissions = ("retry",)  # type: ignore[attr-defined]
     retry_jobs.short_description = _("Retry selected failed jobs")  # type: ignore[attr-defined]
@@ -132,16 +134,19 @@ class JobActionsMixin:
                 skipped) % skipped, messages.WARNING)
 
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        ids = list(queryset.values_list("pk", flat=True))
-        done = actions.cancel(queryset.model._base_manager.using(queryset.db), ids,
-                              by=who(request))
+        jobs = queryset.model._base_manager.using(queryset.db)
+        done, ids = actions.Cancelled(), []
+        for batch in actions.id_batches(queryset):  # "select all" may be millions
+            done.each.update(actions.cancel(jobs, batch, by=who(request)).each)
+            ids += batch[:2 - len(ids)]
+        asked = len(done.each)
         self.report_cancelled(request, done)
         n = done.count("cancelled") + done.count("cancelling")
         log_action(request, _("Cancelled %(n)d of %(asked)d selected job(s) (%(now)d at once, "
                               "%(later)d by their workers)") % {
-            "n": n, "asked": len(ids), "now": done.count("cancelled"),
+            "n": n, "asked": asked, "now": done.count("cancelled"),
             "later": done.count("cancelling")},
-            count=n, job_id=ids[0] if len(ids) == 1 else None)
+            count=n, job_id=ids[0] if asked == 1 else None)
 
     cancel_jobs.allowed_permissions = ("cancel",)  # type: ignore[attr-defined]
     cancel_jobs.short_description = _("Cancel selected jobs")  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ worker(s), workflow and schedule; retry and cancel buttons for users who may use
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.contrib import admin
@@ -56,9 +57,12 @@ class JobPageMixin:
                     extra_context: dict[str, Any] | None = None) -> HttpResponse:
         """The retry button for a FAILED job and the cancel button for an unfinished
         one, each only for users with that permission."""
-        job = Job.objects.filter(pk=self.to_pk(object_id)).only("status").first() \
-            if self.has_retry_permission(request) or self.has_cancel_permission(request) \
-            else None
+        job = None
+        if self.has_retry_permission(request) or self.has_cancel_permission(request):
+            try:
+                job = Job.objects.filter(pk=uuid.UUID(object_id)).only("status").first()
+            except ValueError:  # Django's change view says there is no such job
+                pass
         extra = {
             "can_retry": job is not None and job.status == FAILED
             and self.has_retry_permission(request),

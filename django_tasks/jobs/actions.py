@@ -18,8 +18,8 @@ from django.tasks import task_backends
 
 from ..states import CANCELLED, FAILED, FINISHED, READY, SUCCESSFUL
 
-__all__ = ["BATCH", "PURGED", "SKIP_REASONS", "Cancelled", "Retried", "cancel", "purge",
-           "purgeable", "retry", "retry_failed_in", "skip_reasons"]
+__all__ = ["BATCH", "PURGED", "SKIP_REASONS", "Cancelled", "Retried", "cancel", "id_batches",
+           "purge", "purgeable", "retry", "retry_failed_in", "skip_reasons"]
 
 #: Ids handed to the backend per call, and rows deleted per statement.
 BATCH = 500
@@ -91,6 +91,20 @@ def _chunks(values: Sequence[Any], size: int | None = None) -> Iterator[Sequence
     size = size or BATCH
     for start in range(0, len(values), size):
         yield values[start:start + size]
+
+
+def id_batches(selection: QuerySet[Any], size: int | None = None) -> Iterator[list[Any]]:
+    """The ids of ``selection``, ``size`` at a time, by keyset on the primary key: the
+    admin's "select all N" over a million jobs is read a batch at a time, never whole."""
+    size = size or BATCH
+    ordered = selection.order_by("pk").values_list("pk", flat=True)
+    last = None
+    while True:
+        ids = list((ordered if last is None else ordered.filter(pk__gt=last))[:size])
+        if not ids:
+            return
+        yield ids
+        last = ids[-1]
 
 
 def skip_reasons(jobs: QuerySet[Any], ids: Sequence[str]) -> Counter[str]:
