@@ -116,6 +116,9 @@ def pages() -> list[tuple[str, str, dict[str, str]]]:
                        "AND enqueued_at > (SELECT min(enqueued_at) + interval '30 minutes' "
                        "FROM django_tasks_job) ORDER BY enqueued_at LIMIT 1")
         job_id = str(cursor.fetchone()[0])
+        cursor.execute("SELECT id FROM django_tasks_job WHERE status = 'FAILED' "
+                       "ORDER BY enqueued_at LIMIT 1")
+        failed_id = str(cursor.fetchone()[0])
         # A unique key to search for (untimed): one job gets it.
         cursor.execute("UPDATE django_tasks_job SET unique_key = 'bench-key' WHERE id = %s",
                        [job_id])
@@ -141,8 +144,10 @@ def pages() -> list[tuple[str, str, dict[str, str]]]:
         ("search 'noop'", jobs, {"q": "noop"}),
         ("search 'report'", jobs, {"q": "report"}),
         ("job page", reverse("admin:django_tasks_job_change", args=[job_id]), {}),
+        ("failed job page", reverse("admin:django_tasks_job_change", args=[failed_id]), {}),
         ("retry-failed confirm", reverse("admin:django_tasks_job_retry_failed"),
          {"queue_name": "emails"}),
+        ("purge confirm", reverse("admin:django_tasks_job_purge"), {"queue_name": "emails"}),
         ("workers", reverse("admin:django_tasks_worker_changelist"), {}),
         ("worker page", reverse("admin:django_tasks_worker_change", args=["bench-1"]), {}),
     ]
