@@ -226,7 +226,8 @@ class JobAdmin(JobActionsMixin, JobPageMixin, ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description=_("id"), ordering="id")
     def short_id(self, job: Job) -> str:
-        """The first 8 characters (the whole id on hover; the cell links to the page)."""
+        """The last 8 characters (``summary.short_id``; the whole id on hover; the cell
+        links to the page)."""
         return format_html('<span title="{}">{}</span>', job.pk, summary.short_id(job.pk))
 
     @admin.display(description=_("state"))
