@@ -248,3 +248,34 @@ def test_select_all_acts_in_batches(client, monkeypatch):
     assert cancelled.change_message == ("Cancelled 5 of 5 selected job(s) (5 at once, 0 by "
                                         "their workers)")
     assert cancelled.object_repr == "5 jobs"
+
+
+@pytest.mark.slow
+def test_a_job_retried_from_its_page_runs_again_on_a_real_worker(client, tmp_path, broker):
+    """The retry button goes through the backend, as an enqueue does: the running worker
+    (woken by NOTIFY, or the id published to Redis) runs the job again."""
+    import signal
+
+    from tests import reliability_tasks as rt
+    from tests.helpers import start_worker, wait_for
+    from tests.test_crashes import runs
+
+    log = tmp_path / "runs"
+    result = rt.fails_first_run.enqueue(str(log))
+    proc = start_worker("-c", "1", "--pool", "threads")
+    try:
+        assert wait_for(lambda: Job.objects.get(pk=result.id).status == "FAILED", timeout=30)
+        user(client, superuser=True)
+        page = client.get(reverse("admin:django_tasks_job_change", args=[result.id])).text
+        assert "ValueError: the first run fails" in page and 'name="retry"' in page
+        client.post(reverse("admin:django_tasks_job_retry", args=[result.id]))
+        assert wait_for(lambda: Job.objects.get(pk=result.id).status == "SUCCESSFUL",
+                        timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    job = Job.objects.get(pk=result.id)
+    assert (job.attempts, job.return_value, job.retried["by"]) == (2, "second run",
+                                                                   "admin user root")
+    assert runs(log)[result.id] == 2
+    assert LogEntry.objects.get().object_id == result.id

@@ -123,3 +123,22 @@ def test_purge_asks_unless_yes_and_keeps_held_and_workflow_jobs(monkeypatch):
     assert "deleted 3 ready and 0 finished job(s)" in text
     assert Job.objects.count() == 3
     assert "deleted 0 ready" in tasks_cmd("purge", "emails", "--yes")
+
+
+@pytest.mark.redis
+def test_purged_ids_left_in_redis_are_dropped_by_the_worker(redis_default):
+    """The Redis broker keeps the ids of jobs it published: a purge leaves them there,
+    and a worker that pops one finds no READY row and drops it."""
+    from django.tasks import default_task_backend
+
+    def redis_holds():
+        return "\n".join(default_task_backend.broker.status())
+
+    purged = [tasks.add.enqueue(i, i) for i in range(3)]
+    assert "deleted 3 ready" in tasks_cmd("purge", "default", "--yes")
+    kept = tasks.add.enqueue(2, 3)
+    assert "queue default: 4 id(s) ready" in redis_holds()  # the purged ones' ids stay
+    drain()
+    assert Job.objects.get(pk=kept.id).status == "SUCCESSFUL"
+    assert not Job.objects.filter(pk__in=[p.id for p in purged]).exists()
+    assert "no ids ready" in redis_holds()
