@@ -31,7 +31,8 @@ BATCH = 250_000  # rows per INSERT statement
 
 # Jobs spread evenly over the hour before the fill, ready and finished interleaved; ids
 # are UUIDv7 of the enqueue time (as ids.uuid7 makes them). Tasks: 90% noop, 9%
-# send_email, 1% over five report tasks; queues round-robin; 5% of finished jobs FAILED.
+# send_email, 1% over five report tasks; queues round-robin; 5% of finished jobs FAILED;
+# finished jobs ran on the workers bench-0 .. bench-4 in turn.
 INSERT = """
 INSERT INTO django_tasks_job (
     id, task_path, queue_name, status, args, kwargs, errors, worker_ids, attempts,
@@ -58,7 +59,7 @@ SELECT
     CASE WHEN %(finished)s THEN t + interval '1 ms' END,
     CASE WHEN %(finished)s THEN t + interval '1 ms' END,
     CASE WHEN %(finished)s THEN t + interval '2 ms' END,
-    CASE WHEN %(finished)s THEN 'bench' ELSE '' END,
+    CASE WHEN %(finished)s THEN 'bench-' || (i %% 5) ELSE '' END,
     NULL
 FROM (
     SELECT i, %(start)s::timestamptz + (i * %(step)s + %(shift)s) * interval '1 second' AS t
@@ -71,8 +72,8 @@ def counts() -> tuple[int, int]:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FILTER (WHERE status = 'READY'), "
-                       "count(*) FILTER (WHERE status <> 'READY') FROM django_tasks_job")
+        cursor.execute("SELECT count(*) FILTER (WHERE finished_at IS NULL), "
+                       "count(*) FILTER (WHERE finished_at IS NOT NULL) FROM django_tasks_job")
         ready, finished = cursor.fetchone()
     return ready, finished
 
@@ -115,16 +116,40 @@ def pages() -> list[tuple[str, str, dict[str, str]]]:
                        "AND enqueued_at > (SELECT min(enqueued_at) + interval '30 minutes' "
                        "FROM django_tasks_job) ORDER BY enqueued_at LIMIT 1")
         job_id = str(cursor.fetchone()[0])
+        cursor.execute("SELECT id FROM django_tasks_job WHERE status = 'FAILED' "
+                       "ORDER BY enqueued_at LIMIT 1")
+        failed_id = str(cursor.fetchone()[0])
+        # A unique key to search for (untimed): one job gets it.
+        cursor.execute("UPDATE django_tasks_job SET unique_key = 'bench-key' WHERE id = %s",
+                       [job_id])
+        # One running job on bench-1, for its worker page (untimed; idempotent).
+        cursor.execute("UPDATE django_tasks_job SET status = 'RUNNING', lease = 'bench', "
+                       "worker_id = 'bench-1', last_attempted_at = now() WHERE id = ("
+                       "SELECT id FROM django_tasks_job WHERE status = 'READY' "
+                       "ORDER BY enqueued_at LIMIT 1) AND NOT EXISTS (SELECT 1 FROM "
+                       "django_tasks_job WHERE status = 'RUNNING')")
     jobs = reverse("admin:django_tasks_job_changelist")
     return [
         ("job list", jobs, {}),
         ("status=FAILED", jobs, {"status__exact": "FAILED"}),
         ("status=READY", jobs, {"status__exact": "READY"}),
         ("queue=default", jobs, {"queue_name": "default"}),
+        ("task=send_email", jobs, {"task_path": "app.tasks.send_email"}),
+        ("backend=default", jobs, {"backend": "default"}),
+        ("worker=bench-3", jobs, {"worker_id": "bench-3"}),
+        ("worker=unknown", jobs, {"worker_id": "bench-none"}),
+        ("FAILED+worker", jobs, {"status__exact": "FAILED", "worker_id": "bench-2"}),
         ("search exact id", jobs, {"q": job_id}),
+        ("search unique key", jobs, {"q": "bench-key"}),
         ("search 'noop'", jobs, {"q": "noop"}),
+        ("search 'report'", jobs, {"q": "report"}),
         ("job page", reverse("admin:django_tasks_job_change", args=[job_id]), {}),
+        ("failed job page", reverse("admin:django_tasks_job_change", args=[failed_id]), {}),
+        ("retry-failed confirm", reverse("admin:django_tasks_job_retry_failed"),
+         {"queue_name": "emails"}),
+        ("purge confirm", reverse("admin:django_tasks_job_purge"), {"queue_name": "emails"}),
         ("workers", reverse("admin:django_tasks_worker_changelist"), {}),
+        ("worker page", reverse("admin:django_tasks_worker_change", args=["bench-1"]), {}),
     ]
 
 
@@ -139,7 +164,7 @@ def measure(repeat: int) -> None:
         "bench", "bench@example.com", "bench")
     client = Client()
     client.force_login(user)
-    print(f"\n{'page':<18} {'best ms':>8} {'runs ms':<24} {'queries':>7}  slowest query (ms)")
+    print(f"\n{'page':<22} {'best ms':>8} {'runs ms':<24} {'queries':>7}  slowest query (ms)")
     for name, url, params in pages():
         times = []
         for _ in range(repeat):
@@ -152,7 +177,7 @@ def measure(repeat: int) -> None:
             client.get(url, params)
         slow = max(queries.captured_queries, key=lambda q: float(q["time"]))
         runs = ", ".join(f"{t:.0f}" for t in times)
-        print(f"{name:<18} {min(times):>8.0f} {runs:<24} {len(queries):>7}  "
+        print(f"{name:<22} {min(times):>8.0f} {runs:<24} {len(queries):>7}  "
               f"{float(slow['time']) * 1000:.0f}: {slow['sql'][:110]}", flush=True)
 
 

@@ -116,6 +116,9 @@ class Job(models.Model):
     # Celery's ``expires``: a job not started by then is CANCELLED (error ``Expired``)
     # when a worker takes it, instead of running. None: never expires.
     expires_at = models.DateTimeField(_("expires"), null=True, blank=True)
+    # The last time an operator retried this FAILED job: {"by": who, "at": when, "after":
+    # the attempts it had}; None if never (``JobStore.retry_failed``).
+    retried = models.JSONField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -160,6 +163,10 @@ class Job(models.Model):
             # The admin's "other jobs of this workflow"; only workflow jobs are in it.
             models.Index(fields=["workflow_id"], condition=Q(workflow_id__isnull=False),
                          name="django_tasks_job_workflow"),
+            # The admin's worker filter and a worker's page: the jobs a worker ran, newest
+            # first. Partial: a job enters it when first claimed (never at enqueue).
+            models.Index(fields=["worker_id", "enqueued_at"], condition=~Q(worker_id=""),
+                         name="django_tasks_job_worker"),
             # Unique jobs of every status by key: the ``unique_for`` look-up of finished
             # ones, and the admin's search. Partial: ordinary jobs never enter it.
             models.Index(fields=["backend", "unique_key"], condition=~Q(unique_key=""),

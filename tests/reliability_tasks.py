@@ -113,3 +113,13 @@ def interrupts(context, path):
     """Raises KeyboardInterrupt itself (a BaseException, not an Exception)."""
     _note(path, context.job_id)
     raise KeyboardInterrupt("raised by the task")
+
+
+@task(takes_context=True)
+def fails_first_run(context, path):
+    """Fails the first time it runs (one attempt: it ends FAILED), succeeds after."""
+    _note(path, context.job_id)
+    with open(path) as f:
+        if sum(line.split()[0] == context.job_id for line in f) == 1:
+            raise ValueError("the first run fails")
+    return "second run"

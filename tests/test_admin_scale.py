@@ -56,7 +56,8 @@ def job_queries(sqls):
 
 LISTINGS = [{}, {"status__exact": "FAILED"}, {"status__exact": "READY"},
             {"queue_name": "emails"}, {"backend": "default"},
-            {"task_path": "tests.tasks.add"}, {"q": "fails_with"}, {"q": "no-such-thing"}]
+            {"task_path": "tests.tasks.add"}, {"q": "fails_with"}, {"q": "no-such-thing"},
+            {"worker_id": "w-1"}, {"status__exact": "FAILED", "worker_id": "w-1"}]
 
 
 @pytest.mark.parametrize("params", LISTINGS, ids=lambda p: "&".join(f"{k}={v}" for k, v in
@@ -81,10 +82,11 @@ def test_a_page_runs_the_same_queries_however_many_jobs(admin_client, monkeypatc
     make_jobs(300)
     response, many = page_queries(admin_client)
     # session, user, the task paths (one index probe per distinct path, 3 here, and one
-    # finding no more), schedules, the capped count, [the planner's estimate past the cap
+    # finding no more), the worker filter's choices (the worker table), schedules, the
+    # capped count, [the planner's estimate past the cap
     # (PostgreSQL)], the rows, the date range, and two probes of the date drill-down
     # (today's jobs, then none after today).
-    expected = 13 if connection.vendor == "postgresql" else 12
+    expected = 14 if connection.vendor == "postgresql" else 13
     assert len(some) == len(many) == expected, "\n".join(many)
     if connection.vendor == "postgresql":
         assert re.search(r"about \d+ jobs", response.text)
@@ -132,9 +134,9 @@ def test_the_job_list_shows_what_it_showed(admin_client):
                       progress={"current": 2, "total": 4, "message": "half"})
     response, _ = page_queries(admin_client)
     row = next(r for r in response.text.split("<tr") if str(job.pk) in r)
-    for column in ("id", "task_path", "status", "progress_display", "queue_name", "priority",
-                   "attempts_display", "enqueued_at", "started_at", "finished_at",
-                   "duration_display"):
+    for column in ("short_id", "task_path", "state_display", "for_display", "error_display",
+                   "queue_name", "worker_display", "attempts_display", "progress_display",
+                   "enqueued_display", "finished_display"):
         assert f'class="field-{column}' in row or f'class="nowrap field-{column}' in row, \
             column
     assert "1/3" in row and "half" in row and "Failed" in row
@@ -197,4 +199,59 @@ def test_only_indexed_columns_are_offered_for_sorting(admin_client):
     make_jobs(2)
     response, _ = page_queries(admin_client)
     sortable = set(re.findall(r'class="sortable[^"]*column-(\w+)', response.text))
-    assert sortable == {"id", "enqueued_at"}  # the primary key and django_tasks_job_enqueued
+    # the primary key and django_tasks_job_enqueued
+    assert sortable == {"short_id", "enqueued_display"}
+
+
+def test_the_worker_filter_and_pages_run_a_fixed_number_of_queries(admin_client):
+    """The worker filter's choices come from the worker table; the workers list counts
+    each worker's held jobs in its own query (no query per row); a job's page and a
+    worker's page run the same queries however many jobs there are."""
+    from django.tasks import default_task_backend
+
+    from django_tasks.models import Worker
+
+    def register(first, last):
+        for i in range(first, last):
+            default_task_backend.store.register_worker(
+                id=f"w-{i}", hostname="h", pid=i, backend="default", queues=["default"],
+                concurrency=1, pool="inline")
+
+    def count(url):
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(url).status_code == 200
+        return len(queries)
+
+    register(0, 2)
+    jobs = make_jobs(5, status="RUNNING", lease="L", worker_id="w-1",
+                     last_attempted_at=timezone.now())
+    workers = "/admin/django_tasks/worker/"
+    urls = (workers, f"{workers}w-1/change/", f"{URL}{jobs[0].pk}/change/")
+    [count(url) for url in urls]  # warm Django's caches (content types)
+    few = tuple(count(url) for url in urls)
+    register(2, 20)
+    make_jobs(50, status="RUNNING", lease="L", worker_id="w-1", last_attempted_at=timezone.now())
+    Job.objects.filter(pk__in=[j.pk for j in make_jobs(30)]).update(worker_id="w-7", lease="M",
+                                                                    status="CLAIMED")
+    many = tuple(count(url) for url in urls)
+    assert few == many, (few, many)
+    assert Worker.objects.count() == 20
+    page = admin_client.get(workers).text
+    assert '<td class="field-holds">55</td>' in page and '<td class="field-holds">30</td>' in page
+    listed, sqls = page_queries(admin_client, {"worker_id": "w-7"})
+    assert "30 jobs" in listed.text
+    assert any('"django_tasks_worker"' in sql for sql in sqls)  # the filter's choices
+
+
+@pytest.mark.postgres_only
+def test_the_worker_filter_is_served_by_its_index(admin_client):
+    from django.db import transaction
+
+    make_jobs(20, worker_id="w-1")
+    make_jobs(20)
+    queryset = Job.objects.filter(worker_id="w-1").order_by("-enqueued_at")[:50]
+    with transaction.atomic():  # a table this small is read whole unless told not to
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+        plan = queryset.explain()
+    assert "django_tasks_job_worker" in plan and "Sort" not in plan, plan

@@ -810,4 +810,4 @@ def test_django_options_after_a_tasks_action_are_accepted():
                          "-v", "2")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert out.split()[:2] == ["queue", "WAITING"]
+    assert out.split()[:2] == ["queue", "wait"]

@@ -6,6 +6,7 @@ test_crashes.py.
 """
 
 import dataclasses
+import re
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -268,11 +269,14 @@ def test_tasks_status_shows_depths_and_alive_dead_stopped_workers():
     call_command("tasks", "status", stdout=out)
     text = out.getvalue()
     header, default_row = text.splitlines()[:2]
-    assert header.split() == ["queue", "WAITING", "READY", "SCHEDULED", "CLAIMED", "RUNNING",
-                              "FAILED", "SUCCESSFUL", "CANCELLED"]
-    assert default_row.split() == ["default", "0", "1", "1", "1", "1", "0", "0", "0"]
+    assert header.split() == ["queue", "wait", "ready", "later", "claim", "run", "failed",
+                              "done", "cancel", "oldest"]
+    assert default_row.split()[:9] == ["default", "0", "1", "1", "1", "1", "0", "0", "0"]
+    assert re.fullmatch(r"\d+s", default_row.split()[9])  # the oldest due READY job's wait
+    assert max(len(line) for line in text.splitlines()[:3]) <= 80
     assert "other-1" not in text
-    assert f"{claimed[0].id}  tests.tasks.add  on silent-1  attempt 1/1" in text
+    assert f"{claimed[0].id[-8:]}  tests.tasks.add  on silent-1  attempt 1/1" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
     lines = {line.split()[0]: line for line in text.splitlines() if "-1 " in line}
     assert lines["alive-1"].split()[1:5] == ["alive", "prefork", "1", "0"]
     assert lines["silent-1"].split()[1:5] == ["dead", "prefork", "1", "2"]

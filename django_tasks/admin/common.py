@@ -22,3 +22,22 @@ class ReadOnlyMixin:
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+def seconds(value: Any) -> str:
+    """A time to the second in the current time zone (``2026-12-06 00:31:07``), or "-"."""
+    from django.utils import timezone
+
+    if value is None:
+        return "-"
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def worker_link(worker_id: str) -> str:
+    """A link to a worker's page (or "-"); no query: the worker row may be pruned since."""
+    from django.urls import reverse
+
+    if not worker_id:
+        return "-"
+    return format_html('<a href="{}">{}</a>',
+                       reverse("admin:django_tasks_worker_change", args=[worker_id]), worker_id)

@@ -9,46 +9,30 @@ from functools import cached_property
 from typing import Any
 
 from django.conf import settings
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.utils import get_last_value_from_parameters
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import Min, Q, QuerySet
 from django.http import HttpRequest
 from django.tasks import task_backends
-from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
-from ..models import Job, JobQuerySet, Schedule, ScheduleTick
-from .common import ReadOnlyMixin, pretty
+from ..jobs import summary
+from ..jobs.summary import task_paths
+from ..models import Job, JobQuerySet, Schedule, ScheduleTick, Worker
+from .actions import JobActionsMixin
+from .common import ReadOnlyMixin, seconds, worker_link
+from .page import JobPageMixin
 
-#: Jobs of a workflow listed on a job's page.
-WORKFLOW_SHOWN = 50
 #: The job list counts matching jobs up to this many; past it the count is PostgreSQL's
 #: estimate ("about N"; "more than N" on SQLite), so a listing never reads every
 #: matching row (JobPaginator).
 COUNT_CAP = 10_000
-#: At most this many task paths are offered by the task filter and matched by search
-#: (one index probe each).
-TASK_PATHS_SHOWN = 200
-
-
-def task_paths(using: str, limit: int = TASK_PATHS_SHOWN) -> list[str]:
-    """The distinct task paths of the job table, in order: a loose index scan, one
-    ``ORDER BY task_path LIMIT 1`` probe of the ``django_tasks_job_task`` index per path
-    (tens of paths, tens of sub-millisecond look-ups) instead of a ``SELECT DISTINCT``
-    that reads every row."""
-    jobs = Job.objects.using(using).order_by("task_path").values_list("task_path", flat=True)
-    paths: list[str] = []
-    while len(paths) < limit:
-        path = (jobs.filter(task_path__gt=paths[-1]) if paths else jobs).first()
-        if path is None:
-            break
-        paths.append(path)
-    return paths
+#: The worker filter offers the workers most recently started, this many.
+WORKERS_SHOWN = 50
 
 
 def request_task_paths(request: HttpRequest, using: str) -> list[str]:
@@ -179,6 +163,17 @@ class TaskFilter(FixedValuesFilter):
         return request_task_paths(request, using)
 
 
+class WorkerFilter(FixedValuesFilter):
+    """The workers most recently started (the worker table is small; its ids, not the
+    job table's, so no scan): a worker's jobs by the ``django_tasks_job_worker`` index."""
+
+    title = _("worker")
+
+    def values(self, request: HttpRequest, using: str) -> list[str]:
+        return list(Worker.objects.using(using).order_by("-started_at")
+                    .values_list("id", flat=True)[:WORKERS_SHOWN])
+
+
 class ScheduleFilter(admin.SimpleListFilter):
     """Jobs a schedule enqueued (linked from the schedule's page)."""
 
@@ -197,43 +192,74 @@ class ScheduleFilter(admin.SimpleListFilter):
 
 
 @admin.register(Job)
-class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class JobAdmin(JobActionsMixin, JobPageMixin, ReadOnlyMixin, admin.ModelAdmin):
+    """The job list, for operators: short ids, the state (a READY job not due yet reads
+    SCHEDULED) and how long it has been in it, the last error of a failed job, the
+    worker, times to the second. Actions in ``actions.py``, the job page in ``page.py``."""
+
     list_display = (
-        "id", "task_path", "status", "progress_display", "queue_name", "priority",
-        "attempts_display", "enqueued_at", "started_at", "finished_at", "duration_display",
+        "short_id", "task_path", "state_display", "for_display", "error_display",
+        "queue_name", "worker_display", "attempts_display", "progress_display",
+        "enqueued_display", "finished_display",
     )
     # Every part of the list is served by an index at millions of jobs (docs/admin.md,
     # "Millions of jobs"; benchmarks/admin_pages.py): fixed filter choices, counts capped
     # or estimated (JobPaginator), search by equality only, sorting by indexed columns.
     list_filter = ("status", ("queue_name", QueueFilter), ("backend", BackendFilter),
-                   ("task_path", TaskFilter), ScheduleFilter)
+                   ("task_path", TaskFilter), ("worker_id", WorkerFilter), ScheduleFilter)
     search_fields = ("=id", "task_path", "=unique_key")  # see get_search_results
     ordering = ("-enqueued_at",)
-    sortable_by = ("id", "enqueued_at")
+    sortable_by = ("short_id", "enqueued_display")
     date_hierarchy = "enqueued_at"
     list_per_page = 50
     paginator = JobPaginator
     show_full_result_count = False  # COUNT(*) over millions of rows is not free
-    actions = ["retry_jobs", "cancel_jobs"]
-    fieldsets = (
-        (None, {"fields": ("id", "task_path", "status", "queue_name", "priority", "backend",
-                           "unique_key", "worker_id", "attempts_display",
-                           "progress_display", "cancellation_display", "schedule_display",
-                           "workflow_display")}),
-        (_("Call"), {"fields": ("args_display", "kwargs_display")}),
-        (_("Outcome"), {"fields": ("return_value_display", "errors_display")}),
-        (_("Timing"), {"fields": ("enqueued_at", "run_after", "available_at", "started_at",
-                                  "last_attempted_at", "finished_at", "duration_display",
-                                  "worker_ids")}),
-    )
-    readonly_fields = (
-        "id", "task_path", "status", "queue_name", "priority", "backend", "unique_key",
-        "worker_id", "attempts_display", "progress_display", "cancellation_display",
-        "args_display", "kwargs_display",
-        "return_value_display", "errors_display", "enqueued_at", "run_after", "available_at",
-        "started_at", "last_attempted_at", "finished_at", "duration_display", "worker_ids",
-        "schedule_display", "workflow_display",
-    )
+
+    def changelist_view(self, request: HttpRequest,
+                        extra_context: dict[str, Any] | None = None) -> Any:
+        """The links to retry every failed job matching the filters, and to purge the
+        queue the list is filtered by, for users who may."""
+        extra = {"can_retry": self.has_retry_permission(request),
+                 "can_purge": self.has_delete_permission(request),
+                 "purge_queue": request.GET.get("queue_name", "")}
+        return super().changelist_view(request, {**extra, **(extra_context or {})})
+
+    @admin.display(description=_("id"), ordering="id")
+    def short_id(self, job: Job) -> str:
+        """The last 8 characters (``summary.short_id``; the whole id on hover; the cell
+        links to the page)."""
+        return format_html('<span title="{}">{}</span>', job.pk, summary.short_id(job.pk))
+
+    @admin.display(description=_("state"))
+    def state_display(self, job: Job) -> str:
+        current = summary.state(job, timezone.now())
+        if current == summary.SCHEDULED:
+            return format_html('<span title="{}">{}</span>', _("READY, not due until %s")
+                               % seconds(job.available_at), _("Scheduled"))
+        return job.get_status_display()
+
+    @admin.display(description=_("for"))
+    def for_display(self, job: Job) -> str:
+        return summary.state_for(job, timezone.now()) or "-"
+
+    @admin.display(description=_("error"))
+    def error_display(self, job: Job) -> str:
+        line = summary.error_line(job, width=80)
+        if not line:
+            return "-"
+        return format_html('<span title="{}">{}</span>', summary.error_line(job, 1000), line)
+
+    @admin.display(description=_("worker"))
+    def worker_display(self, job: Job) -> str:
+        return worker_link(job.worker_id)
+
+    @admin.display(description=_("enqueued"), ordering="enqueued_at")
+    def enqueued_display(self, job: Job) -> str:
+        return seconds(job.enqueued_at)
+
+    @admin.display(description=_("finished"))
+    def finished_display(self, job: Job) -> str:
+        return seconds(job.finished_at)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
         queryset = super().get_queryset(request)
@@ -258,152 +284,3 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
             if paths:
                 match |= Q(task_path__in=paths)
         return queryset.filter(match), False
-
-    @admin.display(description=_("workflow"))
-    def workflow_display(self, job: Job) -> str:
-        """The other jobs of this job's chain, group or chord, in the order enqueued."""
-        if job.workflow_id is None:
-            return "-"
-        others = (Job.objects.using(job._state.db).filter(workflow_id=job.workflow_id)
-                  .order_by("enqueued_at", "id").values_list("id", "task_path", "status"))
-        shown = list(others[:WORKFLOW_SHOWN + 1])
-        rows = format_html_join(
-            "", "<div>{}</div>",
-            ((format_html("<strong>{}</strong> ({}, {})", path, status, _("this job"))
-              if pk == job.pk else
-              format_html('<a href="{}">{}</a> ({})',
-                          reverse("admin:django_tasks_job_change", args=[pk]), path, status),)
-             for pk, path, status in shown[:WORKFLOW_SHOWN]),
-        )
-        more = _("... and more") if len(shown) > WORKFLOW_SHOWN else ""
-        return format_html("{}{}", rows, more)
-
-    @admin.display(description=_("schedule"))
-    def schedule_display(self, job: Job) -> str:
-        """The schedule (and tick) that enqueued this job, if one did."""
-        tick = (ScheduleTick.objects.using(job._state.db).filter(job_id=job.pk)
-                .select_related("schedule").first())
-        if tick is None:
-            return "-"
-        url = reverse("admin:django_tasks_schedule_change", args=[tick.schedule_id])
-        kind = _("run by hand") if tick.manual else _("tick")
-        return format_html('<a href="{}">{}</a> ({} {})', url, tick.schedule.name, kind,
-                           tick.tick_at.isoformat())
-
-    @admin.display(description=_("progress"))
-    def progress_display(self, job: Job) -> str:
-        """A bar (current of total) and the task's message, from its latest report."""
-        progress = job.progress
-        if not isinstance(progress, dict):
-            return "-"
-        current, total = progress.get("current"), progress.get("total")
-        message = progress.get("message") or ""
-        numbers = isinstance(current, int | float) and isinstance(total, int | float)
-        if numbers and total > 0:
-            return format_html('<progress value="{}" max="{}" title="{}"></progress> {}/{} {}',
-                               current, total, message, current, total, message)
-        return format_html("{} {}", current if current is not None else "", message)
-
-    @admin.display(description=_("cancellation"))
-    def cancellation_display(self, job: Job) -> str:
-        if not job.cancellation:
-            return "-"
-        done = job.status == "CANCELLED"
-        return format_html("{} {} ({})", _("cancelled") if done else _("asked, worker to stop it"),
-                           job.cancellation.get("occurred_at", ""),
-                           job.cancellation.get("message", ""))
-
-    @admin.display(description=_("attempts"))
-    def attempts_display(self, job: Job) -> str:
-        return f"{job.attempts}/{job.max_attempts}"
-
-    @admin.display(description=_("duration"))
-    def duration_display(self, job: Job) -> str:
-        return f"{job.duration.total_seconds():.3f}s" if job.duration is not None else "-"
-
-    @admin.display(description=_("args"))
-    def args_display(self, job: Job) -> str:
-        return pretty(job.args)
-
-    @admin.display(description=_("kwargs"))
-    def kwargs_display(self, job: Job) -> str:
-        return pretty(job.kwargs)
-
-    @admin.display(description=_("return value"))
-    def return_value_display(self, job: Job) -> str:
-        return pretty(job.return_value) if job.status == "SUCCESSFUL" else "-"
-
-    @admin.display(description=_("errors"))
-    def errors_display(self, job: Job) -> str:
-        if not job.errors:
-            return "-"
-        return format_html_join(
-            "",
-            "<div><strong>Attempt {} on {} at {}: {}</strong>: {}<pre>{}</pre></div>",
-            (
-                (e.get("attempt"), e.get("worker_id") or "?", e.get("occurred_at"),
-                 e.get("exception_class_path"), e.get("message"), e.get("traceback"))
-                for e in job.errors
-            ),
-        )
-
-    def has_retry_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("django_tasks.retry_job")
-
-    @admin.action(description=_("Retry selected failed jobs"), permissions=["retry"])
-    def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        selected = queryset.count()
-        # Through the backend, as any enqueue: workers wake and task_enqueued is sent.
-        retried = 0
-        by_backend: dict[str, list[Any]] = {}
-        for job_id, alias in queryset.values_list("id", "backend"):
-            by_backend.setdefault(alias, []).append(job_id)
-        for alias, ids in by_backend.items():
-            retried += len(task_backends[alias].retry(ids))
-        self.message_user(
-            request,
-            ngettext("%d job queued again.", "%d jobs queued again.", retried) % retried,
-            messages.SUCCESS,
-        )
-        if retried < selected:
-            self.message_user(
-                request, _("Only FAILED jobs can be retried, and a unique job only while no "
-                           "other job holds its key; %d skipped.") % (selected - retried),
-                messages.WARNING,
-            )
-
-
-    def has_cancel_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("django_tasks.cancel_job")
-
-    @admin.action(description=_("Cancel selected jobs"), permissions=["cancel"])
-    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        # Through the backend, as result.cancel() does: workflows move on, workers notice.
-        by_backend: dict[str, list[Any]] = {}
-        for job_id, alias in queryset.values_list("id", "backend"):
-            by_backend.setdefault(alias, []).append(job_id)
-        counts = {"cancelled": 0, "cancelling": 0}
-        skipped = 0
-        who = f"admin user {request.user.get_username()}"
-        for alias, ids in by_backend.items():
-            for what in task_backends[alias].cancel(ids, by=who).values():
-                if what in counts:
-                    counts[what] += 1
-                else:
-                    skipped += 1
-        if counts["cancelled"]:
-            self.message_user(request, ngettext(
-                "%d job cancelled (it had not started).",
-                "%d jobs cancelled (they had not started).", counts["cancelled"],
-            ) % counts["cancelled"], messages.SUCCESS)
-        if counts["cancelling"]:
-            self.message_user(request, ngettext(
-                "%d running job is being cancelled: it ends CANCELLED once its worker "
-                "notices.", "%d running jobs are being cancelled: they end CANCELLED once "
-                "their workers notice.", counts["cancelling"],
-            ) % counts["cancelling"], messages.SUCCESS)
-        if skipped:
-            self.message_user(request, ngettext(
-                "%d job was already finished (or being cancelled); nothing to do.",
-                "%d jobs were already finished (or being cancelled); nothing to do.", skipped,
-            ) % skipped, messages.WARNING)

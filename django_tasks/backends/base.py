@@ -429,15 +429,16 @@ class ModelBackend(BaseTaskBackend):
         raise ValueError(f"Job {job_id} is {status}: only a finished job can be forgotten "
                          "(cancel it first).")
 
-    def retry(self, job_ids: Sequence[Any]) -> list[str]:
+    def retry(self, job_ids: Sequence[Any], *, by: str = "") -> list[str]:
         """Run these FAILED jobs once more (their errors kept); returns the ids retried.
 
         Goes through the broker like an enqueue, so workers wake up, and sends
-        ``task_enqueued`` for each once committed.
+        ``task_enqueued`` for each once committed. ``by`` (say, a user name) is
+        recorded on each job retried.
         """
         from ..models import Job
 
-        ids = self.store.retry_failed(job_ids)
+        ids = self.store.retry_failed(job_ids, by=by)
         if ids:
             self.broker.republish(ids)
             for job in Job.objects.using(self.database).filter(pk__in=ids):

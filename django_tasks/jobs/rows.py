@@ -19,7 +19,7 @@ __all__ = ["JSON_COLUMNS", "MESSAGE_COLUMNS", "CancelledClaim", "Cancelling", "D
 
 #: The job table's JSON columns (a test checks them against the model's JSONFields).
 JSON_COLUMNS = frozenset({"args", "kwargs", "return_value", "errors", "worker_ids", "progress",
-                          "links", "cancellation"})
+                          "links", "cancellation", "retried"})
 
 
 class MessageRow(NamedTuple):

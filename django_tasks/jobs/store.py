@@ -487,12 +487,14 @@ class JobStore(Registry, Cancelling):
 
     # -- operator actions ------------------------------------------------------------------
 
-    def retry_failed(self, job_ids: Sequence[Any]) -> list[str]:
+    def retry_failed(self, job_ids: Sequence[Any], *, by: str = "") -> list[str]:
         """Make these FAILED jobs READY for one more attempt (errors kept); returns their ids.
 
         A unique job is not retried while another job holds its key (of several with
         one key, only the newest is). A workflow step that never ran (a step before it
-        failed) is not retried: the input it waited for does not exist.
+        failed) is not retried: the input it waited for does not exist. Each job
+        retried records who asked (``by``) and when in its ``retried`` field, as a
+        cancel records it in its error entry.
         """
         from django.db.models import F, Q
 
@@ -503,8 +505,10 @@ class JobStore(Registry, Cancelling):
         with transaction.atomic(using=self.database):
             rows = list(jobs.select_for_update().order_by("-enqueued_at")
                         .values_list("id", "unique_key"))
-            changes = {"status": READY, "available_at": self.now(), "finished_at": None,
-                       "worker_id": "", "lease": "", "max_attempts": F("attempts") + 1}
+            now = self.now()
+            changes = {"status": READY, "available_at": now, "finished_at": None,
+                       "worker_id": "", "lease": "", "max_attempts": F("attempts") + 1,
+                       "retried": {"by": by, "at": now.isoformat()}}
             ids = [str(i) for i, key in rows if not key]
             Job.objects.using(self.database).filter(pk__in=ids).update(**changes)
             # A unique job READY again holds its key once more: not while another job
@@ -518,6 +522,9 @@ class JobStore(Registry, Cancelling):
                 except IntegrityError:
                     continue
                 ids.append(str(job_id))
+        if ids:
+            logger.info("%d job(s) retried%s: %s", len(ids), f" (by {by})" if by else "",
+                        " ".join(ids[:20]) + (" ..." if len(ids) > 20 else ""))
         return ids
 
 

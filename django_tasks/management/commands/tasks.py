@@ -6,11 +6,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import Count, Q
+from django.db.models import Count, Min, Q
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils import timezone
 
 from django_tasks.conf import backend
+from django_tasks.jobs import summary
+from django_tasks.management import verbs
 from django_tasks.management.cli import (
     accept_django_options,
     one_line_errors,
@@ -23,6 +25,9 @@ from django_tasks.states import JobStatus
 #: The status table's column for READY jobs not due yet (not a stored status).
 SCHEDULED = "SCHEDULED"
 RUNNING_SHOWN = 20
+#: The status table's column headers (it fits 80 columns).
+HEADERS = {"WAITING": "wait", "READY": "ready", SCHEDULED: "later", "CLAIMED": "claim",
+           "RUNNING": "run", "FAILED": "failed", "SUCCESSFUL": "done", "CANCELLED": "cancel"}
 
 
 def before(age: timedelta, option: str, text: str) -> datetime:
@@ -34,12 +39,57 @@ def before(age: timedelta, option: str, text: str) -> datetime:
 
 
 class Command(BaseCommand):
-    help = ("Inspect and maintain jobs: 'tasks status', 'tasks prune --older-than 7d', "
-            "'tasks cancel ID [ID ...]'.")
+    help = ("Inspect and act on jobs: status, list, show ID, retry, cancel, purge QUEUE, "
+            "prune. 'manage.py tasks ACTION --help' for each.")
 
     def add_arguments(self, parser: Any) -> None:
         one_line_errors(parser)
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        status = sub.add_parser(
+            "status", help="Queue depths per queue and status; workers: alive, dead or "
+                           "stopped, and how many jobs each holds; with the Redis broker, "
+                           "what Redis holds; periodic schedules: state, last and next run.")
+        status.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
+                            help="TASKS alias (default: %(default)s).")
+        status.add_argument(
+            "--recent", default="1h", metavar="AGE",
+            help="Also list workers stopped within this age (default: 1h).",
+        )
+        listing = sub.add_parser(
+            "list", help="Jobs, newest first, one line each (a failed job's error below "
+                         "it); SCHEDULED is a READY job not due yet.")
+        listing.add_argument("--status", type=str.upper, choices=verbs.LIST_STATUSES,
+                             metavar="STATUS", help="One of: " + ", ".join(verbs.LIST_STATUSES)
+                             + " (any case).")
+        listing.add_argument("--queue", help="Jobs of this queue only.")
+        listing.add_argument("--task", help="A task path, or part of one.")
+        listing.add_argument("--worker", help="Jobs this worker holds or last ran.")
+        listing.add_argument("--since", metavar="AGE",
+                             help="Enqueued within this age: 90s, 15m, 12h, 7d, 2w.")
+        listing.add_argument("--limit", type=positive_int, default=20,
+                             help="At most this many (default: %(default)s).")
+        show = sub.add_parser(
+            "show", help="One job as its admin page shows it: the outcome (first for a failed "
+                         "job), the call, the attempt timeline with tracebacks.")
+        show.add_argument("id", metavar="ID", help="A job id, or a unique start of one.")
+        retry = sub.add_parser(
+            "retry", help="Queue FAILED jobs again for one more attempt (their errors kept).")
+        retry.add_argument("ids", nargs="*", metavar="ID",
+                           help="Job ids, or unique starts of them.")
+        retry.add_argument("--failed", action="store_true",
+                           help="Every FAILED job (of --queue, if given), in batches.")
+        retry.add_argument("--queue", help="With --failed: of this queue only.")
+        cancel = sub.add_parser(
+            "cancel", help="Cancel jobs: one not started never runs; a running one is told "
+                           "(context.is_cancelled()) and ends CANCELLED. A finished job is "
+                           "left as it is.")
+        cancel.add_argument("ids", nargs="+", metavar="ID",
+                            help="Job ids, or unique starts of them.")
+        purge = sub.add_parser(
+            "purge", help="Delete a queue's READY and finished jobs, in batches. Jobs a worker "
+                          "holds, WAITING jobs and every job of a workflow stay.")
+        purge.add_argument("queue", metavar="QUEUE", help="The queue's name.")
+        purge.add_argument("--yes", action="store_true", help="Do not ask first.")
         prune = sub.add_parser(
             "prune", help="Delete finished jobs older than an age, in batches, the rows "
                           "of workers stopped (or silent) since before then, and the "
@@ -54,24 +104,10 @@ class Command(BaseCommand):
                            help="TASKS alias (default: %(default)s).")
         prune.add_argument("--dry-run", action="store_true",
                            help="Count what would be deleted; delete nothing.")
-        cancel = sub.add_parser(
-            "cancel", help="Cancel jobs: one not started never runs; a running one is told "
-                           "(context.is_cancelled()) and ends CANCELLED. A finished job is "
-                           "left as it is.")
-        cancel.add_argument("ids", nargs="+", metavar="ID", help="Job ids.")
-        cancel.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
-                            help="TASKS alias (default: %(default)s).")
-        status = sub.add_parser(
-            "status", help="Queue depths per queue and status; workers: alive, dead or "
-                           "stopped, and how many jobs each holds; with the Redis broker, "
-                           "what Redis holds; periodic schedules: state, last and next run.")
-        status.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
-                            help="TASKS alias (default: %(default)s).")
-        status.add_argument(
-            "--recent", default="1h", metavar="AGE",
-            help="Also list workers stopped within this age (default: 1h).",
-        )
-        for action in (prune, cancel, status):
+        for action in (cancel, listing, show, retry, purge):
+            action.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
+                                help="TASKS alias (default: %(default)s).")
+        for action in (prune, cancel, status, listing, show, retry, purge):
             accept_django_options(action)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -85,8 +121,34 @@ class Command(BaseCommand):
             raise CommandError(f"TASKS[{alias!r}] uses {type(tasks_backend).__name__}, which "
                                "keeps no job table; pass --backend with a django_tasks backend.")
         jobs = Job.objects.using(db).filter(backend=alias)
-        if options["action"] == "cancel":
-            self._cancel(tasks_backend, options["ids"])
+        action = options["action"]
+        by = "manage.py tasks " + action
+        if action == "cancel":
+            verbs.cancel(self.stdout, jobs, options["ids"], alias=alias, by=by)
+            return
+        if action == "list":
+            since = options["since"]
+            verbs.list_jobs(self.stdout, jobs, now=tasks_backend.store.now(),
+                            status=options["status"], queue=options["queue"],
+                            task=options["task"], worker=options["worker"],
+                            since=parse_age(since, "--since") if since else None,
+                            limit=options["limit"])
+            return
+        if action == "show":
+            verbs.show(self.stdout, verbs.resolve(jobs, options["id"]),
+                       now=tasks_backend.store.now())
+            return
+        if action == "retry":
+            if bool(options["ids"]) == options["failed"]:
+                raise CommandError("Name the jobs to retry (IDs) or pass --failed, not both.")
+            if options["queue"] and not options["failed"]:
+                raise CommandError("--queue goes with --failed.")
+            selection = jobs.filter(queue_name=options["queue"]) if options["queue"] else jobs
+            verbs.retry(self.stdout, selection, options["ids"], failed=options["failed"],
+                        by=by)
+            return
+        if action == "purge":
+            verbs.purge(self.stdout, jobs, options["queue"], yes=options["yes"])
             return
         if options["action"] == "prune":
             text = options["older_than"]
@@ -119,29 +181,6 @@ class Command(BaseCommand):
             self.stdout.write("\n".join(broker_lines))
         self._schedules(db, alias)
 
-    def _cancel(self, tasks_backend: Any, ids: list[str]) -> None:
-        done = tasks_backend.cancel(ids, by="manage.py tasks cancel")
-        unknown = []
-        for job_id in ids:
-            key = next((k for k in done if k == job_id or k.replace("-", "") == job_id
-                        .replace("-", "").lower()), job_id)
-            what = done.get(key, "unknown")
-            if what == "cancelled":
-                self.stdout.write(f"{key}: cancelled (it had not started; it will not run)")
-            elif what == "cancelling":
-                self.stdout.write(f"{key}: cancelling (a worker holds it; it ends CANCELLED "
-                                  "once the worker notices)")
-            elif what == "already cancelling":
-                self.stdout.write(f"{key}: already being cancelled; nothing to do")
-            elif what.startswith("finished "):
-                self.stdout.write(f"{key}: already finished ({what.split()[1]}); nothing to do")
-            else:
-                unknown.append(job_id)
-        if unknown:
-            others = "" if len(unknown) == len(ids) else " (the others were handled)"
-            raise CommandError(f"No job {', '.join(unknown)} in "
-                               f"TASKS[{tasks_backend.alias!r}]{others}.")
-
     def _status(self, db: str, alias: str, jobs: Any, timeout: float, *, recent: timedelta,
                 now: datetime) -> None:
         """``now``: the database's clock, the one workers claim and judge liveness by."""
@@ -156,13 +195,23 @@ class Command(BaseCommand):
             counts[row["status"]] = row["n"] - row["later"]
             if row["later"]:
                 counts[SCHEDULED] = row["later"]
+        # How late each queue is: the wait of its oldest READY job that is due.
+        oldest = dict(jobs.filter(status=JobStatus.READY, available_at__lte=now)
+                      .values_list("queue_name").annotate(first=Min("available_at"))
+                      .order_by())
         statuses = list(JobStatus.values)
         statuses.insert(statuses.index(JobStatus.READY) + 1, SCHEDULED)
-        self.stdout.write(f"{'queue':<24}" + "".join(f"{s:>12}" for s in statuses))
+        self.stdout.write(f"{'queue':<14}" + "".join(f"{HEADERS[s]:>7}" for s in statuses)
+                          + f"{'oldest':>10}")
         for queue, counts in sorted(depths.items()):
-            self.stdout.write(f"{queue:<24}" + "".join(f"{counts.get(s, 0):>12}" for s in statuses))
+            late = summary.age(now - oldest[queue]) if queue in oldest else "-"
+            self.stdout.write(f"{queue[:13]:<14}" + "".join(
+                f"{counts.get(s, 0):>7}" for s in statuses) + f"{late:>10}")
         if not depths:
             self.stdout.write("(no jobs)")
+        else:
+            self.stdout.write("(later: READY, not due yet; oldest: the wait of the oldest "
+                              "due READY job)")
         self.stdout.write("")
 
         # This backend's workers and jobs only (several backends may share a database).
@@ -170,8 +219,12 @@ class Command(BaseCommand):
         workers = Worker.objects.using(db).filter(backend=alias).filter(
             Q(stopped_at__isnull=True) | Q(stopped_at__gte=now - recent) | Q(id__in=held)
         ).order_by("started_at")
-        self.stdout.write(f"{'worker':<36}{'state':>9}{'pool':>9}{'slots':>6}{'holds':>6}"
+        self.stdout.write(f"{'worker':<22}{'state':>8}{'pool':>8}{'slots':>6}{'holds':>6}"
                           f"  last heartbeat")
+
+        def name(worker_id: str) -> str:
+            return worker_id if len(worker_id) <= 21 else "~" + worker_id[-20:]
+
         for w in workers:
             state = w.state(now, timeout)
             age = (now - w.last_heartbeat_at).total_seconds()
@@ -179,15 +232,18 @@ class Command(BaseCommand):
             if state == "stopped":
                 note += f"; stopped: {w.stop_reason or 'shutdown'}"
             elif state == "dead":
-                note += f"; silent past WORKER_TIMEOUT ({timeout:g}s), rescued by the next worker"
-            self.stdout.write(f"{w.id:<36}{state:>9}{w.pool:>9}{w.concurrency:>6}"
+                note += "; rescue due"
+            self.stdout.write(f"{name(w.id):<22}{state:>8}{w.pool:>8}{w.concurrency:>6}"
                               f"{held.get(w.id, 0):>6}  {note}")
         if not workers:
             self.stdout.write("(no workers)")
         orphans = {k: v for k, v in held.items() if k not in {w.id for w in workers}}
         for worker_id, n in sorted(orphans.items()):
-            self.stdout.write(f"{worker_id or '(none)':<36}{'unknown':>9}{'':>9}{'':>6}{n:>6}  "
-                              "not registered; rescued by the next worker")
+            self.stdout.write(f"{name(worker_id) or '(none)':<22}{'unknown':>8}{'':>8}{'':>6}"
+                              f"{n:>6}  not registered: rescue due")
+        if any(w.state(now, timeout) == "dead" for w in workers) or orphans:
+            self.stdout.write(f"(rescue due: silent past WORKER_TIMEOUT ({timeout:g}s) or not "
+                              "registered;\n the next worker's rescue duty takes its jobs back)")
 
         running = (jobs.running().order_by("last_attempted_at")
                    .values_list("id", "task_path", "worker_id", "attempts", "max_attempts",
@@ -198,8 +254,8 @@ class Command(BaseCommand):
             self.stdout.write("running jobs (longest first):")
         for job_id, path, worker_id, attempt, most, since in shown[:RUNNING_SHOWN]:
             took = (now - since).total_seconds() if since else 0.0
-            self.stdout.write(f"  {job_id}  {path}  on {worker_id}  attempt {attempt}/{most}  "
-                              f"for {took:.1f}s")
+            self.stdout.write(f"  {summary.short_id(job_id)}  {path}  on {worker_id}  attempt "
+                              f"{attempt}/{most}  for {took:.1f}s")
         if len(shown) > RUNNING_SHOWN:
             self.stdout.write(f"  ... and {running.count() - RUNNING_SHOWN} more")
 
