@@ -387,7 +387,7 @@ def test_loglevel_is_case_insensitive(capsys):
     assert parser.parse_args([]).loglevel == "INFO"
     code, err = manage(capsys, "worker", "--loglevel", "verbose")
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith("manage.py worker: error: argument --loglevel: invalid choice: "
+    assert err.startswith("manage.py worker: error: argument -l/--loglevel: invalid choice: "
                           "'VERBOSE' (choose from ")  # argparse quotes them or not by version
 
 

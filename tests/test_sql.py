@@ -45,12 +45,16 @@ def test_every_status_word_in_the_sql_is_a_job_status():
 
 
 def test_statements_name_the_job_table_as_both_databases_quote_it():
+    from django_tasks.models import RateLimit
+
     table = connection.ops.quote_name(Job._meta.db_table)
     assert table == '"django_tasks_job"'
+    # The store's other table: rate limits' slots (named by their models, quoted alike).
+    tables = {table, connection.ops.quote_name(RateLimit._meta.db_table)}
     for module in HOMES:
         for name, text in sql_texts(module).items():
             assert "{table}" not in text, name
-            assert set(re.findall(r'"\w+"', text)) <= {table}, name  # the only identifier quoted
+            assert set(re.findall(r'"\w+"', text)) <= tables, name  # the only identifiers quoted
 
 
 def test_the_row_types_are_columns_of_the_job_table():
