@@ -78,7 +78,13 @@ class BrokerThread:
             ledger.put_back(batch)
             raise
         jobs = done.claimed
-        drained = ledger.add_claimed(batch, jobs)
+        # --burst means "until no READY job is left": the rows decide, not the broker
+        # (a message may be on its way, or lost and not republished yet).
+        ready_left = (worker.burst and batch.want > 0 and not jobs and not batch.held
+                      and not batch.outcomes and worker.store.has_ready(worker.queues, now))
+        drained = ledger.add_claimed(batch, jobs, ready_left=ready_left)
+        if ready_left:
+            self._sleep()  # until a delivery, a reconcile's publish or the poll timer
         if jobs or batch.starts or drained:
             worker.wake_main.poke()  # new jobs, or dispatch may have waited for the starts
         if done.stale:

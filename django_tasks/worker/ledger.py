@@ -250,11 +250,12 @@ class Ledger:
             )
             self._inflight_since = None
 
-    def add_claimed(self, batch: Batch, jobs: Sequence[Message]) -> bool:
+    def add_claimed(self, batch: Batch, jobs: Sequence[Message], *,
+                    ready_left: bool = False) -> bool:
         """The round trip of ``batch`` committed and claimed ``jobs``: buffer them.
 
         Returns whether the queue looks drained (asked for jobs, holding and writing
-        nothing, and got none).
+        nothing, and got none, with no READY row left: ``ready_left`` says there is).
         """
         with self._lock:
             self._inflight_since = None
@@ -263,7 +264,7 @@ class Ledger:
             self.completed += len(batch.outcomes)
             self._dry = len(jobs) < batch.want
             self._drained = (batch.want > 0 and not jobs and not batch.held
-                             and not batch.outcomes)
+                             and not batch.outcomes and not ready_left)
             return self._drained
 
     def known_ids(self) -> set[str]:
