@@ -82,11 +82,18 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ...jobs.messages import ByIds, Message, Outcome, Start
-from ...outage import Outage
 from ...states import READY
 from ..base import Broker, BrokerOptions, Exchanged, ModelBackend
 from ..database import _outage_errors
-from .connection import AMQP_OUTAGES, Publisher, Topology, connect, safe_url
+from .connection import (
+    AMQP_OUTAGES,
+    Link,
+    Publisher,
+    Topology,
+    connect,
+    describe,
+    safe_url,
+)
 from .consumer import Consumer, Delivery
 
 __all__ = ["RabbitMQBackend", "RabbitMQBroker"]
@@ -166,8 +173,7 @@ class RabbitMQBroker(Broker):
         self._due_mark: datetime | None = None
         self._empty: set[str] = set()  # queues empty with rows waiting at the last sweep
         self._force_sweep = False
-        self._consumer_outage = Outage(logger, f"RabbitMQ at {safe_url(self.url)} "
-                                               "unreachable by the consumer", "RabbitMQ back")
+        self.link = Link(self.url)  # this process's view: outages logged once
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -179,7 +185,7 @@ class RabbitMQBroker(Broker):
                     f"TASKS[{self.alias!r}]['OPTIONS']['URL'] is required by the RabbitMQ "
                     "broker, e.g. 'amqp://guest:guest@127.0.0.1:5672/%2F'."
                 )
-            self._publisher = Publisher(self.url, self.topology)
+            self._publisher = Publisher(self.url, self.topology, self.link)
         return self._publisher
 
     def configure_consumer(self, capacity: int) -> None:
@@ -198,13 +204,21 @@ class RabbitMQBroker(Broker):
         for other in self._consumers.values():
             other.close()
         self._consumers.clear()
-        consumer = Consumer(self.url, self.topology, queues,
-                            self.capacity or DEFAULT_PREFETCH)
+        try:
+            consumer = Consumer(self.url, self.topology, queues,
+                                self.capacity or DEFAULT_PREFETCH, link=self.link,
+                                on_reconnect=self._reconnected)
+        except AMQP_OUTAGES as exc:
+            self.link.down(exc, "the worker writes outcomes and claims nothing until it "
+                                "is back")
+            raise
         self._consumers[key] = consumer
-        if self._consumer_outage.since is not None:
-            self._consumer_outage.recovered("; consuming again")
-            self._force_sweep = True  # what producers could not publish meanwhile
         return consumer, True
+
+    def _reconnected(self) -> None:
+        # Producers may have failed to publish meanwhile: the next sweep publishes the
+        # head of each queue with fewer messages than ready rows without a second look.
+        self._force_sweep = True
 
     def ping(self) -> None:
         connect(self.url, timeout=3.0).close()
@@ -283,12 +297,11 @@ class RabbitMQBroker(Broker):
                 # deliveries on their way, as a claim does; else take what is here.
                 idle = not (starts or outcomes) and not consumer.held()
                 taken = consumer.take(limit, settle=SETTLE if new or idle else 0.0)
-            except AMQP_OUTAGES as exc:
+            except AMQP_OUTAGES:
                 if not (starts or outcomes):
                     raise
                 # RabbitMQ is down, the database may not be: results are written all
-                # the same; claiming waits for RabbitMQ.
-                self._consumer_outage.failed(exc, "writing outcomes, claiming nothing")
+                # the same (the outage was logged); claiming waits for RabbitMQ.
         try:
             done = self.store.exchange(worker_id, lease=lease, starts=starts,
                                        outcomes=outcomes, claim=ByIds([d.job_id for d in taken]),
@@ -390,7 +403,13 @@ class RabbitMQBroker(Broker):
         force, self._force_sweep = self._force_sweep, False
         if not queues:
             return 0
-        counts = self.queue_counts(queues)
+        try:
+            counts = self.queue_counts(queues)
+        except AMQP_OUTAGES as exc:  # the consumer reconnects, and says so once
+            self.link.down(exc, "reconciling waits until it is back")
+            self._force_sweep = True
+            return 0
+        self.link.up()
         published = 0
         for queue in queues:
             ready = Job.objects.using(self.store.database).ready(now, [queue]).filter(
@@ -434,11 +453,7 @@ class RabbitMQBroker(Broker):
     def wake_source(self, queues: Sequence[str]) -> Consumer | None:
         if not queues:
             return None
-        try:
-            consumer, _ = self._consumer(queues)
-        except AMQP_OUTAGES as exc:
-            self._consumer_outage.failed(exc, "claiming nothing until it is back")
-            raise
+        consumer, _ = self._consumer(queues)
         return consumer
 
     def close(self) -> None:
@@ -461,8 +476,8 @@ class RabbitMQBroker(Broker):
         try:
             counts = self.queue_counts(queues or ["default"])
         except AMQP_OUTAGES as exc:
-            return [f"{head} unreachable ({type(exc).__name__}: {str(exc).strip() or '-'}); "
-                    "jobs are stored, and published once it is back"]
+            return [f"{head} unreachable ({describe(exc)}); jobs are stored, and published "
+                    "once it is back"]
         return [head] + [f"  queue {q} ({self.topology.name(q)}): {m} message(s) ready, "
                          f"{c} consumer(s)" for q, (m, c) in counts.items()]
 

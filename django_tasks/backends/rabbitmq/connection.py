@@ -31,9 +31,15 @@ from pika import exceptions as amqp
 
 logger = logging.getLogger("django_tasks.worker")
 
+# pika logs every failed connection attempt at ERROR, with a traceback, several lines
+# each; this broker reports outages itself, once (Link). Left alone if the project
+# configured pika's logger.
+if logging.getLogger("pika").level == logging.NOTSET:
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+
 __all__ = [
-    "AMQP_OUTAGES", "MAX_PRIORITY", "Publisher", "Topology", "amqp_priority", "connect",
-    "safe_url",
+    "AMQP_OUTAGES", "MAX_PRIORITY", "Link", "Publisher", "Topology", "amqp_priority",
+    "connect", "describe", "safe_url",
 ]
 
 #: What an unreachable or restarting RabbitMQ raises (a refused or lost connection, a
@@ -68,15 +74,64 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts)
 
 
+def describe(exc: BaseException) -> str:
+    """``exc`` in one line (pika's connection errors have an empty ``str``)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else " ".join(repr(exc).split())
+
+
 def connect(url: str, *, timeout: float = 3.0, heartbeat: int = 30) -> pika.BlockingConnection:
-    """A new blocking connection to ``url`` (its vhost in the path, ``%2F`` for ``/``)."""
+    """A new blocking connection to ``url`` (its vhost in the path, ``%2F`` for ``/``).
+
+    Raises ``AMQPConnectionError`` (or a subclass) saying why, in one line."""
+    try:
+        return pika.BlockingConnection(_parameters(url, timeout, heartbeat))
+    except amqp.AMQPConnectionError as exc:
+        if str(exc).strip():
+            raise
+        cause = exc.args[0] if exc.args else exc
+        raise amqp.AMQPConnectionError(
+            " ".join(str(cause).split()) or type(cause).__name__) from exc
+
+
+def _parameters(url: str, timeout: float, heartbeat: int) -> pika.URLParameters:
     params = pika.URLParameters(url)
     params.socket_timeout = timeout
     params.blocked_connection_timeout = 10.0
     params.connection_attempts = 1
     params.heartbeat = heartbeat
     params.client_properties = {"connection_name": f"django_tasks pid {os.getpid()}"}
-    return pika.BlockingConnection(params)
+    return params
+
+
+class Link:
+    """Whether this process reaches RabbitMQ, as its publisher and consumer saw last:
+    an outage is logged once when the first of them fails, and once when it is over."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self.since: float | None = None
+
+    def down(self, exc: BaseException, detail: str) -> bool:
+        """Record a failure; logs and returns True if it starts an outage."""
+        with self._lock:
+            if self.since is not None:
+                return False
+            self.since = time.monotonic()
+        logger.error("RabbitMQ at %s unreachable (%s); %s", safe_url(self.url),
+                     describe(exc), detail)
+        return True
+
+    def up(self) -> None:
+        """Record a success; logs the end of an outage if there was one."""
+        if self.since is None:
+            return
+        with self._lock:
+            since, self.since = self.since, None
+        if since is not None:
+            logger.warning("RabbitMQ at %s back after %.1fs", safe_url(self.url),
+                           time.monotonic() - since)
 
 
 @dataclass(frozen=True)
@@ -117,11 +172,11 @@ class Publisher:
     rather than each waiting for a refused connection.
     """
 
-    def __init__(self, url: str, topology: Topology) -> None:
+    def __init__(self, url: str, topology: Topology, link: Link) -> None:
         self.url = url
         self.topology = topology
+        self.link = link
         self._local = _Local()
-        self._down_logged = False
 
     def _channel(self) -> Any:
         local = self._local
@@ -173,23 +228,12 @@ class Publisher:
             self._local.retry_at = time.monotonic() + RETRY_AFTER
             self._drop()
             ids = [e[0] for e in entries[done:]]
-            self._log_down(exc, ids)
+            if not self.link.down(exc, "jobs are stored and published from the database "
+                                       "by a worker once it is back"):
+                logger.debug("Not published (RabbitMQ unreachable): %s", ", ".join(ids))
             return ids
-        if self._down_logged:
-            self._down_logged = False
-            logger.warning("RabbitMQ at %s is back: publishing again", safe_url(self.url))
+        self.link.up()
         return []
-
-    def _log_down(self, exc: BaseException, ids: list[str]) -> None:
-        if self._down_logged:
-            logger.debug("Not published (RabbitMQ still unreachable): %s", ", ".join(ids))
-            return
-        self._down_logged = True
-        logger.warning(
-            "RabbitMQ at %s unreachable (%s: %s): job(s) %s stored but not published; "
-            "workers publish them from the database once it is back (logged once per outage)",
-            safe_url(self.url), type(exc).__name__, str(exc).strip() or "-", ", ".join(ids),
-        )
 
     def close(self) -> None:
         """Close this thread's connection."""
