@@ -205,35 +205,50 @@ class Publisher:
 
     def publish(self, entries: Sequence[tuple[str, str, int, int]]) -> list[str]:
         """Publish ``(job id, queue, priority, due ms)`` entries, persistent and
-        confirmed; returns the ids that were not (an outage: nothing raised)."""
+        confirmed; returns the ids that were not (an outage: nothing raised).
+
+        A connection that worked before and fails now (RabbitMQ restarted, or closed
+        it while it was idle) is replaced once at once, resending what was not
+        confirmed (a duplicate is dropped by the claim); only a failure on a new
+        connection is an outage.
+        """
         done = 0
-        try:
-            channel = self._channel()
-            for job_id, queue, priority, due in entries:
-                if queue not in self._local.declared:
-                    self.topology.declare(channel, queue)
-                    self._local.declared.add(queue)
-                channel.basic_publish(
-                    exchange="", routing_key=self.topology.name(queue), body=job_id.encode(),
-                    properties=pika.BasicProperties(
-                        delivery_mode=pika.DeliveryMode.Persistent,
-                        priority=amqp_priority(priority), timestamp=due // 1000,
-                        headers={"due_ms": due, "priority": priority},
-                        content_type="text/plain",
-                    ),
-                    mandatory=True,
-                )
-                done += 1
-        except AMQP_OUTAGES as exc:
-            self._local.retry_at = time.monotonic() + RETRY_AFTER
-            self._drop()
-            ids = [e[0] for e in entries[done:]]
-            if not self.link.down(exc, "jobs are stored and published from the database "
-                                       "by a worker once it is back"):
-                logger.debug("Not published (RabbitMQ unreachable): %s", ", ".join(ids))
-            return ids
-        self.link.up()
-        return []
+        fresh = False
+        while True:
+            try:
+                fresh = self._local.channel is None or self._local.pid != os.getpid()
+                channel = self._channel()
+                for entry in entries[done:]:
+                    self._send(channel, *entry)
+                    done += 1
+            except AMQP_OUTAGES as exc:
+                self._drop()
+                if not fresh:
+                    continue  # a stale connection: one more try, on a new one
+                self._local.retry_at = time.monotonic() + RETRY_AFTER
+                ids = [e[0] for e in entries[done:]]
+                if not self.link.down(exc, "jobs are stored and published from the "
+                                           "database by a worker once it is back"):
+                    logger.debug("Not published (RabbitMQ unreachable): %s", ", ".join(ids))
+                return ids
+            self.link.up()
+            return []
+
+    def _send(self, channel: Any, job_id: str, queue: str, priority: int, due: int) -> None:
+        """One persistent publish, returning once RabbitMQ confirmed it."""
+        if queue not in self._local.declared:
+            self.topology.declare(channel, queue)
+            self._local.declared.add(queue)
+        channel.basic_publish(
+            exchange="", routing_key=self.topology.name(queue), body=job_id.encode(),
+            properties=pika.BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent,
+                priority=amqp_priority(priority), timestamp=due // 1000,
+                headers={"due_ms": due, "priority": priority}, content_type="text/plain",
+            ),
+            # Unroutable (the queue was deleted after we declared it) raises, not drops.
+            mandatory=True,
+        )
 
     def close(self) -> None:
         """Close this thread's connection."""
