@@ -142,6 +142,8 @@ class RabbitMQOptions(BrokerOptions):
     #: OPTIONS["PREFETCH"]: unacknowledged deliveries per worker; None: sized by the
     #: worker (its slots and buffer).
     prefetch: int | None = None
+    #: The backend's QUEUES (empty: any), for status and rescues.
+    queues: tuple[str, ...] = ()
 
 
 class RabbitMQBroker(Broker):
@@ -159,7 +161,7 @@ class RabbitMQBroker(Broker):
         return RabbitMQOptions(
             alias=backend.alias, url=options.get("URL") or "",
             prefix=options.get("PREFIX") or default_prefix(backend.alias, backend.database),
-            prefetch=options.get("PREFETCH"),
+            prefetch=options.get("PREFETCH"), queues=tuple(backend.queues or ()),
         )
 
     def __init__(self, store: Any, options: RabbitMQOptions) -> None:
@@ -271,7 +273,8 @@ class RabbitMQBroker(Broker):
             self.publish_due(queues, now)
         consumer, _ = self._consumer(queues)
         self._publish_retries(now)
-        taken = consumer.take(limit, settle=SETTLE)
+        # Outside a worker: every queue's deliveries are let arrive, so the best are taken.
+        taken = consumer.take(limit, settle=SETTLE, quiet=SETTLE / 4)
         try:
             done = self.store.claim(worker_id, lease, ByIds([d.job_id for d in taken]), now)
         except BaseException:
@@ -293,9 +296,10 @@ class RabbitMQBroker(Broker):
                 consumer, new = self._consumer(queues)
                 self._publish_retries(now)
                 consumer.release_held(HOLD)
-                # Nothing buffered and nothing to write (drain(), a poll): wait for
-                # deliveries on their way, as a claim does; else take what is here.
-                idle = not (starts or outcomes) and not consumer.held()
+                # A worker's broker thread is woken by deliveries (wake_source): it
+                # takes what is here. Without one (drain(), a script), nothing buffered
+                # and nothing to write: wait for deliveries on their way, as claim does.
+                idle = not (starts or outcomes or consumer.held() or consumer.wakes)
                 taken = consumer.take(limit, settle=SETTLE if new or idle else 0.0)
             except AMQP_OUTAGES:
                 if not (starts or outcomes):
@@ -359,13 +363,19 @@ class RabbitMQBroker(Broker):
         deliveries itself, but those it had claimed were acknowledged): publish the
         head of each queue that has fewer messages than ready rows. The rescued rows,
         claimed first, are at the head."""
+        self._force_sweep = True
+        self.sweep(self._known_queues(ready_only=True))
+
+    def _known_queues(self, *, ready_only: bool = False) -> list[str]:
+        """The backend's QUEUES; without them, the queues its (ready) rows name."""
+        if self.options.queues:
+            return list(self.options.queues)
         from ...models import Job
 
-        queues = sorted(set(Job.objects.using(self.store.database)
-                            .ready(self.store.now()).filter(backend=self.alias)
-                            .order_by().values_list("queue_name", flat=True).distinct()))
-        self._force_sweep = True
-        self.sweep(queues)
+        rows = Job.objects.using(self.store.database).filter(backend=self.alias)
+        if ready_only:
+            rows = rows.ready(self.store.now())
+        return sorted(set(rows.order_by().values_list("queue_name", flat=True).distinct()))
 
     def duties(self, queues: Sequence[str]) -> list[tuple[str, float, Callable[..., None]]]:
         return [("rabbitmq due", DUE_INTERVAL, partial(self.publish_due, queues)),
@@ -454,6 +464,7 @@ class RabbitMQBroker(Broker):
         if not queues:
             return None
         consumer, _ = self._consumer(queues)
+        consumer.wakes = True
         return consumer
 
     def close(self) -> None:
@@ -467,12 +478,8 @@ class RabbitMQBroker(Broker):
     def status(self) -> list[str]:
         """Each queue's messages (ready in RabbitMQ) and consumers, or one line saying
         RabbitMQ is unreachable."""
-        from ...models import Job
-
         head = f"RabbitMQ at {safe_url(self.url)} (prefix {self.topology.prefix}):"
-        queues = list(dict.fromkeys(
-            Job.objects.using(self.store.database).filter(backend=self.alias)
-            .order_by().values_list("queue_name", flat=True).distinct()))
+        queues = self._known_queues()
         try:
             counts = self.queue_counts(queues or ["default"])
         except AMQP_OUTAGES as exc:

@@ -43,7 +43,7 @@ __all__ = ["Consumer", "Delivery"]
 IO_TICK = 0.5
 #: Seconds without a new delivery after which a settling :meth:`Consumer.take` stops
 #: waiting (RabbitMQ pushes the deliveries of a backlog back to back).
-QUIET = 0.005
+QUIET = 0.02
 #: Seconds to wait for the connection and the consumers to be set up.
 START_TIMEOUT = 5.0
 
@@ -74,6 +74,8 @@ class Consumer:
         self.prefetch = max(1, prefetch)
         self.link = link or Link(url)
         self.on_reconnect = on_reconnect
+        #: A worker's broker thread sleeps on it (deliveries wake it).
+        self.wakes = False
         self._pipe = Pipe()
         self._cond = threading.Condition()
         self._buffer: list[Delivery] = []
@@ -194,23 +196,24 @@ class Consumer:
 
     # -- what the broker thread asks ------------------------------------------------------
 
-    def take(self, limit: int, *, settle: float = 0.0) -> list[Delivery]:
+    def take(self, limit: int, *, settle: float = 0.0, quiet: float = QUIET) -> list[Delivery]:
         """Up to ``limit`` buffered deliveries, best first (priority, then due time).
 
         ``settle``: wait up to that long for the first delivery, then until none has
-        arrived for ``QUIET`` seconds (a claim right after a publish). Raises what
+        arrived for ``quiet`` seconds (a claim right after a publish). Raises what
         stopped the I/O thread (a bug); while RabbitMQ is unreachable, takes nothing.
         """
         with self._cond:
             if settle > 0:
                 deadline = time.monotonic() + settle
                 seen = -1
-                while self._error is None and len(self._buffer) < limit:
+                # Even past ``limit``: a later delivery may be a better one.
+                while self._error is None and len(self._buffer) < self.prefetch:
                     left = deadline - time.monotonic()
                     if left <= 0 or (self._buffer and seen == self._arrivals):
                         break
                     seen = self._arrivals
-                    self._cond.wait(left if not self._buffer else min(left, QUIET))
+                    self._cond.wait(left if not self._buffer else min(left, quiet))
             if self._error is not None:
                 raise self._error
             self._buffer.sort()
