@@ -234,6 +234,24 @@ class Publisher:
             self.link.up()
             return []
 
+    def counts(self, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``{queue: (messages ready, consumers)}``, declaring the queues; raises an
+        AMQP error if RabbitMQ cannot be reached (a stale connection is replaced once)."""
+        while True:
+            fresh = self._local.channel is None or self._local.pid != os.getpid()
+            try:
+                channel = self._channel()
+                counts = {}
+                for queue in queues:
+                    method = self.topology.declare(channel, queue).method
+                    self._local.declared.add(queue)
+                    counts[queue] = (method.message_count, method.consumer_count)
+                return counts
+            except AMQP_OUTAGES:
+                self._drop()
+                if fresh:
+                    raise
+
     def _send(self, channel: Any, job_id: str, queue: str, priority: int, due: int) -> None:
         """One persistent publish, returning once RabbitMQ confirmed it."""
         if queue not in self._local.declared:
