@@ -23,7 +23,7 @@ from django.db import connection, transaction
 from django.tasks import task_backends
 from django.utils import timezone
 
-from django_tasks.backends.rabbitmq.connection import Link, Publisher
+from django_tasks.backends.rabbitmq.connection import Link, Publisher, connect
 from django_tasks.backends.rabbitmq.consumer import Consumer
 from django_tasks.models import Job
 from tests import reliability_tasks as rt
@@ -79,6 +79,39 @@ def test_an_unreachable_rabbitmq_at_enqueue_keeps_the_job_and_a_sweep_publishes_
     assert b.sweep(["default"]) == 2  # twice: they were lost
     got = b.claim("w", "L", ["default"], 10)
     assert sorted(m.id for m in got) == sorted([first.id, second.id])
+
+
+def test_messages_the_server_lost_are_republished_from_the_rows():
+    jobs = [tasks.add.enqueue(i, i) for i in range(3)]
+    b = broker()
+    assert messages() == 3
+    conn = connect(b.url)
+    try:
+        conn.channel().queue_purge(b.topology.name("default"))
+    finally:
+        conn.close()
+    assert b.sweep(["default"]) == 0  # empty once: publishes may be in flight
+    assert b.sweep(["default"]) == 3
+    got = b.claim("w", "L", ["default"], 10)
+    assert sorted(m.id for m in got) == sorted(j.id for j in jobs)
+
+
+@pytest.mark.slow
+def test_burst_stops_only_when_no_ready_row_is_left_whatever_rabbitmq_holds(tmp_path):
+    """Jobs committed while RabbitMQ refused their publishes: a burst worker finds the
+    queue empty but the rows READY, and waits for its sweep to publish them."""
+    b = broker()
+    bad = "amqp://guest:guest@127.0.0.1:1/%2F"
+    b._publisher = Publisher(bad, b.topology, Link(bad))
+    log = tmp_path / "runs"
+    ids = {rt.record.enqueue(str(log)).id for _ in range(20)}
+    b._publisher = None
+    assert messages() == 0
+    proc = start_worker("--burst", "--loglevel", "WARNING")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert set(runs(log)) == ids
+    assert Job.objects.filter(pk__in=ids, status="SUCCESSFUL").count() == 20
 
 
 def test_a_delayed_job_waits_in_the_table_and_is_published_when_due():
