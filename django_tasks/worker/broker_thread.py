@@ -223,6 +223,10 @@ class BrokerThread:
             self.listener = self.worker.broker.wake_source(self.worker.queues)
         except self.worker.broker.outage_errors as exc:
             logger.debug("No wake-up channel yet (%s); polling", exc)
+            return
+        # Jobs published while it was down woke nobody: ask once, rather than sleep
+        # until the poll timer.
+        self.worker.ledger.expect_jobs()
 
     def reset(self) -> None:
         """Drop this thread's connections and the wake-up channel; the next pass
