@@ -134,6 +134,27 @@ def test_a_message_for_a_job_that_is_not_ready_is_acknowledged_and_dropped():
     assert Job.objects.get(pk=done.id).status == "SUCCESSFUL"
 
 
+def test_a_delivery_is_acknowledged_only_once_its_claim_is_committed(monkeypatch):
+    from django.db import OperationalError
+
+    job = tasks.add.enqueue(1, 1)
+    b = broker()
+
+    def claim_fails(*args, **kwargs):
+        raise OperationalError("the database went away mid-claim")
+
+    monkeypatch.setattr(b.store, "claim", claim_fails)
+    with pytest.raises(OperationalError):
+        b.claim("w", "L", ["default"], 10)
+    b.close()  # not acknowledged: RabbitMQ requeues it
+    assert wait_for(lambda: messages() == 1, timeout=5)
+    monkeypatch.undo()
+    [m] = b.claim("w", "L", ["default"], 10)
+    assert m.id == job.id
+    b.close()  # acknowledged with the claim's commit: nothing comes back
+    assert wait_for(lambda: messages() == 0, timeout=5)
+
+
 def test_the_prefetch_is_per_consumer_and_sized_by_the_worker():
     for i in range(5):
         tasks.add.enqueue(i, i)

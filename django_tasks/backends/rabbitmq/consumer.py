@@ -83,6 +83,7 @@ class Consumer:
         self._generation = 0  # connections made so far
         self._error: BaseException | None = None  # a bug: the worker stops
         self._closed = False
+        self._closing = False
         self._connection: Any = None
         self._channel: Any = None
         self._wake = threading.Event()
@@ -249,7 +250,7 @@ class Consumer:
     @property
     def broken(self) -> bool:
         """Closed, or stopped by a bug (an outage is not: it reconnects)."""
-        return self._error is not None or self._closed
+        return self._error is not None or self._closing
 
     # -- the wake-up source -------------------------------------------------------------
 
@@ -264,18 +265,29 @@ class Consumer:
         return 1
 
     def close(self) -> None:
-        """Close the connection (RabbitMQ requeues what was not acknowledged)."""
-        if self._closed:
+        """Close the connection once the acks already asked for are sent (RabbitMQ
+        requeues what was not acknowledged)."""
+        if self._closing:
             return
-        self._closed = True
-        self._wake.set()
+        self._closing = True
         connection = self._connection
+        queued = False
         if connection is not None:
-            try:
-                connection.add_callback_threadsafe(lambda: None)  # wake the I/O thread
+            try:  # behind the acks: the I/O thread runs its callbacks in order
+                connection.add_callback_threadsafe(self._stop)
+                queued = True
             except Exception:
                 pass
+        if not queued:
+            self._stop()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=IO_TICK * 4)
+            if self._thread.is_alive():  # the connection is stuck: stop regardless
+                self._stop()
+                self._thread.join(timeout=IO_TICK * 2)
         if not self._thread.is_alive():
             self._pipe.close()
+
+    def _stop(self) -> None:
+        self._closed = True
+        self._wake.set()
