@@ -1,7 +1,7 @@
-"""Throughput and latency of the brokers (database, Redis), job rows on PostgreSQL.
+"""Throughput and latency of the brokers (database, Redis, RabbitMQ), job rows on PostgreSQL.
 
     .venv/bin/python benchmarks/throughput.py [--jobs N] [--repeat R] [--database-url URL]
-        [--brokers database,redis] [--redis-url URL]
+        [--brokers database,redis,rabbitmq] [--redis-url URL] [--rabbitmq-url URL]
 
 Measures, each R times and for each broker in turn (runs alternate between brokers,
 so a noisy phase of the machine hits both; median and every run printed, nothing
@@ -35,7 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/django_tasks_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-BROKERS = ("database", "redis")
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+BROKERS = ("database", "redis", "rabbitmq")
 WORKER = [sys.executable, "manage.py", "worker", "-c", "2", "--loglevel", "WARNING"]
 LATENCY_JOBS = 200
 
@@ -76,7 +77,8 @@ def setup_django(url: str) -> None:
 
 
 def truncate() -> None:
-    """Empty the job and worker tables (and the Redis broker's keys, when it is in use)."""
+    """Empty the job and worker tables (and the Redis broker's keys or the RabbitMQ
+    broker's queues, when one is in use)."""
     from django.db import connection
     from django.tasks import default_task_backend
 
@@ -89,19 +91,33 @@ def truncate() -> None:
         for key in broker.client.scan_iter(match=f"{broker.prefix}:*"):
             broker.client.delete(key)
         broker.reconcile([])  # as a first worker would: Redis now holds what is ready
+    if hasattr(broker, "topology"):
+        from django_tasks.backends.rabbitmq.connection import connect
+
+        conn = connect(broker.url)
+        try:
+            channel = conn.channel()
+            for queue in default_task_backend.queues or ["default"]:
+                broker.topology.declare(channel, queue)
+                channel.queue_purge(broker.topology.name(queue))
+        finally:
+            conn.close()
 
 
-def use_broker(name: str, redis_url: str) -> None:
+def use_broker(name: str, redis_url: str, rabbitmq_url: str = DEFAULT_RABBITMQ_URL) -> None:
     """Make ``name`` the broker of the default backend, here and in worker processes."""
     from django.conf import settings
     from django.test.utils import override_settings
 
     os.environ["TASKS_BACKEND"] = name
     os.environ["REDIS_URL"] = redis_url
+    os.environ["RABBITMQ_URL"] = rabbitmq_url
     default = dict(settings.TASKS["default"])
     options = {k: v for k, v in default["OPTIONS"].items() if k != "URL"}
     if name == "redis":
         options["URL"] = redis_url
+    if name == "rabbitmq":
+        options["URL"] = rabbitmq_url
     default.update(BACKEND=settings.BROKERS[name], OPTIONS=options)
     override_settings(TASKS={**settings.TASKS, "default": default}).enable()
 
@@ -283,6 +299,8 @@ def main() -> None:
     parser.add_argument("--brokers", default=",".join(BROKERS),
                         help="comma-separated, of: %(default)s")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="default %(default)s")
+    parser.add_argument("--rabbitmq-url", default=DEFAULT_RABBITMQ_URL,
+                        help="default %(default)s")
     parser.add_argument("--no-two-workers", dest="two_workers", action="store_false",
                         help="skip the drain by two workers at once")
     args = parser.parse_args()
@@ -298,7 +316,7 @@ def main() -> None:
     began = time.perf_counter()
     for i in range(1, r + 1):
         for broker in brokers:
-            use_broker(broker, args.redis_url)
+            use_broker(broker, args.redis_url, args.rabbitmq_url)
             truncate()
             rate = enqueue_run(n)
             results.setdefault((broker, "enqueue"), []).append(rate)
@@ -315,7 +333,7 @@ def main() -> None:
                       f"after drain: {check}")
     for i in range(1, r + 1):
         for broker in brokers:
-            use_broker(broker, args.redis_url)
+            use_broker(broker, args.redis_url, args.rabbitmq_url)
             lat = latency_run()
             p50, p99 = lat if lat else (None, None)
             results.setdefault((broker, "latency p50"), []).append(p50)
@@ -337,16 +355,13 @@ def main() -> None:
         (f"latency p50 (enqueue->start, {LATENCY_JOBS} jobs)", "latency p50", "ms"),
         (f"latency p99 (enqueue->start, {LATENCY_JOBS} jobs)", "latency p99", "ms"),
     ]
-    header = ["metric", *brokers]
-    if len(brokers) == 2:
-        header.append(f"{brokers[1]} / {brokers[0]}")
+    header = ["metric", *brokers, *(f"{b} / {brokers[0]}" for b in brokers[1:])]
     table = []
     for name, metric, unit in rows:
         medians = [median(results[(b, metric)]) for b in brokers]
         row = [name, *(fmt(m, unit) for m in medians)]
-        if len(brokers) == 2:
-            a, b = medians
-            row.append(f"{b / a:.2f}x" if a and b else "-")
+        a = medians[0]
+        row += [f"{b / a:.2f}x" if a and b else "-" for b in medians[1:]]
         table.append(row)
     print_table(header, table)
     print()

@@ -6,8 +6,11 @@ Variables (all optional; a ``.env`` file next to manage.py is read too):
   e.g. ``postgres://postgres@127.0.0.1:5432/test``.
 - ``TASKS_BACKEND``: which broker carries the jobs: ``database`` (default; the
   database of ``TASKS_DATABASE_URL``, or of ``DATABASE_URL`` when unset) or
-  ``redis`` (job rows still in that database, the queue in Redis).
+  ``redis`` (job rows still in that database, the queue in Redis) or ``rabbitmq``
+  (the queue in RabbitMQ).
 - ``REDIS_URL``: the Redis broker's server, default ``redis://127.0.0.1:6379/0``.
+- ``RABBITMQ_URL``: the RabbitMQ broker's server, default
+  ``amqp://guest:guest@127.0.0.1:5672/%2F`` (the vhost ``/``).
 - ``TASKS_DATABASE_URL``: keep jobs in a database of their own.
 - ``TASK_MODULES``: comma-separated modules outside the installed apps that workers
   may import tasks from (the benchmarks set ``benchmarks.bench_tasks``).
@@ -91,6 +94,7 @@ if env("TASKS_DATABASE_URL", default=""):
 BROKERS = {
     "database": "django_tasks.backends.database.DatabaseBackend",
     "redis": "django_tasks.backends.redis.RedisBackend",
+    "rabbitmq": "django_tasks.backends.rabbitmq.RabbitMQBackend",
 }
 TASKS_BACKEND = env("TASKS_BACKEND", default="database")
 if TASKS_BACKEND not in BROKERS:
@@ -122,6 +126,9 @@ TASKS = {
 }
 if TASKS_BACKEND == "redis":
     TASKS["default"]["OPTIONS"]["URL"] = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+if TASKS_BACKEND == "rabbitmq":
+    TASKS["default"]["OPTIONS"]["URL"] = env("RABBITMQ_URL",
+                                             default="amqp://guest:guest@127.0.0.1:5672/%2F")
 
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = "hello@example.com"

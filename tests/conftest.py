@@ -60,9 +60,77 @@ def _skip_browser_tests_without_browser(items) -> None:
         item.add_marker(skip)
 
 
+def _rabbitmq_reachable() -> str | None:
+    """None if the tests' vhost answers; creates it first with rabbitmqctl (when this
+    machine has it and may) if RabbitMQ runs but the vhost does not exist."""
+    from urllib.parse import unquote, urlsplit
+
+    from django_tasks.backends.rabbitmq.connection import connect
+
+    def attempt() -> str | None:
+        try:
+            connect(settings.RABBITMQ_URL, timeout=3.0).close()
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    problem = attempt()
+    if problem is None or "Refused" in problem or "Timeout" in problem:
+        return problem
+    vhost = unquote(urlsplit(settings.RABBITMQ_URL).path[1:]) or "/"
+    user = urlsplit(settings.RABBITMQ_URL).username or "guest"
+    if _rabbitmqctl("add_vhost", vhost) and _rabbitmqctl(
+            "set_permissions", "-p", vhost, user, ".*", ".*", ".*"):
+        return attempt()
+    return problem
+
+
+def _rabbitmqctl(*args: str) -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("rabbitmqctl") is None:
+        return False
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, timeout=60)
+    return done.returncode == 0 or b"already exists" in done.stderr
+
+
+def _skip_rabbitmq_tests_without_rabbitmq(items) -> None:
+    needs = [item for item in items if "rabbitmq" in item.keywords]
+    if not needs:
+        return
+    problem = _rabbitmq_reachable()
+    if problem is None:
+        return
+    if CI:
+        raise pytest.UsageError(f"CI=true and RabbitMQ ({settings.RABBITMQ_URL}) is "
+                                f"unreachable: {problem}")
+    skip = pytest.mark.skip(reason=f"RabbitMQ unreachable ({settings.RABBITMQ_URL}): {problem}")
+    for item in needs:
+        item.add_marker(skip)
+
+
+def _rabbitmq_only_where_asked(config, items) -> None:
+    """The ``broker`` fixture's RabbitMQ run is kept only for tests marked
+    ``rabbitmq_too`` (the contract suite, the workflows, a kill -9 test): the suite's
+    time budget allows those; the Redis runs cover the rest of an id-carrying broker."""
+    kept, dropped = [], []
+    for item in items:
+        param = getattr(getattr(item, "callspec", None), "params", {}).get("broker")
+        if param == "rabbitmq" and "rabbitmq_too" not in item.keywords:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def pytest_collection_modifyitems(config, items):
+    _rabbitmq_only_where_asked(config, items)
     _skip_redis_tests_without_redis(items)
     _skip_browser_tests_without_browser(items)
+    _skip_rabbitmq_tests_without_rabbitmq(items)
     if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         skip = pytest.mark.skip(reason="needs PostgreSQL (run with TEST_DB=postgres)")
         for item in items:
@@ -105,11 +173,43 @@ def redis_default(settings, monkeypatch):
     flush_redis_prefix()
 
 
-@pytest.fixture(params=["database", pytest.param("redis", marks=pytest.mark.redis)])
+def delete_rabbitmq_queues() -> None:
+    """Delete this test run's queues (tests/settings.py gives them a prefix)."""
+    from django_tasks.backends.rabbitmq.connection import Topology, connect
+
+    topology = Topology(settings.TASKS["rabbitmq"]["OPTIONS"]["PREFIX"])
+    connection = connect(settings.RABBITMQ_URL)
+    try:
+        channel = connection.channel()
+        for queue in settings.TASKS["rabbitmq"]["QUEUES"]:
+            channel.queue_delete(topology.name(queue))
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def rabbitmq_default(settings, monkeypatch):
+    """Make the RabbitMQ broker the default backend, here and in worker processes
+    started by the test, on empty queues."""
+    from django.tasks import task_backends
+
+    delete_rabbitmq_queues()
+    settings.TASKS = {**settings.TASKS, "default": {**settings.TASKS["rabbitmq"]}}
+    monkeypatch.setenv("DJANGO_TASKS_TEST_BROKER", "rabbitmq")
+    yield
+    broker = task_backends["default"].broker
+    if hasattr(broker, "close"):
+        broker.close()
+    delete_rabbitmq_queues()
+
+
+@pytest.fixture(params=["database", pytest.param("redis", marks=pytest.mark.redis),
+                        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
 def broker(request):
-    """Run the test once per broker (``"database"``, ``"redis"``) as the default backend."""
-    if request.param == "redis":
-        request.getfixturevalue("redis_default")
+    """Run the test once per broker (``"database"``, ``"redis"``, ``"rabbitmq"``) as the
+    default backend."""
+    if request.param in {"redis", "rabbitmq"}:
+        request.getfixturevalue(f"{request.param}_default")
     return request.param
 
 

@@ -86,9 +86,20 @@ TASKS = {
                     "PREFIX": os.environ["DJANGO_TASKS_TEST_REDIS_PREFIX"]},
     },
 }
-# Real-process tests of the Redis broker make it the default backend of the worker too.
-if os.environ.get("DJANGO_TASKS_TEST_BROKER") == "redis":
-    TASKS["default"] = {**TASKS["redis"]}
+# The RabbitMQ broker's tests use queues of their own (a prefix per test run) in a vhost
+# of their own, created by tests/conftest.py with rabbitmqctl when it is missing.
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL",
+                              "amqp://guest:guest@127.0.0.1:5672/django_tasks_test")
+os.environ.setdefault("DJANGO_TASKS_TEST_RABBITMQ_PREFIX", f"django_tasks_test.{os.getpid()}")
+TASKS["rabbitmq"] = {
+    "BACKEND": "django_tasks.backends.rabbitmq.RabbitMQBackend",
+    "QUEUES": ["default", "emails", "heavy_compute"],
+    "OPTIONS": {**_OPTIONS, "URL": RABBITMQ_URL,
+                "PREFIX": os.environ["DJANGO_TASKS_TEST_RABBITMQ_PREFIX"]},
+}
+# Real-process tests of a broker make it the default backend of the worker too.
+if os.environ.get("DJANGO_TASKS_TEST_BROKER") in {"redis", "rabbitmq"}:
+    TASKS["default"] = {**TASKS[os.environ["DJANGO_TASKS_TEST_BROKER"]]}
 # Real-process tests of the scheduler: a schedule firing every second.
 if os.environ.get("DJANGO_TASKS_TEST_SCHEDULE"):
     TASKS["default"]["OPTIONS"] = {**TASKS["default"]["OPTIONS"], "SCHEDULE": {

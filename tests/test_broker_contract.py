@@ -2,7 +2,7 @@
 
 Every test takes the ``backend`` fixture, parametrized by the TASKS aliases in BROKERS,
 and speaks only through ``backend.broker`` (the interface in backends/base.py) and
-``backend.store``. Every test runs with the database broker and the Redis broker as
+``backend.store``. Every test runs with the database, Redis and RabbitMQ brokers as
 the default backend (the ``broker`` fixture), each on SQLite or PostgreSQL (TEST_DB);
 a new broker joins by adding itself to that fixture, not by copying tests.
 """
@@ -20,7 +20,7 @@ from django_tasks.jobs.store import register_outcome_hook
 from django_tasks.models import Job
 from tests import tasks
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq_too]
 
 @pytest.fixture
 def backend(broker):

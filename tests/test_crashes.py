@@ -45,6 +45,7 @@ def finish(proc, timeout=60):
     return out
 
 
+@pytest.mark.rabbitmq_too
 def test_kill_9_mid_task_loses_nothing_and_reruns_only_what_was_running(tmp_path, broker):
     """The headline scenario: kill -9 the whole worker (supervisor and children) with
     2,000 short jobs and a few long ones in flight, then start a new worker."""

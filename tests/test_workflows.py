@@ -1,4 +1,4 @@
-"""Workflows: chain, group and chord, with exactly-once callbacks (both brokers)."""
+"""Workflows: chain, group and chord, with exactly-once callbacks (every broker)."""
 
 import os
 import signal
@@ -15,12 +15,12 @@ from tests.helpers import start_worker, wait_for
 from tests.test_backend import drain
 from tests.test_crashes import runs
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq_too]
 
 
 def run(broker):
-    """Drain with an inline worker. With the Redis broker, ids are published after
-    commit (these tests run outside a transaction, so at once)."""
+    """Drain with an inline worker. With the Redis and RabbitMQ brokers, ids are
+    published after commit (these tests run outside a transaction, so at once)."""
     drain()
 
 

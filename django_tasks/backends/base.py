@@ -155,6 +155,12 @@ class Broker(ABC):
         jobs of ``queues`` are published, or None: the worker polls."""
         return None
 
+    def configure_consumer(self, capacity: int) -> None:
+        """A worker will hold at most ``capacity`` jobs (its slots and buffer): a broker
+        that pushes messages sizes what it sends ahead to that (called before
+        :meth:`wake_source`)."""
+        return None
+
     def prepare_connection(self) -> None:
         """Prepare the calling thread's connections for a worker's broker traffic."""
         return None

@@ -322,6 +322,14 @@ class JobStore(Registry, Cancelling):
             return 0
         return self.engine.record_starts(worker_id, starts)
 
+    def has_ready(self, queues: Sequence[str], now: datetime | None = None) -> bool:
+        """Whether a job of ``queues`` is READY and due: what ``--burst`` waits for,
+        whatever the broker holds."""
+        from ..models import Job
+
+        return (Job.objects.using(self.database).ready(now or self.now(), list(queues))
+                .filter(backend=self.backend_alias).exists())
+
     def ready_rows(self, job_ids: Sequence[str]) -> list[tuple[str, str, int, datetime]]:
         """``(id, queue, priority, available_at)`` of those jobs that are READY."""
         from ..models import Job

@@ -85,7 +85,13 @@ class BrokerThread:
             if any(m.expires_at is not None for m in jobs):
                 jobs = self._expire(jobs)
             jobs, hold = worker.pacer.pace(jobs)
-        drained = ledger.add_claimed(batch, jobs, hold)
+        # --burst means "until no READY job is left": the rows decide, not the broker
+        # (a message may be on its way, or lost and not republished yet).
+        ready_left = (worker.burst and batch.want > 0 and not jobs and not batch.held
+                      and not batch.outcomes and worker.store.has_ready(worker.queues, now))
+        drained = ledger.add_claimed(batch, jobs, hold, ready_left=ready_left)
+        if ready_left:
+            self._sleep()  # until a delivery, a reconcile's publish or the poll timer
         if jobs or batch.starts or drained:
             worker.wake_main.poke()  # new jobs, or dispatch may have waited for the starts
         if done.stale:
@@ -241,6 +247,10 @@ class BrokerThread:
             self.listener = self.worker.broker.wake_source(self.worker.queues)
         except self.worker.broker.outage_errors as exc:
             logger.debug("No wake-up channel yet (%s); polling", exc)
+            return
+        # Jobs published while it was down woke nobody: ask once, rather than sleep
+        # until the poll timer.
+        self.worker.ledger.expect_jobs()
 
     def reset(self) -> None:
         """Drop this thread's connections and the wake-up channel; the next pass

@@ -261,12 +261,13 @@ class Ledger:
             self._inflight_since = None
 
     def add_claimed(self, batch: Batch, jobs: Sequence[Message],
-                    hold: dict[str, float] | None = None) -> bool:
+                    hold: dict[str, float] | None = None, *,
+                    ready_left: bool = False) -> bool:
         """The round trip of ``batch`` committed and claimed ``jobs``: buffer them;
         those in ``hold`` start no sooner than its ``time.monotonic()`` (rate limits).
 
         Returns whether the queue looks drained (asked for jobs, holding and writing
-        nothing, and got none).
+        nothing, and got none, with no READY row left: ``ready_left`` says there is).
         """
         with self._lock:
             self._inflight_since = None
@@ -277,7 +278,7 @@ class Ledger:
             self.completed += len(batch.outcomes)
             self._dry = len(jobs) < batch.want
             self._drained = (batch.want > 0 and not jobs and not batch.held
-                             and not batch.outcomes)
+                             and not batch.outcomes and not ready_left)
             return self._drained
 
     def next_start(self) -> float | None:

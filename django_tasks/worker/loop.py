@@ -356,6 +356,8 @@ class TaskWorker:
         # Fork before any thread starts, and with no open connection to inherit.
         connections.close_all()
         self.pool.start()
+        # The most jobs it may hold at once: a consuming broker sizes its prefetch so.
+        self.broker.configure_consumer(self.concurrency + self.ledger.prefetch)
         self.broker_thread.open_wake_source()
         logger.info(
             "Worker %s ready: backend=%s queues=%s pool=%s concurrency=%d prefetch=%s%s",

@@ -1,0 +1,269 @@
+"""What only the RabbitMQ broker has to prove: confirmed publishes after commit, an
+unreachable RabbitMQ at enqueue, delays kept in the rows, acks after the claim, the
+per-consumer prefetch, a restart under load. The contract it shares with the other
+brokers is in test_broker_contract.py, and the kill -9 scenario and the workflows run
+with it there (the ``broker`` fixture, ``rabbitmq_too``).
+
+The restart test stops and starts the RabbitMQ application on this machine with
+``rabbitmqctl`` (it is skipped where there is none): the tests' queues live in a vhost
+of their own, but the restart is the whole node's.
+"""
+
+import shutil
+import signal
+import subprocess
+import threading
+from collections import Counter
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.db import connection, transaction
+from django.tasks import task_backends
+from django.utils import timezone
+
+from django_tasks.backends.rabbitmq.connection import Link, Publisher, connect
+from django_tasks.backends.rabbitmq.consumer import Consumer
+from django_tasks.models import Job
+from tests import reliability_tasks as rt
+from tests import tasks
+from tests.helpers import start_worker, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
+
+
+@pytest.fixture(autouse=True)
+def _rabbitmq(rabbitmq_default):
+    """Every test here runs with the RabbitMQ broker as the default backend."""
+
+
+def broker():
+    return task_backends["default"].broker
+
+
+def messages(queue="default"):
+    return broker().queue_counts([queue])[queue][0]
+
+
+def runs(path):
+    if not path.exists():
+        return Counter()
+    return Counter(line.split()[0] for line in path.read_text().splitlines())
+
+
+def test_a_job_is_published_confirmed_when_its_transaction_commits_never_on_rollback():
+    with transaction.atomic():
+        tasks.add.enqueue(1, 1)
+        assert messages() == 0  # not before the commit
+    with pytest.raises(RuntimeError), transaction.atomic():
+        tasks.add.enqueue(2, 2)
+        raise RuntimeError("roll back")
+    # Confirmed before the on-commit callback returned: counted at once, no waiting.
+    assert messages() == 1
+
+
+def test_an_unreachable_rabbitmq_at_enqueue_keeps_the_job_and_a_sweep_publishes_it(caplog):
+    b = broker()
+    bad = "amqp://guest:guest@127.0.0.1:1/%2F"
+    b._publisher = Publisher(bad, b.topology, Link(bad))
+    first = tasks.add.enqueue(1, 1)  # does not raise
+    second = tasks.add.enqueue(2, 2)
+    assert Job.objects.filter(pk__in=[first.id, second.id], status="READY").count() == 2
+    down = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(down) == 1, [r.getMessage() for r in down]  # once per outage
+    assert "RabbitMQ at amqp://guest:***@127.0.0.1:1/%2F unreachable" in down[0].getMessage()
+    b._publisher = None  # RabbitMQ is back
+    assert messages() == 0
+    assert b.sweep(["default"]) == 0  # an empty queue once: publishes may be in flight
+    assert b.sweep(["default"]) == 2  # twice: they were lost
+    got = b.claim("w", "L", ["default"], 10)
+    assert sorted(m.id for m in got) == sorted([first.id, second.id])
+
+
+def test_messages_the_server_lost_are_republished_from_the_rows():
+    jobs = [tasks.add.enqueue(i, i) for i in range(3)]
+    b = broker()
+    assert messages() == 3
+    conn = connect(b.url)
+    try:
+        conn.channel().queue_purge(b.topology.name("default"))
+    finally:
+        conn.close()
+    assert b.sweep(["default"]) == 0  # empty once: publishes may be in flight
+    assert b.sweep(["default"]) == 3
+    got = b.claim("w", "L", ["default"], 10)
+    assert sorted(m.id for m in got) == sorted(j.id for j in jobs)
+
+
+@pytest.mark.slow
+def test_burst_stops_only_when_no_ready_row_is_left_whatever_rabbitmq_holds(tmp_path):
+    """Jobs committed while RabbitMQ refused their publishes: a burst worker finds the
+    queue empty but the rows READY, and waits for its sweep to publish them."""
+    b = broker()
+    bad = "amqp://guest:guest@127.0.0.1:1/%2F"
+    b._publisher = Publisher(bad, b.topology, Link(bad))
+    log = tmp_path / "runs"
+    ids = {rt.record.enqueue(str(log)).id for _ in range(20)}
+    b._publisher = None
+    assert messages() == 0
+    proc = start_worker("--burst", "--loglevel", "WARNING")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert set(runs(log)) == ids
+    assert Job.objects.filter(pk__in=ids, status="SUCCESSFUL").count() == 20
+
+
+def test_a_delayed_job_waits_in_the_table_and_is_published_when_due():
+    later = tasks.add.using(run_after=timedelta(minutes=5)).enqueue(1, 1)
+    b = broker()
+    assert b.publish_due(["default"]) == 0 and messages() == 0
+    assert b.publish_due(["default"], now=timezone.now() + timedelta(minutes=6)) == 1
+    assert messages() == 1
+    [m] = b.claim("w", "L", ["default"], 10, now=timezone.now() + timedelta(minutes=6))
+    assert m.id == later.id
+
+
+def test_a_message_for_a_job_that_is_not_ready_is_acknowledged_and_dropped():
+    done = tasks.add.enqueue(1, 1)
+    Job.objects.filter(pk=done.id).update(status="SUCCESSFUL")
+    b = broker()
+    assert b.claim("w", "L", ["default"], 10) == []
+    b.close()  # anything unacknowledged would go back to the queue now
+    assert wait_for(lambda: messages() == 0, timeout=5)
+    assert Job.objects.get(pk=done.id).status == "SUCCESSFUL"
+
+
+def test_a_delivery_is_acknowledged_only_once_its_claim_is_committed(monkeypatch):
+    from django.db import OperationalError
+
+    job = tasks.add.enqueue(1, 1)
+    b = broker()
+
+    def claim_fails(*args, **kwargs):
+        raise OperationalError("the database went away mid-claim")
+
+    monkeypatch.setattr(b.store, "claim", claim_fails)
+    with pytest.raises(OperationalError):
+        b.claim("w", "L", ["default"], 10)
+    b.close()  # not acknowledged: RabbitMQ requeues it
+    assert wait_for(lambda: messages() == 1, timeout=5)
+    monkeypatch.undo()
+    [m] = b.claim("w", "L", ["default"], 10)
+    assert m.id == job.id
+    b.close()  # acknowledged with the claim's commit: nothing comes back
+    assert wait_for(lambda: messages() == 0, timeout=5)
+
+
+def test_the_prefetch_is_per_consumer_and_sized_by_the_worker():
+    for i in range(5):
+        tasks.add.enqueue(i, i)
+    b = broker()
+    consumer = Consumer(b.url, b.topology, ["default"], prefetch=2)
+    try:
+        assert wait_for(lambda: consumer.held() == 2, timeout=5)
+        assert messages() == 3  # the other three wait in RabbitMQ for other workers
+    finally:
+        consumer.close()
+    assert wait_for(lambda: messages() == 5, timeout=5)  # unacknowledged: requeued
+
+
+def test_tasks_status_shows_each_queues_messages_and_consumers(settings):
+    tasks.add.enqueue(1, 1)
+    tasks.add.using(queue_name="emails").enqueue(2, 2)
+    out = StringIO()
+    call_command("tasks", "status", stdout=out)
+    text = out.getvalue()
+    prefix = broker().topology.prefix
+    assert f"(prefix {prefix}):" in text
+    assert f"  queue default ({prefix}.default): 1 message(s) ready, 0 consumer(s)" in text
+    assert f"  queue emails ({prefix}.emails): 1 message(s) ready, 0 consumer(s)" in text
+    good = settings.TASKS["default"]
+    settings.TASKS = {**settings.TASKS, "default": {
+        **good, "OPTIONS": {**good["OPTIONS"], "URL": "amqp://guest:secret@127.0.0.1:1/%2F"}}}
+    out = StringIO()
+    call_command("tasks", "status", stdout=out)  # does not raise: it says so, in one line
+    [line] = [x for x in out.getvalue().splitlines() if "RabbitMQ" in x]
+    assert line.startswith("RabbitMQ at amqp://guest:***@127.0.0.1:1/%2F (prefix ")
+    assert "unreachable (" in line and "secret" not in line
+
+
+def test_a_worker_that_cannot_reach_rabbitmq_at_start_says_so_in_one_line():
+    url = "amqp://guest:guest@127.0.0.1:1/%2F"
+    proc = start_worker("--burst", env={"TEST_RABBITMQ_URL": url})
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    [line] = [x for x in out.splitlines() if "Cannot start" in x]
+    assert "Cannot start: RabbitMQ at amqp://guest:***@127.0.0.1:1/%2F is unreachable" in line
+    assert "Traceback" not in out
+
+
+def test_the_options_are_checked():
+    from django_tasks.backends.rabbitmq import RabbitMQBackend
+
+    for options, expected in [
+        ({}, "is required"),
+        ({"URL": "redis://x"}, "must be an amqp:// or amqps:// URL"),
+        ({"URL": "pyamqp://guest@localhost//"}, "must be an amqp://"),
+        ({"URL": "amqp://x", "PREFETCH": 0}, "PREFETCH'] must be an integer from 1"),
+    ]:
+        errors = RabbitMQBackend("x", {"QUEUES": [], "OPTIONS": options}).check()
+        assert [e.id for e in errors] == ["django_tasks.E007"], options
+        assert expected in errors[0].msg
+    [error] = RabbitMQBackend("x", {"QUEUES": [], "OPTIONS": {
+        "URL": "pyamqp://guest@localhost//"}}).check()
+    assert "amqp:// here" in error.hint
+
+
+def _rabbitmqctl(*args):
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
+def test_rabbitmq_restarted_under_load_nothing_is_lost_or_stuck_nothing_runs_twice(tmp_path):
+    """stop_app/start_app while a worker drains 2,000 jobs and a producer enqueues more:
+    both reconnect by themselves, the worker logs the outage once and its end once, and
+    every job runs exactly once."""
+    log = tmp_path / "runs"
+    results = [rt.record.enqueue(str(log)) for _ in range(2000)]
+    ids = {r.id for r in results}
+    produced: list[str] = []
+    stop_producing = threading.Event()
+
+    def produce():  # a producer that keeps enqueueing through the outage
+        try:
+            while not stop_producing.is_set() and len(produced) < 1000:
+                produced.append(rt.record.enqueue(str(log)).id)
+        finally:
+            connection.close()
+
+    proc = start_worker("-c", "4", "--loglevel", "WARNING")
+    producer = threading.Thread(target=produce)
+    try:
+        assert wait_for(lambda: len(runs(log)) >= 300, timeout=60)
+        producer.start()
+        _rabbitmqctl("stop_app")
+        stopped_at = len(produced)
+        try:
+            # Enqueues go on while it is down (rows committed, publishes refused).
+            assert wait_for(lambda: len(produced) >= stopped_at + 50, timeout=30)
+        finally:
+            _rabbitmqctl("start_app")
+        stop_producing.set()
+        producer.join(timeout=60)
+        ids |= set(produced)
+        unfinished = Job.objects.filter(pk__in=ids).exclude(status="SUCCESSFUL")
+        assert wait_for(lambda: not unfinished.exists(), timeout=90), unfinished.count()
+    finally:
+        stop_producing.set()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    counts = runs(log)
+    print(f"\nRabbitMQ restart under load: {len(ids)} jobs ({len(produced)} enqueued around "
+          f"the restart), {len(counts)} ran, {sum(n > 1 for n in counts.values())} twice")
+    assert proc.returncode == 0, out
+    assert set(counts) == ids
+    assert set(counts.values()) == {1}
+    assert out.count("unreachable") == 1, out
+    assert out.count(" back after ") == 1, out
