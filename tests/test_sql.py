@@ -17,7 +17,7 @@ from django_tasks.jobs import store as store_module
 from django_tasks.jobs.engine import Unavailable
 from django_tasks.jobs.messages import APPLIED_COLUMNS
 from django_tasks.jobs.rows import JSON_COLUMNS, MESSAGE_COLUMNS
-from django_tasks.models import Job
+from django_tasks.models import Job, Statistic
 from django_tasks.states import JobStatus
 
 HOMES = (postgresql, sqlite, portable)
@@ -47,10 +47,14 @@ def test_every_status_word_in_the_sql_is_a_job_status():
 def test_statements_name_the_job_table_as_both_databases_quote_it():
     table = connection.ops.quote_name(Job._meta.db_table)
     assert table == '"django_tasks_job"'
+    # and the statistics table, which the outcome writes add to
+    minute = connection.ops.quote_name(Statistic._meta.db_table)
+    assert minute == '"django_tasks_minute"'
     for module in HOMES:
         for name, text in sql_texts(module).items():
             assert "{table}" not in text, name
-            assert set(re.findall(r'"\w+"', text)) <= {table}, name  # the only identifier quoted
+            # the only identifiers quoted
+            assert set(re.findall(r'"\w+"', text)) <= {table, minute}, name
 
 
 def test_the_row_types_are_columns_of_the_job_table():

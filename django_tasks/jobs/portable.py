@@ -13,6 +13,7 @@ databases quote it.
 from __future__ import annotations
 
 from .rows import MESSAGE_COLUMNS
+from .tally import COLUMNS as COUNT_COLUMNS
 
 # Claimed, never started: READY again, as if never claimed. Not a job asked to cancel:
 # that one is written CANCELLED through the outcome path (its workflow moves on).
@@ -74,3 +75,19 @@ DECREMENT = (
     "UPDATE \"django_tasks_job\" SET waiting_on = waiting_on - %(n)s "
     "WHERE id = %(id)s AND status = 'WAITING' RETURNING waiting_on, links, args"
 )
+
+# -- statistics ---------------------------------------------------------------------------
+
+# A minute's row adds what was counted (every column but the key's), whoever counted it
+# first: PostgreSQL and SQLite spell the upsert alike. The conflict target is the
+# unique constraint ``django_tasks_minute_key``.
+_KEY = ("minute", "backend", "queue_name", "task_path", "outcome")
+COUNT_CONFLICT = (
+    " ON CONFLICT (" + ", ".join(_KEY) + ") DO UPDATE SET "
+    + ", ".join(f"{c} = \"django_tasks_minute\".{c} + excluded.{c}"
+                for c in COUNT_COLUMNS if c not in _KEY)
+)
+COUNT_INTO = "INSERT INTO \"django_tasks_minute\" (" + ", ".join(COUNT_COLUMNS) + ") "
+# One row of a tally (``jobs/tally.py``), run once per row by executemany.
+COUNT = (COUNT_INTO + "VALUES (" + ", ".join(f"%({c})s" for c in COUNT_COLUMNS) + ")"
+         + COUNT_CONFLICT)

@@ -26,6 +26,7 @@ from django.db import connections
 
 from ..jobs.messages import Outcome
 from ..outage import Outage
+from ..states import FAILED
 from .phase import Phase
 
 if TYPE_CHECKING:  # the worker builds this class: no import at run time
@@ -78,7 +79,8 @@ class BrokerThread:
             ledger.put_back(batch)
             raise
         jobs = done.claimed
-        drained = ledger.add_claimed(batch, jobs)
+        failed = sum(a.status == FAILED for a in done.applied) if done.applied else 0
+        drained = ledger.add_claimed(batch, jobs, failed=failed)
         if jobs or batch.starts or drained:
             worker.wake_main.poke()  # new jobs, or dispatch may have waited for the starts
         if done.stale:

@@ -104,6 +104,8 @@ class Ledger:
         self._starts_since: float | None = None
         self._inflight_since: float | None = None
         self._outcomes: list[Outcome] = []  # finished since the last exchange
+        # job id -> seconds it waited from due to started (for the statistics)
+        self._waited: dict[str, float | None] = {}
         # Running jobs the cancel poll found asked to cancel, for the main thread (which
         # owns the pool) to tell; and those already told.
         self._to_cancel: set[str] = set()
@@ -113,6 +115,7 @@ class Ledger:
         self._avg_run: float | None = None  # seconds per job in a slot, moving average
         self.claimed = 0
         self.completed = 0
+        self.failed = 0  #: outcomes written FAILED since the worker was made
 
     # -- the main thread: dispatch ---------------------------------------------------------
 
@@ -131,12 +134,16 @@ class Ledger:
             for outcome in outcomes:
                 self._told.discard(outcome.id)
                 message, at = self._running.pop(outcome.id, (None, clock))
+                took = clock - at
                 if message is not None:
                     outcome.started_at = message.started_at
                     outcome.task_path = message.task_path
                     outcome.linked = message.workflow_id is not None
+                    # For the statistics: the attempt's time in its slot, and how long
+                    # the job waited, from when it was due, to start (at dispatch).
+                    outcome.ran = took
+                    outcome.waited = self._waited.pop(outcome.id, None)
                 self._outcomes.append(outcome)
-                took = clock - at
                 self._avg_run = took if self._avg_run is None else 0.8 * self._avg_run + 0.2 * took
             jobs: list[Message] = []
             oldest = min((t for t in (self._starts_since, self._inflight_since) if t is not None),
@@ -146,7 +153,8 @@ class Ledger:
             if may_start and not lagging:
                 free = free_slots()
             if free > 0 and self._buffer:
-                stamp = (now or timezone.now()).isoformat()
+                start = now or timezone.now()
+                stamp = start.isoformat()
                 if self._starts_since is None:
                     self._starts_since = clock
                 waiting = []
@@ -159,6 +167,7 @@ class Ledger:
                         continue
                     job.started_at = job.started_at or stamp
                     self._running[job.id] = (job, clock)
+                    self._waited[job.id] = _waited(job.available_at, start)
                     self._starts.append(Start(job.id, job.lease, stamp))
                     jobs.append(job)
                     free -= 1
@@ -250,7 +259,7 @@ class Ledger:
             )
             self._inflight_since = None
 
-    def add_claimed(self, batch: Batch, jobs: Sequence[Message]) -> bool:
+    def add_claimed(self, batch: Batch, jobs: Sequence[Message], *, failed: int = 0) -> bool:
         """The round trip of ``batch`` committed and claimed ``jobs``: buffer them.
 
         Returns whether the queue looks drained (asked for jobs, holding and writing
@@ -261,6 +270,7 @@ class Ledger:
             self._buffer.extend(jobs)
             self.claimed += len(jobs)
             self.completed += len(batch.outcomes)
+            self.failed += failed
             self._dry = len(jobs) < batch.want
             self._drained = (batch.want > 0 and not jobs and not batch.held
                              and not batch.outcomes)
@@ -340,6 +350,7 @@ class Ledger:
             interrupted = [i for i in unfinished if i in self._running]
             for job_id in interrupted:
                 self._running.pop(job_id, None)
+                self._waited.pop(job_id, None)
         return not_started, interrupted
 
     def take_starts_of(self, job_ids: Collection[str]) -> list[Start]:
@@ -380,9 +391,24 @@ class Ledger:
         """Forget a running job without an outcome (the counterpart of :meth:`add_running`)."""
         with self._lock:
             self._running.pop(job_id, None)
+            self._waited.pop(job_id, None)
 
     def set_average_run(self, seconds: float | None) -> None:
         """Set the measured seconds per job that adaptive prefetch goes by (dispatch
         updates it from every outcome; tests set it)."""
         with self._lock:
             self._avg_run = seconds
+
+
+def _waited(available_at: str | None, start: datetime) -> float | None:
+    """Seconds from ``available_at`` (ISO, the database's clock) to ``start`` (this
+    host's); never below 0 (the two clocks may differ by a little)."""
+    if not available_at:
+        return None
+    try:
+        due = datetime.fromisoformat(available_at)
+    except ValueError:
+        return None
+    if due.tzinfo is None:
+        return None
+    return max(0.0, (start - due).total_seconds())

@@ -42,7 +42,7 @@ from ..conf import backend as tasks_backend
 from ..exceptions import WorkerIdInUse
 from ..jobs.policy import task_or_none
 from .broker_thread import BrokerThread
-from .duties import Duty, Liveness, duties_of, prune_workers, rescue, run_duties
+from .duties import Duty, Liveness, counters, duties_of, prune_workers, rescue, run_duties
 from .ledger import Ledger, Snapshot
 from .liveness import is_gone, process_key
 from .phase import Phase
@@ -142,6 +142,7 @@ class TaskWorker:
         self.heartbeat_interval = config.heartbeat_interval
         self.worker_timeout = config.worker_timeout
         self.worker_retention = config.worker_retention
+        self.stats_retention = config.stats_retention
 
         self.phase = Phase.RUNNING  # moved by _enter() only
         # Serialises moves made from other threads (a thread's bug stops the worker);
@@ -479,7 +480,7 @@ class TaskWorker:
                 )
                 logger.warning("Interrupted %d job(s): %d to retry, %d failed",
                                len(interrupted), counts.retried, counts.failed)
-            self.store.unregister_worker(self.worker_id)
+            self.store.unregister_worker(self.worker_id, counters=counters(self))
             self.broker.recover(self.worker_id)  # anything it still tracks for us
         except Exception as exc:
             logger.error("Could not sign off worker %s (%s); its jobs will be rescued "

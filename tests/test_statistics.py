@@ -1,0 +1,132 @@
+"""The per-minute statistics (#18): written with the outcomes they count, by real
+workers and by every other outcome path (cancel, rescue), and pruned by age."""
+
+from datetime import timedelta
+from itertools import pairwise
+
+import pytest
+from django.db.models import Sum
+from django.tasks import default_task_backend
+from django.utils import timezone
+
+from django_tasks.histograms import BOUNDS, RUN_COLUMNS, WAIT_COLUMNS, percentile
+from django_tasks.jobs.messages import ByQueues, Outcome, Start
+from django_tasks.jobs.tally import tally
+from django_tasks.models import Statistic, Worker
+from tests import reliability_tasks as rt
+from tests import tasks
+from tests.helpers import start_worker, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def totals(task_path, outcome):
+    """The sums of every counter of one task and outcome over all minutes and queues."""
+    columns = ["n", "run_n", "run_us", "wait_n", "wait_us", *RUN_COLUMNS, *WAIT_COLUMNS]
+    found = Statistic.objects.filter(task_path=task_path, outcome=outcome).aggregate(
+        **{c: Sum(c) for c in columns})
+    return {c: v or 0 for c, v in found.items()}
+
+
+@pytest.mark.slow
+def test_a_real_worker_counts_what_it_ran(broker):
+    for i in range(20):
+        tasks.add.enqueue(i, i)
+    tasks.always_fails.enqueue()  # 3 attempts: 2 retries, then FAILED
+    tasks.sleep_then_return.enqueue(0.3)
+    proc = start_worker("-c", "2", "--pool", "threads")
+    try:
+        assert wait_for(lambda: totals("tests.tasks.always_fails", "FAILED")["n"] == 1
+                        and totals("tests.tasks.add", "SUCCESSFUL")["n"] == 20
+                        and totals("tests.tasks.sleep_then_return", "SUCCESSFUL")["n"] == 1,
+                        timeout=60)
+        # the worker's own counters ride on its heartbeat
+        assert wait_for(lambda: Worker.objects.filter(processed=24, failed=1).exists())
+        assert Worker.objects.get().memory > 0
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    add = totals("tests.tasks.add", "SUCCESSFUL")
+    # every attempt observed once, in every bucket at or above its duration
+    assert add["run_n"] == add["wait_n"] == 20
+    assert add["run_le_1h"] == add["wait_le_1h"] == 20
+    assert all(add[a] <= add[b] for a, b in pairwise(RUN_COLUMNS))
+    assert totals("tests.tasks.always_fails", "READY")["n"] == 2  # the retries
+    slow = totals("tests.tasks.sleep_then_return", "SUCCESSFUL")
+    assert slow["run_us"] >= 300_000 and slow["run_le_250ms"] == 0 and slow["run_le_1h"] == 1
+    assert set(Statistic.objects.values_list("backend", "queue_name").distinct()) == {
+        ("default", "default")}
+
+
+def _claimed(n):
+    for i in range(n):
+        tasks.add.enqueue(i, i)
+    backend = default_task_backend
+    return backend.broker.claim("w", "L", ["default"], n)
+
+
+def test_a_batch_of_one_task_writes_one_row_and_minutes_add_up():
+    store = default_task_backend.store
+    messages = _claimed(52)
+    now = timezone.now().isoformat()
+    outcomes = [Outcome(id=m.id, lease=m.lease, status="SUCCESSFUL", finished_at=now,
+                        started_at=now, ran=0.02, waited=2.0) for m in messages]
+    store.exchange("w", lease="L2", outcomes=outcomes[:50], claim=ByQueues(["default"], 0))
+    [row] = Statistic.objects.all()
+    assert (row.n, row.run_n, row.run_us, row.run_le_10ms, row.run_le_25ms) == (
+        50, 50, 50 * 20_000, 0, 50)
+    assert (row.wait_n, row.wait_le_1s, row.wait_le_2s5) == (50, 0, 50)
+    # another batch in the same minute adds to the row; a stale outcome counts nothing
+    stale = Outcome(id=messages[51].id, lease="not-its-lease", status="SUCCESSFUL",
+                    finished_at=now)
+    store.apply_outcomes("w", [outcomes[50], stale])
+    row.refresh_from_db()
+    assert (row.n, row.run_n) == (51, 51)
+
+
+def test_cancelled_jobs_are_counted_without_durations():
+    results = [tasks.add.enqueue(1, 1) for _ in range(3)]
+    default_task_backend.cancel([r.id for r in results], by="test")
+    assert (totals("tests.tasks.add", "CANCELLED")["n"],
+            totals("tests.tasks.add", "CANCELLED")["run_n"]) == (3, 0)
+
+
+def test_a_rescued_attempt_is_counted_with_its_run_time(tmp_path):
+    store = default_task_backend.store
+    store.register_worker(id="dead", hostname="h", pid=1, backend="default",
+                          queues=["default"], concurrency=1, pool="prefork")
+    rt.record.enqueue(str(tmp_path / "runs"))  # retried: max_attempts 3
+    [message] = default_task_backend.broker.claim("dead", "L", ["default"], 1)
+    started = timezone.now() - timedelta(seconds=3)
+    store.record_starts("dead", [Start(message.id, message.lease, started.isoformat())])
+    store.unregister_worker("dead")
+    store.rescue_orphans("rescuer")
+    row = totals("tests.reliability_tasks.record", "READY")
+    assert (row["n"], row["run_n"], row["run_le_1s"], row["run_le_5s"]) == (1, 1, 0, 1)
+
+
+def test_statistics_are_pruned_by_age_per_backend():
+    now = timezone.now().replace(second=0, microsecond=0)
+    for backend, age in [("default", 20), ("default", 1), ("other", 20)]:
+        Statistic.objects.create(minute=now - timedelta(days=age), backend=backend,
+                                 queue_name="q", task_path="t", outcome="SUCCESSFUL", n=1)
+    assert default_task_backend.store.prune_statistics(now - timedelta(days=14)) == 1
+    assert sorted(Statistic.objects.values_list("backend", flat=True)) == ["default", "other"]
+
+
+def test_tally_and_percentiles():
+    minute = timezone.now()
+    rows = tally(minute, "b", [("q", "t", "SUCCESSFUL", 0.004, None),
+                               ("q", "t", "SUCCESSFUL", 0.3, 1.0),
+                               ("q", "t", "FAILED", None, None)])
+    ok, failed = sorted(rows, key=lambda r: r["outcome"], reverse=True)
+    assert (ok["n"], ok["run_n"], ok["run_le_5ms"], ok["run_le_500ms"], ok["wait_n"]) == (
+        2, 2, 1, 2, 1)
+    assert (failed["n"], failed["run_n"]) == (1, 0)
+    bounds = [b for b, _ in BOUNDS]
+    # 100 observations: 50 at or under 10 ms, all under 100 ms
+    buckets = [0, 50, 60, 80, *([100] * (len(bounds) - 4))]
+    assert percentile(0.5, 100, buckets) == pytest.approx(0.01)
+    assert 0.05 < percentile(0.95, 100, buckets) <= 0.1
+    assert percentile(0.5, 0, buckets) is None
+    assert percentile(0.99, 100, [0] * len(bounds)) == float("inf")
