@@ -11,9 +11,19 @@ from django.utils.translation import gettext_lazy as _
 
 from .histograms import RUN_COLUMNS, WAIT_COLUMNS
 from .ids import uuid7
-from .states import ACTIVE, CANCELLED, FAILED, FINISHED, HELD, READY, RUNNING, JobStatus
+from .states import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    HELD,
+    READY,
+    RUNNING,
+    WAITING,
+    JobStatus,
+)
 
-__all__ = ["Job", "Schedule", "ScheduleTick", "Statistic", "Worker"]
+__all__ = ["Dashboard", "Job", "Schedule", "ScheduleTick", "Statistic", "Worker"]
 
 
 class JobQuerySet(models.QuerySet):
@@ -158,6 +168,10 @@ class Job(models.Model):
             # The admin's "other jobs of this workflow"; only workflow jobs are in it.
             models.Index(fields=["workflow_id"], condition=Q(workflow_id__isnull=False),
                          name="django_tasks_job_workflow"),
+            # The dashboard's "waiting" per queue (workflow steps waiting for their
+            # inputs); only such steps enter it. Built CONCURRENTLY on PostgreSQL (0009).
+            models.Index(fields=["backend", "queue_name"], condition=Q(status=WAITING),
+                         name="django_tasks_job_waiting"),
             # Unique jobs of every status by key: the ``unique_for`` look-up of finished
             # ones, and the admin's search. Partial: ordinary jobs never enter it.
             models.Index(fields=["backend", "unique_key"], condition=~Q(unique_key=""),
@@ -525,3 +539,15 @@ class Statistic(models.Model):
 # The bucket columns, one per bound: plain integers, so the upsert adds them one by one.
 for _column in (*RUN_COLUMNS, *WAIT_COLUMNS):
     Statistic.add_to_class(_column, models.BigIntegerField(default=0))
+
+
+class Dashboard(Statistic):
+    """The admin's dashboard (``/admin/django_tasks/dashboard/``): the statistics seen
+    with the queues, workers and schedules. A proxy, so the dashboard has an admin URL,
+    and a place on the admin index, of its own; seeing it takes the view permission on
+    jobs (``django_tasks.admin.dashboard``)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = _("dashboard")
+        verbose_name_plural = _("dashboard")
