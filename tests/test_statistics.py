@@ -5,14 +5,17 @@ from datetime import timedelta
 from itertools import pairwise
 
 import pytest
+from django.db import DatabaseError, connection
 from django.db.models import Sum
 from django.tasks import default_task_backend
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_tasks.histograms import BOUNDS, RUN_COLUMNS, WAIT_COLUMNS, percentile
 from django_tasks.jobs.messages import ByQueues, Outcome, Start
-from django_tasks.jobs.tally import tally
+from django_tasks.jobs.tally import Tally, tally
 from django_tasks.models import Statistic, Worker
+from django_tasks.worker import TaskWorker
 from tests import reliability_tasks as rt
 from tests import tasks
 from tests.helpers import start_worker, wait_for
@@ -61,27 +64,61 @@ def test_a_real_worker_counts_what_it_ran(broker):
 def _claimed(n):
     for i in range(n):
         tasks.add.enqueue(i, i)
-    backend = default_task_backend
-    return backend.broker.claim("w", "L", ["default"], n)
+    return default_task_backend.broker.claim("w", "L", ["default"], n)
 
 
-def test_a_batch_of_one_task_writes_one_row_and_minutes_add_up():
+def test_a_workers_round_trips_are_counted_by_the_worker_one_row_per_key(broker):
+    for i in range(50):
+        tasks.add.enqueue(i, i)
+    worker = TaskWorker(pool="inline", concurrency=50, worker_id="w")
+    with CaptureQueriesContext(connection) as queries:
+        assert worker.drain() == 50
+    # the round trips wrote no statistics; the worker added its tally, when idle
+    assert any("django_tasks_minute" in q["sql"] for q in queries.captured_queries)
+    assert not Statistic.objects.filter(outcome="READY").exists()
+    [row] = Statistic.objects.all()
+    assert (row.task_path, row.outcome, row.n, row.run_n, row.wait_n, row.run_le_1h) == (
+        "tests.tasks.add", "SUCCESSFUL", 50, 50, 50, 50)
+    assert not worker.tally
+
+
+def test_outcomes_written_outside_a_round_trip_count_in_their_transaction():
     store = default_task_backend.store
-    messages = _claimed(52)
+    messages = _claimed(3)
     now = timezone.now().isoformat()
     outcomes = [Outcome(id=m.id, lease=m.lease, status="SUCCESSFUL", finished_at=now,
-                        started_at=now, ran=0.02, waited=2.0) for m in messages]
-    store.exchange("w", lease="L2", outcomes=outcomes[:50], claim=ByQueues(["default"], 0))
+                        started_at=now, ran=0.02, waited=2.0) for m in messages[:2]]
+    stale = Outcome(id=messages[2].id, lease="not-its-lease", status="SUCCESSFUL",
+                    finished_at=now)
+    store.apply_outcomes("w", [*outcomes, stale])
     [row] = Statistic.objects.all()
     assert (row.n, row.run_n, row.run_us, row.run_le_10ms, row.run_le_25ms) == (
-        50, 50, 50 * 20_000, 0, 50)
-    assert (row.wait_n, row.wait_le_1s, row.wait_le_2s5) == (50, 0, 50)
-    # another batch in the same minute adds to the row; a stale outcome counts nothing
-    stale = Outcome(id=messages[51].id, lease="not-its-lease", status="SUCCESSFUL",
-                    finished_at=now)
-    store.apply_outcomes("w", [outcomes[50], stale])
+        2, 2, 2 * 20_000, 0, 2)
+    assert (row.wait_n, row.wait_le_1s, row.wait_le_2s5) == (2, 0, 2)
+    # the round trip's verb does not count (its worker does)
+    more = _claimed(1)
+    store.exchange("w", lease="L2", claim=ByQueues(["default"], 0), outcomes=[
+        Outcome(id=more[0].id, lease=more[0].lease, status="SUCCESSFUL", finished_at=now)])
     row.refresh_from_db()
-    assert (row.n, row.run_n) == (51, 51)
+    assert row.n == 2
+
+
+def test_a_tally_that_could_not_be_written_is_kept(monkeypatch):
+    store = default_task_backend.store
+    counts = Tally()
+    counts.add(timezone.now(), [("q", "t", "SUCCESSFUL", 0.1, 0.2)])
+
+    def broken(rows):
+        raise DatabaseError("gone")
+
+    monkeypatch.setattr(store.engine, "add_counts", broken)
+    with pytest.raises(DatabaseError):
+        store.add_statistics(counts)
+    monkeypatch.undo()
+    counts.add(timezone.now(), [("q", "t", "SUCCESSFUL", None, None)])
+    assert store.add_statistics(counts) == 1
+    [row] = Statistic.objects.all()
+    assert (row.n, row.run_n) == (2, 1)
 
 
 def test_cancelled_jobs_are_counted_without_durations():

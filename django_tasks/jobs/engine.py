@@ -27,7 +27,6 @@ from typing import Any, Protocol, TypeVar
 from django.db import connections, transaction
 from django.db.utils import ConnectionDoesNotExist
 
-from ..ids import job_id_str
 from .messages import Applied, ByIds, ByQueues, Outcome, Start
 from .portable import (
     CANCEL_REQUESTED,
@@ -45,7 +44,7 @@ from .portable import (
 )
 from .rows import JSON_COLUMNS, CancelledClaim, Decremented, FailedStep, MessageRow, RunningRow
 from .side import on_side
-from .tally import tally
+from .tally import Written, tally
 
 __all__ = ["Engine", "RoundTrip", "Unavailable"]
 
@@ -149,31 +148,18 @@ class Engine(ABC):
 
     # -- statistics -----------------------------------------------------------------------
 
-    def count(self, written: Sequence[tuple[str, str, str, float | None, float | None]],
-              now: datetime) -> None:
-        """Add ``written`` (``(queue, task, outcome status, seconds ran, seconds waited)``
-        per outcome written) to the statistics of ``now``'s minute, in the caller's
-        transaction: one row per queue, task and status (:mod:`.tally`)."""
-        rows = tally(now.replace(second=0, microsecond=0), self.backend, written)
+    def count(self, written: Sequence[Written], now: datetime) -> None:
+        """Add ``written`` (outcomes written: :data:`.tally.Written`) to the statistics
+        of ``now``'s minute, in the caller's transaction."""
+        self.add_counts(tally(now, self.backend, written))
+
+    def add_counts(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Add tally rows (:func:`.tally.rows`) to the statistics table: one upsert each."""
         if not rows:
             return
         with self.connection.cursor() as cursor:
             cursor.executemany(COUNT, [{**row, "minute": self.time(row["minute"])}
                                        for row in rows])
-
-    def count_applied(self, applied: Sequence[Applied], outcomes: Sequence[Outcome],
-                      now: datetime) -> None:
-        """:meth:`count` the outcome rows ``applied`` (as written), with the durations
-        their ``outcomes`` carry."""
-        if not applied:
-            return
-        by_id = {o.id: o for o in outcomes}
-        written = []
-        for row in applied:
-            o = by_id.get(job_id_str(row.id))
-            written.append((row.queue_name, row.task_path, row.status,
-                            o.ran if o else None, o.waited if o else None))
-        self.count(written, now)
 
     # -- statements both databases run as written --------------------------------------
 

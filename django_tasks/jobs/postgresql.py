@@ -21,12 +21,10 @@ from datetime import datetime
 from typing import Any
 
 from ..exceptions import OutcomeHookFailed
-from ..histograms import BOUNDS
 from ..results import as_datetime
 from ..serialization import dumps
 from .engine import Engine, RoundTrip
 from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, Outcome, Start
-from .portable import COUNT_CONFLICT, COUNT_INTO
 from .rows import MESSAGE_COLUMNS, ExchangeRow, MessageRow
 
 __all__ = ["PostgreSQL", "PostgresListener"]
@@ -53,7 +51,7 @@ RECORD_STARTS = (
 # prefixed with who asked). Nothing becomes CANCELLED unless cancelling it was asked for.
 _RAN = ("j.status = 'CLAIMED' AND (o.status <> 'CANCELLED' "
         "OR (o.error IS NOT NULL AND jsonb_typeof(o.error) <> 'null'))")
-_APPLY = (
+APPLY_OUTCOMES = (
     "UPDATE \"django_tasks_job\" AS j SET "
     "status = CASE WHEN j.cancellation IS NULL THEN o.status ELSE 'CANCELLED' END, "
     "return_value = CASE WHEN j.cancellation IS NOT NULL "
@@ -86,7 +84,7 @@ _APPLY = (
     "FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(id uuid, lease text, status text, "
     "return_value jsonb, error jsonb, finished_at timestamptz, retry_at timestamptz, "
     "retry_delay float8, "
-    "started_at timestamptz, ran float8, waited float8) "
+    "started_at timestamptz) "
     # ``j.id = ANY(ids)``: the planner then fetches the rows by primary key. Joined on
     # the recordset alone (estimated at 100 rows) it scanned the held-jobs index, whose
     # dead entries grow with every job done until VACUUM: 3 ms per round trip after
@@ -94,30 +92,7 @@ _APPLY = (
     "WHERE j.id = ANY(%(outcome_ids)s::uuid[]) AND j.id = o.id AND j.lease = o.lease "
     "AND j.status IN ('CLAIMED', 'RUNNING') "
     "AND (o.status <> 'CANCELLED' OR j.cancellation IS NOT NULL) "
-    # and, for the statistics, the attempt's durations as the worker measured them
-    "RETURNING " + ", ".join(f"j.{c}" for c in APPLIED_COLUMNS) + ", o.ran, o.waited"
-)
-# The statistics of the outcomes ``done`` wrote, in the same statement: one row per
-# queue, task and outcome status added to this minute's (by the database's clock). Only
-# outcomes written are counted, as the status written (a job asked to cancel counts as
-# CANCELLED). Counted here rather than by a second statement: the round trip stays one
-# statement and one commit (benchmarks/README.md has what it costs). Sorted by key, so
-# concurrent round trips lock the minute's rows in one order (no deadlock).
-_SUM_US = "COALESCE(sum(round({0} * 1000000)), 0)::bigint"
-COUNTED = (
-    "counted AS (" + COUNT_INTO
-    + "SELECT date_trunc('minute', statement_timestamp()), %(backend)s, queue_name, "
-    "task_path, status, count(*), count(ran), " + _SUM_US.format("ran") + ", "
-    + ", ".join(f"count(*) FILTER (WHERE ran <= {b})" for b, _ in BOUNDS)
-    + ", count(waited), " + _SUM_US.format("waited") + ", "
-    + ", ".join(f"count(*) FILTER (WHERE waited <= {b})" for b, _ in BOUNDS)
-    + " FROM done GROUP BY queue_name, task_path, status "
-    "ORDER BY queue_name, task_path, status" + COUNT_CONFLICT + ")"
-)
-# Many outcomes in one statement, counted; returns Applied's columns.
-APPLY_OUTCOMES = (
-    "WITH done AS (" + _APPLY + "), " + COUNTED + " SELECT "
-    + ", ".join(APPLIED_COLUMNS) + " FROM done"
+    "RETURNING " + ", ".join(f"j.{c}" for c in APPLIED_COLUMNS)
 )
 
 # -- claiming ------------------------------------------------------------------------------
@@ -181,8 +156,7 @@ _CLAIMED_ROWS = ("SELECT 'c', " + ", ".join(c if c in MESSAGE_COLUMNS else "NULL
                  + " FROM claimed")
 _DONE_ROWS = ("SELECT 'd', " + ", ".join(c if c in APPLIED_COLUMNS else "NULL" for c in _ROW)
               + " FROM done")
-_WRITES = ("WITH started AS (" + RECORD_STARTS + "), done AS (" + _APPLY + "), " + COUNTED
-           + ", ")
+_WRITES = "WITH started AS (" + RECORD_STARTS + "), done AS (" + APPLY_OUTCOMES + "), "
 EXCHANGE_READY = (
     _WRITES + "claimed AS (" + CLAIM_READY + ") " + _CLAIMED_ROWS + " UNION ALL " + _DONE_ROWS
 )
@@ -262,8 +236,7 @@ class PostgreSQL(Engine):
 
     def write_outcomes(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Applied]:
         with self.connection.cursor() as cursor:
-            cursor.execute(APPLY_OUTCOMES, {"worker": worker_id, "backend": self.backend,
-                                            **_outcomes(outcomes)})
+            cursor.execute(APPLY_OUTCOMES, {"worker": worker_id, **_outcomes(outcomes)})
             return [Applied._make(row) for row in cursor.fetchall()]
 
     def claim(self, worker_id: str, lease: str, claim: ByQueues | ByIds,
@@ -374,7 +347,7 @@ def _outcomes(outcomes: Sequence[Outcome]) -> dict[str, Any]:
             {"id": o.id, "lease": o.lease, "status": o.status, "return_value": o.return_value,
              "error": o.error, "finished_at": o.finished_at, "retry_at": o.retry_at,
              "retry_delay": o.retry_delay,
-             "started_at": o.started_at, "ran": o.ran, "waited": o.waited}
+             "started_at": o.started_at}
             for o in outcomes
         ]),
     }

@@ -167,9 +167,6 @@ class SQLite(Engine):
             for o in outcomes:
                 cursor.execute(APPLY_OUTCOME, self._outcome_params(worker_id, o))
                 rows.extend(Applied._make(row) for row in cursor.fetchall())
-        # The statistics, in the same transaction (the caller's): one statement for the
-        # batch (jobs/tally.py).
-        self.count_applied(rows, outcomes, timezone.now())
         return rows
 
     def _outcome_params(self, worker_id: str, o: Outcome) -> dict[str, Any]:

@@ -51,6 +51,8 @@ from .postgresql import PostgreSQL
 from .rescue import Registry, RescueCounts
 from .rows import Decremented, FailedStep, MessageRow
 from .sqlite import SQLite
+from .tally import Tally, written_of
+from .tally import rows as tally_rows
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -288,7 +290,8 @@ class JobStore(Registry, Cancelling):
                        now: datetime | None) -> tuple[list[MessageRow], list[Applied]]:
         """The round trip as three parts (the engine says in which transaction)."""
         self.record_starts(worker_id, starts)
-        applied = self.apply_outcomes(worker_id, outcomes)
+        # Not counted here: the worker that made the round trip counts what it wrote.
+        applied = self.apply_outcomes(worker_id, outcomes, count=False)
         return self.engine.claim(worker_id, lease, claim, now), applied
 
     def write_with_hooks(self, outcomes: Sequence[Outcome],
@@ -335,14 +338,16 @@ class JobStore(Registry, Cancelling):
     # -- outcomes -------------------------------------------------------------------------
 
     def apply_outcomes(self, worker_id: str, outcomes: Sequence[Outcome], *,
-                       hooks: bool = True) -> list[Applied]:
+                       hooks: bool = True, count: bool = True) -> list[Applied]:
         """Write outcomes whose lease still holds the job; returns those written.
 
         Runs the outcome hooks with what was written, in the same transaction: all of
         it commits, or none of it. A hook that fails (other than by a database outage)
         fails only the jobs it failed on: the batch is written again one outcome at a
         time, and an outcome whose hooks still fail is written as FAILED with the
-        hook's error, without hooks (see :meth:`fail_by_hook`).
+        hook's error, without hooks (see :meth:`fail_by_hook`). ``count``: add what was
+        written to the statistics in the same transaction (a worker's round trip does
+        not: the worker counts, see :meth:`add_statistics`).
         """
         if not outcomes:
             return []
@@ -351,17 +356,20 @@ class JobStore(Registry, Cancelling):
                 applied = self._write_outcomes(worker_id, outcomes)
                 if hooks:
                     self.run_hooks(applied)
+                if count and applied:
+                    self.engine.count(written_of(applied, outcomes), timezone.now())
             return applied
         except OutcomeHookFailed as failure:
             if len(outcomes) > 1:
-                return [a for o in outcomes for a in self.apply_outcomes(worker_id, [o])]
-            return self.fail_by_hook(worker_id, outcomes[0], failure)
+                return [a for o in outcomes
+                        for a in self.apply_outcomes(worker_id, [o], count=count)]
+            return self.fail_by_hook(worker_id, outcomes[0], failure, count=count)
 
     def _write_outcomes(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Applied]:
         return [self.applied(row) for row in self.engine.write_outcomes(worker_id, outcomes)]
 
     def fail_by_hook(self, worker_id: str, outcome: Outcome,
-                     failure: OutcomeHookFailed) -> list[Applied]:
+                     failure: OutcomeHookFailed, *, count: bool = True) -> list[Applied]:
         """Write ``outcome`` as FAILED with the hook's error, running no hooks.
 
         A bug in a hook (workflow code, an extension) must neither be retried forever
@@ -386,9 +394,26 @@ class JobStore(Registry, Cancelling):
             with transaction.atomic(using=self.database):
                 applied = self._write_outcomes(worker_id, [failed])
                 self.run_hooks(applied)
+                if count and applied:
+                    self.engine.count(written_of(applied, [failed]), now)
             return applied
         except OutcomeHookFailed:
-            return self.apply_outcomes(worker_id, [failed], hooks=False)
+            return self.apply_outcomes(worker_id, [failed], hooks=False, count=count)
+
+    def add_statistics(self, counts: Tally) -> int:
+        """Write what ``counts`` holds to the statistics table (one transaction; it is
+        emptied), adding to the rows of its minutes; returns how many rows. If the
+        write fails, the counts are put back for the next call and the error propagates."""
+        taken = counts.take()
+        if not taken:
+            return 0
+        try:
+            with transaction.atomic(using=self.database):
+                self.engine.add_counts(tally_rows(taken, self.backend_alias))
+        except BaseException:
+            counts.put_back(taken)
+            raise
+        return len(taken)
 
     def applied(self, row: Any) -> Applied:
         """An outcome row written (any row with Applied's columns, read by name)."""

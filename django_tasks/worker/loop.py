@@ -41,6 +41,7 @@ from ..beat.scheduler import Scheduler
 from ..conf import backend as tasks_backend
 from ..exceptions import WorkerIdInUse
 from ..jobs.policy import task_or_none
+from ..jobs.tally import Tally
 from .broker_thread import BrokerThread
 from .duties import Duty, Liveness, counters, duties_of, prune_workers, rescue, run_duties
 from .ledger import Ledger, Snapshot
@@ -135,6 +136,9 @@ class TaskWorker:
         # are told "-O fair").
         self.ledger = Ledger(worker_id, concurrency=self.concurrency, prefetch=prefetch,
                              max_tasks=max_tasks)
+        #: The statistics of the outcomes this worker's round trips wrote, until the
+        #: broker thread adds them to the table (about once a second: BrokerThread).
+        self.tally = Tally()
         self.burst = burst
         self.grace = grace
         config = self.backend.config
@@ -480,6 +484,7 @@ class TaskWorker:
                 )
                 logger.warning("Interrupted %d job(s): %d to retry, %d failed",
                                len(interrupted), counts.retried, counts.failed)
+            self.broker_thread.add_statistics()  # what the last round trips wrote
             self.store.unregister_worker(self.worker_id, counters=counters(self))
             self.broker.recover(self.worker_id)  # anything it still tracks for us
         except Exception as exc:
