@@ -493,10 +493,11 @@ class Statistic(models.Model):
     """What finished in one minute, per backend, queue, task and outcome: a count, and
     run time and time-in-queue sums and histograms (``django_tasks.histograms``).
 
-    Written by the job store in the transaction of the outcomes it counts (an upsert
-    that adds to the minute's row: ``INSERT ... ON CONFLICT ... DO UPDATE SET n = n +
-    excluded.n``), so it survives restarts and never disagrees with the job rows it
-    counted. ``outcome`` is the status the outcome wrote: SUCCESSFUL, FAILED, READY (a
+    Counts only outcomes that were written, as written; added by upserts to the
+    minute's row (``INSERT ... ON CONFLICT ... DO UPDATE SET n = n + excluded.n``): a
+    worker adds what its round trips wrote about once a second
+    (:class:`django_tasks.jobs.tally.Tally`), other outcome writes count in their own
+    transaction. ``outcome`` is the status the outcome wrote: SUCCESSFUL, FAILED, READY (a
     retry), CANCELLED. Time in queue is from when the job was due (``available_at``) to
     the start of the attempt; run time is the attempt's. Observations of either are
     counted in ``run_n``/``wait_n`` (a job cancelled before it ran has neither); sums are

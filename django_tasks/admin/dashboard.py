@@ -102,9 +102,9 @@ class DashboardAdmin(admin.ModelAdmin):
             "s": snapshot,
             "chart": bar_chart(snapshot.chart, snapshot.bucket),
             "span": span, "span_label": stats.RANGES[span][0], "queue": queue, "task": task,
-            "bucket": duration(snapshot.bucket),
+            "bucket": stats.RANGES[span][3],
             "ranges": [(key, label, _query(range=key, queue=queue, task=task))
-                       for key, (label, _, _) in stats.RANGES.items()],
+                       for key, (label, *_) in stats.RANGES.items()],
             "queues": self._queues(snapshot, span, task),
             "tasks": self._tasks(snapshot, span, queue),
             "stuck": [{**job, "since": _age(now, job["since"])} for job in snapshot.stuck],

@@ -40,11 +40,11 @@ HELD_READ = 2_000
 LISTED = 10
 #: Throughput is jobs finished per minute over this many latest minutes.
 THROUGHPUT_MINUTES = 5
-#: The charts' ranges: (key, label, span, bucket width).
+#: The charts' ranges: key -> (label, span, bucket width, the bucket's name).
 RANGES = {
-    "1h": ("last hour", timedelta(hours=1), timedelta(minutes=1)),
-    "24h": ("last 24 hours", timedelta(hours=24), timedelta(minutes=15)),
-    "7d": ("last 7 days", timedelta(days=7), timedelta(hours=1)),
+    "1h": ("last hour", timedelta(hours=1), timedelta(minutes=1), "minute"),
+    "24h": ("last 24 hours", timedelta(hours=24), timedelta(minutes=15), "15 minutes"),
+    "7d": ("last 7 days", timedelta(days=7), timedelta(hours=1), "hour"),
 }
 FINISHED = (SUCCESSFUL, FAILED, CANCELLED)
 
@@ -291,7 +291,7 @@ def read(now: datetime, *, span: str = "1h", queue: str = "", task: str = "",
     RANGES key), for one queue (``backend:queue``) and one task if given."""
     backends = our_backends()
     databases = {b.database for b in backends}
-    _, length, bucket = RANGES.get(span, RANGES["1h"])
+    _, length, bucket, _ = RANGES.get(span, RANGES["1h"])
     backlogs = []
     known = {(b.alias, q) for b in backends for q in (b.queues or ["default"])}
     hour = statistics(databases, now - timedelta(hours=1))
