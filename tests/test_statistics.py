@@ -167,3 +167,33 @@ def test_tally_and_percentiles():
     assert 0.05 < percentile(0.95, 100, buckets) <= 0.1
     assert percentile(0.5, 0, buckets) is None
     assert percentile(0.99, 100, [0] * len(bounds)) == float("inf")
+
+
+def test_old_minutes_are_rolled_up_into_hours_once():
+    store = default_task_backend.store
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
+
+    def add(minute, task="t", n=1, outcome="SUCCESSFUL", backend="default"):
+        Statistic.objects.create(minute=minute, backend=backend, queue_name="q", task_path=task,
+                                 outcome=outcome, n=n, run_n=n, run_us=10 * n, run_le_1s=n)
+
+    for m in (0, 7, 59):
+        add(hour + timedelta(minutes=m), n=m + 1)
+    add(hour + timedelta(minutes=3), outcome="FAILED", n=5)
+    add(hour + timedelta(hours=1, minutes=30), n=100)
+    add(hour + timedelta(minutes=7), backend="other", n=1000)  # another backend's
+    recent = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=5)
+    add(recent, n=7)
+    before = timezone.now() - timedelta(hours=26)
+    assert store.roll_up_statistics(before) == 2
+    rows = {(r.minute, r.backend, r.outcome): (r.n, r.run_n, r.run_us, r.run_le_1s)
+            for r in Statistic.objects.all()}
+    assert rows == {
+        (hour, "default", "SUCCESSFUL"): (1 + 8 + 60, 69, 690, 69),
+        (hour, "default", "FAILED"): (5, 5, 50, 5),
+        (hour + timedelta(hours=1), "default", "SUCCESSFUL"): (100, 100, 1000, 100),
+        (hour + timedelta(minutes=7), "other", "SUCCESSFUL"): (1000, 1000, 10000, 1000),
+        (recent, "default", "SUCCESSFUL"): (7, 7, 70, 7),
+    }
+    assert store.roll_up_statistics(before) == 0  # nothing left off the hour
+    assert Statistic.objects.count() == 5

@@ -39,11 +39,13 @@ from .portable import (
     INSERTED,
     ON_CONFLICT_UNIQUE,
     RUNNING_OF,
+    TAKE_PERIOD,
     UNIQUE_ACTIVE,
     UNIQUE_RECENT,
 )
 from .rows import JSON_COLUMNS, CancelledClaim, Decremented, FailedStep, MessageRow, RunningRow
 from .side import on_side
+from .tally import COLUMNS as COUNT_COLUMNS
 from .tally import Written, tally
 
 __all__ = ["Engine", "RoundTrip", "Unavailable"]
@@ -160,6 +162,14 @@ class Engine(ABC):
         with self.connection.cursor() as cursor:
             cursor.executemany(COUNT, [{**row, "minute": self.time(row["minute"])}
                                        for row in rows])
+
+    def take_period(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """Delete this backend's statistics rows from ``start`` to before ``end`` and
+        return them (in the caller's transaction)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(TAKE_PERIOD, {"backend": self.backend, "start": self.time(start),
+                                         "end": self.time(end)})
+            return [dict(zip(COUNT_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
 
     # -- statements both databases run as written --------------------------------------
 

@@ -91,3 +91,10 @@ COUNT_INTO = "INSERT INTO \"django_tasks_minute\" (" + ", ".join(COUNT_COLUMNS) 
 # One row of a tally (``jobs/tally.py``), run once per row by executemany.
 COUNT = (COUNT_INTO + "VALUES (" + ", ".join(f"%({c})s" for c in COUNT_COLUMNS) + ")"
          + COUNT_CONFLICT)
+# The rows of one period (an hour), deleted and returned: rolled up into one row per
+# queue, task and outcome (``jobs/statistics.py``). Deleting what is read makes a
+# concurrent roll-up of the same hour wait, then find the rows gone: nothing counted twice.
+TAKE_PERIOD = (
+    "DELETE FROM \"django_tasks_minute\" WHERE backend = %(backend)s "
+    "AND minute >= %(start)s AND minute < %(end)s RETURNING " + ", ".join(COUNT_COLUMNS)
+)

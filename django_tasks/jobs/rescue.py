@@ -35,7 +35,6 @@ class Registry:
 
     # What JobStore provides; declared for readers and type checkers.
     database: str
-    backend_alias: str
     worker_timeout: float
     engine: Any
     now: Any
@@ -180,13 +179,6 @@ class Registry:
             Worker.objects.using(self.database).running().filter(id=worker_id)
             .update(last_heartbeat_at=self.now(), **(counters or {}))
         )
-
-    def prune_statistics(self, before: datetime) -> int:
-        """Delete this backend's statistics of the minutes before ``before``."""
-        from ..models import Statistic
-
-        return (Statistic.objects.using(self.database).filter(backend=self.backend_alias)
-                .prune(before))
 
     def unregister_worker(self, worker_id: str, reason: str = "shutdown",
                           counters: dict[str, int] | None = None) -> None:

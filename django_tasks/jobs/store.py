@@ -18,7 +18,8 @@ Its parts: the statements it runs, and how its database differs, are its engine'
 (:mod:`django_tasks.jobs.postgresql` or :mod:`django_tasks.jobs.sqlite`, picked once when
 the store is built; :mod:`django_tasks.jobs.engine` says what an engine does); the worker
 registry and the rescue of lost workers' jobs are in :mod:`django_tasks.jobs.rescue`;
-cancelling in :mod:`django_tasks.jobs.cancel`. Where a job is enqueued: :meth:`JobStore.insert`;
+cancelling in :mod:`django_tasks.jobs.cancel`; the statistics in
+:mod:`django_tasks.jobs.statistics`. Where a job is enqueued: :meth:`JobStore.insert`;
 claimed: :meth:`JobStore.exchange` (the engine's ``CLAIM_*`` statements); completed:
 :meth:`JobStore.exchange` and :meth:`JobStore.apply_outcomes`, what an outcome means being
 :mod:`django_tasks.jobs.policy`'s and what follows it the outcome hooks'
@@ -51,8 +52,8 @@ from .postgresql import PostgreSQL
 from .rescue import Registry, RescueCounts
 from .rows import Decremented, FailedStep, MessageRow
 from .sqlite import SQLite
-from .tally import Tally, written_of
-from .tally import rows as tally_rows
+from .statistics import Statistics
+from .tally import written_of
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -96,7 +97,7 @@ def hooks_for(outcomes: Sequence[Outcome]) -> list[OutcomeHook]:
     return [h for h in _OUTCOME_HOOKS if h not in _LINKED_ONLY]
 
 
-class JobStore(Registry, Cancelling):
+class JobStore(Registry, Cancelling, Statistics):
     """The job rows and worker registry of one backend, on one database alias."""
 
     def __init__(self, backend_alias: str, database: str, *, worker_timeout: float,
@@ -399,21 +400,6 @@ class JobStore(Registry, Cancelling):
             return applied
         except OutcomeHookFailed:
             return self.apply_outcomes(worker_id, [failed], hooks=False, count=count)
-
-    def add_statistics(self, counts: Tally) -> int:
-        """Write what ``counts`` holds to the statistics table (one transaction; it is
-        emptied), adding to the rows of its minutes; returns how many rows. If the
-        write fails, the counts are put back for the next call and the error propagates."""
-        taken = counts.take()
-        if not taken:
-            return 0
-        try:
-            with transaction.atomic(using=self.database):
-                self.engine.add_counts(tally_rows(taken, self.backend_alias))
-        except BaseException:
-            counts.put_back(taken)
-            raise
-        return len(taken)
 
     def applied(self, row: Any) -> Applied:
         """An outcome row written (any row with Applied's columns, read by name)."""

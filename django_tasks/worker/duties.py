@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from django.db import connections
 
+from ..jobs.statistics import ROLL_UP_AFTER
 from ..outage import Outage
 from .broker_thread import reset_connections
 from .liveness import is_gone
@@ -180,11 +181,14 @@ def prune_workers(worker: TaskWorker, now: datetime | None = None) -> None:
 
 
 def prune_statistics(worker: TaskWorker, now: datetime | None = None) -> None:
-    """Delete the statistics' minutes older than ``STATS_RETENTION``."""
+    """Roll the statistics' minutes older than ``ROLL_UP_AFTER`` up into hours, and
+    delete the periods older than ``STATS_RETENTION``."""
+    now = now or worker.store.now()
     retention = timedelta(seconds=worker.stats_retention)
-    pruned = worker.store.prune_statistics((now or worker.store.now()) - retention)
+    pruned = worker.store.prune_statistics(now - retention)
     if pruned:
         logger.info("Deleted %d statistics row(s) older than %s", pruned, retention)
+    worker.store.roll_up_statistics(now - ROLL_UP_AFTER)
 
 
 def run_duties(worker: TaskWorker) -> None:
