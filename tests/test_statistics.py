@@ -197,3 +197,18 @@ def test_old_minutes_are_rolled_up_into_hours_once():
     }
     assert store.roll_up_statistics(before) == 0  # nothing left off the hour
     assert Statistic.objects.count() == 5
+
+
+def test_recent_minutes_are_rolled_up_into_quarters():
+    store = default_task_backend.store
+    quarter = timezone.now().replace(minute=15, second=0, microsecond=0) - timedelta(hours=5)
+    for m in (0, 1, 14, 15):
+        Statistic.objects.create(minute=quarter + timedelta(minutes=m), backend="default",
+                                 queue_name="q", task_path="t", outcome="SUCCESSFUL", n=m + 1)
+    # one quarter has minutes off its start; the next holds its start alone already
+    assert store.roll_up_statistics(timezone.now() - timedelta(hours=2),
+                                    timedelta(minutes=15)) == 1
+    assert sorted(Statistic.objects.values_list("minute", "n")) == [
+        (quarter, 1 + 2 + 15), (quarter + timedelta(minutes=15), 16)]
+    with pytest.raises(ValueError):
+        store.roll_up_statistics(timezone.now(), timedelta(minutes=7))

@@ -3,11 +3,11 @@ hours, and the oldest pruned (:class:`~django_tasks.jobs.store.JobStore`'s verbs
 part of it as :class:`~django_tasks.jobs.cancel.Cancelling` is).
 
 A row's ``minute`` is the start of the period it counts: a minute while it is recent,
-an hour once :meth:`Statistics.roll_up_statistics` has merged the hour's minutes (which
-a worker's prune duty does for minutes older than ``ROLL_UP_AFTER``). The dashboard's
-charts of the last hour and day read minutes; its 7-day chart, hours. A busy system
-keeps one row per queue, task and outcome per minute for a day, then per hour: 60 times
-fewer rows for the 7-day chart and its percentiles to add up.
+then a quarter of an hour, then an hour, once :meth:`Statistics.roll_up_statistics` has
+merged the periods' rows (which a worker's prune duty does for what is older than
+``ROLL_UP``'s ages). The dashboard's chart of the last hour reads minutes, of the last
+day quarters, of the last 7 days hours: each adds up at most a few hundred periods'
+rows per queue, task and outcome, however busy the system.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from django.db import transaction
 from .tally import COLUMNS, Tally
 from .tally import rows as tally_rows
 
-__all__ = ["ROLL_UP_AFTER", "Statistics"]
+__all__ = ["ROLL_UP", "Statistics"]
 
-#: Minutes older than this are rolled up into hours (the 24-hour chart reads minutes
-#: as far back as 24 h 15 min).
-ROLL_UP_AFTER = timedelta(hours=26)
-#: Hours rolled up per call at most (one transaction each).
+#: (age, period): rows older than ``age`` are rolled up into periods this long. The
+#: 1-hour chart reads minutes; the 24-hour chart quarters (as far back as 24 h 15 min).
+ROLL_UP = ((timedelta(hours=2), timedelta(minutes=15)),
+           (timedelta(hours=26), timedelta(hours=1)))
+#: Periods rolled up per call at most (one transaction each).
 ROLL_UP_BATCH = 24 * 15
 _KEY = ("minute", "backend", "queue_name", "task_path", "outcome")
 
@@ -60,33 +61,39 @@ class Statistics:
         return (Statistic.objects.using(self.database).filter(backend=self.backend_alias)
                 .prune(before))
 
-    def roll_up_statistics(self, before: datetime) -> int:
-        """Merge the minutes before ``before`` into one row per hour, queue, task and
-        outcome (at the hour's start); returns how many hours were rolled up.
+    def roll_up_statistics(self, before: datetime,
+                           period: timedelta = timedelta(hours=1)) -> int:
+        """Merge the rows of periods shorter than ``period`` (15 or 60 minutes) before
+        ``before`` into one row per ``period``, queue, task and outcome (at the period's
+        start); returns how many periods were rolled up.
 
-        Each hour in a transaction of its own: its rows are deleted and returned, and
-        their sums written back. Safe to run concurrently (a second roll-up of an hour
-        finds the first one's single row and writes it back as it is) and again (an
-        hour rolled up has nothing left off the hour)."""
-        from django.db.models.functions import ExtractMinute
+        Each period in a transaction of its own: its rows are deleted and returned, and
+        their sums written back. Safe to run concurrently (a second roll-up of a period
+        finds the first one's rows and writes them back as they are) and again (a
+        period rolled up has nothing left off its start)."""
+        from django.db.models.functions import ExtractMinute, Mod
 
         from ..models import Statistic
 
+        length = int(period.total_seconds() // 60)
+        if length not in (15, 60):
+            raise ValueError(f"period must be 15 or 60 minutes; got {period}.")
         minutes = (Statistic.objects.using(self.database)
                    .filter(backend=self.backend_alias, minute__lt=before)
-                   .annotate(m=ExtractMinute("minute", tzinfo=UTC)).exclude(m=0)
-                   .order_by("minute").values_list("minute", flat=True))
+                   .annotate(off=Mod(ExtractMinute("minute", tzinfo=UTC), length))
+                   .exclude(off=0).order_by("minute").values_list("minute", flat=True))
         done = 0
         start = None
         while done < ROLL_UP_BATCH:
-            later = minutes.filter(minute__gte=start + timedelta(hours=1)) if start else minutes
+            later = minutes.filter(minute__gte=start + period) if start else minutes
             first = later.first()
             if first is None:
                 break
-            start = first.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-            end = min(start + timedelta(hours=1), before)
+            first = first.astimezone(UTC)
+            start = first.replace(minute=first.minute - first.minute % length, second=0,
+                                  microsecond=0)
             with transaction.atomic(using=self.database):
-                rows = self.engine.take_period(start, end)
+                rows = self.engine.take_period(start, min(start + period, before))
                 self.engine.add_counts(_summed(rows, start))
             done += 1
         return done

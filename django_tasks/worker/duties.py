@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from django.db import connections
 
-from ..jobs.statistics import ROLL_UP_AFTER
+from ..jobs.statistics import ROLL_UP
 from ..outage import Outage
 from .broker_thread import reset_connections
 from .liveness import is_gone
@@ -181,14 +181,16 @@ def prune_workers(worker: TaskWorker, now: datetime | None = None) -> None:
 
 
 def prune_statistics(worker: TaskWorker, now: datetime | None = None) -> None:
-    """Roll the statistics' minutes older than ``ROLL_UP_AFTER`` up into hours, and
-    delete the periods older than ``STATS_RETENTION``."""
+    """Roll the statistics up into longer periods as they age (``ROLL_UP``: minutes into
+    quarters after 2 hours, quarters into hours after 26), and delete the periods older
+    than ``STATS_RETENTION``."""
     now = now or worker.store.now()
     retention = timedelta(seconds=worker.stats_retention)
     pruned = worker.store.prune_statistics(now - retention)
     if pruned:
         logger.info("Deleted %d statistics row(s) older than %s", pruned, retention)
-    worker.store.roll_up_statistics(now - ROLL_UP_AFTER)
+    for age, period in ROLL_UP:
+        worker.store.roll_up_statistics(now - age, period)
 
 
 def run_duties(worker: TaskWorker) -> None:
