@@ -212,3 +212,20 @@ def test_recent_minutes_are_rolled_up_into_quarters():
         (quarter, 1 + 2 + 15), (quarter + timedelta(minutes=15), 16)]
     with pytest.raises(ValueError):
         store.roll_up_statistics(timezone.now(), timedelta(minutes=7))
+
+
+def test_the_workers_prune_duty_rolls_up_and_prunes():
+    from django_tasks.worker.duties import prune_statistics
+
+    now = timezone.now().replace(second=0, microsecond=0)
+    hour = (now - timedelta(hours=30)).replace(minute=0)
+    for minute in (now - timedelta(days=20), hour + timedelta(minutes=10),
+                   hour + timedelta(minutes=41), now - timedelta(minutes=3)):
+        Statistic.objects.create(minute=minute, backend="default", queue_name="q",
+                                 task_path="t", outcome="SUCCESSFUL", n=1)
+    worker = TaskWorker(pool="inline", worker_id="w")
+    prune_statistics(worker, now)
+    # the 20-day-old row is gone (STATS_RETENTION: 14 days); the two of 30 hours ago
+    # are one row at their hour's start; the recent minute is as it was
+    assert sorted(Statistic.objects.values_list("minute", "n")) == [
+        (hour, 2), (now - timedelta(minutes=3), 1)]
