@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import Q, QuerySet, Sum
@@ -164,8 +164,8 @@ def held(databases: set[str]) -> list[dict[str, Any]]:
 
 
 def statistics(databases: set[str], since: datetime, **filters: Any) -> QuerySet[Statistic]:
-    """The statistics rows since ``since``. Backends on several databases: those of the
-    first (by alias name) are read; the dashboard says so."""
+    """The statistics rows since ``since``. With backends on several databases, those of
+    the first database (by alias) only: charts across databases are not summed."""
     database = min(databases) if databases else "default"
     return Statistic.objects.using(database).filter(minute__gte=since, **filters)
 
@@ -175,7 +175,7 @@ def chart(stats: QuerySet[Statistic], start: datetime, now: datetime,
     """Jobs finished per bucket since ``start``: (bucket start, not failed, failed)."""
     minutes = stats.filter(outcome__in=FINISHED)
     if bucket >= timedelta(hours=1):
-        rows = (minutes.annotate(at=TruncHour("minute")).values("at", "outcome")
+        rows = (minutes.annotate(at=TruncHour("minute", tzinfo=UTC)).values("at", "outcome")
                 .annotate(total=Sum("n")).values_list("at", "outcome", "total"))
     else:
         rows = (minutes.values("minute", "outcome").annotate(total=Sum("n"))
