@@ -7,8 +7,11 @@ Fills a database of its own (default ``django_tasks_admin_bench``, created if mi
 with N ready and N finished jobs (1,000,000 each by default) by ``INSERT ... SELECT
 FROM generate_series`` in SQL, then ``VACUUM ANALYZE`` (as autovacuum would have done
 on a table that size). A fill whose counts match is reused; ``--refill`` forces a new
-one. Then it logs a superuser in with Django's test client and prints each page's time
-(best of R, ms), how many queries it ran and the slowest of them. Nothing is asserted.
+one. The statistics table is filled afresh every time (seconds) with 7 days of minutes
+in which every task of every queue finished (``STAT_ROWS`` rows: far busier than the
+jobs), then rolled up as workers keep it (minutes, quarters, hours). Then it logs a
+superuser in with Django's test client and prints each page's time (best of R, ms), how
+many queries it ran and the slowest of them. Nothing is asserted.
 See benchmarks/README.md.
 """
 
@@ -66,6 +69,65 @@ FROM (
     FROM generate_series(%(first)s, %(last)s) AS i
 ) AS rows
 """
+
+
+# The statistics: every minute of the last 7 days, for each of 3 queues x 7 tasks x
+# (SUCCESSFUL, FAILED): 10 jobs, with run times and times in queue spread over the
+# buckets (cumulative counts, as the store writes them).
+STAT_TASKS = ["benchmarks.bench_tasks.noop", "app.tasks.send_email",
+              *(f"app.tasks.report_{k}" for k in range(5))]
+STAT_MINUTES = 7 * 24 * 60
+STAT_ROWS = STAT_MINUTES * 3 * len(STAT_TASKS) * 2
+
+
+def stat_insert() -> str:
+    from django_tasks.histograms import RUN_COLUMNS, WAIT_COLUMNS
+
+    cumulative = [min(10, 1 + k) for k in range(len(RUN_COLUMNS))]
+    columns = ["minute", "backend", "queue_name", "task_path", "outcome", "n", "run_n",
+               "run_us", *RUN_COLUMNS, "wait_n", "wait_us", *WAIT_COLUMNS]
+    values = ["date_trunc('minute', now()) - m * interval '1 minute'", "'default'", "q", "t",
+              "o", "10", "10", "150000", *map(str, cumulative), "10", "900000",
+              *map(str, cumulative)]
+    return (f"INSERT INTO django_tasks_minute ({', '.join(columns)}) SELECT "
+            f"{', '.join(values)} FROM generate_series(0, {STAT_MINUTES - 1}) AS m, "
+            "unnest(ARRAY['default', 'emails', 'heavy_compute']) AS q, "
+            "unnest(%(tasks)s::text[]) AS t, unnest(ARRAY['SUCCESSFUL', 'FAILED']) AS o")
+
+
+def stat_rows() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM django_tasks_minute")
+        return cursor.fetchone()[0]
+
+
+def fill_statistics() -> None:
+    from django.db import connection
+
+    began = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE django_tasks_minute")
+        cursor.execute(stat_insert(), {"tasks": STAT_TASKS})
+    print(f"filled {STAT_ROWS:,} statistics rows (7 days of minutes) in "
+          f"{time.perf_counter() - began:.0f} s", flush=True)
+    # As workers' prune duty keeps it: minutes for 2 hours, quarters for a day, then hours.
+    from django.tasks import default_task_backend
+    from django.utils import timezone
+
+    from django_tasks.jobs.statistics import ROLL_UP
+
+    began = time.perf_counter()
+    store = default_task_backend.store
+    periods = 0
+    for age, period in ROLL_UP:
+        while rolled := store.roll_up_statistics(timezone.now() - age, period):
+            periods += rolled
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE django_tasks_minute")
+    print(f"rolled {periods} periods up in {time.perf_counter() - began:.0f} s: "
+          f"{stat_rows():,} rows", flush=True)
 
 
 def counts() -> tuple[int, int]:
@@ -150,6 +212,13 @@ def pages() -> list[tuple[str, str, dict[str, str]]]:
         ("purge confirm", reverse("admin:django_tasks_job_purge"), {"queue_name": "emails"}),
         ("workers", reverse("admin:django_tasks_worker_changelist"), {}),
         ("worker page", reverse("admin:django_tasks_worker_change", args=["bench-1"]), {}),
+        ("dashboard", reverse("admin:django_tasks_dashboard_changelist"), {}),
+        ("dashboard refresh", reverse("admin:django_tasks_dashboard_refresh"), {}),
+        ("dashboard 24 h", reverse("admin:django_tasks_dashboard_changelist"),
+         {"range": "24h"}),
+        ("dashboard 7 d", reverse("admin:django_tasks_dashboard_changelist"), {"range": "7d"}),
+        ("dashboard a task", reverse("admin:django_tasks_dashboard_changelist"),
+         {"task": "app.tasks.send_email", "queue": "default:emails"}),
     ]
 
 
@@ -198,6 +267,7 @@ def main() -> None:
         fill(args.ready, args.finished)
     else:
         print(f"reusing the fill: {have[0]:,} ready + {have[1]:,} finished")
+    fill_statistics()  # seconds: always afresh, as of now
     measure(args.repeat)
 
 

@@ -19,7 +19,7 @@ __all__ = ["BackendOptions", "ScheduleEntry", "backend", "may_import", "task_mod
 
 _KNOWN = {"DATABASE", "ROUTES", "POLL_INTERVAL", "NOTIFY", "HEARTBEAT_INTERVAL",
           "WORKER_TIMEOUT", "TASK_MODULES", "MAX_PAYLOAD", "WORKER_RETENTION", "SCHEDULE",
-          "RATE_LIMITS"}
+          "RATE_LIMITS", "STATS_RETENTION"}
 #: What a SCHEDULE entry may say (Celery's beat_schedule keys, plus ours).
 _SCHEDULE_KEYS = {"task", "schedule", "args", "kwargs", "queue", "priority", "options",
                   "timezone", "catch_up", "enabled"}
@@ -30,6 +30,9 @@ CATCH_UP = ("skip", "latest", "all")
 MAX_PAYLOAD = 2 * 1024 * 1024
 #: Default OPTIONS["WORKER_RETENTION"]: seconds a stopped worker's row is kept.
 WORKER_RETENTION = 7 * 86400.0
+#: Default OPTIONS["STATS_RETENTION"]: seconds the per-minute statistics are kept (the
+#: dashboard's longest chart is 7 days).
+STATS_RETENTION = 14 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,9 @@ class BackendOptions:
     max_payload: int | None = MAX_PAYLOAD
     #: Seconds a stopped (or declared dead) worker's row is kept before workers prune it.
     worker_retention: float = WORKER_RETENTION
+    #: Seconds the per-minute statistics (the dashboard's history) are kept before
+    #: workers prune them.
+    stats_retention: float = STATS_RETENTION
     #: Task path (or glob, e.g. ``"reports.tasks.*"``) -> queue name, as Celery's task_routes.
     routes: Mapping[str, str] = field(default_factory=dict)
     #: Seconds an idle worker waits before looking for jobs again (NOTIFY wakes it sooner).
@@ -231,6 +237,13 @@ class BackendOptions:
                 values["worker_retention"] = float(value)
             else:
                 problems.append("OPTIONS['WORKER_RETENTION'] must be a number of seconds > 0")
+        if "STATS_RETENTION" in options:
+            value = options["STATS_RETENTION"]
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                values["stats_retention"] = float(value)
+            else:
+                problems.append("OPTIONS['STATS_RETENTION'] must be a number of seconds > 0 "
+                                "(e.g. 14 * 86400)")
         if "SCHEDULE" in options:
             schedule = options["SCHEDULE"]
             if isinstance(schedule, Mapping):

@@ -9,10 +9,21 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
+from .histograms import RUN_COLUMNS, WAIT_COLUMNS
 from .ids import uuid7
-from .states import ACTIVE, CANCELLED, FAILED, FINISHED, HELD, READY, RUNNING, JobStatus
+from .states import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    HELD,
+    READY,
+    RUNNING,
+    WAITING,
+    JobStatus,
+)
 
-__all__ = ["Job", "Schedule", "ScheduleTick", "Worker"]
+__all__ = ["Dashboard", "Job", "Schedule", "ScheduleTick", "Statistic", "Worker"]
 
 
 class JobQuerySet(models.QuerySet):
@@ -167,6 +178,10 @@ class Job(models.Model):
             # first. Partial: a job enters it when first claimed (never at enqueue).
             models.Index(fields=["worker_id", "enqueued_at"], condition=~Q(worker_id=""),
                          name="django_tasks_job_worker"),
+            # The dashboard's "waiting" per queue (workflow steps waiting for their
+            # inputs); only such steps enter it. Built CONCURRENTLY on PostgreSQL (0009).
+            models.Index(fields=["backend", "queue_name"], condition=Q(status=WAITING),
+                         name="django_tasks_job_waiting"),
             # Unique jobs of every status by key: the ``unique_for`` look-up of finished
             # ones, and the admin's search. Partial: ordinary jobs never enter it.
             models.Index(fields=["backend", "unique_key"], condition=~Q(unique_key=""),
@@ -247,6 +262,12 @@ class Worker(models.Model):
     process_key = models.CharField(max_length=200, blank=True, default="")
     # Why it stopped: "" while running, else e.g. "shutdown", "declared dead by <id>".
     stop_reason = models.CharField(max_length=200, blank=True, default="")
+    # The worker's own counters, written by its heartbeat (no cost on the hot path):
+    # outcomes written since it started, how many of them FAILED, and its resident
+    # memory (the worker process and its pool children, bytes; 0 where unknown).
+    processed = models.PositiveBigIntegerField(default=0, db_default=0)
+    failed = models.PositiveBigIntegerField(default=0, db_default=0)
+    memory = models.PositiveBigIntegerField(default=0, db_default=0)
 
     objects = WorkerQuerySet.as_manager()
 
@@ -492,3 +513,75 @@ class RateLimit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.backend}: {self.key}"
+class StatisticQuerySet(models.QuerySet):
+    def prunable(self, before: datetime) -> StatisticQuerySet:
+        return self.filter(minute__lt=before)
+
+    def prune(self, before: datetime) -> int:
+        """Delete the minutes before ``before``; returns how many rows."""
+        return self.prunable(before).delete()[0]
+
+
+class Statistic(models.Model):
+    """What finished in one minute, per backend, queue, task and outcome: a count, and
+    run time and time-in-queue sums and histograms (``django_tasks.histograms``).
+
+    Counts only outcomes that were written, as written; added by upserts to the
+    minute's row (``INSERT ... ON CONFLICT ... DO UPDATE SET n = n + excluded.n``): a
+    worker adds what its round trips wrote about once a second
+    (:class:`django_tasks.jobs.tally.Tally`), other outcome writes count in their own
+    transaction. ``outcome`` is the status the outcome wrote: SUCCESSFUL, FAILED, READY (a
+    retry), CANCELLED. Time in queue is from when the job was due (``available_at``) to
+    the start of the attempt; run time is the attempt's. Observations of either are
+    counted in ``run_n``/``wait_n`` (a job cancelled before it ran has neither); sums are
+    in microseconds. Pruned by age (``STATS_RETENTION``).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    minute = models.DateTimeField()
+    backend = models.CharField(max_length=100)
+    queue_name = models.CharField(max_length=100)
+    task_path = models.CharField(max_length=255)
+    outcome = models.CharField(max_length=10, choices=JobStatus.choices)
+    n = models.BigIntegerField(default=0)
+    run_n = models.BigIntegerField(default=0)
+    run_us = models.BigIntegerField(default=0)
+    wait_n = models.BigIntegerField(default=0)
+    wait_us = models.BigIntegerField(default=0)
+    # ... and one column per bucket (RUN_COLUMNS, WAIT_COLUMNS), added below. Plain
+    # BIGINTs, without the CHECK (>= 0) of Positive fields: 37 checks per upsert for
+    # counters only the store writes.
+
+    objects = StatisticQuerySet.as_manager()
+
+    class Meta:
+        db_table = "django_tasks_minute"
+        verbose_name = _("statistic")
+        constraints = [
+            # The upsert's conflict target; its leading minute also serves the charts'
+            # and pruning's range scans.
+            models.UniqueConstraint(
+                fields=["minute", "backend", "queue_name", "task_path", "outcome"],
+                name="django_tasks_minute_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M} {self.queue_name} {self.task_path} {self.outcome}"
+
+
+# The bucket columns, one per bound: plain integers, so the upsert adds them one by one.
+for _column in (*RUN_COLUMNS, *WAIT_COLUMNS):
+    Statistic.add_to_class(_column, models.BigIntegerField(default=0))
+
+
+class Dashboard(Statistic):
+    """The admin's dashboard (``/admin/django_tasks/dashboard/``): the statistics seen
+    with the queues, workers and schedules. A proxy, so the dashboard has an admin URL,
+    and a place on the admin index, of its own; seeing it takes the view permission on
+    jobs (``django_tasks.admin.dashboard``)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = _("dashboard")
+        verbose_name_plural = _("dashboard")

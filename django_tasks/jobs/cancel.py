@@ -120,6 +120,9 @@ class Cancelling:
         with transaction.atomic(using=self.database):
             applied = [self.applied(row) for row in self.engine.cancel_unheld(ids, error_json, now)]
             done.update((a.id, "cancelled") for a in applied)
+            # Counted in the statistics as CANCELLED, without durations: they never ran.
+            self.engine.count([(a.queue_name, a.task_path, a.status, None, None)
+                               for a in applied], now)
             self.run_hooks(applied)
             done.update((job_id_str(i), "cancelling")
                         for i in self.engine.cancel_held(ids, error_json))

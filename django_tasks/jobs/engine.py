@@ -32,6 +32,7 @@ from .portable import (
     CANCEL_REQUESTED,
     CANCELLED_CLAIMS,
     CANCELLING_OF,
+    COUNT,
     DECREMENT,
     ENSURE_RATE,
     GIVE_BACK,
@@ -40,6 +41,7 @@ from .portable import (
     INSERTED,
     ON_CONFLICT_UNIQUE,
     RUNNING_OF,
+    TAKE_PERIOD,
     UNIQUE_ACTIVE,
     UNIQUE_RECENT,
 )
@@ -53,6 +55,8 @@ from .rows import (
     RunningRow,
 )
 from .side import on_side
+from .tally import COLUMNS as COUNT_COLUMNS
+from .tally import Written, tally
 
 __all__ = ["Engine", "RoundTrip", "Unavailable"]
 
@@ -153,6 +157,29 @@ class Engine(ABC):
         """
         with transaction.atomic(using=self.database):
             return store.exchange_parts(worker_id, lease, starts, outcomes, claim, now)
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def count(self, written: Sequence[Written], now: datetime) -> None:
+        """Add ``written`` (outcomes written: :data:`.tally.Written`) to the statistics
+        of ``now``'s minute, in the caller's transaction."""
+        self.add_counts(tally(now, self.backend, written))
+
+    def add_counts(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Add tally rows (:func:`.tally.rows`) to the statistics table: one upsert each."""
+        if not rows:
+            return
+        with self.connection.cursor() as cursor:
+            cursor.executemany(COUNT, [{**row, "minute": self.time(row["minute"])}
+                                       for row in rows])
+
+    def take_period(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """Delete this backend's statistics rows from ``start`` to before ``end`` and
+        return them (in the caller's transaction)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(TAKE_PERIOD, {"backend": self.backend, "start": self.time(start),
+                                         "end": self.time(end)})
+            return [dict(zip(COUNT_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
 
     # -- statements both databases run as written --------------------------------------
 

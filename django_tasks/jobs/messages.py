@@ -87,6 +87,11 @@ class Outcome:
     #: Filled by the worker: the job is a workflow step (its outcome moves the workflow:
     #: the write runs the ``linked_only`` outcome hooks).
     linked: bool = field(default=False, compare=False)
+    #: Filled by the worker, for the statistics: seconds the attempt ran, and seconds
+    #: the job waited from when it was due (``available_at``) to the attempt's start.
+    #: None when unknown (a job cancelled before it ran).
+    ran: float | None = field(default=None, compare=False)
+    waited: float | None = field(default=None, compare=False)
 
     def to_wire(self) -> list[Any]:
         return [getattr(self, f) for f in _OUTCOME_FIELDS]

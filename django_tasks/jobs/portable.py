@@ -13,6 +13,7 @@ databases quote it.
 from __future__ import annotations
 
 from .rows import MESSAGE_COLUMNS
+from .tally import COLUMNS as COUNT_COLUMNS
 
 # Claimed, never started: READY again, as if never claimed. Not a job asked to cancel:
 # that one is written CANCELLED through the outcome path (its workflow moves on).
@@ -107,3 +108,27 @@ def reserve_slots(now: str, greatest: str, least: str, floor: str) -> str:
             f"next_at = {base} + %(interval)s * ({granted}), last_granted = {granted} "
             "WHERE backend = %(backend)s AND key = %(key)s "
             f"RETURNING next_at, last_granted, {now}")
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+# A minute's row adds what was counted (every column but the key's), whoever counted it
+# first: PostgreSQL and SQLite spell the upsert alike. The conflict target is the
+# unique constraint ``django_tasks_minute_key``.
+_KEY = ("minute", "backend", "queue_name", "task_path", "outcome")
+COUNT_CONFLICT = (
+    " ON CONFLICT (" + ", ".join(_KEY) + ") DO UPDATE SET "
+    + ", ".join(f"{c} = \"django_tasks_minute\".{c} + excluded.{c}"
+                for c in COUNT_COLUMNS if c not in _KEY)
+)
+COUNT_INTO = "INSERT INTO \"django_tasks_minute\" (" + ", ".join(COUNT_COLUMNS) + ") "
+# One row of a tally (``jobs/tally.py``), run once per row by executemany.
+COUNT = (COUNT_INTO + "VALUES (" + ", ".join(f"%({c})s" for c in COUNT_COLUMNS) + ")"
+         + COUNT_CONFLICT)
+# The rows of one period (an hour), deleted and returned: rolled up into one row per
+# queue, task and outcome (``jobs/statistics.py``). Deleting what is read makes a
+# concurrent roll-up of the same hour wait, then find the rows gone: nothing counted twice.
+TAKE_PERIOD = (
+    "DELETE FROM \"django_tasks_minute\" WHERE backend = %(backend)s "
+    "AND minute >= %(start)s AND minute < %(end)s RETURNING " + ", ".join(COUNT_COLUMNS)
+)

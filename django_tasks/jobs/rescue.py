@@ -73,6 +73,7 @@ class Registry:
             outcome = failure_outcome(message, WorkerLost(reason), worker_id, now=now,
                                       task=task_or_none(message.task_path), duration=ran,
                                       notify=False)
+            outcome.ran = ran if started else None  # for the statistics
             outcomes.append(outcome)
             messages[message.id] = message
         applied = self.apply_outcomes(worker_id, outcomes)
@@ -168,21 +169,25 @@ class Registry:
             return
         workers.create(id=worker_id, **fields)
 
-    def heartbeat(self, worker_id: str) -> bool:
-        """Record that ``worker_id`` is alive now (database clock); False if declared dead."""
+    def heartbeat(self, worker_id: str, counters: dict[str, int] | None = None) -> bool:
+        """Record that ``worker_id`` is alive now (database clock), with its ``counters``
+        (``processed``, ``failed``, ``memory``: the Worker row's fields); False if it was
+        declared dead."""
         from ..models import Worker
 
         return bool(
             Worker.objects.using(self.database).running().filter(id=worker_id)
-            .update(last_heartbeat_at=self.now())
+            .update(last_heartbeat_at=self.now(), **(counters or {}))
         )
 
-    def unregister_worker(self, worker_id: str, reason: str = "shutdown") -> None:
-        """Mark ``worker_id`` stopped; whatever it still holds becomes rescuable at once."""
+    def unregister_worker(self, worker_id: str, reason: str = "shutdown",
+                          counters: dict[str, int] | None = None) -> None:
+        """Mark ``worker_id`` stopped (with its last ``counters``, as :meth:`heartbeat`);
+        whatever it still holds becomes rescuable at once."""
         from ..models import Worker
 
         Worker.objects.using(self.database).filter(id=worker_id).update(
-            stopped_at=self.now(), stop_reason=reason[:200]
+            stopped_at=self.now(), stop_reason=reason[:200], **(counters or {})
         )
 
     def prune_workers(self, before: datetime) -> int:

@@ -18,7 +18,8 @@ Its parts: the statements it runs, and how its database differs, are its engine'
 (:mod:`django_tasks.jobs.postgresql` or :mod:`django_tasks.jobs.sqlite`, picked once when
 the store is built; :mod:`django_tasks.jobs.engine` says what an engine does); the worker
 registry and the rescue of lost workers' jobs are in :mod:`django_tasks.jobs.rescue`;
-cancelling in :mod:`django_tasks.jobs.cancel`. Where a job is enqueued: :meth:`JobStore.insert`;
+cancelling in :mod:`django_tasks.jobs.cancel`; the statistics in
+:mod:`django_tasks.jobs.statistics`. Where a job is enqueued: :meth:`JobStore.insert`;
 claimed: :meth:`JobStore.exchange` (the engine's ``CLAIM_*`` statements); completed:
 :meth:`JobStore.exchange` and :meth:`JobStore.apply_outcomes`, what an outcome means being
 :mod:`django_tasks.jobs.policy`'s and what follows it the outcome hooks'
@@ -51,6 +52,8 @@ from .postgresql import PostgreSQL
 from .rescue import Registry, RescueCounts
 from .rows import Decremented, FailedStep, MessageRow
 from .sqlite import SQLite
+from .statistics import Statistics
+from .tally import written_of
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -94,7 +97,7 @@ def hooks_for(outcomes: Sequence[Outcome]) -> list[OutcomeHook]:
     return [h for h in _OUTCOME_HOOKS if h not in _LINKED_ONLY]
 
 
-class JobStore(Registry, Cancelling):
+class JobStore(Registry, Cancelling, Statistics):
     """The job rows and worker registry of one backend, on one database alias."""
 
     def __init__(self, backend_alias: str, database: str, *, worker_timeout: float,
@@ -289,7 +292,8 @@ class JobStore(Registry, Cancelling):
                        now: datetime | None) -> tuple[list[MessageRow], list[Applied]]:
         """The round trip as three parts (the engine says in which transaction)."""
         self.record_starts(worker_id, starts)
-        applied = self.apply_outcomes(worker_id, outcomes)
+        # Not counted here: the worker that made the round trip counts what it wrote.
+        applied = self.apply_outcomes(worker_id, outcomes, count=False)
         return self.engine.claim(worker_id, lease, claim, now), applied
 
     def write_with_hooks(self, outcomes: Sequence[Outcome],
@@ -344,14 +348,16 @@ class JobStore(Registry, Cancelling):
     # -- outcomes -------------------------------------------------------------------------
 
     def apply_outcomes(self, worker_id: str, outcomes: Sequence[Outcome], *,
-                       hooks: bool = True) -> list[Applied]:
+                       hooks: bool = True, count: bool = True) -> list[Applied]:
         """Write outcomes whose lease still holds the job; returns those written.
 
         Runs the outcome hooks with what was written, in the same transaction: all of
         it commits, or none of it. A hook that fails (other than by a database outage)
         fails only the jobs it failed on: the batch is written again one outcome at a
         time, and an outcome whose hooks still fail is written as FAILED with the
-        hook's error, without hooks (see :meth:`fail_by_hook`).
+        hook's error, without hooks (see :meth:`fail_by_hook`). ``count``: add what was
+        written to the statistics in the same transaction (a worker's round trip does
+        not: the worker counts, see :meth:`add_statistics`).
         """
         if not outcomes:
             return []
@@ -360,17 +366,20 @@ class JobStore(Registry, Cancelling):
                 applied = self._write_outcomes(worker_id, outcomes)
                 if hooks:
                     self.run_hooks(applied)
+                if count and applied:
+                    self.engine.count(written_of(applied, outcomes), timezone.now())
             return applied
         except OutcomeHookFailed as failure:
             if len(outcomes) > 1:
-                return [a for o in outcomes for a in self.apply_outcomes(worker_id, [o])]
-            return self.fail_by_hook(worker_id, outcomes[0], failure)
+                return [a for o in outcomes
+                        for a in self.apply_outcomes(worker_id, [o], count=count)]
+            return self.fail_by_hook(worker_id, outcomes[0], failure, count=count)
 
     def _write_outcomes(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Applied]:
         return [self.applied(row) for row in self.engine.write_outcomes(worker_id, outcomes)]
 
     def fail_by_hook(self, worker_id: str, outcome: Outcome,
-                     failure: OutcomeHookFailed) -> list[Applied]:
+                     failure: OutcomeHookFailed, *, count: bool = True) -> list[Applied]:
         """Write ``outcome`` as FAILED with the hook's error, running no hooks.
 
         A bug in a hook (workflow code, an extension) must neither be retried forever
@@ -395,9 +404,11 @@ class JobStore(Registry, Cancelling):
             with transaction.atomic(using=self.database):
                 applied = self._write_outcomes(worker_id, [failed])
                 self.run_hooks(applied)
+                if count and applied:
+                    self.engine.count(written_of(applied, [failed]), now)
             return applied
         except OutcomeHookFailed:
-            return self.apply_outcomes(worker_id, [failed], hooks=False)
+            return self.apply_outcomes(worker_id, [failed], hooks=False, count=count)
 
     def applied(self, row: Any) -> Applied:
         """An outcome row written (any row with Applied's columns, read by name)."""

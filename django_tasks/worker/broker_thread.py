@@ -26,8 +26,10 @@ from django.db import connections
 from django.utils import timezone
 
 from ..jobs.messages import Message, Outcome
+from ..jobs.tally import written_of
 from ..outage import Outage
 from ..results import as_datetime
+from ..states import FAILED
 from .phase import Phase
 
 if TYPE_CHECKING:  # the worker builds this class: no import at run time
@@ -35,7 +37,10 @@ if TYPE_CHECKING:  # the worker builds this class: no import at run time
 
 logger = logging.getLogger("django_tasks.worker")
 
-__all__ = ["BrokerThread", "reset_connections"]
+__all__ = ["STATISTICS_INTERVAL", "BrokerThread", "reset_connections"]
+
+#: A busy worker adds the statistics of the outcomes it wrote this often (seconds).
+STATISTICS_INTERVAL = 1.0
 
 
 def reset_connections() -> None:
@@ -59,6 +64,7 @@ class BrokerThread:
         self.listener: Any = None
         self.listens = False  # the broker has a wake-up channel to keep open
         self._wake_retry_at = 0.0
+        self._count_at = 0.0  # time.monotonic() when the statistics are next added
 
     # -- one round trip ---------------------------------------------------------------------
 
@@ -80,6 +86,10 @@ class BrokerThread:
             ledger.put_back(batch)
             raise
         jobs = done.claimed
+        failed = 0
+        if done.applied:
+            failed = sum(a.status == FAILED for a in done.applied)
+            worker.tally.add(timezone.now(), written_of(done.applied, batch.outcomes))
         hold = None
         if jobs:
             if any(m.expires_at is not None for m in jobs):
@@ -89,13 +99,16 @@ class BrokerThread:
         # (a message may be on its way, or lost and not republished yet).
         ready_left = (worker.burst and batch.want > 0 and not jobs and not batch.held
                       and not batch.outcomes and worker.store.has_ready(worker.queues, now))
-        drained = ledger.add_claimed(batch, jobs, hold, ready_left=ready_left)
+        drained = ledger.add_claimed(batch, jobs, hold, ready_left=ready_left, failed=failed)
         if ready_left:
             self._sleep()  # until a delivery, a reconcile's publish or the poll timer
         if jobs or batch.starts or drained:
             worker.wake_main.poke()  # new jobs, or dispatch may have waited for the starts
         if done.stale:
             self._log_stale(done.stale)
+        if worker.tally and ((batch.held == 0 and not jobs)
+                             or time.monotonic() >= self._count_at):
+            self.add_statistics()
         return len(jobs)
 
     def _expire(self, jobs: Sequence[Message]) -> Sequence[Message]:
@@ -114,6 +127,19 @@ class BrokerThread:
                         m.task_path, m.queue_name)
         gone = {m.id for m in expired}
         return [m for m in jobs if m.id not in gone]
+
+    def add_statistics(self) -> None:
+        """Add what the worker's round trips wrote to the statistics table: at most
+        every ``STATISTICS_INTERVAL`` seconds while busy, at once when idle. Not in the
+        round trip's own statement: counting there cost PostgreSQL ~100 us per job
+        (benchmarks/README.md); this way it is one small transaction a second. A
+        kill -9 loses what was not added yet (at most that second's counts). If it
+        fails, the counts wait for the next round trip (``JobStore.add_statistics``)."""
+        self._count_at = time.monotonic() + STATISTICS_INTERVAL
+        try:
+            self.worker.store.add_statistics(self.worker.tally)
+        except self.worker.broker.outage_errors as exc:
+            logger.debug("Statistics not written yet: %s", exc)
 
     def _log_stale(self, outcomes: Sequence[Outcome]) -> None:
         """Say why each outcome was discarded: its job's row is gone, or held by another."""

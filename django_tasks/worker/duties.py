@@ -31,9 +31,11 @@ from typing import TYPE_CHECKING
 
 from django.db import connections
 
+from ..jobs.statistics import ROLL_UP
 from ..outage import Outage
 from .broker_thread import reset_connections
 from .liveness import is_gone
+from .memory import tree_rss
 
 if TYPE_CHECKING:  # the worker builds its duties: no import at run time
     from .loop import TaskWorker
@@ -41,8 +43,18 @@ if TYPE_CHECKING:  # the worker builds its duties: no import at run time
 logger = logging.getLogger("django_tasks.worker")
 
 __all__ = [
-    "CANCEL_POLL_INTERVAL", "WORKER_PRUNE_INTERVAL", "Duty", "Liveness", "duties_of",
-    "heartbeat", "poll_cancels", "prune_workers", "rescue", "run_duties",
+    "CANCEL_POLL_INTERVAL",
+    "WORKER_PRUNE_INTERVAL",
+    "Duty",
+    "Liveness",
+    "counters",
+    "duties_of",
+    "heartbeat",
+    "poll_cancels",
+    "prune_statistics",
+    "prune_workers",
+    "rescue",
+    "run_duties",
 ]
 
 #: How often a worker holding jobs asks which of them were asked to cancel (at most;
@@ -89,7 +101,15 @@ def duties_of(worker: TaskWorker) -> list[Duty]:
           for name, interval, run in worker.broker.duties(worker.queues)),
         Duty("prune workers", min(WORKER_PRUNE_INTERVAL, worker.worker_retention),
              partial(prune_workers, worker)),
+        Duty("prune statistics", min(WORKER_PRUNE_INTERVAL, worker.stats_retention),
+             partial(prune_statistics, worker)),
     ]
+
+
+def counters(worker: TaskWorker) -> dict[str, int]:
+    """The Worker row's counters, as the heartbeat writes them (no cost on the hot path)."""
+    ledger = worker.ledger
+    return {"processed": ledger.completed, "failed": ledger.failed, "memory": tree_rss()}
 
 
 def heartbeat(worker: TaskWorker, now: datetime | None = None) -> None:
@@ -100,7 +120,7 @@ def heartbeat(worker: TaskWorker, now: datetime | None = None) -> None:
     will be discarded) and it comes back under a new id, never as the dead worker.
     """
     liveness = worker.liveness
-    if worker.store.heartbeat(worker.worker_id):
+    if worker.store.heartbeat(worker.worker_id, counters(worker)):
         liveness.alive_at = time.monotonic()
         if liveness.holding:
             liveness.holding = False
@@ -160,6 +180,19 @@ def prune_workers(worker: TaskWorker, now: datetime | None = None) -> None:
     pruned = worker.store.prune_workers((now or worker.store.now()) - retention)
     if pruned:
         logger.info("Deleted the rows of %d worker(s) gone for over %s", pruned, retention)
+
+
+def prune_statistics(worker: TaskWorker, now: datetime | None = None) -> None:
+    """Roll the statistics up into longer periods as they age (``ROLL_UP``: minutes into
+    quarters after 2 hours, quarters into hours after 26), and delete the periods older
+    than ``STATS_RETENTION``."""
+    now = now or worker.store.now()
+    retention = timedelta(seconds=worker.stats_retention)
+    pruned = worker.store.prune_statistics(now - retention)
+    if pruned:
+        logger.info("Deleted %d statistics row(s) older than %s", pruned, retention)
+    for age, period in ROLL_UP:
+        worker.store.roll_up_statistics(now - age, period)
 
 
 def run_duties(worker: TaskWorker) -> None:

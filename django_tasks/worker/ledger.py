@@ -107,6 +107,8 @@ class Ledger:
         self._starts_since: float | None = None
         self._inflight_since: float | None = None
         self._outcomes: list[Outcome] = []  # finished since the last exchange
+        # job id -> seconds it waited from due to started (for the statistics)
+        self._waited: dict[str, float | None] = {}
         # Running jobs the cancel poll found asked to cancel, for the main thread (which
         # owns the pool) to tell; and those already told.
         self._to_cancel: set[str] = set()
@@ -116,6 +118,7 @@ class Ledger:
         self._avg_run: float | None = None  # seconds per job in a slot, moving average
         self.claimed = 0
         self.completed = 0
+        self.failed = 0  #: outcomes written FAILED since the worker was made
 
     # -- the main thread: dispatch ---------------------------------------------------------
 
@@ -134,12 +137,16 @@ class Ledger:
             for outcome in outcomes:
                 self._told.discard(outcome.id)
                 message, at = self._running.pop(outcome.id, (None, clock))
+                took = clock - at
                 if message is not None:
                     outcome.started_at = message.started_at
                     outcome.task_path = message.task_path
                     outcome.linked = message.workflow_id is not None
+                    # For the statistics: the attempt's time in its slot, and how long
+                    # the job waited, from when it was due, to start (at dispatch).
+                    outcome.ran = took
+                    outcome.waited = self._waited.pop(outcome.id, None)
                 self._outcomes.append(outcome)
-                took = clock - at
                 self._avg_run = took if self._avg_run is None else 0.8 * self._avg_run + 0.2 * took
             jobs: list[Message] = []
             oldest = min((t for t in (self._starts_since, self._inflight_since) if t is not None),
@@ -149,7 +156,8 @@ class Ledger:
             if may_start and not lagging:
                 free = free_slots()
             if free > 0 and self._buffer:
-                stamp = (now or timezone.now()).isoformat()
+                start = now or timezone.now()
+                stamp = start.isoformat()
                 waiting = []
                 while free > 0 and self._buffer:
                     job = self._buffer.popleft()
@@ -165,6 +173,7 @@ class Ledger:
                         del self._not_before[job.id]
                     job.started_at = job.started_at or stamp
                     self._running[job.id] = (job, clock)
+                    self._waited[job.id] = _waited(job.available_at, start)
                     self._starts.append(Start(job.id, job.lease, stamp))
                     jobs.append(job)
                     free -= 1
@@ -261,8 +270,8 @@ class Ledger:
             self._inflight_since = None
 
     def add_claimed(self, batch: Batch, jobs: Sequence[Message],
-                    hold: dict[str, float] | None = None, *,
-                    ready_left: bool = False) -> bool:
+                    hold: dict[str, float] | None = None, *, ready_left: bool = False,
+                    failed: int = 0) -> bool:
         """The round trip of ``batch`` committed and claimed ``jobs``: buffer them;
         those in ``hold`` start no sooner than its ``time.monotonic()`` (rate limits).
 
@@ -276,6 +285,7 @@ class Ledger:
             self._buffer.extend(jobs)
             self.claimed += len(jobs)
             self.completed += len(batch.outcomes)
+            self.failed += failed
             self._dry = len(jobs) < batch.want
             self._drained = (batch.want > 0 and not jobs and not batch.held
                              and not batch.outcomes and not ready_left)
@@ -373,6 +383,7 @@ class Ledger:
             interrupted = [i for i in unfinished if i in self._running]
             for job_id in interrupted:
                 self._running.pop(job_id, None)
+                self._waited.pop(job_id, None)
         return not_started, interrupted
 
     def take_starts_of(self, job_ids: Collection[str]) -> list[Start]:
@@ -413,9 +424,24 @@ class Ledger:
         """Forget a running job without an outcome (the counterpart of :meth:`add_running`)."""
         with self._lock:
             self._running.pop(job_id, None)
+            self._waited.pop(job_id, None)
 
     def set_average_run(self, seconds: float | None) -> None:
         """Set the measured seconds per job that adaptive prefetch goes by (dispatch
         updates it from every outcome; tests set it)."""
         with self._lock:
             self._avg_run = seconds
+
+
+def _waited(available_at: str | None, start: datetime) -> float | None:
+    """Seconds from ``available_at`` (ISO, the database's clock) to ``start`` (this
+    host's); never below 0 (the two clocks may differ by a little)."""
+    if not available_at:
+        return None
+    try:
+        due = datetime.fromisoformat(available_at)
+    except ValueError:
+        return None
+    if due.tzinfo is None:
+        return None
+    return max(0.0, (start - due).total_seconds())

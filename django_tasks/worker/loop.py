@@ -41,8 +41,9 @@ from ..beat.scheduler import Scheduler
 from ..conf import backend as tasks_backend
 from ..exceptions import WorkerIdInUse
 from ..jobs.policy import task_or_none
+from ..jobs.tally import Tally
 from .broker_thread import BrokerThread
-from .duties import Duty, Liveness, duties_of, prune_workers, rescue, run_duties
+from .duties import Duty, Liveness, counters, duties_of, prune_workers, rescue, run_duties
 from .ledger import Ledger, Snapshot
 from .liveness import is_gone, process_key
 from .pacing import Pacer
@@ -141,6 +142,9 @@ class TaskWorker:
         # are told "-O fair").
         self.ledger = Ledger(worker_id, concurrency=self.concurrency, prefetch=prefetch,
                              max_tasks=max_tasks)
+        #: The statistics of the outcomes this worker's round trips wrote, until the
+        #: broker thread adds them to the table (about once a second: BrokerThread).
+        self.tally = Tally()
         self.burst = burst
         self.grace = grace
         config = self.backend.config
@@ -148,6 +152,7 @@ class TaskWorker:
         self.heartbeat_interval = config.heartbeat_interval
         self.worker_timeout = config.worker_timeout
         self.worker_retention = config.worker_retention
+        self.stats_retention = config.stats_retention
 
         self.phase = Phase.RUNNING  # moved by _enter() only
         # Serialises moves made from other threads (a thread's bug stops the worker);
@@ -495,7 +500,8 @@ class TaskWorker:
                 )
                 logger.warning("Interrupted %d job(s): %d to retry, %d failed",
                                len(interrupted), counts.retried, counts.failed)
-            self.store.unregister_worker(self.worker_id)
+            self.broker_thread.add_statistics()  # what the last round trips wrote
+            self.store.unregister_worker(self.worker_id, counters=counters(self))
             self.broker.recover(self.worker_id)  # anything it still tracks for us
         except Exception as exc:
             logger.error("Could not sign off worker %s (%s); its jobs will be rescued "
