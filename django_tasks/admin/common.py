@@ -41,3 +41,15 @@ def worker_link(worker_id: str) -> str:
         return "-"
     return format_html('<a href="{}">{}</a>',
                        reverse("admin:django_tasks_worker_change", args=[worker_id]), worker_id)
+
+
+def human_bytes(n: int) -> str:
+    """``n`` bytes for a person: ``"312.4 MiB"``; ``"-"`` for 0 (unknown)."""
+    if not n:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""

@@ -30,6 +30,7 @@ from django.utils.translation import gettext_lazy as _
 from ..models import Dashboard, Job
 from . import stats
 from .charts import bar_chart, duration
+from .common import human_bytes
 
 __all__ = ["DashboardAdmin"]
 
@@ -110,7 +111,7 @@ class DashboardAdmin(admin.ModelAdmin):
             "stuck": [{**job, "since": _age(now, job["since"])} for job in snapshot.stuck],
             "failures": snapshot.failures,
             "workers": [{**w, "heartbeat": duration(w["heartbeat_age"]),
-                         "memory": _bytes(w["worker"].memory)} for w in snapshot.workers],
+                         "memory": human_bytes(w["worker"].memory)} for w in snapshot.workers],
             "schedules": snapshot.schedules,
             "refresh_url": reverse(f"{self.admin_site.name}:django_tasks_dashboard_refresh"),
             "refresh_seconds": self.refresh_seconds,
@@ -141,13 +142,3 @@ def _query(**params: str) -> str:
 
 def _age(now: Any, since: Any) -> str:
     return duration(now - since) if since is not None else ""
-
-
-def _bytes(n: int) -> str:
-    if not n:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""

@@ -31,7 +31,7 @@ SUMMARY = (None, {"fields": ("id", "task_path", "state_display", "for_display", 
 OUTCOME = (_("Outcome"), {"fields": ("return_value_display", "errors_display")})
 CALL = (_("Call"), {"fields": ("args_display", "kwargs_display")})
 TIMING = (_("Timing"), {"fields": ("timeline_display", "enqueued_display", "run_after_display",
-                                   "available_display", "started_display",
+                                   "available_display", "expires_display", "started_display",
                                    "last_attempted_display", "finished_display",
                                    "duration_display", "workers_display")})
 
@@ -124,6 +124,11 @@ class JobPageMixin:
     @admin.display(description=_("available at"))
     def available_display(self, job: Job) -> str:
         return seconds(job.available_at)
+
+    @admin.display(description=_("expires"))
+    def expires_display(self, job: Job) -> str:
+        """Celery's ``expires``: not started by then, it ends CANCELLED unrun."""
+        return seconds(job.expires_at)
 
     @admin.display(description=_("started"))
     def started_display(self, job: Job) -> str:

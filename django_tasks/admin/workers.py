@@ -17,7 +17,7 @@ from django.utils.translation import gettext_lazy as _
 from ..conf import BackendOptions
 from ..jobs import summary
 from ..models import Job, Worker
-from .common import ReadOnlyMixin, seconds
+from .common import ReadOnlyMixin, human_bytes, seconds
 
 #: Jobs a worker holds listed on its page.
 RUNNING_SHOWN = 50
@@ -32,8 +32,8 @@ def held_by(worker: OuterRef | str, using: str | None = None) -> QuerySet[Job]:
 @admin.register(Worker)
 class WorkerAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("id", "state", "hostname", "pid", "pool", "concurrency", "queues_display",
-                    "holds", "jobs_link", "started_display", "heartbeat_display",
-                    "stopped_display", "stop_reason")
+                    "holds", "processed", "failed", "memory_display", "jobs_link",
+                    "started_display", "heartbeat_display", "stopped_display", "stop_reason")
     list_filter = ("hostname", "pool")
     search_fields = ("id", "hostname")
     ordering = ("-started_at",)
@@ -68,6 +68,11 @@ class WorkerAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def holds(self, worker: Worker) -> int:
         """Jobs claimed or running on it now."""
         return getattr(worker, "held", 0)
+
+    @admin.display(description=_("memory"), ordering="memory")
+    def memory_display(self, worker: Worker) -> str:
+        """Resident memory of the worker and its pool children, at its last heartbeat."""
+        return human_bytes(worker.memory)
 
     @admin.display(description=_("jobs"))
     def jobs_link(self, worker: Worker) -> str:

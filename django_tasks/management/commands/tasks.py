@@ -49,8 +49,8 @@ class Command(BaseCommand):
             "status", help="Queue depths per queue and status; workers: alive, dead or "
                            "stopped, and how many jobs each holds; with the Redis broker, "
                            "what Redis holds; periodic schedules: state, last and next run.")
-        status.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
-                            help="TASKS alias (default: %(default)s).")
+        status.add_argument("--backend", default=None,
+                            help="TASKS alias (default: every django_tasks backend in turn).")
         status.add_argument(
             "--recent", default="1h", metavar="AGE",
             help="Also list workers stopped within this age (default: 1h).",
@@ -111,6 +111,16 @@ class Command(BaseCommand):
             accept_django_options(action)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["backend"] is None:  # status: every backend with a job table
+            from django.conf import settings
+
+            aliases = [a for a in getattr(settings, "TASKS", {})
+                       if getattr(backend(a), "database", None) is not None]
+            for i, alias in enumerate(aliases):
+                if len(aliases) > 1:
+                    self.stdout.write(("\n" if i else "") + f"== backend {alias} ==")
+                self.handle(*args, **{**options, "backend": alias})
+            return
         alias = options["backend"]
         try:
             tasks_backend = backend(alias)
@@ -180,6 +190,27 @@ class Command(BaseCommand):
             self.stdout.write("")
             self.stdout.write("\n".join(broker_lines))
         self._schedules(db, alias)
+        self._rate_limits(db, alias, tasks_backend)
+
+    def _rate_limits(self, db: str, alias: str, tasks_backend: Any) -> None:
+        """Rate-limited keys in use: the limit, and when the next start slot is free."""
+        import time
+
+        from django_tasks.jobs.policy import task_or_none
+        from django_tasks.models import RateLimit
+        from django_tasks.rates import queue_key
+
+        rows = list(RateLimit.objects.using(db).filter(backend=alias).order_by("key"))
+        if not rows:
+            return
+        queues = {queue_key(q): r.text for q, r in tasks_backend.config.rate_limits.items()}
+        self.stdout.write("")
+        self.stdout.write(f"{'rate limit':<50}{'limit':>10}  next free slot")
+        for row in rows:
+            limit = queues.get(row.key) or getattr(task_or_none(row.key), "rate_limit", None)
+            wait = row.next_at - time.time()
+            slot = f"in {wait:.1f}s" if wait > 0 else "now"
+            self.stdout.write(f"{row.key[-49:]:<50}{limit or '-'!s:>10}  {slot}")
 
     def _status(self, db: str, alias: str, jobs: Any, timeout: float, *, recent: timedelta,
                 now: datetime) -> None:
