@@ -26,8 +26,21 @@ def by_css(driver, selector):
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
+def fresh(read):
+    """``read()``, again if the dashboard's refresh replaced the elements it was reading
+    (Selenium's StaleElementReferenceException): the body is swapped every few seconds."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(5):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            continue
+    return read()
+
+
 def text_of(driver, selector) -> str:
-    return " ".join(e.text for e in by_css(driver, selector))
+    return fresh(lambda: " ".join(e.text for e in by_css(driver, selector)))
 
 
 def log_in(driver, live_server) -> None:
@@ -50,11 +63,14 @@ def row_text(driver, job_id) -> str:
 
 def queue_row(driver, queue) -> list[str]:
     """The dashboard's queue table row for ``queue``: its cells' texts."""
-    for row in by_css(driver, "#dt-dashboard table tbody tr"):
-        cells = [c.text for c in row.find_elements("css selector", "td")]
-        if cells and cells[0] == queue:
-            return cells
-    return []
+    def read() -> list[str]:
+        for row in by_css(driver, "#dt-dashboard table tbody tr"):
+            cells = [c.text for c in row.find_elements("css selector", "td")]
+            if cells and cells[0] == queue:
+                return cells
+        return []
+
+    return fresh(read)
 
 
 def test_an_operator_runs_the_control_room(browser, live_server):
