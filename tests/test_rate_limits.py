@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import re
 from datetime import timedelta
 from itertools import pairwise
 
 import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
 from django.tasks import task
 from django.tasks.exceptions import InvalidTask
 
@@ -57,7 +61,7 @@ def most_in_any_window(times, width):
 
 
 @db
-def test_a_queue_limit_spaces_the_starts_of_its_jobs(settings):
+def test_a_queue_limit_spaces_the_starts_of_its_jobs(settings, client):
     from tests.test_backend import drain
 
     options = settings.TASKS["default"]["OPTIONS"]
@@ -75,6 +79,14 @@ def test_a_queue_limit_spaces_the_starts_of_its_jobs(settings):
     assert Job.objects.get(pk=other.id).status == "SUCCESSFUL"
     assert RateLimit.objects.filter(key="queue:emails").exists()
     assert not RateLimit.objects.filter(key="tests.tasks.add").exists()
+
+    # Shown where operators look: tasks status, and the admin's rate limits page.
+    out = io.StringIO()
+    call_command("tasks", "status", "--backend", "default", stdout=out)
+    assert re.search(r"queue:emails\s+20/s\s+(now|in \d+\.\ds)", out.getvalue()), out.getvalue()
+    client.force_login(User.objects.create_superuser("op", "op@example.com", "pw"))
+    page = client.get("/admin/django_tasks/ratelimit/")
+    assert page.status_code == 200 and "queue:emails" in page.text and "20/s" in page.text
 
 
 @pytest.mark.slow

@@ -190,24 +190,22 @@ class Command(BaseCommand):
             self.stdout.write("")
             self.stdout.write("\n".join(broker_lines))
         self._schedules(db, alias)
-        self._rate_limits(db, alias, tasks_backend)
+        self._rate_limits(db, alias)
 
-    def _rate_limits(self, db: str, alias: str, tasks_backend: Any) -> None:
+    def _rate_limits(self, db: str, alias: str) -> None:
         """Rate-limited keys in use: the limit, and when the next start slot is free."""
         import time
 
-        from django_tasks.jobs.policy import task_or_none
         from django_tasks.models import RateLimit
-        from django_tasks.rates import queue_key
+        from django_tasks.rates import limit_of
 
         rows = list(RateLimit.objects.using(db).filter(backend=alias).order_by("key"))
         if not rows:
             return
-        queues = {queue_key(q): r.text for q, r in tasks_backend.config.rate_limits.items()}
         self.stdout.write("")
         self.stdout.write(f"{'rate limit':<50}{'limit':>10}  next free slot")
         for row in rows:
-            limit = queues.get(row.key) or getattr(task_or_none(row.key), "rate_limit", None)
+            limit = limit_of(alias, row.key)
             wait = row.next_at - time.time()
             slot = f"in {wait:.1f}s" if wait > 0 else "now"
             self.stdout.write(f"{row.key[-49:]:<50}{limit or '-'!s:>10}  {slot}")
