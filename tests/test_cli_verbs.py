@@ -142,3 +142,19 @@ def test_purged_ids_left_in_redis_are_dropped_by_the_worker(redis_default):
     assert Job.objects.get(pk=kept.id).status == "SUCCESSFUL"
     assert not Job.objects.filter(pk__in=[p.id for p in purged]).exists()
     assert "no ids ready" in redis_holds()
+
+
+def test_status_without_a_backend_shows_every_backend_in_turn(settings):
+    """The demo's jobs go through an alias of their own: `tasks status` alone shows them."""
+    tasks.add.enqueue(1, 2)
+    Job.objects.create(task_path="tests.tasks.add", backend="redis", queue_name="emails",
+                       enqueued_at=timezone.now(), available_at=timezone.now())
+    text = tasks_cmd("status")
+    sections = [line for line in text.splitlines() if line.startswith("== backend ")]
+    assert sections == [f"== backend {alias} ==" for alias in settings.TASKS]
+    default = text.split("== backend redis ==")[0]
+    redis = text.split("== backend redis ==")[1].split("== backend")[0]
+    assert "\ndefault " in default and "\nemails " not in default
+    assert "\nemails " in redis and "\ndefault " not in redis
+    only = tasks_cmd("status", "--backend", "default")
+    assert "== backend" not in only and only.startswith("queue")

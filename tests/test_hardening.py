@@ -806,8 +806,8 @@ def test_django_options_after_a_tasks_action_are_accepted():
     """`manage.py tasks status --settings X` (Django's options after the action) runs."""
     from tests.helpers import start_command
 
-    proc = start_command("tasks", "status", "--settings", "tests.settings", "--traceback",
-                         "-v", "2")
+    proc = start_command("tasks", "status", "--backend", "default", "--settings",
+                         "tests.settings", "--traceback", "-v", "2")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert out.split()[:2] == ["queue", "wait"]

@@ -266,7 +266,7 @@ def test_tasks_status_shows_depths_and_alive_dead_stopped_workers():
                           pool="prefork", started_at=timezone.now(),
                           last_heartbeat_at=timezone.now())
     out = StringIO()
-    call_command("tasks", "status", stdout=out)
+    call_command("tasks", "status", "--backend", "default", stdout=out)
     text = out.getvalue()
     header, default_row = text.splitlines()[:2]
     assert header.split() == ["queue", "wait", "ready", "later", "claim", "run", "failed",
