@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HORIZON", "Rate", "limit_of", "parse_rate", "queue_key"]
+__all__ = ["HORIZON", "Rate", "parse_rate", "queue_key"]
 
 #: Seconds ahead a worker reserves start slots for the jobs it claims (and holds them).
 HORIZON = 1.0
@@ -71,20 +71,3 @@ def queue_key(queue: str) -> str:
     """The rate-limit key of a queue (a task's key is its dotted path)."""
     return f"queue:{queue}"
 
-
-def limit_of(backend: str, key: str) -> str:
-    """The limit a key stands for, as written (``"30/s"``): the queue's
-    ``OPTIONS["RATE_LIMITS"]`` entry or the task's ``rate_limit``; ``"-"`` if neither
-    says any more (a task removed in a deploy, a limit taken out of the settings)."""
-    from django.tasks import task_backends
-
-    from .jobs.policy import task_or_none
-
-    try:
-        limits = task_backends[backend].config.rate_limits
-    except Exception:  # a backend this deploy no longer has
-        limits = {}
-    for queue, rate in limits.items():
-        if queue_key(queue) == key:
-            return rate.text
-    return str(getattr(task_or_none(key), "rate_limit", None) or "-")

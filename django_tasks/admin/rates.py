@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 
 from ..models import RateLimit
-from ..rates import limit_of
+from ..worker.pacing import limit_of
 from .common import ReadOnlyMixin
 
 

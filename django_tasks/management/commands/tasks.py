@@ -197,7 +197,7 @@ class Command(BaseCommand):
         import time
 
         from django_tasks.models import RateLimit
-        from django_tasks.rates import limit_of
+        from django_tasks.worker.pacing import limit_of
 
         rows = list(RateLimit.objects.using(db).filter(backend=alias).order_by("key"))
         if not rows:
