@@ -47,7 +47,26 @@ from ..serialization import check_arguments
 from ..states import READY
 from ..task import Task, for_django_checks
 
-__all__ = ["Broker", "BrokerOptions", "Exchanged", "ModelBackend", "resolve_task", "stale_of"]
+__all__ = ["Broker", "BrokerOptions", "Exchanged", "ModelBackend", "database_tag", "epoch_ms",
+           "resolve_task", "stale_of"]
+
+
+def database_tag(database: str) -> str:
+    """8 hex digits naming the job table's database (engine, host, port, name): what a
+    broker's default key or queue prefix ends with, so two projects (or a test run
+    and a deploy) sharing one broker server never read each other's messages."""
+    import hashlib
+
+    from django.conf import settings
+
+    db = settings.DATABASES.get(database, {})
+    name = "|".join(str(db.get(k) or "") for k in ("ENGINE", "HOST", "PORT", "NAME"))
+    return hashlib.sha1(name.encode()).hexdigest()[:8]
+
+
+def epoch_ms(value: datetime | None) -> int:
+    """Epoch milliseconds of an aware datetime (0 for None: "now", by the broker's clock)."""
+    return 0 if value is None else int(value.timestamp() * 1000)
 
 #: Conflicting INSERTs of a unique job whose holder then finished, before giving up.
 UNIQUE_TRIES = 5

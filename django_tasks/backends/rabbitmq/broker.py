@@ -59,7 +59,6 @@ database decides), never a second run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,7 +82,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ...jobs.messages import ByIds, Message, Outcome, Start
 from ...states import READY
-from ..base import Broker, BrokerOptions, Exchanged, ModelBackend
+from ..base import Broker, BrokerOptions, Exchanged, ModelBackend, database_tag
+from ..base import epoch_ms as ms
 from ..database import _outage_errors
 from .connection import (
     AMQP_OUTAGES,
@@ -124,15 +124,7 @@ DEFAULT_PREFETCH = 16
 
 def default_prefix(alias: str, database: str) -> str:
     """``django_tasks.<alias>.<8 hex digits naming the job table's database>``."""
-    from django.conf import settings
-
-    db = settings.DATABASES.get(database, {})
-    name = "|".join(str(db.get(k) or "") for k in ("ENGINE", "HOST", "PORT", "NAME"))
-    return f"django_tasks.{alias}.{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-
-
-def ms(value: datetime | None) -> int:
-    return 0 if value is None else int(value.timestamp() * 1000)
+    return f"django_tasks.{alias}.{database_tag(database)}"
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ...jobs.messages import ByIds, Message, Outcome, Start
 from ...states import READY
-from ..base import Broker, BrokerOptions, Exchanged, ModelBackend
+from ..base import Broker, BrokerOptions, Exchanged, ModelBackend, database_tag
+from ..base import epoch_ms as ms
 from ..database import _outage_errors
 from .publisher import Publisher
 from .scripts import ABSENT_LUA, GIVE_BACK_LUA, POP_LUA, PUBLISH_LUA
@@ -123,23 +124,12 @@ def _glob_escape(text: str) -> str:
 
 def default_prefix(alias: str, database: str) -> str:
     """``django_tasks:<alias>:<8 hex digits naming the job table's database>``."""
-    import hashlib
-
-    from django.conf import settings
-
-    db = settings.DATABASES.get(database, {})
-    name = "|".join(str(db.get(k) or "") for k in ("ENGINE", "HOST", "PORT", "NAME"))
-    return f"django_tasks:{alias}:{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return f"django_tasks:{alias}:{database_tag(database)}"
 
 
 def rank(priority: int) -> int:
     """Sort rank of a priority: 0 for the highest (100), 200 for the lowest (-100)."""
     return 100 - priority
-
-
-def ms(value: datetime | None) -> int:
-    """Epoch milliseconds of an aware datetime (0 for None: "now, by Redis's clock")."""
-    return 0 if value is None else int(value.timestamp() * 1000)
 
 
 # Redis's own outages. ReadOnlyError: connected to a replica after a failover;
