@@ -31,33 +31,31 @@ def _redis_reachable() -> str | None:
     return None
 
 
-def _skip_redis_tests_without_redis(items) -> None:
-    needs = [item for item in items if "redis" in item.keywords]
-    if not needs:
-        return
-    problem = _redis_reachable()
+def _skip_without(items, keyword, problem_of, ci_says, skip_says) -> None:
+    """Tests marked ``keyword`` skip when ``problem_of()`` (asked only if there are
+    such tests) names a problem; under CI=true that is a failure instead."""
+    needs = [item for item in items if keyword in item.keywords]
+    problem = problem_of() if needs else None
     if problem is None:
         return
     if CI:
-        raise pytest.UsageError(f"CI=true and Redis ({settings.REDIS_URL}) is unreachable: "
-                                f"{problem}")
-    skip = pytest.mark.skip(reason=f"Redis unreachable ({settings.REDIS_URL}): {problem}")
+        raise pytest.UsageError(f"CI=true and {ci_says}: {problem}")
+    skip = pytest.mark.skip(reason=f"{skip_says}: {problem}")
     for item in needs:
         item.add_marker(skip)
+
+
+def _skip_redis_tests_without_redis(items) -> None:
+    url = settings.REDIS_URL
+    _skip_without(items, "redis", _redis_reachable, f"Redis ({url}) is unreachable",
+                  f"Redis unreachable ({url})")
 
 
 def _skip_browser_tests_without_browser(items) -> None:
     from tests.browser import browser_problem
 
-    needs = [item for item in items if "browser" in item.keywords]
-    problem = browser_problem() if needs else None
-    if problem is None:
-        return
-    if CI:
-        raise pytest.UsageError(f"CI=true and no browser for the admin's browser tests: {problem}")
-    skip = pytest.mark.skip(reason=f"no browser: {problem}")
-    for item in needs:
-        item.add_marker(skip)
+    _skip_without(items, "browser", browser_problem,
+                  "no browser for the admin's browser tests", "no browser")
 
 
 def _rabbitmq_reachable() -> str | None:
@@ -96,18 +94,9 @@ def _rabbitmqctl(*args: str) -> bool:
 
 
 def _skip_rabbitmq_tests_without_rabbitmq(items) -> None:
-    needs = [item for item in items if "rabbitmq" in item.keywords]
-    if not needs:
-        return
-    problem = _rabbitmq_reachable()
-    if problem is None:
-        return
-    if CI:
-        raise pytest.UsageError(f"CI=true and RabbitMQ ({settings.RABBITMQ_URL}) is "
-                                f"unreachable: {problem}")
-    skip = pytest.mark.skip(reason=f"RabbitMQ unreachable ({settings.RABBITMQ_URL}): {problem}")
-    for item in needs:
-        item.add_marker(skip)
+    url = settings.RABBITMQ_URL
+    _skip_without(items, "rabbitmq", _rabbitmq_reachable, f"RabbitMQ ({url}) is unreachable",
+                  f"RabbitMQ unreachable ({url})")
 
 
 def _rabbitmq_only_where_asked(config, items) -> None:
