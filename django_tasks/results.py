@@ -123,14 +123,16 @@ class JobResult(django_base.TaskResult):
         for attr in REFRESH_ATTRS:
             object.__setattr__(self, attr, getattr(fresh, attr))
 
-    def cancel(self, *, by: str = "") -> str:
+    def cancel(self, *, by: str = "", terminate: bool = False) -> str:
         """Cancel the job; returns what happened (see ``JobStore.cancel``):
 
         ``"cancelled"`` (it had not started and never will), ``"cancelling"`` (a worker
         holds it; it ends CANCELLED as soon as the worker notices), or, changing
         nothing, ``"already cancelling"`` or ``"finished <STATUS>"``. Refreshes.
+        ``terminate``: a running job is killed as soon as its worker notices (see
+        :meth:`revoke`).
         """
-        what = self.task.get_backend().cancel([self.id], by=by)[self.id]
+        what = self.task.get_backend().cancel([self.id], by=by, terminate=terminate)[self.id]
         self.refresh()
         return what
 
@@ -240,9 +242,7 @@ class JobResult(django_base.TaskResult):
         prefork pool; the threads pool can only ask it to stop), instead of after the
         task's ``cancel_grace``. ``signal`` is accepted and not used: the worker kills
         with SIGKILL."""
-        what = self.task.get_backend().cancel([self.id], terminate=terminate)[self.id]
-        self.refresh()
-        return what
+        return self.cancel(terminate=terminate)
 
     def forget(self) -> None:
         """Celery's ``forget()``: delete the row of this finished job (its result, errors

@@ -303,9 +303,14 @@ class Ledger:
         CANCELLED outcome each for the next round trip, as for a cancelled buffered job."""
         with self._lock:
             self.claimed += len(jobs)
-            self._outcomes.extend(cancelled_outcome(m.id, m.lease, m.task_path,
-                                                    linked=m.workflow_id is not None)
-                                  for m in jobs)
+            self._unstarted_cancelled(jobs)
+
+    def _unstarted_cancelled(self, jobs: Sequence[Message]) -> None:
+        """A CANCELLED outcome for each of ``jobs`` (never started), for the next round
+        trip (call with the lock held)."""
+        self._outcomes.extend(cancelled_outcome(m.id, m.lease, m.task_path,
+                                                linked=m.workflow_id is not None)
+                              for m in jobs)
 
     def known_ids(self) -> set[str]:
         """Ids of the jobs this worker knows it holds: buffered, running or unwritten."""
@@ -355,9 +360,7 @@ class Ledger:
                 self._not_before.pop(m.id, None)
             if dropped:
                 self._buffer = deque(m for m in self._buffer if m.id not in job_ids)
-                self._outcomes.extend(cancelled_outcome(m.id, m.lease, m.task_path,
-                                                        linked=m.workflow_id is not None)
-                                      for m in dropped)
+                self._unstarted_cancelled(dropped)
             running = {i for i in job_ids if i in self._running and i not in self._told}
             self._to_cancel |= running
         return dropped, running
