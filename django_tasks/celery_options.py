@@ -11,7 +11,6 @@ page and the tables agree):
 - ``accepted``: what it asks for is how we always work, so the values that ask for it
   are accepted and change nothing; the others are refused;
 - ``refused``: an error of one line that names the option, says why and what to use;
-- ``not yet``: a capability still to come (refused meanwhile, saying so).
 
 :func:`task_options` translates the decorator's keyword arguments before our
 ``Task`` sees them; :func:`call_options` those of ``apply_async``.
@@ -29,7 +28,7 @@ from django.tasks.exceptions import InvalidTask
 __all__ = ["CALL_OPTIONS", "STATUSES", "TASK_OPTIONS", "Answer", "call_options",
            "task_options"]
 
-STATUSES = ("same", "mapped", "built in", "accepted", "refused", "not yet")
+STATUSES = ("same", "mapped", "built in", "accepted", "refused")
 
 
 def _bool(value: Any, path: str) -> bool:
@@ -187,8 +186,6 @@ def _refusal(where: str, option: str, answer: Answer, value: Any) -> str:
     if answer.status == "accepted":
         return (f"{where}{option}={value!r} is not available: {answer.note}; it takes "
                 f"{answer.values}, or leave it out.")
-    if answer.status == "not yet":
-        return f"{where}{option}= is not available: {answer.note}."
     return f"{where}{option}= is not supported: {answer.note}."
 
 

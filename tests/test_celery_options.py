@@ -60,7 +60,7 @@ def test_the_docs_list_every_option_with_the_answer_the_code_gives():
 
 #: A value each refused/accepted-elsewhere option might be given in Celery code.
 SAMPLES = {"compression": "gzip", "throws": (KeyError,), "base": object,
-           "store_eager_result": True, "pydantic": True, "rate_limit": "10/m", "expires": 60,
+           "store_eager_result": True, "pydantic": True,
            "exchange": "tasks", "routing_key": "tasks.add", "headers": {"a": 1},
            "task_id": "4b2c...", "ignore_result": True, "time_limit": 5,
            "soft_time_limit": 5, "shadow": "other", "producer": object(),
@@ -68,20 +68,18 @@ SAMPLES = {"compression": "gzip", "throws": (KeyError,), "base": object,
 
 
 @pytest.mark.parametrize("option", [k for k, a in TASK_OPTIONS.items()
-                                    if a.status in ("refused", "not yet")])
+                                    if a.status == "refused"])
 def test_a_refused_task_option_is_one_line_naming_it(option):
     with pytest.raises(InvalidTask) as caught:
         task(**{option: SAMPLES[option]})(plain)
     message = str(caught.value)
     assert message.startswith(f"{PLAIN_PATH}: {option}= is not ")
     assert "\n" not in message
-    if TASK_OPTIONS[option].status == "not yet":
-        assert "not available yet" in message
 
 
 @db
 @pytest.mark.parametrize("option", [k for k, a in CALL_OPTIONS.items()
-                                    if a.status in ("refused", "not yet")])
+                                    if a.status == "refused"])
 def test_a_refused_call_option_is_one_line_naming_it_and_stores_nothing(option):
     with pytest.raises(TypeError) as caught:
         tasks.add.apply_async((1, 2), **{option: SAMPLES[option]})
