@@ -105,6 +105,11 @@ class Engine(ABC):
     def connection(self) -> Any:
         return connections[self.database]
 
+    def cursor(self) -> Any:
+        """A cursor for this engine's statements (Django's, so errors, transactions and
+        query logging behave as everywhere else)."""
+        return self.connection.cursor()
+
     # -- values ---------------------------------------------------------------------------
 
     @abstractmethod
@@ -169,14 +174,14 @@ class Engine(ABC):
         """Add tally rows (:func:`.tally.rows`) to the statistics table: one upsert each."""
         if not rows:
             return
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.executemany(COUNT, [{**row, "minute": self.time(row["minute"])}
                                        for row in rows])
 
     def take_period(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """Delete this backend's statistics rows from ``start`` to before ``end`` and
         return them (in the caller's transaction)."""
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(TAKE_PERIOD, {"backend": self.backend, "start": self.time(start),
                                          "end": self.time(end)})
             return [dict(zip(COUNT_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
@@ -189,7 +194,7 @@ class Engine(ABC):
 
     def insert(self, sql: str, params: Sequence[Any], *, unique: bool) -> bool:
         """Run an INSERT of one job; a unique one reports whether it inserted."""
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             if not unique:
                 cursor.execute(sql, params)
                 return True
@@ -210,7 +215,7 @@ class Engine(ABC):
 
     def give_back(self, held: Sequence[tuple[str, str]]) -> int:
         """``(id, lease)`` claimed, never started, not asked to cancel: READY again."""
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.executemany(GIVE_BACK, [{"id": self.job_id(i), "lease": lease}
                                            for i, lease in held])
             return cursor.rowcount
@@ -218,7 +223,7 @@ class Engine(ABC):
     def give_back_at(self, held: Sequence[tuple[str, str]], at: datetime) -> int:
         """``(id, lease)`` claimed, never started, not asked to cancel: READY again, due
         at ``at`` (a rate limit's next free slot)."""
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.executemany(GIVE_BACK_AT, [{"id": self.job_id(i), "lease": lease,
                                                "at": self.time(at)} for i, lease in held])
             return cursor.rowcount
@@ -230,29 +235,29 @@ class Engine(ABC):
         epoch; the first slot granted is ``next_at - granted * interval``."""
         params = {"backend": self.backend, "key": key, "interval": interval, "want": want,
                   "horizon": horizon}
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(ENSURE_RATE, params)
             cursor.execute(self.reserve_sql, params)
             next_at, granted, now = cursor.fetchone()
         return float(next_at), int(granted), float(now)
 
     def give_back_all(self, worker_id: str) -> int:
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(GIVE_BACK_ALL, {"worker": worker_id})
             return cursor.rowcount
 
     def running_of(self, worker_id: str) -> list[RunningRow]:
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(RUNNING_OF, {"worker": worker_id})
             return [RunningRow._make(row) for row in cursor.fetchall()]
 
     def cancelled_claims(self, worker_id: str) -> list[CancelledClaim]:
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(CANCELLED_CLAIMS, {"worker": worker_id})
             return [CancelledClaim._make(row) for row in cursor.fetchall()]
 
     def cancelling_of(self, worker_id: str) -> list[Cancelling]:
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(CANCELLING_OF, {"worker": worker_id})
             return [self.decode(Cancelling._make(row)) for row in cursor.fetchall()]
 
@@ -263,7 +268,7 @@ class Engine(ABC):
                                                       cursor.fetchone())[1]) is not None
 
     def decrement(self, job_id: str, n: int) -> Decremented | None:
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(DECREMENT, {"n": n, "id": self.job_id(job_id)})
             row = cursor.fetchone()
         return None if row is None else Decremented._make(row)
@@ -279,7 +284,7 @@ class Engine(ABC):
     def fail_waiting(self, job_id: str, error: str, now: datetime) -> FailedStep | None:
         """A WAITING workflow step FAILED with ``error`` (JSON); None if it was not
         waiting (undecoded)."""
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(self.fail_waiting_sql, {"now": self.time(now), "error": error,
                                                    "id": self.job_id(job_id)})
             row = cursor.fetchone()

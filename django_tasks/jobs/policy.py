@@ -249,12 +249,41 @@ def send_finished(backend_alias: str, result: JobResult) -> None:
     send_robust(task_finished, backend_alias, result)
 
 
+def heard(signal: Any, backend_alias: str) -> bool:
+    """Whether ``signal`` sent about a job of ``backend_alias`` reaches a receiver other
+    than Django's own logging ones (whose lines the worker writes itself).
+
+    The worker asks before building a job's ``TaskResult`` for ``task_started`` and
+    ``task_finished``: with no receiver of the user's, a plain job skips both (about a
+    third of a prefork child's CPU per no-op job). Reads the signal's live receivers as
+    ``Signal.send`` does; if Django ever changes how, every signal counts as heard.
+    """
+    try:
+        sync, asynchronous = signal._live_receivers(_sender(backend_alias))
+    except (AttributeError, TypeError, ValueError):
+        return True
+    ignored = _django_loggers()
+    return any(r not in ignored for r in sync) or any(r not in ignored for r in asynchronous)
+
+
+@cache
+def _django_loggers() -> frozenset[Any]:
+    from django.tasks import signals
+
+    return frozenset(getattr(signals, name) for name in
+                     ("log_task_enqueued", "log_task_started", "log_task_finished")
+                     if hasattr(signals, name))
+
+
 def send_robust(signal: Any, backend_alias: str, result: JobResult) -> None:
     from django.tasks.signals import task_enqueued
 
     # The worker logs each start and finish itself (with queue, attempt and duration):
     # Django's receivers would repeat them, a failure with a second traceback.
-    _sending.worker_lines = signal is not task_enqueued
+    worker_lines = signal is not task_enqueued
+    if worker_lines and not heard(signal, backend_alias):
+        return
+    _sending.worker_lines = worker_lines
     try:
         for receiver, response in signal.send_robust(sender=_sender(backend_alias),
                                                      task_result=result):

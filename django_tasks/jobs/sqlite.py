@@ -161,7 +161,7 @@ class SQLite(Engine):
     # -- the round trip -------------------------------------------------------------------
 
     def record_starts(self, worker_id: str, starts: Sequence[Start]) -> int:
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.executemany(RECORD_START, [
                 {"at": self.time(s.at), "worker": worker_id, "id": self.job_id(s.id),
                  "lease": s.lease} for s in starts
@@ -170,7 +170,7 @@ class SQLite(Engine):
 
     def write_outcomes(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Applied]:
         rows = []
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             for o in outcomes:
                 cursor.execute(APPLY_OUTCOME, self._outcome_params(worker_id, o))
                 rows.extend(Applied._make(row) for row in cursor.fetchall())
@@ -197,7 +197,7 @@ class SQLite(Engine):
         else:
             sql, listed = _listed(CLAIM_READY, "queues", claim.queues)
             params["limit"] = claim.limit
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(sql, {**listed, **params})
             return [MessageRow._make(row) for row in cursor.fetchall()]
 
@@ -205,14 +205,14 @@ class SQLite(Engine):
 
     def cancel_unheld(self, ids: Sequence[str], error: str, now: datetime) -> list[Applied]:
         sql, params = _listed(CANCEL_UNHELD, "ids", [self.job_id(i) for i in ids])
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(sql, {**params, "error": error, "now": self.time(now),
                                  "backend": self.backend})
             return [Applied._make(row) for row in cursor.fetchall()]
 
     def cancel_held(self, ids: Sequence[str], error: str) -> list[Any]:
         sql, params = _listed(CANCEL_HELD, "ids", [self.job_id(i) for i in ids])
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(sql, {**params, "error": error, "backend": self.backend})
             return [row[0] for row in cursor.fetchall()]
 

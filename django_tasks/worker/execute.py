@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db import close_old_connections
 from django.tasks import TaskResultStatus
-from django.tasks.signals import task_started
+from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
 from ..exceptions import (
@@ -29,6 +29,7 @@ from ..exceptions import (
 from ..jobs.messages import Message, Outcome
 from ..jobs.policy import (
     failure_outcome,
+    heard,
     job_result,
     log_args,
     resolve_task,
@@ -49,15 +50,15 @@ def _raise_soft_time_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded()
 
 
-def _call(task: Any, result: JobResult, context: TaskContext | None,
+def _call(task: Any, message: Message, context: TaskContext | None,
           soft_time_limit: float | None) -> Any:
     """Call the task, with SIGALRM armed to raise SoftTimeLimitExceeded inside it."""
     if not soft_time_limit:
-        return _invoke(task, result, context)
+        return _invoke(task, message, context)
     previous = signal.signal(signal.SIGALRM, _raise_soft_time_limit)
     signal.setitimer(signal.ITIMER_REAL, soft_time_limit)
     try:
-        return _invoke(task, result, context)
+        return _invoke(task, message, context)
     finally:
         # If the alarm fires right here, after the task returned, the job still
         # overran its soft limit: failing it with SoftTimeLimitExceeded is fair.
@@ -65,13 +66,13 @@ def _call(task: Any, result: JobResult, context: TaskContext | None,
         signal.signal(signal.SIGALRM, previous)
 
 
-def _invoke(task: Any, result: JobResult, context: TaskContext | None) -> Any:
+def _invoke(task: Any, message: Message, context: TaskContext | None) -> Any:
     if context is not None:
-        return task.call(context, *result.args, **result.kwargs)
-    return task.call(*result.args, **result.kwargs)
+        return task.call(context, *message.args, **message.kwargs)
+    return task.call(*message.args, **message.kwargs)
 
 
-def _stopped_by_itself(message: Message, worker_id: str, task: Any, result: JobResult,
+def _stopped_by_itself(message: Message, worker_id: str, task: Any, result: JobResult | None,
                        started: float, how: str) -> Outcome:
     """The task saw ``context.is_cancelled()`` and then ended (``how``): the job is
     CANCELLED whatever it returned or raised (the request cannot be taken back)."""
@@ -104,7 +105,12 @@ def execute(
         return failure_outcome(message, exc, worker_id, now=timezone.now(),
                                duration=time.monotonic() - started)
 
-    result = job_result(message, task, timezone.now())
+    # The TaskResult is built only for someone to see it: the task's context, or a
+    # receiver of task_started or task_finished other than Django's logging ones.
+    finished_heard = heard(task_finished, message.backend)
+    result = None
+    if task.takes_context or finished_heard or heard(task_started, message.backend):
+        result = job_result(message, task, timezone.now())
     soft = getattr(task, "soft_time_limit", None) if soft_time_limits else None
     # bind=True (Celery's) too: the context is its ``self``.
     context = (TaskContext(task_result=result, lease=message.lease, worker_id=worker_id,
@@ -113,9 +119,10 @@ def execute(
     if own_connections:
         close_old_connections()
     try:
-        # A receiver's bug is logged; it does not fail the job it was told about.
-        send_robust(task_started, message.backend, result)
-        value = _call(task, result, context, soft)
+        if result is not None:
+            # A receiver's bug is logged; it does not fail the job it was told about.
+            send_robust(task_started, message.backend, result)
+        value = _call(task, message, context, soft)
         if context is not None and context.retry_pending is not None:
             raise context.retry_pending  # retry(throw=False): runs again, value dropped
         check_return_value(value, task_name=message.task_path)
@@ -138,14 +145,15 @@ def execute(
         if context is not None and context.cancel_seen:
             return _stopped_by_itself(message, worker_id, task, result, started, "returned")
         now = timezone.now()
-        object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
-        object.__setattr__(result, "finished_at", now)
-        object.__setattr__(result, "_return_value", value)
         logger.info(
             "Job %s SUCCESSFUL: task=%s queue=%s attempt=%d/%d duration=%.3fs",
             *args, time.monotonic() - started,
         )
-        send_finished(message.backend, result)
+        if result is not None and finished_heard:
+            object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+            object.__setattr__(result, "finished_at", now)
+            object.__setattr__(result, "_return_value", value)
+            send_finished(message.backend, result)
         if getattr(task, "ignore_result", False) and message.workflow_id is None:
             value = None  # Celery's ignore_result: not stored (a workflow's next step needs it)
         return success_outcome(message, value, now)

@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from multiprocessing.connection import wait
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -49,7 +48,7 @@ from .liveness import is_gone, process_key
 from .pacing import Pacer
 from .phase import Phase
 from .pools import make_pool
-from .wakeup import Pipe
+from .wakeup import Pipe, Waiter
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -174,6 +173,7 @@ class TaskWorker:
         self.wake_main = Pipe()  # wakes the main thread
         self.wake_broker = Pipe()  # wakes the broker thread
         self._pipes: tuple[Pipe, ...] = (self.wake_main, self.wake_broker)
+        self._waiter = Waiter()  # the main thread's wait (_wait)
 
     # -- what the ledger holds ------------------------------------------------------------
 
@@ -443,8 +443,8 @@ class TaskWorker:
             # At least 2 ms: the timer may wake a hair early, and a slot already due may
             # wait for the broker thread to record earlier starts: no busy loop.
             timeout = min(timeout, max(held - time.monotonic(), 0.002))
-        ready = wait([*self.pool.waitables(), self.wake_main], timeout)
-        if self.wake_main in ready:
+        ready = self._waiter.wait([*self.pool.waitables(), self.wake_main], timeout)
+        if self.wake_main.r in ready:
             self.wake_main.drain()
 
     # -- stopping -------------------------------------------------------------------------
