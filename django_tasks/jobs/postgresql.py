@@ -16,7 +16,7 @@ depends on how many rows it touches. Times a worker does not give are the databa
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -293,7 +293,7 @@ class PostgreSQL(Engine):
         params = {"worker": worker_id, "lease": lease, "backend": self.backend,
                   "now": self.time(now)}  # None: the database's clock
         if isinstance(claim, ByIds):
-            params["claim_ids"] = list(claim.ids)
+            params["claim_ids"] = _uuids(claim.ids)
         else:
             params["queues"] = list(claim.queues) or [""]
             params["limit"] = max(0, claim.limit) if claim.queues else 0
@@ -400,7 +400,7 @@ class PostgresListener:
 def _outcomes(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     """Parameters of APPLY_OUTCOMES: the outcomes as one JSON document, and their ids."""
     return {
-        "outcome_ids": [o.id for o in outcomes],
+        "outcome_ids": _uuids(o.id for o in outcomes),
         "outcomes": dumps([
             {"id": o.id, "lease": o.lease, "status": o.status, "return_value": o.return_value,
              "error": o.error, "finished_at": o.finished_at, "retry_at": o.retry_at,
@@ -413,5 +413,13 @@ def _outcomes(outcomes: Sequence[Outcome]) -> dict[str, Any]:
 
 def _starts(starts: Sequence[Start]) -> dict[str, Any]:
     """Parameters of RECORD_STARTS (``worker`` aside)."""
-    return {"start_ids": [s.id for s in starts],
+    return {"start_ids": _uuids(s.id for s in starts),
             "starts": dumps([{"id": s.id, "lease": s.lease, "at": s.at} for s in starts])}
+
+
+def _uuids(ids: Iterable[Any]) -> str:
+    """Job ids as one ``uuid[]`` literal (``{a,b}``), cast by the statement: psycopg
+    inspects every element of a Python list to choose the array's type, which cost the
+    broker thread a twentieth of its time per round trip. (A UUID's text has no comma,
+    brace or quote to escape.)"""
+    return "{" + ",".join(map(str, ids)) + "}"

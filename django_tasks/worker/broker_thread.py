@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections
@@ -31,6 +30,7 @@ from ..outage import Outage
 from ..results import as_datetime
 from ..states import FAILED
 from .phase import Phase
+from .wakeup import Waiter
 
 if TYPE_CHECKING:  # the worker builds this class: no import at run time
     from .loop import TaskWorker
@@ -65,6 +65,7 @@ class BrokerThread:
         self.listens = False  # the broker has a wake-up channel to keep open
         self._wake_retry_at = 0.0
         self._count_at = 0.0  # time.monotonic() when the statistics are next added
+        self._waiter = Waiter()  # _sleep's
 
     # -- one round trip ---------------------------------------------------------------------
 
@@ -236,13 +237,14 @@ class BrokerThread:
             waitables.append(self.listener)
         elif self.listens:
             timeout = min(timeout, 1.0)  # the wake-up channel is to be reopened soon
-        ready = wait(waitables, timeout)
-        if worker.wake_broker in ready:
+        ready = self._waiter.wait(waitables, timeout)
+        if worker.wake_broker.r in ready:
             worker.wake_broker.drain()
-        if self.listener is not None and self.listener in ready:
+        heard = self.listener is not None and self.listener.fileno() in ready
+        if heard:
             self.listener.drain()  # raises when the LISTEN connection was dropped
         # Woken by the broker or the poll timer: worth asking for jobs again.
-        if not ready or self.listener in ready:
+        if not ready or heard:
             worker.ledger.expect_jobs()
 
     # -- the wake-up channel --------------------------------------------------------------------

@@ -14,9 +14,9 @@ from one thread:
 Each pool is a module of this package: :mod:`.prefork` (the default), :mod:`.threads`
 (``threads`` and ``inline``).
 
-Messages and outcomes cross to prefork children pickled (plain JSON data either way). Only the prefork pool
-can enforce ``time_limit`` / ``soft_time_limit`` and survive a job that kills its
-process; the threads and inline pools run jobs inside the worker process itself.
+Messages and outcomes cross to prefork children pickled (plain JSON data either way).
+Only the prefork pool can enforce ``time_limit`` / ``soft_time_limit`` and survive a
+job that kills its process; the threads and inline pools run jobs inside the worker process itself.
 """
 
 from __future__ import annotations
