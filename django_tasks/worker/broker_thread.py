@@ -37,10 +37,15 @@ if TYPE_CHECKING:  # the worker builds this class: no import at run time
 
 logger = logging.getLogger("django_tasks.worker")
 
-__all__ = ["STATISTICS_INTERVAL", "BrokerThread", "reset_connections"]
+__all__ = ["ROUND_TRIP_SPACING", "STATISTICS_INTERVAL", "BrokerThread", "reset_connections"]
 
 #: A busy worker adds the statistics of the outcomes it wrote this often (seconds).
 STATISTICS_INTERVAL = 1.0
+#: While the buffer is stocked (Ledger.stocked), round trips start at least this many
+#: seconds apart, so that each writes and claims more jobs: a round trip costs the
+#: database about the same whether it carries 5 outcomes or 30. A worker short of jobs,
+#: or idle and woken by an enqueue, does not wait.
+ROUND_TRIP_SPACING = 0.004
 
 
 def reset_connections() -> None:
@@ -66,6 +71,7 @@ class BrokerThread:
         self._wake_retry_at = 0.0
         self._count_at = 0.0  # time.monotonic() when the statistics are next added
         self._waiter = Waiter()  # _sleep's
+        self._last_trip = 0.0  # time.monotonic() when the last round trip began (run())
 
     # -- one round trip ---------------------------------------------------------------------
 
@@ -200,6 +206,7 @@ class BrokerThread:
                     if outage.since is not None:
                         self.reconcile()
                     if self._worth_a_round_trip():
+                        self._space_out()
                         self.exchange()
                     outage.recovered("; outcomes written")
                     if not self._worth_a_round_trip():
@@ -222,6 +229,16 @@ class BrokerThread:
             worker.bug_in("broker")
         finally:
             connections.close_all()
+
+    def _space_out(self) -> None:
+        """Let the next batch gather (ROUND_TRIP_SPACING) if the slots have jobs enough."""
+        worker = self.worker
+        now = time.monotonic()
+        gap = self._last_trip + ROUND_TRIP_SPACING - now
+        if gap > 0 and worker.phase is Phase.RUNNING and worker.ledger.stocked():
+            time.sleep(gap)
+            now += gap
+        self._last_trip = now
 
     def _worth_a_round_trip(self) -> bool:
         worker = self.worker

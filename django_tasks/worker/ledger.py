@@ -211,6 +211,13 @@ class Ledger:
             return Load(len(self._running),
                         bool(self._running or self._buffer or self._outcomes), self._drained)
 
+    def stocked(self) -> bool:
+        """Enough jobs are buffered that the slots will not run dry while a round trip
+        waits a moment (:data:`~django_tasks.worker.broker_thread.ROUND_TRIP_SPACING`):
+        one per slot, and half of what adaptive prefetch aims for. Read without the
+        lock: a hint."""
+        return len(self._buffer) >= max(self.concurrency, self.prefetch_now() // 2)
+
     def idle(self) -> bool:
         """The last round trip found nothing and nothing is held or unwritten."""
         with self._lock:

@@ -52,6 +52,7 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 #: (checked at enqueue and by ``check_return_value``). Pickle does it in a third of
 #: JSON's time, on a path every job takes twice.
 _PICKLE = pickle.HIGHEST_PROTOCOL
+_UNKNOWN = object()
 
 #: Connections a child inherited from the supervisor: kept referenced, never closed.
 _inherited_connections: list[Any] = []
@@ -232,6 +233,7 @@ class PreforkPool:
         self._respawn_at: float | None = None
         self._stopped = False
         self._waiter = Waiter()  # collect()'s look at the pipes and sentinels
+        self._time_limits: dict[str, Any] = {}  # task path -> its time_limit (submit)
 
     # -- children ------------------------------------------------------------------------
 
@@ -309,7 +311,11 @@ class PreforkPool:
         )
         if slot is None:
             raise RuntimeError("No free slot: check free_slots() before submit().")
-        task = task_or_none(message.task_path)
+        time_limit = self._time_limits.get(message.task_path, _UNKNOWN)
+        if time_limit is _UNKNOWN:
+            # Once per task for the pool's life: resolving checks the allowed modules.
+            time_limit = self._time_limits[message.task_path] = getattr(
+                task_or_none(message.task_path), "time_limit", None)
         data = pickle.dumps(message.to_wire(), _PICKLE)
         try:
             slot.pipe.send_bytes(data)
@@ -322,7 +328,7 @@ class PreforkPool:
             slot.pipe.send_bytes(data)
         slot.message = message
         slot.started = time.monotonic()
-        slot.time_limit = getattr(task, "time_limit", None)
+        slot.time_limit = time_limit
         slot.deadline = None if slot.time_limit is None else slot.started + slot.time_limit
         slot.cancel = None
 
@@ -340,10 +346,15 @@ class PreforkPool:
             slot.deadline = kill_at if slot.deadline is None else min(slot.deadline, kill_at)
         return True
 
-    def _receive(self, slot: _Slot) -> dict[str, Any] | None:
-        """The child's complete reply, if one is waiting; None if none (or it died mid-way)."""
+    def _receive(self, slot: _Slot, ready: set[int] | None = None) -> dict[str, Any] | None:
+        """The child's complete reply, if one is waiting; None if none (or it died mid-way).
+        ``ready``: the descriptors found readable just now, if known (then no second
+        look: ``Connection.poll`` builds a selector each time)."""
         try:
-            if not slot.pipe.poll():
+            if ready is None:
+                if not slot.pipe.poll():
+                    return None
+            elif slot.pipe.fileno() not in ready:
                 return None
             return pickle.loads(slot.pipe.recv_bytes())
         except (EOFError, OSError):
@@ -382,7 +393,7 @@ class PreforkPool:
             if dead:
                 self._idle_death(slot)
             return []
-        reply = self._receive(slot)
+        reply = self._receive(slot, ready)
         killed = False
         if reply is None and not dead and slot.deadline is not None and now >= slot.deadline:
             process.kill()
