@@ -9,7 +9,8 @@ Figures (``--only`` takes a comma-separated list of these names):
 - ``enqueue``: E x ``noop.enqueue()`` from one producer in autocommit, per broker;
 - ``bulk``: N jobs by the task's bulk-enqueue API (``enqueue_many`` or
   ``bulk_enqueue``) when it exists, per broker; "n/a (no bulk API)" otherwise;
-- ``drain``: N ready jobs, one ``worker -c 2 --burst`` (prefork), start to exit;
+- ``drain``: N ready jobs, one ``worker -c 2 --burst`` (prefork), start to exit; and
+  the CPU of one such worker's start-up and exit over an empty queue;
 - ``workers``: the same N drained by 2, then 4 such workers started together;
 - ``latency``: enqueue-to-start p50/p99 of jobs enqueued one at a time (throughput.py);
 - ``celery``: Celery 5.7 + Redis side by side (``benchmarks/.celery-venv``, created on
@@ -100,8 +101,8 @@ def fmt(value: float | None, unit: str) -> str:
         return "FAILED"
     if unit == "x":
         return f"{value:.2f}x"
-    if unit == "ms":
-        return f"{value:.2f} ms"
+    if unit in ("ms", "s CPU"):
+        return f"{value:.2f} {unit}"
     return f"{value:,.0f} {unit}"
 
 
@@ -201,6 +202,19 @@ def measure_drain(fig: Figure, broker: str, n: int, workers: int = 1) -> str:
     return f"{tp.fmt(rate, 'jobs/s')}, {sum(c.per_job(n)):,.0f} µs/job; {check}"
 
 
+def measure_startup(fig: Figure, broker: str) -> str:
+    """CPU seconds of one ``worker -c 2 --burst`` over an empty queue, start to exit: what
+    each worker of a drain row adds to its worker column (divided by N)."""
+    tp.truncate()
+    server = server_reader(broker)
+    before = cpu.reading(server)
+    tp.drain_run(0)
+    cpu.settle()
+    used = cpu.reading(server) - before
+    fig.runs.append(used.worker)
+    return f"worker {used.worker:.2f} s, PostgreSQL {used.postgres:.2f} s CPU"
+
+
 def measure_latency(p50: Figure, p99: Figure) -> str:
     got = tp.latency_run()
     p50.runs.append(got[0] if got else None)
@@ -281,7 +295,7 @@ def measure_celery(enqueue: Figure, drain: Figure, n: int, url: str, results: bo
     stored = sum(1 for _ in client.scan_iter(match="celery-task-meta-*", count=1000))
     celery_clear(client)
     client.close()
-    rate = n / elapsed if elapsed and (not results or stored >= n - 1) else None
+    rate = n / elapsed if elapsed and (not results or stored >= n) else None
     drain.runs.append(rate)
     drain.cpus.append(Cpu(c.worker, 0.0, c.server))
     if rate is None and output.strip():
@@ -423,6 +437,8 @@ def run(args: argparse.Namespace, sizes: Sizes) -> list[tuple[Figure, dict]]:
             if "drain" in only:
                 f = fig(broker, "drain", f"drain {n:,}, 1 worker -c 2", "jobs/s")
                 say(f"{broker} drain, 1 worker: {measure_drain(f, broker, n)}")
+                f = fig(broker, "startup", "worker start-up + exit, empty queue", "s CPU")
+                say(f"{broker} start-up: {measure_startup(f, broker)}")
         if celery:
             say("celery: " + measure_celery(
                 fig("celery+redis", "enqueue", "enqueue, .delay()", "jobs/s"),
@@ -492,6 +508,7 @@ def assemble(figs: dict[tuple[str, str], Figure], brokers: Sequence[str]
             if celery_drain:
                 rows.append((ratio(f"{broker}: drain / Celery drain (results off)", one,
                                    celery_drain, Target(">=", 4, "x")), plain))
+        add("startup")
         for k in (2, 4):
             many = add(f"drain {k}", on_server)
             if one and many and one.cpus and many.cpus:
