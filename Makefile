@@ -36,8 +36,10 @@ test: lint
 	TEST_DB=sqlite $(PY) -m pytest
 	TEST_DB=postgres $(PY) -m pytest
 
+# Every figure of docs/performance.md in one table (~15 min); BENCH_ARGS=--quick for a smoke
+# check (< 2 min). Creates benchmarks/.celery-venv (Celery 5.7 + Redis) on first use.
 bench: $(STAMP)
-	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-*
