@@ -181,8 +181,9 @@ class Broker(ABC):
         return None
 
     def prepare_connection(self) -> None:
-        """Prepare the calling thread's connections for a worker's broker traffic."""
-        return None
+        """Prepare the calling thread's connections for a worker's broker traffic (the
+        broker thread calls it on its own connection, and again after reconnecting)."""
+        self.store.engine.prepare_worker_connection()
 
     def check(self) -> list[checks.CheckMessage]:
         """Problems with this broker's configuration, for ``manage.py check``."""

@@ -110,6 +110,11 @@ class Engine(ABC):
         query logging behave as everywhere else)."""
         return self.connection.cursor()
 
+    def prepare_worker_connection(self) -> None:
+        """Set up the calling thread's connection for a worker's round trips (the broker
+        thread's own connection, which runs nothing else). Nothing to do by default."""
+        return None
+
     # -- values ---------------------------------------------------------------------------
 
     @abstractmethod

@@ -108,15 +108,19 @@ APPLY_OUTCOMES = (
 # settings: with the queue fixed by equality, the index order *is* the claim order,
 # even when the table's statistics are stale right after a burst of enqueues.
 # ``FOR UPDATE SKIP LOCKED``: concurrent claimers take different jobs, never wait.
+# ``id = ANY(ARRAY(...))``: the ids are chosen first (an InitPlan), then the rows are
+# updated by primary key. As ``id IN (...)`` the planner could turn it into a semi-join
+# and, believing the table nearly empty (statistics from before a burst of enqueues),
+# walk the whole table by primary key testing each row: 10 ms per claim at 20,000 jobs.
 CLAIM_READY = (
     "UPDATE \"django_tasks_job\" SET status = 'CLAIMED', worker_id = %(worker)s, "
     "lease = %(lease)s "
-    "WHERE id IN (SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name) "
+    "WHERE id = ANY(ARRAY(SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name) "
     "CROSS JOIN LATERAL (SELECT id, priority, available_at FROM \"django_tasks_job\" "
     "WHERE status = 'READY' AND backend = %(backend)s AND queue_name = q.name "
     "AND available_at <= COALESCE(%(now)s::timestamptz, statement_timestamp()) "
     "ORDER BY priority DESC, available_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS c "
-    "ORDER BY c.priority DESC, c.available_at LIMIT %(limit)s) "
+    "ORDER BY c.priority DESC, c.available_at LIMIT %(limit)s)) "
     "RETURNING " + ", ".join(MESSAGE_COLUMNS)
 )
 # Jobs by id (a broker that carries ids, such as Redis, chose them): only rows still
@@ -255,6 +259,22 @@ class PostgreSQL(Engine):
             raw.prepare_threshold = _NEVER
         with connection.wrap_database_errors:
             return connection.make_cursor(_prepared_cursor_class()(raw))
+
+    def prepare_worker_connection(self) -> None:
+        """The worker's round trips read jobs through an index, never a bitmap or a
+        sequential scan.
+
+        Right after a burst of enqueues (a TRUNCATE, a bulk load) the table's statistics
+        can say it is nearly empty; planned then, the claim fetched every ready row of a
+        queue (a bitmap scan of the claim index, then a sort) to return the first few:
+        measured 13 ms and 544 buffers per claim instead of 0.3 ms and 11, a tenth of
+        the drain rate until autovacuum analyzed the table. Every statement of the round
+        trip has an index that answers it in order, so on this connection (the broker
+        thread's own) the planner is left no other way.
+        """
+        with self.connection.cursor() as cursor:
+            cursor.execute("SET enable_bitmapscan = off")
+            cursor.execute("SET enable_seqscan = off")
 
     def job_id(self, value: str) -> Any:
         return uuid.UUID(value)
