@@ -19,7 +19,7 @@ __all__ = ["BackendOptions", "ScheduleEntry", "backend", "may_import", "task_mod
 
 _KNOWN = {"DATABASE", "ROUTES", "POLL_INTERVAL", "NOTIFY", "HEARTBEAT_INTERVAL",
           "WORKER_TIMEOUT", "TASK_MODULES", "MAX_PAYLOAD", "WORKER_RETENTION", "SCHEDULE",
-          "RATE_LIMITS", "STATS_RETENTION"}
+          "RATE_LIMITS", "STATS_RETENTION", "PREPARED_STATEMENTS"}
 #: What a SCHEDULE entry may say (Celery's beat_schedule keys, plus ours).
 _SCHEDULE_KEYS = {"task", "schedule", "args", "kwargs", "queue", "priority", "options",
                   "timezone", "catch_up", "enabled"}
@@ -157,6 +157,10 @@ class BackendOptions:
     poll_interval: float = 1.0
     #: PostgreSQL: send NOTIFY on enqueue so idle workers start at once.
     notify: bool = True
+    #: PostgreSQL: the job store's statements are prepared once per connection
+    #: (turn off behind a pooler that cannot keep them: PgBouncer before 1.21 in
+    #: transaction mode).
+    prepared_statements: bool = True
     #: Seconds between worker heartbeats.
     heartbeat_interval: float = 5.0
     #: Seconds without a heartbeat after which a worker is declared dead and any live
@@ -206,11 +210,12 @@ class BackendOptions:
                     values[attr] = float(value)
                 else:
                     problems.append(f"OPTIONS['{key}'] must be a number of seconds > 0")
-        if "NOTIFY" in options:
-            if isinstance(options["NOTIFY"], bool):
-                values["notify"] = options["NOTIFY"]
-            else:
-                problems.append("OPTIONS['NOTIFY'] must be True or False")
+        for key, attr in (("NOTIFY", "notify"), ("PREPARED_STATEMENTS", "prepared_statements")):
+            if key in options:
+                if isinstance(options[key], bool):
+                    values[attr] = options[key]
+                else:
+                    problems.append(f"OPTIONS['{key}'] must be True or False")
         if "TASK_MODULES" in options:
             modules = options["TASK_MODULES"]
             if isinstance(modules, list | tuple) and all(

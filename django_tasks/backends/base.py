@@ -217,6 +217,7 @@ class ModelBackend(BaseTaskBackend):
         self.config = BackendOptions.parse(self.options, self.broker_class.option_names)
         self.database = self.config.database
         self.store = JobStore(alias, self.database, worker_timeout=self.config.worker_timeout)
+        self.store.engine.prepared = self.config.prepared_statements
         self.broker = self.broker_class(self.store, self.broker_class.options_from(self))
         # What the store's follow-ups (a workflow's next step) publish through.
         self.store.republish = self.broker.republish

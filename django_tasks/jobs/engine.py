@@ -94,6 +94,9 @@ class Engine(ABC):
 
     #: The database can wake listeners at commit (NOTIFY on insert, LISTEN).
     notifies: bool = False
+    #: Statements prepared once per connection where the database has them
+    #: (``OPTIONS["PREPARED_STATEMENTS"]``, set by the backend).
+    prepared: bool = True
     #: None: django_tasks can store jobs here (see :class:`Unavailable`).
     unsupported: str | None = None
 

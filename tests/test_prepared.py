@@ -1,0 +1,81 @@
+"""The job store's statements on PostgreSQL: prepared once per connection, unless
+OPTIONS["PREPARED_STATEMENTS"] says not to; and the worker's round-trip connection
+plans claims through an index whatever the statistics say."""
+
+import pytest
+from django.db import connection
+from django.tasks import default_task_backend
+
+from django_tasks.backends.database import DatabaseBackend
+from django_tasks.conf import BackendOptions
+from django_tasks.jobs import postgresql
+
+from . import tasks
+
+POSTGRES = connection.vendor == "postgresql"
+postgres_only = pytest.mark.skipif(not POSTGRES, reason="prepared statements: PostgreSQL")
+
+
+def prepared_texts() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_the_store_prepares_its_statements_once_per_connection():
+    engine = default_task_backend.store.engine
+    assert engine.prepared
+    engine.now()
+    engine.now()
+    mine = [t for t in prepared_texts() if "statement_timestamp()" in t]
+    assert len(mine) == 1  # prepared once, executed twice
+    # Django's own cursors on the same connection still prepare nothing.
+    tasks.add.enqueue(1, 2)
+    assert not [t for t in prepared_texts() if "django_tasks_job" in t and "INSERT" in t
+                and "pg_notify" not in t]
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_prepared_statements_can_be_turned_off(settings):
+    settings.TASKS = {"default": {
+        "BACKEND": "django_tasks.backends.database.DatabaseBackend",
+        "OPTIONS": {"PREPARED_STATEMENTS": False},
+    }}
+    backend = DatabaseBackend("off", settings.TASKS["default"])
+    assert backend.store.engine.prepared is False
+    connection.close()  # a fresh session: nothing prepared by earlier tests
+    backend.store.engine.now()
+    assert not [t for t in prepared_texts() if "statement_timestamp()" in t]
+
+
+def test_prepared_statements_option_must_be_a_boolean():
+    options = BackendOptions.parse({"PREPARED_STATEMENTS": "no"})
+    assert options.problems == ("OPTIONS['PREPARED_STATEMENTS'] must be True or False",)
+    assert BackendOptions.parse({"PREPARED_STATEMENTS": False}).prepared_statements is False
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_the_round_trip_connection_claims_through_the_index_with_stale_statistics():
+    # Statistics of an empty table, then a burst of enqueues: what a claim planned
+    # freely turned into a scan of every ready row of the queue.
+    with connection.cursor() as cursor:
+        cursor.execute('ANALYZE "django_tasks_job"')
+    for i in range(300):
+        tasks.add.enqueue(i, i)
+    default_task_backend.broker.prepare_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN " + postgresql.CLAIM_READY, {
+                "worker": "w", "lease": "L", "queues": ["default"], "backend": "default",
+                "now": None, "limit": 10})
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET enable_bitmapscan")
+            cursor.execute("RESET enable_seqscan")
+    assert "Bitmap" not in plan and "Seq Scan" not in plan, plan
+    assert "django_tasks_job_claim_q" in plan, plan
