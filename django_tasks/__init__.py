@@ -38,7 +38,7 @@ from .exceptions import (
     WorkerLost,
 )
 from .results import GroupResult, JobError, JobResult
-from .task import Task, TaskContext
+from .task import Task, TaskContext, aenqueue_many, enqueue_many
 from .workflows.canvas import Signature, chain, chord, group, signature
 
 # After the submodule imports: importing ``django_tasks.task`` binds the package
@@ -71,8 +71,10 @@ __all__ = [
     "TimeLimitExceeded",
     "UpstreamFailed",
     "WorkerLost",
+    "aenqueue_many",
     "chain",
     "chord",
+    "enqueue_many",
     "group",
     "shared_task",
     "signature",

@@ -24,8 +24,8 @@ from ..exceptions import OutcomeHookFailed
 from ..results import as_datetime
 from ..serialization import dumps
 from .engine import Engine, RoundTrip
-from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, Outcome, Start
-from .portable import reserve_slots
+from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, NewJob, Outcome, Start
+from .portable import INSERT_COLUMNS, ON_CONFLICT_UNIQUE, reserve_slots
 from .rows import MESSAGE_COLUMNS, ExchangeRow, MessageRow
 
 __all__ = ["PostgreSQL", "PostgresListener"]
@@ -200,6 +200,34 @@ FAIL_WAITING = (
     "WHERE id = %(id)s AND status = 'WAITING' RETURNING links"
 )
 
+# -- bulk enqueue --------------------------------------------------------------------------
+
+# Many new jobs in one statement, the batch as one JSON document (``NEW_JOB_FIELDS``,
+# see ``_new_jobs``): one parameter however many rows, so no parameter limit, and one
+# plan. The columns left out take their defaults; ``available_at`` is the database's
+# clock for a job due at once, as a single enqueue's ``Now()`` is.
+INSERT_MANY = (
+    "INSERT INTO \"django_tasks_job\" (" + ", ".join(INSERT_COLUMNS) + ") "
+    "SELECT j.id, j.task_path, %(backend)s, j.queue_name, j.priority, j.status, j.args, "
+    "j.kwargs, '[]', '[]', 0, j.max_attempts, j.enqueued_at, j.run_after, "
+    "COALESCE(j.run_after, statement_timestamp()), '', '', j.workflow_id, j.waiting_on, "
+    "j.links, j.unique_key, j.expires_at "
+    "FROM jsonb_to_recordset(%(jobs)s::jsonb) AS j(id uuid, task_path text, queue_name text, "
+    "priority int, status text, args jsonb, kwargs jsonb, max_attempts int, "
+    "enqueued_at timestamptz, run_after timestamptz, workflow_id uuid, waiting_on int, "
+    "links jsonb, unique_key text, expires_at timestamptz)"
+)
+# The ids inserted (a batch with unique jobs: those whose key was held are not).
+INSERTED_IDS = " RETURNING id"
+# The batch and one NOTIFY per channel (the queues of its READY jobs) in one statement,
+# delivered at commit; none if nothing was inserted. Rows: the ids inserted when
+# ``want_ids`` (else none), then a NULL per channel notified.
+INSERT_MANY_NOTIFY = (
+    "WITH j AS ({insert} RETURNING id) SELECT id FROM j WHERE %(want_ids)s "
+    "UNION ALL SELECT NULL FROM (SELECT pg_notify(c, '') "
+    "FROM unnest(%(channels)s::text[]) AS c WHERE EXISTS (SELECT 1 FROM j)) AS n"
+)
+
 # -- waking workers ------------------------------------------------------------------------
 
 # Enqueue and wake in one statement, so one round trip and in autocommit one commit:
@@ -302,6 +330,22 @@ class PostgreSQL(Engine):
                                          "backend": self.backend})
             return [row[0] for row in cursor.fetchall()]
 
+    # -- bulk enqueue -----------------------------------------------------------------
+
+    def insert_many(self, jobs: Sequence[NewJob], *, unique: bool,
+                    channels: Sequence[str] = ()) -> set[str] | None:
+        insert = INSERT_MANY + (ON_CONFLICT_UNIQUE if unique else "")
+        params: dict[str, Any] = {"backend": self.backend, "jobs": _new_jobs(jobs)}
+        with self.connection.cursor() as cursor:
+            if channels:
+                cursor.execute(INSERT_MANY_NOTIFY.format(insert=insert),
+                               {**params, "want_ids": unique, "channels": list(channels)})
+            else:
+                cursor.execute(insert + (INSERTED_IDS if unique else ""), params)
+            if not unique:
+                return None
+            return {str(row[0]) for row in cursor.fetchall() if row[0] is not None}
+
     # -- waking workers ------------------------------------------------------------------
 
     def insert_notify(self, sql: str, params: Sequence[Any], channel: str) -> bool:
@@ -356,6 +400,20 @@ def _outcomes(outcomes: Sequence[Outcome]) -> dict[str, Any]:
             for o in outcomes
         ]),
     }
+
+
+def _new_jobs(jobs: Sequence[NewJob]) -> str:
+    """INSERT_MANY's ``jobs``: one JSON document, times as ISO strings."""
+    return dumps([
+        {"id": str(j.id), "task_path": j.task_path, "queue_name": j.queue_name,
+         "priority": j.priority, "status": j.status, "args": j.args, "kwargs": j.kwargs,
+         "max_attempts": j.max_attempts, "enqueued_at": j.enqueued_at.isoformat(),
+         "run_after": None if j.run_after is None else j.run_after.isoformat(),
+         "workflow_id": None if j.workflow_id is None else str(j.workflow_id),
+         "waiting_on": j.waiting_on, "links": j.links, "unique_key": j.unique_key,
+         "expires_at": None if j.expires_at is None else j.expires_at.isoformat()}
+        for j in jobs
+    ])
 
 
 def _starts(starts: Sequence[Start]) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from django.utils import timezone
 from ..results import as_datetime
 from ..serialization import dumps
 from .engine import Engine
-from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, Outcome, Start
-from .portable import reserve_slots
+from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, NewJob, Outcome, Start
+from .portable import INSERT_COLUMNS, ON_CONFLICT_UNIQUE, reserve_slots
 from .rows import MESSAGE_COLUMNS, MessageRow
 
 __all__ = ["SQLite"]
@@ -139,6 +139,29 @@ FAIL_WAITING = (
     "WHERE id = %(id)s AND status = 'WAITING' RETURNING links"
 )
 
+# -- bulk enqueue --------------------------------------------------------------------------
+
+# Many new jobs in one statement, the batch as one JSON array (``_new_jobs``) read by
+# ``json_each``: one parameter however many rows, so SQLite's limit on variables (999
+# before 3.32) never splits a batch. ``WHERE true``: SQLite's grammar needs it between
+# a SELECT and an ON CONFLICT clause. ``available_at`` of a job due at once is the
+# statement's clock, as a single enqueue's ``Now()`` is.
+_V = "json_extract(j.value, '$.{}')"
+INSERT_MANY = (
+    "INSERT INTO \"django_tasks_job\" (" + ", ".join(INSERT_COLUMNS) + ") SELECT "
+    + ", ".join(_V.format(c) for c in ("id", "task_path")) + ", %(backend)s, "
+    + ", ".join(_V.format(c) for c in ("queue_name", "priority", "status", "args", "kwargs"))
+    + ", '[]', '[]', 0, "
+    + ", ".join(_V.format(c) for c in ("max_attempts", "enqueued_at", "run_after"))
+    + ", COALESCE(" + _V.format("run_after") + ", STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW')), "
+    "'', '', "
+    + ", ".join(_V.format(c) for c in ("workflow_id", "waiting_on", "links", "unique_key",
+                                       "expires_at"))
+    + " FROM json_each(%(jobs)s) AS j WHERE true"
+)
+# The ids inserted (a batch with unique jobs: those whose key was held are not).
+INSERTED_IDS = " RETURNING id"
+
 
 class SQLite(Engine):
     """The job store's statements on SQLite (module docstring). The round trip is the
@@ -215,6 +238,26 @@ class SQLite(Engine):
         with self.connection.cursor() as cursor:
             cursor.execute(sql, {**params, "error": error, "backend": self.backend})
             return [row[0] for row in cursor.fetchall()]
+
+    def insert_many(self, jobs: Sequence[NewJob], *, unique: bool,
+                    channels: Sequence[str] = ()) -> set[str] | None:
+        time = self.connection.ops.adapt_datetimefield_value
+        document = dumps([
+            {"id": j.id.hex, "task_path": j.task_path, "queue_name": j.queue_name,
+             "priority": j.priority, "status": j.status, "args": j.args, "kwargs": j.kwargs,
+             "max_attempts": j.max_attempts, "enqueued_at": time(j.enqueued_at),
+             "run_after": time(j.run_after),
+             "workflow_id": None if j.workflow_id is None else j.workflow_id.hex,
+             "waiting_on": j.waiting_on, "links": j.links, "unique_key": j.unique_key,
+             "expires_at": time(j.expires_at)}
+            for j in jobs
+        ])
+        sql = INSERT_MANY + (ON_CONFLICT_UNIQUE + INSERTED_IDS if unique else "")
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, {"backend": self.backend, "jobs": document})
+            if not unique:
+                return None
+            return {str(uuid.UUID(row[0])) for row in cursor.fetchall()}
 
     def writes_in_own_transaction(self, own: Any) -> bool:
         # Inside the task's own transaction: SQLite has one writer at a time, so a second
