@@ -20,6 +20,7 @@ optimisation (both do), but never with a different contract.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,12 +40,12 @@ from django.utils import timezone
 
 from ..conf import BackendOptions
 from ..exceptions import EnqueueError, TaskNotRegistered
-from ..ids import uuid7
+from ..ids import uuid7, uuid7_strs
 from ..jobs.messages import Exchanged, Message, NewJob, Outcome, Start, stale_of
 from ..jobs.policy import resolve_task, send_robust, stand_in_task
 from ..jobs.store import BATCH_SIZE, JobStore
 from ..results import JobResult
-from ..serialization import check_arguments
+from ..serialization import check_arguments, check_payload, check_signature, dumps
 from ..states import READY
 from ..task import Task, for_django_checks
 
@@ -68,6 +69,23 @@ def database_tag(database: str) -> str:
 def epoch_ms(value: datetime | None) -> int:
     """Epoch milliseconds of an aware datetime (0 for None: "now", by the broker's clock)."""
     return 0 if value is None else int(value.timestamp() * 1000)
+
+def _listened(signal: Any, sender: type) -> bool:
+    """Whether sending ``task_enqueued`` would do anything: False when no receiver is
+    connected, or only Django's own (it logs at DEBUG) and its logger would not log.
+    (Sending ``task_enqueued`` for each of 20,000 jobs to that receiver alone was a
+    tenth of a bulk enqueue.)"""
+    from django.tasks import signals
+
+    if not signal.has_listeners(sender):
+        return False
+    try:
+        sync, asynchronous = signal._live_receivers(sender)
+    except (AttributeError, TypeError, ValueError):  # another Django: just send
+        return True
+    return bool(asynchronous) or any(r is not signals.log_task_enqueued for r in sync) or (
+        signals.logger.isEnabledFor(logging.DEBUG))
+
 
 #: Conflicting INSERTs of a unique job whose holder then finished, before giving up.
 UNIQUE_TRIES = 5
@@ -284,9 +302,12 @@ class ModelBackend(BaseTaskBackend):
         with ``unique_for`` are stored one at a time: each needs a look at finished
         jobs). ``task_enqueued`` is sent for each new job once your transaction commits.
         """
+        calls = list(calls)
         jobs: list[NewJob] = []
         tasks: list[DjangoTask] = []
         queues: dict[int, str] = {}
+        shapes: set[tuple[Any, ...]] = set()
+        ids = uuid7_strs(len(calls))
         now = timezone.now()
         for n, call in enumerate(calls):
             try:
@@ -299,7 +320,8 @@ class ModelBackend(BaseTaskBackend):
                             f"{self.alias!r}: the calls of one enqueue_many() share one."
                         )
                     queue = queues[id(task)] = self.check_task(task)
-                jobs.append(self.new_job(task, args, dict(kwargs), queue=queue, now=now))
+                jobs.append(self.new_job(task, args, dict(kwargs), queue=queue, now=now,
+                                         job_id=ids[n], shapes=shapes))
                 tasks.append(task)
             except Exception as exc:
                 if exc.args and isinstance(exc.args[0], str):
@@ -333,10 +355,14 @@ class ModelBackend(BaseTaskBackend):
         try:
             with nullcontext() if simple else transaction.atomic(using=self.database):
                 inserted = self.broker.publish_many([jobs[i] for i in batch])
+                stored = [i for i in batch if inserted is None or jobs[i].id in inserted]
+                for i, result in zip(stored, self.results_for([tasks[i] for i in stored],
+                                                              [jobs[i] for i in stored]),
+                                     strict=True):
+                    results[i] = result
+                    new.append(result)
                 for i in batch:
-                    if inserted is None or str(jobs[i].id) in inserted:
-                        results[i] = self.result_for(tasks[i], jobs[i])
-                        new.append(results[i])
+                    if results[i] is not None:
                         continue
                     holder = self.store.unique_holder(jobs[i].unique_key)
                     if holder is not None:
@@ -373,7 +399,7 @@ class ModelBackend(BaseTaskBackend):
         step's result) as an extra first argument; the signature is checked with it.
         """
         queue_name = self.check_task(task)
-        self.check_arguments(task, args, kwargs, receives_input=receives_input)
+        self.check_args(task, args, kwargs, receives_input=receives_input)
         return queue_name
 
     def check_task(self, task: DjangoTask) -> str:
@@ -406,18 +432,30 @@ class ModelBackend(BaseTaskBackend):
             )
         return queue_name
 
-    def check_arguments(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any],
-                        *, receives_input: bool = False) -> None:
-        """The checks of :meth:`check_call` about the arguments: the signature, strict
-        JSON, ``MAX_PAYLOAD``."""
-        from ..serialization import check_payload, check_signature
+    def check_args(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any],
+                   *, receives_input: bool = False,
+                   shapes: set[tuple[Any, ...]] | None = None) -> str:
+        """The checks of :meth:`check_call` about the arguments (the signature, strict
+        JSON, ``MAX_PAYLOAD``); returns ``[args, kwargs]`` as JSON text.
 
-        check_signature(task.func, [None, *args] if receives_input else args, kwargs,
-                        task_name=task.module_path, takes_context=task.takes_context)
-        check_arguments(task.func, args, kwargs, task_name=task.module_path)
-        check_payload(task.func, args, kwargs, self.config.max_payload,
-                      task_name=task.module_path,
-                      setting=f"TASKS[{self.alias!r}]['OPTIONS']['MAX_PAYLOAD']")
+        ``shapes``, for many calls: whether arguments fit a signature depends only on how
+        many are positional and which are named, so the signature is checked once per
+        shape of call found in it (it is added); the values are checked every time.
+        """
+        name = task.module_path
+        shape = (id(task.func), task.takes_context, receives_input, len(args), *kwargs)
+        if shapes is None or shape not in shapes:
+            check_signature(task.func, [None, *args] if receives_input else args, kwargs,
+                            task_name=name, takes_context=task.takes_context)
+            if shapes is not None:
+                shapes.add(shape)
+        check_arguments(task.func, args, kwargs, task_name=name)
+        call = dumps([list(args), kwargs])
+        limit = self.config.max_payload
+        if limit is not None and len(call) > limit:  # ASCII-escaped: never shorter
+            check_payload(task.func, args, kwargs, limit, task_name=name,
+                          setting=f"TASKS[{self.alias!r}]['OPTIONS']['MAX_PAYLOAD']")
+        return call
 
     def call_problem(self, task_path: str, args: Sequence[Any], kwargs: dict[str, Any],
                      queue: str = "") -> str | None:
@@ -441,16 +479,19 @@ class ModelBackend(BaseTaskBackend):
 
     def new_job(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
                 receives_input: bool = False, queue: str | None = None,
-                now: datetime | None = None) -> NewJob:
+                now: datetime | None = None, job_id: str | None = None,
+                shapes: set[tuple[Any, ...]] | None = None) -> NewJob:
         """The :class:`NewJob` for a call that passes :meth:`check_call` (with ``queue``,
-        :meth:`check_task` was made already and gave it). ``now``: its enqueue time."""
+        :meth:`check_task` was made already and gave it). ``now``: its enqueue time;
+        ``shapes``: see :meth:`check_args`."""
         if queue is None:
             queue = self.check_task(task)
-        self.check_arguments(task, args, kwargs, receives_input=receives_input)
-        job = NewJob(id=uuid7(), task_path=task.module_path, queue_name=queue,
+        call = self.check_args(task, args, kwargs, receives_input=receives_input,
+                               shapes=shapes)
+        job = NewJob(id=job_id or str(uuid7()), task_path=task.module_path, queue_name=queue,
                      priority=task.priority, args=list(args), kwargs=kwargs,
                      max_attempts=getattr(task, "max_attempts", 1),
-                     enqueued_at=now or timezone.now(), run_after=task.run_after)
+                     enqueued_at=now or timezone.now(), run_after=task.run_after, call=call)
         expires_at = getattr(task, "expires_at", None)
         if expires_at is not None:
             job.expires_at = expires_at(job.enqueued_at)
@@ -500,6 +541,23 @@ class ModelBackend(BaseTaskBackend):
                                enqueued_at=job.enqueued_at, args=list(job.args),
                                kwargs=job.kwargs, backend=self.alias)
 
+    def results_for(self, tasks: Sequence[DjangoTask], jobs: Sequence[NewJob]) -> list[JobResult]:
+        """:meth:`result_for` each of ``jobs`` (``tasks[i]`` is ``jobs[i]``'s), in order:
+        built once per task and kind of job, copied for the others
+        (:meth:`JobResult.copies <django_tasks.results.JobResult.copies>`)."""
+        kinds: dict[tuple[Any, ...], list[int]] = {}
+        for i, job in enumerate(jobs):
+            kind = (id(tasks[i]), job.queue_name, job.status, job.enqueued_at)
+            kinds.setdefault(kind, []).append(i)
+        results: list[Any] = [None] * len(jobs)
+        for same in kinds.values():
+            first = results[same[0]] = self.result_for(tasks[same[0]], jobs[same[0]])
+            others = first.copies([(jobs[i].id, jobs[i].args, jobs[i].kwargs)
+                                   for i in same[1:]])
+            for i, result in zip(same[1:], others, strict=True):
+                results[i] = result
+        return results
+
     def announce(self, results: Sequence[JobResult]) -> None:
         """Send ``task_enqueued`` for each of ``results`` once the caller's transaction
         commits (never for a rolled-back one), at once outside one: one on-commit
@@ -509,7 +567,7 @@ class ModelBackend(BaseTaskBackend):
                                   using=self.database, robust=True)
 
     def _send_enqueued(self, results: Sequence[JobResult]) -> None:
-        if task_enqueued.has_listeners(type(self)):
+        if _listened(task_enqueued, type(self)):
             for result in results:
                 send_robust(task_enqueued, self.alias, result)
 

@@ -28,7 +28,8 @@ class NewJob:
     (``JobStore.insert_many``), without a model instance (building one cost more than
     the rest of an enqueue). The columns it leaves out take their defaults."""
 
-    id: uuid.UUID
+    #: The job's id, a version-7 UUID as its canonical string.
+    id: str
     task_path: str
     queue_name: str
     priority: int
@@ -43,9 +44,12 @@ class NewJob:
     unique_key: str = ""
     #: READY, or WAITING for a workflow step that waits for others.
     status: str = "READY"
-    workflow_id: uuid.UUID | None = None
+    workflow_id: str | None = None
     waiting_on: int = 0
     links: dict[str, Any] | None = None
+    #: ``[args, kwargs]`` as JSON text, made once (the size check measures it, the
+    #: insert sends it).
+    call: str = ""
 
     def as_model(self, backend: str) -> Any:
         """The unsaved ``Job`` of backend ``backend`` with these values (the single
@@ -54,7 +58,7 @@ class NewJob:
 
         from ..models import Job
 
-        return Job(id=self.id, task_path=self.task_path, backend=backend,
+        return Job(id=uuid.UUID(self.id), task_path=self.task_path, backend=backend,
                    queue_name=self.queue_name, priority=self.priority, args=self.args,
                    kwargs=self.kwargs,
                    max_attempts=self.max_attempts, enqueued_at=self.enqueued_at,

@@ -16,7 +16,7 @@ depends on how many rows it touches. Times a worker does not give are the databa
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -202,20 +202,26 @@ FAIL_WAITING = (
 
 # -- bulk enqueue --------------------------------------------------------------------------
 
-# Many new jobs in one statement, the batch as one JSON document (``NEW_JOB_FIELDS``,
-# see ``_new_jobs``): one parameter however many rows, so no parameter limit, and one
-# plan. The columns left out take their defaults; ``available_at`` is the database's
-# clock for a job due at once, as a single enqueue's ``Now()`` is.
+# Many new jobs in one statement, each column of the batch as one array (``unnest``):
+# its text and plan never depend on how many rows, and there is no parameter limit.
+# Arrays rather than one JSON document (``jsonb_to_recordset``): 8.6 ms instead of 9.9
+# ms in PostgreSQL per 1,000 jobs, and 3 ms instead of 5.5 ms to build in Python (each
+# job's ``[args, kwargs]`` is JSON text made once, by the size check). The columns left
+# out take their defaults; ``available_at`` is the database's clock for a job due at
+# once, as a single enqueue's ``Now()`` is.
 INSERT_MANY = (
     "INSERT INTO \"django_tasks_job\" (" + ", ".join(INSERT_COLUMNS) + ") "
-    "SELECT j.id, j.task_path, %(backend)s, j.queue_name, j.priority, j.status, j.args, "
-    "j.kwargs, '[]', '[]', 0, j.max_attempts, j.enqueued_at, j.run_after, "
+    "SELECT j.id, j.task_path, %(backend)s, j.queue_name, j.priority, j.status, "
+    "j.call->0, j.call->1, '[]', '[]', 0, j.max_attempts, j.enqueued_at, j.run_after, "
     "COALESCE(j.run_after, statement_timestamp()), '', '', j.workflow_id, j.waiting_on, "
     "j.links, j.unique_key, j.expires_at "
-    "FROM jsonb_to_recordset(%(jobs)s::jsonb) AS j(id uuid, task_path text, queue_name text, "
-    "priority int, status text, args jsonb, kwargs jsonb, max_attempts int, "
-    "enqueued_at timestamptz, run_after timestamptz, workflow_id uuid, waiting_on int, "
-    "links jsonb, unique_key text, expires_at timestamptz)"
+    "FROM unnest(%(id)s::uuid[], %(task_path)s::text[], %(queue_name)s::text[], "
+    "%(priority)s::int[], %(status)s::text[], %(call)s::jsonb[], %(max_attempts)s::int[], "
+    "%(enqueued_at)s::timestamptz[], %(run_after)s::timestamptz[], "
+    "%(workflow_id)s::uuid[], %(waiting_on)s::int[], %(links)s::jsonb[], "
+    "%(unique_key)s::text[], %(expires_at)s::timestamptz[]) "
+    "AS j(id, task_path, queue_name, priority, status, call, max_attempts, enqueued_at, "
+    "run_after, workflow_id, waiting_on, links, unique_key, expires_at)"
 )
 # The ids inserted (a batch with unique jobs: those whose key was held are not).
 INSERTED_IDS = " RETURNING id"
@@ -335,7 +341,7 @@ class PostgreSQL(Engine):
     def insert_many(self, jobs: Sequence[NewJob], *, unique: bool,
                     channels: Sequence[str] = ()) -> set[str] | None:
         insert = INSERT_MANY + (ON_CONFLICT_UNIQUE if unique else "")
-        params: dict[str, Any] = {"backend": self.backend, "jobs": _new_jobs(jobs)}
+        params: dict[str, Any] = {"backend": self.backend, **_new_jobs(jobs)}
         with self.connection.cursor() as cursor:
             if channels:
                 cursor.execute(INSERT_MANY_NOTIFY.format(insert=insert),
@@ -402,18 +408,53 @@ def _outcomes(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     }
 
 
-def _new_jobs(jobs: Sequence[NewJob]) -> str:
-    """INSERT_MANY's ``jobs``: one JSON document, times as ISO strings."""
-    return dumps([
-        {"id": str(j.id), "task_path": j.task_path, "queue_name": j.queue_name,
-         "priority": j.priority, "status": j.status, "args": j.args, "kwargs": j.kwargs,
-         "max_attempts": j.max_attempts, "enqueued_at": j.enqueued_at.isoformat(),
-         "run_after": None if j.run_after is None else j.run_after.isoformat(),
-         "workflow_id": None if j.workflow_id is None else str(j.workflow_id),
-         "waiting_on": j.waiting_on, "links": j.links, "unique_key": j.unique_key,
-         "expires_at": None if j.expires_at is None else j.expires_at.isoformat()}
-        for j in jobs
-    ])
+def _new_jobs(jobs: Sequence[NewJob]) -> dict[str, str]:
+    """INSERT_MANY's arrays, one per column, as array literals made here: psycopg's own
+    adaptation of lists is Python code that looked at every element with a regular
+    expression, two thirds of a bulk enqueue's time in Python."""
+    return {
+        "id": _array(j.id for j in jobs), "task_path": _texts(j.task_path for j in jobs),
+        "queue_name": _texts(j.queue_name for j in jobs),
+        "priority": _array(str(j.priority) for j in jobs),
+        "status": _array(j.status for j in jobs), "call": _texts(j.call for j in jobs),
+        "max_attempts": _array(str(j.max_attempts) for j in jobs),
+        "enqueued_at": _times(j.enqueued_at for j in jobs),
+        "run_after": _times(j.run_after for j in jobs),
+        "workflow_id": _array(j.workflow_id for j in jobs),
+        "waiting_on": _array(str(j.waiting_on) for j in jobs),
+        "links": _texts(None if j.links is None else dumps(j.links) for j in jobs),
+        "unique_key": _texts(j.unique_key for j in jobs),
+        "expires_at": _times(j.expires_at for j in jobs),
+    }
+
+
+def _array(values: Iterable[str | None]) -> str:
+    """An array literal of values that need no quoting (ids, numbers, status words)."""
+    return "{" + ",".join("NULL" if v is None else v for v in values) + "}"
+
+
+def _texts(values: Iterable[str | None]) -> str:
+    """An array literal of any text (each quoted; a repeated value quoted once)."""
+    quoted: dict[str | None, str] = {None: "NULL"}
+    out = []
+    for value in values:
+        q = quoted.get(value)
+        if q is None:
+            q = quoted[value] = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        out.append(q)
+    return "{" + ",".join(out) + "}"
+
+
+def _times(values: Iterable[datetime | None]) -> str:
+    """An array literal of aware datetimes (ISO text needs no quoting)."""
+    seen: dict[datetime | None, str] = {None: "NULL"}
+    out = []
+    for value in values:
+        text = seen.get(value)
+        if text is None:
+            text = seen[value] = value.isoformat()
+        out.append(text)
+    return "{" + ",".join(out) + "}"
 
 
 def _starts(starts: Sequence[Start]) -> dict[str, Any]:

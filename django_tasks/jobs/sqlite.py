@@ -141,23 +141,24 @@ FAIL_WAITING = (
 
 # -- bulk enqueue --------------------------------------------------------------------------
 
-# Many new jobs in one statement, the batch as one JSON array (``_new_jobs``) read by
-# ``json_each``: one parameter however many rows, so SQLite's limit on variables (999
-# before 3.32) never splits a batch. ``WHERE true``: SQLite's grammar needs it between
-# a SELECT and an ON CONFLICT clause. ``available_at`` of a job due at once is the
-# statement's clock, as a single enqueue's ``Now()`` is.
-_V = "json_extract(j.value, '$.{}')"
+# Many new jobs in one statement, the batch as one JSON array (``_new_jobs``: a row per
+# job, its ``[args, kwargs]`` first) read by ``json_each``: one parameter however many
+# rows, so SQLite's limit on variables (999 before 3.32) never splits a batch. ``WHERE
+# true``: SQLite's grammar needs it between a SELECT and an ON CONFLICT clause.
+# ``available_at`` of a job due at once is the statement's clock, as a single enqueue's
+# ``Now()`` is.
+NEW_JOB_FIELDS = ("id", "task_path", "queue_name", "priority", "status", "max_attempts",
+                  "enqueued_at", "run_after", "workflow_id", "waiting_on", "links",
+                  "unique_key", "expires_at")
+_V = {name: f"json_extract(j.value, '$[{i + 1}]')" for i, name in enumerate(NEW_JOB_FIELDS)}
 INSERT_MANY = (
     "INSERT INTO \"django_tasks_job\" (" + ", ".join(INSERT_COLUMNS) + ") SELECT "
-    + ", ".join(_V.format(c) for c in ("id", "task_path")) + ", %(backend)s, "
-    + ", ".join(_V.format(c) for c in ("queue_name", "priority", "status", "args", "kwargs"))
-    + ", '[]', '[]', 0, "
-    + ", ".join(_V.format(c) for c in ("max_attempts", "enqueued_at", "run_after"))
-    + ", COALESCE(" + _V.format("run_after") + ", STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW')), "
-    "'', '', "
-    + ", ".join(_V.format(c) for c in ("workflow_id", "waiting_on", "links", "unique_key",
-                                       "expires_at"))
-    + " FROM json_each(%(jobs)s) AS j WHERE true"
+    f"{_V['id']}, {_V['task_path']}, %(backend)s, {_V['queue_name']}, {_V['priority']}, "
+    f"{_V['status']}, json_extract(j.value, '$[0][0]'), json_extract(j.value, '$[0][1]'), "
+    f"'[]', '[]', 0, {_V['max_attempts']}, {_V['enqueued_at']}, {_V['run_after']}, "
+    f"COALESCE({_V['run_after']}, STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW')), '', '', "
+    f"{_V['workflow_id']}, {_V['waiting_on']}, {_V['links']}, {_V['unique_key']}, "
+    f"{_V['expires_at']} FROM json_each(%(jobs)s) AS j WHERE true"
 )
 # The ids inserted (a batch with unique jobs: those whose key was held are not).
 INSERTED_IDS = " RETURNING id"
@@ -242,16 +243,14 @@ class SQLite(Engine):
     def insert_many(self, jobs: Sequence[NewJob], *, unique: bool,
                     channels: Sequence[str] = ()) -> set[str] | None:
         time = self.connection.ops.adapt_datetimefield_value
-        document = dumps([
-            {"id": j.id.hex, "task_path": j.task_path, "queue_name": j.queue_name,
-             "priority": j.priority, "status": j.status, "args": j.args, "kwargs": j.kwargs,
-             "max_attempts": j.max_attempts, "enqueued_at": time(j.enqueued_at),
-             "run_after": time(j.run_after),
-             "workflow_id": None if j.workflow_id is None else j.workflow_id.hex,
-             "waiting_on": j.waiting_on, "links": j.links, "unique_key": j.unique_key,
-             "expires_at": time(j.expires_at)}
-            for j in jobs
-        ])
+        rows = []
+        for j in jobs:
+            row = dumps([uuid.UUID(j.id).hex, j.task_path, j.queue_name, j.priority, j.status,
+                         j.max_attempts, time(j.enqueued_at), time(j.run_after),
+                         None if j.workflow_id is None else uuid.UUID(j.workflow_id).hex,
+                         j.waiting_on, j.links, j.unique_key, time(j.expires_at)])
+            rows.append(f"[{j.call},{row[1:]}")
+        document = f"[{','.join(rows)}]"
         sql = INSERT_MANY + (ON_CONFLICT_UNIQUE + INSERTED_IDS if unique else "")
         with self.connection.cursor() as cursor:
             cursor.execute(sql, {"backend": self.backend, "jobs": document})

@@ -338,7 +338,7 @@ class _Plan:
         # A workflow's steps are its own: a step is never swapped for another job
         # holding the same unique key (its dependents wait for this one).
         job.unique_key = ""
-        job.workflow_id = self.workflow_id
+        job.workflow_id = str(self.workflow_id)
         job_id = str(job.id)
         if waits:
             job.status = "WAITING"
