@@ -308,7 +308,6 @@ class ModelBackend(BaseTaskBackend):
         queues: dict[int, str] = {}
         shapes: set[tuple[Any, ...]] = set()
         ids = uuid7_strs(len(calls))
-        now = timezone.now()
         for n, call in enumerate(calls):
             try:
                 task, args, kwargs = call
@@ -320,7 +319,7 @@ class ModelBackend(BaseTaskBackend):
                             f"{self.alias!r}: the calls of one enqueue_many() share one."
                         )
                     queue = queues[id(task)] = self.check_task(task)
-                jobs.append(self.new_job(task, args, dict(kwargs), queue=queue, now=now,
+                jobs.append(self.new_job(task, args, dict(kwargs), queue=queue,
                                          job_id=ids[n], shapes=shapes))
                 tasks.append(task)
             except Exception as exc:
@@ -547,13 +546,13 @@ class ModelBackend(BaseTaskBackend):
         (:meth:`JobResult.copies <django_tasks.results.JobResult.copies>`)."""
         kinds: dict[tuple[Any, ...], list[int]] = {}
         for i, job in enumerate(jobs):
-            kind = (id(tasks[i]), job.queue_name, job.status, job.enqueued_at)
+            kind = (id(tasks[i]), job.queue_name, job.status)
             kinds.setdefault(kind, []).append(i)
         results: list[Any] = [None] * len(jobs)
         for same in kinds.values():
             first = results[same[0]] = self.result_for(tasks[same[0]], jobs[same[0]])
-            others = first.copies([(jobs[i].id, jobs[i].args, jobs[i].kwargs)
-                                   for i in same[1:]])
+            others = first.copies([(jobs[i].id, jobs[i].args, jobs[i].kwargs,
+                                    jobs[i].enqueued_at) for i in same[1:]])
             for i, result in zip(same[1:], others, strict=True):
                 results[i] = result
         return results

@@ -156,7 +156,7 @@ INSERT_MANY = (
     f"{_V['id']}, {_V['task_path']}, %(backend)s, {_V['queue_name']}, {_V['priority']}, "
     f"{_V['status']}, json_extract(j.value, '$[0][0]'), json_extract(j.value, '$[0][1]'), "
     f"'[]', '[]', 0, {_V['max_attempts']}, {_V['enqueued_at']}, {_V['run_after']}, "
-    f"COALESCE({_V['run_after']}, STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW')), '', '', "
+    f"COALESCE({_V['run_after']}, STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now')), '', '', "
     f"{_V['workflow_id']}, {_V['waiting_on']}, {_V['links']}, {_V['unique_key']}, "
     f"{_V['expires_at']} FROM json_each(%(jobs)s) AS j WHERE true"
 )

@@ -42,7 +42,6 @@ from typing import Any
 from django.db import transaction
 from django.tasks import Task as DjangoTask
 from django.tasks.exceptions import InvalidTask
-from django.utils import timezone
 
 from ..results import GroupResult, JobResult
 
@@ -259,7 +258,6 @@ class _Plan:
         self.results: dict[str, JobResult] = {}
         self.workflow_id = uuid.uuid4()
         self.backend: Any = None
-        self.now = timezone.now()  # every step's enqueue time
         self.queues: dict[int, str] = {}  # id(task) -> its queue, checked once
         self.tasks: list[DjangoTask] = []
 
@@ -333,8 +331,7 @@ class _Plan:
         if queue is None:  # the task's own checks, once per task however many steps
             queue = self.queues[id(task)] = backend.check_task(task)
             self.tasks.append(task)  # kept alive: its id() stays its own
-        job = backend.new_job(task, args, kwargs, receives_input=receives, queue=queue,
-                              now=self.now)
+        job = backend.new_job(task, args, kwargs, receives_input=receives, queue=queue)
         # A workflow's steps are its own: a step is never swapped for another job
         # holding the same unique key (its dependents wait for this one).
         job.unique_key = ""
