@@ -10,6 +10,10 @@ machine hits each), on a freshly truncated job table:
   the checks, one INSERT per batch of 1,000, the commit, and what follows the commit
   (Redis: one script call per batch, timed until Redis has answered them all;
   RabbitMQ: the publish of every id and its confirms). N / elapsed, in jobs/s;
+- **Python µs/job, PostgreSQL µs/job**: CPU time per job of this process and of its
+  PostgreSQL backend (``/proc``) during that run, and **jobs/s of CPU**, 10^6 / their
+  sum: the rate the two would reach with a core each, whatever else the machine runs
+  (the wall rate moves with the load; these move far less);
 - **one by one**: for scale, N / 10 x ``noop.enqueue()`` in one transaction;
 - **group of 1,000**: ``group(noop.si() for _ in range(1000)).delay()``, in ms.
 
@@ -21,6 +25,7 @@ point it at a database of its own (created if missing).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,15 +56,35 @@ def flushed() -> None:
     getattr(default_task_backend.broker, "flush", lambda: None)()
 
 
-def bulk_run(n: int) -> float:
+def backend_cpu() -> float:
+    """CPU seconds used so far by this connection's PostgreSQL backend (from /proc; 0
+    where the server is not on this machine)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bulk_run(n: int) -> tuple[float, float, float]:
+    """jobs/s, and CPU µs per job in this process and in its PostgreSQL backend."""
     from benchmarks.bench_tasks import noop
 
+    pg = backend_cpu()
+    cpu = time.process_time()
     started = time.perf_counter()
     results = noop.enqueue_many([()] * n)
     flushed()
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    pg = backend_cpu() - pg
     assert len(results) == n
-    return n / elapsed
+    return n / elapsed, cpu / n * 1e6, pg / n * 1e6
 
 
 def single_run(n: int) -> float:
@@ -99,12 +124,15 @@ def main() -> None:
     ensure_database(options.database_url)
     setup_django(options.database_url)
     runs: dict[str, dict[str, list[float]]] = {
-        b: {"bulk": [], "single": [], "group": []} for b in brokers}
+        b: {"bulk": [], "cpu": [], "pg": [], "single": [], "group": []} for b in brokers}
     for i in range(options.repeat):
         for broker in brokers:
             use_broker(broker, options.redis_url, options.rabbitmq_url)
             truncate()
-            runs[broker]["bulk"].append(bulk_run(options.jobs))
+            rate, cpu, pg = bulk_run(options.jobs)
+            runs[broker]["bulk"].append(rate)
+            runs[broker]["cpu"].append(cpu)
+            runs[broker]["pg"].append(pg)
             counts = status_counts()
             if counts != {"READY": options.jobs}:
                 print(f"  {broker} run {i + 1}: rows {counts}, expected {options.jobs} READY")
@@ -121,14 +149,16 @@ def main() -> None:
         table.append([
             broker,
             f"{median(r['bulk']):,.0f} [{', '.join(f'{v:,.0f}' for v in r['bulk'])}]",
+            f"{median(r['cpu']):.1f}", f"{median(r['pg']):.1f}",
+            f"{1e6 / (median(r['cpu']) + median(r['pg'])):,.0f}",
             f"{median(r['single']):,.0f}",
             f"{median(r['bulk']) / median(r['single']):.1f}x",
             f"{median(r['group']):,.0f} [{', '.join(f'{v:,.0f}' for v in r['group'])}]",
         ])
     print(f"\n{options.jobs:,} no-op jobs per enqueue_many, median of {options.repeat} "
           "(every run in brackets)\n")
-    print_table(["broker", "enqueue_many jobs/s", "one by one jobs/s", "ratio",
-                 "group of 1,000 (ms)"], table)
+    print_table(["broker", "enqueue_many jobs/s", "Python µs/job", "PostgreSQL µs/job",
+                 "jobs/s of CPU", "one by one jobs/s", "ratio", "group of 1,000 (ms)"], table)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.core import checks
 from django.db import DatabaseError, connections, transaction
 from django.tasks import Task as DjangoTask
@@ -308,6 +309,8 @@ class ModelBackend(BaseTaskBackend):
         queues: dict[int, str] = {}
         shapes: set[tuple[Any, ...]] = set()
         ids = uuid7_strs(len(calls))
+        # timezone.now() without its settings look-up per job.
+        clock = partial(datetime.now, UTC) if settings.USE_TZ else datetime.now
         for n, call in enumerate(calls):
             try:
                 task, args, kwargs = call
@@ -319,7 +322,7 @@ class ModelBackend(BaseTaskBackend):
                             f"{self.alias!r}: the calls of one enqueue_many() share one."
                         )
                     queue = queues[id(task)] = self.check_task(task)
-                jobs.append(self.new_job(task, args, dict(kwargs), queue=queue,
+                jobs.append(self.new_job(task, args, dict(kwargs), queue=queue, now=clock(),
                                          job_id=ids[n], shapes=shapes))
                 tasks.append(task)
             except Exception as exc:

@@ -83,7 +83,7 @@ class DatabaseBroker(Broker):
         READY jobs (once each, never once per job), delivered at commit."""
         channels = ()
         if self.supports_wakeup:
-            channels = sorted({channel(j.queue_name) for j in jobs if j.status == READY})
+            channels = sorted(map(channel, {j.queue_name for j in jobs if j.status == READY}))
         return self.store.insert_many(jobs, channels=channels)
 
     def republish(self, job_ids: Sequence[str]) -> None:

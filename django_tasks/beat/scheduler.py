@@ -27,7 +27,9 @@ Catch-up, after no scheduler ran for a while
   tick, and only if it is at most ``GRACE`` seconds late.
 - ``latest``: the latest missed tick runs once, however late.
 - ``all``: every missed tick runs, oldest first, at most ``CATCH_UP_LIMIT`` (the
-  oldest beyond that are dropped, with a warning).
+  oldest beyond that are dropped, with a warning). The ticks of one pass are decided
+  together (:meth:`Scheduler.fire_many`: one bulk enqueue, one INSERT of tick rows,
+  one transaction), or one by one if another scheduler had one of them.
 """
 
 from __future__ import annotations
