@@ -6,7 +6,8 @@ worker that runs the jobs. ``from django_tasks import task`` is Django's decorat
 
 Where things are (docs/architecture.md draws the whole map):
 
-- enqueued: ``backends/base.py`` (``ModelBackend.enqueue``, checks in ``check_call``),
+- enqueued: ``backends/enqueue.py`` (``ModelBackend.enqueue``, ``enqueue_many``; checks in
+  ``check_call``),
   stored by ``jobs/store.py`` (``JobStore.insert``);
 - claimed: ``jobs/postgresql.py`` / ``jobs/sqlite.py`` (``CLAIM_READY``, ``CLAIM_IDS``),
   run by ``JobStore.exchange``;

@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection, connections, transaction
+from django.db.models import Count
 from django.dispatch import receiver
 from django.tasks import task_backends
 from django.tasks.exceptions import InvalidTask
@@ -77,6 +78,8 @@ def test_results_in_order_and_a_worker_runs_every_job(broker):
     worker = start_worker("--burst", "-c", "2", "--loglevel", "WARNING")
     output, _ = worker.communicate(timeout=120)
     assert worker.returncode == 0, output
+    statuses = dict(Job.objects.values_list("status").annotate(n=Count("id")))
+    assert statuses == {"SUCCESSFUL": 60}, (statuses, output[-3000:])
     for result, call in zip(results, calls, strict=True):
         result.refresh()
         expected = sum(call) if isinstance(call, tuple) else call["x"] + 1
