@@ -6,7 +6,8 @@ worker that runs the jobs. ``from django_tasks import task`` is Django's decorat
 
 Where things are (docs/architecture.md draws the whole map):
 
-- enqueued: ``backends/base.py`` (``ModelBackend.enqueue``, checks in ``check_call``),
+- enqueued: ``backends/enqueue.py`` (``ModelBackend.enqueue``, ``enqueue_many``; checks in
+  ``check_call``),
   stored by ``jobs/store.py`` (``JobStore.insert``);
 - claimed: ``jobs/postgresql.py`` / ``jobs/sqlite.py`` (``CLAIM_READY``, ``CLAIM_IDS``),
   run by ``JobStore.exchange``;
@@ -38,7 +39,7 @@ from .exceptions import (
     WorkerLost,
 )
 from .results import GroupResult, JobError, JobResult
-from .task import Task, TaskContext
+from .task import Task, TaskContext, aenqueue_many, enqueue_many
 from .workflows.canvas import Signature, chain, chord, group, signature
 
 # After the submodule imports: importing ``django_tasks.task`` binds the package
@@ -71,8 +72,10 @@ __all__ = [
     "TimeLimitExceeded",
     "UpstreamFailed",
     "WorkerLost",
+    "aenqueue_many",
     "chain",
     "chord",
+    "enqueue_many",
     "group",
     "shared_task",
     "signature",

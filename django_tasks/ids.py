@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import Any
 
-__all__ = ["job_id_str", "uuid7"]
+__all__ = ["job_id_str", "uuid7", "uuid7_strs"]
 
 _lock = threading.Lock()
 _last = 0  # the last id's 60 time bits: milliseconds << 12 | fraction
@@ -39,6 +39,27 @@ def uuid7() -> uuid.UUID:
     value = ((ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | fraction << 64
              | 0x2 << 62 | rand)  # version 7, RFC 4122 variant
     return uuid.UUID(int=value)
+
+
+def uuid7_strs(n: int) -> list[str]:
+    """``n`` new version-7 UUIDs as canonical strings, increasing, as :func:`uuid7` would
+    make them one after the other (a bulk enqueue's ids: one clock read, one lock and
+    one ``os.urandom`` for all of them, a fifth of the time)."""
+    global _last
+    ns = time.time_ns()
+    stamp = (ns // 1_000_000) << 12 | (ns % 1_000_000) * 4096 // 1_000_000
+    with _lock:
+        first = max(stamp, _last + 1)
+        _last = first + n - 1
+    noise = os.urandom(8 * n)
+    ids = []
+    for i in range(n):
+        stamp = first + i
+        rand = int.from_bytes(noise[8 * i:8 * i + 8]) & ((1 << 62) - 1)
+        h = "%032x" % ((stamp >> 12 & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76
+                       | (stamp & 0xFFF) << 64 | 0x2 << 62 | rand)
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
 
 
 def job_id_str(value: Any) -> str:

@@ -112,6 +112,34 @@ class JobResult(django_base.TaskResult):
             object.__setattr__(result, "_return_value", return_value)
         return result
 
+    def copies(self, calls: Sequence[tuple[str, list[Any], dict[str, Any], datetime]],
+               ) -> list[JobResult]:
+        """This result once per ``(id, args, kwargs, enqueued_at)`` of ``calls``, with
+        those instead of its own: the results of a bulk enqueue, a tenth of the time of
+        :meth:`build` each (which converts every value anew)."""
+        from django.utils.json import normalize_json
+
+        cls = type(self)
+        names = [n for n in _SLOTS if n not in {"id", "args", "kwargs", "enqueued_at",
+                                                 "errors", "worker_ids"}]
+        values = [getattr(self, n) for n in names]
+        setattr_, new = object.__setattr__, object.__new__
+        results = []
+        for job_id, args, kwargs, enqueued_at in calls:
+            result = new(cls)
+            for name, value in zip(names, values, strict=True):
+                setattr_(result, name, value)
+            setattr_(result, "id", job_id)
+            setattr_(result, "enqueued_at", enqueued_at)
+            # Django's TaskResult normalizes them (tuples become lists); an empty
+            # list or dict is normal already, and by far the most common.
+            setattr_(result, "args", normalize_json(args) if args else [])
+            setattr_(result, "kwargs", normalize_json(kwargs) if kwargs else {})
+            setattr_(result, "errors", [])
+            setattr_(result, "worker_ids", [])
+            results.append(result)
+        return results
+
     @property
     def is_cancelled(self) -> bool:
         """Whether the job ended CANCELLED (as of the last refresh)."""
@@ -254,6 +282,10 @@ class JobResult(django_base.TaskResult):
 _CELERY_STATES = {READY: "PENDING", WAITING: "PENDING", CLAIMED: "PENDING",
                   RUNNING: "STARTED", SUCCESSFUL: "SUCCESS", FAILED: "FAILURE",
                   CANCELLED: "REVOKED"}
+
+
+#: Every slot of a JobResult (Django's TaskResult's and ours), for :meth:`JobResult.copies`.
+_SLOTS = tuple(n for klass in JobResult.__mro__ for n in getattr(klass, "__slots__", ()))
 
 
 class GroupResult:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import InitVar, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from inspect import Parameter, signature
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from .workflows.canvas import Signature
 
 __all__ = ["CANCEL_CHECK_INTERVAL", "MAX_ATTEMPTS_LIMIT", "Request", "Task", "TaskContext",
-           "call_digest", "celery_options"]
+           "aenqueue_many", "call_digest", "celery_options", "enqueue_many"]
 
 
 
@@ -337,6 +338,29 @@ class Task(django_base.Task):
             object.__setattr__(task, "queue_from_call", True)
         return task
 
+    def enqueue_many(self, calls: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[JobResult]:
+        """Enqueue one job per call, as many :meth:`enqueue` calls would, in one INSERT
+        per batch of 1,000; their results, in order.
+
+        Each call is a list or tuple of positional arguments, or a dict of keyword
+        arguments::
+
+            send_welcome_email.enqueue_many((user.pk,) for user in users)
+            send_welcome_email.enqueue_many({"user_id": pk} for pk in ids)
+
+        Every call is checked first (``Call 3: ...`` names the one refused) and nothing
+        is stored unless all are. For both kinds of arguments in one call, or calls of
+        several tasks, or options per call, use :func:`enqueue_many`.
+        """
+        return enqueue_many((self, *_call(call)) for call in calls)
+
+    async def aenqueue_many(self, calls: Iterable[Sequence[Any] | Mapping[str, Any]],
+                            ) -> list[JobResult]:
+        """:meth:`enqueue_many`, from async code."""
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(self.enqueue_many, thread_sensitive=True)(list(calls))
+
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A workflow step that receives the previous step's result first (Celery's
         partial signature): ``chain(add.s(2, 2), mul.s(4))``."""
@@ -386,6 +410,54 @@ class Task(django_base.Task):
         from .workflows.canvas import linked
 
         return linked(task.s(*args, **kwargs), options.get("link"), options.get("link_error"))
+
+
+def _call(call: Sequence[Any] | Mapping[str, Any]) -> tuple[Sequence[Any], Mapping[str, Any]]:
+    """``(args, kwargs)`` of one call of :meth:`Task.enqueue_many`."""
+    if isinstance(call, Mapping):
+        return (), call
+    if isinstance(call, list | tuple):
+        return call, {}
+    raise TypeError(f"a call of enqueue_many() is a list or tuple of positional arguments "
+                    f"or a dict of keyword arguments; got {call!r}. Nothing was enqueued.")
+
+
+def enqueue_many(
+    calls: Iterable[tuple[django_base.Task, Sequence[Any], Mapping[str, Any]]],
+) -> list[JobResult]:
+    """Enqueue ``task(*args, **kwargs)`` for each ``(task, args, kwargs)`` of ``calls``,
+    in one INSERT per batch of 1,000 (:meth:`ModelBackend.enqueue_many
+    <django_tasks.backends.base.ModelBackend.enqueue_many>` says what holds); their
+    results, in order. Options per call are the task's: ``task.using(priority=5)``,
+    ``task.using(run_after=..., unique_key=...)``. Every task must use one backend. On a
+    backend without bulk enqueue (Django's own), each call is enqueued on its own.
+
+        from django_tasks import enqueue_many
+
+        enqueue_many([(send_email, (1,), {"urgent": True}),
+                      (send_email.using(priority=10), (2,), {}),
+                      (rebuild_report, (), {"account_id": 7})])
+    """
+    calls = list(calls)
+    if not calls:
+        return []
+    try:
+        backend = calls[0][0].get_backend()
+    except (TypeError, IndexError, AttributeError):
+        raise TypeError(f"enqueue_many() takes (task, args, kwargs) triples; got "
+                        f"{calls[0]!r}. Nothing was enqueued.") from None
+    if not hasattr(backend, "enqueue_many"):
+        return [task.enqueue(*args, **kwargs) for task, args, kwargs in calls]
+    return backend.enqueue_many(calls)
+
+
+async def aenqueue_many(
+    calls: Iterable[tuple[django_base.Task, Sequence[Any], Mapping[str, Any]]],
+) -> list[JobResult]:
+    """:func:`enqueue_many`, from async code."""
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(enqueue_many, thread_sensitive=True)(list(calls))
 
 
 _dataclass_init = Task.__init__

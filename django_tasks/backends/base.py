@@ -24,28 +24,27 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.core import checks
 from django.db import DatabaseError, connections, transaction
-from django.db.models.functions import Now
-from django.tasks import Task as DjangoTask
 from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils import timezone
 
 from ..conf import BackendOptions
-from ..exceptions import EnqueueError, TaskNotRegistered
-from ..ids import uuid7
-from ..jobs.messages import Exchanged, Message, Outcome, Start, stale_of
+from ..exceptions import TaskNotRegistered
+from ..jobs.messages import Exchanged, Message, NewJob, Outcome, Start, stale_of
 from ..jobs.policy import resolve_task, send_robust, stand_in_task
 from ..jobs.store import JobStore
 from ..results import JobResult
 from ..serialization import check_arguments
 from ..states import READY
-from ..task import Task, for_django_checks
+from ..task import Task
+from .enqueue import Enqueueing
 
 __all__ = ["Broker", "BrokerOptions", "Exchanged", "ModelBackend", "database_tag", "epoch_ms",
            "resolve_task", "stale_of"]
@@ -57,8 +56,6 @@ def database_tag(database: str) -> str:
     and a deploy) sharing one broker server never read each other's messages."""
     import hashlib
 
-    from django.conf import settings
-
     db = settings.DATABASES.get(database, {})
     name = "|".join(str(db.get(k) or "") for k in ("ENGINE", "HOST", "PORT", "NAME"))
     return hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -67,10 +64,6 @@ def database_tag(database: str) -> str:
 def epoch_ms(value: datetime | None) -> int:
     """Epoch milliseconds of an aware datetime (0 for None: "now", by the broker's clock)."""
     return 0 if value is None else int(value.timestamp() * 1000)
-
-#: Conflicting INSERTs of a unique job whose holder then finished, before giving up.
-UNIQUE_TRIES = 5
-
 
 @dataclass(frozen=True)
 class BrokerOptions:
@@ -118,6 +111,23 @@ class Broker(ABC):
         stored nor published: returns False, and the caller's transaction is unharmed
         (:meth:`JobStore.insert`). Otherwise returns True.
         """
+
+    def publish_many(self, jobs: Sequence[NewJob]) -> set[str] | None:
+        """Store new jobs (``NewJob``, checked already) in the caller's transaction on the
+        store's database, one statement per batch (:meth:`JobStore.insert_many
+        <django_tasks.jobs.store.JobStore.insert_many>`); those READY become claimable
+        once that commits, exactly once (a WAITING workflow step, when it is released).
+
+        As :meth:`publish` for each job, unique ones included: if any job is unique,
+        returns the ids stored (a job whose key an active job holds is not); None when
+        every job was stored. Here the rows, then :meth:`republish` of the READY ones:
+        a broker overrides it to publish the batch in one go (one NOTIFY, one pipelined
+        Redis call, one RabbitMQ confirm window).
+        """
+        inserted = self.store.insert_many(jobs)
+        self.republish([str(j.id) for j in jobs if j.status == READY
+                        and (inserted is None or str(j.id) in inserted)])
+        return inserted
 
     @abstractmethod
     def claim(self, worker_id: str, lease: str, queues: Sequence[str], limit: int,
@@ -196,7 +206,7 @@ class Broker(ABC):
         return []
 
 
-class ModelBackend(BaseTaskBackend):
+class ModelBackend(Enqueueing, BaseTaskBackend):
     """Results in the ``Job`` model (``self.store``); ``broker_class`` carries the messages."""
 
     broker_class: type[Broker]
@@ -222,197 +232,7 @@ class ModelBackend(BaseTaskBackend):
         # What the store's follow-ups (a workflow's next step) publish through.
         self.store.republish = self.broker.republish
 
-    # -- producing ---------------------------------------------------------------
-
-    def validate_task(self, task: DjangoTask) -> None:
-        """Django's checks, except that a ``bind=True`` task's first parameter (the
-        context) may have any name: Celery's code calls it ``self``."""
-        super().validate_task(for_django_checks(task))
-
-    def queue_for(self, task: DjangoTask) -> str:
-        """The queue a call goes to: the call's choice, else ROUTES, else the task's."""
-        if not getattr(task, "queue_from_call", False):
-            routed = self.config.route(task.module_path)
-            if routed is not None:
-                return routed
-        return task.queue_name
-
-    def enqueue(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any]) -> JobResult:
-        """Store a job for ``task`` with these arguments, or raise saying why not.
-
-        Refused before anything is written: a backend whose app is not installed
-        (``InvalidTaskBackend``), a task workers would not import (``InvalidTask``),
-        arguments that do not fit the signature (``InvalidArguments``), are not strict
-        JSON (``ArgumentNotSerializable``) or exceed ``MAX_PAYLOAD`` (``PayloadTooLarge``).
-        """
-        job = self.prepare(task, args, kwargs)
-        holder = self.store_job(job, task)
-        if holder is not None:  # the job holding the key: nothing enqueued, no signal
-            return self.result_from_job(holder)
-        return self.enqueued(task, job)
-
-    def check_call(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
-                   receives_input: bool = False) -> str:
-        """Every check a call must pass before it is stored; returns its queue.
-
-        The one set of checks: :meth:`enqueue` makes them, and so do the schedules'
-        system check and the admin's schedule form (:meth:`call_problem`). Raises
-        ``InvalidTaskBackend``, ``InvalidTask``, ``InvalidArguments``,
-        ``ArgumentNotSerializable`` or ``PayloadTooLarge``, saying why.
-        ``receives_input``: a workflow step that will get its input (the previous
-        step's result) as an extra first argument; the signature is checked with it.
-        """
-        from django.apps import apps
-        from django.tasks.exceptions import InvalidTaskBackend
-
-        from ..conf import may_import
-        from ..serialization import check_payload, check_signature
-
-        if not apps.is_installed("django_tasks"):
-            raise InvalidTaskBackend(
-                f"TASKS[{self.alias!r}] uses {type(self).__name__}, which stores jobs in the "
-                "django_tasks app's models, but 'django_tasks' is not in INSTALLED_APPS: add "
-                "it (and migrate). Nothing was enqueued."
-            )
-        self.validate_task(task)
-        module = task.func.__module__
-        if not may_import(module):
-            raise InvalidTask(
-                f"{task.module_path} is not in an installed app, so workers would not import "
-                f"it: add its app to INSTALLED_APPS, or {module!r} to "
-                f"TASKS[{self.alias!r}]['OPTIONS']['TASK_MODULES']. Nothing was enqueued."
-            )
-        queue_name = self.queue_for(task)
-        if self.queues and queue_name not in self.queues:
-            raise InvalidTask(
-                f"ROUTES sends {task.module_path!r} to queue {queue_name!r}, which is not in "
-                f"TASKS[{self.alias!r}]['QUEUES']."
-            )
-        check_signature(task.func, [None, *args] if receives_input else args, kwargs,
-                        task_name=task.module_path, takes_context=task.takes_context)
-        check_arguments(task.func, args, kwargs, task_name=task.module_path)
-        check_payload(task.func, args, kwargs, self.config.max_payload,
-                      task_name=task.module_path,
-                      setting=f"TASKS[{self.alias!r}]['OPTIONS']['MAX_PAYLOAD']")
-        return queue_name
-
-    def call_problem(self, task_path: str, args: Sequence[Any], kwargs: dict[str, Any],
-                     queue: str = "") -> str | None:
-        """Why a call of the task at ``task_path`` could not be enqueued, or None: the
-        checks of :meth:`check_call`, made without enqueueing (a schedule's call, by the
-        system check and the admin's schedule form)."""
-        try:
-            task = resolve_task(task_path)
-            if queue:
-                task = task.using(queue_name=queue)
-            self.check_call(task, args, kwargs)
-        except Exception as exc:
-            return str(exc).removesuffix("Nothing was enqueued.").strip()
-        return None
-
-    def prepare(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
-                receives_input: bool = False) -> Any:
-        """The unsaved ``Job`` for a call that passed :meth:`check_call`."""
-        queue_name = self.check_call(task, args, kwargs, receives_input=receives_input)
-        from ..models import Job
-
-        job = Job(
-            id=uuid7(),
-            task_path=task.module_path,
-            backend=self.alias,
-            queue_name=queue_name,
-            priority=task.priority,
-            args=list(args),
-            kwargs=kwargs,
-            max_attempts=getattr(task, "max_attempts", 1),
-            enqueued_at=timezone.now(),
-            run_after=task.run_after,
-            # Due by the database's clock, the one workers claim by.
-            available_at=task.run_after or Now(),
-        )
-        expires_at = getattr(task, "expires_at", None)
-        if expires_at is not None:
-            job.expires_at = expires_at(job.enqueued_at)
-        unique_key_for = getattr(task, "unique_key_for", None)
-        key = unique_key_for(args, kwargs) if unique_key_for is not None else None
-        if key:
-            job.unique_key = key
-        return job
-
-    def store_job(self, job: Any, task: DjangoTask) -> Any:
-        """Write a prepared job: through the broker (claimable once the caller's
-        transaction commits), or only as a row for a workflow step that waits.
-
-        A unique job whose key another job holds is not stored: that job is returned
-        (None otherwise).
-        """
-        holder = None
-        try:
-            if job.status != READY:
-                self.store.insert(job)
-            elif job.unique_key:
-                holder = self._publish_unique(job, getattr(task, "unique_for", None),
-                                              job.enqueued_at)
-            else:
-                self.broker.publish(job)
-        except DatabaseError as exc:
-            # One statement (INSERT, and NOTIFY on PostgreSQL) that failed: nothing was
-            # stored, unless the connection broke after the commit was sent. Inside the
-            # caller's transaction, that transaction is now unusable, as with any
-            # database error.
-            raise EnqueueError(
-                f"Could not enqueue {task.module_path}: {type(exc).__name__}: {exc}".strip()
-            ) from exc
-        return holder
-
-    def enqueued(self, task: DjangoTask, job: Any) -> JobResult:
-        """The result for a stored job; ``task_enqueued`` is sent once the caller's
-        transaction commits (never for a rolled-back one), at once outside one."""
-        if job.queue_name != task.queue_name:
-            task = replace(task, queue_name=job.queue_name)
-        result = JobResult.build(task, id=str(job.id), job_status=job.status,
-                                 enqueued_at=job.enqueued_at, args=list(job.args),
-                                 kwargs=job.kwargs, backend=self.alias)
-        transaction.on_commit(lambda: send_robust(task_enqueued, self.alias, result),
-                              using=self.database, robust=True)
-        return result
-
-    def _publish_unique(self, job: Any, window: timedelta | None, now: datetime) -> Any:
-        """Publish unique ``job`` unless a job holds its key; returns None if published,
-        else the ``Job`` holding the key.
-
-        The unique index decides: of any number of racing enqueues one inserts, the
-        others' INSERT inserts nothing, and the look-up only finds the winner. A holder
-        that finished between a conflicting INSERT and the look-up no longer holds the
-        key: the INSERT is tried again. With ``window``, a finished job enqueued less
-        than that long ago holds it too, which no index can tell: the job is inserted
-        (taking the key, so racing enqueues wait or conflict), then such a job is looked
-        for, and if there is one the insert is rolled back (a savepoint) and it is
-        returned. Inserting first, rather than reading first, keeps a transaction on
-        SQLite a writer from its first statement (a reader that then writes fails with
-        "database is locked" when another connection wrote in between).
-        """
-        since = None if window is None else now - window
-        for _ in range(UNIQUE_TRIES):
-            if since is None:
-                if self.broker.publish(job):
-                    return None
-            else:
-                with transaction.atomic(using=self.database):
-                    if self.broker.publish(job):
-                        holder = self.store.unique_holder(job.unique_key, since=since)
-                        if holder is None:
-                            return None
-                        transaction.set_rollback(True, using=self.database)
-                        return holder
-            holder = self.store.unique_holder(job.unique_key)
-            if holder is not None:
-                return holder
-        raise EnqueueError(
-            f"Could not enqueue {job.task_path} under unique_key {job.unique_key!r}: "
-            f"{UNIQUE_TRIES} times a job held the key and finished before it could be read. "
-            "Nothing was enqueued; try again."
-        )
+    # -- producing: the Enqueueing mixin (backends/enqueue.py) -------------------
 
     def report_progress(self, job_id: str, progress: dict[str, Any], lease: str = "") -> bool:
         """Store the latest progress report of a held job (last write wins).

@@ -20,7 +20,8 @@ from typing import Any
 
 from django.core import checks
 
-from ..jobs.messages import ByQueues, Message, Outcome, Start
+from ..jobs.messages import ByQueues, Message, NewJob, Outcome, Start
+from ..states import READY
 from .base import Broker, BrokerOptions, Exchanged, ModelBackend
 
 __all__ = ["DatabaseBackend", "DatabaseBroker", "DatabaseOptions"]
@@ -75,6 +76,15 @@ class DatabaseBroker(Broker):
         if not self.supports_wakeup:
             return self.store.insert(job)
         return self.store.insert(job, notify=channel(job.queue_name))
+
+    def publish_many(self, jobs: Sequence[NewJob]) -> set[str] | None:
+        """INSERT the jobs, one statement per batch, in the caller's transaction; where
+        workers are woken, each statement also NOTIFYs the channels of the queues of its
+        READY jobs (once each, never once per job), delivered at commit."""
+        channels = ()
+        if self.supports_wakeup:
+            channels = sorted(map(channel, {j.queue_name for j in jobs if j.status == READY}))
+        return self.store.insert_many(jobs, channels=channels)
 
     def republish(self, job_ids: Sequence[str]) -> None:
         """The rows are the messages: only wake the workers of their queues."""

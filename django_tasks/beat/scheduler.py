@@ -27,7 +27,9 @@ Catch-up, after no scheduler ran for a while
   tick, and only if it is at most ``GRACE`` seconds late.
 - ``latest``: the latest missed tick runs once, however late.
 - ``all``: every missed tick runs, oldest first, at most ``CATCH_UP_LIMIT`` (the
-  oldest beyond that are dropped, with a warning).
+  oldest beyond that are dropped, with a warning). The ticks of one pass are decided
+  together (:meth:`Scheduler.fire_many`: one bulk enqueue, one INSERT of tick rows,
+  one transaction), or one by one if another scheduler had one of them.
 """
 
 from __future__ import annotations
@@ -232,7 +234,9 @@ class Scheduler:
             logger.error("Schedule %r has an invalid timing and stops firing: %s",
                          schedule.name, exc)
             return []
-        fired = [f for f in (self.fire(schedule, tick, now=now) for tick in ticks) if f]
+        fired = self.fire_many(schedule, ticks, now) if len(ticks) > 1 else None
+        if fired is None:
+            fired = [f for f in (self.fire(schedule, tick, now=now) for tick in ticks) if f]
         # Only forward: a slower scheduler that read the row earlier moves nothing back.
         Schedule.objects.using(self.database).filter(
             pk=schedule.pk, checked_until__lt=now).update(checked_until=now,
@@ -275,20 +279,58 @@ class Scheduler:
                         schedule.task_path, tick.isoformat(), job_id)
         return Fired(schedule.name, tick, job_id, error)
 
+    def fire_many(self, schedule: Any, ticks: Sequence[datetime],
+                  now: datetime) -> list[Fired] | None:
+        """Enqueue ``schedule``'s task once for each of ``ticks`` (a catch-up), in one
+        transaction: one bulk enqueue (``enqueue_many``: one INSERT per batch) and one
+        INSERT of their tick rows. None, having stored nothing, when that cannot be done
+        at once (another scheduler had one of the ticks, or the task refuses the call):
+        :meth:`fire` then decides each tick on its own, as it always does."""
+        from ..models import Schedule, ScheduleTick
+        from ..task import enqueue_many
+
+        try:
+            with transaction.atomic(using=self.database):
+                try:
+                    call = (self._task(schedule), schedule.args, schedule.kwargs)
+                    results = enqueue_many([call] * len(ticks))
+                except DatabaseError:
+                    raise
+                except Exception:  # refused: recorded tick by tick by fire()
+                    return None
+                ScheduleTick.objects.using(self.database).bulk_create([
+                    ScheduleTick(schedule_id=schedule.pk, tick_at=tick, enqueued_at=now,
+                                 job_id=result.id)
+                    for tick, result in zip(ticks, results, strict=True)])
+                Schedule.objects.using(self.database).filter(pk=schedule.pk).update(
+                    last_error="", last_job_id=results[-1].id)
+                Schedule.objects.using(self.database).filter(pk=schedule.pk).exclude(
+                    last_run_at__gte=ticks[-1]).update(last_run_at=ticks[-1])
+        except IntegrityError:
+            return None  # another scheduler had a tick (or the schedule is gone)
+        logger.info("Schedule %r enqueued %s for %d ticks, %s to %s: jobs %s ... %s",
+                    schedule.name, schedule.task_path, len(ticks), ticks[0].isoformat(),
+                    ticks[-1].isoformat(), results[0].id, results[-1].id)
+        return [Fired(schedule.name, tick, result.id)
+                for tick, result in zip(ticks, results, strict=True)]
+
+    def _task(self, schedule: Any) -> Any:
+        """The schedule's task, with its queue, priority and this backend."""
+        from ..jobs.policy import resolve_task
+
+        task = resolve_task(schedule.task_path)
+        options: dict[str, Any] = {"backend": self.alias}
+        if schedule.queue_name:
+            options["queue_name"] = schedule.queue_name
+        if schedule.priority is not None:
+            options["priority"] = schedule.priority
+        return task.using(**options)
+
     def _enqueue(self, schedule: Any) -> tuple[str | None, str]:
         """Enqueue the schedule's call in the current transaction: (job id, "") or
         (None, why it was refused). Database errors propagate (an outage: retried)."""
-        from ..jobs.policy import resolve_task
-
         try:
-            task = resolve_task(schedule.task_path)
-            options: dict[str, Any] = {"backend": self.alias}
-            if schedule.queue_name:
-                options["queue_name"] = schedule.queue_name
-            if schedule.priority is not None:
-                options["priority"] = schedule.priority
-            task = task.using(**options)
-            result = task.enqueue(*schedule.args, **schedule.kwargs)
+            result = self._task(schedule).enqueue(*schedule.args, **schedule.kwargs)
         except DatabaseError:  # EnqueueError included: the database failed, not the call
             raise
         except Exception as exc:

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 from django.db import connections, transaction
 from django.db.utils import ConnectionDoesNotExist
 
-from .messages import Applied, ByIds, ByQueues, Outcome, Start
+from .messages import Applied, ByIds, ByQueues, NewJob, Outcome, Start
 from .portable import (
     CANCEL_REQUESTED,
     CANCELLED_CLAIMS,
@@ -208,6 +208,14 @@ class Engine(ABC):
                 return True
             cursor.execute(sql + INSERTED, params)
             return bool(cursor.fetchall())
+
+    @abstractmethod
+    def insert_many(self, jobs: Sequence[NewJob], *, unique: bool,
+                    channels: Sequence[str] = ()) -> set[str] | None:
+        """INSERT ``jobs`` in one statement, in the caller's transaction. With ``unique``
+        a job whose key an active job holds is not inserted, and the ids inserted are
+        returned (None without ``unique``). ``channels``: NOTIFY each, at commit, in the
+        same statement, if a row was inserted (where the database :attr:`notifies`)."""
 
     def unique_holder(self, key: str, since: datetime | None) -> Any | None:
         # The model is imported when first needed: models cannot be imported while the

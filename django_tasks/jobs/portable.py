@@ -42,6 +42,12 @@ ON_CONFLICT_UNIQUE = (
     " ON CONFLICT (backend, unique_key) WHERE status IN ('READY', 'CLAIMED', 'RUNNING') "
     "AND NOT (unique_key = '') DO NOTHING"
 )
+# The columns a bulk insert writes (``INSERT_MANY`` of each engine), in its order; the
+# others take their defaults.
+INSERT_COLUMNS = ("id", "task_path", "backend", "queue_name", "priority", "status", "args",
+                  "kwargs", "errors", "worker_ids", "attempts", "max_attempts", "enqueued_at",
+                  "run_after", "available_at", "worker_id", "lease", "workflow_id",
+                  "waiting_on", "links", "unique_key", "expires_at")
 # Appended to a unique job's INSERT: a row back if it was inserted.
 INSERTED = " RETURNING 1"
 # The job holding a key: the active one (UNIQUE_ACTIVE), or the last one that finished

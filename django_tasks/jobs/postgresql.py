@@ -25,8 +25,8 @@ from ..exceptions import OutcomeHookFailed
 from ..results import as_datetime
 from ..serialization import dumps
 from .engine import Engine, RoundTrip
-from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, Outcome, Start
-from .portable import reserve_slots
+from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, NewJob, Outcome, Start
+from .portable import INSERT_COLUMNS, ON_CONFLICT_UNIQUE, reserve_slots
 from .rows import MESSAGE_COLUMNS, ExchangeRow, MessageRow
 
 __all__ = ["PostgreSQL", "PostgresListener"]
@@ -205,6 +205,40 @@ FAIL_WAITING = (
     "WHERE id = %(id)s AND status = 'WAITING' RETURNING links"
 )
 
+# -- bulk enqueue --------------------------------------------------------------------------
+
+# Many new jobs in one statement, each column of the batch as one array (``unnest``):
+# its text and plan never depend on how many rows, and there is no parameter limit.
+# Arrays rather than one JSON document (``jsonb_to_recordset``): 8.6 ms instead of 9.9
+# ms in PostgreSQL per 1,000 jobs, and 3 ms instead of 5.5 ms to build in Python (each
+# job's ``[args, kwargs]`` is JSON text made once, by the size check). The columns left
+# out take their defaults; ``available_at`` is the database's clock for a job due at
+# once, as a single enqueue's ``Now()`` is.
+INSERT_MANY = (
+    "INSERT INTO \"django_tasks_job\" (" + ", ".join(INSERT_COLUMNS) + ") "
+    "SELECT j.id, j.task_path, %(backend)s, j.queue_name, j.priority, j.status, "
+    "j.call->0, j.call->1, '[]', '[]', 0, j.max_attempts, j.enqueued_at, j.run_after, "
+    "COALESCE(j.run_after, statement_timestamp()), '', '', j.workflow_id, j.waiting_on, "
+    "j.links, j.unique_key, j.expires_at "
+    "FROM unnest(%(id)s::uuid[], %(task_path)s::text[], %(queue_name)s::text[], "
+    "%(priority)s::int[], %(status)s::text[], %(call)s::jsonb[], %(max_attempts)s::int[], "
+    "%(enqueued_at)s::timestamptz[], %(run_after)s::timestamptz[], "
+    "%(workflow_id)s::uuid[], %(waiting_on)s::int[], %(links)s::jsonb[], "
+    "%(unique_key)s::text[], %(expires_at)s::timestamptz[]) "
+    "AS j(id, task_path, queue_name, priority, status, call, max_attempts, enqueued_at, "
+    "run_after, workflow_id, waiting_on, links, unique_key, expires_at)"
+)
+# The ids inserted (a batch with unique jobs: those whose key was held are not).
+INSERTED_IDS = " RETURNING id"
+# The batch and one NOTIFY per channel (the queues of its READY jobs) in one statement,
+# delivered at commit; none if nothing was inserted. Rows: the ids inserted when
+# ``want_ids`` (else none), then a NULL per channel notified.
+INSERT_MANY_NOTIFY = (
+    "WITH j AS ({insert} RETURNING id) SELECT id FROM j WHERE %(want_ids)s "
+    "UNION ALL SELECT NULL FROM (SELECT pg_notify(c, '') "
+    "FROM unnest(%(channels)s::text[]) AS c WHERE EXISTS (SELECT 1 FROM j)) AS n"
+)
+
 # -- waking workers ------------------------------------------------------------------------
 
 # Enqueue and wake in one statement, so one round trip and in autocommit one commit:
@@ -354,6 +388,22 @@ class PostgreSQL(Engine):
                                          "backend": self.backend})
             return [row[0] for row in cursor.fetchall()]
 
+    # -- bulk enqueue -----------------------------------------------------------------
+
+    def insert_many(self, jobs: Sequence[NewJob], *, unique: bool,
+                    channels: Sequence[str] = ()) -> set[str] | None:
+        insert = INSERT_MANY + (ON_CONFLICT_UNIQUE if unique else "")
+        params: dict[str, Any] = {"backend": self.backend, **_new_jobs(jobs)}
+        with self.connection.cursor() as cursor:
+            if channels:
+                cursor.execute(INSERT_MANY_NOTIFY.format(insert=insert),
+                               {**params, "want_ids": unique, "channels": list(channels)})
+            else:
+                cursor.execute(insert + (INSERTED_IDS if unique else ""), params)
+            if not unique:
+                return None
+            return {str(row[0]) for row in cursor.fetchall() if row[0] is not None}
+
     # -- waking workers ------------------------------------------------------------------
 
     def insert_notify(self, sql: str, params: Sequence[Any], channel: str) -> bool:
@@ -426,6 +476,55 @@ def _outcomes(outcomes: Sequence[Outcome]) -> dict[str, Any]:
             for o in outcomes
         ]),
     }
+
+
+def _new_jobs(jobs: Sequence[NewJob]) -> dict[str, str]:
+    """INSERT_MANY's arrays, one per column, as array literals made here: psycopg's own
+    adaptation of lists is Python code that looked at every element with a regular
+    expression, two thirds of a bulk enqueue's time in Python."""
+    return {
+        "id": _array(j.id for j in jobs), "task_path": _texts(j.task_path for j in jobs),
+        "queue_name": _texts(j.queue_name for j in jobs),
+        "priority": _array(str(j.priority) for j in jobs),
+        "status": _array(j.status for j in jobs), "call": _texts(j.call for j in jobs),
+        "max_attempts": _array(str(j.max_attempts) for j in jobs),
+        "enqueued_at": _times(j.enqueued_at for j in jobs),
+        "run_after": _times(j.run_after for j in jobs),
+        "workflow_id": _array(j.workflow_id for j in jobs),
+        "waiting_on": _array(str(j.waiting_on) for j in jobs),
+        "links": _texts(None if j.links is None else dumps(j.links) for j in jobs),
+        "unique_key": _texts(j.unique_key for j in jobs),
+        "expires_at": _times(j.expires_at for j in jobs),
+    }
+
+
+def _array(values: Iterable[str | None]) -> str:
+    """An array literal of values that need no quoting (ids, numbers, status words)."""
+    return "{" + ",".join("NULL" if v is None else v for v in values) + "}"
+
+
+def _texts(values: Iterable[str | None]) -> str:
+    """An array literal of any text (each quoted; a repeated value quoted once)."""
+    quoted: dict[str | None, str] = {None: "NULL"}
+    out = []
+    for value in values:
+        q = quoted.get(value)
+        if q is None:
+            q = quoted[value] = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        out.append(q)
+    return "{" + ",".join(out) + "}"
+
+
+def _times(values: Iterable[datetime | None]) -> str:
+    """An array literal of aware datetimes (ISO text needs no quoting)."""
+    seen: dict[datetime | None, str] = {None: "NULL"}
+    out = []
+    for value in values:
+        text = seen.get(value)
+        if text is None:
+            text = seen[value] = value.isoformat()
+        out.append(text)
+    return "{" + ",".join(out) + "}"
 
 
 def _starts(starts: Sequence[Start]) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from django.utils import timezone
 from ..results import as_datetime
 from ..serialization import dumps
 from .engine import Engine
-from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, Outcome, Start
-from .portable import reserve_slots
+from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, NewJob, Outcome, Start
+from .portable import INSERT_COLUMNS, ON_CONFLICT_UNIQUE, reserve_slots
 from .rows import MESSAGE_COLUMNS, MessageRow
 
 __all__ = ["SQLite"]
@@ -139,6 +139,30 @@ FAIL_WAITING = (
     "WHERE id = %(id)s AND status = 'WAITING' RETURNING links"
 )
 
+# -- bulk enqueue --------------------------------------------------------------------------
+
+# Many new jobs in one statement, the batch as one JSON array (``_new_jobs``: a row per
+# job, its ``[args, kwargs]`` first) read by ``json_each``: one parameter however many
+# rows, so SQLite's limit on variables (999 before 3.32) never splits a batch. ``WHERE
+# true``: SQLite's grammar needs it between a SELECT and an ON CONFLICT clause.
+# ``available_at`` of a job due at once is the statement's clock, as a single enqueue's
+# ``Now()`` is.
+NEW_JOB_FIELDS = ("id", "task_path", "queue_name", "priority", "status", "max_attempts",
+                  "enqueued_at", "run_after", "workflow_id", "waiting_on", "links",
+                  "unique_key", "expires_at")
+_V = {name: f"json_extract(j.value, '$[{i + 1}]')" for i, name in enumerate(NEW_JOB_FIELDS)}
+INSERT_MANY = (
+    "INSERT INTO \"django_tasks_job\" (" + ", ".join(INSERT_COLUMNS) + ") SELECT "
+    f"{_V['id']}, {_V['task_path']}, %(backend)s, {_V['queue_name']}, {_V['priority']}, "
+    f"{_V['status']}, json_extract(j.value, '$[0][0]'), json_extract(j.value, '$[0][1]'), "
+    f"'[]', '[]', 0, {_V['max_attempts']}, {_V['enqueued_at']}, {_V['run_after']}, "
+    f"COALESCE({_V['run_after']}, STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now')), '', '', "
+    f"{_V['workflow_id']}, {_V['waiting_on']}, {_V['links']}, {_V['unique_key']}, "
+    f"{_V['expires_at']} FROM json_each(%(jobs)s) AS j WHERE true"
+)
+# The ids inserted (a batch with unique jobs: those whose key was held are not).
+INSERTED_IDS = " RETURNING id"
+
 
 class SQLite(Engine):
     """The job store's statements on SQLite (module docstring). The round trip is the
@@ -215,6 +239,24 @@ class SQLite(Engine):
         with self.cursor() as cursor:
             cursor.execute(sql, {**params, "error": error, "backend": self.backend})
             return [row[0] for row in cursor.fetchall()]
+
+    def insert_many(self, jobs: Sequence[NewJob], *, unique: bool,
+                    channels: Sequence[str] = ()) -> set[str] | None:
+        time = self.connection.ops.adapt_datetimefield_value
+        rows = []
+        for j in jobs:
+            row = dumps([uuid.UUID(j.id).hex, j.task_path, j.queue_name, j.priority, j.status,
+                         j.max_attempts, time(j.enqueued_at), time(j.run_after),
+                         None if j.workflow_id is None else uuid.UUID(j.workflow_id).hex,
+                         j.waiting_on, j.links, j.unique_key, time(j.expires_at)])
+            rows.append(f"[{j.call},{row[1:]}")
+        document = f"[{','.join(rows)}]"
+        sql = INSERT_MANY + (ON_CONFLICT_UNIQUE + INSERTED_IDS if unique else "")
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, {"backend": self.backend, "jobs": document})
+            if not unique:
+                return None
+            return {str(uuid.UUID(row[0])) for row in cursor.fetchall()}
 
     def writes_in_own_transaction(self, own: Any) -> bool:
         # Inside the task's own transaction: SQLite has one writer at a time, so a second

@@ -46,7 +46,17 @@ from ..serialization import dumps
 from ..states import CLAIMED, FAILED, READY
 from .cancel import Cancelling, cancelled_outcome
 from .engine import Engine, Row, Unavailable
-from .messages import Applied, ByIds, ByQueues, Exchanged, Message, Outcome, Start, stale_of
+from .messages import (
+    Applied,
+    ByIds,
+    ByQueues,
+    Exchanged,
+    Message,
+    NewJob,
+    Outcome,
+    Start,
+    stale_of,
+)
 from .policy import as_datetime, error_dict
 from .postgresql import PostgreSQL
 from .rescue import Registry, RescueCounts
@@ -57,8 +67,12 @@ from .tally import written_of
 
 logger = logging.getLogger("django_tasks.worker")
 
-__all__ = ["ENGINES", "JobStore", "OutcomeHook", "RescueCounts", "hooks_for",
+__all__ = ["BATCH_SIZE", "ENGINES", "JobStore", "OutcomeHook", "RescueCounts", "hooks_for",
            "register_outcome_hook"]
+
+#: Jobs a bulk insert writes per statement (``JobStore.insert_many``): the batch travels
+#: as one JSON document, so this bounds memory and statement size, not parameters.
+BATCH_SIZE = 1000
 
 #: The engine of each database vendor django_tasks stores jobs in.
 ENGINES: dict[str, type[Engine]] = {"postgresql": PostgreSQL, "sqlite": SQLite}
@@ -167,6 +181,26 @@ class JobStore(Registry, Cancelling, Statistics):
         if notify is not None:
             return self.engine.insert_notify(sql, params, notify)
         return self.engine.insert(sql, params, unique=bool(job.unique_key))
+
+    def insert_many(self, jobs: Sequence[NewJob], *,
+                    channels: Sequence[str] = ()) -> set[str] | None:
+        """INSERT new jobs (checked already) on this store's connection, in the caller's
+        transaction: one statement per :data:`BATCH_SIZE` jobs. If any is unique, returns
+        the ids inserted: a job whose key an active job holds (or an earlier job of the
+        batch took) is not. None when none is unique (every job was inserted).
+
+        ``channels``: NOTIFY them at commit, where the database :attr:`notifies`: one
+        NOTIFY per channel in each batch's statement (never one per job), which
+        PostgreSQL delivers once per transaction.
+        """
+        unique = any(j.unique_key for j in jobs)
+        inserted: set[str] = set()
+        for start in range(0, len(jobs), BATCH_SIZE):
+            ids = self.engine.insert_many(jobs[start:start + BATCH_SIZE], unique=unique,
+                                          channels=channels)
+            if ids:
+                inserted |= ids
+        return inserted if unique else None
 
     @property
     def notifies(self) -> bool:

@@ -258,6 +258,8 @@ class _Plan:
         self.results: dict[str, JobResult] = {}
         self.workflow_id = uuid.uuid4()
         self.backend: Any = None
+        self.queues: dict[int, str] = {}  # id(task) -> its queue, checked once
+        self.tasks: list[DjangoTask] = []
 
     def add(self, node: Node, upstream: Tree | None, extra: tuple[Any, ...],
             extra_kwargs: Mapping[str, Any], errbacks: list[dict[str, Any]]) -> Tree:
@@ -325,11 +327,15 @@ class _Plan:
         if receives and not waits:
             # After an empty group: its result (empty lists) is known now.
             args, receives = (upstream, *args), False
-        job = backend.prepare(task, args, kwargs, receives_input=receives)
+        queue = self.queues.get(id(task))
+        if queue is None:  # the task's own checks, once per task however many steps
+            queue = self.queues[id(task)] = backend.check_task(task)
+            self.tasks.append(task)  # kept alive: its id() stays its own
+        job = backend.new_job(task, args, kwargs, receives_input=receives, queue=queue)
         # A workflow's steps are its own: a step is never swapped for another job
         # holding the same unique key (its dependents wait for this one).
         job.unique_key = ""
-        job.workflow_id = self.workflow_id
+        job.workflow_id = str(self.workflow_id)
         job_id = str(job.id)
         if waits:
             job.status = "WAITING"
@@ -354,13 +360,14 @@ class _Plan:
             step.job.links = links or None
             if len(self.steps) == 1:
                 step.job.workflow_id = None  # one step alone is a plain job
-        # One transaction: no step can start (or end) before every row exists.
-        # ``task_enqueued`` is sent for every step once it commits.
+        # One transaction: no step can start (or end) before every row exists. One
+        # INSERT per batch of steps (BATCH_SIZE), however many; ``task_enqueued`` is
+        # sent for every step once it commits.
+        steps = list(self.steps.values())
         with transaction.atomic(using=self.backend.store.database):
-            for step in self.steps.values():
-                self.backend.store_job(step.job, step.sig.task)
-                self.results[str(step.job.id)] = self.backend.enqueued(step.sig.task,
-                                                                       step.job)
+            results = self.backend.store_many([s.job for s in steps],
+                                              [s.sig.task for s in steps])
+        self.results = {str(s.job.id): r for s, r in zip(steps, results, strict=True)}
 
     def result(self, tree: Tree) -> JobResult | GroupResult:
         if isinstance(tree, list):

@@ -80,7 +80,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "django-tasks-engine: pip install -e '.[rabbitmq]')."
     ) from exc
 
-from ...jobs.messages import ByIds, Message, Outcome, Start
+from ...jobs.messages import ByIds, Message, NewJob, Outcome, Start
 from ...states import READY
 from ..base import Broker, BrokerOptions, Exchanged, ModelBackend, database_tag
 from ..base import epoch_ms as ms
@@ -236,6 +236,21 @@ class RabbitMQBroker(Broker):
             transaction.on_commit(partial(self.publisher.publish, [entry]),
                                   using=self.store.database)
         return True
+
+    def publish_many(self, jobs: Sequence[NewJob]) -> set[str] | None:
+        """INSERT the rows, one statement per batch, in the caller's transaction; once it
+        commits, the ids of the due ones inserted are published together and confirmed
+        in one window (:meth:`Publisher.publish`); what is not confirmed stays READY for
+        the sweep, as for a single publish."""
+        inserted = self.store.insert_many(jobs)
+        horizon = timezone.now() + DUE_SLACK
+        entries = [(str(j.id), j.queue_name, j.priority, ms(j.run_after)) for j in jobs
+                   if j.status == READY and (inserted is None or str(j.id) in inserted)
+                   and (j.run_after is None or j.run_after <= horizon)]
+        if entries:
+            transaction.on_commit(partial(self.publisher.publish, entries),
+                                  using=self.store.database)
+        return inserted
 
     def _publish_rows(self, rows: Sequence[tuple[str, str, int, datetime]]) -> list[str]:
         """Publish READY rows ``(id, queue, priority, available_at)``; returns the ids

@@ -152,24 +152,67 @@ class Topology:
         )
 
 
+class _Confirms:
+    """The publisher confirms of one channel: which publishes (by delivery tag) RabbitMQ
+    has yet to confirm, and the job ids it refused (a nack, or returned unroutable)."""
+
+    def __init__(self) -> None:
+        self.tag = 0  # the channel's last delivery tag: they count publishes from 1
+        self.pending: dict[int, str] = {}  # delivery tag -> job id
+        self.refused: list[str] = []
+        self.returned = False
+
+    def sent(self, job_id: str) -> None:
+        self.tag += 1
+        self.pending[self.tag] = job_id
+
+    def settled(self) -> bool:
+        """Whether RabbitMQ answered every publish sent."""
+        return not self.pending
+
+    def on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag = method.delivery_tag
+        tags = [t for t in self.pending if t <= tag] if method.multiple else [tag]
+        nack = isinstance(method, pika.spec.Basic.Nack)
+        for t in tags:
+            job_id = self.pending.pop(t, None)
+            if nack and job_id is not None:
+                self.refused.append(job_id)
+
+    def on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        # Unroutable (its queue was deleted after we declared it); its ack follows.
+        self.refused.append(body.decode())
+        self.returned = True
+
+
 class _Local(threading.local):
     pid = 0
     connection: Any = None
     channel: Any = None
+    confirms: _Confirms
     declared: set[str]
     retry_at = 0.0
 
     def __init__(self) -> None:
         self.declared = set()
+        self.confirms = _Confirms()
 
 
 class Publisher:
-    """Publishes job ids, each confirmed by RabbitMQ before :meth:`publish` returns.
+    """Publishes job ids, confirmed by RabbitMQ before :meth:`publish` returns.
 
-    One connection per thread (see the module docstring). A publish that fails (the
-    server down, the connection lost, a nack) returns the ids not confirmed and drops
-    the connection; for ``RETRY_AFTER`` seconds afterwards publishes fail at once
-    rather than each waiting for a refused connection.
+    One connection per thread (see the module docstring). A publish of many ids sends
+    them all, then waits once for their confirms (one window, not a round trip each). A
+    publish that fails (the server down, the connection lost) returns the ids not
+    confirmed and drops the connection; for ``RETRY_AFTER`` seconds afterwards publishes
+    fail at once rather than each waiting for a refused connection. Ids RabbitMQ
+    refused (a nack, a queue deleted since it was declared) are returned too.
+
+    pika's blocking channel waits for each publish's confirm by itself; the window is
+    kept here instead, on the asynchronous channel under it (``channel._impl``), waited
+    for with the blocking channel's own loop (``_flush_output``): pika has no public
+    windowed confirms.
     """
 
     def __init__(self, url: str, topology: Topology, link: Link) -> None:
@@ -190,8 +233,13 @@ class Publisher:
             self._drop()
             local.connection = connect(self.url)
             local.channel = local.connection.channel()
-            local.channel.confirm_delivery()
             local.declared = set()
+            confirms = local.confirms = _Confirms()
+            selected: list[Any] = []
+            local.channel._impl.confirm_delivery(ack_nack_callback=confirms.on_confirm,
+                                                 callback=selected.append)
+            local.channel._impl.add_on_return_callback(confirms.on_return)
+            local.channel._flush_output(lambda: bool(selected))
         return local.channel
 
     def _drop(self) -> None:
@@ -204,35 +252,52 @@ class Publisher:
                 pass
 
     def publish(self, entries: Sequence[tuple[str, str, int, int]]) -> list[str]:
-        """Publish ``(job id, queue, priority, due ms)`` entries, persistent and
-        confirmed; returns the ids that were not (an outage: nothing raised).
+        """Publish ``(job id, queue, priority, due ms)`` entries, persistent, then wait
+        for their confirms (one window); returns the ids that were not confirmed (an
+        outage, a refusal: nothing raised).
 
         A connection that worked before and fails now (RabbitMQ restarted, or closed
         it while it was idle) is replaced once at once, resending what was not
         confirmed (a duplicate is dropped by the claim); only a failure on a new
         connection is an outage.
         """
-        done = 0
-        fresh = False
+        todo = list(entries)
+        refused: list[str] = []
         while True:
+            fresh = self._local.channel is None or self._local.pid != os.getpid()
+            sent = 0
             try:
-                fresh = self._local.channel is None or self._local.pid != os.getpid()
                 channel = self._channel()
-                for entry in entries[done:]:
+                confirms = self._local.confirms
+                for entry in todo:
                     self._send(channel, *entry)
-                    done += 1
+                    confirms.sent(entry[0])
+                    sent += 1
+                channel._flush_output(confirms.settled)
             except AMQP_OUTAGES as exc:
+                confirms = self._local.confirms
+                unconfirmed = set(confirms.pending.values())
+                refused += confirms.refused
+                todo = [e for e in todo[:sent] if e[0] in unconfirmed] + todo[sent:]
                 self._drop()
                 if not fresh:
                     continue  # a stale connection: one more try, on a new one
                 self._local.retry_at = time.monotonic() + RETRY_AFTER
-                ids = [e[0] for e in entries[done:]]
+                ids = [e[0] for e in todo] + refused
                 if not self.link.down(exc, "jobs are stored and published from the "
                                            "database by a worker once it is back"):
                     logger.debug("Not published (RabbitMQ unreachable): %s", ", ".join(ids))
                 return ids
             self.link.up()
-            return []
+            refused += confirms.refused
+            confirms.refused = []
+            if confirms.returned:  # a queue deleted: declare it again next time
+                confirms.returned = False
+                self._local.declared = set()
+            if refused:
+                logger.warning("RabbitMQ refused %d publish(es) (%s); a worker publishes "
+                               "them from the database", len(refused), ", ".join(refused))
+            return refused
 
     def counts(self, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
         """``{queue: (messages ready, consumers)}``, declaring the queues; raises an
@@ -253,18 +318,21 @@ class Publisher:
                     raise
 
     def _send(self, channel: Any, job_id: str, queue: str, priority: int, due: int) -> None:
-        """One persistent publish, returning once RabbitMQ confirmed it."""
+        """One persistent publish, its confirm awaited by :meth:`publish`."""
         if queue not in self._local.declared:
             self.topology.declare(channel, queue)
             self._local.declared.add(queue)
-        channel.basic_publish(
+        # The asynchronous channel: buffered, written by the window's wait, not one
+        # system call per publish.
+        channel._impl.basic_publish(
             exchange="", routing_key=self.topology.name(queue), body=job_id.encode(),
             properties=pika.BasicProperties(
                 delivery_mode=pika.DeliveryMode.Persistent,
                 priority=amqp_priority(priority), timestamp=due // 1000,
                 headers={"due_ms": due, "priority": priority}, content_type="text/plain",
             ),
-            # Unroutable (the queue was deleted after we declared it) raises, not drops.
+            # Unroutable (the queue was deleted after we declared it): returned to us
+            # (_Confirms.on_return), not dropped.
             mandatory=True,
         )
 

@@ -93,7 +93,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "django-tasks-engine: pip install -e '.[redis]')."
     ) from exc
 
-from ...jobs.messages import ByIds, Message, Outcome, Start
+from ...jobs.messages import ByIds, Message, NewJob, Outcome, Start
+from ...jobs.store import BATCH_SIZE
 from ...states import READY
 from ..base import Broker, BrokerOptions, Exchanged, ModelBackend, database_tag
 from ..base import epoch_ms as ms
@@ -270,6 +271,19 @@ class RedisBroker(Broker):
         transaction.on_commit(partial(self._publish_committed, [entry]),
                               using=self.store.database)
         return True
+
+    def publish_many(self, jobs: Sequence[NewJob]) -> set[str] | None:
+        """INSERT the rows, one statement per batch, in the caller's transaction; once it
+        commits, the READY ones inserted are published in one script call per batch,
+        pipelined as a single publish is (not waiting for the reply)."""
+        inserted = self.store.insert_many(jobs)
+        entries = [(rank(j.priority), ms(j.run_after), j.queue_name, str(j.id)) for j in jobs
+                   if j.status == READY and (inserted is None or str(j.id) in inserted)]
+        for start in range(0, len(entries), BATCH_SIZE):
+            transaction.on_commit(partial(self._publish_committed,
+                                          entries[start:start + BATCH_SIZE]),
+                                  using=self.store.database)
+        return inserted
 
     def _publish_committed(self, entries: list[tuple[int, int, str, str]]) -> None:
         # Not waiting for the reply; a failure is logged, and the row is committed
