@@ -12,7 +12,6 @@ INSERT per :data:`~django_tasks.jobs.store.BATCH_SIZE` jobs).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
@@ -31,7 +30,7 @@ from ..conf import BackendOptions
 from ..exceptions import EnqueueError
 from ..ids import uuid7, uuid7_strs
 from ..jobs.messages import NewJob
-from ..jobs.policy import resolve_task, send_robust
+from ..jobs.policy import heard, resolve_task, send_robust
 from ..jobs.store import BATCH_SIZE, JobStore
 from ..results import JobResult
 from ..serialization import check_arguments, check_payload, check_signature, dumps
@@ -45,23 +44,6 @@ __all__ = ["UNIQUE_TRIES", "Enqueueing"]
 
 #: Conflicting INSERTs of a unique job whose holder then finished, before giving up.
 UNIQUE_TRIES = 5
-
-
-def _listened(signal: Any, sender: type) -> bool:
-    """Whether sending ``task_enqueued`` would do anything: False when no receiver is
-    connected, or only Django's own (it logs at DEBUG) and its logger would not log.
-    (Sending ``task_enqueued`` for each of 20,000 jobs to that receiver alone was a
-    tenth of a bulk enqueue.)"""
-    from django.tasks import signals
-
-    if not signal.has_listeners(sender):
-        return False
-    try:
-        sync, asynchronous = signal._live_receivers(sender)
-    except (AttributeError, TypeError, ValueError):  # another Django: just send
-        return True
-    return bool(asynchronous) or any(r is not signals.log_task_enqueued for r in sync) or (
-        signals.logger.isEnabledFor(logging.DEBUG))
 
 
 class Enqueueing:
@@ -385,7 +367,7 @@ class Enqueueing:
                                   using=self.database, robust=True)
 
     def _send_enqueued(self, results: Sequence[JobResult]) -> None:
-        if _listened(task_enqueued, type(self)):
+        if heard(task_enqueued, type(self)):
             for result in results:
                 send_robust(task_enqueued, self.alias, result)
 
