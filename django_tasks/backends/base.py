@@ -39,9 +39,11 @@ from django.utils import timezone
 from ..conf import BackendOptions
 from ..exceptions import EnqueueError, TaskNotRegistered
 from ..ids import uuid7
+from ..jobs.enqueued import COUNTER as ENQUEUED
 from ..jobs.messages import Exchanged, Message, Outcome, Start, stale_of
 from ..jobs.policy import resolve_task, send_robust, stand_in_task
 from ..jobs.store import JobStore
+from ..observe import tracing
 from ..results import JobResult
 from ..serialization import check_arguments
 from ..states import READY
@@ -335,6 +337,8 @@ class ModelBackend(BaseTaskBackend):
         key = unique_key_for(args, kwargs) if unique_key_for is not None else None
         if key:
             job.unique_key = key
+        # The enqueuer's trace context, for the worker's span (None while tracing is off).
+        job.headers = tracing.producer(job)
         return job
 
     def store_job(self, job: Any, task: DjangoTask) -> Any:
@@ -371,9 +375,15 @@ class ModelBackend(BaseTaskBackend):
         result = JobResult.build(task, id=str(job.id), job_status=job.status,
                                  enqueued_at=job.enqueued_at, args=list(job.args),
                                  kwargs=job.kwargs, backend=self.alias)
-        transaction.on_commit(lambda: send_robust(task_enqueued, self.alias, result),
-                              using=self.database, robust=True)
+        transaction.on_commit(lambda: self._committed(job, result), using=self.database,
+                              robust=True)
         return result
+
+    def _committed(self, job: Any, result: JobResult) -> None:
+        """A stored job's transaction committed: count it (``/metrics``' enqueued
+        counter, :mod:`django_tasks.jobs.enqueued`) and send ``task_enqueued``."""
+        ENQUEUED.add(self.database, self.alias, job.queue_name, job.task_path)
+        send_robust(task_enqueued, self.alias, result)
 
     def _publish_unique(self, job: Any, window: timedelta | None, now: datetime) -> Any:
         """Publish unique ``job`` unless a job holds its key; returns None if published,

@@ -42,6 +42,8 @@ from .portable import (
     ON_CONFLICT_UNIQUE,
     RUNNING_OF,
     TAKE_PERIOD,
+    TOTAL,
+    TOTAL_COLUMNS,
     UNIQUE_ACTIVE,
     UNIQUE_RECENT,
 )
@@ -165,13 +167,25 @@ class Engine(ABC):
         of ``now``'s minute, in the caller's transaction."""
         self.add_counts(tally(now, self.backend, written))
 
-    def add_counts(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Add tally rows (:func:`.tally.rows`) to the statistics table: one upsert each."""
+    def add_counts(self, rows: Sequence[dict[str, Any]], *, totals: bool = True) -> None:
+        """Add tally rows (:func:`.tally.rows`) to the statistics table, and with
+        ``totals`` to the running totals (``django_tasks_total``): one upsert each. Only a
+        roll-up, which moves counts between minutes, passes ``totals=False``."""
         if not rows:
             return
         with self.connection.cursor() as cursor:
             cursor.executemany(COUNT, [{**row, "minute": self.time(row["minute"])}
                                        for row in rows])
+        if totals:
+            self.add_totals(rows)
+
+    def add_totals(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Add tally rows to the running totals only (counts no minute keeps: ENQUEUED,
+        RESCUED), one upsert each, in the caller's transaction."""
+        if rows:
+            with self.connection.cursor() as cursor:
+                cursor.executemany(TOTAL, [{c: row[c] for c in TOTAL_COLUMNS}
+                                           for row in rows])
 
     def take_period(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """Delete this backend's statistics rows from ``start`` to before ``end`` and

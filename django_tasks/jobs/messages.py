@@ -48,6 +48,8 @@ class Message:
     workflow_id: str | None = None
     #: Celery's ``expires``: not started by then, it is CANCELLED (``Expired``) unrun.
     expires_at: str | None = None
+    #: The job's ``headers`` (the enqueuer's trace context: docs/observability.md), or None.
+    headers: dict[str, Any] | None = None
 
     def to_wire(self) -> list[Any]:
         """The values in field order, JSON-able (for the pipe to a pool child): no keys

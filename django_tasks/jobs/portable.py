@@ -132,3 +132,15 @@ TAKE_PERIOD = (
     "DELETE FROM \"django_tasks_minute\" WHERE backend = %(backend)s "
     "AND minute >= %(start)s AND minute < %(end)s RETURNING " + ", ".join(COUNT_COLUMNS)
 )
+# The running totals (``django_tasks_total``): a tally row added to its key's row, the
+# minute left out. Run beside COUNT by the statistics' writers, never by the roll-ups:
+# the totals only grow (the counters of ``/metrics``, docs/observability.md).
+TOTAL_COLUMNS = tuple(c for c in COUNT_COLUMNS if c != "minute")
+_TOTAL_KEY = ("backend", "queue_name", "task_path", "outcome")
+TOTAL = (
+    "INSERT INTO \"django_tasks_total\" (" + ", ".join(TOTAL_COLUMNS) + ") VALUES ("
+    + ", ".join(f"%({c})s" for c in TOTAL_COLUMNS) + ") ON CONFLICT ("
+    + ", ".join(_TOTAL_KEY) + ") DO UPDATE SET "
+    + ", ".join(f"{c} = \"django_tasks_total\".{c} + excluded.{c}"
+                for c in TOTAL_COLUMNS if c not in _TOTAL_KEY)
+)

@@ -36,6 +36,8 @@ from ..jobs.policy import (
     send_robust,
     success_outcome,
 )
+from ..observe.logs import job_fields
+from ..observe.tracing import consumer
 from ..results import JobResult
 from ..serialization import check_return_value
 from ..task import TaskContext
@@ -88,6 +90,21 @@ def execute(
     own_connections: bool = True,
     soft_time_limits: bool = False,
 ) -> Outcome:
+    """Run the job described by ``message``; return its outcome (:func:`_attempt`),
+    inside an OpenTelemetry CONSUMER span when tracing is on
+    (:mod:`django_tasks.observe.tracing`)."""
+    return consumer(message, worker_id, lambda: _attempt(
+        message, worker_id, own_connections=own_connections,
+        soft_time_limits=soft_time_limits))
+
+
+def _attempt(
+    message: Message,
+    worker_id: str,
+    *,
+    own_connections: bool = True,
+    soft_time_limits: bool = False,
+) -> Outcome:
     """Run the job described by ``message``; return its outcome.
 
     ``own_connections``: this process/thread owns its database connections, so stale
@@ -97,7 +114,8 @@ def execute(
     """
     started = time.monotonic()
     args = log_args(message)
-    logger.info("Job %s started: task=%s queue=%s attempt=%d/%d", *args)
+    logger.info("Job %s started: task=%s queue=%s attempt=%d/%d", *args,
+                extra=job_fields(message, worker_id))
     try:
         task = resolve_task(message.task_path)
     except TaskNotRegistered as exc:
@@ -141,10 +159,9 @@ def execute(
         object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
         object.__setattr__(result, "finished_at", now)
         object.__setattr__(result, "_return_value", value)
-        logger.info(
-            "Job %s SUCCESSFUL: task=%s queue=%s attempt=%d/%d duration=%.3fs",
-            *args, time.monotonic() - started,
-        )
+        took = time.monotonic() - started
+        logger.info("Job %s SUCCESSFUL: task=%s queue=%s attempt=%d/%d duration=%.3fs",
+                    *args, took, extra=job_fields(message, worker_id, "SUCCESSFUL", took))
         send_finished(message.backend, result)
         if getattr(task, "ignore_result", False) and message.workflow_id is None:
             value = None  # Celery's ignore_result: not stored (a workflow's next step needs it)

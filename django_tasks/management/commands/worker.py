@@ -142,10 +142,26 @@ class Command(BaseCommand):
             help="Celery's option, refused: a worker has -c slots, idle ones cost nothing; "
                  "scale by running more workers.",
         )
+        parser.add_argument(
+            "--log-format", choices=("text", "json"), default=None,
+            help="'json': one JSON object per log line, with job id, task, queue, attempt, "
+                 "duration, outcome and worker id (default: the setting TASKS_LOG_FORMAT, "
+                 "else 'text'; docs/observability.md).",
+        )
+        parser.add_argument(
+            "--metrics-port", type=int, default=None, metavar="PORT",
+            help="Serve /metrics (Prometheus, the 'metrics' extra) on this port from this "
+                 "worker; the numbers are read from the database, the same whichever "
+                 "process serves them (docs/observability.md).",
+        )
         add_loglevel(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        configure_logging(options["loglevel"])
+        configure_logging(options["loglevel"], options["log_format"])
+        if options["metrics_port"] is not None:
+            from django_tasks.observe.prometheus import serve
+
+            serve(options["metrics_port"])
         if options["worker_id"]:
             options["worker_id"] = options["worker_id"].replace("%h", socket.gethostname())
         # Import every app's tasks module once, before forking, so children share it.

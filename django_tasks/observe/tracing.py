@@ -1,0 +1,113 @@
+"""OpenTelemetry traces from the enqueue to the run (docs/observability.md#tracing).
+
+At enqueue (:func:`producer`, called by ``ModelBackend.prepare``) a PRODUCER span is
+started as a child of the caller's current span and its W3C trace context
+(``traceparent``, ``tracestate``) is injected into the job's ``headers`` column, through
+the configured propagator. In the worker, where the task runs (the prefork child, the
+thread), :func:`consumer` extracts that context and runs the task inside a CONSUMER span,
+its child: every attempt is a span of its own in the enqueuer's trace (a retry carries
+the same headers), and a chain's steps, all prepared by the code that started the chain,
+continue its trace. Attributes follow OpenTelemetry's messaging semantic conventions
+(``messaging.system``, ``messaging.operation``, ``messaging.destination.name`` = the
+queue, ``messaging.message.id`` = the job id) and add ``django_tasks.task``,
+``django_tasks.attempt`` and ``django_tasks.outcome``.
+
+Off (``opentelemetry-api`` not installed, or ``TASKS_TRACING = False``): nothing is
+imported, no header is stored, and a job pays one cached check. With the API alone (no
+SDK configured) the spans are OpenTelemetry's no-op ones and no header is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+if TYPE_CHECKING:
+    from ..jobs.messages import Message, Outcome
+
+__all__ = ["SYSTEM", "consumer", "enabled", "flush", "producer"]
+
+#: ``messaging.system``.
+SYSTEM = "django_tasks"
+
+
+@cache
+def _api() -> Any:
+    """``opentelemetry.trace`` and ``opentelemetry.propagate``, or None if not installed."""
+    try:
+        from opentelemetry import propagate, trace
+    except ImportError:
+        return None
+    return trace, propagate
+
+
+def enabled() -> bool:
+    """Whether spans are made: ``opentelemetry-api`` is installed and the setting
+    ``TASKS_TRACING`` (default True) is not False."""
+    return _api() is not None and getattr(settings, "TASKS_TRACING", True) is not False
+
+
+def _attributes(operation: str, kind: str, job_id: str, queue: str, task: str,
+                backend: str) -> dict[str, Any]:
+    return {"messaging.system": SYSTEM, "messaging.operation": operation,
+            "messaging.operation.type": kind, "messaging.destination.name": queue,
+            "messaging.message.id": job_id, "django_tasks.task": task,
+            "django_tasks.backend": backend}
+
+
+def producer(job: Any) -> dict[str, str] | None:
+    """The ``headers`` of a job being enqueued: the trace context of a PRODUCER span
+    made for it under the caller's current span; None when tracing is off or nothing is
+    recorded (no SDK)."""
+    if not enabled():
+        return None
+    trace, propagate = _api()
+    tracer = trace.get_tracer(SYSTEM)
+    with tracer.start_as_current_span(
+        f"send {job.task_path}", kind=trace.SpanKind.PRODUCER,
+        attributes=_attributes("publish", "send", str(job.id), job.queue_name, job.task_path,
+                               job.backend),
+    ) as span:
+        if not span.get_span_context().is_valid:
+            return None
+        headers: dict[str, str] = {}
+        propagate.inject(headers)
+    return headers or None
+
+
+def consumer(message: Message, worker_id: str, run: Callable[[], Outcome]) -> Outcome:
+    """``run()`` (the task's attempt) inside a CONSUMER span, the child of the context in
+    ``message.headers`` (a root span without one); the outcome's status is recorded on it."""
+    if not enabled():
+        return run()
+    trace, propagate = _api()
+    parent = propagate.extract(message.headers or {})
+    attributes = _attributes("process", "process", message.id, message.queue_name,
+                             message.task_path, message.backend)
+    attributes.update({"django_tasks.attempt": message.attempt,
+                       "django_tasks.worker_id": worker_id})
+    tracer = trace.get_tracer(SYSTEM)
+    with tracer.start_as_current_span(f"process {message.task_path}", context=parent,
+                                      kind=trace.SpanKind.CONSUMER, attributes=attributes,
+                                      record_exception=False) as span:
+        outcome = run()
+        span.set_attribute("django_tasks.outcome", outcome.status)
+        error = outcome.error
+        if error:
+            span.set_attribute("error.type", str(error.get("exception_class_path", "")))
+            span.set_status(trace.Status(trace.StatusCode.ERROR,
+                                         str(error.get("message", ""))[:200]))
+    return outcome
+
+
+def flush(timeout_ms: int = 5000) -> None:
+    """Export the spans a process still buffers (a prefork child about to exit): the
+    SDK provider's ``force_flush``, if tracing was used here."""
+    if _api.cache_info().currsize and _api() is not None:
+        provider = _api()[0].get_tracer_provider()
+        force_flush = getattr(provider, "force_flush", None)
+        if force_flush is not None:
+            force_flush(timeout_ms)
