@@ -13,3 +13,20 @@
 Nothing here imports an optional package unless it is installed and used: with
 neither installed, a job pays one cached check.
 """
+
+from __future__ import annotations
+
+__all__ = ["process_exiting"]
+
+
+def process_exiting() -> None:
+    """A process that ends without running ``atexit`` (a prefork child) hands over what
+    it still holds: spans the OpenTelemetry SDK buffers, enqueue counts not added yet."""
+    from ..jobs.enqueued import COUNTER
+    from .tracing import flush
+
+    COUNTER.flush_at_exit()
+    try:
+        flush()
+    except Exception:  # an exporter's failure must not keep the child from exiting
+        pass
