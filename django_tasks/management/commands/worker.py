@@ -13,6 +13,7 @@ from django.utils.module_loading import autodiscover_modules
 
 from django_tasks.exceptions import WorkerIdInUse
 from django_tasks.management.cli import add_loglevel, one_line_errors, positive_int
+from django_tasks.observe import tracing
 from django_tasks.worker import TaskWorker
 from django_tasks.worker.pools import POOLS
 from django_tasks.worker.supervisor import configure_logging, install_signal_handlers
@@ -164,8 +165,10 @@ class Command(BaseCommand):
             serve(options["metrics_port"])
         if options["worker_id"]:
             options["worker_id"] = options["worker_id"].replace("%h", socket.gethostname())
-        # Import every app's tasks module once, before forking, so children share it.
+        # Import every app's tasks module once, before forking, so children share it
+        # (and OpenTelemetry's, when tracing is on: not on the first job's time).
         autodiscover_modules("tasks")
+        tracing.enabled()
         queues = [q.strip() for q in options["queues"].split(",") if q.strip()]
         pool_options = {
             key: options[key] for key in ("max_tasks_per_child", "max_memory_per_child")
