@@ -148,3 +148,19 @@ def test_json_log_lines_carry_the_jobs_fields():
     assert (last["task"], last["queue"], last["attempt"], last["level"]) == (
         "tests.tasks.always_fails", "default", 3, "ERROR")
     assert last["worker_id"] and isinstance(last["duration"], float)
+
+
+def test_your_own_headers_travel_with_the_job(settings):
+    from django_tasks.observe.headers import current_headers, job_headers
+
+    settings.TASKS_TRACING = False
+    with job_headers(tenant="acme"), job_headers(request_id=7):
+        result = tasks.returns_header.enqueue("tenant")
+    plain = tasks.returns_header.enqueue("tenant")
+    assert Job.objects.get(pk=result.id).headers == {"tenant": "acme", "request_id": 7}
+    assert Job.objects.get(pk=plain.id).headers is None
+    assert drain() == 2
+    result.refresh()
+    plain.refresh()
+    assert (result.return_value, plain.return_value) == ("acme", None)
+    assert current_headers() == {}

@@ -43,7 +43,7 @@ from ..jobs.enqueued import COUNTER as ENQUEUED
 from ..jobs.messages import Exchanged, Message, Outcome, Start, stale_of
 from ..jobs.policy import resolve_task, send_robust, stand_in_task
 from ..jobs.store import JobStore
-from ..observe import tracing
+from ..observe.headers import for_job as headers_for
 from ..results import JobResult
 from ..serialization import check_arguments
 from ..states import READY
@@ -337,8 +337,8 @@ class ModelBackend(BaseTaskBackend):
         key = unique_key_for(args, kwargs) if unique_key_for is not None else None
         if key:
             job.unique_key = key
-        # The enqueuer's trace context, for the worker's span (None while tracing is off).
-        job.headers = tracing.producer(job)
+        # Headers for the worker: the enqueuer's trace context, the user's own (or None).
+        job.headers = headers_for(job)
         return job
 
     def store_job(self, job: Any, task: DjangoTask) -> Any:

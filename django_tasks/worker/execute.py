@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from functools import partial
 from typing import Any
 
 from django.db import close_old_connections
@@ -36,6 +37,7 @@ from ..jobs.policy import (
     send_robust,
     success_outcome,
 )
+from ..observe.headers import running_with
 from ..observe.logs import job_fields
 from ..observe.tracing import consumer
 from ..results import JobResult
@@ -93,9 +95,12 @@ def execute(
     """Run the job described by ``message``; return its outcome (:func:`_attempt`),
     inside an OpenTelemetry CONSUMER span when tracing is on
     (:mod:`django_tasks.observe.tracing`)."""
-    return consumer(message, worker_id, lambda: _attempt(
-        message, worker_id, own_connections=own_connections,
-        soft_time_limits=soft_time_limits))
+    run = partial(_attempt, message, worker_id, own_connections=own_connections,
+                  soft_time_limits=soft_time_limits)
+    if message.headers is None:
+        return consumer(message, worker_id, run)
+    with running_with(message.headers):  # current_headers() in the task
+        return consumer(message, worker_id, run)
 
 
 def _attempt(
