@@ -40,12 +40,14 @@ MODES = ("off", "metrics", "tracing-api", "tracing-sdk")
 def configure(mode: str) -> None:
     """Settings and environment (inherited by the worker) for ``mode``."""
     from django.conf import settings
+    from django.test.utils import override_settings
 
     from django_tasks.jobs.enqueued import COUNTER, EnqueuedCounter
 
     tracing = mode.startswith("tracing")
     os.environ["TASKS_TRACING"] = "true" if tracing else "false"
-    settings.TASKS_TRACING = tracing
+    if tracing != settings.TASKS_TRACING:
+        override_settings(TASKS_TRACING=tracing).enable()  # sends setting_changed
     if mode == "tracing-sdk":
         os.environ["DJANGO_TASKS_BENCH_OTEL"] = "sdk"
         _sdk_here()
@@ -85,7 +87,8 @@ def per_call(mode: str, calls: int = 20000) -> tuple[float, float, float]:
     outcome = Outcome(id=message.id, lease="l", status="SUCCESSFUL")
     out = []
     for call in (lambda: tracing.producer(job),
-                 lambda: tracing.consumer(message, "w", lambda: outcome),
+                 lambda: (tracing.consumer(message, "w", lambda: outcome)
+                          if message.headers is not None or tracing.enabled() else outcome),
                  lambda: COUNTER.add("default", "default", "default", job.task_path)):
         started = time.perf_counter()
         for _ in range(calls):

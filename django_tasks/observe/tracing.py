@@ -12,9 +12,9 @@ continue its trace. Attributes follow OpenTelemetry's messaging semantic convent
 queue, ``messaging.message.id`` = the job id) and add ``django_tasks.task``,
 ``django_tasks.attempt`` and ``django_tasks.outcome``.
 
-Off (``opentelemetry-api`` not installed, or ``TASKS_TRACING = False``): nothing is
-imported, no header is stored, and a job pays one cached check. With the API alone (no
-SDK configured) the spans are OpenTelemetry's no-op ones and no header is stored.
+Off (``opentelemetry-api`` not installed, ``TASKS_TRACING = False``, or no SDK tracer
+provider set): no span is made, no header is stored, and a job pays one cached check
+(``opentelemetry`` is imported only if installed and tracing is not switched off).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 if TYPE_CHECKING:
     from ..jobs.messages import Message, Outcome
@@ -36,25 +38,41 @@ SYSTEM = "django_tasks"
 
 @cache
 def _api() -> Any:
-    """``opentelemetry.trace`` and ``opentelemetry.propagate``, or None if not installed."""
+    """``opentelemetry.trace`` and ``opentelemetry.propagate``, and the tracer provider
+    types that record nothing (no SDK configured), or None if not installed."""
     try:
         from opentelemetry import propagate, trace
     except ImportError:
         return None
-    return trace, propagate
+    return trace, propagate, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
 
 @cache
 def _tracer() -> Any:
-    """Our tracer, got once (``get_tracer`` was a fifth of a span's cost): a proxy until
-    the application sets its tracer provider, then that provider's."""
+    """Our tracer, got once (``get_tracer`` was a fifth of a span's cost)."""
     return _api()[0].get_tracer(SYSTEM)
 
 
+@cache
+def _setting() -> bool:
+    return getattr(settings, "TASKS_TRACING", True) is not False
+
+
+@receiver(setting_changed)
+def _tracing_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "TASKS_TRACING":
+        _setting.cache_clear()
+
+
 def enabled() -> bool:
-    """Whether spans are made: ``opentelemetry-api`` is installed and the setting
-    ``TASKS_TRACING`` (default True) is not False."""
-    return _api() is not None and getattr(settings, "TASKS_TRACING", True) is not False
+    """Whether spans are made: ``opentelemetry-api`` is installed, the setting
+    ``TASKS_TRACING`` (default True) is not False, and a tracer provider that records
+    (the SDK's) is set. The API's no-op spans are not made at all: they cost ~30 us an
+    enqueue for nothing (benchmarks/observability.py)."""
+    if not _setting():
+        return False
+    api = _api()
+    return api is not None and not isinstance(api[0].get_tracer_provider(), api[2])
 
 
 def _attributes(operation: str, kind: str, job_id: str, queue: str, task: str,
@@ -71,7 +89,7 @@ def producer(job: Any) -> dict[str, str] | None:
     recorded (no SDK)."""
     if not enabled():
         return None
-    trace, propagate = _api()
+    trace, propagate, _ = _api()
     with _tracer().start_as_current_span(
         f"send {job.task_path}", kind=trace.SpanKind.PRODUCER,
         attributes=_attributes("publish", "send", str(job.id), job.queue_name, job.task_path,
@@ -89,7 +107,7 @@ def consumer(message: Message, worker_id: str, run: Callable[[], Outcome]) -> Ou
     ``message.headers`` (a root span without one); the outcome's status is recorded on it."""
     if not enabled():
         return run()
-    trace, propagate = _api()
+    trace, propagate, _ = _api()
     parent = propagate.extract(message.headers or {})
     attributes = _attributes("process", "process", message.id, message.queue_name,
                              message.task_path, message.backend)

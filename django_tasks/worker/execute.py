@@ -37,9 +37,9 @@ from ..jobs.policy import (
     send_robust,
     success_outcome,
 )
+from ..observe import tracing
 from ..observe.headers import running_with
 from ..observe.logs import job_fields
-from ..observe.tracing import consumer
 from ..results import JobResult
 from ..serialization import check_return_value
 from ..task import TaskContext
@@ -95,12 +95,13 @@ def execute(
     """Run the job described by ``message``; return its outcome (:func:`_attempt`),
     inside an OpenTelemetry CONSUMER span when tracing is on
     (:mod:`django_tasks.observe.tracing`)."""
-    run = partial(_attempt, message, worker_id, own_connections=own_connections,
-                  soft_time_limits=soft_time_limits)
-    if message.headers is None:
-        return consumer(message, worker_id, run)
+    if message.headers is None and not tracing.enabled():
+        return _attempt(message, worker_id, own_connections=own_connections,
+                        soft_time_limits=soft_time_limits)
     with running_with(message.headers):  # current_headers() in the task
-        return consumer(message, worker_id, run)
+        return tracing.consumer(message, worker_id, partial(
+            _attempt, message, worker_id, own_connections=own_connections,
+            soft_time_limits=soft_time_limits))
 
 
 def _attempt(
