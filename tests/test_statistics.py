@@ -1,8 +1,11 @@
 """The per-minute statistics (#18): written with the outcomes they count, by real
 workers and by every other outcome path (cancel, rescue), and pruned by age."""
 
+import socket
+import urllib.request
 from datetime import timedelta
 from itertools import pairwise
+from types import SimpleNamespace
 
 import pytest
 from django.db import DatabaseError, connection
@@ -41,7 +44,9 @@ def test_a_real_worker_counts_what_it_ran(broker, client, settings):
         tasks.add.enqueue(i, i)
     tasks.always_fails.enqueue()  # 3 attempts: 2 retries, then FAILED
     tasks.sleep_then_return.enqueue(0.3)
-    proc = start_worker("-c", "2", "--pool", "threads", "--log-format", "json")
+    port = free_port()
+    proc = start_worker("-c", "2", "--pool", "threads", "--log-format", "json",
+                        "--metrics-port", str(port))
     try:
         assert wait_for(lambda: totals("tests.tasks.always_fails", "FAILED")["n"] == 1
                         and totals("tests.tasks.add", "SUCCESSFUL")["n"] == 20
@@ -52,6 +57,11 @@ def test_a_real_worker_counts_what_it_ran(broker, client, settings):
         assert Worker.objects.get().memory > 0
         settings.TASKS_METRICS_TOKEN = "s3cret"
         scraped = scrape(client.get("/tasks/metrics", HTTP_AUTHORIZATION="Bearer s3cret"))
+        # the worker's own endpoint serves the same numbers (read from the database)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            from_worker = scrape(SimpleNamespace(status_code=r.status, content=r.read()))
+        counted = {k: v for k, v in scraped.items() if k[0].endswith(("_total", "_bucket"))}
+        assert counted and counted == {k: from_worker[k] for k in counted}
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
@@ -67,6 +77,12 @@ def test_a_real_worker_counts_what_it_ran(broker, client, settings):
     assert slow["run_us"] >= 300_000 and slow["run_le_250ms"] == 0 and slow["run_le_1h"] == 1
     assert set(Statistic.objects.values_list("backend", "queue_name").distinct()) == {
         ("default", "default")}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def scrape(response):
