@@ -73,6 +73,10 @@ def _json_positions(row_type: type) -> tuple[int, ...]:
                  if name in JSON_COLUMNS)
 
 
+#: The running totals' counting columns (all but the key's).
+_TOTAL_COUNTS = tuple(c for c in TOTAL_COLUMNS
+                      if c not in ("backend", "queue_name", "task_path", "outcome"))
+
 class RoundTrip(Protocol):
     """What the store lends an engine for the worker's round trip (:meth:`Engine.exchange`):
     its policy, which no engine repeats."""
@@ -181,11 +185,20 @@ class Engine(ABC):
 
     def add_totals(self, rows: Sequence[dict[str, Any]]) -> None:
         """Add tally rows to the running totals only (counts no minute keeps: ENQUEUED,
-        RESCUED), one upsert each, in the caller's transaction."""
-        if rows:
+        RESCUED), in the caller's transaction: one upsert per key, the rows of several
+        minutes summed, in key order (concurrent writers lock the rows in one order)."""
+        sums: dict[tuple[str, ...], dict[str, Any]] = {}
+        for row in rows:
+            key = (row["backend"], row["queue_name"], row["task_path"], row["outcome"])
+            total = sums.get(key)
+            if total is None:
+                sums[key] = {c: row[c] for c in TOTAL_COLUMNS}
+            else:
+                for c in _TOTAL_COUNTS:
+                    total[c] += row[c]
+        if sums:
             with self.connection.cursor() as cursor:
-                cursor.executemany(TOTAL, [{c: row[c] for c in TOTAL_COLUMNS}
-                                           for row in rows])
+                cursor.executemany(TOTAL, [sums[k] for k in sorted(sums)])
 
     def take_period(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """Delete this backend's statistics rows from ``start`` to before ``end`` and
