@@ -15,7 +15,8 @@ them). Modes:
   nowhere) in the enqueuer and in every prefork child: a PRODUCER span and a header per
   enqueue, a CONSUMER span per attempt.
 
-Runs alternate between the modes; the table shows medians. Prints, asserts nothing.
+Each mode runs ``--repeat`` times in a row (``tracing-sdk`` last: a process keeps the
+SDK provider it set); the table shows medians. Prints, asserts nothing.
 
     .venv/bin/python benchmarks/observability.py [--jobs 5000] [--repeat 3]
 """
@@ -151,8 +152,10 @@ def main() -> None:
     runs: dict[str, list[tuple[float, float, float]]] = {m: [] for m in modes}
     # Before any SDK provider is set (a process sets one once): the no-op API's cost.
     micro = {m: per_call_median(m) for m in modes if m != "tracing-sdk"}
-    for i in range(1, args.repeat + 1):
-        for mode in modes:
+    # Mode by mode (an SDK tracer provider, once set in this process, stays: the
+    # ``tracing-sdk`` runs come last).
+    for mode in modes:
+        for i in range(1, args.repeat + 1):
             enqueue, worker, pg = measure(n, mode)
             runs[mode].append((enqueue, worker, pg))
             print(f"run {i}/{args.repeat} {mode}: enqueue {enqueue / n * 1e6:.0f} us/job, "
