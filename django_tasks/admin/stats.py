@@ -27,13 +27,14 @@ from ..models import Job, Schedule, Statistic, Worker
 from ..observe import numbers
 from ..observe.numbers import (
     COUNT_CAP,
+    FINISHED,
     LISTED,
     Backlog,
     Capped,
     hour_counts,
     our_backends,
 )
-from ..states import CANCELLED, CLAIMED, FAILED, READY, RUNNING, SUCCESSFUL
+from ..states import CLAIMED, FAILED, READY, RUNNING
 
 __all__ = ["COUNT_CAP", "RANGES", "Backlog", "Capped", "Snapshot", "read"]
 
@@ -45,7 +46,6 @@ RANGES = {
     "24h": ("last 24 hours", timedelta(hours=24), timedelta(minutes=15), "15 minutes"),
     "7d": ("last 7 days", timedelta(days=7), timedelta(hours=1), "hour"),
 }
-FINISHED = (SUCCESSFUL, FAILED, CANCELLED)
 
 
 @dataclass
