@@ -23,7 +23,7 @@ from .states import (
     JobStatus,
 )
 
-__all__ = ["Dashboard", "Job", "Schedule", "ScheduleTick", "Statistic", "Worker"]
+__all__ = ["Dashboard", "Job", "Schedule", "ScheduleTick", "Statistic", "Total", "Worker"]
 
 
 class JobQuerySet(models.QuerySet):
@@ -130,6 +130,10 @@ class Job(models.Model):
     # The last time an operator retried this FAILED job: {"by": who, "at": when, "after":
     # the attempts it had}; None if never (``JobStore.retry_failed``).
     retried = models.JSONField(null=True, blank=True)
+    #: Headers carried from the enqueue to the worker (``{"traceparent": ...}``: the
+    #: OpenTelemetry trace context of the code that enqueued, docs/observability.md);
+    #: NULL when there is nothing to carry. Users may add their own keys.
+    headers = models.JSONField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -268,6 +272,10 @@ class Worker(models.Model):
     processed = models.PositiveBigIntegerField(default=0, db_default=0)
     failed = models.PositiveBigIntegerField(default=0, db_default=0)
     memory = models.PositiveBigIntegerField(default=0, db_default=0)
+    # Outages of its broker or database it has ridden out since it started (one per
+    # outage, however long), and whether it is in one now (as of its last heartbeat).
+    outages = models.PositiveIntegerField(default=0, db_default=0)
+    in_outage = models.BooleanField(default=False, db_default=False)
 
     objects = WorkerQuerySet.as_manager()
 
@@ -570,9 +578,47 @@ class Statistic(models.Model):
         return f"{self.minute:%Y-%m-%d %H:%M} {self.queue_name} {self.task_path} {self.outcome}"
 
 
+class Total(models.Model):
+    """Running totals since the first outcome, per backend, queue, task and outcome: the
+    columns of :class:`Statistic` without the minute. What ``/metrics`` serves as
+    Prometheus counters (docs/observability.md).
+
+    Written with the statistics, by the same upserts, in the same transactions (never by
+    the roll-ups, which only merge minutes), and never pruned: a counter here only goes
+    up, however the minutes are rolled up or deleted. ``outcome`` is a status written
+    (SUCCESSFUL, FAILED, READY for a retry, CANCELLED) or one of two counts kept only
+    here: ``ENQUEUED`` (jobs stored, counted after their transaction commits) and
+    ``RESCUED`` (started attempts of lost workers' jobs, also counted as READY or FAILED).
+    One row per key: reading every counter is a scan of a few hundred rows.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    backend = models.CharField(max_length=100)
+    queue_name = models.CharField(max_length=100)
+    task_path = models.CharField(max_length=255)
+    outcome = models.CharField(max_length=10)
+    n = models.BigIntegerField(default=0)
+    run_n = models.BigIntegerField(default=0)
+    run_us = models.BigIntegerField(default=0)
+    wait_n = models.BigIntegerField(default=0)
+    wait_us = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "django_tasks_total"
+        verbose_name = _("total")
+        constraints = [
+            models.UniqueConstraint(fields=["backend", "queue_name", "task_path", "outcome"],
+                                    name="django_tasks_total_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.backend} {self.queue_name} {self.task_path} {self.outcome}: {self.n}"
+
+
 # The bucket columns, one per bound: plain integers, so the upsert adds them one by one.
 for _column in (*RUN_COLUMNS, *WAIT_COLUMNS):
     Statistic.add_to_class(_column, models.BigIntegerField(default=0))
+    Total.add_to_class(_column, models.BigIntegerField(default=0))
 
 
 class Dashboard(Statistic):

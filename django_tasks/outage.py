@@ -24,6 +24,11 @@ class Outage:
     N s<detail>"`` if there was an outage, and resets the delay.
     """
 
+    #: Outages begun in this process (every loop's), and those not over yet: what the
+    #: worker's heartbeat reports (``Worker.outages``, ``Worker.in_outage``).
+    begun = 0
+    ongoing = 0
+
     def __init__(self, logger: logging.Logger, down: str, back: str) -> None:
         self.logger, self.down, self.back = logger, down, back
         self.since: float | None = None
@@ -32,6 +37,8 @@ class Outage:
     def failed(self, exc: BaseException, detail: str = "retrying") -> float:
         if self.since is None:
             self.since = time.monotonic()
+            Outage.begun += 1
+            Outage.ongoing += 1
             self.logger.error("%s (%s: %s); %s", self.down, type(exc).__name__,
                               str(exc).strip(), detail)
         delay, self._delay = self._delay, min(MAX_DELAY, self._delay * 2)
@@ -42,6 +49,7 @@ class Outage:
             self.logger.warning("%s after %.1fs%s", self.back, time.monotonic() - self.since,
                                 detail)
             self.since, self._delay = None, FIRST_DELAY
+            Outage.ongoing -= 1
 
     def lasted(self) -> float:
         """Seconds since the outage began (0 if there is none)."""

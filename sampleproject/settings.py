@@ -130,6 +130,11 @@ if TASKS_BACKEND == "rabbitmq":
     TASKS["default"]["OPTIONS"]["URL"] = env("RABBITMQ_URL",
                                              default="amqp://guest:guest@127.0.0.1:5672/%2F")
 
+# Observability (docs/observability.md): spans when opentelemetry-api is installed
+# (TASKS_TRACING=false turns them off), the /metrics view's bearer token.
+TASKS_TRACING = env.bool("TASKS_TRACING", default=True)
+TASKS_METRICS_TOKEN = env("TASKS_METRICS_TOKEN", default="") or None
+
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = "hello@example.com"
 

@@ -219,3 +219,11 @@ def _kill_leftover_processes():
 
     yield
     kill_leftovers()
+
+
+def pytest_configure(config):
+    # Jobs enqueued by the tests are counted for /metrics without the counter's thread
+    # (it would hold a connection to the test database): tests call COUNTER.flush().
+    from django_tasks.jobs.enqueued import COUNTER
+
+    COUNTER.background = False

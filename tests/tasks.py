@@ -233,3 +233,11 @@ def add_quietly(x, y):
 def rate_limited(n):
     """At most 30 start per second, across every worker."""
     return n
+
+
+@task()
+def returns_header(name):
+    """The header ``name`` of the running job (django_tasks.observe.headers)."""
+    from django_tasks.observe.headers import current_headers
+
+    return current_headers().get(name)

@@ -7,8 +7,8 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 from django.utils import timezone
 
-from django_tasks.admin import stats
 from django_tasks.models import Job, Schedule, Worker
+from django_tasks.observe import numbers
 from tests import tasks
 from tests.test_backend import drain
 
@@ -133,10 +133,10 @@ def test_linked_from_every_changelist_of_ours(client):
 
 
 def test_capped_counts_say_so(monkeypatch):
-    monkeypatch.setattr(stats, "COUNT_CAP", 3)
+    monkeypatch.setattr(numbers, "COUNT_CAP", 3)
     for i in range(5):
         tasks.add.enqueue(i, i)
-    row = stats.backlog(tasks.add.get_backend(), "default", timezone.now(),
+    row = numbers.backlog(tasks.add.get_backend(), "default", timezone.now(),
                         timedelta(minutes=10))
     assert (row.ready.n, row.ready.more, str(row.ready)) == (3, True, "3+")
 

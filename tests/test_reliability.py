@@ -269,8 +269,8 @@ def test_tasks_status_shows_depths_and_alive_dead_stopped_workers():
     call_command("tasks", "status", "--backend", "default", stdout=out)
     text = out.getvalue()
     header, default_row = text.splitlines()[:2]
-    assert header.split() == ["queue", "wait", "ready", "later", "claim", "run", "failed",
-                              "done", "cancel", "oldest"]
+    assert header.split() == ["queue", "wait", "ready", "later", "claim", "run", "done",
+                              "failed", "cancel", "oldest"]
     assert default_row.split()[:9] == ["default", "0", "1", "1", "1", "1", "0", "0", "0"]
     assert re.fullmatch(r"\d+s", default_row.split()[9])  # the oldest due READY job's wait
     assert max(len(line) for line in text.splitlines()[:3]) <= 80

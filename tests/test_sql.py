@@ -17,7 +17,7 @@ from django_tasks.jobs import store as store_module
 from django_tasks.jobs.engine import Unavailable
 from django_tasks.jobs.messages import APPLIED_COLUMNS
 from django_tasks.jobs.rows import JSON_COLUMNS, MESSAGE_COLUMNS
-from django_tasks.models import Job, RateLimit, Statistic
+from django_tasks.models import Job, RateLimit, Statistic, Total
 from django_tasks.states import JobStatus
 
 HOMES = (postgresql, sqlite, portable)
@@ -47,11 +47,13 @@ def test_every_status_word_in_the_sql_is_a_job_status():
 def test_statements_name_the_job_table_as_both_databases_quote_it():
     table = connection.ops.quote_name(Job._meta.db_table)
     assert table == '"django_tasks_job"'
-    # The store's other tables: rate limits' slots, and the statistics the outcome
-    # writes add to (named by their models, quoted alike).
+    # The store's other tables: rate limits' slots, and the statistics and running
+    # totals the outcome writes add to (named by their models, quoted alike).
     minute = connection.ops.quote_name(Statistic._meta.db_table)
     assert minute == '"django_tasks_minute"'
-    tables = {table, minute, connection.ops.quote_name(RateLimit._meta.db_table)}
+    total = connection.ops.quote_name(Total._meta.db_table)
+    assert total == '"django_tasks_total"'
+    tables = {table, minute, total, connection.ops.quote_name(RateLimit._meta.db_table)}
     for module in HOMES:
         for name, text in sql_texts(module).items():
             assert "{table}" not in text, name

@@ -1,8 +1,11 @@
 """The per-minute statistics (#18): written with the outcomes they count, by real
 workers and by every other outcome path (cancel, rescue), and pruned by age."""
 
+import socket
+import urllib.request
 from datetime import timedelta
 from itertools import pairwise
+from types import SimpleNamespace
 
 import pytest
 from django.db import DatabaseError, connection
@@ -12,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_tasks.histograms import BOUNDS, RUN_COLUMNS, WAIT_COLUMNS, percentile
+from django_tasks.jobs.enqueued import COUNTER
 from django_tasks.jobs.messages import ByQueues, Outcome, Start
 from django_tasks.jobs.tally import Tally, tally
 from django_tasks.models import Statistic, Worker
@@ -32,12 +36,17 @@ def totals(task_path, outcome):
 
 
 @pytest.mark.slow
-def test_a_real_worker_counts_what_it_ran(broker):
+def test_a_real_worker_counts_what_it_ran(broker, client, settings):
+    """Also what /metrics serves of it (the view scraped while the worker is alive,
+    docs/observability.md) and the worker's JSON log lines."""
+    COUNTER.take()  # earlier tests' enqueues
     for i in range(20):
         tasks.add.enqueue(i, i)
     tasks.always_fails.enqueue()  # 3 attempts: 2 retries, then FAILED
     tasks.sleep_then_return.enqueue(0.3)
-    proc = start_worker("-c", "2", "--pool", "threads")
+    port = free_port()
+    proc = start_worker("-c", "2", "--pool", "threads", "--log-format", "json",
+                        "--metrics-port", str(port))
     try:
         assert wait_for(lambda: totals("tests.tasks.always_fails", "FAILED")["n"] == 1
                         and totals("tests.tasks.add", "SUCCESSFUL")["n"] == 20
@@ -46,9 +55,18 @@ def test_a_real_worker_counts_what_it_ran(broker):
         # the worker's own counters ride on its heartbeat
         assert wait_for(lambda: Worker.objects.filter(processed=24, failed=1).exists())
         assert Worker.objects.get().memory > 0
+        settings.TASKS_METRICS_TOKEN = "s3cret"
+        scraped = scrape(client.get("/tasks/metrics", HTTP_AUTHORIZATION="Bearer s3cret"))
+        # the worker's own endpoint serves the same numbers (read from the database)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            from_worker = scrape(SimpleNamespace(status_code=r.status, content=r.read()))
+        counted = {k: v for k, v in scraped.items() if k[0].endswith(("_total", "_bucket"))}
+        assert counted and counted == {k: from_worker[k] for k in counted}
     finally:
         proc.terminate()
-        proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=30)
+    _check_metrics(scraped)
+    _check_json_lines(out)
     add = totals("tests.tasks.add", "SUCCESSFUL")
     # every attempt observed once, in every bucket at or above its duration
     assert add["run_n"] == add["wait_n"] == 20
@@ -59,6 +77,65 @@ def test_a_real_worker_counts_what_it_ran(broker):
     assert slow["run_us"] >= 300_000 and slow["run_le_250ms"] == 0 and slow["run_le_1h"] == 1
     assert set(Statistic.objects.values_list("backend", "queue_name").distinct()) == {
         ("default", "default")}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(response):
+    """{(sample name, sorted labels): value} of a /metrics response."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert response.status_code == 200, response.content
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.content.decode())
+            for sample in family.samples}
+
+
+def _check_metrics(scraped):
+    def value(name, task=None, **labels):
+        labels = {"backend": "default", **labels}
+        if task is not None:
+            labels.update(queue="default", task=f"tests.tasks.{task}")
+        return scraped[(name, tuple(sorted(labels.items())))]
+
+    assert value("django_tasks_enqueued_total", "add") == 20
+    assert value("django_tasks_enqueued_total", "always_fails") == 1
+    assert value("django_tasks_succeeded_total", "add") == 20
+    assert value("django_tasks_started_total", "add") == 20
+    assert value("django_tasks_started_total", "always_fails") == 3
+    assert value("django_tasks_retried_total", "always_fails") == 2
+    assert value("django_tasks_failed_total", "always_fails") == 1
+    # histograms: cumulative buckets, +Inf = count, as the statistics hold them
+    assert value("django_tasks_run_seconds_count", "add") == 20
+    assert value("django_tasks_run_seconds_bucket", "add", le="+Inf") == 20
+    assert value("django_tasks_queue_wait_seconds_count", "add") == 20
+    assert value("django_tasks_run_seconds_bucket", "sleep_then_return", le="0.25") == 0
+    assert value("django_tasks_run_seconds_bucket", "sleep_then_return", le="1.0") == 1
+    assert value("django_tasks_run_seconds_sum", "sleep_then_return") >= 0.3
+    # gauges: the dashboard's reads
+    assert value("django_tasks_ready_jobs", queue="default") == 0
+    assert value("django_tasks_running_jobs", queue="default") == 0
+    assert value("django_tasks_oldest_ready_age_seconds", queue="default") == 0
+    assert value("django_tasks_workers_alive") == 1
+    assert value("django_tasks_worker_slots") == 2
+    assert value("django_tasks_worker_busy_slots") == 0
+    assert value("django_tasks_broker_outages") == 0
+
+
+def _check_json_lines(out):
+    import json
+
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    failed = [line for line in lines if line.get("outcome") == "FAILED"]
+    assert len(failed) == 1 and failed[0]["task"] == "tests.tasks.always_fails"
+    assert failed[0]["attempt"] == 3 and failed[0]["queue"] == "default"
+    assert failed[0]["worker_id"] and failed[0]["job_id"] and failed[0]["duration"] >= 0
+    assert sum(line.get("outcome") == "SUCCESSFUL" for line in lines) == 21
+    assert sum(line.get("outcome") == "RETRY" for line in lines) == 2
 
 
 def _claimed(n):

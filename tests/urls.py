@@ -1,4 +1,7 @@
 from django.contrib import admin
 from django.urls import path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+import django_tasks.views
+
+urlpatterns = [path("admin/", admin.site.urls),
+               path("tasks/metrics", django_tasks.views.metrics)]

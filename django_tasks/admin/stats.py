@@ -1,11 +1,9 @@
 """What the dashboard reads, each look-up served by an index or the statistics table.
 
-Never a scan of the job table: counts of READY jobs are capped (``COUNT_CAP``) and made
-per priority, so each is a bounded range of the claim index ``django_tasks_job_claim_q``
-(``backend, queue_name, -priority, available_at``); the priorities themselves are found
-by a loose index scan (one probe per distinct priority). Held jobs come from the small
-``django_tasks_job_held`` index, waiting workflow steps from ``django_tasks_job_waiting``,
-recent failures from ``django_tasks_job_failed``. Everything about the past (finished
+Queue depths, held jobs and the last hour's counts are read by
+:mod:`django_tasks.observe.numbers`, the query layer ``manage.py tasks status`` and
+``/metrics`` read too (never a scan of the job table; see there). Recent failures come
+from ``django_tasks_job_failed``. Everything about the past (finished
 and failed per minute, throughput, percentiles) comes from the per-minute statistics
 (:class:`~django_tasks.models.Statistic`). ``benchmarks/admin_pages.py`` times it at
 1,000,000 ready and 1,000,000 finished jobs.
@@ -14,7 +12,7 @@ and failed per minute, throughput, percentiles) comes from the per-minute statis
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,18 +24,20 @@ from ..conf import BackendOptions
 from ..histograms import RUN_COLUMNS, WAIT_COLUMNS, bucket_values, percentile
 from ..jobs.policy import task_or_none
 from ..models import Job, Schedule, Statistic, Worker
-from ..states import CANCELLED, CLAIMED, FAILED, READY, RUNNING, SUCCESSFUL, WAITING
+from ..observe import numbers
+from ..observe.numbers import (
+    COUNT_CAP,
+    FINISHED,
+    LISTED,
+    Backlog,
+    Capped,
+    hour_counts,
+    our_backends,
+)
+from ..states import CLAIMED, FAILED, READY, RUNNING
 
 __all__ = ["COUNT_CAP", "RANGES", "Backlog", "Capped", "Snapshot", "read"]
 
-#: Counts of jobs in the job table stop here ("10,000+").
-COUNT_CAP = 10_000
-#: At most this many distinct priorities are probed per queue.
-PRIORITIES_PROBED = 20
-#: Held jobs (claimed or running) read at most: workers' slots and prefetch, in practice.
-HELD_READ = 2_000
-#: Rows of each list shown.
-LISTED = 10
 #: Throughput is jobs finished per minute over this many latest minutes.
 THROUGHPUT_MINUTES = 5
 #: The charts' ranges: key -> (label, span, bucket width, the bucket's name).
@@ -46,43 +46,6 @@ RANGES = {
     "24h": ("last 24 hours", timedelta(hours=24), timedelta(minutes=15), "15 minutes"),
     "7d": ("last 7 days", timedelta(days=7), timedelta(hours=1), "hour"),
 }
-FINISHED = (SUCCESSFUL, FAILED, CANCELLED)
-
-
-@dataclass(frozen=True)
-class Capped:
-    """A count that stops at ``COUNT_CAP`` (``more``: there are more than ``n``)."""
-
-    n: int = 0
-    more: bool = False
-
-    def __add__(self, other: Capped) -> Capped:
-        return Capped(self.n + other.n, self.more or other.more)
-
-    def __str__(self) -> str:
-        return f"{self.n:,}+" if self.more else f"{self.n:,}"
-
-
-@dataclass
-class Backlog:
-    """One queue of one backend, now."""
-
-    backend: str
-    queue: str
-    ready: Capped = field(default_factory=Capped)
-    scheduled: Capped = field(default_factory=Capped)
-    claimed: int = 0
-    running: int = 0
-    waiting: Capped = field(default_factory=Capped)
-    failed_hour: int = 0
-    finished_hour: int = 0
-    per_minute: float = 0.0
-    oldest_ready: datetime | None = None
-    #: READY jobs due for longer than the dashboard's threshold, oldest first.
-    late: list[dict[str, Any]] = field(default_factory=list)
-
-    def oldest_age(self, now: datetime) -> timedelta | None:
-        return None if self.oldest_ready is None else max(timedelta(0), now - self.oldest_ready)
 
 
 @dataclass
@@ -98,69 +61,6 @@ class Snapshot:
     failures: list[dict[str, Any]]
     workers: list[dict[str, Any]]
     schedules: list[Schedule]
-
-
-def our_backends() -> list[Any]:
-    """The configured backends whose jobs live in our tables (they have a job store)."""
-    found = []
-    for alias in task_backends:
-        try:
-            backend = task_backends[alias]
-        except Exception:  # a misconfigured backend: manage.py check reports it
-            continue
-        if hasattr(backend, "store"):
-            found.append(backend)
-    return found
-
-
-def capped(queryset: QuerySet[Any]) -> Capped:
-    """``SELECT COUNT(*) FROM (... LIMIT COUNT_CAP + 1)``: reads at most that many rows."""
-    n = queryset.order_by()[:COUNT_CAP + 1].count()
-    return Capped(min(n, COUNT_CAP), n > COUNT_CAP)
-
-
-def priorities(ready: QuerySet[Job]) -> list[int]:
-    """The distinct priorities of ``ready`` jobs (one queue), highest first: a loose
-    scan of the claim index, one ``ORDER BY priority DESC LIMIT 1`` probe each."""
-    found: list[int] = []
-    values = ready.order_by("-priority").values_list("priority", flat=True)
-    while len(found) < PRIORITIES_PROBED:
-        p = (values.filter(priority__lt=found[-1]) if found else values).first()
-        if p is None:
-            break
-        found.append(p)
-    return found
-
-
-def backlog(backend: Any, queue: str, now: datetime, late_after: timedelta) -> Backlog:
-    """READY (due now, and scheduled later), WAITING and late jobs of one queue."""
-    jobs = Job.objects.using(backend.database)
-    ready = jobs.filter(status=READY, backend=backend.alias, queue_name=queue)
-    row = Backlog(backend.alias, queue)
-    late: list[dict[str, Any]] = []
-    for p in priorities(ready):
-        same = ready.filter(priority=p)
-        row.ready += capped(same.filter(available_at__lte=now))
-        row.scheduled += capped(same.filter(available_at__gt=now))
-        oldest = same.order_by("available_at").values_list("available_at", flat=True).first()
-        if oldest is not None and oldest <= now and (row.oldest_ready is None
-                                                     or oldest < row.oldest_ready):
-            row.oldest_ready = oldest
-        late.extend(same.filter(available_at__lt=now - late_after).order_by("available_at")
-                    .values("id", "task_path", "available_at", "priority")[:LISTED])
-    row.late = sorted(late, key=lambda j: j["available_at"])[:LISTED]
-    row.waiting = capped(jobs.filter(status=WAITING, backend=backend.alias, queue_name=queue))
-    return row
-
-
-def held(databases: set[str]) -> list[dict[str, Any]]:
-    """Jobs workers hold (claimed or running), from the held-jobs index."""
-    rows: list[dict[str, Any]] = []
-    for database in sorted(databases):
-        rows.extend(Job.objects.using(database).held().values(
-            "id", "backend", "queue_name", "task_path", "status", "worker_id",
-            "last_attempted_at")[:HELD_READ])
-    return rows
 
 
 def statistics(databases: set[str], since: datetime, **filters: Any) -> QuerySet[Statistic]:
@@ -292,36 +192,15 @@ def read(now: datetime, *, span: str = "1h", queue: str = "", task: str = "",
     backends = our_backends()
     databases = {b.database for b in backends}
     _, length, bucket, _ = RANGES.get(span, RANGES["1h"])
-    backlogs = []
-    known = {(b.alias, q) for b in backends for q in (b.queues or ["default"])}
-    hour = statistics(databases, now - timedelta(hours=1))
-    recent: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    recent = hour_counts(databases, now, THROUGHPUT_MINUTES)
+    backlogs, holding = numbers.backlogs(backends, now, late_after=late_after, also=recent)
     since = now.replace(second=0, microsecond=0) - timedelta(minutes=THROUGHPUT_MINUTES - 1)
-    for b, q, outcome, last, total in (
-        hour.filter(outcome__in=FINISHED).values("backend", "queue_name", "outcome")
-        .annotate(last=Sum("n", filter=Q(minute__gte=since)), total=Sum("n"))
-        .values_list("backend", "queue_name", "outcome", "last", "total")
-    ):
-        known.add((b, q))
-        counts = recent[(b, q)]
-        counts[outcome] = total or 0
-        counts["last"] = counts.get("last", 0) + (last or 0)
-    by_alias = {b.alias: b for b in backends}
     elapsed = max(1.0, (now - since).total_seconds() / 60)
-    for alias, q in sorted(known):
-        if alias not in by_alias:
-            continue
-        row = backlog(by_alias[alias], q, now, late_after)
-        counts = recent.get((alias, q), {})
+    for row in backlogs:
+        counts = recent.get((row.backend, row.queue), {})
         row.failed_hour = counts.get(FAILED, 0)
         row.finished_hour = sum(counts.get(o, 0) for o in FINISHED)
         row.per_minute = counts.get("last", 0) / elapsed
-        backlogs.append(row)
-    holding = held(databases)
-    for row in backlogs:
-        mine = [j for j in holding if (j["backend"], j["queue_name"]) == (row.backend, row.queue)]
-        row.running = sum(j["status"] == RUNNING for j in mine)
-        row.claimed = sum(j["status"] == CLAIMED for j in mine)
     filters: dict[str, Any] = {}
     if ":" in queue:
         filters["backend"], filters["queue_name"] = queue.split(":", 1)

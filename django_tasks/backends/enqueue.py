@@ -29,9 +29,11 @@ from django.utils import timezone
 from ..conf import BackendOptions
 from ..exceptions import EnqueueError
 from ..ids import uuid7, uuid7_strs
+from ..jobs.enqueued import COUNTER as ENQUEUED
 from ..jobs.messages import NewJob
 from ..jobs.policy import heard, resolve_task, send_robust
 from ..jobs.store import BATCH_SIZE, JobStore
+from ..observe.headers import for_job as headers_for
 from ..results import JobResult
 from ..serialization import check_arguments, check_payload, check_signature, dumps
 from ..states import READY
@@ -298,6 +300,8 @@ class Enqueueing:
         unique_key_for = getattr(task, "unique_key_for", None)
         if unique_key_for is not None:
             job.unique_key = unique_key_for(args, kwargs) or ""
+        # Headers for the worker: the enqueuer's trace context, the user's own (or None).
+        job.headers = headers_for(job, self.alias)
         return job
 
     def store_job(self, job: Any, task: DjangoTask) -> Any:
@@ -367,6 +371,11 @@ class Enqueueing:
                                   using=self.database, robust=True)
 
     def _send_enqueued(self, results: Sequence[JobResult]) -> None:
+        """The stored jobs' transaction committed: count them (``/metrics``' enqueued
+        counter, :mod:`django_tasks.jobs.enqueued`) and send ``task_enqueued``."""
+        for result in results:
+            ENQUEUED.add(self.database, self.alias, result.task.queue_name,
+                         result.task.module_path)
         if heard(task_enqueued, type(self)):
             for result in results:
                 send_robust(task_enqueued, self.alias, result)

@@ -42,6 +42,8 @@ from .portable import (
     ON_CONFLICT_UNIQUE,
     RUNNING_OF,
     TAKE_PERIOD,
+    TOTAL,
+    TOTAL_COLUMNS,
     UNIQUE_ACTIVE,
     UNIQUE_RECENT,
 )
@@ -70,6 +72,10 @@ def _json_positions(row_type: type) -> tuple[int, ...]:
     return tuple(i for i, name in enumerate(row_type._fields)  # type: ignore[attr-defined]
                  if name in JSON_COLUMNS)
 
+
+#: The running totals' counting columns (all but the key's).
+_TOTAL_COUNTS = tuple(c for c in TOTAL_COLUMNS
+                      if c not in ("backend", "queue_name", "task_path", "outcome"))
 
 class RoundTrip(Protocol):
     """What the store lends an engine for the worker's round trip (:meth:`Engine.exchange`):
@@ -178,13 +184,34 @@ class Engine(ABC):
         of ``now``'s minute, in the caller's transaction."""
         self.add_counts(tally(now, self.backend, written))
 
-    def add_counts(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Add tally rows (:func:`.tally.rows`) to the statistics table: one upsert each."""
+    def add_counts(self, rows: Sequence[dict[str, Any]], *, totals: bool = True) -> None:
+        """Add tally rows (:func:`.tally.rows`) to the statistics table, and with
+        ``totals`` to the running totals (``django_tasks_total``): one upsert each. Only a
+        roll-up, which moves counts between minutes, passes ``totals=False``."""
         if not rows:
             return
         with self.cursor() as cursor:
             cursor.executemany(COUNT, [{**row, "minute": self.time(row["minute"])}
                                        for row in rows])
+        if totals:
+            self.add_totals(rows)
+
+    def add_totals(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Add tally rows to the running totals only (counts no minute keeps: ENQUEUED,
+        RESCUED), in the caller's transaction: one upsert per key, the rows of several
+        minutes summed, in key order (concurrent writers lock the rows in one order)."""
+        sums: dict[tuple[str, ...], dict[str, Any]] = {}
+        for row in rows:
+            key = (row["backend"], row["queue_name"], row["task_path"], row["outcome"])
+            total = sums.get(key)
+            if total is None:
+                sums[key] = {c: row[c] for c in TOTAL_COLUMNS}
+            else:
+                for c in _TOTAL_COUNTS:
+                    total[c] += row[c]
+        if sums:
+            with self.connection.cursor() as cursor:
+                cursor.executemany(TOTAL, [sums[k] for k in sorted(sums)])
 
     def take_period(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """Delete this backend's statistics rows from ``start`` to before ``end`` and

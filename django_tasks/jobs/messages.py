@@ -47,6 +47,9 @@ class NewJob:
     workflow_id: str | None = None
     waiting_on: int = 0
     links: dict[str, Any] | None = None
+    #: What the worker gets beside the call: the enqueuer's trace context, the user's
+    #: own headers (django_tasks.observe.headers); None when there are none.
+    headers: dict[str, Any] | None = None
     #: ``[args, kwargs]`` as JSON text, made once (the size check measures it, the
     #: insert sends it).
     call: str = ""
@@ -65,7 +68,7 @@ class NewJob:
                    run_after=self.run_after, available_at=self.run_after or Now(),
                    expires_at=self.expires_at, unique_key=self.unique_key,
                    status=self.status, workflow_id=self.workflow_id,
-                   waiting_on=self.waiting_on, links=self.links)
+                   waiting_on=self.waiting_on, links=self.links, headers=self.headers)
 
 
 @dataclass(slots=True)
@@ -96,6 +99,8 @@ class Message:
     workflow_id: str | None = None
     #: Celery's ``expires``: not started by then, it is CANCELLED (``Expired``) unrun.
     expires_at: str | None = None
+    #: The job's ``headers`` (the enqueuer's trace context: docs/observability.md), or None.
+    headers: dict[str, Any] | None = None
 
     def to_wire(self) -> list[Any]:
         """The values in field order, JSON-able (for the pipe to a pool child): no keys

@@ -22,6 +22,7 @@ from django.tasks.signals import task_finished
 
 from ..conf import may_import
 from ..exceptions import Retry, ReturnValueNotSerializable, TaskNotRegistered, Terminated
+from ..observe.logs import job_fields
 from ..results import JobResult, as_datetime, error_from_dict
 from ..retry import next_attempt_at
 from ..states import CANCELLED, FAILED, READY, RUNNING, SUCCESSFUL
@@ -187,7 +188,8 @@ def failure_outcome(
         # A job asked to cancel that the pool killed, or that stopped by itself after
         # context.is_cancelled(): never retried; the store writes it CANCELLED.
         logger.warning("Job %s CANCELLED: task=%s queue=%s attempt=%d/%d duration=%.3fs: %s",
-                       *args, duration, error["message"])
+                       *args, duration, error["message"],
+                       extra=job_fields(message, worker_id, CANCELLED, duration))
         # One class path for every cancelled job; the message says how it ended.
         error.update(traceback="", exception_class_path="django_tasks.exceptions.Cancelled")
         if task is not None and notify:
@@ -213,6 +215,7 @@ def failure_outcome(
             "Job %s will retry at %s: task=%s queue=%s attempt=%d/%d duration=%.3fs: %s: %s",
             args[0], retry_at.isoformat(), *args[1:], duration,
             error["exception_class_path"], error["message"],
+            extra=job_fields(message, worker_id, "RETRY", duration),
         )
         return Outcome(id=message.id, lease=message.lease, status=READY, error=error,
                        retry_at=retry_at.isoformat(),
@@ -220,6 +223,7 @@ def failure_outcome(
     logger.error(
         "Job %s FAILED: task=%s queue=%s attempt=%d/%d duration=%.3fs: %s: %s",
         *args, duration, error["exception_class_path"], error["message"],
+        extra=job_fields(message, worker_id, FAILED, duration),
     )
     if task is not None and notify:
         send_failed(message, task, error, now, result)

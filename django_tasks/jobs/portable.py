@@ -47,7 +47,7 @@ ON_CONFLICT_UNIQUE = (
 INSERT_COLUMNS = ("id", "task_path", "backend", "queue_name", "priority", "status", "args",
                   "kwargs", "errors", "worker_ids", "attempts", "max_attempts", "enqueued_at",
                   "run_after", "available_at", "worker_id", "lease", "workflow_id",
-                  "waiting_on", "links", "unique_key", "expires_at")
+                  "waiting_on", "links", "unique_key", "expires_at", "headers")
 # Appended to a unique job's INSERT: a row back if it was inserted.
 INSERTED = " RETURNING 1"
 # The job holding a key: the active one (UNIQUE_ACTIVE), or the last one that finished
@@ -137,4 +137,16 @@ COUNT = (COUNT_INTO + "VALUES (" + ", ".join(f"%({c})s" for c in COUNT_COLUMNS) 
 TAKE_PERIOD = (
     "DELETE FROM \"django_tasks_minute\" WHERE backend = %(backend)s "
     "AND minute >= %(start)s AND minute < %(end)s RETURNING " + ", ".join(COUNT_COLUMNS)
+)
+# The running totals (``django_tasks_total``): a tally row added to its key's row, the
+# minute left out. Run beside COUNT by the statistics' writers, never by the roll-ups:
+# the totals only grow (the counters of ``/metrics``, docs/observability.md).
+TOTAL_COLUMNS = tuple(c for c in COUNT_COLUMNS if c != "minute")
+_TOTAL_KEY = ("backend", "queue_name", "task_path", "outcome")
+TOTAL = (
+    "INSERT INTO \"django_tasks_total\" (" + ", ".join(TOTAL_COLUMNS) + ") VALUES ("
+    + ", ".join(f"%({c})s" for c in TOTAL_COLUMNS) + ") ON CONFLICT ("
+    + ", ".join(_TOTAL_KEY) + ") DO UPDATE SET "
+    + ", ".join(f"{c} = \"django_tasks_total\".{c} + excluded.{c}"
+                for c in TOTAL_COLUMNS if c not in _TOTAL_KEY)
 )

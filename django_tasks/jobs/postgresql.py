@@ -219,14 +219,14 @@ INSERT_MANY = (
     "SELECT j.id, j.task_path, %(backend)s, j.queue_name, j.priority, j.status, "
     "j.call->0, j.call->1, '[]', '[]', 0, j.max_attempts, j.enqueued_at, j.run_after, "
     "COALESCE(j.run_after, statement_timestamp()), '', '', j.workflow_id, j.waiting_on, "
-    "j.links, j.unique_key, j.expires_at "
+    "j.links, j.unique_key, j.expires_at, j.headers "
     "FROM unnest(%(id)s::uuid[], %(task_path)s::text[], %(queue_name)s::text[], "
     "%(priority)s::int[], %(status)s::text[], %(call)s::jsonb[], %(max_attempts)s::int[], "
     "%(enqueued_at)s::timestamptz[], %(run_after)s::timestamptz[], "
     "%(workflow_id)s::uuid[], %(waiting_on)s::int[], %(links)s::jsonb[], "
-    "%(unique_key)s::text[], %(expires_at)s::timestamptz[]) "
+    "%(unique_key)s::text[], %(expires_at)s::timestamptz[], %(headers)s::jsonb[]) "
     "AS j(id, task_path, queue_name, priority, status, call, max_attempts, enqueued_at, "
-    "run_after, workflow_id, waiting_on, links, unique_key, expires_at)"
+    "run_after, workflow_id, waiting_on, links, unique_key, expires_at, headers)"
 )
 # The ids inserted (a batch with unique jobs: those whose key was held are not).
 INSERTED_IDS = " RETURNING id"
@@ -498,6 +498,7 @@ def _new_jobs(jobs: Sequence[NewJob]) -> dict[str, str]:
         "links": _texts(None if j.links is None else dumps(j.links) for j in jobs),
         "unique_key": _texts(j.unique_key for j in jobs),
         "expires_at": _times(j.expires_at for j in jobs),
+        "headers": _texts(None if j.headers is None else dumps(j.headers) for j in jobs),
     }
 
 

@@ -20,6 +20,7 @@ from ..ids import job_id_str
 from ..states import FAILED, READY
 from .messages import Start
 from .policy import as_datetime, failure_outcome, send_failed, task_or_none
+from .tally import RESCUED, tally
 
 __all__ = ["Registry", "RescueCounts"]
 
@@ -77,6 +78,10 @@ class Registry:
             outcomes.append(outcome)
             messages[message.id] = message
         applied = self.apply_outcomes(worker_id, outcomes)
+        # The attempts rescued, in the running totals (django_tasks_total) only.
+        self.engine.add_totals(tally(now, self.backend_alias, [
+            (a.queue_name, a.task_path, RESCUED, None, None) for a in applied
+            if a.id in messages]))
         errors = {o.id: o.error for o in outcomes}
         failed = [a for a in applied if a.status == FAILED]
         for a in failed:  # sent once written: a job another writer won is not reported

@@ -19,7 +19,7 @@ __all__ = ["JSON_COLUMNS", "MESSAGE_COLUMNS", "CancelledClaim", "Cancelling", "D
 
 #: The job table's JSON columns (a test checks them against the model's JSONFields).
 JSON_COLUMNS = frozenset({"args", "kwargs", "return_value", "errors", "worker_ids", "progress",
-                          "links", "cancellation", "retried"})
+                          "links", "cancellation", "retried", "headers"})
 
 
 class MessageRow(NamedTuple):
@@ -43,6 +43,7 @@ class MessageRow(NamedTuple):
     available_at: Any
     workflow_id: Any
     expires_at: Any
+    headers: Any
 
 
 #: Columns a claim returns, in this order.

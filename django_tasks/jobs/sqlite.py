@@ -149,7 +149,7 @@ FAIL_WAITING = (
 # ``Now()`` is.
 NEW_JOB_FIELDS = ("id", "task_path", "queue_name", "priority", "status", "max_attempts",
                   "enqueued_at", "run_after", "workflow_id", "waiting_on", "links",
-                  "unique_key", "expires_at")
+                  "unique_key", "expires_at", "headers")
 _V = {name: f"json_extract(j.value, '$[{i + 1}]')" for i, name in enumerate(NEW_JOB_FIELDS)}
 INSERT_MANY = (
     "INSERT INTO \"django_tasks_job\" (" + ", ".join(INSERT_COLUMNS) + ") SELECT "
@@ -158,7 +158,8 @@ INSERT_MANY = (
     f"'[]', '[]', 0, {_V['max_attempts']}, {_V['enqueued_at']}, {_V['run_after']}, "
     f"COALESCE({_V['run_after']}, STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now')), '', '', "
     f"{_V['workflow_id']}, {_V['waiting_on']}, {_V['links']}, {_V['unique_key']}, "
-    f"{_V['expires_at']} FROM json_each(%(jobs)s) AS j WHERE true"
+    f"{_V['expires_at']}, {_V['headers']} "
+    "FROM json_each(%(jobs)s) AS j WHERE true"
 )
 # The ids inserted (a batch with unique jobs: those whose key was held are not).
 INSERTED_IDS = " RETURNING id"
@@ -248,7 +249,8 @@ class SQLite(Engine):
             row = dumps([uuid.UUID(j.id).hex, j.task_path, j.queue_name, j.priority, j.status,
                          j.max_attempts, time(j.enqueued_at), time(j.run_after),
                          None if j.workflow_id is None else uuid.UUID(j.workflow_id).hex,
-                         j.waiting_on, j.links, j.unique_key, time(j.expires_at)])
+                         j.waiting_on, j.links, j.unique_key, time(j.expires_at),
+                         j.headers])
             rows.append(f"[{j.call},{row[1:]}")
         document = f"[{','.join(rows)}]"
         sql = INSERT_MANY + (ON_CONFLICT_UNIQUE + INSERTED_IDS if unique else "")

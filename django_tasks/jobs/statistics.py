@@ -94,7 +94,7 @@ class Statistics:
                                   microsecond=0)
             with transaction.atomic(using=self.database):
                 rows = self.engine.take_period(start, min(start + period, before))
-                self.engine.add_counts(_summed(rows, start))
+                self.engine.add_counts(_summed(rows, start), totals=False)
             done += 1
         return done
 

@@ -247,6 +247,7 @@ class JobStore(Registry, Cancelling, Statistics):
             available_at=_iso(row.available_at),
             workflow_id=None if row.workflow_id is None else str(row.workflow_id),
             expires_at=None if row.expires_at is None else _iso(row.expires_at),
+            headers=row.headers,
         )
 
     def messages(self, rows: Sequence[Any], worker_id: str,

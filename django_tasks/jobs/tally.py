@@ -20,7 +20,11 @@ from typing import Any
 
 from ..histograms import BOUNDS, RUN_COLUMNS, WAIT_COLUMNS
 
-__all__ = ["COLUMNS", "Tally", "Written", "tally", "written_of"]
+__all__ = ["COLUMNS", "ENQUEUED", "RESCUED", "Tally", "Written", "tally", "written_of"]
+
+#: The counts the running totals keep beside the outcomes (``django_tasks.models.Total``):
+#: jobs stored (after their transaction commits) and started attempts rescued.
+ENQUEUED, RESCUED = "ENQUEUED", "RESCUED"
 
 #: The columns a tally row fills, in :data:`~django_tasks.jobs.portable.COUNT`'s order.
 COLUMNS = ("minute", "backend", "queue_name", "task_path", "outcome", "n", "run_n", "run_us",

@@ -109,7 +109,8 @@ def duties_of(worker: TaskWorker) -> list[Duty]:
 def counters(worker: TaskWorker) -> dict[str, int]:
     """The Worker row's counters, as the heartbeat writes them (no cost on the hot path)."""
     ledger = worker.ledger
-    return {"processed": ledger.completed, "failed": ledger.failed, "memory": tree_rss()}
+    return {"processed": ledger.completed, "failed": ledger.failed, "memory": tree_rss(),
+            "outages": Outage.begun, "in_outage": Outage.ongoing > 0}
 
 
 def heartbeat(worker: TaskWorker, now: datetime | None = None) -> None:

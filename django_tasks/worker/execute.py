@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from functools import partial
 from typing import Any
 
 from django.db import close_old_connections
@@ -37,6 +38,9 @@ from ..jobs.policy import (
     send_robust,
     success_outcome,
 )
+from ..observe import tracing
+from ..observe.headers import running_with
+from ..observe.logs import job_fields
 from ..results import JobResult
 from ..serialization import check_return_value
 from ..task import TaskContext
@@ -89,6 +93,25 @@ def execute(
     own_connections: bool = True,
     soft_time_limits: bool = False,
 ) -> Outcome:
+    """Run the job described by ``message``; return its outcome (:func:`_attempt`),
+    inside an OpenTelemetry CONSUMER span when tracing is on
+    (:mod:`django_tasks.observe.tracing`)."""
+    if message.headers is None and not tracing.enabled():
+        return _attempt(message, worker_id, own_connections=own_connections,
+                        soft_time_limits=soft_time_limits)
+    with running_with(message.headers):  # current_headers() in the task
+        return tracing.consumer(message, worker_id, partial(
+            _attempt, message, worker_id, own_connections=own_connections,
+            soft_time_limits=soft_time_limits))
+
+
+def _attempt(
+    message: Message,
+    worker_id: str,
+    *,
+    own_connections: bool = True,
+    soft_time_limits: bool = False,
+) -> Outcome:
     """Run the job described by ``message``; return its outcome.
 
     ``own_connections``: this process/thread owns its database connections, so stale
@@ -98,7 +121,9 @@ def execute(
     """
     started = time.monotonic()
     args = log_args(message)
-    logger.info("Job %s started: task=%s queue=%s attempt=%d/%d", *args)
+    if logger.isEnabledFor(logging.INFO):  # the JSON fields are built only to be logged
+        logger.info("Job %s started: task=%s queue=%s attempt=%d/%d", *args,
+                    extra=job_fields(message, worker_id))
     try:
         task = resolve_task(message.task_path)
     except TaskNotRegistered as exc:
@@ -145,10 +170,10 @@ def execute(
         if context is not None and context.cancel_seen:
             return _stopped_by_itself(message, worker_id, task, result, started, "returned")
         now = timezone.now()
-        logger.info(
-            "Job %s SUCCESSFUL: task=%s queue=%s attempt=%d/%d duration=%.3fs",
-            *args, time.monotonic() - started,
-        )
+        if logger.isEnabledFor(logging.INFO):
+            took = time.monotonic() - started
+            logger.info("Job %s SUCCESSFUL: task=%s queue=%s attempt=%d/%d duration=%.3fs",
+                        *args, took, extra=job_fields(message, worker_id, "SUCCESSFUL", took))
         if result is not None and finished_heard:
             object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
             object.__setattr__(result, "finished_at", now)

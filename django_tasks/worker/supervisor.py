@@ -39,13 +39,25 @@ def install_signal_handlers(worker: TaskWorker) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def configure_logging(level: str) -> None:
-    """Show the worker's job lines unless the project already routes them somewhere."""
+def configure_logging(level: str, log_format: str | None = None) -> None:
+    """Show the worker's job lines unless the project already routes them somewhere;
+    ``log_format`` ``"json"`` (default: the setting ``TASKS_LOG_FORMAT``, else
+    ``"text"``) writes them as JSON lines (:class:`~django_tasks.observe.logs.JsonFormatter`),
+    on the handler added here or on the handlers the project gave the ``django_tasks``
+    logger (a project routing them through the root logger sets its own formatter)."""
+    from django.conf import settings
+
+    from ..observe.logs import JsonFormatter
+
+    log_format = log_format or getattr(settings, "TASKS_LOG_FORMAT", "text")
     logger = logging.getLogger("django_tasks")
     logger.setLevel(level.upper())
+    formatter = (JsonFormatter() if log_format == "json" else
+                 logging.Formatter("[%(asctime)s %(levelname)s %(processName)s] %(message)s"))
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("[%(asctime)s %(levelname)s %(processName)s] %(message)s")
-        )
+        handler.setFormatter(formatter)
         logger.addHandler(handler)
+    elif log_format == "json":
+        for handler in logger.handlers:
+            handler.setFormatter(formatter)

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Q
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils import timezone
 
@@ -22,12 +22,12 @@ from django_tasks.management.cli import (
 from django_tasks.models import Job, Schedule, ScheduleTick, Worker
 from django_tasks.states import JobStatus
 
-#: The status table's column for READY jobs not due yet (not a stored status).
-SCHEDULED = "SCHEDULED"
 RUNNING_SHOWN = 20
-#: The status table's column headers (it fits 80 columns).
-HEADERS = {"WAITING": "wait", "READY": "ready", SCHEDULED: "later", "CLAIMED": "claim",
-           "RUNNING": "run", "FAILED": "failed", "SUCCESSFUL": "done", "CANCELLED": "cancel"}
+
+
+def _short(count: Any) -> str:
+    """A count in a 7-column cell (a capped one ends with ``+``)."""
+    return f"{count.n}+" if getattr(count, "more", False) else str(getattr(count, "n", count))
 
 
 def before(age: timedelta, option: str, text: str) -> datetime:
@@ -212,35 +212,38 @@ class Command(BaseCommand):
 
     def _status(self, db: str, alias: str, jobs: Any, timeout: float, *, recent: timedelta,
                 now: datetime) -> None:
-        """``now``: the database's clock, the one workers claim and judge liveness by."""
-        # READY splits into due now, or SCHEDULED for later (deferred, or a retry waiting
-        # out its backoff).
-        later = Count("pk", filter=Q(status=JobStatus.READY, available_at__gt=now))
-        rows = (jobs.values("queue_name", "status").annotate(n=Count("pk"), later=later)
-                .order_by("queue_name"))
-        depths: dict[str, dict[str, int]] = {}
-        for row in rows:
-            counts = depths.setdefault(row["queue_name"], {})
-            counts[row["status"]] = row["n"] - row["later"]
-            if row["later"]:
-                counts[SCHEDULED] = row["later"]
-        # How late each queue is: the wait of its oldest READY job that is due.
-        oldest = dict(jobs.filter(status=JobStatus.READY, available_at__lte=now)
-                      .values_list("queue_name").annotate(first=Min("available_at"))
-                      .order_by())
-        statuses = list(JobStatus.values)
-        statuses.insert(statuses.index(JobStatus.READY) + 1, SCHEDULED)
-        self.stdout.write(f"{'queue':<14}" + "".join(f"{HEADERS[s]:>7}" for s in statuses)
+        """``now``: the database's clock, the one workers claim and judge liveness by.
+
+        The queue table reads what the dashboard and ``/metrics`` read
+        (:mod:`django_tasks.observe.numbers`): capped counts from the claim, held and
+        waiting indexes, and the last hour's outcomes from the statistics."""
+        from django_tasks.observe import numbers
+
+        tasks_backend = backend(alias)
+        hour = numbers.hour_counts({db}, now, 1)
+        backlogs, _ = numbers.backlogs([tasks_backend], now, also=hour)
+        statuses = ["wait", "ready", "later", "claim", "run", "done", "failed", "cancel"]
+        self.stdout.write(f"{'queue':<14}" + "".join(f"{h:>7}" for h in statuses)
                           + f"{'oldest':>10}")
-        for queue, counts in sorted(depths.items()):
-            late = summary.age(now - oldest[queue]) if queue in oldest else "-"
-            self.stdout.write(f"{queue[:13]:<14}" + "".join(
-                f"{counts.get(s, 0):>7}" for s in statuses) + f"{late:>10}")
-        if not depths:
+        shown = 0
+        for row in backlogs:
+            done = hour.get((row.backend, row.queue), {})
+            cells = [row.waiting, row.ready, row.scheduled, row.claimed, row.running,
+                     done.get(JobStatus.SUCCESSFUL, 0), done.get(JobStatus.FAILED, 0),
+                     done.get(JobStatus.CANCELLED, 0)]
+            if not any(getattr(c, "n", c) for c in cells):
+                continue
+            shown += 1
+            age = row.oldest_age(now)
+            late = summary.age(age) if age is not None else "-"
+            self.stdout.write(f"{row.queue[:13]:<14}" + "".join(
+                f"{_short(c):>7}" for c in cells) + f"{late:>10}")
+        if not shown:
             self.stdout.write("(no jobs)")
         else:
-            self.stdout.write("(later: READY, not due yet; oldest: the wait of the oldest "
-                              "due READY job)")
+            self.stdout.write("(later: READY, not due yet; done, failed, cancel: in the last "
+                              "hour;\n oldest: the wait of the oldest due READY job; counts "
+                              "stop at 10,000: 10000+)")
         self.stdout.write("")
 
         # This backend's workers and jobs only (several backends may share a database).

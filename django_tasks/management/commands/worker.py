@@ -13,6 +13,7 @@ from django.utils.module_loading import autodiscover_modules
 
 from django_tasks.exceptions import WorkerIdInUse
 from django_tasks.management.cli import add_loglevel, one_line_errors, positive_int
+from django_tasks.observe import tracing
 from django_tasks.worker import TaskWorker
 from django_tasks.worker.pools import POOLS
 from django_tasks.worker.supervisor import configure_logging, install_signal_handlers
@@ -142,14 +143,32 @@ class Command(BaseCommand):
             help="Celery's option, refused: a worker has -c slots, idle ones cost nothing; "
                  "scale by running more workers.",
         )
+        parser.add_argument(
+            "--log-format", choices=("text", "json"), default=None,
+            help="'json': one JSON object per log line, with job id, task, queue, attempt, "
+                 "duration, outcome and worker id (default: the setting TASKS_LOG_FORMAT, "
+                 "else 'text'; docs/observability.md).",
+        )
+        parser.add_argument(
+            "--metrics-port", type=int, default=None, metavar="PORT",
+            help="Serve /metrics (Prometheus, the 'metrics' extra) on this port from this "
+                 "worker; the numbers are read from the database, the same whichever "
+                 "process serves them (docs/observability.md).",
+        )
         add_loglevel(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        configure_logging(options["loglevel"])
+        configure_logging(options["loglevel"], options["log_format"])
+        if options["metrics_port"] is not None:
+            from django_tasks.observe.prometheus import serve
+
+            serve(options["metrics_port"])
         if options["worker_id"]:
             options["worker_id"] = options["worker_id"].replace("%h", socket.gethostname())
-        # Import every app's tasks module once, before forking, so children share it.
+        # Import every app's tasks module once, before forking, so children share it
+        # (and OpenTelemetry's, when tracing is on: not on the first job's time).
         autodiscover_modules("tasks")
+        tracing.enabled()
         queues = [q.strip() for q in options["queues"].split(",") if q.strip()]
         pool_options = {
             key: options[key] for key in ("max_tasks_per_child", "max_memory_per_child")

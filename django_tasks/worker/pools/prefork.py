@@ -33,6 +33,7 @@ from ...exceptions import Terminated, TimeLimitExceeded, WorkerLost
 from ...jobs.messages import Message, Outcome
 from ...jobs.policy import failure_outcome, task_or_none
 from ...jobs.side import close_side_connections, keep_side_connections
+from ...observe import process_exiting
 from ..execute import execute
 from ..wakeup import Waiter
 
@@ -131,6 +132,7 @@ def _child_main(conn: Any, worker_id: str, siblings: list[Any], parent_pid: int,
             break  # the supervisor is gone
         if retire:
             break
+    process_exiting()  # spans and enqueue counts it still holds (docs/observability.md)
     close_side_connections()
     connections.close_all()  # only connections this child opened (see above)
 
