@@ -6,10 +6,10 @@ from django.conf import settings
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def _postgres_reachable() -> str | None:
+def _postgres_reachable(db: dict | None = None) -> str | None:
     import psycopg
 
-    db = settings.DATABASES["default"]
+    db = db or settings.DATABASES["default"]
     try:
         psycopg.connect(
             host=db.get("HOST") or "127.0.0.1", port=db.get("PORT") or 5432,
@@ -115,8 +115,37 @@ def _rabbitmq_only_where_asked(config, items) -> None:
         items[:] = kept
 
 
+#: The id-carrying brokers and the browser: what their slow tests test.
+_ONE_DATABASE = {"redis", "rabbitmq", "browser"}
+
+
+def _slow_broker_tests_on_postgres_only(config, items) -> None:
+    """In the SQLite session, the slow real-process tests of the Redis and RabbitMQ
+    brokers (kill -9, a server restart under load) and the browser's are left to the
+    PostgreSQL session, when there is one (PostgreSQL reachable, or CI=true): what they
+    test is the broker or the admin, not the job rows' database, whose every behaviour
+    the database broker's runs cover on both. Half a minute of each ``make test``."""
+    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        return
+    slow = [item for item in items if "slow" in item.keywords and (
+        _ONE_DATABASE & set(item.keywords)
+        or getattr(getattr(item, "callspec", None), "params", {}).get("broker")
+        in {"redis", "rabbitmq"})]
+    if not slow:
+        return
+    import environ
+
+    url = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+    if not CI and _postgres_reachable(environ.Env.db_url_config(url)) is not None:
+        return  # no PostgreSQL session to run them: run them here
+    config.hook.pytest_deselected(items=slow)
+    gone = set(map(id, slow))
+    items[:] = [item for item in items if id(item) not in gone]
+
+
 def pytest_collection_modifyitems(config, items):
     _rabbitmq_only_where_asked(config, items)
+    _slow_broker_tests_on_postgres_only(config, items)
     _skip_redis_tests_without_redis(items)
     _skip_browser_tests_without_browser(items)
     _skip_rabbitmq_tests_without_rabbitmq(items)
