@@ -210,7 +210,7 @@ class Engine(ABC):
                 for c in _TOTAL_COUNTS:
                     total[c] += row[c]
         if sums:
-            with self.connection.cursor() as cursor:
+            with self.cursor() as cursor:
                 cursor.executemany(TOTAL, [sums[k] for k in sorted(sums)])
 
     def take_period(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
