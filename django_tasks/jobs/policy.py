@@ -267,19 +267,27 @@ def heard(signal: Any, sender: str | type) -> bool:
     tenth of a 20,000-job one). Reads the live receivers as ``Signal.send`` does; if
     Django ever changes how, every signal counts as heard.
     """
-    from django.tasks import signals
-
     if isinstance(sender, str):
         sender = _sender(sender)
     try:
         sync, asynchronous = signal._live_receivers(sender)
     except (AttributeError, TypeError, ValueError):
         return True
-    silent = {getattr(signals, "log_task_started", None),
-              getattr(signals, "log_task_finished", None)}
-    if not signals.logger.isEnabledFor(logging.DEBUG):
-        silent.add(getattr(signals, "log_task_enqueued", None))
+    worker_lines, enqueued_line, logger = _django_receivers()
+    silent = worker_lines if logger.isEnabledFor(logging.DEBUG) else enqueued_line
     return any(r not in silent for r in sync) or any(r not in silent for r in asynchronous)
+
+
+@cache
+def _django_receivers() -> tuple[frozenset[Any], frozenset[Any], logging.Logger]:
+    """Django's logging receivers (``heard``, once per job: looked up once): its start
+    and finish ones, those with its enqueue one, and its logger."""
+    from django.tasks import signals
+
+    worker_lines = frozenset({getattr(signals, "log_task_started", None),
+                              getattr(signals, "log_task_finished", None)})
+    return (worker_lines, worker_lines | {getattr(signals, "log_task_enqueued", None)},
+            signals.logger)
 
 
 def send_robust(signal: Any, backend_alias: str, result: JobResult) -> None:

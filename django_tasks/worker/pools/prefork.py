@@ -236,6 +236,7 @@ class PreforkPool:
         self._stopped = False
         self._waiter = Waiter()  # collect()'s look at the pipes and sentinels
         self._time_limits: dict[str, Any] = {}  # task path -> its time_limit (submit)
+        self._waitables: list[Any] | None = None  # waitables(), until a child changes
 
     # -- children ------------------------------------------------------------------------
 
@@ -271,6 +272,7 @@ class PreforkPool:
         finally:
             child.close()
         slot.process, slot.pipe = process, parent
+        self._waitables = None
 
     def _release(self, slot: _Slot, *, replace: bool) -> None:
         """Close ``slot``'s pipe, reap its (dead or dying) child, and fork a new one."""
@@ -279,6 +281,7 @@ class PreforkPool:
         if slot.process is not None:
             self._retired.append(slot.process)
         slot.process = slot.pipe = None
+        self._waitables = None
         self._reap()
         if replace and not self._stopped:
             self._spawn(slot)
@@ -464,10 +467,13 @@ class PreforkPool:
     def waitables(self) -> list[Any]:
         """Every child's pipe (an outcome arrived; an idle one is readable only when its
         child died) and sentinel (it died): the same list until a child is replaced, so
-        a poll over it is set up once (:class:`~django_tasks.worker.wakeup.Waiter`)."""
-        ready: list[Any] = [s.pipe for s in self._slots if s.pipe is not None]
-        ready.extend(s.process.sentinel for s in self._slots if s.process is not None)
-        return ready
+        it is built once then (``_spawn``, ``_release``), and a poll over it is set up
+        once (:class:`~django_tasks.worker.wakeup.Waiter`)."""
+        if self._waitables is None:
+            ready: list[Any] = [s.pipe for s in self._slots if s.pipe is not None]
+            ready.extend(s.process.sentinel for s in self._slots if s.process is not None)
+            self._waitables = ready
+        return self._waitables
 
     def next_deadline(self) -> float | None:
         """Seconds until ``collect()`` must run although nothing woke us, or None."""
