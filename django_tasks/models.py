@@ -521,6 +521,33 @@ class RateLimit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.backend}: {self.key}"
+class Counts(models.Model):
+    """The columns :class:`Statistic` and :class:`Total` share: the key but for the
+    minute, and the counts (``django_tasks.jobs.tally.COLUMNS``): how many, and run time
+    and time-in-queue observations, sums (microseconds) and one column per histogram
+    bucket (``RUN_COLUMNS``, ``WAIT_COLUMNS``, added below). Plain BIGINTs, without the
+    CHECK (>= 0) of Positive fields: 37 checks per upsert for counters only the store
+    writes."""
+
+    id = models.BigAutoField(primary_key=True)
+    backend = models.CharField(max_length=100)
+    queue_name = models.CharField(max_length=100)
+    task_path = models.CharField(max_length=255)
+    n = models.BigIntegerField(default=0)
+    run_n = models.BigIntegerField(default=0)
+    run_us = models.BigIntegerField(default=0)
+    wait_n = models.BigIntegerField(default=0)
+    wait_us = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+# The bucket columns, one per bound: plain integers, so the upsert adds them one by one.
+for _column in (*RUN_COLUMNS, *WAIT_COLUMNS):
+    Counts.add_to_class(_column, models.BigIntegerField(default=0))
+
+
 class StatisticQuerySet(models.QuerySet):
     def prunable(self, before: datetime) -> StatisticQuerySet:
         return self.filter(minute__lt=before)
@@ -530,7 +557,7 @@ class StatisticQuerySet(models.QuerySet):
         return self.prunable(before).delete()[0]
 
 
-class Statistic(models.Model):
+class Statistic(Counts):
     """What finished in one minute, per backend, queue, task and outcome: a count, and
     run time and time-in-queue sums and histograms (``django_tasks.histograms``).
 
@@ -545,20 +572,8 @@ class Statistic(models.Model):
     in microseconds. Pruned by age (``STATS_RETENTION``).
     """
 
-    id = models.BigAutoField(primary_key=True)
     minute = models.DateTimeField()
-    backend = models.CharField(max_length=100)
-    queue_name = models.CharField(max_length=100)
-    task_path = models.CharField(max_length=255)
     outcome = models.CharField(max_length=10, choices=JobStatus.choices)
-    n = models.BigIntegerField(default=0)
-    run_n = models.BigIntegerField(default=0)
-    run_us = models.BigIntegerField(default=0)
-    wait_n = models.BigIntegerField(default=0)
-    wait_us = models.BigIntegerField(default=0)
-    # ... and one column per bucket (RUN_COLUMNS, WAIT_COLUMNS), added below. Plain
-    # BIGINTs, without the CHECK (>= 0) of Positive fields: 37 checks per upsert for
-    # counters only the store writes.
 
     objects = StatisticQuerySet.as_manager()
 
@@ -578,7 +593,7 @@ class Statistic(models.Model):
         return f"{self.minute:%Y-%m-%d %H:%M} {self.queue_name} {self.task_path} {self.outcome}"
 
 
-class Total(models.Model):
+class Total(Counts):
     """Running totals since the first outcome, per backend, queue, task and outcome: the
     columns of :class:`Statistic` without the minute. What ``/metrics`` serves as
     Prometheus counters (docs/observability.md).
@@ -592,16 +607,7 @@ class Total(models.Model):
     One row per key: reading every counter is a scan of a few hundred rows.
     """
 
-    id = models.BigAutoField(primary_key=True)
-    backend = models.CharField(max_length=100)
-    queue_name = models.CharField(max_length=100)
-    task_path = models.CharField(max_length=255)
     outcome = models.CharField(max_length=10)
-    n = models.BigIntegerField(default=0)
-    run_n = models.BigIntegerField(default=0)
-    run_us = models.BigIntegerField(default=0)
-    wait_n = models.BigIntegerField(default=0)
-    wait_us = models.BigIntegerField(default=0)
 
     class Meta:
         db_table = "django_tasks_total"
@@ -613,12 +619,6 @@ class Total(models.Model):
 
     def __str__(self) -> str:
         return f"{self.backend} {self.queue_name} {self.task_path} {self.outcome}: {self.n}"
-
-
-# The bucket columns, one per bound: plain integers, so the upsert adds them one by one.
-for _column in (*RUN_COLUMNS, *WAIT_COLUMNS):
-    Statistic.add_to_class(_column, models.BigIntegerField(default=0))
-    Total.add_to_class(_column, models.BigIntegerField(default=0))
 
 
 class Dashboard(Statistic):
