@@ -20,7 +20,8 @@ def start_worker(*args, env=None):
 
 def start_command(command, *args, env=None):
     """A `python -m django <command>` subprocess on the test database, as start_worker."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings",
+    # PYTHONFAULTHANDLER: SIGABRT makes it print every thread's stack (kill_leftovers).
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONFAULTHANDLER": "1",
            "DJANGO_TASKS_TEST_DB_NAME": connection.settings_dict["NAME"], **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "django", command, *args], cwd=ROOT, env=env,
@@ -38,15 +39,25 @@ STARTED: list[subprocess.Popen] = []
 
 
 def kill_leftovers() -> None:
+    """Kill what is still running; a process that hung (a test timed out waiting for it)
+    first prints where each of its threads was (faulthandler, on SIGABRT), shown with
+    the test's captured output."""
     while STARTED:
         proc = STARTED.pop()
         if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGABRT)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            proc.wait()
-        if proc.stdout is not None:
+            out = proc.communicate(timeout=10)[0] if proc.stdout is not None else ""
+            print(f"--- process {proc.pid} ({' '.join(proc.args[3:])}) was still running; "
+                  f"its output, ending with its threads' stacks:\n{out}")
+        elif proc.stdout is not None:
             proc.stdout.close()
 
 

@@ -77,9 +77,12 @@ def test_the_job_list_never_counts_or_distincts_the_whole_table(admin_client, mo
 
 def test_a_page_runs_the_same_queries_however_many_jobs(admin_client, monkeypatch):
     monkeypatch.setattr(tasks_admin, "COUNT_CAP", 10)
-    make_jobs(30)
+    # All on one local day, whatever the time of the run (just after midnight, jobs
+    # "now" would span two days: one more drill-down probe).
+    noon = timezone.localtime().replace(hour=12, minute=0, second=0, microsecond=0)
+    make_jobs(30, when=noon)
     _, some = page_queries(admin_client)
-    make_jobs(300)
+    make_jobs(300, when=noon)
     response, many = page_queries(admin_client)
     # session, user, the task paths (one index probe per distinct path, 3 here, and one
     # finding no more), the worker filter's choices (the worker table), schedules, the
