@@ -43,3 +43,33 @@ def noop():
 def count(values):
     """A chord body: how many results it got."""
     return len(values)
+
+
+@task(atomic=True)
+def noop_atomic():
+    """``noop``, atomic (benchmarks/atomic.py): its outcome is written in its own
+    transaction, by the process that ran it."""
+    return None
+
+
+#: The table the writing tasks insert into (benchmarks/atomic.py creates it).
+EFFECTS = "bench_effect"
+
+
+def _insert() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {EFFECTS} (at) VALUES (now())")
+
+
+@task()
+def write_row():
+    """One INSERT, in autocommit: a plain task whose effect is one row."""
+    _insert()
+
+
+@task(atomic=True)
+def write_row_atomic():
+    """The same INSERT, committed with the job's outcome."""
+    _insert()

@@ -105,6 +105,12 @@ class EnqueueError(TasksError, DatabaseError):
     """The job could not be stored; it was not enqueued."""
 
 
+class NotAtomic(TasksError):
+    """An atomic task wrote to a database other than its jobs' database: those writes
+    could not commit together with its outcome. The job failed (not retried) and none
+    of its writes were kept; see "Exactly-once effects" in docs/reliability.md."""
+
+
 class WorkerIdInUse(TasksError):
     """A running worker is already registered under this id."""
 

@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import InitVar, dataclass, field, fields, replace
 from datetime import datetime, timedelta
-from inspect import Parameter, signature
+from inspect import Parameter, iscoroutinefunction, signature
 from typing import TYPE_CHECKING, Any
 
 from django.tasks import base as django_base
@@ -130,6 +130,12 @@ class Task(django_base.Task):
     #: minute or hour (``"30/s"``, ``"100/m"``, ``"1000/h"``, or a number per second),
     #: across every worker on every host; jobs over it wait (``django_tasks.rates``).
     rate_limit: str | float | None = None
+    #: Exactly-once effects for database work: the task runs in one transaction on its
+    #: backend's job database, and its outcome is written in that transaction, fenced by
+    #: the job's lease. A crash, a kill or a lost lease commits none of its writes; an
+    #: exception rolls them back (then the failure or retry is written as usual). For
+    #: short tasks whose effects are writes to that database (docs/reliability.md).
+    atomic: bool = False
     # True when the queue was chosen by the call (``using``/``apply_async``): ROUTES
     # then leave it alone. Not a user option.
     queue_from_call: bool = field(default=False, repr=False, compare=False)
@@ -244,6 +250,7 @@ class Task(django_base.Task):
                 "clean up."
             )
         self._check_unique()
+        self._check_atomic()
         # Explicit base call: zero-argument super() does not work in slots dataclasses.
         django_base.Task.__post_init__(self)
 
@@ -283,6 +290,27 @@ class Task(django_base.Task):
                     f"TASKS[{self.backend!r}] is {type(backend).__name__}. Use "
                     "DatabaseBackend or RedisBackend, or drop the unique options."
                 )
+
+    def _check_atomic(self) -> None:
+        if type(self.atomic) is not bool:
+            raise InvalidTask(f"{self.module_path}: atomic must be True or False; got "
+                              f"{self.atomic!r}.")
+        if not self.atomic:
+            return
+        if iscoroutinefunction(self.func):
+            raise InvalidTask(
+                f"{self.module_path}: atomic=True needs a plain function: an async task's "
+                "queries run on other threads' connections, outside the transaction its "
+                "outcome is written in. Make it a def, or drop atomic."
+            )
+        backend = self.get_backend()  # an unknown alias: Django's InvalidTaskBackend
+        if not getattr(backend, "supports_atomic", False):
+            raise InvalidTask(
+                f"{self.module_path}: atomic=True writes the outcome in the task's own "
+                "transaction, in the job table; TASKS[{!r}] is {}, which has none. Use a "
+                "django_tasks backend, or drop atomic.".format(self.backend,
+                                                               type(backend).__name__)
+            )
 
     def expires_at(self, enqueued_at: datetime) -> datetime | None:
         """When a job of this task enqueued at ``enqueued_at`` expires (None: never)."""

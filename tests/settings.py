@@ -17,6 +17,7 @@ INSTALLED_APPS = [
     # The live server of the browser tests serves the admin's CSS and JavaScript.
     "django.contrib.staticfiles",
     "django_tasks",
+    "tests",  # tests/models.py: the table atomic tasks write (tests/test_atomic.py)
 ]
 STATIC_URL = "/static/"
 MIDDLEWARE = [

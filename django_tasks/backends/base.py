@@ -221,6 +221,8 @@ class ModelBackend(Enqueueing, BaseTaskBackend):
     supports_unique = True
     #: Chains, groups and chords (:mod:`django_tasks.workflows`) run on this backend.
     supports_workflows = True
+    #: Tasks may be atomic (``atomic=True``): their writes commit with their outcome.
+    supports_atomic = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)

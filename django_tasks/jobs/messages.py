@@ -145,6 +145,10 @@ class Outcome:
     #: None when unknown (a job cancelled before it ran).
     ran: float | None = field(default=None, compare=False)
     waited: float | None = field(default=None, compare=False)
+    #: Set by an atomic task's run (django_tasks.worker.atomic): the outcome is written
+    #: already, committed with the task's own writes; these are its :class:`Applied`
+    #: values. A round trip reports it applied and writes nothing.
+    written: tuple[Any, ...] | None = field(default=None, compare=False)
 
     def to_wire(self) -> list[Any]:
         return [getattr(self, f) for f in _OUTCOME_FIELDS]

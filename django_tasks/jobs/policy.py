@@ -21,7 +21,13 @@ from django.tasks import TaskResultStatus, task_backends
 from django.tasks.signals import task_finished
 
 from ..conf import may_import
-from ..exceptions import Retry, ReturnValueNotSerializable, TaskNotRegistered, Terminated
+from ..exceptions import (
+    NotAtomic,
+    Retry,
+    ReturnValueNotSerializable,
+    TaskNotRegistered,
+    Terminated,
+)
 from ..observe.logs import job_fields
 from ..results import JobResult, as_datetime, error_from_dict
 from ..retry import next_attempt_at
@@ -197,7 +203,9 @@ def failure_outcome(
         return Outcome(id=message.id, lease=message.lease, status=CANCELLED, error=error,
                        finished_at=now.isoformat())
     retry_at = None
-    if task is not None and not isinstance(exc, ReturnValueNotSerializable):
+    # A return value that is not JSON, a write an atomic task may not make: running
+    # again changes nothing.
+    if task is not None and not isinstance(exc, ReturnValueNotSerializable | NotAtomic):
         retry_at = next_attempt_at(
             attempt=message.attempt,
             max_attempts=message.max_attempts,

@@ -304,14 +304,16 @@ class JobStore(Registry, Cancelling, Statistics):
         outcome whose lease no longer holds its job changes nothing and comes back in
         ``stale``; a replay is harmless. ``now`` (tests) replaces the database's clock
         for the claim. How many statements it takes is the engine's: one on PostgreSQL,
-        one per start, per outcome and the claim in one transaction on SQLite.
+        one per start, per outcome and the claim in one transaction on SQLite. Outcomes an
+        atomic task wrote itself (``Outcome.written``) are reported applied, not written.
         """
+        outcomes, done = split_written(outcomes)
         if not (starts or outcomes or claim.wanted):
-            return Exchanged([], [], [])
+            return Exchanged([], done, [])
         rows, applied = self.engine.exchange(self, worker_id, lease, starts, outcomes,
                                              claim, now)
         claimed, unreadable = self.claimed(rows, worker_id)
-        return Exchanged(claimed, applied, stale_of(outcomes, applied), unreadable)
+        return Exchanged(claimed, applied + done, stale_of(outcomes, applied), unreadable)
 
     def claim(self, worker_id: str, lease: str, claim: ByQueues | ByIds,
               now: datetime | None = None) -> Exchanged:
@@ -392,8 +394,12 @@ class JobStore(Registry, Cancelling, Statistics):
         time, and an outcome whose hooks still fail is written as FAILED with the
         hook's error, without hooks (see :meth:`fail_by_hook`). ``count``: add what was
         written to the statistics in the same transaction (a worker's round trip does
-        not: the worker counts, see :meth:`add_statistics`).
+        not: the worker counts, see :meth:`add_statistics`). Outcomes an atomic task
+        wrote itself (``Outcome.written``) are returned as applied, not written again.
         """
+        if any(o.written for o in outcomes):
+            outcomes, done = split_written(outcomes)
+            return done + self.apply_outcomes(worker_id, outcomes, hooks=hooks, count=count)
         if not outcomes:
             return []
         try:
@@ -409,6 +415,15 @@ class JobStore(Registry, Cancelling, Statistics):
                 return [a for o in outcomes
                         for a in self.apply_outcomes(worker_id, [o], count=count)]
             return self.fail_by_hook(worker_id, outcomes[0], failure, count=count)
+
+    def apply_in_transaction(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Applied]:
+        """Write ``outcomes`` (where their lease holds) and run the outcome hooks they
+        need, in the caller's transaction and without a savepoint of its own (an atomic
+        task's: django_tasks.worker.atomic); returns those written. A hook's failure
+        propagates (:class:`OutcomeHookFailed`): the caller rolls everything back."""
+        applied = self._write_outcomes(worker_id, outcomes)
+        self.run_hooks(applied, hooks_for(outcomes))
+        return applied
 
     def _write_outcomes(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Applied]:
         return [self.applied(row) for row in self.engine.write_outcomes(worker_id, outcomes)]
@@ -580,6 +595,15 @@ class JobStore(Registry, Cancelling, Statistics):
             logger.info("%d job(s) retried%s: %s", len(ids), f" (by {by})" if by else "",
                         " ".join(ids[:20]) + (" ..." if len(ids) > 20 else ""))
         return ids
+
+
+def split_written(outcomes: Sequence[Outcome]) -> tuple[Sequence[Outcome], list[Applied]]:
+    """``outcomes`` still to write, and as :class:`Applied` those written already (by
+    an atomic task, in its own transaction: django_tasks.worker.atomic)."""
+    if not any(o.written for o in outcomes):
+        return outcomes, []
+    return ([o for o in outcomes if not o.written],
+            [Applied(*o.written) for o in outcomes if o.written])
 
 
 def engine_for(backend: str, database: str) -> Engine:

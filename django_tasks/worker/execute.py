@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from django.db import close_old_connections
-from django.tasks import TaskResultStatus
+from django.tasks import TaskResultStatus, task_backends
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
@@ -44,6 +44,7 @@ from ..observe.logs import job_fields
 from ..results import JobResult
 from ..serialization import check_return_value
 from ..task import TaskContext
+from .atomic import run_atomically
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -74,6 +75,14 @@ def _invoke(task: Any, message: Message, context: TaskContext | None) -> Any:
     if context is not None:
         return task.call(context, *message.args, **message.kwargs)
     return task.call(*message.args, **message.kwargs)
+
+
+def _kept(task: Any, message: Message, value: Any) -> Any:
+    """The return value to store: none with Celery's ``ignore_result`` (a workflow's
+    next step needs it, so a step keeps it)."""
+    if getattr(task, "ignore_result", False) and message.workflow_id is None:
+        return None
+    return value
 
 
 def _stopped_by_itself(message: Message, worker_id: str, task: Any, result: JobResult | None,
@@ -143,14 +152,34 @@ def _attempt(
                if task.takes_context else None)
     if own_connections:
         close_old_connections()
-    try:
-        if result is not None:
-            # A receiver's bug is logged; it does not fail the job it was told about.
-            send_robust(task_started, message.backend, result)
+
+    def run() -> Any:
         value = _call(task, message, context, soft)
         if context is not None and context.retry_pending is not None:
             raise context.retry_pending  # retry(throw=False): runs again, value dropped
         check_return_value(value, task_name=message.task_path)
+        return value
+
+    def succeeded(value: Any) -> Outcome | None:
+        """The outcome an atomic run writes in its transaction (None: it stopped by
+        itself after its cancel request: its writes are rolled back)."""
+        if context is not None and context.cancel_seen:
+            return None
+        done = success_outcome(message, _kept(task, message, value), timezone.now())
+        done.started_at, done.task_path = message.started_at, message.task_path
+        done.linked = message.workflow_id is not None  # the workflow hooks run
+        return done
+
+    outcome = None
+    try:
+        if result is not None:
+            # A receiver's bug is logged; it does not fail the job it was told about.
+            send_robust(task_started, message.backend, result)
+        if getattr(task, "atomic", False):
+            store = task_backends[message.backend].store
+            value, outcome = run_atomically(store, message, worker_id, run, succeeded)
+        else:
+            value = run()
     except BaseException as exc:
         # Anything the task raises is its outcome, KeyboardInterrupt and SystemExit
         # included: the job fails with that exception and traceback (retried only if
@@ -179,9 +208,7 @@ def _attempt(
             object.__setattr__(result, "finished_at", now)
             object.__setattr__(result, "_return_value", value)
             send_finished(message.backend, result)
-        if getattr(task, "ignore_result", False) and message.workflow_id is None:
-            value = None  # Celery's ignore_result: not stored (a workflow's next step needs it)
-        return success_outcome(message, value, now)
+        return outcome or success_outcome(message, _kept(task, message, value), now)
     finally:
         if own_connections:
             close_old_connections()
