@@ -704,7 +704,7 @@ def test_install_requires_is_what_the_library_imports():
 @pytest.mark.slow
 def test_demo_runs_only_its_own_jobs_on_a_used_database(tmp_path):
     """`make demo` is migrate + demo: with a backlog and a job that never ends already in
-    the database, the demo runs its jobs (seven, a chain, a chord and a schedule's),
+    the database, the demo runs its jobs (eight, a chain, a chord and a schedule's),
     touches no other and returns."""
     import subprocess
 
@@ -727,15 +727,17 @@ def test_demo_runs_only_its_own_jobs_on_a_used_database(tmp_path):
         encode_video.enqueue(1, steps=10**6)  # 14 hours of work
     """))
     out = manage("demo", "--timeout", "60", timeout=120)
-    table = [row.split() for row in out[out.index("task  "):].splitlines()[1:11]]
+    table = [row.split() for row in out[out.index("task  "):].splitlines()[1:12]]
     assert [row[0] for row in table] == [
         "send_welcome_email", "encode_video", "add", "mul", "add", "import_feed",
-        "build_report", "mul", "tsum", "add"]
-    assert [row[1] for row in table] == ["SUCCESSFUL"] * 5 + ["FAILED"] + ["SUCCESSFUL"] * 4
+        "build_report", "mul", "tsum", "credit_account", "add"]
+    assert [row[1] for row in table] == ["SUCCESSFUL"] * 5 + ["FAILED"] + ["SUCCESSFUL"] * 5
     assert table[1][2] == "2"  # encode_video: retried once
     assert table[7][1:] == ["SUCCESSFUL", "1", "16"]  # chain(add.s(2, 2), mul.s(4))
     assert table[8][1:] == ["SUCCESSFUL", "1", "90"]  # the chord's callback
-    assert table[9][1:] == ["SUCCESSFUL", "1", "2"]  # fired from the demo's schedule
+    # Atomic: failed once after writing; the job made one ledger entry, not two.
+    assert table[9][1:] == ["SUCCESSFUL", "2", "1"]
+    assert table[10][1:] == ["SUCCESSFUL", "1", "2"]  # fired from the demo's schedule
     assert "Gave up" not in out
     assert "Task id=" not in out  # Django's logger does not repeat the worker's lines
     counts = manage("shell", "-c", textwrap.dedent("""

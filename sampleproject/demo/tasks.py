@@ -45,6 +45,20 @@ def encode_video(context, video_id: int, steps: int = 5, fail_first: int = 1) ->
             "attempts": context.attempt}
 
 
+@task(atomic=True, takes_context=True, max_attempts=3, backoff=0.2)
+def credit_account(context, account: str, amount: int, fail_first: int = 1) -> int:
+    """Exactly-once effects (docs/reliability.md): writes a ledger entry, then, on its
+    first ``fail_first`` attempts, fails after writing. Atomic, so a failed attempt's
+    entry is rolled back with it and the entry commits with the job's outcome: returns
+    how many entries the job made (1, however many attempts it took)."""
+    from .models import LedgerEntry
+
+    LedgerEntry.objects.create(account=account, amount=amount, job_id=context.job_id)
+    if context.attempt <= fail_first:
+        raise FlakyStorageError("the bank's confirmation timed out after the entry was written")
+    return LedgerEntry.objects.filter(job_id=context.job_id).count()
+
+
 @task()
 def add(x: float, y: float) -> float:
     return x + y

@@ -20,6 +20,7 @@ from django_tasks.worker.supervisor import configure_logging
 from sampleproject.demo.tasks import (
     add,
     build_report,
+    credit_account,
     encode_video,
     import_feed,
     mul,
@@ -39,8 +40,9 @@ DEMO_SCHEDULE = "demo-add-every-10-seconds"
 
 class Command(BaseCommand):
     help = ("Create an admin user, enqueue the sample jobs (one fails, one is retried, one "
-            "reports progress for a few seconds, one comes from a periodic schedule) and "
-            "run a worker until they finish.")
+            "reports progress for a few seconds, an atomic one keeps one write however "
+            "often it runs, one comes from a periodic schedule) and run a worker until "
+            "they finish.")
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--timeout", type=float, default=60.0,
@@ -67,6 +69,8 @@ class Command(BaseCommand):
                 chain(demo_add.s(2, 2), demo_mul.s(4)).delay(),
                 chord(group(demo_add.s(i, i) for i in range(10)),
                       tsum.using(backend=DEMO).s()).delay(),
+                # Atomic: fails once after writing; exactly one ledger entry is kept.
+                credit_account.using(backend=DEMO).enqueue("ada", 10),
             ]
         results.append(self._run_schedule_now())
         self.stdout.write(f"Enqueued {len(results)} jobs; starting a worker.\n")
