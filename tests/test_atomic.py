@@ -223,12 +223,21 @@ def unfinished(ids):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "plain"])
-def test_kill_9_mid_run_applies_each_jobs_writes_exactly_once(broker, atomic):
+def test_kill_9_mid_run_applies_each_jobs_writes_exactly_once(broker):
     """2,000 jobs each writing one row then sleeping a little, and two that sleep for
     seconds after writing; the worker's whole process group is killed mid-run and
-    another worker finishes. Atomic: exactly one row per job. Plain: the duplicate
-    window every at-least-once queue has, shown by the long ones at least."""
+    another worker finishes: exactly one row per job."""
+    kill_9_mid_run(atomic=True)
+
+
+@pytest.mark.slow
+def test_the_same_kill_9_shows_the_duplicate_window_of_a_task_not_atomic():
+    """The duplicate window every at-least-once queue has (docs/reliability.md), shown
+    by the long jobs at least (the broker does not matter: the database broker's)."""
+    kill_9_mid_run(atomic=False)
+
+
+def kill_9_mid_run(*, atomic):
     task = at.insert if atomic else at.insert_plain
     # The long ones go first (higher priority) and hold two of the four slots. Not for
     # atomic tasks on SQLite: one holding the only write lock for seconds stops every
