@@ -12,6 +12,7 @@ INSERT per :data:`~django_tasks.jobs.store.BATCH_SIZE` jobs).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
@@ -33,6 +34,7 @@ from ..jobs.enqueued import COUNTER as ENQUEUED
 from ..jobs.messages import NewJob
 from ..jobs.policy import heard, resolve_task, send_robust
 from ..jobs.store import BATCH_SIZE, JobStore
+from ..observe import tracing
 from ..observe.headers import for_job as headers_for
 from ..results import JobResult
 from ..serialization import check_arguments, check_payload, check_signature, dumps
@@ -109,6 +111,7 @@ class Enqueueing:
         queues: dict[int, str] = {}
         shapes: set[tuple[Any, ...]] = set()
         ids = uuid7_strs(len(calls))
+        traced = tracing.enabled()  # once, not per job (~1 us each)
         # timezone.now() without its settings look-up per job.
         clock = partial(datetime.now, UTC) if settings.USE_TZ else datetime.now
         for n, call in enumerate(calls):
@@ -123,7 +126,7 @@ class Enqueueing:
                         )
                     queue = queues[id(task)] = self.check_task(task)
                 jobs.append(self.new_job(task, args, dict(kwargs), queue=queue, now=clock(),
-                                         job_id=ids[n], shapes=shapes))
+                                         job_id=ids[n], shapes=shapes, traced=traced))
                 tasks.append(task)
             except Exception as exc:
                 if exc.args and isinstance(exc.args[0], str):
@@ -282,10 +285,10 @@ class Enqueueing:
     def new_job(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
                 receives_input: bool = False, queue: str | None = None,
                 now: datetime | None = None, job_id: str | None = None,
-                shapes: set[tuple[Any, ...]] | None = None) -> NewJob:
+                shapes: set[tuple[Any, ...]] | None = None, traced: bool = True) -> NewJob:
         """The :class:`NewJob` for a call that passes :meth:`check_call` (with ``queue``,
         :meth:`check_task` was made already and gave it). ``now``: its enqueue time;
-        ``shapes``: see :meth:`check_args`."""
+        ``shapes``: see :meth:`check_args`; ``traced`` False: tracing is known off."""
         if queue is None:
             queue = self.check_task(task)
         call = self.check_args(task, args, kwargs, receives_input=receives_input,
@@ -301,7 +304,7 @@ class Enqueueing:
         if unique_key_for is not None:
             job.unique_key = unique_key_for(args, kwargs) or ""
         # Headers for the worker: the enqueuer's trace context, the user's own (or None).
-        job.headers = headers_for(job, self.alias)
+        job.headers = headers_for(job, self.alias, traced=traced)
         return job
 
     def store_job(self, job: Any, task: DjangoTask) -> Any:
@@ -373,9 +376,9 @@ class Enqueueing:
     def _send_enqueued(self, results: Sequence[JobResult]) -> None:
         """The stored jobs' transaction committed: count them (``/metrics``' enqueued
         counter, :mod:`django_tasks.jobs.enqueued`) and send ``task_enqueued``."""
-        for result in results:
-            ENQUEUED.add(self.database, self.alias, result.task.queue_name,
-                         result.task.module_path)
+        counts = Counter((r.task.queue_name, r.task.module_path) for r in results)
+        for (queue, path), n in counts.items():
+            ENQUEUED.add(self.database, self.alias, queue, path, n)
         if heard(task_enqueued, type(self)):
             for result in results:
                 send_robust(task_enqueued, self.alias, result)

@@ -47,11 +47,11 @@ class EnqueuedCounter:
         self._counts: dict[Key, int] = {}
         self._thread: threading.Thread | None = None
 
-    def add(self, database: str, backend: str, queue: str, task: str) -> None:
-        """Count one job stored (call once its transaction committed)."""
+    def add(self, database: str, backend: str, queue: str, task: str, n: int = 1) -> None:
+        """Count ``n`` jobs stored (call once their transaction committed)."""
         key = (database, backend, queue, task)
         with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + 1
+            self._counts[key] = self._counts.get(key, 0) + n
             if self._thread is None and self.background:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="django_tasks-enqueued")

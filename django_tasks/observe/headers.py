@@ -44,10 +44,11 @@ def job_headers(**headers: Any) -> Iterator[None]:
         _ENQUEUE.reset(token)
 
 
-def for_job(job: Any, backend: str) -> dict[str, Any] | None:
+def for_job(job: Any, backend: str, *, traced: bool = True) -> dict[str, Any] | None:
     """The headers of a job of ``backend`` being prepared: yours (:func:`job_headers`),
-    and the trace context when tracing is on; None when there are none."""
-    trace = tracing.producer(job, backend)
+    and the trace context when tracing is on; None when there are none. ``traced``
+    False: tracing is known to be off (a bulk enqueue asks once, not per job)."""
+    trace = tracing.producer(job, backend) if traced else None
     mine = _ENQUEUE.get()
     if mine is None:
         return trace
