@@ -340,14 +340,17 @@ def task_modules() -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+@cache
 def may_import(module: str) -> bool:
-    """Whether ``module`` is one of :func:`task_modules` or inside one of them."""
+    """Whether ``module`` is one of :func:`task_modules` or inside one of them (asked
+    for every job a worker runs: remembered)."""
     return any(module == name or module.startswith(name + ".") for name in task_modules())
 
 
 def _forget(*, setting: str, **kwargs: Any) -> None:
     if setting in {"TASKS", "INSTALLED_APPS"}:
         task_modules.cache_clear()
+        may_import.cache_clear()
 
 
 setting_changed.connect(_forget)

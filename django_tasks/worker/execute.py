@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from functools import partial
 from typing import Any
 
 from django.db import close_old_connections
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
@@ -48,7 +51,31 @@ from .atomic import run_atomically
 
 logger = logging.getLogger("django_tasks.worker")
 
-__all__ = ["execute"]
+__all__ = ["connections_dropped", "execute"]
+
+
+# Whether this thread (or the thread a prefork child was forked from) ever opened a
+# database connection: until one did, there is none for close_old_connections() to
+# look at, and asking costs ~3 us a call (Django's connections are an asgiref Local).
+_opened = threading.local()
+
+
+@receiver(connection_created, dispatch_uid="django_tasks.worker.execute")
+def _connection_opened(**kwargs: Any) -> None:
+    _opened.any = True
+
+
+def connections_dropped() -> None:
+    """This thread holds no connection any more (a prefork child dropped those it
+    inherited from its supervisor)."""
+    _opened.any = False
+
+
+def _close_old_connections() -> None:
+    """Django's ``close_old_connections()``, as around a request, where a connection
+    was ever opened here."""
+    if getattr(_opened, "any", False):
+        close_old_connections()
 
 
 def _raise_soft_time_limit(signum: int, frame: Any) -> None:
@@ -151,7 +178,7 @@ def _attempt(
                            max_attempts=message.max_attempts)
                if task.takes_context else None)
     if own_connections:
-        close_old_connections()
+        _close_old_connections()
 
     def run() -> Any:
         value = _call(task, message, context, soft)
@@ -211,4 +238,4 @@ def _attempt(
         return outcome or success_outcome(message, _kept(task, message, value), now)
     finally:
         if own_connections:
-            close_old_connections()
+            _close_old_connections()

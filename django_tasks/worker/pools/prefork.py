@@ -34,7 +34,7 @@ from ...jobs.messages import Message, Outcome
 from ...jobs.policy import failure_outcome, task_or_none
 from ...jobs.side import close_side_connections, keep_side_connections
 from ...observe import process_exiting
-from ..execute import execute
+from ..execute import connections_dropped, execute
 from ..wakeup import Waiter
 
 logger = logging.getLogger("django_tasks.worker")
@@ -112,6 +112,7 @@ def _child_main(conn: Any, worker_id: str, siblings: list[Any], parent_pid: int,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _forget_inherited_connections()
+    connections_dropped()
     keep_side_connections()
     done = 0
     while True:
