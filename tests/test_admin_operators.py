@@ -222,8 +222,13 @@ def test_the_workers_page_shows_queues_running_jobs_and_links(client):
     assert "default, emails" in row and "[" not in row.split("field-queues_display")[1][:40]
     assert '<td class="field-holds">1</td>' in row
     assert "?worker_id=w-1" in row
+    assert '<td class="field-outages_display">0</td>' in row
+    Worker.objects.filter(pk="w-1").update(outages=3, in_outage=True)  # its heartbeat's
+    page = client.get(reverse("admin:django_tasks_worker_changelist"))
+    row = next(r for r in page.text.split("<tr") if ">w-1<" in r)
+    assert "3 <strong" in row.split("field-outages_display")[1] and "in one now" in row
     detail = client.get(reverse("admin:django_tasks_worker_change", args=["w-1"])).text
-    assert str(job.id)[-8:] in detail and "running for" in detail
+    assert str(job.id)[-8:] in detail and "running for" in detail and "in one now" in detail
     assert Worker.objects.count() == 1
 
 

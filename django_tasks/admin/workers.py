@@ -32,13 +32,15 @@ def held_by(worker: OuterRef | str, using: str | None = None) -> QuerySet[Job]:
 @admin.register(Worker)
 class WorkerAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("id", "state", "hostname", "pid", "pool", "concurrency", "queues_display",
-                    "holds", "processed", "failed", "memory_display", "jobs_link",
-                    "started_display", "heartbeat_display", "stopped_display", "stop_reason")
+                    "holds", "processed", "failed", "outages_display", "memory_display",
+                    "jobs_link", "started_display", "heartbeat_display", "stopped_display",
+                    "stop_reason")
     list_filter = ("hostname", "pool")
     search_fields = ("id", "hostname")
     ordering = ("-started_at",)
     fields = ("id", "state", "backend", "hostname", "pid", "process_key", "pool",
               "concurrency", "queues_display", "holds", "running_display", "jobs_link",
+              "processed", "failed", "outages_display", "memory_display",
               "started_display", "heartbeat_display", "stopped_display", "stop_reason")
     readonly_fields = fields
 
@@ -68,6 +70,15 @@ class WorkerAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def holds(self, worker: Worker) -> int:
         """Jobs claimed or running on it now."""
         return getattr(worker, "held", 0)
+
+    @admin.display(description=_("outages"), ordering="outages")
+    def outages_display(self, worker: Worker) -> str:
+        """Outages of its broker or database it has ridden out since it started, and
+        whether it is in one now (as of its last heartbeat)."""
+        if worker.in_outage:
+            return format_html('{} <strong class="errornote">{}</strong>', worker.outages,
+                               _("in one now"))
+        return str(worker.outages)
 
     @admin.display(description=_("memory"), ordering="memory")
     def memory_display(self, worker: Worker) -> str:
