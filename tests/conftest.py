@@ -143,7 +143,19 @@ def _slow_broker_tests_on_postgres_only(config, items) -> None:
     items[:] = [item for item in items if id(item) not in gone]
 
 
+def _own_database_tests_once(config, items) -> None:
+    """Tests marked ``own_database`` (the demo's, on a SQLite file of its own) test the
+    same thing whichever session runs them: the SQLite one does."""
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        return
+    once = [item for item in items if "own_database" in item.keywords]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = [item for item in items if "own_database" not in item.keywords]
+
+
 def pytest_collection_modifyitems(config, items):
+    _own_database_tests_once(config, items)
     _rabbitmq_only_where_asked(config, items)
     _slow_broker_tests_on_postgres_only(config, items)
     _skip_redis_tests_without_redis(items)

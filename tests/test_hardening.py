@@ -702,6 +702,7 @@ def test_install_requires_is_what_the_library_imports():
 
 
 @pytest.mark.slow
+@pytest.mark.own_database
 def test_demo_runs_only_its_own_jobs_on_a_used_database(tmp_path):
     """`make demo` is migrate + demo: with a backlog and a job that never ends already in
     the database, the demo runs its jobs (eight, a chain, a chord and a schedule's),

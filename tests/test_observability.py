@@ -36,6 +36,34 @@ def test_the_metrics_view_wants_the_token_or_a_staff_user(client, settings):
     assert client.get("/tasks/metrics", HTTP_AUTHORIZATION="Bearer t0ken").status_code == 200
 
 
+@pytest.mark.parametrize("token", [None, "t0ken"])
+def test_the_workers_metrics_port_wants_the_token_when_one_is_set(settings, token):
+    from urllib.error import HTTPError
+    from urllib.request import Request, urlopen
+
+    from django_tasks.observe.prometheus import serve
+
+    settings.TASKS_METRICS_TOKEN = token
+    tasks.add.enqueue(1, 2)
+    COUNTER.flush()
+    server = serve(0, "127.0.0.1")  # any free port
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        if token:
+            with pytest.raises(HTTPError) as refused:
+                urlopen(url, timeout=10)
+            assert refused.value.code == 401
+            assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
+            with pytest.raises(HTTPError):
+                urlopen(Request(url, headers={"Authorization": "Bearer nope"}), timeout=10)
+        request = Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+        body = urlopen(request, timeout=10).read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 'django_tasks_enqueued_total{' in body and 'task="tests.tasks.add"' in body
+
+
 def test_counters_never_go_down_when_minutes_are_rolled_up_or_pruned(client, settings):
     settings.TASKS_METRICS_TOKEN = "t"
     COUNTER.take()

@@ -12,6 +12,7 @@ dashboard's reads (the claim, held and waiting indexes; counts stop at ``COUNT_C
 
 from __future__ import annotations
 
+import hmac
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -167,10 +168,38 @@ class _ThreadCollector(TasksCollector):
 
 def serve(port: int, addr: str = "0.0.0.0") -> Any:
     """Serve ``/metrics`` on ``port`` from a thread of this process (``worker
-    --metrics-port``); returns the server. Raises ImportError without ``prometheus_client``."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    --metrics-port``); returns the server. With the setting ``TASKS_METRICS_TOKEN``, a
+    request must carry ``Authorization: Bearer <token>`` (401 otherwise), as for the
+    view. Raises ImportError without ``prometheus_client``."""
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from django.conf import settings
+    from prometheus_client import CollectorRegistry, make_wsgi_app
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ThreadCollector())  # type: ignore[arg-type]
-    server, _ = start_http_server(port, addr=addr, registry=registry)
+    app = make_wsgi_app(registry)
+    token = getattr(settings, "TASKS_METRICS_TOKEN", None)
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        if token and not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", "").encode(),
+                                             f"Bearer {token}".encode()):
+            start_response("401 Unauthorized", [
+                ("Content-Type", "text/plain"),
+                ("WWW-Authenticate", 'Bearer realm="django_tasks metrics"')])
+            return [b"A bearer token is required (TASKS_METRICS_TOKEN).\n"]
+        return app(environ, start_response)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a scrape every few seconds is not news
+
+    server = make_server(addr, port, guarded, Server, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="django_tasks-metrics",
+                     daemon=True).start()
     return server

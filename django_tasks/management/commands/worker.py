@@ -153,7 +153,8 @@ class Command(BaseCommand):
             "--metrics-port", type=int, default=None, metavar="PORT",
             help="Serve /metrics (Prometheus, the 'metrics' extra) on this port from this "
                  "worker; the numbers are read from the database, the same whichever "
-                 "process serves them (docs/observability.md).",
+                 "process serves them. With TASKS_METRICS_TOKEN set, a scrape must carry "
+                 "that bearer token (docs/observability.md).",
         )
         add_loglevel(parser)
 
