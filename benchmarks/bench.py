@@ -564,7 +564,9 @@ def main() -> None:
                         help="default %(default)s")
     parser.add_argument("--celery-redis-url", help="Celery's broker (default: --redis-url); "
                         "its keys celery*, _kombu*, unacked* are deleted before each run")
+    cpu.add_postgres_cpu_option(parser)
     args = parser.parse_args()
+    cpu.use_postgres_cpu(args.postgres_cpu)
     args.only = [f.strip() for f in args.only.split(",") if f.strip()]
     args.brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     if set(args.only) - set(FIGURES):
