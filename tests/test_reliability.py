@@ -369,10 +369,12 @@ def test_a_busy_worker_lets_its_round_trips_gather_up_to_the_start_record_bound(
     assert worker.ledger.snapshot().buffered == ()
 
 
-@pytest.mark.parametrize("ready, stopping", [(1, False), (30, True)])
+@pytest.mark.parametrize("ready, stopping, held", [(1, False, 0), (30, True, 0),
+                                                   (30, False, 17)])
 def test_a_worker_short_of_jobs_or_stopping_makes_its_round_trip_at_once(
-        monkeypatch, ready, stopping):
+        monkeypatch, ready, stopping, held):
     from django_tasks.worker import broker_thread
+    from django_tasks.worker.ledger import Batch
 
     for i in range(ready):
         tasks.add.enqueue(i, i)
@@ -381,6 +383,10 @@ def test_a_worker_short_of_jobs_or_stopping_makes_its_round_trip_at_once(
     assert worker.exchange() == min(ready, 18)  # 1: fewer buffered jobs than slots
     if stopping:
         worker.stop()
+    if held:  # buffered jobs waiting for their rate-limit slot cannot start now
+        buffered = worker.ledger.snapshot().buffered[:held]
+        worker.ledger.add_claimed(Batch("w", [], [], 0, 0), [],
+                                  {job_id: 1e12 for job_id in buffered})
     clock = _Clock()
     monkeypatch.setattr(broker_thread, "time", clock)
     worker.broker_thread._last_trip = clock.now

@@ -251,10 +251,11 @@ class BrokerThread:
 
         A fixed 4 ms made the round trips of workers sharing the CPU (4 workers on 2
         cores) carry 6 jobs each instead of 16: PostgreSQL's CPU per job, most of it per
-        round trip, then doubled with the number of workers. Twice the average round
-        trip kept in hand (instead of once, and 1 ms) brought that back on a loaded
-        machine, whose round trips take 5-8 ms: 3,100-3,700 round trips per 20,000 jobs
-        instead of 1,600-2,000, and 140-158 us of PostgreSQL CPU per job instead of 94-113.
+        round trip, then doubled with the number of workers. Keeping twice the average
+        round trip in hand was tried: on a loaded machine, whose round trips take 5-8 ms,
+        it fell back to the 4 ms floor (four workers: 3,100-3,700 round trips per 20,000
+        jobs instead of 1,600-2,000, 140-158 us of PostgreSQL CPU per job instead of
+        94-113).
         """
         worker = self.worker
         ledger = worker.ledger

@@ -216,8 +216,9 @@ class Ledger:
         judged by how long recent jobs ran (0.0: it does already, or nothing was measured
         yet). While it holds one job per slot, a slot that frees starts one at once, so a
         round trip can wait (``BrokerThread._space_out``) without leaving a slot idle.
-        Read without the lock: a hint."""
-        above = len(self._buffer) - self.concurrency + 1
+        Jobs held for their rate-limit slot (``_not_before``) do not count: they cannot
+        start now. Read without the lock: a hint."""
+        above = len(self._buffer) - len(self._not_before) - self.concurrency + 1
         avg_run = self._avg_run
         if above <= 0 or avg_run is None:
             return 0.0
