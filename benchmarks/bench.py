@@ -21,10 +21,11 @@ Figures (``--only`` takes a comma-separated list of these names):
 - ``memory``: PSS summed over a ``worker -c 4`` tree, half-way and after M jobs.
 
 Each drain row has CPU columns: microseconds per job of the worker tree (rusage of the
-reaped processes), the PostgreSQL cluster of the benchmark database (its postmaster and
-children), the broker's server (Redis by its pid, RabbitMQ's ``beam.smp``) and their
-total (cpu_per_job.py). Rounds alternate brokers and configurations so machine noise hits
-all; values are medians of the rounds. Nothing is asserted. See docs/performance.md.
+reaped processes), PostgreSQL's backends of the benchmark database (``--postgres-cpu
+cluster``: every process of its cluster), the broker's server (Redis by its pid,
+RabbitMQ's ``beam.smp``) and their total (cpu_per_job.py). Rounds alternate brokers and
+configurations so machine noise hits all; values are medians of the rounds. Nothing is
+asserted. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -564,7 +565,9 @@ def main() -> None:
                         help="default %(default)s")
     parser.add_argument("--celery-redis-url", help="Celery's broker (default: --redis-url); "
                         "its keys celery*, _kombu*, unacked* are deleted before each run")
+    cpu.add_postgres_cpu_option(parser)
     args = parser.parse_args()
+    cpu.use_postgres_cpu(args.postgres_cpu)
     args.only = [f.strip() for f in args.only.split(",") if f.strip()]
     args.brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     if set(args.only) - set(FIGURES):

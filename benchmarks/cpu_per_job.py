@@ -5,19 +5,21 @@ For each broker: N no-op jobs enqueued in one transaction (untimed), then one
 
 - worker: user + system CPU of the worker and its prefork children (the rusage of the
   reaped subprocess tree, as ``getrusage(RUSAGE_CHILDREN)`` sees it);
-- PostgreSQL: user + system CPU of the cluster that serves the benchmark database (the
-  parent of this connection's backend, ``pg_backend_pid()``, and its children), read
-  from /proc before and after (``utime``, ``stime`` and the postmaster's ``cutime``,
-  ``cstime``: backends that exit during the run are counted there once reaped). Other
-  clusters on the host do not count; other databases of the same cluster do;
+- PostgreSQL: user + system CPU of the processes that serve the benchmark database:
+  the children of its cluster's postmaster (the parent of this connection's backend,
+  ``pg_backend_pid()``) whose process title names the database (client backends and
+  autovacuum workers), read from /proc by a thread every 10 ms, those that exit during
+  the run counted with the CPU they were last seen with (:class:`DatabaseCpu`). Other
+  databases and clusters on the host do not count, nor the cluster's shared processes
+  (WAL writer, checkpointer). ``--postgres-cpu cluster`` counts the whole cluster
+  instead (the postmaster's children and its reaped ones: on a cluster of its own);
 - the broker's server: the same for the Redis server (its pid from ``INFO server``) or
   RabbitMQ's ``beam.smp``; none for the database broker;
 - total, and the drain rate (wall clock, start of the worker to its exit).
 
 Wall-clock rates move +-30% on 2 shared cores; CPU per job moves far less. Runs alternate
 between the brokers; the table shows medians. Needs Linux (/proc) and the servers on
-this host. Work of other users of the same servers (Redis, the PostgreSQL cluster)
-counts too.
+this host. Work of other users of the same Redis server counts too.
 
     .venv/bin/python benchmarks/cpu_per_job.py [--jobs 20000] [--repeat 3]
 """
@@ -124,11 +126,140 @@ def postmaster_pid() -> int:
     raise RuntimeError(f"no PPid in /proc/{backend}/status")
 
 
+#: What the PostgreSQL column counts: "database" (the backends and autovacuum workers of
+#: the benchmark database, DatabaseCpu) or "cluster" (every process of its cluster).
+POSTGRES_SCOPE = "database"
+
+
 def postgres_cpu() -> float:
-    """Seconds of CPU used so far by the PostgreSQL cluster of the benchmark database
-    (its postmaster and every child: backends, reaped ones included, and the background
-    processes). Other databases of that cluster count; other clusters do not."""
-    return process_tree_cpu(postmaster_pid())
+    """Seconds of CPU used so far by PostgreSQL for the benchmark database
+    (:data:`POSTGRES_SCOPE`): its own backends, those that exited included
+    (:class:`DatabaseCpu`), or the whole cluster (the postmaster and every child,
+    reaped backends included, and the background processes: other databases of that
+    cluster count too)."""
+    if POSTGRES_SCOPE == "cluster":
+        return process_tree_cpu(postmaster_pid())
+    return database_cpu().seconds()
+
+
+def _runtime(pid: str) -> int | None:
+    """Nanoseconds of CPU a (single-threaded) process has used, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class DatabaseCpu:
+    """CPU of the PostgreSQL processes serving one database, whatever else its cluster
+    serves: the postmaster's children whose process title names the database (client
+    backends, autovacuum workers), read from ``/proc/<pid>/schedstat`` (nanoseconds:
+    ``/proc/<pid>/stat`` counts whole clock ticks of 10 ms, and most of a worker's
+    dozen backends use less than one) by a thread every ``interval`` seconds. A backend
+    that exits keeps the CPU it was last seen with (the CPU of its last ``interval`` is
+    missed).
+    The cluster's shared processes (WAL writer, checkpointer, background writer) are
+    not counted: they serve every database. Needs ``update_process_title`` (on by
+    default on Linux), checked against ``pg_stat_activity`` when it starts."""
+
+    def __init__(self, postmaster: int, dbname: str, interval: float | None = 0.005) -> None:
+        import threading
+
+        self.postmaster = postmaster
+        self.dbname = dbname
+        self.interval = interval
+        self._lock = threading.Lock()
+        # (pid, start time) -> [ticks when first seen, ticks when last seen]; processes
+        # there before the first reading count from then, later ones from their start.
+        self._seen: dict[tuple[str, str], list[int]] = {}
+        self._others: set[tuple[str, str]] = set()  # children serving something else
+        self._first = True
+        self.sample()
+        self._first = False
+        if interval is not None:  # None: sampled only when read (tests)
+            thread = threading.Thread(target=self._run, name="postgres-cpu", daemon=True)
+            thread.start()
+
+    def _mine(self, pid: str) -> bool | None:
+        """Whether the process serves the database; None: it cannot tell yet (a backend
+        just forked shows the postmaster's command line until it has read who connects)."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace").split()
+        except OSError:
+            return False
+        if not title or title[0] != "postgres:":
+            return None
+        # "postgres: [cluster_name:] user database host(port) state", or
+        # "postgres: autovacuum worker database"
+        words = title[1:]
+        if words and words[0].endswith(":"):
+            words = words[1:]
+        return self.dbname in words[:3]
+
+    def sample(self) -> None:
+        try:
+            with open(f"/proc/{self.postmaster}/task/{self.postmaster}/children") as f:
+                children = f.read().split()
+        except OSError:
+            return
+        with self._lock:
+            for pid in children:
+                fields = _stat(pid)
+                if fields is None:
+                    continue
+                key = (pid, fields[19])  # the start time tells a reused pid apart
+                if key in self._others:
+                    continue
+                ticks = _runtime(pid)
+                if ticks is None:
+                    continue
+                entry = self._seen.get(key)
+                if entry is not None:
+                    entry[1] = ticks
+                    continue
+                mine = self._mine(pid)
+                if mine:
+                    self._seen[key] = [ticks if self._first else 0, ticks]
+                elif mine is not None:
+                    self._others.add(key)
+
+    def _run(self) -> None:
+        assert self.interval is not None
+        while True:
+            time.sleep(self.interval)
+            self.sample()
+
+    def seconds(self) -> float:
+        """CPU seconds of the database's processes since this object was made."""
+        self.sample()
+        with self._lock:
+            return sum(last - first for first, last in self._seen.values()) / 1e9
+
+    def backends(self) -> set[int]:
+        """The pids of the live processes counted (for the check at start)."""
+        self.sample()
+        with self._lock:
+            return {int(pid) for pid, _ in self._seen if _stat(pid) is not None}
+
+
+@functools.cache
+def database_cpu() -> DatabaseCpu:
+    """The sampler of the benchmark database (Django's default), started on first use;
+    checked: it counts this connection's backend, found by its process title."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid(), current_database()")
+        backend, dbname = cursor.fetchone()
+    sampler = DatabaseCpu(postmaster_pid(), dbname)
+    if backend not in sampler.backends():
+        raise RuntimeError(
+            f"PostgreSQL's process titles do not name the database {dbname!r} (is "
+            "update_process_title off?): count the whole cluster (--postgres-cpu cluster) "
+            "on a cluster of the benchmark's own")
+    return sampler
 
 
 @functools.cache
@@ -197,6 +328,17 @@ def measure(n: int, broker: str, workers: int = 1,
     return reading(server) - before, rate, check
 
 
+def add_postgres_cpu_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--postgres-cpu", choices=("database", "cluster"), default="database",
+                        help="the PostgreSQL column: the backends of the benchmark database "
+                        "(default), or every process of its cluster (on a cluster of its own)")
+
+
+def use_postgres_cpu(scope: str) -> None:
+    global POSTGRES_SCOPE
+    POSTGRES_SCOPE = scope
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=20000, help="N jobs (default %(default)s)")
@@ -207,7 +349,9 @@ def main() -> None:
     parser.add_argument("--redis-url", default=tp.DEFAULT_REDIS_URL, help="default %(default)s")
     parser.add_argument("--rabbitmq-url", default=tp.DEFAULT_RABBITMQ_URL,
                         help="default %(default)s")
+    add_postgres_cpu_option(parser)
     args = parser.parse_args()
+    use_postgres_cpu(args.postgres_cpu)
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     if not brokers or set(brokers) - set(tp.BROKERS):
         parser.error(f"--brokers takes a comma-separated list of {', '.join(tp.BROKERS)}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from benchmarks import bench
 from benchmarks.cpu_per_job import Cpu, process_tree_cpu
 
@@ -68,3 +70,37 @@ def test_a_bulk_api_of_another_shape_is_reported_not_raised(monkeypatch):
     fig = bench.Figure("bulk", "jobs/s")
     bench.measure_bulk(fig, "database", 10)
     assert fig.note == "n/a (TypeError)" and fig.runs == []
+
+
+@pytest.mark.django_db
+def test_the_postgres_column_counts_the_backends_of_the_benchmark_database_only():
+    # It counted the whole cluster: other people's test databases on a shared server too.
+    import psycopg
+    from django.db import connection
+
+    from benchmarks import cpu_per_job
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's processes")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid(), current_database()")
+        mine, dbname = cursor.fetchone()
+    try:
+        sampler = cpu_per_job.DatabaseCpu(cpu_per_job.postmaster_pid(), dbname,
+                                          interval=None)
+    except FileNotFoundError:
+        pytest.skip("the PostgreSQL server is not on this host")
+    params = {**connection.get_connection_params(), "dbname": "postgres"}
+    for key in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(key, None)
+    with psycopg.connect(**params) as other:
+        (theirs,) = other.execute("SELECT pg_backend_pid()").fetchone()
+        if mine not in sampler.backends():
+            pytest.skip("process titles do not name the database (update_process_title)")
+        before = sampler.seconds()
+        other.execute("SELECT count(*) FROM generate_series(1, 300000)").fetchone()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM generate_series(1, 300000)")
+        assert theirs not in sampler.backends()
+        assert sampler.seconds() > before
+    assert cpu_per_job.POSTGRES_SCOPE == "database"  # what bench.py and cpu_per_job.py count

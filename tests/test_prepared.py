@@ -79,3 +79,34 @@ def test_the_round_trip_connection_claims_through_the_index_with_stale_statistic
             cursor.execute("RESET enable_seqscan")
     assert "Bitmap" not in plan and "Seq Scan" not in plan, plan
     assert "django_tasks_job_claim_q" in plan, plan
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_the_round_trip_connection_plans_its_statements_once():
+    # Left to choose, PostgreSQL planned the round trip anew on every execution.
+    import uuid
+
+    from django_tasks.jobs.messages import ByQueues, Outcome, Start
+
+    for i in range(40):
+        tasks.add.enqueue(i, i)
+    store = default_task_backend.store
+    default_task_backend.broker.prepare_connection()
+    try:
+        held = []
+        for _ in range(8):
+            now = "2026-01-01T00:00:00+00:00"
+            outcomes = [Outcome(id=m.id, lease=m.lease, status="SUCCESSFUL", return_value=None,
+                                error=None, finished_at=now, started_at=now) for m in held[:2]]
+            starts = [Start(m.id, m.lease, now) for m in held[2:]]
+            held = store.exchange("w", lease=uuid.uuid4().hex, starts=starts,
+                                  outcomes=outcomes, claim=ByQueues(("default",), 4)).claimed
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                           "WHERE statement LIKE 'WITH started AS %%'")
+            (generic, custom), = cursor.fetchall()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET ALL")
+    assert (generic, custom) == (7, 0)  # the first had nothing to write: the claim alone

@@ -314,6 +314,86 @@ def test_adaptive_prefetch_holds_what_the_slots_start_within_the_window():
     assert fixed.prefetch_now() == 3 and not fixed.adaptive_prefetch
 
 
+class _Clock:
+    """time.monotonic and time.sleep of the broker thread's module, by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+        self.meanwhile = lambda: None  # what the main thread does while it sleeps
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        self.meanwhile()
+
+
+def test_a_busy_worker_lets_its_round_trips_gather_up_to_the_start_record_bound(monkeypatch):
+    # A fixed 4 ms between round trips made workers sharing the CPU write and claim a
+    # few jobs per round trip; they now wait while every slot has a next job buffered,
+    # but no longer than keeps each start written within START_RECORD_LAG.
+    from django_tasks.worker import broker_thread
+    from django_tasks.worker.ledger import START_RECORD_LAG
+
+    for i in range(30):
+        tasks.add.enqueue(i, i)
+    worker = TaskWorker(pool="inline", concurrency=2)
+    worker.ledger.set_average_run(0.005)  # 5 ms jobs: prefetch up to the cap
+    assert worker.exchange() == 18  # 2 slots + 16 buffered
+    thread = worker.broker_thread
+    clock = _Clock()
+    monkeypatch.setattr(broker_thread, "time", clock)
+
+    def gap(trip_time: float) -> float:
+        clock.slept.clear()
+        thread._last_trip, thread._trip_time = clock.now, trip_time
+        thread._space_out()
+        assert thread._last_trip == clock.now  # the next round trip starts now
+        return sum(clock.slept)
+
+    # 18 buffered jobs last ~40 ms: the round trip waits until the oldest start it
+    # gathers would be written START_RECORD_LAG after it began, a round trip (as long
+    # as they take on average) and 1 ms kept in hand.
+    assert gap(0.001) == pytest.approx(START_RECORD_LAG - 0.002)
+    assert gap(0.006) == pytest.approx(START_RECORD_LAG - 0.007)
+    # Slow round trips: never less than ROUND_TRIP_SPACING.
+    assert gap(0.017) == pytest.approx(broker_thread.ROUND_TRIP_SPACING)
+    # A buffer about to run low: as long as it is expected to last, at least the
+    # spacing; then the slots have taken the jobs (all of them, here) and it goes.
+    clock.meanwhile = lambda: worker.ledger.release(())
+    worker.ledger.set_average_run(0.001)
+    assert gap(0.001) == pytest.approx((18 - 2 + 1) * 0.001 / 2)  # 17 jobs, 2 slots
+    assert worker.ledger.snapshot().buffered == ()
+
+
+@pytest.mark.parametrize("ready, stopping, held", [(1, False, 0), (30, True, 0),
+                                                   (30, False, 17)])
+def test_a_worker_short_of_jobs_or_stopping_makes_its_round_trip_at_once(
+        monkeypatch, ready, stopping, held):
+    from django_tasks.worker import broker_thread
+    from django_tasks.worker.ledger import Batch
+
+    for i in range(ready):
+        tasks.add.enqueue(i, i)
+    worker = TaskWorker(pool="inline", concurrency=2)
+    worker.ledger.set_average_run(0.005)
+    assert worker.exchange() == min(ready, 18)  # 1: fewer buffered jobs than slots
+    if stopping:
+        worker.stop()
+    if held:  # buffered jobs waiting for their rate-limit slot cannot start now
+        buffered = worker.ledger.snapshot().buffered[:held]
+        worker.ledger.add_claimed(Batch("w", [], [], 0, 0), [],
+                                  {job_id: 1e12 for job_id in buffered})
+    clock = _Clock()
+    monkeypatch.setattr(broker_thread, "time", clock)
+    worker.broker_thread._last_trip = clock.now
+    worker.broker_thread._space_out()
+    assert clock.slept == []
+
+
 def test_adaptive_prefetch_learns_from_outcomes():
     for i in range(30):
         tasks.add.enqueue(i, i)

@@ -302,10 +302,20 @@ class PostgreSQL(Engine):
         the drain rate until autovacuum analyzed the table. Every statement of the round
         trip has an index that answers it in order, so on this connection (the broker
         thread's own) the planner is left no other way.
+
+        And its prepared statements are planned once (``plan_cache_mode =
+        force_generic_plan``). Left to choose, PostgreSQL planned the round trip anew on
+        every execution (a custom plan: the generic one's estimates looked worse), 0.5-0.7
+        ms of the backend's CPU per round trip, a third of its CPU per job with one
+        worker and more with several, whose round trips carry fewer jobs each (drains
+        of 20,000 jobs, pg_stat_statements with ``track_planning``: as many plans as
+        calls). With the scans above ruled out, the generic plan is the custom one:
+        index scans of the claim index and the primary key.
         """
         with self.connection.cursor() as cursor:
             cursor.execute("SET enable_bitmapscan = off")
             cursor.execute("SET enable_seqscan = off")
+            cursor.execute("SET plan_cache_mode = force_generic_plan")
 
     def job_id(self, value: str) -> Any:
         return uuid.UUID(value)

@@ -211,12 +211,18 @@ class Ledger:
             return Load(len(self._running),
                         bool(self._running or self._buffer or self._outcomes), self._drained)
 
-    def stocked(self) -> bool:
-        """Enough jobs are buffered that the slots will not run dry while a round trip
-        waits a moment (:data:`~django_tasks.worker.broker_thread.ROUND_TRIP_SPACING`):
-        one per slot, and half of what adaptive prefetch aims for. Read without the
-        lock: a hint."""
-        return len(self._buffer) >= max(self.concurrency, self.prefetch_now() // 2)
+    def stocked_for(self) -> float:
+        """Seconds until the buffer is expected to hold fewer jobs than there are slots,
+        judged by how long recent jobs ran (0.0: it does already, or nothing was measured
+        yet). While it holds one job per slot, a slot that frees starts one at once, so a
+        round trip can wait (``BrokerThread._space_out``) without leaving a slot idle.
+        Jobs held for their rate-limit slot (``_not_before``) do not count: they cannot
+        start now. Read without the lock: a hint."""
+        above = len(self._buffer) - len(self._not_before) - self.concurrency + 1
+        avg_run = self._avg_run
+        if above <= 0 or avg_run is None:
+            return 0.0
+        return above * avg_run / self.concurrency
 
     def idle(self) -> bool:
         """The last round trip found nothing and nothing is held or unwritten."""
