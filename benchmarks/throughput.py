@@ -260,10 +260,13 @@ def _unconfirmed_publisher(broker) -> Callable[[list[tuple] | None], None]:
                 sent[queue] = sent.get(queue, 0) + 1
             return
         deadline = time.monotonic() + 60
+        # _send publishes on the channel's asynchronous side, buffered: the connection
+        # writes them when it processes its I/O.
+        conn.process_data_events(time_limit=0)
         while any(publisher.counts([q])[q][0] < k for q, k in sent.items()):
             if time.monotonic() > deadline:
                 raise TimeoutError("RabbitMQ did not count every published message")
-            time.sleep(0.05)
+            conn.process_data_events(time_limit=0.05)
         conn.close()
 
     return publish
