@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import hmac
-
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
@@ -24,13 +22,12 @@ def metrics(request: HttpRequest) -> HttpResponse:
     Protected by the setting ``TASKS_METRICS_TOKEN``: when set, the request must carry
     ``Authorization: Bearer <token>`` (401 otherwise); when unset, only a logged-in staff
     user may see it (403 otherwise). 501 if ``prometheus_client`` is not installed."""
-    token = getattr(settings, "TASKS_METRICS_TOKEN", None)
-    if token:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            response = HttpResponse("A bearer token is required (TASKS_METRICS_TOKEN).\n",
-                                    status=401, content_type="text/plain")
-            response["WWW-Authenticate"] = 'Bearer realm="django_tasks metrics"'
+    from .observe.prometheus import CHALLENGE, REFUSED, token_refused
+
+    if getattr(settings, "TASKS_METRICS_TOKEN", None):
+        if token_refused(request.headers.get("Authorization", "")):
+            response = HttpResponse(REFUSED, status=401, content_type="text/plain")
+            response["WWW-Authenticate"] = CHALLENGE
             return response
     else:
         user = getattr(request, "user", None)

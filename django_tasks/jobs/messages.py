@@ -150,6 +150,13 @@ class Outcome:
     #: values. A round trip reports it applied and writes nothing.
     written: tuple[Any, ...] | None = field(default=None, compare=False)
 
+    def of(self, message: Message) -> None:
+        """Fill in what the write of this outcome needs from its job's message: when it
+        started, its task (log lines), whether it is a workflow step (``linked``)."""
+        self.started_at = message.started_at
+        self.task_path = message.task_path
+        self.linked = message.workflow_id is not None
+
     def to_wire(self) -> list[Any]:
         return [getattr(self, f) for f in _OUTCOME_FIELDS]
 

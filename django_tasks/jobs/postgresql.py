@@ -16,7 +16,7 @@ depends on how many rows it touches. Times a worker does not give are the databa
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -519,28 +519,31 @@ def _array(values: Iterable[str | None]) -> str:
     return "{" + ",".join("NULL" if v is None else v for v in values) + "}"
 
 
-def _texts(values: Iterable[str | None]) -> str:
-    """An array literal of any text (each quoted; a repeated value quoted once)."""
-    quoted: dict[str | None, str] = {None: "NULL"}
-    out = []
-    for value in values:
-        q = quoted.get(value)
-        if q is None:
-            q = quoted[value] = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        out.append(q)
-    return "{" + ",".join(out) + "}"
-
-
-def _times(values: Iterable[datetime | None]) -> str:
-    """An array literal of aware datetimes (ISO text needs no quoting)."""
-    seen: dict[datetime | None, str] = {None: "NULL"}
+def _literal(values: Iterable[Any], render: Callable[[Any], str]) -> str:
+    """An array literal of ``values`` (None is NULL), each rendered once: a bulk insert
+    repeats most of its values (a task path, a time)."""
+    seen: dict[Any, str] = {None: "NULL"}
     out = []
     for value in values:
         text = seen.get(value)
         if text is None:
-            text = seen[value] = value.isoformat()
+            text = seen[value] = render(value)
         out.append(text)
     return "{" + ",".join(out) + "}"
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _texts(values: Iterable[str | None]) -> str:
+    """An array literal of any text (each quoted)."""
+    return _literal(values, _quoted)
+
+
+def _times(values: Iterable[datetime | None]) -> str:
+    """An array literal of aware datetimes (ISO text needs no quoting)."""
+    return _literal(values, datetime.isoformat)
 
 
 def _starts(starts: Sequence[Start]) -> dict[str, Any]:

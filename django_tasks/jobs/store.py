@@ -397,8 +397,8 @@ class JobStore(Registry, Cancelling, Statistics):
         not: the worker counts, see :meth:`add_statistics`). Outcomes an atomic task
         wrote itself (``Outcome.written``) are returned as applied, not written again.
         """
-        if any(o.written for o in outcomes):
-            outcomes, done = split_written(outcomes)
+        outcomes, done = split_written(outcomes)
+        if done:
             return done + self.apply_outcomes(worker_id, outcomes, hooks=hooks, count=count)
         if not outcomes:
             return []

@@ -166,6 +166,22 @@ class _ThreadCollector(TasksCollector):
             close_old_connections()
 
 
+#: The answer to a scrape without ``TASKS_METRICS_TOKEN``'s bearer token (401), from the
+#: view and from ``worker --metrics-port``: its body and its challenge.
+REFUSED = "A bearer token is required (TASKS_METRICS_TOKEN).\n"
+CHALLENGE = 'Bearer realm="django_tasks metrics"'
+
+
+def token_refused(authorization: str) -> bool:
+    """Whether the setting ``TASKS_METRICS_TOKEN`` is set and ``authorization`` (a
+    request's Authorization header) is not ``Bearer <that token>``."""
+    from django.conf import settings
+
+    token = getattr(settings, "TASKS_METRICS_TOKEN", None)
+    return bool(token) and not hmac.compare_digest(authorization.encode(),
+                                                   f"Bearer {token}".encode())
+
+
 def serve(port: int, addr: str = "0.0.0.0") -> Any:
     """Serve ``/metrics`` on ``port`` from a thread of this process (``worker
     --metrics-port``); returns the server. With the setting ``TASKS_METRICS_TOKEN``, a
@@ -175,21 +191,17 @@ def serve(port: int, addr: str = "0.0.0.0") -> Any:
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-    from django.conf import settings
     from prometheus_client import CollectorRegistry, make_wsgi_app
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ThreadCollector())  # type: ignore[arg-type]
     app = make_wsgi_app(registry)
-    token = getattr(settings, "TASKS_METRICS_TOKEN", None)
 
     def guarded(environ: dict[str, Any], start_response: Any) -> Any:
-        if token and not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", "").encode(),
-                                             f"Bearer {token}".encode()):
-            start_response("401 Unauthorized", [
-                ("Content-Type", "text/plain"),
-                ("WWW-Authenticate", 'Bearer realm="django_tasks metrics"')])
-            return [b"A bearer token is required (TASKS_METRICS_TOKEN).\n"]
+        if token_refused(environ.get("HTTP_AUTHORIZATION", "")):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                                ("WWW-Authenticate", CHALLENGE)])
+            return [REFUSED.encode()]
         return app(environ, start_response)
 
     class Server(ThreadingMixIn, WSGIServer):

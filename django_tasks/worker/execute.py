@@ -193,8 +193,7 @@ def _attempt(
         if context is not None and context.cancel_seen:
             return None
         done = success_outcome(message, _kept(task, message, value), timezone.now())
-        done.started_at, done.task_path = message.started_at, message.task_path
-        done.linked = message.workflow_id is not None  # the workflow hooks run
+        done.of(message)  # written here: the worker fills it in only once it is back
         return done
 
     outcome = None

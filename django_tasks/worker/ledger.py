@@ -139,9 +139,7 @@ class Ledger:
                 message, at = self._running.pop(outcome.id, (None, clock))
                 took = clock - at
                 if message is not None:
-                    outcome.started_at = message.started_at
-                    outcome.task_path = message.task_path
-                    outcome.linked = message.workflow_id is not None
+                    outcome.of(message)
                     # For the statistics: the attempt's time in its slot, and how long
                     # the job waited, from when it was due, to start (at dispatch).
                     outcome.ran = took
