@@ -227,6 +227,11 @@ def test_the_workers_page_shows_queues_running_jobs_and_links(client):
     page = client.get(reverse("admin:django_tasks_worker_changelist"))
     row = next(r for r in page.text.split("<tr") if ">w-1<" in r)
     assert "3 <strong" in row.split("field-outages_display")[1] and "in one now" in row
+    Worker.objects.filter(pk="w-1").update(stopped_at=timezone.now())  # then it stopped
+    page = client.get(reverse("admin:django_tasks_worker_changelist"))
+    row = next(r for r in page.text.split("<tr") if ">w-1<" in r)
+    assert '<td class="field-outages_display">3</td>' in row
+    Worker.objects.filter(pk="w-1").update(stopped_at=None)
     detail = client.get(reverse("admin:django_tasks_worker_change", args=["w-1"])).text
     assert str(job.id)[-8:] in detail and "running for" in detail and "in one now" in detail
     assert Worker.objects.count() == 1

@@ -74,8 +74,9 @@ class WorkerAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description=_("outages"), ordering="outages")
     def outages_display(self, worker: Worker) -> str:
         """Outages of its broker or database it has ridden out since it started, and
-        whether it is in one now (as of its last heartbeat)."""
-        if worker.in_outage:
+        whether it is in one now (as of its last heartbeat; a worker that is not alive
+        is in none now, whatever its last heartbeat said)."""
+        if worker.in_outage and self.state(worker) == "alive":
             return format_html('{} <strong class="errornote">{}</strong>', worker.outages,
                                _("in one now"))
         return str(worker.outages)
