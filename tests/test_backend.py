@@ -1,5 +1,6 @@
 """The backend and the worker loop against the configured database (SQLite or PostgreSQL)."""
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -372,33 +373,44 @@ def test_a_job_claimed_again_waits_while_its_old_attempt_runs_here():
     assert result.wait(timeout=1) == 3
 
 
-def test_cached_insert_statement_is_the_compilers():
-    """The INSERT text is compiled once and reused; each job's values must still be
-    exactly what Django's compiler would send (order, JSON, datetimes, unique keys)."""
-    from django_tasks.jobs.portable import ON_CONFLICT_UNIQUE
-
-    jobs = [
-        default_task_backend.prepare(tasks.add, [1, 2], {}),
-        default_task_backend.prepare(tasks.add.using(priority=7, queue_name="emails",
-                                                     run_after=timedelta(minutes=5)),
-                                     [3], {"y": {"nested": [1, None, "é"]}}),
+def test_one_job_is_stored_as_a_batch_stores_it():
+    """An enqueue() has a statement of its own on PostgreSQL (a VALUES row); every column
+    must hold what enqueue_many()'s statement writes for the same call: arguments, JSON,
+    times, unique keys, headers, expiry and the database's clock for a job due now."""
+    backend = default_task_backend
+    calls = [
+        (tasks.add, [1, 2], {}),
+        (tasks.add.using(priority=7, queue_name="emails", run_after=timedelta(minutes=5)),
+         [3], {"y": {"nested": [1, None, "é", "\u2028", 'qu"ote\\']}}),
+        (tasks.add.using(run_after=timezone.now()), [6, 7], {}),
+        (tasks.add.using(unique_key="k-1"), [4, 5], {}),
+        (replace(tasks.add, expires=timedelta(minutes=3)), [8, 9], {}),
     ]
-    when = default_task_backend.prepare(tasks.add.using(run_after=timezone.now()), [6, 7], {})
-    jobs.append(when)  # available_at a value, not Now(): another statement shape
-    unique = default_task_backend.prepare(tasks.add, [4, 5], {})
-    unique.unique_key = "k-1"
-    jobs.append(unique)
-    for job in jobs:
-        sql, params = store.insert_sql(job)
-        compiled, compiled_params = store._compile_insert(job)
-        assert sql == compiled + (ON_CONFLICT_UNIQUE if job.unique_key else "")
-        def plain(values):  # psycopg's Jsonb wrappers compare by identity
-            return [getattr(v, "obj", v) for v in values]
-
-        assert plain(params) == plain(compiled_params)
-    assert len(store._insert_texts) == 2
-    # And what was stored reads back as enqueued.
-    for job in jobs:
-        store.insert(job)
-    stored = {str(j.id): (j.args, j.kwargs, j.priority, j.unique_key) for j in Job.objects.all()}
-    assert stored == {str(j.id): (j.args, j.kwargs, j.priority, j.unique_key) for j in jobs}
+    singles, batch = [], []
+    for task, args, kwargs in calls:
+        single = backend.new_job(task, args, kwargs)
+        single.headers = {"h": ["é", 1]}
+        assert store.insert(single)
+        singles.append(single)
+        twin = backend.new_job(task, args, kwargs)
+        twin.headers, twin.unique_key = single.headers, single.unique_key and "k-2"
+        twin.enqueued_at, twin.expires_at = single.enqueued_at, single.expires_at
+        batch.append(twin)
+    store.insert_many(batch)
+    columns = [f.attname for f in Job._meta.concrete_fields
+               if f.attname not in ("id", "unique_key", "available_at")]
+    for single, twin in zip(singles, batch, strict=True):
+        one = Job.objects.get(pk=single.id)
+        other = Job.objects.get(pk=twin.id)
+        assert {c: getattr(one, c) for c in columns} == {c: getattr(other, c) for c in columns}
+        assert one.unique_key == single.unique_key
+        if single.run_after is None:  # the database's clock at the insert
+            assert abs(one.available_at - one.enqueued_at) < timedelta(seconds=5)
+        else:
+            assert one.available_at == one.run_after == single.run_after
+        assert (one.args, one.kwargs, one.headers) == (single.args, single.kwargs,
+                                                      single.headers)
+    # A unique job whose key an active job holds: nothing stored, False.
+    held = backend.new_job(calls[3][0], [4, 5], {})
+    assert store.insert(held) is False
+    assert not Job.objects.filter(pk=held.id).exists()

@@ -104,7 +104,7 @@ class Broker(ABC):
 
     @abstractmethod
     def publish(self, job: Any) -> bool:
-        """Store ``job`` (a ``Job`` instance) in the caller's transaction on the store's
+        """Store ``job`` (a ``NewJob``, checked already) in the caller's transaction on the store's
         database; it becomes claimable once that commits, exactly once.
 
         A unique job (``job.unique_key``) whose key an active job holds is neither

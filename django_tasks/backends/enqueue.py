@@ -82,7 +82,7 @@ class Enqueueing:
         arguments that do not fit the signature (``InvalidArguments``), are not strict
         JSON (``ArgumentNotSerializable``) or exceed ``MAX_PAYLOAD`` (``PayloadTooLarge``).
         """
-        job = self.prepare(task, args, kwargs)
+        job = self.new_job(task, args, kwargs)
         holder = self.store_job(job, task)
         if holder is not None:  # the job holding the key: nothing enqueued, no signal
             return self.result_from_job(holder)
@@ -175,12 +175,11 @@ class Enqueueing:
                     else:  # the holder finished meanwhile: the key may be free
                         alone.append(i)
                 for i in alone:
-                    job = jobs[i].as_model(self.alias)
-                    holder = self.store_job(job, tasks[i])
+                    holder = self.store_job(jobs[i], tasks[i])
                     if holder is not None:
                         results[i] = self.result_from_job(holder)
                     else:
-                        results[i] = self.result_for(tasks[i], job)
+                        results[i] = self.result_for(tasks[i], jobs[i])
                         new.append(results[i])
         except DatabaseError as exc:
             if isinstance(exc, EnqueueError):
@@ -276,12 +275,6 @@ class Enqueueing:
             return str(exc).removesuffix("Nothing was enqueued.").strip()
         return None
 
-    def prepare(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
-                receives_input: bool = False) -> Any:
-        """The unsaved ``Job`` for a call that passes :meth:`check_call`."""
-        return self.new_job(task, args, kwargs, receives_input=receives_input).as_model(
-            self.alias)
-
     def new_job(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
                 receives_input: bool = False, queue: str | None = None,
                 now: datetime | None = None, job_id: str | None = None,
@@ -307,9 +300,9 @@ class Enqueueing:
         job.headers = headers_for(job, self.alias, traced=traced)
         return job
 
-    def store_job(self, job: Any, task: DjangoTask) -> Any:
-        """Write a prepared job: through the broker (claimable once the caller's
-        transaction commits), or only as a row for a workflow step that waits.
+    def store_job(self, job: NewJob, task: DjangoTask) -> Any:
+        """Write a new job (:meth:`new_job`): through the broker (claimable once the
+        caller's transaction commits), or only as a row for a workflow step that waits.
 
         A unique job whose key another job holds is not stored: that job is returned
         (None otherwise).

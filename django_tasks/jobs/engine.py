@@ -38,8 +38,6 @@ from .portable import (
     GIVE_BACK,
     GIVE_BACK_ALL,
     GIVE_BACK_AT,
-    INSERTED,
-    ON_CONFLICT_UNIQUE,
     RUNNING_OF,
     TAKE_PERIOD,
     TOTAL,
@@ -223,18 +221,14 @@ class Engine(ABC):
 
     # -- statements both databases run as written --------------------------------------
 
-    def insert_unique(self, sql: str) -> str:
-        """``sql`` (an INSERT) inserting nothing while an active job holds its key."""
-        return sql + ON_CONFLICT_UNIQUE
-
-    def insert(self, sql: str, params: Sequence[Any], *, unique: bool) -> bool:
-        """Run an INSERT of one job; a unique one reports whether it inserted."""
-        with self.cursor() as cursor:
-            if not unique:
-                cursor.execute(sql, params)
-                return True
-            cursor.execute(sql + INSERTED, params)
-            return bool(cursor.fetchall())
+    def insert_one(self, job: NewJob, *, notify: str | None = None) -> bool:
+        """INSERT one new job (checked already), in the caller's transaction; False, having
+        inserted nothing, if it is unique and an active job holds its key. ``notify``: a
+        channel to NOTIFY in the same statement if it was inserted (where the database
+        :attr:`notifies`). Here a batch of one; PostgreSQL has a statement of its own."""
+        inserted = self.insert_many([job], unique=bool(job.unique_key),
+                                    channels=() if notify is None else (notify,))
+        return inserted is None or job.id in inserted
 
     @abstractmethod
     def insert_many(self, jobs: Sequence[NewJob], *, unique: bool,
@@ -370,9 +364,6 @@ class Engine(ABC):
         return False
 
     # -- waking workers ------------------------------------------------------------------
-
-    def insert_notify(self, sql: str, params: Sequence[Any], channel: str) -> bool:
-        raise NotImplementedError(f"{type(self).__name__} has no NOTIFY")
 
     def notify(self, channels: Sequence[str]) -> None:
         raise NotImplementedError(f"{type(self).__name__} has no NOTIFY")

@@ -12,7 +12,6 @@ plain JSON without a conversion step on the hot path.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -24,9 +23,10 @@ __all__ = ["APPLIED_COLUMNS", "Applied", "ByIds", "ByQueues", "Exchanged", "Mess
 
 @dataclass(slots=True)
 class NewJob:
-    """A job about to be inserted, checked already: what a bulk insert writes per row
-    (``JobStore.insert_many``), without a model instance (building one cost more than
-    the rest of an enqueue). The columns it leaves out take their defaults."""
+    """A job about to be inserted, checked already: what an enqueue writes
+    (``JobStore.insert``, ``JobStore.insert_many``), without a model instance (building
+    one cost more than the rest of an enqueue). The columns it leaves out take their
+    defaults."""
 
     #: The job's id, a version-7 UUID as its canonical string.
     id: str
@@ -53,22 +53,6 @@ class NewJob:
     #: ``[args, kwargs]`` as JSON text, made once (the size check measures it, the
     #: insert sends it).
     call: str = ""
-
-    def as_model(self, backend: str) -> Any:
-        """The unsaved ``Job`` of backend ``backend`` with these values (the single
-        enqueue's path)."""
-        from django.db.models.functions import Now
-
-        from ..models import Job
-
-        return Job(id=uuid.UUID(self.id), task_path=self.task_path, backend=backend,
-                   queue_name=self.queue_name, priority=self.priority, args=self.args,
-                   kwargs=self.kwargs,
-                   max_attempts=self.max_attempts, enqueued_at=self.enqueued_at,
-                   run_after=self.run_after, available_at=self.run_after or Now(),
-                   expires_at=self.expires_at, unique_key=self.unique_key,
-                   status=self.status, workflow_id=self.workflow_id,
-                   waiting_on=self.waiting_on, links=self.links, headers=self.headers)
 
 
 @dataclass(slots=True)

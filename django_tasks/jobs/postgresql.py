@@ -26,7 +26,7 @@ from ..results import as_datetime
 from ..serialization import dumps
 from .engine import Engine, RoundTrip
 from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, NewJob, Outcome, Start
-from .portable import INSERT_COLUMNS, ON_CONFLICT_UNIQUE, reserve_slots
+from .portable import INSERT_COLUMNS, INSERTED, ON_CONFLICT_UNIQUE, reserve_slots
 from .rows import MESSAGE_COLUMNS, ExchangeRow, MessageRow
 
 __all__ = ["PostgreSQL", "PostgresListener"]
@@ -214,20 +214,29 @@ FAIL_WAITING = (
 # job's ``[args, kwargs]`` is JSON text made once, by the size check). The columns left
 # out take their defaults; ``available_at`` is the database's clock for a job due at
 # once, as a single enqueue's ``Now()`` is.
-INSERT_MANY = (
+# The new job's values by name, and each one's type (NEW_JOB_FIELDS' order, ``call`` for
+# ``args`` and ``kwargs``): the row source of INSERT_MANY (a column array each) and of
+# INSERT_ONE (one VALUES row).
+_NEW_JOB_TYPES = (("id", "uuid"), ("task_path", "text"), ("queue_name", "text"),
+                  ("priority", "int"), ("status", "text"), ("call", "jsonb"),
+                  ("max_attempts", "int"), ("enqueued_at", "timestamptz"),
+                  ("run_after", "timestamptz"), ("workflow_id", "uuid"), ("waiting_on", "int"),
+                  ("links", "jsonb"), ("unique_key", "text"), ("expires_at", "timestamptz"),
+                  ("headers", "jsonb"))
+_INSERT_FROM = (
     "INSERT INTO \"django_tasks_job\" (" + ", ".join(INSERT_COLUMNS) + ") "
     "SELECT j.id, j.task_path, %(backend)s, j.queue_name, j.priority, j.status, "
     "j.call->0, j.call->1, '[]', '[]', 0, j.max_attempts, j.enqueued_at, j.run_after, "
     "COALESCE(j.run_after, statement_timestamp()), '', '', j.workflow_id, j.waiting_on, "
-    "j.links, j.unique_key, j.expires_at, j.headers "
-    "FROM unnest(%(id)s::uuid[], %(task_path)s::text[], %(queue_name)s::text[], "
-    "%(priority)s::int[], %(status)s::text[], %(call)s::jsonb[], %(max_attempts)s::int[], "
-    "%(enqueued_at)s::timestamptz[], %(run_after)s::timestamptz[], "
-    "%(workflow_id)s::uuid[], %(waiting_on)s::int[], %(links)s::jsonb[], "
-    "%(unique_key)s::text[], %(expires_at)s::timestamptz[], %(headers)s::jsonb[]) "
-    "AS j(id, task_path, queue_name, priority, status, call, max_attempts, enqueued_at, "
-    "run_after, workflow_id, waiting_on, links, unique_key, expires_at, headers)"
+    "j.links, j.unique_key, j.expires_at, j.headers FROM {rows} "
+    "AS j(" + ", ".join(name for name, _ in _NEW_JOB_TYPES) + ")"
 )
+INSERT_MANY = _INSERT_FROM.format(rows="unnest(" + ", ".join(
+    f"%({name})s::{kind}[]" for name, kind in _NEW_JOB_TYPES) + ")")
+# One new job (an ``enqueue()``): the same columns and values, from one VALUES row whose
+# parameters psycopg binds as they are (no array literal to build, no unnest to plan).
+INSERT_ONE = _INSERT_FROM.format(rows="(VALUES (" + ", ".join(
+    f"%({name})s::{kind}" for name, kind in _NEW_JOB_TYPES) + "))")
 # The ids inserted (a batch with unique jobs: those whose key was held are not).
 INSERTED_IDS = " RETURNING id"
 # The batch and one NOTIFY per channel (the queues of its READY jobs) in one statement,
@@ -245,7 +254,7 @@ INSERT_MANY_NOTIFY = (
 # the job cannot be stored while the caller sees an error from a separate NOTIFY. A
 # unique job's INSERT (ON CONFLICT DO NOTHING) that inserted nothing notifies nobody.
 # NOTIFY is delivered at commit; identical notifications of one transaction fold into one.
-INSERT_NOTIFY = "WITH j AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM j"
+INSERT_NOTIFY = "WITH j AS ({insert} RETURNING 1) SELECT pg_notify(%(channel)s, '') FROM j"
 NOTIFY = "SELECT pg_notify(c, '') FROM unnest(%s::text[]) AS c"
 # Composed with psycopg's sql.Identifier (a channel name is an identifier, not a value).
 LISTEN = "LISTEN {}"
@@ -419,10 +428,26 @@ class PostgreSQL(Engine):
 
     # -- waking workers ------------------------------------------------------------------
 
-    def insert_notify(self, sql: str, params: Sequence[Any], channel: str) -> bool:
+    def insert_one(self, job: NewJob, *, notify: str | None = None) -> bool:
+        unique = bool(job.unique_key)
+        sql = INSERT_ONE + (ON_CONFLICT_UNIQUE if unique else "")
+        params = {"backend": self.backend, "id": job.id, "task_path": job.task_path,
+                  "queue_name": job.queue_name, "priority": job.priority,
+                  "status": job.status, "call": job.call, "max_attempts": job.max_attempts,
+                  "enqueued_at": job.enqueued_at, "run_after": job.run_after,
+                  "workflow_id": job.workflow_id, "waiting_on": job.waiting_on,
+                  "links": None if job.links is None else dumps(job.links),
+                  "unique_key": job.unique_key, "expires_at": job.expires_at,
+                  "headers": None if job.headers is None else dumps(job.headers)}
         with self.cursor() as cursor:
-            cursor.execute(INSERT_NOTIFY.format(insert=sql), [*params, channel])
-            return bool(cursor.fetchall())  # a row if inserted (and notified)
+            if notify is not None:
+                cursor.execute(INSERT_NOTIFY.format(insert=sql), {**params, "channel": notify})
+                return bool(cursor.fetchall())  # a row if inserted (and notified)
+            if not unique:
+                cursor.execute(sql, params)
+                return True
+            cursor.execute(sql + INSERTED, params)
+            return bool(cursor.fetchall())
 
     def notify(self, channels: Sequence[str]) -> None:
         with self.cursor() as cursor:

@@ -36,7 +36,6 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
-from django.db.models.functions import Now
 from django.db.utils import ConnectionDoesNotExist
 from django.utils import timezone
 
@@ -125,7 +124,6 @@ class JobStore(Registry, Cancelling, Statistics):
         #: the workers of their queues, once the caller's transaction commits: the
         #: broker's ``republish``, given by the backend that built both.
         self.republish: Callable[[Sequence[str]], None] = republish or _no_broker
-        self._insert_texts: dict[tuple[int, ...], str] = {}
 
     @property
     def connection(self) -> Any:
@@ -133,54 +131,17 @@ class JobStore(Registry, Cancelling, Statistics):
 
     # -- enqueueing ---------------------------------------------------------------------
 
-    def insert_sql(self, job: Any) -> tuple[str, Sequence[Any]]:
-        """The INSERT of a new ``Job`` instance, compiled for this database (model
-        ``save()`` machinery bypassed: no signals are sent for jobs). A unique job's
-        inserts nothing while an active job holds its key (``ON_CONFLICT_UNIQUE``).
-
-        The statement text depends only on which values are ``Now()`` (the database's
-        clock: ``available_at`` of a job due at once), so it is compiled once per shape
-        and each job only has its values prepared, as Django's compiler prepares them.
-        Compiling was ~40% of an enqueue's Python time. Any other expression takes
-        Django's full path.
-        """
-        fields = type(job)._meta.concrete_fields
-        values = [f.pre_save(job, True) for f in fields]
-        shape = tuple(i for i, v in enumerate(values) if hasattr(v, "resolve_expression"))
-        if any(type(values[i]) is not Now for i in shape):
-            sql, params = self._compile_insert(job)
-        else:
-            sql = self._insert_texts.get(shape)
-            if sql is None:
-                sql = self._insert_texts[shape] = self._compile_insert(job)[0]
-            connection = self.connection
-            params = [f.get_db_prep_save(v, connection)
-                      for i, (f, v) in enumerate(zip(fields, values, strict=True))
-                      if i not in shape]
-        if job.unique_key:
-            sql = self.engine.insert_unique(sql)
-        return sql, params
-
-    def _compile_insert(self, job: Any) -> tuple[str, Sequence[Any]]:
-        from django.db.models.sql import InsertQuery
-
-        query = InsertQuery(type(job))
-        query.insert_values(type(job)._meta.concrete_fields, [job])
-        [(sql, params)] = query.get_compiler(using=self.database).as_sql()
-        return sql, params
-
-    def insert(self, job: Any, *, notify: str | None = None) -> bool:
-        """INSERT a new job on this store's connection (in the caller's transaction);
-        returns False, having stored nothing, if it is unique and an active job holds
-        its key.
+    def insert(self, job: NewJob, *, notify: str | None = None) -> bool:
+        """INSERT a new job (checked already) on this store's connection, in the caller's
+        transaction; returns False, having stored nothing, if it is unique and an active
+        job holds its key.
 
         ``notify``: a channel to NOTIFY in the same statement (delivered at commit; only
-        if a row was inserted), where the database :attr:`notifies`.
+        if a row was inserted), where the database :attr:`notifies`. No model instance
+        is built (a ``Job`` and its fields' preparation were half an enqueue's Python
+        time) and no signal is sent for jobs.
         """
-        sql, params = self.insert_sql(job)
-        if notify is not None:
-            return self.engine.insert_notify(sql, params, notify)
-        return self.engine.insert(sql, params, unique=bool(job.unique_key))
+        return self.engine.insert_one(job, notify=notify)
 
     def insert_many(self, jobs: Sequence[NewJob], *,
                     channels: Sequence[str] = ()) -> set[str] | None:

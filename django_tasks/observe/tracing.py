@@ -1,6 +1,6 @@
 """OpenTelemetry traces from the enqueue to the run (docs/observability.md#tracing).
 
-At enqueue (:func:`producer`, called by ``ModelBackend.prepare``) a PRODUCER span is
+At enqueue (:func:`producer`, called by ``ModelBackend.new_job``) a PRODUCER span is
 started as a child of the caller's current span and its W3C trace context
 (``traceparent``, ``tracestate``) is injected into the job's ``headers`` column, through
 the configured propagator. In the worker, where the task runs (the prefork child, the

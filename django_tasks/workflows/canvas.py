@@ -295,7 +295,7 @@ class _Plan:
         """Refuse now an error callback that could not be enqueued at the failure: it
         gets the failed job's id first (unless immutable)."""
         backend = errback.task.get_backend()
-        backend.prepare(errback.task, errback.args, dict(errback.kwargs),
+        backend.new_job(errback.task, errback.args, dict(errback.kwargs),
                         receives_input=not errback.immutable)
 
     def _step(self, sig: Signature, upstream: Tree | None, extra: tuple[Any, ...],
