@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -47,6 +48,15 @@ _EXIT_GRACE = 5.0
 _RESPAWN_DELAY = 1.0
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+#: A busy child is sent its next job before it finishes the one it runs (so it goes
+#: on without waiting for the supervisor to collect the outcome and answer) only while
+#: jobs run shorter than this on average, and only in the first this-many seconds of
+#: the job it runs: a queued job waits at most about one short job.
+PIPELINE_BELOW = 0.005
+#: A queued job whose child's current job has run this long is taken back (unless the
+#: child started it meanwhile) and runs in the next free slot instead.
+RECALL_AFTER = 0.02
 
 #: Messages and outcomes cross the pipe to a child pickled: both ends are this code, in
 #: a process forked from this one, and every value in them is plain JSON data already
@@ -101,7 +111,8 @@ def _max_rss_kib() -> int:
 
 
 def _child_main(conn: Any, worker_id: str, siblings: list[Any], parent_pid: int,
-                max_tasks: int | None, max_memory: int | None) -> None:
+                max_tasks: int | None, max_memory: int | None, shared: Any = None,
+                lock: Any = None) -> None:
     _die_with_parent(parent_pid)
     # Close the supervisor's pipe ends that fork copied in here (ours and the other
     # slots'), so each child sees EOF as soon as the supervisor closes its end or dies.
@@ -115,11 +126,22 @@ def _child_main(conn: Any, worker_id: str, siblings: list[Any], parent_pid: int,
     connections_dropped()
     keep_side_connections()
     done = 0
+    seq = 0  # messages read; the supervisor numbers those it sends the same way
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             break
+        seq += 1
+        if lock is not None:
+            # A job sent behind another may have been taken back meanwhile (_Slot.shared):
+            # under the slot's lock, either it is recalled or it is ours to start.
+            with lock:
+                recalled = shared[_RECALLED] == seq
+                if not recalled:
+                    shared[_STARTED] = seq
+            if recalled:
+                continue
         outcome = execute(Message.from_wire(pickle.loads(data)), worker_id, soft_time_limits=True)
         done += 1
         retire = None
@@ -189,17 +211,30 @@ def _exited(process: Any, ready: set[int] | None = None) -> bool:
     return True
 
 
+#: The two counters a slot shares with its child (``_Slot.shared``).
+_STARTED, _RECALLED = 0, 1
+
+
 @dataclass(slots=True)
 class _Slot:
     index: int
     process: Any = None  # None only while a replacement could not be forked
     pipe: Any = None  # the supervisor's end of the pipe to ``process``
     message: Message | None = None  # the job running there
-    started: float = 0.0  # time.monotonic() at submit
+    started: float = 0.0  # time.monotonic() at submit (or when the child went on to it)
     time_limit: float | None = None
     deadline: float | None = None  # time.monotonic() past which the child is killed
     # Set when the job was asked to cancel with a grace: (seconds, its kill time).
     cancel: tuple[float, float] | None = None
+    # The job sent behind ``message`` (PIPELINE_BELOW): the child starts it as soon as
+    # it has sent the outcome of ``message``, without waiting for the supervisor.
+    queued: Message | None = None
+    sent: int = 0  # messages sent to this child; the last one's number
+    # With the child: [number of the last message it started, number of one recalled],
+    # read and written under ``lock`` by both, so that a queued job is either started
+    # by the child or taken back by the supervisor, never both.
+    shared: Any = None
+    lock: Any = None
 
 
 class PreforkPool:
@@ -214,6 +249,14 @@ class PreforkPool:
     ``max_tasks_per_child`` / ``max_memory_per_child`` (KiB of peak RSS, checked after
     each job) retire a child once reached: it sends its outcome, exits, and is
     replaced. Children are SIGKILLed by the kernel if the supervisor dies (Linux).
+
+    Short jobs are pipelined: while jobs run shorter than :data:`PIPELINE_BELOW` on
+    average, a busy child is also sent its next job, which it starts the moment it has
+    sent the outcome of the one it runs (one pipe hand-off per job fewer on the critical
+    path: ~10% less CPU per no-op job). The pool counts such a job as running. If the
+    job ahead turns out long (:data:`RECALL_AFTER`), the queued one is taken back and
+    started in the next free slot; one whose child dies or retires before starting it
+    is started elsewhere too, never failed.
     """
 
     name = "prefork"
@@ -238,6 +281,12 @@ class PreforkPool:
         self._waiter = Waiter()  # collect()'s look at the pipes and sentinels
         self._time_limits: dict[str, Any] = {}  # task path -> its time_limit (submit)
         self._waitables: list[Any] | None = None  # waitables(), until a child changes
+        # Jobs submitted that no child runs or holds (taken back, or their child died or
+        # retired before starting them): started in the next free slots.
+        self._pending: deque[Message] = deque()
+        # Cancel requests for jobs not started yet: job id -> grace, applied at start.
+        self._cancels: dict[str, float | None] = {}
+        self._avg_run: float | None = None  # seconds, recent jobs' (PIPELINE_BELOW)
 
     # -- children ------------------------------------------------------------------------
 
@@ -254,10 +303,11 @@ class PreforkPool:
         connections.close_all()
         parent, child = self._ctx.Pipe(duplex=True)
         siblings = [s.pipe for s in self._slots if s.pipe is not None] + [parent]
+        shared, lock = self._ctx.RawArray("q", 2), self._ctx.Lock()
         process = self._ctx.Process(
             target=_child_main,
             args=(child, self.worker_id, siblings, os.getpid(), self.max_tasks_per_child,
-                  self.max_memory_per_child),
+                  self.max_memory_per_child, shared, lock),
             name=f"task-{slot.index}",
             daemon=True,
         )
@@ -273,10 +323,15 @@ class PreforkPool:
         finally:
             child.close()
         slot.process, slot.pipe = process, parent
+        slot.shared, slot.lock, slot.sent = shared, lock, 0
         self._waitables = None
 
     def _release(self, slot: _Slot, *, replace: bool) -> None:
-        """Close ``slot``'s pipe, reap its (dead or dying) child, and fork a new one."""
+        """Close ``slot``'s pipe, reap its (dead or dying) child, and fork a new one.
+        A job queued there that the child never started goes to another slot."""
+        if slot.queued is not None:
+            self._pending.append(slot.queued)
+            slot.queued = None
         if slot.pipe is not None:
             slot.pipe.close()
         if slot.process is not None:
@@ -299,58 +354,140 @@ class PreforkPool:
     # -- jobs ----------------------------------------------------------------------------
 
     def free_slots(self) -> int:
+        """Jobs ``submit()`` takes now: idle children (less the jobs waiting for one),
+        and busy ones that may be sent their next job (:data:`PIPELINE_BELOW`)."""
         if self._stopped:
             return 0
-        return sum(1 for s in self._slots if s.process is not None and s.message is None)
+        idle = sum(1 for s in self._slots if s.process is not None and s.message is None)
+        now = time.monotonic()
+        behind = sum(1 for s in self._slots if self._may_queue(s, now))
+        return max(0, idle - len(self._pending)) + behind
+
+    def _may_queue(self, slot: _Slot, now: float | None) -> bool:
+        """May ``slot``'s child be sent a job behind the one it runs? ``now`` None: the
+        timing was judged already (by ``free_slots()``, which ``submit()`` follows)."""
+        if slot.message is None or slot.queued is not None or slot.cancel is not None:
+            return False
+        if slot.process is None or now is None:
+            return slot.process is not None
+        avg = self._avg_run
+        return avg is not None and avg < PIPELINE_BELOW and now - slot.started < PIPELINE_BELOW
 
     def running(self) -> int:
-        return sum(1 for s in self._slots if s.message is not None)
+        return self._in_children() + len(self._pending)
+
+    def _in_children(self) -> int:
+        return sum((s.message is not None) + (s.queued is not None) for s in self._slots)
 
     def running_ids(self) -> list[str]:
-        return [s.message.id for s in self._slots if s.message is not None]
+        ids = [m.id for s in self._slots for m in (s.message, s.queued) if m is not None]
+        return ids + [m.id for m in self._pending]
 
     def submit(self, message: Message) -> None:
         if self._stopped:
             raise RuntimeError("The pool is stopped; it takes no more jobs.")
+        if self._pending:  # jobs taken back go first: keep the order jobs came in
+            self._pending.append(message)
+            self._start_pending()
+            return
         slot = next(
             (s for s in self._slots if s.process is not None and s.message is None), None
         )
+        if slot is not None:
+            self._send_to_idle(slot, message)
+            return
+        # Behind the job that started last (the one free_slots() judged young enough).
+        slot = max((s for s in self._slots if self._may_queue(s, None)),
+                   key=lambda s: s.started, default=None)
         if slot is None:
             raise RuntimeError("No free slot: check free_slots() before submit().")
-        time_limit = self._time_limits.get(message.task_path, _UNKNOWN)
-        if time_limit is _UNKNOWN:
-            # Once per task for the pool's life: resolving checks the allowed modules.
-            time_limit = self._time_limits[message.task_path] = getattr(
-                task_or_none(message.task_path), "time_limit", None)
-        data = pickle.dumps(message.to_wire(), _PICKLE)
         try:
-            slot.pipe.send_bytes(data)
+            self._send(slot, message)
+        except OSError:  # the child died: collect() sees it; the job waits for a slot
+            self._pending.append(message)
+            return
+        slot.queued = message
+
+    def _send(self, slot: _Slot, message: Message) -> None:
+        slot.pipe.send_bytes(pickle.dumps(message.to_wire(), _PICKLE))
+        slot.sent += 1
+
+    def _send_to_idle(self, slot: _Slot, message: Message) -> None:
+        try:
+            self._send(slot, message)
         except OSError:
             # The child died idle and collect() has not seen it yet. The job has not
             # started, so it gets a fresh child rather than a WorkerLost.
             self._idle_death(slot)
             if slot.process is None:
                 raise
-            slot.pipe.send_bytes(data)
+            self._send(slot, message)
+        self._begin(slot, message, time.monotonic())
+
+    def _begin(self, slot: _Slot, message: Message, now: float) -> None:
+        """``message`` runs in ``slot`` from ``now`` (sent to an idle child, or the
+        child went on to it): its time limit, and a cancel asked before it started."""
+        time_limit = self._time_limits.get(message.task_path, _UNKNOWN)
+        if time_limit is _UNKNOWN:
+            # Once per task for the pool's life: resolving checks the allowed modules.
+            time_limit = self._time_limits[message.task_path] = getattr(
+                task_or_none(message.task_path), "time_limit", None)
         slot.message = message
-        slot.started = time.monotonic()
+        slot.started = now
         slot.time_limit = time_limit
-        slot.deadline = None if slot.time_limit is None else slot.started + slot.time_limit
+        slot.deadline = None if time_limit is None else now + time_limit
         slot.cancel = None
+        if self._cancels and message.id in self._cancels:
+            self._cancel_slot(slot, self._cancels.pop(message.id), now)
+
+    def _start_pending(self) -> None:
+        for slot in self._slots:
+            if not self._pending:
+                return
+            if slot.process is not None and slot.message is None:
+                self._send_to_idle(slot, self._pending.popleft())
 
     def cancel(self, job_id: str, grace: float | None) -> bool:
         """The job ``job_id`` was asked to cancel: kill its child ``grace`` seconds from
         now unless it ends first (the time limit's path: its outcome is made up with
-        ``Terminated``). None: leave it to stop by itself. Returns whether it runs here."""
+        ``Terminated``). None: leave it to stop by itself. Returns whether it runs here
+        (a job queued or waiting for a slot: from when it starts)."""
         slot = next((s for s in self._slots if s.message is not None
                      and s.message.id == job_id), None)
         if slot is None:
+            held = any(s.queued is not None and s.queued.id == job_id for s in self._slots)
+            if held or any(m.id == job_id for m in self._pending):
+                self._cancels[job_id] = grace
+                return True
             return False
+        self._cancel_slot(slot, grace, time.monotonic())
+        return True
+
+    def _cancel_slot(self, slot: _Slot, grace: float | None, now: float) -> None:
         if grace is not None and slot.cancel is None:
-            kill_at = time.monotonic() + grace
+            kill_at = now + grace
             slot.cancel = (grace, kill_at)
             slot.deadline = kill_at if slot.deadline is None else min(slot.deadline, kill_at)
-        return True
+
+    def _recall(self, slot: _Slot) -> None:
+        """Take back the job queued in ``slot`` unless its child started it: it goes to
+        the next free slot (the child skips it when it reads it)."""
+        number = slot.sent  # the queued job is the last one sent
+        if not slot.lock.acquire(timeout=1.0):  # a child killed holding it: leave it
+            return
+        try:
+            if slot.shared[_STARTED] >= number:
+                return  # it runs: the outcome of the job ahead is on its way
+            slot.shared[_RECALLED] = number
+        finally:
+            slot.lock.release()
+        assert slot.queued is not None
+        self._pending.append(slot.queued)
+        slot.queued = None
+
+    def _started_queued(self, slot: _Slot) -> bool:
+        """Did the (dead) child of ``slot`` start the job queued there?"""
+        return slot.shared is not None and slot.shared[_STARTED] >= slot.sent
 
     def _receive(self, slot: _Slot, ready: set[int] | None = None) -> dict[str, Any] | None:
         """The child's complete reply, if one is waiting; None if none (or it died mid-way).
@@ -421,7 +558,26 @@ class PreforkPool:
                 self._release(slot, replace=True)
                 return [outcome]
         if reply is not None:
+            ran = now - slot.started
+            self._avg_run = ran if self._avg_run is None else 0.8 * self._avg_run + 0.2 * ran
+            outcomes = [Outcome.from_wire(reply["outcome"])]
             slot.message = slot.deadline = None
+            queued, slot.queued = slot.queued, None
+            if queued is not None and not reply["retire"]:
+                # The child went on to the job queued behind: it runs now, unless the
+                # child died (or was killed just now) before starting it.
+                if not dead or self._started_queued(slot):
+                    self._begin(slot, queued, now)
+                    if dead:
+                        outcomes.append(self._lost(slot, WorkerLost(
+                            "The process running the job died "
+                            f"({_describe_exit(process.pid, process.exitcode)})."
+                        )))
+                        self._release(slot, replace=True)
+                    return outcomes
+                self._pending.append(queued)
+            elif queued is not None:
+                self._pending.append(queued)  # a retiring child reads nothing more
             if reply["retire"]:
                 logger.info("Child %s (pid %s) retires: %s", process.name, process.pid,
                             reply["retire"])
@@ -432,19 +588,25 @@ class PreforkPool:
                 self._idle_death(slot)
             elif self._stopped:
                 self._release(slot, replace=False)  # EOF tells the child to exit
-            return [Outcome.from_wire(reply["outcome"])]
+            return outcomes
         if dead:
             outcome = self._lost(slot, WorkerLost(
                 "The process running the job died "
                 f"({_describe_exit(process.pid, process.exitcode)})."
             ))
-            self._release(slot, replace=True)
+            self._release(slot, replace=True)  # a queued job there goes to another slot
             return [outcome]
         return []
 
     def _check_all(self, ready: set[int] | None = None) -> list[Outcome]:
         now = time.monotonic()
-        return [outcome for slot in self._slots for outcome in self._check(slot, now, ready)]
+        done = [outcome for slot in self._slots for outcome in self._check(slot, now, ready)]
+        for slot in self._slots:
+            if slot.queued is not None and now - slot.started >= RECALL_AFTER:
+                self._recall(slot)
+        if self._pending and not self._stopped:
+            self._start_pending()
+        return done
 
     def collect(self) -> list[Outcome]:
         """Outcomes finished since the last call, real or made up; replaces lost children.
@@ -479,6 +641,7 @@ class PreforkPool:
     def next_deadline(self) -> float | None:
         """Seconds until ``collect()`` must run although nothing woke us, or None."""
         due = [s.deadline for s in self._slots if s.message is not None and s.deadline]
+        due.extend(s.started + RECALL_AFTER for s in self._slots if s.queued is not None)
         if self._respawn_at is not None and not self._stopped:
             due.append(self._respawn_at)
         if not due:
@@ -502,10 +665,10 @@ class PreforkPool:
             if slot.message is None and slot.process is not None:
                 self._release(slot, replace=False)  # EOF: an idle child exits
         end = None if timeout is None else time.monotonic() + timeout
-        while not at_once and self.running():
+        while not at_once and self._in_children():
             self._done.extend(self._check_all())
             remaining = None if end is None else end - time.monotonic()
-            if not self.running() or (remaining is not None and remaining <= 0):
+            if not self._in_children() or (remaining is not None and remaining <= 0):
                 break
             due = self.next_deadline()
             if due is not None:
@@ -514,14 +677,20 @@ class PreforkPool:
         busy = [s for s in self._slots if s.message is not None]
         for slot in busy:
             slot.process.kill()
-        unfinished = []
+        unfinished = [m.id for m in self._pending]  # never started
+        self._pending.clear()
         for slot in busy:
             slot.process.join(_EXIT_GRACE)
             reply = self._receive(slot)  # finished just before the kill: keep it
+            queued, slot.queued = slot.queued, None
             if reply is not None:
                 self._done.append(Outcome.from_wire(reply["outcome"]))
-            else:
-                assert slot.message is not None
+                slot.message = queued if self._started_queued(slot) else None
+                if queued is not None and slot.message is None:
+                    unfinished.append(queued.id)
+            elif queued is not None:
+                unfinished.append(queued.id)
+            if slot.message is not None:
                 unfinished.append(slot.message.id)
                 logger.warning("Job %s killed by the pool's stop: task=%s",
                                slot.message.id, slot.message.task_path)
