@@ -264,6 +264,108 @@ def test_pool_options_are_checked():
     assert make_pool("prefork", 1, "w", max_tasks_per_child=3).max_tasks_per_child == 3
 
 
+# -- pipelining short jobs ------------------------------------------------------------------
+
+
+def warm(pool, n=30):
+    """Run short jobs until the pool's average run (from the first, which imports the
+    task) is below PIPELINE_BELOW."""
+    for _ in range(n):
+        assert run(pool, make_message("getpid")).status == "SUCCESSFUL"
+
+
+def test_a_busy_child_is_sent_its_next_short_job(pools):
+    pool = pools(1)
+    warm(pool)
+    assert pool.free_slots() == 1
+    first, second = make_message("sleep_then_return", 0.002), make_message("getpid")
+    pool.submit(first)
+    assert pool.free_slots() == 1  # the busy child may hold one more
+    pool.submit(second)
+    assert pool.free_slots() == 0
+    assert pool.running() == 2 and set(pool.running_ids()) == {first.id, second.id}
+    outcomes = wait_outcomes(pool, 2)
+    assert [o.id for o in outcomes] == [first.id, second.id]
+    assert all(o.status == "SUCCESSFUL" for o in outcomes)
+    assert pool.running() == 0 and pool.free_slots() == 1
+
+
+def test_nothing_is_queued_behind_long_jobs(pools):
+    pool = pools(1)
+    assert pool.free_slots() == 1
+    run(pool, make_message("sleep_then_return", 0.1))  # the jobs seen so far are long
+    pool.submit(make_message("getpid"))
+    assert pool.free_slots() == 0
+    wait_outcomes(pool)
+
+
+def test_a_job_queued_behind_one_that_runs_long_is_taken_back_and_runs_elsewhere(pools):
+    pool = pools(2)
+    warm(pool)
+    shorter, longer = (make_message("sleep_then_return", 0.4),
+                       make_message("sleep_then_return", 2.0))
+    pool.submit(shorter)
+    pool.submit(longer)
+    queued = make_message("getpid")
+    assert pool.free_slots() >= 1
+    pool.submit(queued)  # behind the job that started last: the long one
+    outcomes = wait_outcomes(pool, 3)
+    # Taken back RECALL_AFTER into the long job, it ran when the shorter one's slot freed.
+    assert [o.id for o in outcomes] == [shorter.id, queued.id, longer.id]
+    assert all(o.status == "SUCCESSFUL" for o in outcomes)
+    # The child that held it skipped it: it runs what it is sent next, once each.
+    for _ in range(4):
+        assert run(pool, make_message("getpid")).status == "SUCCESSFUL"
+    time.sleep(0.2)
+    assert pool.collect() == [] and pool.running() == 0
+
+
+def test_a_job_queued_behind_one_whose_child_dies_runs_in_the_new_child(pools):
+    pool = pools(1)
+    warm(pool)
+    dies, queued = make_message("exit_with", 3), make_message("getpid")
+    pool.submit(dies)
+    pool.submit(queued)
+    outcomes = wait_outcomes(pool, 2)
+    assert [o.id for o in outcomes] == [dies.id, queued.id]
+    assert outcomes[0].error["exception_class_path"] == WORKER_LOST
+    assert outcomes[1].status == "SUCCESSFUL"
+
+
+def test_a_job_queued_behind_a_retiring_child_runs_in_the_next_one(pools):
+    pool = pools(1, max_tasks_per_child=31)
+    warm(pool)  # 30 jobs: the next one is the child's last
+    last, queued = make_message("getpid"), make_message("getpid")
+    pool.submit(last)
+    pool.submit(queued)
+    outcomes = wait_outcomes(pool, 2)
+    assert [o.id for o in outcomes] == [last.id, queued.id]
+    assert outcomes[0].return_value != outcomes[1].return_value
+
+
+def test_a_queued_job_asked_to_cancel_gets_its_grace_from_when_it_starts(pools):
+    pool = pools(1)
+    warm(pool)
+    first, queued = make_message("sleep_then_return", 0.002), make_message(
+        "sleep_then_return", 30)
+    pool.submit(first)
+    pool.submit(queued)
+    assert pool.cancel(queued.id, 0.3)
+    outcomes = wait_outcomes(pool, 2)
+    assert outcomes[0].status == "SUCCESSFUL"
+    assert "cancel_grace" in outcomes[1].error["message"]
+
+
+def test_stop_waits_for_queued_jobs_too(pools):
+    pool = pools(1)
+    warm(pool)
+    first, queued = make_message("sleep_then_return", 0.002), make_message("getpid")
+    pool.submit(first)
+    pool.submit(queued)
+    assert pool.stop() == []
+    assert [o.id for o in pool.collect()] == [first.id, queued.id]
+
+
 # -- stop ----------------------------------------------------------------------------------
 
 
