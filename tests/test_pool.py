@@ -343,6 +343,20 @@ def test_a_job_queued_behind_a_retiring_child_runs_in_the_next_one(pools):
     assert outcomes[0].return_value != outcomes[1].return_value
 
 
+def test_outcomes_a_retired_child_sent_before_it_was_looked_at_are_all_kept(pools):
+    pool = pools(1, max_tasks_per_child=33)
+    warm(pool)
+    pid = run(pool, make_message("getpid")).return_value  # 31 jobs: two to go
+    last_but_one, last = make_message("getpid"), make_message("getpid")
+    pool.submit(last_but_one)
+    pool.submit(last)
+    assert poll_until(lambda: gone(pid))  # ran both and exited before we looked
+    outcomes = wait_outcomes(pool, 2)
+    assert [(o.id, o.status, o.return_value) for o in outcomes] == [
+        (last_but_one.id, "SUCCESSFUL", pid), (last.id, "SUCCESSFUL", pid)]
+    assert run(pool, make_message("getpid")).return_value != pid
+
+
 def test_a_queued_job_asked_to_cancel_gets_its_grace_from_when_it_starts(pools):
     pool = pools(1)
     warm(pool)

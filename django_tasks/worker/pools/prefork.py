@@ -558,29 +558,35 @@ class PreforkPool:
                 self._release(slot, replace=True)
                 return [outcome]
         if reply is not None:
-            ran = now - slot.started
-            self._avg_run = ran if self._avg_run is None else 0.8 * self._avg_run + 0.2 * ran
-            outcomes = [Outcome.from_wire(reply["outcome"])]
-            slot.message = slot.deadline = None
-            queued, slot.queued = slot.queued, None
-            if queued is not None and not reply["retire"]:
-                # The child went on to the job queued behind: it runs now, unless the
-                # child died (or was killed just now) before starting it.
-                if not dead or self._started_queued(slot):
-                    self._begin(slot, queued, now)
-                    if dead:
-                        outcomes.append(self._lost(slot, WorkerLost(
-                            "The process running the job died "
-                            f"({_describe_exit(process.pid, process.exitcode)})."
-                        )))
-                        self._release(slot, replace=True)
-                    return outcomes
-                self._pending.append(queued)
-            elif queued is not None:
-                self._pending.append(queued)  # a retiring child reads nothing more
-            if reply["retire"]:
+            outcomes = []
+            while reply is not None:
+                ran = now - slot.started
+                self._avg_run = ran if self._avg_run is None else 0.8 * self._avg_run + 0.2 * ran
+                outcomes.append(Outcome.from_wire(reply["outcome"]))
+                slot.message = slot.deadline = None
+                last, queued, slot.queued = reply, slot.queued, None
+                reply = None
+                if queued is None:
+                    break
+                if last["retire"] or (dead and not self._started_queued(slot)):
+                    self._pending.append(queued)  # the child never read it: elsewhere
+                    break
+                # The child went on to the job queued behind it; a dead one's pipe holds
+                # everything it sent, that job's outcome too if it finished.
+                self._begin(slot, queued, now)
+                if dead:
+                    reply = self._receive(slot)
+            if slot.message is not None:
+                if dead:  # it died running the job it went on to
+                    outcomes.append(self._lost(slot, WorkerLost(
+                        "The process running the job died "
+                        f"({_describe_exit(process.pid, process.exitcode)})."
+                    )))
+                    self._release(slot, replace=True)
+                return outcomes
+            if last["retire"]:
                 logger.info("Child %s (pid %s) retires: %s", process.name, process.pid,
-                            reply["retire"])
+                            last["retire"])
                 self._release(slot, replace=True)
             elif killed:  # finished just as its time ran out
                 self._release(slot, replace=True)
