@@ -370,6 +370,27 @@ def test_a_queued_job_asked_to_cancel_gets_its_grace_from_when_it_starts(pools):
     assert "cancel_grace" in outcomes[1].error["message"]
 
 
+def test_a_job_waiting_in_the_pool_has_its_start_recorded_when_it_begins():
+    """The ledger records a start only for jobs that start at once; one that waits
+    behind a busy child's job is recorded when the pool says it began, and one that
+    never did is given back at shutdown (not counted as an attempt)."""
+    from django_tasks.worker.ledger import Ledger
+
+    ledger = Ledger("w1", concurrency=1, prefetch=0)
+    first, behind, never = (make_message("getpid") for _ in range(3))
+    ledger.add_claimed(ledger.take(claiming=True), [first, behind, never])
+    jobs = ledger.collect_and_start([], may_start=True, free_slots=lambda: 3, clock=1.0,
+                                    idle_slots=lambda: 1)
+    assert [j.id for j in jobs] == [first.id, behind.id, never.id]
+    assert [s.id for s in ledger.take(claiming=False).starts] == [first.id]
+    ledger.collect_and_start([], may_start=True, free_slots=lambda: 0, clock=1.1,
+                             began=[behind.id])
+    assert [s.id for s in ledger.take(claiming=False).starts] == [behind.id]
+    not_started, interrupted = ledger.release([first.id, behind.id, never.id])
+    assert [m.id for m in not_started] == [never.id]
+    assert interrupted == [first.id, behind.id]
+
+
 def test_stop_waits_for_queued_jobs_too(pools):
     pool = pools(1)
     warm(pool)

@@ -102,6 +102,10 @@ class Ledger:
         # job id -> (message, time.monotonic() at the start), for jobs in the pool
         self._running: dict[str, tuple[Message, float]] = {}
         self._starts: list[Start] = []  # started since the last exchange
+        # Jobs handed to the pool that wait there to start (a prefork child's next job,
+        # PreforkPool): their starts are recorded when they begin (``began``), so one
+        # that never does is not counted as an attempt.
+        self._held_starts: dict[str, Start] = {}
         # time.monotonic() of the oldest start not yet committed: in _starts, and in the
         # round trip in flight
         self._starts_since: float | None = None
@@ -124,17 +128,31 @@ class Ledger:
 
     def collect_and_start(self, outcomes: Sequence[Outcome], *, may_start: bool,
                           free_slots: Callable[[], int], clock: float,
-                          now: datetime | None = None) -> list[Message]:
+                          now: datetime | None = None,
+                          idle_slots: Callable[[], int] | None = None,
+                          began: Sequence[str] = ()) -> list[Message]:
         """Keep the pool's finished ``outcomes`` for the next round trip, then move
         buffered jobs into the free slots and record their starts.
 
-        Returns the jobs to submit to the pool. None start unless ``may_start``, nor
-        while the oldest unrecorded start is older than ``START_RECORD_LAG``;
-        ``free_slots()`` is asked only when they may. A job still running here (an
-        older attempt) stays buffered: a job never runs twice at once in one worker.
+        Returns the jobs to submit to the pool, in order. None start unless
+        ``may_start``, nor while the oldest unrecorded start is older than
+        ``START_RECORD_LAG``; ``free_slots()`` is asked only when they may. A job still
+        running here (an older attempt) stays buffered: a job never runs twice at once
+        in one worker. ``idle_slots()``: how many of the first jobs submitted start at
+        once (None: all); the others wait in the pool, and their starts are recorded
+        when the pool says they ``began`` (ids).
         """
         with self._lock:
+            if began:
+                for job_id in began:
+                    start = self._held_starts.pop(job_id, None)
+                    if start is not None:
+                        self._starts.append(start)
+                if self._starts and self._starts_since is None:
+                    self._starts_since = clock
             for outcome in outcomes:
+                if self._held_starts:
+                    self._held_starts.pop(outcome.id, None)
                 self._told.discard(outcome.id)
                 message, at = self._running.pop(outcome.id, (None, clock))
                 took = clock - at
@@ -153,6 +171,7 @@ class Ledger:
             free = 0
             if may_start and not lagging:
                 free = free_slots()
+            at_once = free if idle_slots is None or free <= 0 else idle_slots()
             if free > 0 and self._buffer:
                 start = now or timezone.now()
                 stamp = start.isoformat()
@@ -172,11 +191,14 @@ class Ledger:
                     job.started_at = job.started_at or stamp
                     self._running[job.id] = (job, clock)
                     self._waited[job.id] = _waited(job.available_at, start)
-                    self._starts.append(Start(job.id, job.lease, stamp))
+                    if len(jobs) < at_once:
+                        self._starts.append(Start(job.id, job.lease, stamp))
+                    else:
+                        self._held_starts[job.id] = Start(job.id, job.lease, stamp)
                     jobs.append(job)
                     free -= 1
                 self._buffer.extendleft(reversed(waiting))
-                if jobs and self._starts_since is None:
+                if jobs and at_once and self._starts_since is None:
                     # Only when one started: a buffer of jobs held for their rate-limit
                     # slot must not make the next starts wait for a round trip.
                     self._starts_since = clock
@@ -394,10 +416,16 @@ class Ledger:
         with self._lock:
             not_started = list(self._buffer)
             self._buffer.clear()
-            interrupted = [i for i in unfinished if i in self._running]
-            for job_id in interrupted:
-                self._running.pop(job_id, None)
+            interrupted = []
+            for job_id in unfinished:
+                message, _ = self._running.pop(job_id, (None, 0.0))
                 self._waited.pop(job_id, None)
+                if message is None:
+                    continue
+                if self._held_starts.pop(job_id, None) is not None:
+                    not_started.append(message)  # waited in the pool, never began
+                else:
+                    interrupted.append(job_id)
         return not_started, interrupted
 
     def take_starts_of(self, job_ids: Collection[str]) -> list[Start]:

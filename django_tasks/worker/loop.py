@@ -239,6 +239,7 @@ class TaskWorker:
         jobs = ledger.collect_and_start(
             outcomes, may_start=self.phase is Phase.RUNNING and not self.liveness.holding,
             free_slots=self.pool.free_slots, clock=clock, now=now,
+            idle_slots=self.pool.idle_slots, began=self.pool.began(),
         )
         for job in jobs:
             self.pool.submit(job)

@@ -287,6 +287,7 @@ class PreforkPool:
         # Cancel requests for jobs not started yet: job id -> grace, applied at start.
         self._cancels: dict[str, float | None] = {}
         self._avg_run: float | None = None  # seconds, recent jobs' (PIPELINE_BELOW)
+        self._began: list[str] = []  # jobs that waited here and started since began()
 
     # -- children ------------------------------------------------------------------------
 
@@ -363,6 +364,20 @@ class PreforkPool:
         behind = sum(1 for s in self._slots if self._may_queue(s, now))
         return max(0, idle - len(self._pending)) + behind
 
+    def idle_slots(self) -> int:
+        """Of ``free_slots()``, the jobs that start at once when submitted (in an idle
+        child); those submitted after them wait behind a busy child's job, and are
+        reported by :meth:`began` when they start."""
+        if self._stopped:
+            return 0
+        idle = sum(1 for s in self._slots if s.process is not None and s.message is None)
+        return max(0, idle - len(self._pending))
+
+    def began(self) -> list[str]:
+        """Ids of jobs that waited in the pool and have started since the last call."""
+        began, self._began = self._began, []
+        return began
+
     def _may_queue(self, slot: _Slot, now: float | None) -> bool:
         """May ``slot``'s child be sent a job behind the one it runs? ``now`` None: the
         timing was judged already (by ``free_slots()``, which ``submit()`` follows)."""
@@ -412,7 +427,7 @@ class PreforkPool:
         slot.pipe.send_bytes(pickle.dumps(message.to_wire(), _PICKLE))
         slot.sent += 1
 
-    def _send_to_idle(self, slot: _Slot, message: Message) -> None:
+    def _send_to_idle(self, slot: _Slot, message: Message, *, held: bool = False) -> None:
         try:
             self._send(slot, message)
         except OSError:
@@ -422,11 +437,14 @@ class PreforkPool:
             if slot.process is None:
                 raise
             self._send(slot, message)
-        self._begin(slot, message, time.monotonic())
+        self._begin(slot, message, time.monotonic(), held=held)
 
-    def _begin(self, slot: _Slot, message: Message, now: float) -> None:
+    def _begin(self, slot: _Slot, message: Message, now: float, *, held: bool = False) -> None:
         """``message`` runs in ``slot`` from ``now`` (sent to an idle child, or the
-        child went on to it): its time limit, and a cancel asked before it started."""
+        child went on to it): its time limit, and a cancel asked before it started.
+        ``held``: it waited in the pool (:meth:`began` reports it)."""
+        if held:
+            self._began.append(message.id)
         time_limit = self._time_limits.get(message.task_path, _UNKNOWN)
         if time_limit is _UNKNOWN:
             # Once per task for the pool's life: resolving checks the allowed modules.
@@ -445,7 +463,7 @@ class PreforkPool:
             if not self._pending:
                 return
             if slot.process is not None and slot.message is None:
-                self._send_to_idle(slot, self._pending.popleft())
+                self._send_to_idle(slot, self._pending.popleft(), held=True)
 
     def cancel(self, job_id: str, grace: float | None) -> bool:
         """The job ``job_id`` was asked to cancel: kill its child ``grace`` seconds from
@@ -573,7 +591,7 @@ class PreforkPool:
                     break
                 # The child went on to the job queued behind it; a dead one's pipe holds
                 # everything it sent, that job's outcome too if it finished.
-                self._begin(slot, queued, now)
+                self._begin(slot, queued, now, held=True)
                 if dead:
                     reply = self._receive(slot)
             if slot.message is not None:

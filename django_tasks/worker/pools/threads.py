@@ -69,6 +69,14 @@ class _InProcessPool:
         self._done: list[Outcome] = []
         self._limits = _LimitWarnings(self.name)
 
+    def idle_slots(self) -> int:
+        """Every free slot starts its job at once."""
+        return self.free_slots()
+
+    def began(self) -> list[str]:
+        """No job waits in the pool to start."""
+        return []
+
 
 class InlinePool(_InProcessPool):
     """Runs each job synchronously in the caller, on the caller's connections (tests, demos).
