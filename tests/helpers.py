@@ -69,3 +69,22 @@ def wait_for(predicate, timeout=20.0, interval=0.05):
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def wait_for_killed_sessions() -> None:
+    """After a ``kill -9`` of a worker: wait until PostgreSQL has ended its sessions.
+
+    A backend finishes the statement it was given before it notices its client is gone,
+    so a round trip sent just before the kill can still commit (a start recorded, jobs
+    claimed) after the kill. A test that reads the jobs' states as the kill left them
+    waits for this first; SQLite has no such afterlife."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        def others():
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                           "current_database() AND pid <> pg_backend_pid() "
+                           "AND backend_type = 'client backend'")
+            return cursor.fetchone()[0]
+
+        assert wait_for(lambda: others() == 0, timeout=30), "sessions outlived the kill"

@@ -15,7 +15,7 @@ from django.db import connection
 
 from django_tasks.models import Job, Worker
 from tests import reliability_tasks as rt
-from tests.helpers import start_worker, wait_for
+from tests.helpers import start_worker, wait_for, wait_for_killed_sessions
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -62,6 +62,7 @@ def test_kill_9_mid_task_loses_nothing_and_reruns_only_what_was_running(tmp_path
     killed_at = time.time()
     os.killpg(victim.pid, signal.SIGKILL)
     finish(victim)
+    wait_for_killed_sessions()  # a round trip in flight at the kill has committed by now
     running_at_kill = set(held().filter(status="RUNNING").values_list("id", flat=True))
     claimed_at_kill = set(held().filter(status="CLAIMED").values_list("id", flat=True))
     ran_before = runs(log)
