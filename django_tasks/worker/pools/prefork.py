@@ -1,7 +1,7 @@
 """The prefork pool: one forked child process per slot, supervised.
 
-The supervisor side (``PreforkPool``) runs in the worker's main thread; the child
-side (``_child_main``) is everything a forked child runs. A child that dies, overruns
+The supervisor side (``PreforkPool``, here) runs in the worker's main thread; the child
+side (:func:`.child.child_main`) is everything a forked child runs. A child that dies, overruns
 its ``time_limit`` or reaches its recycling limits is replaced; a dead child's job
 gets an outcome built by :func:`~django_tasks.jobs.policy.failure_outcome`, like
 any exception. See :mod:`django_tasks.worker.pools` for the interface all pools share.
@@ -10,20 +10,15 @@ any exception. See :mod:`django_tasks.worker.pools` for the interface all pools 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import os
 import pickle
-import resource
-import signal
-import sys
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -33,21 +28,24 @@ from django.utils import timezone
 from ...exceptions import Terminated, TimeLimitExceeded, WorkerLost
 from ...jobs.messages import Message, Outcome
 from ...jobs.policy import failure_outcome, task_or_none
-from ...jobs.side import close_side_connections, keep_side_connections
-from ...observe import process_exiting
-from ..execute import connections_dropped, execute
 from ..wakeup import Waiter
+from .child import (
+    EXIT_GRACE,
+    PICKLE,
+    RECALLED,
+    STARTED,
+    child_main,
+    describe_exit,
+    exited,
+    prctl,
+)
 
 logger = logging.getLogger("django_tasks.worker")
 
 __all__ = ["PreforkPool"]
 
-#: How long stop() gives children with nothing to do to exit before killing them.
-_EXIT_GRACE = 5.0
 #: How long to wait before trying again when forking a replacement child failed.
 _RESPAWN_DELAY = 1.0
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 #: A busy child is sent its next job before it finishes the one it runs (so it goes
 #: on without waiting for the supervisor to collect the outcome and answer) only while
@@ -58,107 +56,7 @@ PIPELINE_BELOW = 0.005
 #: child started it meanwhile) and runs in the next free slot instead.
 RECALL_AFTER = 0.02
 
-#: Messages and outcomes cross the pipe to a child pickled: both ends are this code, in
-#: a process forked from this one, and every value in them is plain JSON data already
-#: (checked at enqueue and by ``check_return_value``). Pickle does it in a third of
-#: JSON's time, on a path every job takes twice.
-_PICKLE = pickle.HIGHEST_PROTOCOL
 _UNKNOWN = object()
-
-#: Connections a child inherited from the supervisor: kept referenced, never closed.
-_inherited_connections: list[Any] = []
-
-
-@cache
-def _prctl() -> Any:
-    """libc's prctl on Linux, else None. Resolved in the supervisor, before any fork."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL this child when the supervisor dies, even by ``kill -9``.
-
-    The death signal fires when the *thread* that forked us exits: the pool forks from
-    the worker's main thread, which lives as long as the process.
-    """
-    prctl = _prctl()
-    if prctl is not None:
-        prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
-              ctypes.c_ulong(0), ctypes.c_ulong(0))  # -1 on failure: nothing better to do
-    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
-        os._exit(1)
-
-
-def _forget_inherited_connections() -> None:
-    # Closing a connection inherited through fork would act on the supervisor's
-    # session (for PostgreSQL, send Terminate on its socket). So drop the wrappers
-    # from this thread's handler, and keep them referenced so that not even a
-    # finalizer runs on them; the child opens its own connections lazily.
-    # (psycopg would skip PQfinish anyway: it checks the pid.)
-    for conn in connections.all(initialized_only=True):
-        _inherited_connections.append(conn)
-        del connections[conn.alias]
-
-
-def _max_rss_kib() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB elsewhere
-
-
-def _child_main(conn: Any, worker_id: str, siblings: list[Any], parent_pid: int,
-                max_tasks: int | None, max_memory: int | None, shared: Any = None,
-                lock: Any = None) -> None:
-    _die_with_parent(parent_pid)
-    # Close the supervisor's pipe ends that fork copied in here (ours and the other
-    # slots'), so each child sees EOF as soon as the supervisor closes its end or dies.
-    for pipe in siblings:
-        pipe.close()
-    # The supervisor owns shutdown: a terminal's Ctrl-C reaches the whole process
-    # group, and the children must finish their job rather than die mid-write.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _forget_inherited_connections()
-    connections_dropped()
-    keep_side_connections()
-    done = 0
-    seq = 0  # messages read; the supervisor numbers those it sends the same way
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            break
-        seq += 1
-        if lock is not None:
-            # A job sent behind another may have been taken back meanwhile (_Slot.shared):
-            # under the slot's lock, either it is recalled or it is ours to start.
-            with lock:
-                recalled = shared[_RECALLED] == seq
-                if not recalled:
-                    shared[_STARTED] = seq
-            if recalled:
-                continue
-        outcome = execute(Message.from_wire(pickle.loads(data)), worker_id, soft_time_limits=True)
-        done += 1
-        retire = None
-        if max_tasks is not None and done >= max_tasks:
-            retire = f"max_tasks_per_child={max_tasks} reached"
-        elif max_memory is not None and (rss := _max_rss_kib()) >= max_memory:
-            retire = f"max_memory_per_child={max_memory} KiB reached ({rss} KiB)"
-        try:
-            conn.send_bytes(pickle.dumps({"outcome": outcome.to_wire(), "retire": retire}, _PICKLE))
-        except OSError:
-            break  # the supervisor is gone
-        if retire:
-            break
-    process_exiting()  # spans and enqueue counts it still holds (docs/observability.md)
-    close_side_connections()
-    connections.close_all()  # only connections this child opened (see above)
-
 
 @contextlib.contextmanager
 def _fork_warning_filtered() -> Iterator[None]:
@@ -176,43 +74,6 @@ def _fork_warning_filtered() -> Iterator[None]:
             category=DeprecationWarning,
         )
         yield
-
-
-def _describe_exit(pid: int | None, exitcode: int | None) -> str:
-    if exitcode is None:
-        return f"pid {pid}, exit status unknown"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = str(-exitcode)
-        hint = ": out of memory, or killed by hand?" if -exitcode == signal.SIGKILL else ""
-        return f"pid {pid}, killed by signal {name}{hint}"
-    return f"pid {pid}, exit code {exitcode}"
-
-
-def _exited(process: Any, ready: set[int] | None = None) -> bool:
-    """Has ``process`` exited? Reaps it, so its ``exitcode`` is set, when it has.
-    ``ready``: the descriptors found readable just now, if known (a sentinel not among
-    them is a child alive)."""
-    if ready is not None and process.sentinel not in ready:
-        return False
-    # The sentinel (a pipe the child holds open until it exits) becomes readable a
-    # moment before the kernel lets us reap the child, so is_alive() alone could miss
-    # a death that just woke the supervisor, which would then spin until it could.
-    if not process.is_alive():
-        return True
-    if not wait([process.sentinel], 0):
-        return False
-    process.join(_EXIT_GRACE)
-    if process.is_alive():  # it closed the fd itself: it is in no state to run jobs
-        process.kill()
-        process.join()
-    return True
-
-
-#: The two counters a slot shares with its child (``_Slot.shared``).
-_STARTED, _RECALLED = 0, 1
 
 
 @dataclass(slots=True)
@@ -292,7 +153,7 @@ class PreforkPool:
     # -- children ------------------------------------------------------------------------
 
     def start(self) -> None:
-        _prctl()  # resolve in the parent, so children do no dlopen() work
+        prctl()  # resolve in the parent, so children do no dlopen() work
         for slot in self._slots:
             self._spawn(slot)
 
@@ -306,7 +167,7 @@ class PreforkPool:
         siblings = [s.pipe for s in self._slots if s.pipe is not None] + [parent]
         shared, lock = self._ctx.RawArray("q", 2), self._ctx.Lock()
         process = self._ctx.Process(
-            target=_child_main,
+            target=child_main,
             args=(child, self.worker_id, siblings, os.getpid(), self.max_tasks_per_child,
                   self.max_memory_per_child, shared, lock),
             name=f"task-{slot.index}",
@@ -424,7 +285,7 @@ class PreforkPool:
         slot.queued = message
 
     def _send(self, slot: _Slot, message: Message) -> None:
-        slot.pipe.send_bytes(pickle.dumps(message.to_wire(), _PICKLE))
+        slot.pipe.send_bytes(pickle.dumps(message.to_wire(), PICKLE))
         slot.sent += 1
 
     def _send_to_idle(self, slot: _Slot, message: Message, *, held: bool = False) -> None:
@@ -494,9 +355,9 @@ class PreforkPool:
         if not slot.lock.acquire(timeout=1.0):  # a child killed holding it: leave it
             return
         try:
-            if slot.shared[_STARTED] >= number:
+            if slot.shared[STARTED] >= number:
                 return  # it runs: the outcome of the job ahead is on its way
-            slot.shared[_RECALLED] = number
+            slot.shared[RECALLED] = number
         finally:
             slot.lock.release()
         assert slot.queued is not None
@@ -505,7 +366,7 @@ class PreforkPool:
 
     def _started_queued(self, slot: _Slot) -> bool:
         """Did the (dead) child of ``slot`` start the job queued there?"""
-        return slot.shared is not None and slot.shared[_STARTED] >= slot.sent
+        return slot.shared is not None and slot.shared[STARTED] >= slot.sent
 
     def _receive(self, slot: _Slot, ready: set[int] | None = None) -> dict[str, Any] | None:
         """The child's complete reply, if one is waiting; None if none (or it died mid-way).
@@ -534,7 +395,7 @@ class PreforkPool:
 
     def _idle_death(self, slot: _Slot) -> None:
         logger.warning("Child %s (%s) died while idle%s", slot.process.name,
-                       _describe_exit(slot.process.pid, slot.process.exitcode),
+                       describe_exit(slot.process.pid, slot.process.exitcode),
                        "" if self._stopped else "; forking a replacement")
         self._release(slot, replace=True)
 
@@ -549,7 +410,7 @@ class PreforkPool:
                 and (slot.deadline is None or now < slot.deadline)):
             return []  # no reply, no death, no deadline: nothing happened
         # Liveness first: anything a dead child sent is already in the pipe.
-        dead = _exited(process, ready)
+        dead = exited(process, ready)
         if slot.message is None:
             if dead:
                 self._idle_death(slot)
@@ -558,7 +419,7 @@ class PreforkPool:
         killed = False
         if reply is None and not dead and slot.deadline is not None and now >= slot.deadline:
             process.kill()
-            process.join(_EXIT_GRACE)
+            process.join(EXIT_GRACE)
             killed = dead = True
             reply = self._receive(slot)  # it may have finished just before the kill
             if reply is None:
@@ -598,7 +459,7 @@ class PreforkPool:
                 if dead:  # it died running the job it went on to
                     outcomes.append(self._lost(slot, WorkerLost(
                         "The process running the job died "
-                        f"({_describe_exit(process.pid, process.exitcode)})."
+                        f"({describe_exit(process.pid, process.exitcode)})."
                     )))
                     self._release(slot, replace=True)
                 return outcomes
@@ -616,7 +477,7 @@ class PreforkPool:
         if dead:
             outcome = self._lost(slot, WorkerLost(
                 "The process running the job died "
-                f"({_describe_exit(process.pid, process.exitcode)})."
+                f"({describe_exit(process.pid, process.exitcode)})."
             ))
             self._release(slot, replace=True)  # a queued job there goes to another slot
             return [outcome]
@@ -704,7 +565,7 @@ class PreforkPool:
         unfinished = [m.id for m in self._pending]  # never started
         self._pending.clear()
         for slot in busy:
-            slot.process.join(_EXIT_GRACE)
+            slot.process.join(EXIT_GRACE)
             reply = self._receive(slot)  # finished just before the kill: keep it
             queued, slot.queued = slot.queued, None
             if reply is not None:
@@ -720,7 +581,7 @@ class PreforkPool:
                                slot.message.id, slot.message.task_path)
             slot.message = slot.deadline = None
             self._release(slot, replace=False)
-        grace_end = time.monotonic() + _EXIT_GRACE
+        grace_end = time.monotonic() + EXIT_GRACE
         for process in self._retired:
             process.join(max(0.0, grace_end - time.monotonic()))
             if process.is_alive():
