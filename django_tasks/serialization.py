@@ -26,7 +26,7 @@ from .exceptions import (
 )
 
 __all__ = ["MAX_DEPTH", "check_arguments", "check_payload", "check_return_value",
-           "check_signature", "dumps"]
+           "check_signature", "dumps", "dumps_checked", "normalized"]
 
 #: How deeply lists and dicts may nest in arguments, return values and progress
 #: reports. Real data rarely passes 20 levels; the limit keeps every reader (json,
@@ -42,6 +42,40 @@ def dumps(value: Any) -> str:
     """Compact JSON text; refuses NaN and infinity. (One encoder for every call:
     ``json.dumps`` with options builds a new one each time, 40% of a small value's.)"""
     return _ENCODER.encode(value)
+
+
+def _checked_encoder() -> Any:
+    """json's C encoder made once, without its check for values that contain
+    themselves (``markers`` None): the encoder ``JSONEncoder.encode`` builds on every
+    call, a quarter of the cost of encoding it (1.6 vs 0.4 us for ``[[], {}]``)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without json's C accelerator
+        return None
+    return make(None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",",
+                False, False, False)
+
+
+_CHECKED = _checked_encoder()
+
+
+def dumps_checked(value: Any) -> str:
+    """:func:`dumps` for a value :func:`check_arguments` accepted (so nested at most
+    ``MAX_DEPTH`` deep: it cannot contain itself), four times as fast for a small one."""
+    if _CHECKED is None:
+        return _ENCODER.encode(value)
+    return "".join(_CHECKED(value, 0))
+
+
+def normalized(value: Any) -> Any:
+    """Django's ``normalize_json`` for a value :func:`check_arguments` accepted (tuples
+    become lists; lists and dicts are copied), without its pattern matching on abstract
+    classes: what ``TaskResult`` keeps as ``args`` and ``kwargs``."""
+    t = type(value)
+    if t is list or t is tuple:
+        return [normalized(v) for v in value]
+    if t is dict:
+        return {k: normalized(v) for k, v in value.items()}
+    return value
 
 
 class _Bad(Exception):

@@ -442,7 +442,10 @@ class Task(django_base.Task):
 
 def _call(call: Sequence[Any] | Mapping[str, Any]) -> tuple[Sequence[Any], Mapping[str, Any]]:
     """``(args, kwargs)`` of one call of :meth:`Task.enqueue_many`."""
-    if isinstance(call, Mapping):
+    t = type(call)
+    if t is tuple or t is list:  # the common case first: no abstract class to ask
+        return call, {}
+    if t is dict or isinstance(call, Mapping):
         return (), call
     if isinstance(call, list | tuple):
         return call, {}

@@ -16,11 +16,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.tasks import Task as DjangoTask
 from django.tasks.exceptions import InvalidTask
@@ -37,7 +36,13 @@ from ..jobs.store import BATCH_SIZE, JobStore
 from ..observe import tracing
 from ..observe.headers import for_job as headers_for
 from ..results import JobResult
-from ..serialization import check_arguments, check_payload, check_signature, dumps
+from ..serialization import (
+    check_arguments,
+    check_payload,
+    check_signature,
+    dumps_checked,
+    normalized,
+)
 from ..states import READY
 from ..task import for_django_checks
 
@@ -45,6 +50,32 @@ if TYPE_CHECKING:
     from .base import Broker
 
 __all__ = ["UNIQUE_TRIES", "Enqueueing"]
+
+#: ``headers`` of :meth:`Enqueueing._new_job`: made for each job (tracing is on).
+_PER_JOB = object()
+
+
+class _Plan:
+    """What the calls of one task share, looked up once per task in a bulk enqueue
+    instead of once per call (a ``module_path`` alone is an f-string each time)."""
+
+    __slots__ = ("expires", "max_attempts", "path", "priority", "queue", "receives_input",
+                 "run_after", "shapes", "task", "unique")
+
+    def __init__(self, task: DjangoTask, queue: str, receives_input: bool = False) -> None:
+        self.task = task
+        self.queue = queue
+        self.receives_input = receives_input
+        self.path = task.module_path
+        self.priority = task.priority
+        self.run_after = task.run_after
+        self.max_attempts = getattr(task, "max_attempts", 1)
+        self.expires = getattr(task, "expires", None) is not None
+        self.unique = getattr(task, "is_unique", False)
+        #: The shapes of call (how many positional arguments, which named) whose fit to
+        #: the signature was checked: it depends on nothing else.
+        self.shapes: set[Any] = set()
+
 
 #: Conflicting INSERTs of a unique job whose holder then finished, before giving up.
 UNIQUE_TRIES = 5
@@ -108,25 +139,26 @@ class Enqueueing:
         calls = list(calls)
         jobs: list[NewJob] = []
         tasks: list[DjangoTask] = []
-        queues: dict[int, str] = {}
-        shapes: set[tuple[Any, ...]] = set()
+        plans: dict[int, _Plan] = {}
         ids = uuid7_strs(len(calls))
-        traced = tracing.enabled()  # once, not per job (~1 us each)
-        # timezone.now() without its settings look-up per job.
-        clock = partial(datetime.now, UTC) if settings.USE_TZ else datetime.now
+        # One enqueue time for the calls of one transaction (their ids keep their order),
+        # and tracing asked once, not per job (~1 us each); when it is off, every job
+        # has the same headers (yours, or None).
+        now = timezone.now()
+        traced = tracing.enabled()
+        headers = _PER_JOB if traced else headers_for(None, self.alias, traced=False)
         for n, call in enumerate(calls):
             try:
                 task, args, kwargs = call
-                queue = queues.get(id(task))
-                if queue is None:
+                plan = plans.get(id(task))
+                if plan is None:
                     if getattr(task, "backend", self.alias) != self.alias:
                         raise InvalidTask(
                             f"{task.module_path} uses backend {task.backend!r}, not "
                             f"{self.alias!r}: the calls of one enqueue_many() share one."
                         )
-                    queue = queues[id(task)] = self.check_task(task)
-                jobs.append(self.new_job(task, args, dict(kwargs), queue=queue, now=clock(),
-                                         job_id=ids[n], shapes=shapes, traced=traced))
+                    plan = plans[id(task)] = _Plan(task, self.check_task(task))
+                jobs.append(self._new_job(plan, args, kwargs, ids[n], now, headers))
                 tasks.append(task)
             except Exception as exc:
                 if exc.args and isinstance(exc.args[0], str):
@@ -237,27 +269,29 @@ class Enqueueing:
         return queue_name
 
     def check_args(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any],
-                   *, receives_input: bool = False,
-                   shapes: set[tuple[Any, ...]] | None = None) -> str:
+                   *, receives_input: bool = False) -> str:
         """The checks of :meth:`check_call` about the arguments (the signature, strict
-        JSON, ``MAX_PAYLOAD``); returns ``[args, kwargs]`` as JSON text.
+        JSON, ``MAX_PAYLOAD``); returns ``[args, kwargs]`` as JSON text."""
+        return self._check_args(_Plan(task, "", receives_input), args, kwargs)
 
-        ``shapes``, for many calls: whether arguments fit a signature depends only on how
-        many are positional and which are named, so the signature is checked once per
-        shape of call found in it (it is added); the values are checked every time.
-        """
-        name = task.module_path
-        shape = (id(task.func), task.takes_context, receives_input, len(args), *kwargs)
-        if shapes is None or shape not in shapes:
-            check_signature(task.func, [None, *args] if receives_input else args, kwargs,
-                            task_name=name, takes_context=task.takes_context)
-            if shapes is not None:
-                shapes.add(shape)
-        check_arguments(task.func, args, kwargs, task_name=name)
-        call = dumps([list(args), kwargs])
+    def _check_args(self, plan: _Plan, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+        """:meth:`check_args` with what the calls of one task share looked up once
+        (``plan``). Whether arguments fit a signature depends only on how many are
+        positional and which are named, so the signature is checked once per shape of
+        call (``plan.shapes``); the values are checked every time."""
+        task = plan.task
+        shape: Any = len(args)
+        if kwargs:
+            shape = (shape, *kwargs)
+        if shape not in plan.shapes:
+            check_signature(task.func, [None, *args] if plan.receives_input else args,
+                            kwargs, task_name=plan.path, takes_context=task.takes_context)
+            plan.shapes.add(shape)
+        check_arguments(task.func, args, kwargs, task_name=plan.path)
+        call = dumps_checked([args, kwargs])
         limit = self.config.max_payload
         if limit is not None and len(call) > limit:  # ASCII-escaped: never shorter
-            check_payload(task.func, args, kwargs, limit, task_name=name,
+            check_payload(task.func, args, kwargs, limit, task_name=plan.path,
                           setting=f"TASKS[{self.alias!r}]['OPTIONS']['MAX_PAYLOAD']")
         return call
 
@@ -278,26 +312,34 @@ class Enqueueing:
     def new_job(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
                 receives_input: bool = False, queue: str | None = None,
                 now: datetime | None = None, job_id: str | None = None,
-                shapes: set[tuple[Any, ...]] | None = None, traced: bool = True) -> NewJob:
+                traced: bool = True) -> NewJob:
         """The :class:`NewJob` for a call that passes :meth:`check_call` (with ``queue``,
         :meth:`check_task` was made already and gave it). ``now``: its enqueue time;
-        ``shapes``: see :meth:`check_args`; ``traced`` False: tracing is known off."""
+        ``traced`` False: tracing is known off."""
         if queue is None:
             queue = self.check_task(task)
-        call = self.check_args(task, args, kwargs, receives_input=receives_input,
-                               shapes=shapes)
-        job = NewJob(id=job_id or str(uuid7()), task_path=task.module_path, queue_name=queue,
-                     priority=task.priority, args=list(args), kwargs=kwargs,
-                     max_attempts=getattr(task, "max_attempts", 1),
-                     enqueued_at=now or timezone.now(), run_after=task.run_after, call=call)
-        expires_at = getattr(task, "expires_at", None)
-        if expires_at is not None:
-            job.expires_at = expires_at(job.enqueued_at)
-        unique_key_for = getattr(task, "unique_key_for", None)
-        if unique_key_for is not None:
-            job.unique_key = unique_key_for(args, kwargs) or ""
+        plan = _Plan(task, queue, receives_input)
+        return self._new_job(plan, args, kwargs, job_id or str(uuid7()), now or timezone.now(),
+                             _PER_JOB if traced else headers_for(None, self.alias, traced=False))
+
+    def _new_job(self, plan: _Plan, args: Sequence[Any], kwargs: Mapping[str, Any],
+                 job_id: str, now: datetime, headers: Any) -> NewJob:
+        """:meth:`new_job` with what the calls of one task share looked up once:
+        ``plan``; ``headers``, the job's (:data:`_PER_JOB`: made for this job)."""
+        call = self._check_args(plan, args, kwargs)
+        task = plan.task
+        # Copies, normal as Django's TaskResult keeps them (tuples become lists): the
+        # results of a bulk enqueue share them (JobResult.copies).
+        job = NewJob(job_id, plan.path, plan.queue, plan.priority,
+                     [normalized(v) for v in args] if args else [],
+                     {k: normalized(v) for k, v in kwargs.items()} if kwargs else {},
+                     plan.max_attempts, now, plan.run_after, call=call)
+        if plan.expires:
+            job.expires_at = task.expires_at(now)
+        if plan.unique:
+            job.unique_key = task.unique_key_for(args, kwargs) or ""
         # Headers for the worker: the enqueuer's trace context, the user's own (or None).
-        job.headers = headers_for(job, self.alias, traced=traced)
+        job.headers = headers_for(job, self.alias) if headers is _PER_JOB else headers
         return job
 
     def store_job(self, job: NewJob, task: DjangoTask) -> Any:
@@ -352,8 +394,7 @@ class Enqueueing:
         results: list[Any] = [None] * len(jobs)
         for same in kinds.values():
             first = results[same[0]] = self.result_for(tasks[same[0]], jobs[same[0]])
-            others = first.copies([(jobs[i].id, jobs[i].args, jobs[i].kwargs,
-                                    jobs[i].enqueued_at) for i in same[1:]])
+            others = first.copies([jobs[i] for i in same[1:]])
             for i, result in zip(same[1:], others, strict=True):
                 results[i] = result
         return results
