@@ -191,13 +191,17 @@ class Enqueueing:
         simple = not (alone or first) and len(batch) <= BATCH_SIZE
         try:
             with nullcontext() if simple else transaction.atomic(using=self.database):
-                inserted = self.broker.publish_many([jobs[i] for i in batch])
-                stored = [i for i in batch if inserted is None or jobs[i].id in inserted]
-                for i, result in zip(stored, self.results_for([tasks[i] for i in stored],
-                                                              [jobs[i] for i in stored]),
-                                     strict=True):
-                    results[i] = result
-                    new.append(result)
+                # Several batches, in a transaction: PostgreSQL inserts them while Python
+                # makes the next and the results (pipelined). In autocommit (one batch)
+                # a callback on commit would run at once, before the INSERT's own end.
+                with nullcontext() if simple else self.store.pipelined():
+                    inserted = self.broker.publish_many([jobs[i] for i in batch])
+                    stored = [i for i in batch if inserted is None or jobs[i].id in inserted]
+                    for i, result in zip(stored, self.results_for([tasks[i] for i in stored],
+                                                                  [jobs[i] for i in stored]),
+                                         strict=True):
+                        results[i] = result
+                        new.append(result)
                 for i in batch:
                     if results[i] is not None:
                         continue

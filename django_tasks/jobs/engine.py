@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from functools import cache
 from typing import Any, Protocol, TypeVar
@@ -116,6 +117,12 @@ class Engine(ABC):
         """A cursor for this engine's statements (Django's, so errors, transactions and
         query logging behave as everywhere else)."""
         return self.connection.cursor()
+
+    def pipelined(self) -> AbstractContextManager[Any]:
+        """A block whose statements on this engine's connection need not wait for their
+        results (they come at its end, or when one is fetched), so that the client goes
+        on while the database works. Nothing different by default."""
+        return nullcontext()
 
     def prepare_worker_connection(self) -> None:
         """Set up the calling thread's connection for a worker's round trips (the broker

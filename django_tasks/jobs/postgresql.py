@@ -16,7 +16,8 @@ depends on how many rows it touches. Times a worker does not give are the databa
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -299,6 +300,21 @@ class PostgreSQL(Engine):
             raw.prepare_threshold = _NEVER
         with connection.wrap_database_errors:
             return connection.make_cursor(_prepared_cursor_class()(raw))
+
+    @contextmanager
+    def pipelined(self) -> Iterator[None]:
+        """psycopg's pipeline mode: each statement is sent without waiting for its
+        result, so PostgreSQL inserts one batch of a bulk enqueue while Python makes the
+        next (and the results); an error is raised at the latest when the block ends.
+        Only with this engine's own (prepared, server-bound) cursors."""
+        connection = self.connection
+        if not self.prepared or connection.queries_logged:
+            yield
+            return
+        connection.ensure_connection()
+        raw = connection.connection
+        with connection.wrap_database_errors, raw.pipeline():
+            yield
 
     def prepare_worker_connection(self) -> None:
         """The worker's round trips read jobs through an index, never a bitmap or a

@@ -163,6 +163,13 @@ class JobStore(Registry, Cancelling, Statistics):
                 inserted |= ids
         return inserted if unique else None
 
+    def pipelined(self) -> Any:
+        """A block whose statements need not wait for their results, where the database
+        allows it (PostgreSQL's pipeline mode): a bulk enqueue sends its batches and
+        makes its results while the database inserts. Errors are raised by the end of
+        the block (fetching rows inside it waits for everything sent before them)."""
+        return self.engine.pipelined()
+
     @property
     def notifies(self) -> bool:
         """Whether this database wakes listeners (:meth:`notify`, :meth:`listen`)."""
