@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -112,7 +112,8 @@ class Broker(ABC):
         (:meth:`JobStore.insert`). Otherwise returns True.
         """
 
-    def publish_many(self, jobs: Sequence[NewJob]) -> set[str] | None:
+    def publish_many(self, jobs: Sequence[NewJob], *,
+                     meanwhile: Iterator[None] | None = None) -> set[str] | None:
         """Store new jobs (``NewJob``, checked already) in the caller's transaction on the
         store's database, one statement per batch (:meth:`JobStore.insert_many
         <django_tasks.jobs.store.JobStore.insert_many>`); those READY become claimable
@@ -122,9 +123,10 @@ class Broker(ABC):
         returns the ids stored (a job whose key an active job holds is not); None when
         every job was stored. Here the rows, then :meth:`republish` of the READY ones:
         a broker overrides it to publish the batch in one go (one NOTIFY, one pipelined
-        Redis call, one RabbitMQ confirm window).
+        Redis call, one RabbitMQ confirm window). ``meanwhile``: the caller's work in
+        steps, for :meth:`JobStore.insert_many` to run while the database works.
         """
-        inserted = self.store.insert_many(jobs)
+        inserted = self.store.insert_many(jobs, meanwhile=meanwhile)
         self.republish([str(j.id) for j in jobs if j.status == READY
                         and (inserted is None or str(j.id) in inserted)])
         return inserted

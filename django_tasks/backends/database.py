@@ -13,7 +13,7 @@ transaction, invisible to workers until commit and gone on rollback.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -77,14 +77,15 @@ class DatabaseBroker(Broker):
             return self.store.insert(job)
         return self.store.insert(job, notify=channel(job.queue_name))
 
-    def publish_many(self, jobs: Sequence[NewJob]) -> set[str] | None:
+    def publish_many(self, jobs: Sequence[NewJob], *,
+                     meanwhile: Iterator[None] | None = None) -> set[str] | None:
         """INSERT the jobs, one statement per batch, in the caller's transaction; where
         workers are woken, each statement also NOTIFYs the channels of the queues of its
         READY jobs (once each, never once per job), delivered at commit."""
         channels = ()
         if self.supports_wakeup:
             channels = sorted(map(channel, {j.queue_name for j in jobs if j.status == READY}))
-        return self.store.insert_many(jobs, channels=channels)
+        return self.store.insert_many(jobs, channels=channels, meanwhile=meanwhile)
 
     def republish(self, job_ids: Sequence[str]) -> None:
         """The rows are the messages: only wake the workers of their queues."""

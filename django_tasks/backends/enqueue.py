@@ -13,7 +13,7 @@ INSERT per :data:`~django_tasks.jobs.store.BATCH_SIZE` jobs).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -191,11 +191,14 @@ class Enqueueing:
         simple = not (alone or first) and len(batch) <= BATCH_SIZE
         try:
             with nullcontext() if simple else transaction.atomic(using=self.database):
-                # Several batches, in a transaction: PostgreSQL inserts them while Python
-                # makes the next and the results (pipelined). In autocommit (one batch)
-                # a callback on commit would run at once, before the INSERT's own end.
-                with nullcontext() if simple else self.store.pipelined():
-                    inserted = self.broker.publish_many([jobs[i] for i in batch])
+                # No unique job: each is stored (or none is), so their results are made
+                # in steps while the database loads the rows (JobStore.insert_many).
+                ahead = None if first else self._results_ahead(batch, jobs, tasks, results, new)
+                inserted = self.broker.publish_many([jobs[i] for i in batch], meanwhile=ahead)
+                if ahead is not None:
+                    for _ in ahead:  # the steps the database did not run
+                        pass
+                else:
                     stored = [i for i in batch if inserted is None or jobs[i].id in inserted]
                     for i, result in zip(stored, self.results_for([tasks[i] for i in stored],
                                                                   [jobs[i] for i in stored]),
@@ -226,6 +229,19 @@ class Enqueueing:
             results[i] = results[earlier]
         self.announce(new)
         return results  # type: ignore[return-value]
+
+    def _results_ahead(self, batch: Sequence[int], jobs: Sequence[NewJob],
+                       tasks: Sequence[DjangoTask], results: list[Any],
+                       new: list[JobResult]) -> Iterator[None]:
+        """The results of ``batch`` (positions in ``jobs``) into ``results`` and ``new``,
+        in order, :data:`BATCH_SIZE` a step."""
+        for start in range(0, len(batch), BATCH_SIZE):
+            part = batch[start:start + BATCH_SIZE]
+            made = self.results_for([tasks[i] for i in part], [jobs[i] for i in part])
+            for i, result in zip(part, made, strict=True):
+                results[i] = result
+            new.extend(made)
+            yield
 
     def check_call(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
                    receives_input: bool = False) -> str:
@@ -337,7 +353,8 @@ class Enqueueing:
         job = NewJob(job_id, plan.path, plan.queue, plan.priority,
                      [normalized(v) for v in args] if args else [],
                      {k: normalized(v) for k, v in kwargs.items()} if kwargs else {},
-                     plan.max_attempts, now, plan.run_after, call=call)
+                     plan.max_attempts, now, plan.run_after, call=call,
+                     call_split=len(call) - 2 - (len(dumps_checked(kwargs)) if kwargs else 2))
         if plan.expires:
             job.expires_at = task.expires_at(now)
         if plan.unique:

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any, Protocol, TypeVar
@@ -117,12 +116,6 @@ class Engine(ABC):
         """A cursor for this engine's statements (Django's, so errors, transactions and
         query logging behave as everywhere else)."""
         return self.connection.cursor()
-
-    def pipelined(self) -> AbstractContextManager[Any]:
-        """A block whose statements on this engine's connection need not wait for their
-        results (they come at its end, or when one is fetched), so that the client goes
-        on while the database works. Nothing different by default."""
-        return nullcontext()
 
     def prepare_worker_connection(self) -> None:
         """Set up the calling thread's connection for a worker's round trips (the broker
@@ -244,6 +237,14 @@ class Engine(ABC):
         a job whose key an active job holds is not inserted, and the ids inserted are
         returned (None without ``unique``). ``channels``: NOTIFY each, at commit, in the
         same statement, if a row was inserted (where the database :attr:`notifies`)."""
+
+    def copy_many(self, jobs: Sequence[NewJob], *, channels: Sequence[str] = (),
+                  meanwhile: Iterator[None] | None = None) -> bool:
+        """Store ``jobs`` (none unique) by the database's bulk load, in the caller's
+        transaction, notifying ``channels`` at commit; False (nothing done) where there
+        is none or it would not pay: then they are INSERTed. ``meanwhile``: the caller's
+        work in steps, one run after each chunk sent, while the database loads it."""
+        return False
 
     def unique_holder(self, key: str, since: datetime | None) -> Any | None:
         # The model is imported when first needed: models cannot be imported while the

@@ -53,6 +53,9 @@ class NewJob:
     #: ``[args, kwargs]`` as JSON text, made once (the size check measures it, the
     #: insert sends it).
     call: str = ""
+    #: Where the arguments end in ``call``: ``call[1:call_split]`` is ``args``' JSON,
+    #: ``call[call_split + 1:-1]`` ``kwargs``' (0: not known).
+    call_split: int = 0
 
 
 @dataclass(slots=True)

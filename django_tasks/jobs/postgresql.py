@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -249,6 +248,19 @@ INSERT_MANY_NOTIFY = (
     "FROM unnest(%(channels)s::text[]) AS c WHERE EXISTS (SELECT 1 FROM j)) AS n"
 )
 
+# Many new jobs of one transaction (none unique) by COPY: no arrays to parse and unnest,
+# a fifth less of PostgreSQL's CPU per job than INSERT_MANY (alternating runs of 20,000
+# jobs: 8.0-8.5 vs 10-11 us). A COPY computes nothing, so the database's clock for the
+# jobs due at once (``available_at``) is read first, with the NOTIFY of each channel
+# (delivered at commit, like the rows).
+COPY_MANY = "COPY \"django_tasks_job\" (" + ", ".join(INSERT_COLUMNS) + ") FROM STDIN"
+COPY_CLOCK_NOTIFY = (
+    "SELECT statement_timestamp(), "
+    "(SELECT count(pg_notify(c, '')) FROM unnest(%(channels)s::text[]) AS c)"
+)
+#: Rows per write of a COPY.
+COPY_CHUNK = 1000
+
 # -- waking workers ------------------------------------------------------------------------
 
 # Enqueue and wake in one statement, so one round trip and in autocommit one commit:
@@ -300,21 +312,6 @@ class PostgreSQL(Engine):
             raw.prepare_threshold = _NEVER
         with connection.wrap_database_errors:
             return connection.make_cursor(_prepared_cursor_class()(raw))
-
-    @contextmanager
-    def pipelined(self) -> Iterator[None]:
-        """psycopg's pipeline mode: each statement is sent without waiting for its
-        result, so PostgreSQL inserts one batch of a bulk enqueue while Python makes the
-        next (and the results); an error is raised at the latest when the block ends.
-        Only with this engine's own (prepared, server-bound) cursors."""
-        connection = self.connection
-        if not self.prepared or connection.queries_logged:
-            yield
-            return
-        connection.ensure_connection()
-        raw = connection.connection
-        with connection.wrap_database_errors, raw.pipeline():
-            yield
 
     def prepare_worker_connection(self) -> None:
         """The worker's round trips read jobs through an index, never a bitmap or a
@@ -442,6 +439,28 @@ class PostgreSQL(Engine):
                 return None
             return {str(row[0]) for row in cursor.fetchall() if row[0] is not None}
 
+    def copy_many(self, jobs: Sequence[NewJob], *, channels: Sequence[str] = (),
+                  meanwhile: Iterator[None] | None = None) -> bool:
+        """COPY ``jobs`` (none unique, each knowing its ``call_split``) in the caller's
+        transaction and NOTIFY ``channels`` at commit; False (nothing done) outside a
+        transaction or where statements are logged (a COPY is not), then INSERT them.
+        A step of ``meanwhile`` runs after each chunk is written: PostgreSQL loads one
+        while Python does the caller's work (the results of a bulk enqueue)."""
+        connection = self.connection
+        if not self.prepared or connection.queries_logged or not connection.in_atomic_block:
+            return False
+        with self.cursor() as cursor:
+            cursor.execute(COPY_CLOCK_NOTIFY, {"channels": list(channels)})
+            now = cursor.fetchone()[0]
+        raw = connection.connection
+        with connection.wrap_database_errors, raw.cursor() as cursor, \
+                cursor.copy(COPY_MANY) as copy:
+            for start in range(0, len(jobs), COPY_CHUNK):
+                copy.write(_copy_rows(jobs[start:start + COPY_CHUNK], self.backend, now))
+                if meanwhile is not None:
+                    next(meanwhile, None)
+        return True
+
     # -- waking workers ------------------------------------------------------------------
 
     def insert_one(self, job: NewJob, *, notify: str | None = None) -> bool:
@@ -551,6 +570,58 @@ def _new_jobs(jobs: Sequence[NewJob]) -> dict[str, str]:
         "expires_at": _times(j.expires_at for j in jobs),
         "headers": _texts(None if j.headers is None else dumps(j.headers) for j in jobs),
     }
+
+
+def _copy_rows(jobs: Sequence[NewJob], backend: str, now: datetime) -> str:
+    """COPY_MANY's text for ``jobs`` (none unique): one line each, columns in
+    INSERT_COLUMNS' order, the values INSERT_MANY would write (``available_at``:
+    ``run_after``, else ``now``). JSON text escapes every character COPY's text format
+    does but the backslash."""
+    texts: dict[str, str] = {}
+    times: dict[datetime, str] = {}
+    due = now.isoformat()
+    backend = _copy_text(backend)
+    shared: Any = None  # the last headers dict and its text: a bulk enqueue shares one
+    shared_text = _NULL
+    lines = []
+    for j in jobs:
+        path = texts.get(j.task_path)
+        if path is None:
+            path = texts[j.task_path] = _copy_text(j.task_path)
+        queue = texts.get(j.queue_name)
+        if queue is None:
+            queue = texts[j.queue_name] = _copy_text(j.queue_name)
+        at = times.get(j.enqueued_at)
+        if at is None:
+            at = times[j.enqueued_at] = j.enqueued_at.isoformat()
+        call, split = j.call, j.call_split
+        args, kwargs = call[1:split], call[split + 1:-1]
+        if "\\" in call:
+            args, kwargs = args.replace("\\", "\\\\"), kwargs.replace("\\", "\\\\")
+        if j.run_after is None:
+            run, available = _NULL, due
+        else:
+            run = available = j.run_after.isoformat()
+        if j.headers is not shared:
+            shared = j.headers
+            shared_text = _NULL if shared is None else dumps(shared).replace("\\", "\\\\")
+        lines.append(
+            f"{j.id}\t{path}\t{backend}\t{queue}\t{j.priority}\t{j.status}\t{args}\t"
+            f"{kwargs}\t[]\t[]\t0\t{j.max_attempts}\t{at}\t{run}\t{available}\t\t\t"
+            f"{j.workflow_id or _NULL}\t{j.waiting_on}\t"
+            f"{_NULL if j.links is None else dumps(j.links).replace('\\', '\\\\')}\t\t"
+            f"{_NULL if j.expires_at is None else j.expires_at.isoformat()}\t{shared_text}\n")
+    return "".join(lines)
+
+
+#: NULL in COPY's text format.
+_NULL = "\\N"
+
+
+def _copy_text(text: str) -> str:
+    """``text`` as a field of COPY's text format."""
+    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
 
 
 def _array(values: Iterable[str | None]) -> str:

@@ -29,7 +29,7 @@ claimed: :meth:`JobStore.exchange` (the engine's ``CLAIM_*`` statements); comple
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime
@@ -143,8 +143,8 @@ class JobStore(Registry, Cancelling, Statistics):
         """
         return self.engine.insert_one(job, notify=notify)
 
-    def insert_many(self, jobs: Sequence[NewJob], *,
-                    channels: Sequence[str] = ()) -> set[str] | None:
+    def insert_many(self, jobs: Sequence[NewJob], *, channels: Sequence[str] = (),
+                    meanwhile: Iterator[None] | None = None) -> set[str] | None:
         """INSERT new jobs (checked already) on this store's connection, in the caller's
         transaction: one statement per :data:`BATCH_SIZE` jobs. If any is unique, returns
         the ids inserted: a job whose key an active job holds (or an earlier job of the
@@ -153,8 +153,16 @@ class JobStore(Registry, Cancelling, Statistics):
         ``channels``: NOTIFY them at commit, where the database :attr:`notifies`: one
         NOTIFY per channel in each batch's statement (never one per job), which
         PostgreSQL delivers once per transaction.
+
+        More than one batch and none unique, in a transaction, on PostgreSQL: one COPY
+        instead (its NOTIFY once per channel), and ``meanwhile`` (the caller's work
+        in steps) is stepped while the database loads the rows; the caller runs
+        whatever steps are left afterwards.
         """
         unique = any(j.unique_key for j in jobs)
+        if (not unique and len(jobs) > BATCH_SIZE and all(j.call_split for j in jobs)
+                and self.engine.copy_many(jobs, channels=channels, meanwhile=meanwhile)):
+            return None
         inserted: set[str] = set()
         for start in range(0, len(jobs), BATCH_SIZE):
             ids = self.engine.insert_many(jobs[start:start + BATCH_SIZE], unique=unique,
@@ -162,13 +170,6 @@ class JobStore(Registry, Cancelling, Statistics):
             if ids:
                 inserted |= ids
         return inserted if unique else None
-
-    def pipelined(self) -> Any:
-        """A block whose statements need not wait for their results, where the database
-        allows it (PostgreSQL's pipeline mode): a bulk enqueue sends its batches and
-        makes its results while the database inserts. Errors are raised by the end of
-        the block (fetching rows inside it waits for everything sent before them)."""
-        return self.engine.pipelined()
 
     @property
     def notifies(self) -> bool:

@@ -60,7 +60,7 @@ database decides), never a second run.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -237,12 +237,13 @@ class RabbitMQBroker(Broker):
                                   using=self.store.database)
         return True
 
-    def publish_many(self, jobs: Sequence[NewJob]) -> set[str] | None:
+    def publish_many(self, jobs: Sequence[NewJob], *,
+                     meanwhile: Iterator[None] | None = None) -> set[str] | None:
         """INSERT the rows, one statement per batch, in the caller's transaction; once it
         commits, the ids of the due ones inserted are published together and confirmed
         in one window (:meth:`Publisher.publish`); what is not confirmed stays READY for
         the sweep, as for a single publish."""
-        inserted = self.store.insert_many(jobs)
+        inserted = self.store.insert_many(jobs, meanwhile=meanwhile)
         horizon = timezone.now() + DUE_SLACK
         entries = [(str(j.id), j.queue_name, j.priority, ms(j.run_after)) for j in jobs
                    if j.status == READY and (inserted is None or str(j.id) in inserted)

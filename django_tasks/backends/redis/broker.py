@@ -73,7 +73,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -272,11 +272,12 @@ class RedisBroker(Broker):
                               using=self.store.database)
         return True
 
-    def publish_many(self, jobs: Sequence[NewJob]) -> set[str] | None:
+    def publish_many(self, jobs: Sequence[NewJob], *,
+                     meanwhile: Iterator[None] | None = None) -> set[str] | None:
         """INSERT the rows, one statement per batch, in the caller's transaction; once it
         commits, the READY ones inserted are published in one script call per batch,
         pipelined as a single publish is (not waiting for the reply)."""
-        inserted = self.store.insert_many(jobs)
+        inserted = self.store.insert_many(jobs, meanwhile=meanwhile)
         entries = [(rank(j.priority), ms(j.run_after), j.queue_name, str(j.id)) for j in jobs
                    if j.status == READY and (inserted is None or str(j.id) in inserted)]
         for start in range(0, len(entries), BATCH_SIZE):
