@@ -126,6 +126,74 @@ def test_a_rolled_back_bulk_enqueue_stores_and_publishes_nothing(broker, enqueue
     assert backend.broker.claim("w", "L", ["default"], 10) == []
 
 
+@pytest.mark.rabbitmq_too
+def test_more_than_a_batch_keeps_every_value_and_wakes_once_committed(broker, enqueued):
+    """Outside a query log (which keeps the INSERTs), PostgreSQL loads more than a batch
+    of plain jobs with one COPY: every column as the INSERTs would write it."""
+    import select
+
+    backend = task_backends["default"]
+    n = 2 * store_module.BATCH_SIZE + 5
+    later = timezone.now() + timedelta(hours=1)
+    text = 'a\\b\t"c"\n\r\\N é'  # every character COPY's text format escapes
+    delayed = tasks.add.using(priority=3, run_after=later, queue_name="emails")
+    calls = [(tasks.add, (i, text), {}) if i % 2 else
+             (delayed, (), {"x": [i, (1, text)], "y": {text: None}}) for i in range(n)]
+    listener = backend.broker.wake_source(["default"])
+    try:
+        with transaction.atomic():
+            results = enqueue_many(calls)
+            assert enqueued == []
+            if listener is not None:
+                assert select.select([listener], [], [], 0.2)[0] == []  # not before commit
+        if listener is not None:
+            assert select.select([listener], [], [], 5)[0] == [listener]
+            assert listener.drain() == 1
+    finally:
+        if listener is not None:
+            listener.close()
+    flushed(backend)
+    assert enqueued == [r.id for r in results]
+    jobs = {str(j.id): j for j in Job.objects.all()}
+    assert len(jobs) == n == len(results)
+    now = timezone.now()
+    for i, result in enumerate(results):
+        job = jobs[result.id]
+        if i % 2:
+            expected = ([i, text], {}, 0, "default", None)
+            assert job.available_at <= now
+        else:
+            expected = ([], {"x": [i, [1, text]], "y": {text: None}}, 3, "emails", later)
+            assert job.available_at == later
+        assert (job.args, job.kwargs, job.priority, job.queue_name, job.run_after) == expected
+        assert (result.args, result.kwargs) == expected[:2]
+        assert (job.status, job.attempts, job.errors, job.worker_ids, job.lease) == (
+            "READY", 0, [], [], "")
+        assert job.enqueued_at == result.enqueued_at and job.headers is None
+    assert backend.broker.claim("w", "L", ["default"], 3)  # claimable once committed
+
+
+@pytest.mark.rabbitmq_too
+def test_a_bulk_enqueue_failing_in_a_later_batch_stores_nothing(broker, enqueued, monkeypatch):
+    from django_tasks import EnqueueError
+    from django_tasks.backends import enqueue as enqueue_module
+
+    backend = task_backends["default"]
+    made = enqueue_module.uuid7_strs
+
+    def last_id_repeats_the_first(n):
+        ids = made(n)
+        ids[-1] = ids[0]
+        return ids
+
+    monkeypatch.setattr(enqueue_module, "uuid7_strs", last_id_repeats_the_first)
+    with pytest.raises(EnqueueError, match="Could not enqueue 2005 jobs"):
+        tasks.add.enqueue_many([(i, 1) for i in range(2 * store_module.BATCH_SIZE + 5)])
+    flushed(backend)
+    assert not Job.objects.exists() and enqueued == []
+    assert backend.broker.claim("w", "L", ["default"], 10) == []
+
+
 def test_task_enqueued_is_sent_for_each_new_job_once_committed(enqueued):
     with transaction.atomic():
         results = tasks.add.enqueue_many([(i, i) for i in range(5)])
@@ -197,6 +265,13 @@ def test_a_group_of_1000_inserts_its_jobs_in_one_statement(broker):
         chord(group(tasks.add.s(i, i) for i in range(999)), tasks.tsum.s()).delay()
     assert len(inserts(queries)) == 1  # 999 members and the body
     assert Job.objects.filter(status="WAITING").count() == 1
+    # More than a batch: loaded in one go on PostgreSQL, links and waits as inserted.
+    result = chord(group(tasks.add.s(i, i) for i in range(1500)), tasks.tsum.s()).delay()
+    body = Job.objects.get(pk=result.id)
+    assert (body.status, body.waiting_on, body.task_path) == ("WAITING", 1500, "tests.tasks.tsum")
+    assert Job.objects.filter(workflow_id=body.workflow_id).count() == 1501
+    assert Job.objects.filter(workflow_id=body.workflow_id, status="READY",
+                              links__isnull=False).count() == 1500
 
 
 def test_catch_up_enqueues_its_ticks_in_one_insert_and_still_once():
