@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, transaction
@@ -431,7 +432,11 @@ class Enqueueing:
     def _send_enqueued(self, results: Sequence[JobResult]) -> None:
         """The stored jobs' transaction committed: count them (``/metrics``' enqueued
         counter, :mod:`django_tasks.jobs.enqueued`) and send ``task_enqueued``."""
-        counts = Counter((r.task.queue_name, r.task.module_path) for r in results)
+        # By task object first: a bulk enqueue's results share a few (JobResult.copies).
+        tasks = {id(r.task): r.task for r in results}
+        counts: Counter[tuple[str, str]] = Counter()
+        for key, n in Counter(map(id, map(attrgetter("task"), results))).items():
+            counts[tasks[key].queue_name, tasks[key].module_path] += n
         for (queue, path), n in counts.items():
             ENQUEUED.add(self.database, self.alias, queue, path, n)
         if heard(task_enqueued, type(self)):
