@@ -16,11 +16,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.tasks import Task as DjangoTask
 from django.tasks.exceptions import InvalidTask
@@ -142,10 +143,10 @@ class Enqueueing:
         tasks: list[DjangoTask] = []
         plans: dict[int, _Plan] = {}
         ids = uuid7_strs(len(calls))
-        # One enqueue time for the calls of one transaction (their ids keep their order),
-        # and tracing asked once, not per job (~1 us each); when it is off, every job
-        # has the same headers (yours, or None).
-        now = timezone.now()
+        # timezone.now() without its settings look-up per job; tracing asked once, not
+        # per job (~1 us each): when it is off, every job has the same headers (yours,
+        # or None).
+        clock = partial(datetime.now, UTC) if settings.USE_TZ else datetime.now
         traced = tracing.enabled()
         headers = _PER_JOB if traced else headers_for(None, self.alias, traced=False)
         for n, call in enumerate(calls):
@@ -159,7 +160,7 @@ class Enqueueing:
                             f"{self.alias!r}: the calls of one enqueue_many() share one."
                         )
                     plan = plans[id(task)] = _Plan(task, self.check_task(task))
-                jobs.append(self._new_job(plan, args, kwargs, ids[n], now, headers))
+                jobs.append(self._new_job(plan, args, kwargs, ids[n], clock(), headers))
                 tasks.append(task)
             except Exception as exc:
                 if exc.args and isinstance(exc.args[0], str):

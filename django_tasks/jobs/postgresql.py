@@ -575,10 +575,8 @@ def _new_jobs(jobs: Sequence[NewJob]) -> dict[str, str]:
 def _copy_rows(jobs: Sequence[NewJob], backend: str, now: datetime) -> str:
     """COPY_MANY's text for ``jobs`` (none unique): one line each, columns in
     INSERT_COLUMNS' order, the values INSERT_MANY would write (``available_at``:
-    ``run_after``, else ``now``). JSON text escapes every character COPY's text format
-    does but the backslash."""
+    ``run_after``, else ``now``)."""
     texts: dict[str, str] = {}
-    times: dict[datetime, str] = {}
     due = now.isoformat()
     backend = _copy_text(backend)
     shared: Any = None  # the last headers dict and its text: a bulk enqueue shares one
@@ -591,9 +589,6 @@ def _copy_rows(jobs: Sequence[NewJob], backend: str, now: datetime) -> str:
         queue = texts.get(j.queue_name)
         if queue is None:
             queue = texts[j.queue_name] = _copy_text(j.queue_name)
-        at = times.get(j.enqueued_at)
-        if at is None:
-            at = times[j.enqueued_at] = j.enqueued_at.isoformat()
         call, split = j.call, j.call_split
         args, kwargs = call[1:split], call[split + 1:-1]
         if "\\" in call:
@@ -604,18 +599,25 @@ def _copy_rows(jobs: Sequence[NewJob], backend: str, now: datetime) -> str:
             run = available = j.run_after.isoformat()
         if j.headers is not shared:
             shared = j.headers
-            shared_text = _NULL if shared is None else dumps(shared).replace("\\", "\\\\")
+            shared_text = _copy_json(shared)
         lines.append(
             f"{j.id}\t{path}\t{backend}\t{queue}\t{j.priority}\t{j.status}\t{args}\t"
-            f"{kwargs}\t[]\t[]\t0\t{j.max_attempts}\t{at}\t{run}\t{available}\t\t\t"
+            f"{kwargs}\t[]\t[]\t0\t{j.max_attempts}\t{j.enqueued_at.isoformat()}\t{run}\t"
+            f"{available}\t\t\t"
             f"{j.workflow_id or _NULL}\t{j.waiting_on}\t"
-            f"{_NULL if j.links is None else dumps(j.links).replace('\\', '\\\\')}\t\t"
+            f"{_copy_json(j.links)}\t\t"
             f"{_NULL if j.expires_at is None else j.expires_at.isoformat()}\t{shared_text}\n")
     return "".join(lines)
 
 
 #: NULL in COPY's text format.
 _NULL = "\\N"
+
+
+def _copy_json(value: Any) -> str:
+    """``value`` (None: NULL) as JSON text in a field of COPY's text format: JSON
+    escapes every character COPY's text format does but the backslash."""
+    return _NULL if value is None else dumps(value).replace("\\", "\\\\")
 
 
 def _copy_text(text: str) -> str:
