@@ -380,7 +380,8 @@ class Task(django_base.Task):
         is stored unless all are. For both kinds of arguments in one call, or calls of
         several tasks, or options per call, use :func:`enqueue_many`.
         """
-        return enqueue_many((self, *_call(call)) for call in calls)
+        return enqueue_many([(self, call, {}) if type(call) is tuple else (self, *_call(call))
+                             for call in calls])
 
     async def aenqueue_many(self, calls: Iterable[Sequence[Any] | Mapping[str, Any]],
                             ) -> list[JobResult]:
