@@ -603,9 +603,7 @@ def _copy_rows(jobs: Sequence[NewJob], backend: str, now: datetime) -> str:
         lines.append(
             f"{j.id}\t{path}\t{backend}\t{queue}\t{j.priority}\t{j.status}\t{args}\t"
             f"{kwargs}\t[]\t[]\t0\t{j.max_attempts}\t{j.enqueued_at.isoformat()}\t{run}\t"
-            f"{available}\t\t\t"
-            f"{j.workflow_id or _NULL}\t{j.waiting_on}\t"
-            f"{_copy_json(j.links)}\t\t"
+            f"{available}\t\t\t{j.workflow_id or _NULL}\t{j.waiting_on}\t{_copy_json(j.links)}\t\t"
             f"{_NULL if j.expires_at is None else j.expires_at.isoformat()}\t{shared_text}\n")
     return "".join(lines)
 
