@@ -16,7 +16,7 @@ depends on how many rows it touches. Times a worker does not give are the databa
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -26,6 +26,7 @@ from ..results import as_datetime
 from ..serialization import dumps
 from .engine import Engine, RoundTrip
 from .messages import APPLIED_COLUMNS, Applied, ByIds, ByQueues, NewJob, Outcome, Start
+from .pgtext import array, copy_rows, new_jobs
 from .portable import INSERT_COLUMNS, INSERTED, ON_CONFLICT_UNIQUE, reserve_slots
 from .rows import MESSAGE_COLUMNS, ExchangeRow, MessageRow
 
@@ -376,7 +377,7 @@ class PostgreSQL(Engine):
         params = {"worker": worker_id, "lease": lease, "backend": self.backend,
                   "now": self.time(now)}  # None: the database's clock
         if isinstance(claim, ByIds):
-            params["claim_ids"] = _array(map(str, claim.ids))
+            params["claim_ids"] = array(map(str, claim.ids))
         else:
             params["queues"] = list(claim.queues) or [""]
             params["limit"] = max(0, claim.limit) if claim.queues else 0
@@ -425,7 +426,7 @@ class PostgreSQL(Engine):
     def insert_many(self, jobs: Sequence[NewJob], *, unique: bool,
                     channels: Sequence[str] = ()) -> set[str] | None:
         insert = INSERT_MANY + (ON_CONFLICT_UNIQUE if unique else "")
-        params: dict[str, Any] = {"backend": self.backend, **_new_jobs(jobs)}
+        params: dict[str, Any] = {"backend": self.backend, **new_jobs(jobs)}
         # Prepared, bound by the server: the column arrays travel as parameters instead
         # of being quoted into one long SQL text for PostgreSQL to parse (alternating
         # runs of 20,000 jobs: Python 21-26 vs 22-33 us, PostgreSQL 13-22 vs 17-25 us).
@@ -456,7 +457,7 @@ class PostgreSQL(Engine):
         with connection.wrap_database_errors, raw.cursor() as cursor, \
                 cursor.copy(COPY_MANY) as copy:
             for start in range(0, len(jobs), COPY_CHUNK):
-                copy.write(_copy_rows(jobs[start:start + COPY_CHUNK], self.backend, now))
+                copy.write(copy_rows(jobs[start:start + COPY_CHUNK], self.backend, now))
                 if meanwhile is not None:
                     next(meanwhile, None)
         return True
@@ -540,7 +541,7 @@ class PostgresListener:
 def _outcomes(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     """Parameters of APPLY_OUTCOMES: the outcomes as one JSON document, and their ids."""
     return {
-        "outcome_ids": _array(o.id for o in outcomes),
+        "outcome_ids": array(o.id for o in outcomes),
         "outcomes": dumps([
             {"id": o.id, "lease": o.lease, "status": o.status, "return_value": o.return_value,
              "error": o.error, "finished_at": o.finished_at, "retry_at": o.retry_at,
@@ -551,114 +552,7 @@ def _outcomes(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     }
 
 
-def _new_jobs(jobs: Sequence[NewJob]) -> dict[str, str]:
-    """INSERT_MANY's arrays, one per column, as array literals made here: psycopg's own
-    adaptation of lists is Python code that looked at every element with a regular
-    expression, two thirds of a bulk enqueue's time in Python."""
-    return {
-        "id": _array(j.id for j in jobs), "task_path": _texts(j.task_path for j in jobs),
-        "queue_name": _texts(j.queue_name for j in jobs),
-        "priority": _array(str(j.priority) for j in jobs),
-        "status": _array(j.status for j in jobs), "call": _texts(j.call for j in jobs),
-        "max_attempts": _array(str(j.max_attempts) for j in jobs),
-        "enqueued_at": _times(j.enqueued_at for j in jobs),
-        "run_after": _times(j.run_after for j in jobs),
-        "workflow_id": _array(j.workflow_id for j in jobs),
-        "waiting_on": _array(str(j.waiting_on) for j in jobs),
-        "links": _texts(None if j.links is None else dumps(j.links) for j in jobs),
-        "unique_key": _texts(j.unique_key for j in jobs),
-        "expires_at": _times(j.expires_at for j in jobs),
-        "headers": _texts(None if j.headers is None else dumps(j.headers) for j in jobs),
-    }
-
-
-def _copy_rows(jobs: Sequence[NewJob], backend: str, now: datetime) -> str:
-    """COPY_MANY's text for ``jobs`` (none unique): one line each, columns in
-    INSERT_COLUMNS' order, the values INSERT_MANY would write (``available_at``:
-    ``run_after``, else ``now``)."""
-    texts: dict[str, str] = {}
-    due = now.isoformat()
-    backend = _copy_text(backend)
-    shared: Any = None  # the last headers dict and its text: a bulk enqueue shares one
-    shared_text = _NULL
-    lines = []
-    for j in jobs:
-        path = texts.get(j.task_path)
-        if path is None:
-            path = texts[j.task_path] = _copy_text(j.task_path)
-        queue = texts.get(j.queue_name)
-        if queue is None:
-            queue = texts[j.queue_name] = _copy_text(j.queue_name)
-        call, split = j.call, j.call_split
-        args, kwargs = call[1:split], call[split + 1:-1]
-        if "\\" in call:
-            args, kwargs = args.replace("\\", "\\\\"), kwargs.replace("\\", "\\\\")
-        if j.run_after is None:
-            run, available = _NULL, due
-        else:
-            run = available = j.run_after.isoformat()
-        if j.headers is not shared:
-            shared = j.headers
-            shared_text = _copy_json(shared)
-        lines.append(
-            f"{j.id}\t{path}\t{backend}\t{queue}\t{j.priority}\t{j.status}\t{args}\t"
-            f"{kwargs}\t[]\t[]\t0\t{j.max_attempts}\t{j.enqueued_at.isoformat()}\t{run}\t"
-            f"{available}\t\t\t{j.workflow_id or _NULL}\t{j.waiting_on}\t{_copy_json(j.links)}\t\t"
-            f"{_NULL if j.expires_at is None else j.expires_at.isoformat()}\t{shared_text}\n")
-    return "".join(lines)
-
-
-#: NULL in COPY's text format.
-_NULL = "\\N"
-
-
-def _copy_json(value: Any) -> str:
-    """``value`` (None: NULL) as JSON text in a field of COPY's text format: JSON
-    escapes every character COPY's text format does but the backslash."""
-    return _NULL if value is None else dumps(value).replace("\\", "\\\\")
-
-
-def _copy_text(text: str) -> str:
-    """``text`` as a field of COPY's text format."""
-    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-            .replace("\r", "\\r"))
-
-
-def _array(values: Iterable[str | None]) -> str:
-    """An array literal of values that need no quoting (ids, numbers, status words),
-    cast by the statement (``%(ids)s::uuid[]``): psycopg's own adaptation of a list
-    inspects every element, a twentieth of the broker thread's time per round trip."""
-    return "{" + ",".join("NULL" if v is None else v for v in values) + "}"
-
-
-def _literal(values: Iterable[Any], render: Callable[[Any], str]) -> str:
-    """An array literal of ``values`` (None is NULL), each rendered once: a bulk insert
-    repeats most of its values (a task path, a time)."""
-    seen: dict[Any, str] = {None: "NULL"}
-    out = []
-    for value in values:
-        text = seen.get(value)
-        if text is None:
-            text = seen[value] = render(value)
-        out.append(text)
-    return "{" + ",".join(out) + "}"
-
-
-def _quoted(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _texts(values: Iterable[str | None]) -> str:
-    """An array literal of any text (each quoted)."""
-    return _literal(values, _quoted)
-
-
-def _times(values: Iterable[datetime | None]) -> str:
-    """An array literal of aware datetimes (ISO text needs no quoting)."""
-    return _literal(values, datetime.isoformat)
-
-
 def _starts(starts: Sequence[Start]) -> dict[str, Any]:
     """Parameters of RECORD_STARTS (``worker`` aside)."""
-    return {"start_ids": _array(s.id for s in starts),
+    return {"start_ids": array(s.id for s in starts),
             "starts": dumps([{"id": s.id, "lease": s.lease, "at": s.at} for s in starts])}
