@@ -157,7 +157,8 @@ class JobStore(Registry, Cancelling, Statistics):
         More than one batch and none unique, in a transaction, on PostgreSQL: one COPY
         instead (its NOTIFY once per channel), and ``meanwhile`` (the caller's work
         in steps) is stepped while the database loads the rows; the caller runs
-        whatever steps are left afterwards.
+        whatever steps are left afterwards. A step must not use the database
+        connection: the COPY holds it (psycopg's lock: the step would wait forever).
         """
         unique = any(j.unique_key for j in jobs)
         if (not unique and len(jobs) > BATCH_SIZE and all(j.call_split for j in jobs)
