@@ -110,3 +110,27 @@ def test_the_round_trip_connection_plans_its_statements_once():
         with connection.cursor() as cursor:
             cursor.execute("RESET ALL")
     assert (generic, custom) == (7, 0)  # the first had nothing to write: the claim alone
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_the_round_trip_connection_compiles_nothing():
+    # A generic plan costs the claim as reading a tenth of the queue: with a million
+    # ready jobs that passed jit_above_cost and every round trip was JIT-compiled (45
+    # ms instead of 1.9). jit_above_cost = 0 stands for that estimate here.
+    tasks.add.enqueue(1, 2)
+    with connection.cursor() as cursor:
+        cursor.execute("SET jit_above_cost = 0")
+    default_task_backend.broker.prepare_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW jit")
+            assert cursor.fetchone()[0] == "off"
+            cursor.execute("EXPLAIN " + postgresql.CLAIM_READY, {
+                "worker": "w", "lease": "L", "queues": ["default"], "backend": "default",
+                "now": None, "limit": 10})
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET ALL")
+    assert "JIT" not in plan, plan

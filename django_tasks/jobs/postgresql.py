@@ -334,11 +334,20 @@ class PostgreSQL(Engine):
         of 20,000 jobs, pg_stat_statements with ``track_planning``: as many plans as
         calls). With the scans above ruled out, the generic plan is the custom one:
         index scans of the claim index and the primary key.
+
+        And nothing is compiled (``jit = off``). A generic plan knows neither the claim's
+        ``LIMIT`` nor its queue, so it costs the claim as reading a tenth of the queue's
+        ready rows: with a million of them (statistics up to date, as autovacuum keeps
+        them) the round trip's estimate passed ``jit_above_cost`` (146,764 against
+        100,000), and PostgreSQL JIT-compiled it on every execution, for a statement
+        that reads a few dozen rows: 45 ms per round trip instead of 1.9, a deep queue
+        drained at 173 jobs/s instead of ~3,000 (docs/performance.md, "third round").
         """
         with self.connection.cursor() as cursor:
             cursor.execute("SET enable_bitmapscan = off")
             cursor.execute("SET enable_seqscan = off")
             cursor.execute("SET plan_cache_mode = force_generic_plan")
+            cursor.execute("SET jit = off")
 
     def job_id(self, value: str) -> Any:
         return uuid.UUID(value)
