@@ -324,10 +324,9 @@ def measure_deep(fig: Figure, n: int, ready: int, finished: int, rounds: int) ->
         done = counts().get("SUCCESSFUL", 0)
         before = cpu.reading(server)
         rate, check = tp.drain_run(n, ("-Q", backlog.DEEP_QUEUE, "--max-tasks", str(n)),
-                                   counts, done)
-        cpu.settle()
+                                   counts, done, exited=(stop := cpu.Stop(server)))
         fig.runs.append(rate)
-        fig.cpus.append((cpu.reading(server) - before).per_job(n))
+        fig.cpus.append((stop.used - before).per_job(n))
         print(f"deep run {i}/{rounds}: {tp.fmt(rate, 'jobs/s')}, "
               f"{sum(fig.cpus[-1]):,.0f} µs/job; {check}", flush=True)
     tp.truncate()
