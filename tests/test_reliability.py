@@ -149,6 +149,20 @@ def test_jobs_of_a_stopped_or_unknown_worker_are_rescued_at_once():
     assert {Job.objects.get(pk=r.id).status for r in (a, b)} == {"READY"}
 
 
+def test_the_holders_are_the_workers_with_claimed_or_running_jobs():
+    for i in range(6):
+        tasks.add.enqueue(i, i)
+    assert store.engine.holders() == []
+    claim("b", 2)
+    start("c", claim("c"))
+    done = claim("a")
+    assert broker.exchange("a", lease="x", outcomes=[Outcome(
+        id=done[0].id, lease=done[0].lease, status="SUCCESSFUL",
+        finished_at=timezone.now().isoformat())]).applied
+    claim("")  # a holder without a name is one too
+    assert sorted(store.engine.holders()) == ["", "b", "c"]
+
+
 def test_a_worker_whose_process_is_gone_is_dead_without_waiting(tmp_path):
     import subprocess
     import sys

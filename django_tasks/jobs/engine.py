@@ -38,6 +38,7 @@ from .portable import (
     GIVE_BACK,
     GIVE_BACK_ALL,
     GIVE_BACK_AT,
+    HOLDERS,
     RUNNING_OF,
     TAKE_PERIOD,
     TOTAL,
@@ -290,6 +291,12 @@ class Engine(ABC):
         with self.cursor() as cursor:
             cursor.execute(GIVE_BACK_ALL, {"worker": worker_id})
             return cursor.rowcount
+
+    def holders(self) -> list[str]:
+        """The ids of the workers holding jobs (claimed or running, under a lease)."""
+        with self.cursor() as cursor:
+            cursor.execute(HOLDERS)
+            return [row[0] for row in cursor.fetchall()]
 
     def running_of(self, worker_id: str) -> list[RunningRow]:
         with self.cursor() as cursor:

@@ -103,7 +103,7 @@ class Registry:
         the same host can make). Returns ``(worker id, reason, counts)`` for each
         worker whose jobs were rescued.
         """
-        from ..models import Job, Worker
+        from ..models import Worker
 
         now = now or self.now()
         workers = Worker.objects.using(self.database)
@@ -117,10 +117,7 @@ class Registry:
                 if is_gone(w):
                     self.declare_dead(w.id, f"declared dead by {rescuer_id}: process "
                                             f"{w.pid} on {w.hostname} is gone", now)
-        holders = set(
-            Job.objects.using(self.database).held().values_list("worker_id", flat=True)
-            .distinct()
-        )
+        holders = set(self.engine.holders())
         if not holders:
             return []
         live = set(workers.running().filter(id__in=holders).values_list("id", flat=True))
