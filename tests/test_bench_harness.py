@@ -104,3 +104,33 @@ def test_the_postgres_column_counts_the_backends_of_the_benchmark_database_only(
         assert theirs not in sampler.backends()
         assert sampler.seconds() > before
     assert cpu_per_job.POSTGRES_SCOPE == "database"  # what bench.py and cpu_per_job.py count
+
+
+def test_a_drain_is_read_when_its_workers_exit_before_the_rows_are_counted(monkeypatch):
+    # Next to the deep queue the count scans 2,000,000 rows: not the drain's CPU.
+    events = []
+
+    class Worker:
+        returncode = 0
+
+        def __init__(self, *args, **kwargs):
+            events.append("start")
+
+        def communicate(self):
+            events.append("exit")
+            return "", ""
+
+    monkeypatch.setattr(bench.tp.subprocess, "Popen", Worker)
+    monkeypatch.setattr(bench.cpu, "settle", lambda: None)
+    monkeypatch.setattr(bench.cpu, "reading", lambda *a, **k: events.append("read") or
+                        Cpu(1, 2, 3))
+    stop = bench.cpu.Stop(lambda: 0.0)
+
+    def counts():
+        events.append("count")
+        return {"SUCCESSFUL": 5}
+
+    rate, line = bench.tp.drain_run(5, counts=counts, exited=stop)
+    assert rate is not None
+    assert events == ["start", "exit", "read", "count"]
+    assert stop.used == Cpu(1, 2, 3) and line.startswith("5/5 SUCCESSFUL")
