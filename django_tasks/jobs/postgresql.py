@@ -340,8 +340,9 @@ class PostgreSQL(Engine):
         ready rows: with a million of them (statistics up to date, as autovacuum keeps
         them) the round trip's estimate passed ``jit_above_cost`` (146,764 against
         100,000), and PostgreSQL JIT-compiled it on every execution, for a statement
-        that reads a few dozen rows: 45 ms per round trip instead of 1.9, a deep queue
-        drained at 173 jobs/s instead of ~3,000 (docs/performance.md, "third round").
+        that reads a few dozen rows: 45-60 ms per round trip instead of 1.2-1.9, a deep
+        queue drained at 135-173 jobs/s instead of 2,157 (docs/performance.md, "third
+        round").
         """
         with self.connection.cursor() as cursor:
             cursor.execute("SET enable_bitmapscan = off")
