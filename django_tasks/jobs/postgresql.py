@@ -341,8 +341,8 @@ class PostgreSQL(Engine):
         them) the round trip's estimate passed ``jit_above_cost`` (146,764 against
         100,000), and PostgreSQL JIT-compiled it on every execution, for a statement
         that reads a few dozen rows: 45-60 ms per round trip instead of 1.2-1.9, a deep
-        queue drained at 135-173 jobs/s instead of 2,157 (docs/performance.md, "third
-        round").
+        queue drained at 135-173 jobs/s instead of 2,157 (docs/performance.md, "Issue
+        20, the deep queue").
         """
         with self.connection.cursor() as cursor:
             cursor.execute("SET enable_bitmapscan = off")
