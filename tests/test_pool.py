@@ -274,6 +274,13 @@ def warm(pool, n=30):
         assert run(pool, make_message("getpid")).status == "SUCCESSFUL"
 
 
+def submit_behind(pool, first, queued):
+    """Submit ``first`` to the pool's one idle child and ``queued`` behind it."""
+    pool.submit(first)
+    pool.submit(queued)  # refused with "No free slot" if it could not be queued
+    assert pool.running() == 2
+
+
 def test_a_busy_child_is_sent_its_next_short_job(pools):
     pool = pools(1)
     warm(pool)
@@ -324,8 +331,7 @@ def test_a_job_queued_behind_one_whose_child_dies_runs_in_the_new_child(pools):
     pool = pools(1)
     warm(pool)
     dies, queued = make_message("exit_with", 3), make_message("getpid")
-    pool.submit(dies)
-    pool.submit(queued)
+    submit_behind(pool, dies, queued)
     outcomes = wait_outcomes(pool, 2)
     assert [o.id for o in outcomes] == [dies.id, queued.id]
     assert outcomes[0].error["exception_class_path"] == WORKER_LOST
@@ -336,8 +342,7 @@ def test_a_job_queued_behind_a_retiring_child_runs_in_the_next_one(pools):
     pool = pools(1, max_tasks_per_child=31)
     warm(pool)  # 30 jobs: the next one is the child's last
     last, queued = make_message("getpid"), make_message("getpid")
-    pool.submit(last)
-    pool.submit(queued)
+    submit_behind(pool, last, queued)
     outcomes = wait_outcomes(pool, 2)
     assert [o.id for o in outcomes] == [last.id, queued.id]
     assert outcomes[0].return_value != outcomes[1].return_value
@@ -348,8 +353,7 @@ def test_outcomes_a_retired_child_sent_before_it_was_looked_at_are_all_kept(pool
     warm(pool)
     pid = run(pool, make_message("getpid")).return_value  # 31 jobs: two to go
     last_but_one, last = make_message("getpid"), make_message("getpid")
-    pool.submit(last_but_one)
-    pool.submit(last)
+    submit_behind(pool, last_but_one, last)
     assert poll_until(lambda: gone(pid))  # ran both and exited before we looked
     outcomes = wait_outcomes(pool, 2)
     assert [(o.id, o.status, o.return_value) for o in outcomes] == [
@@ -362,8 +366,7 @@ def test_a_queued_job_asked_to_cancel_gets_its_grace_from_when_it_starts(pools):
     warm(pool)
     first, queued = make_message("sleep_then_return", 0.002), make_message(
         "sleep_then_return", 30)
-    pool.submit(first)
-    pool.submit(queued)
+    submit_behind(pool, first, queued)
     assert pool.cancel(queued.id, 0.3)
     outcomes = wait_outcomes(pool, 2)
     assert outcomes[0].status == "SUCCESSFUL"
@@ -395,10 +398,23 @@ def test_stop_waits_for_queued_jobs_too(pools):
     pool = pools(1)
     warm(pool)
     first, queued = make_message("sleep_then_return", 0.002), make_message("getpid")
-    pool.submit(first)
-    pool.submit(queued)
+    submit_behind(pool, first, queued)
     assert pool.stop() == []
     assert [o.id for o in pool.collect()] == [first.id, queued.id]
+
+
+def test_a_stop_that_kills_a_child_keeps_what_it_sent_and_says_what_it_went_on_to(pools):
+    from django_tasks.worker.pools.child import STARTED
+
+    pool = pools(1)
+    warm(pool)
+    first, queued = make_message("getpid"), make_message("sleep_then_return", 30)
+    submit_behind(pool, first, queued)
+    slot = pool._slots[0]
+    assert poll_until(lambda: slot.shared[STARTED] == slot.sent)  # it runs ``queued``
+    assert pool.stop(at_once=True) == [queued.id]  # killed while running
+    assert [o.id for o in pool.collect()] == [first.id]  # sent before the kill: kept
+    assert pool.began() == [queued.id]  # so its start is recorded: an attempt
 
 
 # -- stop ----------------------------------------------------------------------------------

@@ -98,6 +98,11 @@ class _Slot:
     lock: Any = None
 
 
+def _idle(slot: _Slot) -> bool:
+    """A child is there and runs nothing."""
+    return slot.process is not None and slot.message is None
+
+
 class PreforkPool:
     """One forked child process per slot; one job at a time per child.
 
@@ -220,10 +225,8 @@ class PreforkPool:
         and busy ones that may be sent their next job (:data:`PIPELINE_BELOW`)."""
         if self._stopped:
             return 0
-        idle = sum(1 for s in self._slots if s.process is not None and s.message is None)
         now = time.monotonic()
-        behind = sum(1 for s in self._slots if self._may_queue(s, now))
-        return max(0, idle - len(self._pending)) + behind
+        return self.idle_slots() + sum(1 for s in self._slots if self._may_queue(s, now))
 
     def idle_slots(self) -> int:
         """Of ``free_slots()``, the jobs that start at once when submitted (in an idle
@@ -231,8 +234,7 @@ class PreforkPool:
         reported by :meth:`began` when they start."""
         if self._stopped:
             return 0
-        idle = sum(1 for s in self._slots if s.process is not None and s.message is None)
-        return max(0, idle - len(self._pending))
+        return max(0, sum(1 for s in self._slots if _idle(s)) - len(self._pending))
 
     def began(self) -> list[str]:
         """Ids of jobs that waited in the pool and have started since the last call."""
@@ -266,9 +268,7 @@ class PreforkPool:
             self._pending.append(message)
             self._start_pending()
             return
-        slot = next(
-            (s for s in self._slots if s.process is not None and s.message is None), None
-        )
+        slot = next((s for s in self._slots if _idle(s)), None)
         if slot is not None:
             self._send_to_idle(slot, message)
             return
@@ -323,7 +323,7 @@ class PreforkPool:
         for slot in self._slots:
             if not self._pending:
                 return
-            if slot.process is not None and slot.message is None:
+            if _idle(slot):
                 self._send_to_idle(slot, self._pending.popleft(), held=True)
 
     def cancel(self, job_id: str, grace: float | None) -> bool:
@@ -393,6 +393,38 @@ class PreforkPool:
             duration=time.monotonic() - slot.started,
         )
 
+    def _died(self, slot: _Slot) -> Outcome:
+        """The child of ``slot`` died running its job: ``WorkerLost``, and a new child
+        (a job queued there goes to another slot)."""
+        process = slot.process
+        outcome = self._lost(slot, WorkerLost(
+            f"The process running the job died ({describe_exit(process.pid, process.exitcode)})."
+        ))
+        self._release(slot, replace=True)
+        return outcome
+
+    def _replies(self, slot: _Slot, reply: dict[str, Any], now: float, *,
+                 dead: bool) -> tuple[list[Outcome], dict[str, Any]]:
+        """The outcomes from ``reply`` on, and the last reply read: the child's job,
+        then the job queued behind it, which the child went on to (it runs in ``slot``
+        now) unless it retired or died before starting it (it goes to another slot).
+        A dead child's pipe holds everything it sent: it is read to the end."""
+        outcomes = []
+        while True:
+            ran = now - slot.started
+            self._avg_run = ran if self._avg_run is None else 0.8 * self._avg_run + 0.2 * ran
+            outcomes.append(Outcome.from_wire(reply["outcome"]))
+            slot.message = slot.deadline = None
+            last, queued, slot.queued = reply, slot.queued, None
+            if queued is None:
+                return outcomes, last
+            if last["retire"] or (dead and not self._started_queued(slot)):
+                self._pending.append(queued)  # the child never read it: elsewhere
+                return outcomes, last
+            self._begin(slot, queued, now, held=True)
+            if not dead or (reply := self._receive(slot)) is None:
+                return outcomes, last
+
     def _idle_death(self, slot: _Slot) -> None:
         logger.warning("Child %s (%s) died while idle%s", slot.process.name,
                        describe_exit(slot.process.pid, slot.process.exitcode),
@@ -437,31 +469,10 @@ class PreforkPool:
                 self._release(slot, replace=True)
                 return [outcome]
         if reply is not None:
-            outcomes = []
-            while reply is not None:
-                ran = now - slot.started
-                self._avg_run = ran if self._avg_run is None else 0.8 * self._avg_run + 0.2 * ran
-                outcomes.append(Outcome.from_wire(reply["outcome"]))
-                slot.message = slot.deadline = None
-                last, queued, slot.queued = reply, slot.queued, None
-                reply = None
-                if queued is None:
-                    break
-                if last["retire"] or (dead and not self._started_queued(slot)):
-                    self._pending.append(queued)  # the child never read it: elsewhere
-                    break
-                # The child went on to the job queued behind it; a dead one's pipe holds
-                # everything it sent, that job's outcome too if it finished.
-                self._begin(slot, queued, now, held=True)
-                if dead:
-                    reply = self._receive(slot)
-            if slot.message is not None:
-                if dead:  # it died running the job it went on to
-                    outcomes.append(self._lost(slot, WorkerLost(
-                        "The process running the job died "
-                        f"({describe_exit(process.pid, process.exitcode)})."
-                    )))
-                    self._release(slot, replace=True)
+            outcomes, last = self._replies(slot, reply, now, dead=dead)
+            if slot.message is not None:  # it went on to the job queued behind
+                if dead:  # and died running it
+                    outcomes.append(self._died(slot))
                 return outcomes
             if last["retire"]:
                 logger.info("Child %s (pid %s) retires: %s", process.name, process.pid,
@@ -475,12 +486,7 @@ class PreforkPool:
                 self._release(slot, replace=False)  # EOF tells the child to exit
             return outcomes
         if dead:
-            outcome = self._lost(slot, WorkerLost(
-                "The process running the job died "
-                f"({describe_exit(process.pid, process.exitcode)})."
-            ))
-            self._release(slot, replace=True)  # a queued job there goes to another slot
-            return [outcome]
+            return [self._died(slot)]
         return []
 
     def _check_all(self, ready: set[int] | None = None) -> list[Outcome]:
@@ -547,7 +553,7 @@ class PreforkPool:
             return []
         self._stopped = True
         for slot in self._slots:
-            if slot.message is None and slot.process is not None:
+            if _idle(slot):
                 self._release(slot, replace=False)  # EOF: an idle child exits
         end = None if timeout is None else time.monotonic() + timeout
         while not at_once and self._in_children():
@@ -562,25 +568,20 @@ class PreforkPool:
         busy = [s for s in self._slots if s.message is not None]
         for slot in busy:
             slot.process.kill()
-        unfinished = [m.id for m in self._pending]  # never started
-        self._pending.clear()
+        unfinished = []
         for slot in busy:
             slot.process.join(EXIT_GRACE)
             reply = self._receive(slot)  # finished just before the kill: keep it
-            queued, slot.queued = slot.queued, None
             if reply is not None:
-                self._done.append(Outcome.from_wire(reply["outcome"]))
-                slot.message = queued if self._started_queued(slot) else None
-                if queued is not None and slot.message is None:
-                    unfinished.append(queued.id)
-            elif queued is not None:
-                unfinished.append(queued.id)
+                self._done.extend(self._replies(slot, reply, time.monotonic(), dead=True)[0])
             if slot.message is not None:
                 unfinished.append(slot.message.id)
                 logger.warning("Job %s killed by the pool's stop: task=%s",
                                slot.message.id, slot.message.task_path)
             slot.message = slot.deadline = None
-            self._release(slot, replace=False)
+            self._release(slot, replace=False)  # a job queued there: to _pending
+        unfinished.extend(m.id for m in self._pending)  # never started
+        self._pending.clear()
         grace_end = time.monotonic() + EXIT_GRACE
         for process in self._retired:
             process.join(max(0.0, grace_end - time.monotonic()))
