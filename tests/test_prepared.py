@@ -22,6 +22,15 @@ def prepared_texts() -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
+def explain_claim() -> str:
+    """The plan of a claim of up to 10 jobs of the default queue, on this connection."""
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + postgresql.CLAIM_READY, {
+            "worker": "w", "lease": "L", "queues": ["default"], "backend": "default",
+            "now": None, "limit": 10})
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_the_store_prepares_its_statements_once_per_connection():
@@ -68,11 +77,7 @@ def test_the_round_trip_connection_claims_through_the_index_with_stale_statistic
         tasks.add.enqueue(i, i)
     default_task_backend.broker.prepare_connection()
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("EXPLAIN " + postgresql.CLAIM_READY, {
-                "worker": "w", "lease": "L", "queues": ["default"], "backend": "default",
-                "now": None, "limit": 10})
-            plan = "\n".join(row[0] for row in cursor.fetchall())
+        plan = explain_claim()
     finally:
         with connection.cursor() as cursor:
             cursor.execute("RESET enable_bitmapscan")
@@ -126,10 +131,7 @@ def test_the_round_trip_connection_compiles_nothing():
         with connection.cursor() as cursor:
             cursor.execute("SHOW jit")
             assert cursor.fetchone()[0] == "off"
-            cursor.execute("EXPLAIN " + postgresql.CLAIM_READY, {
-                "worker": "w", "lease": "L", "queues": ["default"], "backend": "default",
-                "now": None, "limit": 10})
-            plan = "\n".join(row[0] for row in cursor.fetchall())
+        plan = explain_claim()
     finally:
         with connection.cursor() as cursor:
             cursor.execute("RESET ALL")
