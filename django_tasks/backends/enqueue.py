@@ -391,15 +391,15 @@ class Enqueueing:
             ) from exc
         return holder
 
-    def enqueued(self, task: DjangoTask, job: Any) -> JobResult:
+    def enqueued(self, task: DjangoTask, job: NewJob) -> JobResult:
         """The result for a stored job; ``task_enqueued`` is sent once the caller's
         transaction commits (never for a rolled-back one), at once outside one."""
         result = self.result_for(task, job)
         self.announce([result])
         return result
 
-    def result_for(self, task: DjangoTask, job: Any) -> JobResult:
-        """The result of a job just stored (a ``Job`` or a :class:`NewJob`)."""
+    def result_for(self, task: DjangoTask, job: NewJob) -> JobResult:
+        """The result of a job just stored."""
         if job.queue_name != task.queue_name:
             task = replace(task, queue_name=job.queue_name)
         return JobResult.build(task, id=str(job.id), job_status=job.status,
@@ -444,7 +444,7 @@ class Enqueueing:
             for result in results:
                 send_robust(task_enqueued, self.alias, result)
 
-    def _publish_unique(self, job: Any, window: timedelta | None, now: datetime) -> Any:
+    def _publish_unique(self, job: NewJob, window: timedelta | None, now: datetime) -> Any:
         """Publish unique ``job`` unless a job holds its key; returns None if published,
         else the ``Job`` holding the key.
 

@@ -477,14 +477,11 @@ class PostgreSQL(Engine):
     def insert_one(self, job: NewJob, *, notify: str | None = None) -> bool:
         unique = bool(job.unique_key)
         sql = INSERT_ONE + (ON_CONFLICT_UNIQUE if unique else "")
-        params = {"backend": self.backend, "id": job.id, "task_path": job.task_path,
-                  "queue_name": job.queue_name, "priority": job.priority,
-                  "status": job.status, "call": job.call, "max_attempts": job.max_attempts,
-                  "enqueued_at": job.enqueued_at, "run_after": job.run_after,
-                  "workflow_id": job.workflow_id, "waiting_on": job.waiting_on,
-                  "links": None if job.links is None else dumps(job.links),
-                  "unique_key": job.unique_key, "expires_at": job.expires_at,
-                  "headers": None if job.headers is None else dumps(job.headers)}
+        # INSERT_ONE's placeholders are _NEW_JOB_TYPES' names, which are NewJob's fields.
+        params = {name: getattr(job, name) for name, _ in _NEW_JOB_TYPES}
+        params.update(backend=self.backend,
+                      links=None if job.links is None else dumps(job.links),
+                      headers=None if job.headers is None else dumps(job.headers))
         with self.cursor() as cursor:
             if notify is not None:
                 cursor.execute(INSERT_NOTIFY.format(insert=sql), {**params, "channel": notify})
