@@ -354,8 +354,8 @@ def test_a_busy_worker_lets_its_round_trips_gather_up_to_the_start_record_bound(
 
     for i in range(30):
         tasks.add.enqueue(i, i)
-    worker = TaskWorker(pool="inline", concurrency=2)
-    worker.ledger.set_average_run(0.005)  # 5 ms jobs: prefetch up to the cap
+    worker = TaskWorker(pool="inline", concurrency=2, prefetch=16)
+    worker.ledger.set_average_run(0.005)  # 5 ms jobs
     assert worker.exchange() == 18  # 2 slots + 16 buffered
     thread = worker.broker_thread
     clock = _Clock()
@@ -392,7 +392,7 @@ def test_a_worker_short_of_jobs_or_stopping_makes_its_round_trip_at_once(
 
     for i in range(ready):
         tasks.add.enqueue(i, i)
-    worker = TaskWorker(pool="inline", concurrency=2)
+    worker = TaskWorker(pool="inline", concurrency=2, prefetch=16)
     worker.ledger.set_average_run(0.005)
     assert worker.exchange() == min(ready, 18)  # 1: fewer buffered jobs than slots
     if stopping:
@@ -406,6 +406,73 @@ def test_a_worker_short_of_jobs_or_stopping_makes_its_round_trip_at_once(
     worker.broker_thread._last_trip = clock.now
     worker.broker_thread._space_out()
     assert clock.slept == []
+
+
+@pytest.mark.rabbitmq_too
+@pytest.mark.usefixtures("broker")
+def test_jobs_a_busy_worker_could_not_start_within_the_hold_go_to_another_worker(monkeypatch):
+    from django_tasks.worker import duties
+
+    results = [tasks.add.enqueue(i, i) for i in range(5)]
+    busy = TaskWorker(pool="inline", concurrency=1, worker_id="busy")
+    busy.ledger.set_average_run(0.001)  # short jobs so far: it takes them all
+    assert busy.exchange() == 5
+    busy.run_duty("give back")  # claimed just now: nothing is overdue
+    assert len(busy.snapshot().buffered) == 5
+    monkeypatch.setattr(duties, "BUFFER_HOLD", 0.0)  # ... and now everything is
+    busy.run_duty("give back")
+    assert busy.snapshot().buffered == () and busy.snapshot().claimed == 0
+    assert set(Job.objects.filter(pk__in=[r.id for r in results])
+               .values_list("status", "attempts", "worker_id")) == {("READY", 0, "")}
+    # Until one of its jobs finishes it claims only for its free slot, not a buffer
+    # that would wait as long again.
+    assert busy.prefetch_now() == 0 and busy.exchange() == 1
+    other = TaskWorker(pool="inline", concurrency=2, worker_id="other")
+    assert other.drain() == 4
+    assert busy.drain() == 1
+    jobs = Job.objects.filter(pk__in=[r.id for r in results])
+    assert sorted(j.worker_ids[0] for j in jobs) == ["busy"] + ["other"] * 4
+    assert {(j.status, j.attempts) for j in jobs} == {("SUCCESSFUL", 1)}
+    assert busy.prefetch_now() > 0  # a job finished: adaptive again
+
+
+def test_jobs_not_given_back_stay_buffered_first_unless_the_worker_was_declared_dead(
+        monkeypatch):
+    from django_tasks.worker import duties
+
+    monkeypatch.setattr(duties, "BUFFER_HOLD", 0.0)
+    for i in range(4):
+        tasks.add.enqueue(i, i)
+    worker = TaskWorker(pool="inline", concurrency=1, prefetch=3, worker_id="w")
+    assert worker.exchange() == 4
+    before = worker.snapshot().buffered
+
+    def down(messages):
+        raise DatabaseError("the database went away")
+
+    monkeypatch.setattr(worker.broker, "give_back", down)
+    with pytest.raises(DatabaseError):  # the duties thread retries it after the outage
+        worker.run_duty("give back")
+    assert worker.snapshot().buffered == before and worker.snapshot().claimed == 4
+    # Declared dead meanwhile: the rescuer gave them back; they are not its to hold.
+    holder, late = worker.ledger.overdue(0.0, 1e12)
+    worker.ledger.reincarnate("w~2")
+    worker.ledger.restore(holder, late)
+    assert worker.snapshot().buffered == ()
+
+
+def test_jobs_held_for_their_rate_limit_slot_are_not_overdue():
+    from django_tasks.worker.ledger import Batch
+
+    for i in range(3):
+        tasks.add.enqueue(i, i)
+    worker = TaskWorker(pool="inline", concurrency=1, prefetch=2)
+    assert worker.exchange() == 3
+    held, *others = worker.snapshot().buffered
+    worker.ledger.add_claimed(Batch("w", [], [], 0, 0), [], {held: 1e12})
+    _, late = worker.ledger.overdue(0.0, 1e12)
+    assert [m.id for m in late] == others
+    assert worker.snapshot().buffered == (held,)
 
 
 def test_adaptive_prefetch_learns_from_outcomes():

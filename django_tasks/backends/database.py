@@ -93,6 +93,14 @@ class DatabaseBroker(Broker):
             return
         self.store.notify([channel(q) for q in sorted(self.store.queues_of(job_ids))])
 
+    def give_back(self, messages: Sequence[Message]) -> int:
+        """READY again, untouched; the workers of their queues are woken (a stopping
+        worker's buffer, or jobs it could not start soon: another worker may be idle)."""
+        released = self.store.give_back(messages)
+        if released and self.supports_wakeup:
+            self.store.notify([channel(q) for q in sorted({m.queue_name for m in messages})])
+        return released
+
     def claim(self, worker_id: str, lease: str, queues: Sequence[str], limit: int,
               now: datetime | None = None) -> list[Message]:
         return self.store.claim(worker_id, lease, ByQueues(queues, limit), now).claimed

@@ -88,6 +88,9 @@ class Message:
     expires_at: str | None = None
     #: The job's ``headers`` (the enqueuer's trace context: docs/observability.md), or None.
     headers: dict[str, Any] | None = None
+    #: ``time.monotonic()`` when the worker's round trip claimed it into its buffer
+    #: (``Ledger.add_claimed``); not sent to a pool child.
+    buffered_at: float = field(default=0.0, compare=False, repr=False)
 
     def to_wire(self) -> list[Any]:
         """The values in field order, JSON-able (for the pipe to a pool child): no keys
@@ -99,7 +102,7 @@ class Message:
         return cls(*data)
 
 
-_MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
+_MESSAGE_FIELDS = tuple(f.name for f in fields(Message) if f.name != "buffered_at")
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ duty               every                             does
 heartbeat          ``HEARTBEAT_INTERVAL``            :func:`heartbeat`
 rescue             ``HEARTBEAT_INTERVAL``            :func:`rescue`
 cancel poll        0.5 s (at most the heartbeat's)   :func:`poll_cancels`
+give back          ``BUFFER_HOLD`` / 2 (0.5 s)       :func:`give_back_overdue`
 *the broker's*     as ``Broker.duties()`` says       e.g. the Redis broker's ``reconcile``
 prune workers      1 h (at most WORKER_RETENTION)    :func:`prune_workers`
 =================  ================================  =======================================
@@ -34,6 +35,7 @@ from django.db import connections
 from ..jobs.statistics import ROLL_UP
 from ..outage import Outage
 from .broker_thread import reset_connections
+from .ledger import BUFFER_HOLD
 from .liveness import is_gone
 from .memory import tree_rss
 
@@ -49,6 +51,7 @@ __all__ = [
     "Liveness",
     "counters",
     "duties_of",
+    "give_back_overdue",
     "heartbeat",
     "poll_cancels",
     "prune_statistics",
@@ -97,6 +100,7 @@ def duties_of(worker: TaskWorker) -> list[Duty]:
         Duty("heartbeat", beat, partial(heartbeat, worker)),
         Duty("rescue", beat, partial(rescue, worker)),
         Duty("cancel poll", min(CANCEL_POLL_INTERVAL, beat), partial(poll_cancels, worker)),
+        Duty("give back", BUFFER_HOLD / 2, partial(give_back_overdue, worker)),
         *(Duty(name, interval, run)
           for name, interval, run in worker.broker.duties(worker.queues)),
         Duty("prune workers", min(WORKER_PRUNE_INTERVAL, worker.worker_retention),
@@ -173,6 +177,24 @@ def poll_cancels(worker: TaskWorker, now: datetime | None = None) -> None:
         worker.wake_broker.poke()
     if running:
         worker.wake_main.poke()
+
+
+def give_back_overdue(worker: TaskWorker, now: datetime | None = None) -> None:
+    """Give back the buffered jobs not started within ``BUFFER_HOLD`` of their claim, so
+    that another worker may run them: this one's slots stayed busy far longer than the
+    jobs it had measured led it to expect. They go back READY, untouched (no attempt
+    counted), and the workers of their queues are woken. Costs nothing while the
+    buffer moves: one look at it under the ledger's lock."""
+    holder, late = worker.ledger.overdue(BUFFER_HOLD, time.monotonic())
+    if not late:
+        return
+    try:
+        released = worker.broker.give_back(late)
+    except BaseException:
+        worker.ledger.restore(holder, late)
+        raise
+    logger.info("Gave back %d job(s) not started within %gs of their claim (the slots "
+                "stayed busy): other workers may run them", released, BUFFER_HOLD)
 
 
 def prune_workers(worker: TaskWorker, now: datetime | None = None) -> None:

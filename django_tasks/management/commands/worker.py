@@ -97,9 +97,9 @@ class Command(BaseCommand):
             help="Jobs held beyond the free slots, so a freed slot starts its next job at "
                  "once and each round trip claims several. Default: adaptive, as many as "
                  "the slots should start within 0.1 s given recent job durations, at most "
-                 "8 per slot (short jobs: batches; long jobs: none held back from other "
-                 "workers). N: up to N, fixed. Given back on shutdown, rescued if the "
-                 "worker dies.",
+                 "64 per slot (short jobs: batches; long jobs: none held back from other "
+                 "workers). N: up to N, fixed. Given back if not started within 1 s, "
+                 "on shutdown, and rescued if the worker dies.",
         )
         parser.add_argument(
             "--grace", type=_seconds, default=None, metavar="SECONDS",
