@@ -125,3 +125,39 @@ def test_a_job_whose_row_is_locked_does_not_hold_up_the_others(broker):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
+
+
+def test_jobs_buffered_behind_a_long_one_go_back_to_an_idle_worker(broker):
+    """A worker that measured short jobs prefetches many; when a long one then takes its
+    only slot, the jobs buffered behind it are given back after BUFFER_HOLD (1 s) and an
+    idle worker runs them, long before that slot frees."""
+    from django.db import transaction
+
+    warm = [tasks.add.enqueue(i, 0) for i in range(20)]
+    # Threads: a prefork child may also have been sent one of the short jobs, which then
+    # waits in that worker's pool for its next free slot (docs/worker.md).
+    busy = start_worker("-c", "1", "--pool", "threads", "--worker-id", "busy")
+    idle = None
+    try:
+        assert wait_for(lambda: Job.objects.filter(pk__in=[r.id for r in warm],
+                                                   status="SUCCESSFUL").count() == 20)
+        with transaction.atomic():  # one claim takes them all, the long one first
+            long = tasks.sleep_then_return.using(priority=10).enqueue(10)
+            short = [tasks.add.enqueue(i, 1) for i in range(5)]
+        ids = [r.id for r in short]
+        assert wait_for(lambda: Job.objects.get(pk=long.id).status == "RUNNING"
+                        and Job.objects.filter(pk__in=ids, worker_id="busy").count() == 5,
+                        timeout=10)
+        idle = start_worker("-c", "1", "--worker-id", "idle")
+        assert wait_for(lambda: Job.objects.filter(pk__in=ids, status="SUCCESSFUL").count()
+                        == 5, timeout=8)
+        assert Job.objects.get(pk=long.id).status == "RUNNING"  # it runs 10 s
+        jobs = Job.objects.filter(pk__in=ids)
+        assert {(j.attempts, tuple(j.worker_ids)) for j in jobs} == {(1, ("idle",))}
+    finally:
+        busy.kill()  # not worth waiting for the long job
+        busy.communicate(timeout=60)
+        if idle is not None:
+            idle.send_signal(signal.SIGTERM)
+            out, _ = idle.communicate(timeout=60)
+            assert idle.returncode == 0, out
