@@ -443,7 +443,8 @@ def test_jobs_not_given_back_stay_buffered_first_unless_the_worker_was_declared_
     monkeypatch.setattr(duties, "BUFFER_HOLD", 0.0)
     for i in range(4):
         tasks.add.enqueue(i, i)
-    worker = TaskWorker(pool="inline", concurrency=1, prefetch=3, worker_id="w")
+    worker = TaskWorker(pool="inline", concurrency=1, worker_id="w")
+    worker.ledger.set_average_run(0.001)
     assert worker.exchange() == 4
     before = worker.snapshot().buffered
 
@@ -461,12 +462,18 @@ def test_jobs_not_given_back_stay_buffered_first_unless_the_worker_was_declared_
     assert worker.snapshot().buffered == ()
 
 
-def test_jobs_held_for_their_rate_limit_slot_are_not_overdue():
+def test_jobs_held_for_their_rate_limit_slot_or_by_a_fixed_prefetch_are_not_overdue():
     from django_tasks.worker.ledger import Batch
 
     for i in range(3):
         tasks.add.enqueue(i, i)
-    worker = TaskWorker(pool="inline", concurrency=1, prefetch=2)
+    fixed = TaskWorker(pool="inline", concurrency=1, prefetch=2)
+    assert fixed.exchange() == 3
+    assert fixed.ledger.overdue(0.0, 1e12)[1] == []  # it holds what it was told to
+    not_started, _ = fixed.ledger.release(())
+    assert broker.give_back(not_started) == 3
+    worker = TaskWorker(pool="inline", concurrency=1)
+    worker.ledger.set_average_run(0.001)
     assert worker.exchange() == 3
     held, *others = worker.snapshot().buffered
     worker.ledger.add_claimed(Batch("w", [], [], 0, 0), [], {held: 1e12})

@@ -401,17 +401,20 @@ class Ledger:
         """Take out of the buffer the jobs claimed over ``hold`` seconds before ``clock``
         (``time.monotonic()``) and still waiting, but for those held for their
         rate-limit slot, to give back; until a running job finishes, the worker then
-        claims only for its free slots (adaptive prefetch). Returns the holder they were
-        claimed under (for :meth:`restore`) and the jobs."""
+        claims only for its free slots. Returns the holder they were claimed under (for
+        :meth:`restore`) and the jobs. Adaptive prefetch only: a fixed one holds what
+        it was told to (and would claim them again at once)."""
         cutoff = clock - hold
         with self._lock:
+            if not self.adaptive_prefetch:
+                return self.holder, []
             late = [m for m in self._buffer
                     if m.buffered_at < cutoff and m.id not in self._not_before]
             if late:
                 gone = {m.id for m in late}
                 self._buffer = deque(m for m in self._buffer if m.id not in gone)
                 self.claimed -= len(late)
-                self._full = self.adaptive_prefetch
+                self._full = True
             return self.holder, late
 
     def restore(self, holder: str, messages: Sequence[Message]) -> None:
