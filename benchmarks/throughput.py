@@ -253,20 +253,25 @@ def _unconfirmed_publisher(broker) -> Callable[[list[tuple] | None], None]:
     from django_tasks.backends.rabbitmq.connection import connect
 
     publisher = broker.publisher
-    publisher._channel()  # this thread's publisher state (the queues it declared)
     conn = connect(broker.url)
     channel = conn.channel()
     sent: dict[str, int] = {}
 
     def publish(rows: list[tuple] | None) -> None:
         if rows is not None:
+            frames = []
             for job_id, queue, priority, at in rows:
-                publisher._send(channel, job_id, queue, priority, epoch_ms(at))
+                if queue not in sent:
+                    broker.topology.declare(channel, queue)
+                # One id a message, as single enqueues publish them.
+                frames.append(publisher.frames(channel.channel_number,
+                                               [(job_id, queue, priority, epoch_ms(at))]))
                 sent[queue] = sent.get(queue, 0) + 1
+            if frames:
+                channel._impl.connection._output_marshaled_frames([b"".join(frames)])
             return
         deadline = time.monotonic() + 60
-        # _send publishes on the channel's asynchronous side, buffered: the connection
-        # writes them when it processes its I/O.
+        # Written to the connection's buffer: it writes them when it processes its I/O.
         conn.process_data_events(time_limit=0)
         while any(publisher.counts([q])[q][0] < k for q, k in sent.items()):
             if time.monotonic() > deadline:

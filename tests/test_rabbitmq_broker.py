@@ -16,6 +16,7 @@ import threading
 from collections import Counter
 from datetime import timedelta
 from io import StringIO
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from django.core.management import call_command
@@ -52,15 +53,106 @@ def runs(path):
     return Counter(line.split()[0] for line in path.read_text().splitlines())
 
 
-def test_a_job_is_published_confirmed_when_its_transaction_commits_never_on_rollback():
+def counted(queue="default"):
+    """The queue's messages as RabbitMQ counts them, on a connection of its own: the
+    publisher's connection is left alone (using it would process its I/O)."""
+    conn = connect(broker().url)
+    try:
+        return conn.channel().queue_declare(broker().topology.name(queue),
+                                            passive=True).method.message_count
+    finally:
+        conn.close()
+
+
+def test_a_job_is_published_when_its_transaction_commits_never_on_rollback():
     with transaction.atomic():
         tasks.add.enqueue(1, 1)
         assert messages() == 0  # not before the commit
     with pytest.raises(RuntimeError), transaction.atomic():
         tasks.add.enqueue(2, 2)
         raise RuntimeError("roll back")
-    # Confirmed before the on-commit callback returned: counted at once, no waiting.
+    broker().flush()  # its confirm
     assert messages() == 1
+
+
+def test_an_enqueue_returns_once_its_publish_is_written_and_an_idle_producer_sends_it():
+    """enqueue() does not wait for the confirm, but leaves nothing in a buffer: a
+    producer that enqueues once and then idles has sent the message."""
+    tasks.add.enqueue(1, 1)
+    local = broker().publisher._local
+    assert len(local.pending) <= 1  # its confirm may be read later
+    assert wait_for(lambda: counted() == 1, timeout=5)  # nothing more done here
+    broker().flush()
+    assert not local.pending
+
+
+def _drop_next_write(monkeypatch):
+    """The next publish is lost on its way (its frames never reach the socket) and
+    stays unconfirmed, as in a connection that dies under it."""
+    connection = broker().publisher._local.channel._impl.connection
+    original = connection._output_marshaled_frames
+
+    def dropped(frames):
+        monkeypatch.setattr(connection, "_output_marshaled_frames", original)
+
+    monkeypatch.setattr(connection, "_output_marshaled_frames", dropped)
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
+def test_publishes_a_killed_connection_left_unconfirmed_are_sent_again_on_a_new_one(
+        monkeypatch):
+    first = tasks.add.enqueue(1, 1)
+    b = broker()
+    b.flush()
+    _drop_next_write(monkeypatch)
+    lost = tasks.add.enqueue(2, 2)  # RabbitMQ never got it; unconfirmed
+    assert [e[0] for e in b.publisher._local.unconfirmed()] == [lost.id]
+    vhost = unquote(urlsplit(b.url).path[1:])  # closed by the server, for real
+    _rabbitmqctl("close_all_connections", "-p", vhost, "test: a connection killed")
+    third = tasks.add.enqueue(3, 3)  # finds the connection dead: a new one, resending
+    assert b.publisher.flush() == []
+    assert wait_for(lambda: counted() == 3, timeout=5), counted()
+    got = b.claim("w", "L", ["default"], 10)
+    assert sorted(m.id for m in got) == sorted([first.id, lost.id, third.id])
+
+
+def test_a_publish_lost_with_its_connection_in_an_idle_producer_is_left_to_the_sweep(
+        monkeypatch):
+    """No later publish to send it again: the rows are the truth, and a worker's sweep
+    publishes the job."""
+    b = broker()
+    tasks.add.enqueue(0, 0)
+    b.flush()
+    assert b.claim("w", "L", ["default"], 10)  # the queue is empty again
+    _drop_next_write(monkeypatch)
+    lost = tasks.add.enqueue(1, 1)
+    b.publisher._drop()  # the producer's connection is gone; the producer idles
+    assert counted() == 0
+    assert b.sweep(["default"]) == 0  # empty once: publishes may be in flight
+    assert b.sweep(["default"]) == 1
+    [m] = b.claim("w", "L", ["default"], 10)
+    assert m.id == lost.id
+
+
+def test_unconfirmed_publishes_are_bounded_by_a_window(monkeypatch):
+    from django_tasks.backends.rabbitmq import connection as amqp_connection
+
+    monkeypatch.setattr(amqp_connection, "WINDOW", 4)
+    b = broker()
+    seen = []
+    original = amqp_connection.Publisher._write
+
+    def write(self, channel, entries):
+        original(self, channel, entries)
+        seen.append(len(self._local.pending))
+
+    monkeypatch.setattr(amqp_connection.Publisher, "_write", write)
+    with transaction.atomic():
+        for i in range(30):
+            tasks.add.enqueue(i, i)
+    assert len(seen) == 30 and max(seen) <= 5, seen  # at 4 unconfirmed, a send waits
+    b.flush()
+    assert messages() == 30
 
 
 def test_an_unreachable_rabbitmq_at_enqueue_keeps_the_job_and_a_sweep_publishes_it(caplog):
@@ -84,6 +176,7 @@ def test_an_unreachable_rabbitmq_at_enqueue_keeps_the_job_and_a_sweep_publishes_
 def test_messages_the_server_lost_are_republished_from_the_rows():
     jobs = [tasks.add.enqueue(i, i) for i in range(3)]
     b = broker()
+    b.flush()
     assert messages() == 3
     conn = connect(b.url)
     try:

@@ -7,11 +7,14 @@ path: ``%2F`` is ``/``).
 How a job travels
 -----------------
 1. ``enqueue`` INSERTs the row in the caller's transaction. Once that commits, the job
-   id is published, persistent, to its queue and **confirmed** by RabbitMQ before the
-   on-commit callback returns. A rollback publishes nothing. A publish that is not
-   confirmed (RabbitMQ down, the connection lost, a nack) is logged and leaves the row
-   READY: the enqueue still succeeds, and a worker publishes the row once RabbitMQ is
-   back (the sweep, below).
+   id is published, persistent, to its queue: written to the thread's connection
+   before the on-commit callback returns, **its confirm read later**
+   (:class:`~.connection.Publisher`: a bounded window of unconfirmed messages, sent
+   again on a new connection if the one they went on fails). A rollback publishes
+   nothing. ``enqueue_many`` waits for all its confirms (one window). A publish that is
+   not confirmed (RabbitMQ down, a nack, a producer killed before its confirm) is
+   logged and leaves the row READY: the enqueue still succeeds, and a worker publishes
+   the row once RabbitMQ is back (the sweep, below).
 2. A job that is not due yet (``run_after``, a retry's backoff) is **not** published:
    it waits in the job table and a worker's ``rabbitmq due`` duty publishes it when due.
    Nothing ever sits unacknowledged in RabbitMQ waiting for its time (RabbitMQ's
@@ -233,7 +236,7 @@ class RabbitMQBroker(Broker):
             return False
         if job.run_after is None or job.run_after <= timezone.now() + DUE_SLACK:
             entry = (str(job.id), job.queue_name, job.priority, ms(job.run_after))
-            transaction.on_commit(partial(self.publisher.publish, [entry]),
+            transaction.on_commit(partial(self.publisher.send, [entry]),
                                   using=self.store.database)
         return True
 
@@ -252,6 +255,11 @@ class RabbitMQBroker(Broker):
             transaction.on_commit(partial(self.publisher.publish, entries),
                                   using=self.store.database)
         return inserted
+
+    def flush(self) -> None:
+        """Wait for the confirms of what this thread published (tests, shutdown)."""
+        if self._publisher is not None:
+            self._publisher.flush()
 
     def _publish_rows(self, rows: Sequence[tuple[str, str, int, datetime]]) -> list[str]:
         """Publish READY rows ``(id, queue, priority, available_at)``; returns the ids

@@ -1,4 +1,5 @@
-"""Connections to RabbitMQ, the queues' declaration, and the confirmed publisher.
+"""Connections to RabbitMQ, the queues' declaration, and the publisher (confirms read
+as they come).
 
 pika's ``BlockingConnection`` is not thread-safe. This broker keeps to two rules:
 
@@ -17,11 +18,14 @@ remembers the pid that opened its connections.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import struct
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -152,23 +156,55 @@ class Topology:
         )
 
 
-class _Confirms:
-    """The publisher confirms of one channel: which publishes (by delivery tag) RabbitMQ
-    has yet to confirm, and the job ids it refused (a nack, or returned unroutable)."""
+#: Unconfirmed messages a publishing thread may have; at this many, a publish waits until
+#: half of them are confirmed.
+WINDOW = 1000
+#: Seconds a publish may stay unconfirmed before the next publish waits for it: a
+#: connection that takes messages and never confirms them is found out within that.
+MAX_AGE = 1.0
+#: Seconds a wait for confirms lasts before the connection is deemed broken (dropped,
+#: and what it left unconfirmed sent again on a new one).
+CONFIRM_TIMEOUT = 10.0
+#: Seconds without a publish after which the connection is looked at before it is used:
+#: one RabbitMQ closed meanwhile (a restart) would take a publish without a word.
+IDLE = 1.0
+#: Seconds to wait for the last confirms at interpreter exit.
+FLUSH_AT_EXIT = 2.0
+#: Job ids one message carries, at most, when :meth:`Publisher.publish` is given many
+#: with the same queue, priority and due time (a bulk enqueue). RabbitMQ's CPU is per
+#: message (~40-55 us on the reference machine: one id a message caps a 2-core machine
+#: at ~15,000 jobs/s); ten ids a message cost it ~4 us an id. The bound keeps what one
+#: worker's prefetch holds small (its prefetch counts messages).
+PACK = 1
+
+#: One publish: (job id, queue, priority, due ms).
+Entry = tuple[str, str, int, int]
+
+_publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
+
+
+class _Local(threading.local):
+    """One thread's connection, and what it sent that RabbitMQ has yet to confirm."""
+
+    pid = 0
+    connection: Any = None
+    channel: Any = None
+    retry_at = 0.0
+    used_at = 0.0  # when a publish last used the connection
+    tag = 0  # the channel's last delivery tag: they count messages from 1
+    declared: set[str]
+    #: delivery tag -> (when sent, the entries of that message), oldest first.
+    pending: dict[int, tuple[float, list[Entry]]]
+    refused: list[str]  # ids nacked, or returned unroutable, not yet reported
+    returned = False
 
     def __init__(self) -> None:
-        self.tag = 0  # the channel's last delivery tag: they count publishes from 1
-        self.pending: dict[int, str] = {}  # delivery tag -> job id
-        self.refused: list[str] = []
-        self.returned = False
+        self.declared = set()
+        self.pending = {}
+        self.refused = []
 
-    def sent(self, job_id: str) -> None:
-        self.tag += 1
-        self.pending[self.tag] = job_id
-
-    def settled(self) -> bool:
-        """Whether RabbitMQ answered every publish sent."""
-        return not self.pending
+    def unconfirmed(self) -> list[Entry]:
+        return [e for _, entries in self.pending.values() for e in entries]
 
     def on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -176,43 +212,36 @@ class _Confirms:
         tags = [t for t in self.pending if t <= tag] if method.multiple else [tag]
         nack = isinstance(method, pika.spec.Basic.Nack)
         for t in tags:
-            job_id = self.pending.pop(t, None)
-            if nack and job_id is not None:
-                self.refused.append(job_id)
+            sent = self.pending.pop(t, None)
+            if nack and sent is not None:
+                self.refused += [e[0] for e in sent[1]]
 
     def on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         # Unroutable (its queue was deleted after we declared it); its ack follows.
-        self.refused.append(body.decode())
+        self.refused += body.decode().split()
         self.returned = True
 
 
-class _Local(threading.local):
-    pid = 0
-    connection: Any = None
-    channel: Any = None
-    confirms: _Confirms
-    declared: set[str]
-    retry_at = 0.0
-
-    def __init__(self) -> None:
-        self.declared = set()
-        self.confirms = _Confirms()
-
-
 class Publisher:
-    """Publishes job ids, confirmed by RabbitMQ before :meth:`publish` returns.
+    """Publishes job ids, persistent, on one connection per thread with publisher
+    confirms, without waiting for each confirm.
 
-    One connection per thread (see the module docstring). A publish of many ids sends
-    them all, then waits once for their confirms (one window, not a round trip each). A
-    publish that fails (the server down, the connection lost) returns the ids not
-    confirmed and drops the connection; for ``RETRY_AFTER`` seconds afterwards publishes
-    fail at once rather than each waiting for a refused connection. Ids RabbitMQ
-    refused (a nack, a queue deleted since it was declared) are returned too.
+    :meth:`send` writes the messages to the socket and returns; the confirms are read
+    as they come, at the next publish. It waits only to keep within bounds: at most
+    ``WINDOW`` messages unconfirmed, none older than ``MAX_AGE`` (then it waits for the
+    confirms, up to ``CONFIRM_TIMEOUT``). :meth:`publish` and :meth:`flush` wait for
+    every confirm. A connection that fails with messages unconfirmed (RabbitMQ
+    restarted, the connection closed) may or may not have delivered them: they are
+    sent again on a new connection, at once (a duplicate is dropped by the claim). A
+    connection that fails when new (RabbitMQ is down) is an outage: what was not
+    confirmed is logged as not published (a worker's sweep publishes it from the rows),
+    and for ``RETRY_AFTER`` seconds publishes fail at once rather than each waiting
+    for a refused connection. Nacks and unroutable returns are logged, for the sweep too.
 
     pika's blocking channel waits for each publish's confirm by itself; the window is
-    kept here instead, on the asynchronous channel under it (``channel._impl``), waited
-    for with the blocking channel's own loop (``_flush_output``): pika has no public
-    windowed confirms.
+    kept here instead, on the asynchronous channel under it (``channel._impl``), driven
+    by the blocking connection's own loop (``_flush_output``): pika has no public
+    windowed confirms. The frames are marshalled here, one write per call, not per frame.
     """
 
     def __init__(self, url: str, topology: Topology, link: Link) -> None:
@@ -220,27 +249,37 @@ class Publisher:
         self.topology = topology
         self.link = link
         self._local = _Local()
+        self._frames: dict[tuple[int, str, int, int, int], bytes] = {}  # method + header frames
+        _publishers.add(self)
 
     def _channel(self) -> Any:
+        """This thread's channel; a new connection sends again what the last one left
+        unconfirmed."""
         local = self._local
         if local.pid != os.getpid():  # new thread state, or a forked child
             local.pid, local.connection, local.channel = os.getpid(), None, None
-            local.declared = set()
-        if local.channel is None or not local.channel.is_open:
-            if time.monotonic() < local.retry_at:
-                raise amqp.AMQPConnectionError("RabbitMQ was unreachable less than "
-                                               f"{RETRY_AFTER:g}s ago")
-            self._drop()
-            local.connection = connect(self.url)
-            local.channel = local.connection.channel()
-            local.declared = set()
-            confirms = local.confirms = _Confirms()
-            selected: list[Any] = []
-            local.channel._impl.confirm_delivery(ack_nack_callback=confirms.on_confirm,
-                                                 callback=selected.append)
-            local.channel._impl.add_on_return_callback(confirms.on_return)
-            local.channel._flush_output(lambda: bool(selected))
-        return local.channel
+            local.pending, local.refused, local.tag = {}, [], 0
+        if local.channel is not None and local.channel.is_open:
+            return local.channel
+        if time.monotonic() < local.retry_at:
+            raise amqp.AMQPConnectionError("RabbitMQ was unreachable less than "
+                                           f"{RETRY_AFTER:g}s ago")
+        self._drop()
+        resend = local.unconfirmed()
+        local.connection = connect(self.url)
+        channel = local.connection.channel()
+        local.declared, local.pending, local.tag = set(), {}, 0
+        selected: list[Any] = []
+        channel._impl.confirm_delivery(ack_nack_callback=local.on_confirm,
+                                       callback=selected.append)
+        channel._impl.add_on_return_callback(local.on_return)
+        channel._flush_output(lambda: bool(selected))
+        local.channel = channel
+        if resend:
+            logger.debug("RabbitMQ publish connection replaced; sending %d unconfirmed "
+                         "publish(es) again", len(resend))
+            self._write(channel, resend)
+        return channel
 
     def _drop(self) -> None:
         local = self._local
@@ -251,53 +290,145 @@ class Publisher:
             except Exception:
                 pass
 
-    def publish(self, entries: Sequence[tuple[str, str, int, int]]) -> list[str]:
-        """Publish ``(job id, queue, priority, due ms)`` entries, persistent, then wait
-        for their confirms (one window); returns the ids that were not confirmed (an
-        outage, a refusal: nothing raised).
+    def send(self, entries: Sequence[Entry]) -> None:
+        """Publish ``(job id, queue, priority, due ms)`` entries: written to RabbitMQ's
+        connection before this returns, their confirms read later (see the class)."""
+        self._run(entries, wait=False)
 
-        A connection that worked before and fails now (RabbitMQ restarted, or closed
-        it while it was idle) is replaced once at once, resending what was not
-        confirmed (a duplicate is dropped by the claim); only a failure on a new
-        connection is an outage.
-        """
-        todo = list(entries)
-        refused: list[str] = []
+    def publish(self, entries: Sequence[Entry]) -> list[str]:
+        """Publish ``entries`` and wait for their confirms (and any still unconfirmed
+        before them); returns the ids that were not confirmed (an outage, a refusal:
+        nothing raised)."""
+        return self._run(entries, wait=True)
+
+    def flush(self, timeout: float = CONFIRM_TIMEOUT) -> list[str]:
+        """Wait for the confirms of what this thread sent (tests, shutdown); returns the
+        ids not confirmed."""
+        local = self._local
+        if local.pid != os.getpid() or not (local.pending or local.refused):
+            return []
+        return self._run((), wait=True, timeout=timeout)
+
+    def _run(self, entries: Sequence[Entry], *, wait: bool,
+             timeout: float = CONFIRM_TIMEOUT) -> list[str]:
+        """Send ``entries``, then wait as ``wait`` and the bounds say. A connection that
+        worked before and fails now is replaced once at once, sending again what it left
+        unconfirmed; only a failure on a new connection is an outage."""
+        local = self._local
         while True:
-            fresh = self._local.channel is None or self._local.pid != os.getpid()
-            sent = 0
+            fresh = local.channel is None or local.pid != os.getpid()
+            written = 0
             try:
+                if not fresh and time.monotonic() - local.used_at > IDLE:
+                    local.connection.process_data_events(time_limit=0)  # closed meanwhile?
                 channel = self._channel()
-                confirms = self._local.confirms
-                for entry in todo:
-                    self._send(channel, *entry)
-                    confirms.sent(entry[0])
-                    sent += 1
-                channel._flush_output(confirms.settled)
+                while True:  # a window at a time
+                    chunk = entries[written:written + WINDOW * PACK // 2]
+                    self._write(channel, chunk)
+                    written += len(chunk)
+                    channel._flush_output()  # written to the socket, confirms read
+                    local.used_at = time.monotonic()
+                    if written >= len(entries):
+                        break
+                    self._settle(channel, False, timeout)
+                self._settle(channel, wait, timeout)
             except AMQP_OUTAGES as exc:
-                confirms = self._local.confirms
-                unconfirmed = set(confirms.pending.values())
-                refused += confirms.refused
-                todo = [e for e in todo[:sent] if e[0] in unconfirmed] + todo[sent:]
+                entries = entries[written:]
                 self._drop()
                 if not fresh:
-                    continue  # a stale connection: one more try, on a new one
-                self._local.retry_at = time.monotonic() + RETRY_AFTER
-                ids = [e[0] for e in todo] + refused
-                if not self.link.down(exc, "jobs are stored and published from the "
-                                           "database by a worker once it is back"):
-                    logger.debug("Not published (RabbitMQ unreachable): %s", ", ".join(ids))
-                return ids
+                    continue  # a stale connection: once more, on a new one
+                return self._outage(exc, entries)
             self.link.up()
-            refused += confirms.refused
-            confirms.refused = []
-            if confirms.returned:  # a queue deleted: declare it again next time
-                confirms.returned = False
-                self._local.declared = set()
-            if refused:
-                logger.warning("RabbitMQ refused %d publish(es) (%s); a worker publishes "
-                               "them from the database", len(refused), ", ".join(refused))
-            return refused
+            return self._refused()
+
+    def _settle(self, channel: Any, wait: bool, timeout: float) -> None:
+        """Wait for confirms: all of them if ``wait``, else only what the bounds
+        (``WINDOW``, ``MAX_AGE``) ask for. Raises if they do not come within ``timeout``."""
+        pending = self._local.pending
+        if wait:
+            done = lambda: not pending  # noqa: E731
+        elif len(pending) >= WINDOW:
+            done = lambda: len(pending) <= WINDOW // 2  # noqa: E731
+        elif pending and next(iter(pending.values()))[0] < time.monotonic() - MAX_AGE:
+            done = lambda: not pending  # noqa: E731
+        else:
+            return
+        if done():
+            return
+        connection = self._local.connection
+        deadline = time.monotonic() + timeout
+        timer = connection.call_later(timeout, lambda: None)  # wakes the poll at the deadline
+        try:
+            channel._flush_output(lambda: done() or time.monotonic() >= deadline)
+        finally:
+            connection.remove_timeout(timer)
+        if not done():
+            raise amqp.AMQPConnectionError(f"no publisher confirm from RabbitMQ in {timeout:g}s")
+
+    def _write(self, channel: Any, entries: Sequence[Entry]) -> None:
+        """Hand ``entries`` to the connection as messages (:func:`_messages`), in one
+        write; each message is pending until confirmed."""
+        local = self._local
+        for queue in {e[1] for e in entries} - local.declared:
+            self.topology.declare(channel, queue)
+            local.declared.add(queue)
+        now = time.monotonic()
+        number = channel._impl.channel_number
+        data: list[bytes] = []
+        for group in _messages(entries):
+            data.append(self.frames(number, group))
+            local.tag += 1
+            local.pending[local.tag] = (now, list(group))
+        if data:
+            channel._impl.connection._output_marshaled_frames([b"".join(data)])
+
+    def frames(self, channel_number: int, group: Sequence[Entry]) -> bytes:
+        """One persistent message carrying the ids of ``group`` (one queue, priority
+        and due time), as the frames to write: the method and header frames are cached
+        (a bulk enqueue repeats them), the body is the ids separated by spaces."""
+        _, queue, priority, due = group[0]
+        body = " ".join(e[0] for e in group).encode()
+        key = (channel_number, queue, priority, due, len(body))
+        head = self._frames.get(key)
+        if head is None:
+            if len(self._frames) > 1000:
+                self._frames.clear()
+            properties = pika.BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent,
+                priority=amqp_priority(priority), timestamp=due // 1000,
+                headers={"due_ms": due, "priority": priority}, content_type="text/plain",
+            )
+            # mandatory: unroutable (the queue was deleted after we declared it) is
+            # returned to us (_Local.on_return), not dropped.
+            method = pika.spec.Basic.Publish(exchange="", routing_key=self.topology.name(queue),
+                                             mandatory=True)
+            head = self._frames[key] = (
+                pika.frame.Method(channel_number, method).marshal()
+                + pika.frame.Header(channel_number, len(body), properties).marshal())
+        return head + _BODY.pack(3, channel_number, len(body)) + body + _FRAME_END
+
+    def _outage(self, exc: BaseException, entries: Sequence[Entry]) -> list[str]:
+        """RabbitMQ cannot be reached: what was not confirmed is left to the sweep."""
+        local = self._local
+        local.retry_at = time.monotonic() + RETRY_AFTER
+        ids = [e[0] for e in (*local.unconfirmed(), *entries)] + local.refused
+        local.pending, local.refused = {}, []
+        if not self.link.down(exc, "jobs are stored and published from the database by "
+                                   "a worker once it is back"):
+            logger.debug("Not published (RabbitMQ unreachable): %s", ", ".join(ids))
+        return ids
+
+    def _refused(self) -> list[str]:
+        """The ids RabbitMQ refused since the last call, logged."""
+        local = self._local
+        refused, local.refused = local.refused, []
+        if local.returned:  # a queue deleted: declare it again next time
+            local.returned = False
+            local.declared = set()
+        if refused:
+            logger.warning("RabbitMQ refused %d publish(es) (%s); a worker publishes "
+                           "them from the database", len(refused), ", ".join(refused))
+        return refused
 
     def counts(self, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
         """``{queue: (messages ready, consumers)}``, declaring the queues; raises an
@@ -317,25 +448,32 @@ class Publisher:
                 if fresh:
                     raise
 
-    def _send(self, channel: Any, job_id: str, queue: str, priority: int, due: int) -> None:
-        """One persistent publish, its confirm awaited by :meth:`publish`."""
-        if queue not in self._local.declared:
-            self.topology.declare(channel, queue)
-            self._local.declared.add(queue)
-        # The asynchronous channel: buffered, written by the window's wait, not one
-        # system call per publish.
-        channel._impl.basic_publish(
-            exchange="", routing_key=self.topology.name(queue), body=job_id.encode(),
-            properties=pika.BasicProperties(
-                delivery_mode=pika.DeliveryMode.Persistent,
-                priority=amqp_priority(priority), timestamp=due // 1000,
-                headers={"due_ms": due, "priority": priority}, content_type="text/plain",
-            ),
-            # Unroutable (the queue was deleted after we declared it): returned to us
-            # (_Confirms.on_return), not dropped.
-            mandatory=True,
-        )
-
     def close(self) -> None:
         """Close this thread's connection."""
         self._drop()
+
+
+_BODY = struct.Struct(">BHI")  # a content body frame's type, channel and size
+_FRAME_END = bytes([pika.spec.FRAME_END])
+
+
+def _messages(entries: Sequence[Entry]) -> Iterator[Sequence[Entry]]:
+    """``entries`` in runs of at most ``PACK`` with the same queue, priority and due
+    time, in order: one message each."""
+    start = 0
+    for i in range(1, len(entries) + 1):
+        if (i == len(entries) or i - start == PACK
+                or entries[i][1:] != entries[start][1:]):
+            yield entries[start:i]
+            start = i
+
+
+@atexit.register
+def _flush_all() -> None:
+    """The last confirms of the thread that exits the interpreter (a script, a
+    management command), for up to ``FLUSH_AT_EXIT`` seconds."""
+    for publisher in list(_publishers):
+        try:
+            publisher.flush(timeout=FLUSH_AT_EXIT)
+        except Exception:  # exiting: never mask the program's own outcome
+            pass
