@@ -5,6 +5,7 @@ import signal
 
 import pytest
 from django.db import transaction
+from django.tasks import task_backends
 
 from django_tasks import GroupResult, TaskFailed, chain, chord, group
 from django_tasks.exceptions import InvalidArguments, UpstreamFailed
@@ -160,6 +161,10 @@ def test_three_workers_finishing_members_at_once_run_the_body_exactly_once(tmp_p
     log = tmp_path / "runs"
     workers = [start_worker("-c", "2", "--loglevel", "WARNING") for _ in range(3)]
     assert wait_for(lambda: Worker.objects.filter(stopped_at=None).count() == 3, timeout=30)
+    if broker == "rabbitmq":  # registered, and consuming: the members' 30 messages (10 ids
+        # each) would fit in the prefetch of the first two consumers
+        rabbit = task_backends["default"].broker
+        assert wait_for(lambda: rabbit.queue_counts(["default"])["default"][1] == 3, timeout=30)
     # Short naps so that every worker gets members, and finishes land together.
     members = [rt.record_slowly.s(str(log), 0.02) for _ in range(300)]
     result = chord(members, rt.collect.s(str(log))).delay()

@@ -40,7 +40,9 @@ One durable classic queue per task queue, ``<PREFIX>.<queue>`` (PREFIX defaults 
 ``x-max-priority`` 9, on the default exchange; declared (idempotently, the same
 arguments every time) by producers before their first publish to it and by workers
 before they consume. Messages: body = the job id; ``priority`` 0-9 (our -100..100
-scaled); headers ``priority`` (ours) and ``due_ms``.
+scaled); headers ``priority`` (ours) and ``due_ms``. A bulk enqueue's message carries up
+to ``PACK`` (10) ids separated by spaces (RabbitMQ's CPU is per message); a worker
+acknowledges it once each of its ids is claimed or dropped (``consumer.Parcel``).
 
 Classic, not quorum, queues: RabbitMQ 3.10's quorum queues ignore priorities, and the
 job's priority must be honoured; per-priority quorum queues would need a consumer

@@ -175,7 +175,7 @@ FLUSH_AT_EXIT = 2.0
 #: message (~40-55 us on the reference machine: one id a message caps a 2-core machine
 #: at ~15,000 jobs/s); ten ids a message cost it ~4 us an id. The bound keeps what one
 #: worker's prefetch holds small (its prefetch counts messages).
-PACK = 1
+PACK = 10
 
 #: One publish: (job id, queue, priority, due ms).
 Entry = tuple[str, str, int, int]

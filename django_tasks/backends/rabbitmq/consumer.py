@@ -3,10 +3,12 @@
 The thread declares the worker's queues, sets a per-consumer prefetch
 (``basic_qos(global_qos=False)``), consumes, and puts each delivery in a buffer; it
 also answers RabbitMQ's heartbeats whatever the worker's threads are doing (a claim
-waiting on a lock, a long outcome hook). The broker thread takes deliveries from the
-buffer for its claims and acknowledges them once the claim is committed; the ack is
-handed to the I/O thread with ``add_callback_threadsafe``, the only method of a pika
-``BlockingConnection`` that another thread may call.
+waiting on a lock, a long outcome hook). A message carries one job id, or several (a
+bulk enqueue's): each id is a :class:`Delivery` of its own, and the message
+(:class:`Parcel`) is acknowledged once every id of it is settled. The broker thread
+takes deliveries from the buffer for its claims and acknowledges them once the claim
+is committed; the ack is handed to the I/O thread with ``add_callback_threadsafe``,
+the only method of a pika ``BlockingConnection`` that another thread may call.
 
 The consumer is also the worker's wake-up source: a delivery pokes a pipe that the
 broker thread sleeps on, so an idle worker wakes on the delivery itself, with no
@@ -37,7 +39,7 @@ from .connection import AMQP_OUTAGES, Link, Topology, connect
 
 logger = logging.getLogger("django_tasks.worker")
 
-__all__ = ["Consumer", "Delivery"]
+__all__ = ["Consumer", "Delivery", "Parcel"]
 
 #: Seconds the I/O thread blocks in pika between looks at ``closed``.
 IO_TICK = 0.5
@@ -48,14 +50,26 @@ QUIET = 0.02
 START_TIMEOUT = 5.0
 
 
+@dataclass(eq=False)
+class Parcel:
+    """One AMQP message: a single enqueue's id, or up to ``PACK`` of a bulk enqueue's.
+
+    Acknowledged once each of its ids is settled (claimed, or dropped by the claim);
+    given back whole (``basic_nack(requeue=True)``): ids of it already claimed come
+    back as duplicates, which their claim drops."""
+
+    tag: int
+    connection: int  #: which of the consumer's connections
+    left: int  #: ids not settled yet
+
+
 @dataclass(order=True)
 class Delivery:
-    """One message: a job id, with what orders it (priority, then due time)."""
+    """One job id of a message, with what orders it (priority, then due time)."""
 
     rank: tuple[int, int, int]  #: (-priority, due ms, arrival): the claim order
     job_id: str = field(compare=False)
-    tag: int = field(compare=False)
-    connection: int = field(compare=False)  #: which of the consumer's connections
+    parcel: Parcel = field(compare=False)
     arrived: float = field(compare=False, default_factory=time.monotonic)
 
 
@@ -169,19 +183,23 @@ class Consumer:
         headers = properties.headers or {}
         priority = int(headers.get("priority", 0))
         due = int(headers.get("due_ms", 0))
+        ids = body.decode().split()  # one id, or a bulk enqueue's several
+        now = time.monotonic()
         with self._cond:
-            self._arrivals += 1
-            self._buffer.append(Delivery((-priority, due, self._arrivals), body.decode(),
-                                         method.delivery_tag, self._generation))
+            parcel = Parcel(method.delivery_tag, self._generation, len(ids))
+            for job_id in ids:
+                self._arrivals += 1
+                self._buffer.append(Delivery((-priority, due, self._arrivals), job_id,
+                                             parcel, now))
             self._cond.notify_all()
         self._pipe.poke()
 
-    def _in_io_thread(self, deliveries: Sequence[Delivery], action: Any) -> None:
-        """Run ``action(channel, tag)`` for each of ``deliveries`` on the I/O thread;
+    def _in_io_thread(self, parcels: Sequence[Parcel], action: Any) -> None:
+        """Run ``action(channel, tag)`` for each of ``parcels`` on the I/O thread;
         those of an earlier connection are skipped (RabbitMQ requeued them)."""
         with self._cond:
             connection, channel, current = self._connection, self._channel, self._generation
-        tags = [d.tag for d in deliveries if d.connection == current]
+        tags = [p.tag for p in parcels if p.connection == current]
         if connection is None or not tags:
             return
 
@@ -225,23 +243,38 @@ class Consumer:
         """Deliveries taken for a claim that failed: offered again (those of the
         current connection; RabbitMQ requeued the others)."""
         with self._cond:
-            self._buffer.extend(d for d in deliveries if d.connection == self._generation)
+            self._buffer.extend(d for d in deliveries
+                                if d.parcel.connection == self._generation)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Acknowledge (their claim is committed, or their job is not READY)."""
-        self._in_io_thread(deliveries, lambda channel, tag: channel.basic_ack(tag))
+        """Settle ``deliveries`` (their claim is committed, or their job is not READY):
+        each message is acknowledged once every id of it is settled."""
+        done = []
+        with self._cond:
+            for delivery in deliveries:
+                parcel = delivery.parcel
+                parcel.left -= 1
+                if parcel.left == 0:
+                    done.append(parcel)
+        self._in_io_thread(done, lambda channel, tag: channel.basic_ack(tag))
 
     def release_held(self, older_than: float) -> int:
-        """Return to the queue the deliveries buffered longer than ``older_than``
-        seconds (this worker had no room for them: another may); returns how many."""
+        """Return to the queue the messages whose ids were buffered longer than
+        ``older_than`` seconds (this worker had no room for them: another may); returns
+        how many ids left the buffer. A message some ids of which were claimed already
+        goes back whole: those come back as duplicates, dropped by their claim."""
         cutoff = time.monotonic() - older_than
         with self._cond:
-            old = [d for d in self._buffer if d.arrived < cutoff]
+            old = {d.parcel for d in self._buffer if d.arrived < cutoff}
             if not old:
                 return 0
-            self._buffer = [d for d in self._buffer if d.arrived >= cutoff]
-        self._in_io_thread(old, lambda channel, tag: channel.basic_nack(tag, requeue=True))
-        return len(old)
+            kept = [d for d in self._buffer if d.parcel not in old]
+            released, self._buffer = len(self._buffer) - len(kept), kept
+            for parcel in old:
+                parcel.left = 0  # settled: given back
+        self._in_io_thread(list(old),
+                           lambda channel, tag: channel.basic_nack(tag, requeue=True))
+        return released
 
     def held(self) -> int:
         with self._cond:
