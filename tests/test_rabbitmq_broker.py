@@ -288,6 +288,38 @@ def test_a_delivery_is_acknowledged_only_once_its_claim_is_committed(monkeypatch
     assert wait_for(lambda: messages() == 0, timeout=5)
 
 
+def test_acks_cover_only_settled_deliveries_one_ack_for_a_settled_run(monkeypatch):
+    """A claim taking a later delivery before an earlier one (an earlier due time)
+    acknowledges it alone: an ack ``multiple`` would acknowledge the earlier one too,
+    unclaimed, and lose it."""
+    from django_tasks.backends.rabbitmq import consumer as amqp_consumer
+
+    # Delivered first (same priority: in order), taken last (due later than "now").
+    later = tasks.add.using(run_after=timezone.now() - timedelta(minutes=1)).enqueue(1, 1)
+    sooner = tasks.add.enqueue(2, 2)
+    firsts = [tasks.add.using(run_after=timezone.now() - timedelta(minutes=1)).enqueue(i, i)
+              for i in range(3, 6)]
+    b = broker()
+    b.flush()
+    acks = []
+    original = amqp_consumer.Consumer._settle
+
+    def settle(self, parcels, *, ack):
+        acks.append(len(parcels))
+        original(self, parcels, ack=ack)
+
+    monkeypatch.setattr(amqp_consumer.Consumer, "_settle", settle)
+    [m] = b.claim("w", "L", ["default"], 1)
+    assert m.id == sooner.id
+    b.close()  # the other four were not acknowledged: requeued
+    assert wait_for(lambda: messages() == 4, timeout=5)
+    got = b.claim("w", "L", ["default"], 10)
+    assert sorted(m.id for m in got) == sorted([later.id] + [j.id for j in firsts])
+    b.close()  # now a settled run: acknowledged, nothing comes back
+    assert wait_for(lambda: messages() == 0, timeout=5)
+    assert acks == [1, 4]
+
+
 def test_the_prefetch_is_per_consumer_and_sized_by_the_worker():
     for i in range(5):
         tasks.add.enqueue(i, i)
