@@ -89,13 +89,12 @@ def test_an_enqueue_returns_once_its_publish_is_written_and_an_idle_producer_sen
 def _drop_next_write(monkeypatch):
     """The next publish is lost on its way (its frames never reach the socket) and
     stays unconfirmed, as in a connection that dies under it."""
-    connection = broker().publisher._local.channel._impl.connection
-    original = connection._output_marshaled_frames
+    publisher = broker().publisher
 
-    def dropped(frames):
-        monkeypatch.setattr(connection, "_output_marshaled_frames", original)
+    def dropped(channel, data):
+        monkeypatch.undo()
 
-    monkeypatch.setattr(connection, "_output_marshaled_frames", dropped)
+    monkeypatch.setattr(publisher, "_emit", dropped)
 
 
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
@@ -142,8 +141,9 @@ def test_unconfirmed_publishes_are_bounded_by_a_window(monkeypatch):
     original = amqp_connection.Publisher._write
 
     def write(self, channel, entries):
-        original(self, channel, entries)
+        data = original(self, channel, entries)
         seen.append(len(self._local.pending))
+        return data
 
     monkeypatch.setattr(amqp_connection.Publisher, "_write", write)
     with transaction.atomic():

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pika
 from pika import exceptions as amqp
+from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport as _PLAIN
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -168,6 +169,9 @@ CONFIRM_TIMEOUT = 10.0
 #: Seconds without a publish after which the connection is looked at before it is used:
 #: one RabbitMQ closed meanwhile (a restart) would take a publish without a word.
 IDLE = 1.0
+#: Unconfirmed messages at which a publish reads the confirms that have arrived (each
+#: look at the socket costs a poll; until then they wait in the socket's buffer).
+READ_AT = 16
 #: Seconds to wait for the last confirms at interpreter exit.
 FLUSH_AT_EXIT = 2.0
 #: Job ids one message carries, at most, when :meth:`Publisher.publish` is given many
@@ -278,7 +282,7 @@ class Publisher:
         if resend:
             logger.debug("RabbitMQ publish connection replaced; sending %d unconfirmed "
                          "publish(es) again", len(resend))
-            self._write(channel, resend)
+            self._emit(channel, self._write(channel, resend))
         return channel
 
     def _drop(self) -> None:
@@ -324,13 +328,14 @@ class Publisher:
                 channel = self._channel()
                 while True:  # a window at a time
                     chunk = entries[written:written + WINDOW * PACK // 2]
-                    self._write(channel, chunk)
+                    self._emit(channel, self._write(channel, chunk))
                     written += len(chunk)
-                    channel._flush_output()  # written to the socket, confirms read
                     local.used_at = time.monotonic()
                     if written >= len(entries):
                         break
                     self._settle(channel, False, timeout)
+                if len(local.pending) >= READ_AT:
+                    local.connection.process_data_events(time_limit=0)  # confirms read
                 self._settle(channel, wait, timeout)
             except AMQP_OUTAGES as exc:
                 entries = entries[written:]
@@ -365,9 +370,9 @@ class Publisher:
         if not done():
             raise amqp.AMQPConnectionError(f"no publisher confirm from RabbitMQ in {timeout:g}s")
 
-    def _write(self, channel: Any, entries: Sequence[Entry]) -> None:
-        """Hand ``entries`` to the connection as messages (:func:`_messages`), in one
-        write; each message is pending until confirmed."""
+    def _write(self, channel: Any, entries: Sequence[Entry]) -> bytes:
+        """``entries`` as the frames of their messages (:func:`_messages`), to write in
+        one go; each message is pending until confirmed."""
         local = self._local
         for queue in {e[1] for e in entries} - local.declared:
             self.topology.declare(channel, queue)
@@ -379,8 +384,27 @@ class Publisher:
             data.append(self.frames(number, group))
             local.tag += 1
             local.pending[local.tag] = (now, list(group))
-        if data:
-            channel._impl.connection._output_marshaled_frames([b"".join(data)])
+        return b"".join(data)
+
+    def _emit(self, channel: Any, data: bytes) -> None:
+        """Write ``data`` to the socket before returning: straight to the socket when
+        pika has nothing buffered on a plain TCP connection (its loop costs two epoll
+        changes and a poll a publish, measured ~30 us), else through its loop."""
+        if not data:
+            return
+        connection = channel._impl.connection
+        transport = connection._transport
+        if type(transport) is _PLAIN and not transport.get_write_buffer_size():
+            try:
+                sent = transport._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            connection.bytes_sent += sent  # pika's heartbeats look at it
+            data = data[sent:]
+            if not data:
+                return
+        connection._output_marshaled_frames([data])
+        channel._flush_output()
 
     def frames(self, channel_number: int, group: Sequence[Entry]) -> bytes:
         """One persistent message carrying the ids of ``group`` (one queue, priority
