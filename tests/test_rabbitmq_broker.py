@@ -154,11 +154,11 @@ def test_unconfirmed_publishes_are_bounded_by_a_window(monkeypatch):
     assert messages() == 30
 
 
-def test_a_bulk_enqueue_packs_ten_ids_a_message_acked_once_every_id_is_claimed():
-    results = tasks.add.enqueue_many([(i, i) for i in range(25)])
+def test_a_bulk_enqueue_packs_25_ids_a_message_acked_once_every_id_is_claimed():
+    results = tasks.add.enqueue_many([(i, i) for i in range(60)])
     ids = [r.id for r in results]
     b = broker()
-    assert messages() == 3  # 10 + 10 + 5 ids: enqueue_many waited for their confirms
+    assert messages() == 3  # 25 + 25 + 10 ids: enqueue_many waited for their confirms
     got = b.claim("w", "L", ["default"], 4)
     assert [m.id for m in got] == ids[:4]  # one message's ids, in order
     b.close()  # a crash: its message had ids unclaimed, so it was not acknowledged
@@ -188,7 +188,7 @@ def test_a_held_message_of_several_ids_goes_back_whole_and_its_untaken_ids_are_c
 
 def test_single_id_and_packed_messages_are_read_alike():
     single = [tasks.add.enqueue(i, i).id for i in range(3)]
-    packed = [r.id for r in tasks.add.enqueue_many([(i, i) for i in range(12)])]
+    packed = [r.id for r in tasks.add.enqueue_many([(i, i) for i in range(30)])]
     broker().flush()
     assert messages() == 3 + 2
     got = broker().claim("w", "L", ["default"], 100)

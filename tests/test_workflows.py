@@ -161,7 +161,7 @@ def test_three_workers_finishing_members_at_once_run_the_body_exactly_once(tmp_p
     log = tmp_path / "runs"
     workers = [start_worker("-c", "2", "--loglevel", "WARNING") for _ in range(3)]
     assert wait_for(lambda: Worker.objects.filter(stopped_at=None).count() == 3, timeout=30)
-    if broker == "rabbitmq":  # registered, and consuming: the members' 30 messages (10 ids
+    if broker == "rabbitmq":  # registered, and consuming: the members' 12 messages (25 ids
         # each) would fit in the prefetch of the first two consumers
         rabbit = task_backends["default"].broker
         assert wait_for(lambda: rabbit.queue_counts(["default"])["default"][1] == 3, timeout=30)

@@ -41,7 +41,7 @@ One durable classic queue per task queue, ``<PREFIX>.<queue>`` (PREFIX defaults 
 arguments every time) by producers before their first publish to it and by workers
 before they consume. Messages: body = the job id; ``priority`` 0-9 (our -100..100
 scaled); headers ``priority`` (ours) and ``due_ms``. A bulk enqueue's message carries up
-to ``PACK`` (10) ids separated by spaces (RabbitMQ's CPU is per message); a worker
+to ``PACK`` (25) ids separated by spaces (RabbitMQ's CPU is per message); a worker
 acknowledges it once each of its ids is claimed or dropped (``consumer.Parcel``).
 
 Classic, not quorum, queues: RabbitMQ 3.10's quorum queues ignore priorities, and the
