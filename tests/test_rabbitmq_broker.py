@@ -1,4 +1,5 @@
-"""What only the RabbitMQ broker has to prove: confirmed publishes after commit, an
+"""What only the RabbitMQ broker has to prove: publishes after commit (confirms read
+later, unconfirmed ones sent again on a new connection), bulk messages of several ids, an
 unreachable RabbitMQ at enqueue, delays kept in the rows, acks after the claim, the
 per-consumer prefetch, a restart under load. The contract it shares with the other
 brokers is in test_broker_contract.py, and the kill -9 scenario and the workflows run
