@@ -396,6 +396,8 @@ class Publisher:
             return
         connection = channel._impl.connection
         transport = connection._transport
+        if transport is None:  # closed under us
+            raise amqp.StreamLostError("the connection to RabbitMQ is closed")
         if type(transport) is _PLAIN and not transport.get_write_buffer_size():
             try:
                 sent = transport._sock.send(data)
