@@ -32,7 +32,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pika
 from pika import exceptions as amqp
-from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport as _PLAIN
+
+try:  # pika's own plain-TCP transport, written to directly (Publisher._emit); a pika
+    # that has no such class (pika>=1.3 is all we ask) goes through its loop instead.
+    from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport as _PLAIN
+except ImportError:  # pragma: no cover - depends on pika's internals
+    _PLAIN = None
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -398,7 +403,8 @@ class Publisher:
         transport = connection._transport
         if transport is None:  # closed under us
             raise amqp.StreamLostError("the connection to RabbitMQ is closed")
-        if type(transport) is _PLAIN and not transport.get_write_buffer_size():
+        if _PLAIN is not None and type(transport) is _PLAIN and not \
+                transport.get_write_buffer_size():
             try:
                 sent = transport._sock.send(data)
             except (BlockingIOError, InterruptedError):
