@@ -294,13 +294,15 @@ class Enqueueing:
                    *, receives_input: bool = False) -> str:
         """The checks of :meth:`check_call` about the arguments (the signature, strict
         JSON, ``MAX_PAYLOAD``); returns ``[args, kwargs]`` as JSON text."""
-        return self._check_args(_Plan(task, "", receives_input), args, kwargs)
+        return self._check_args(_Plan(task, "", receives_input), args, kwargs)[0]
 
-    def _check_args(self, plan: _Plan, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    def _check_args(self, plan: _Plan, args: Sequence[Any],
+                    kwargs: Mapping[str, Any]) -> tuple[str, int]:
         """:meth:`check_args` with what the calls of one task share looked up once
-        (``plan``). Whether arguments fit a signature depends only on how many are
-        positional and which are named, so the signature is checked once per shape of
-        call (``plan.shapes``); the values are checked every time."""
+        (``plan``); returns the JSON text and where ``args``' ends in it
+        (``NewJob.call_split``). Whether arguments fit a signature depends only on how
+        many are positional and which are named, so the signature is checked once per
+        shape of call (``plan.shapes``); the values are checked every time."""
         task = plan.task
         shape: Any = len(args)
         if kwargs:
@@ -310,12 +312,14 @@ class Enqueueing:
                             kwargs, task_name=plan.path, takes_context=task.takes_context)
             plan.shapes.add(shape)
         check_arguments(task.func, args, kwargs, task_name=plan.path)
-        call = dumps_checked([args, kwargs])
+        # Each half encoded once, then joined as dumps([args, kwargs]) would write them.
+        head = dumps_checked(args) if args else "[]"
+        call = f"[{head},{dumps_checked(kwargs) if kwargs else '{}'}]"
         limit = self.config.max_payload
         if limit is not None and len(call) > limit:  # ASCII-escaped: never shorter
             check_payload(task.func, args, kwargs, limit, task_name=plan.path,
                           setting=f"TASKS[{self.alias!r}]['OPTIONS']['MAX_PAYLOAD']")
-        return call
+        return call, len(head) + 1
 
     def call_problem(self, task_path: str, args: Sequence[Any], kwargs: dict[str, Any],
                      queue: str = "") -> str | None:
@@ -348,15 +352,14 @@ class Enqueueing:
                  job_id: str, now: datetime, headers: Any) -> NewJob:
         """:meth:`new_job` with what the calls of one task share looked up once:
         ``plan``; ``headers``, the job's (:data:`_PER_JOB`: made for this job)."""
-        call = self._check_args(plan, args, kwargs)
+        call, split = self._check_args(plan, args, kwargs)
         task = plan.task
         # Copies, normal as Django's TaskResult keeps them (tuples become lists): the
         # results of a bulk enqueue share them (JobResult.copies).
         job = NewJob(job_id, plan.path, plan.queue, plan.priority,
                      [normalized(v) for v in args] if args else [],
                      {k: normalized(v) for k, v in kwargs.items()} if kwargs else {},
-                     plan.max_attempts, now, plan.run_after, call=call,
-                     call_split=len(call) - 2 - (len(dumps_checked(kwargs)) if kwargs else 2))
+                     plan.max_attempts, now, plan.run_after, call=call, call_split=split)
         if plan.expires:
             job.expires_at = task.expires_at(now)
         if plan.unique:
