@@ -13,7 +13,7 @@ transaction, invisible to workers until commit and gone on rollback.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -89,17 +89,20 @@ class DatabaseBroker(Broker):
 
     def republish(self, job_ids: Sequence[str]) -> None:
         """The rows are the messages: only wake the workers of their queues."""
-        if not self.supports_wakeup or not job_ids:
-            return
-        self.store.notify([channel(q) for q in sorted(self.store.queues_of(job_ids))])
+        if self.supports_wakeup and job_ids:
+            self._wake(self.store.queues_of(job_ids))
 
     def give_back(self, messages: Sequence[Message]) -> int:
         """READY again, untouched; the workers of their queues are woken (a stopping
         worker's buffer, or jobs it could not start soon: another worker may be idle)."""
         released = self.store.give_back(messages)
         if released and self.supports_wakeup:
-            self.store.notify([channel(q) for q in sorted({m.queue_name for m in messages})])
+            self._wake({m.queue_name for m in messages})
         return released
+
+    def _wake(self, queues: Iterable[str]) -> None:
+        """NOTIFY the channels of ``queues`` (at commit, in a transaction)."""
+        self.store.notify([channel(q) for q in sorted(queues)])
 
     def claim(self, worker_id: str, lease: str, queues: Sequence[str], limit: int,
               now: datetime | None = None) -> list[Message]:
