@@ -358,23 +358,23 @@ class Publisher:
         (``WINDOW``, ``MAX_AGE``) ask for. Raises if they do not come within ``timeout``."""
         pending = self._local.pending
         if wait:
-            done = lambda: not pending  # noqa: E731
+            most = 0  # unconfirmed messages left when done waiting
         elif len(pending) >= WINDOW:
-            done = lambda: len(pending) <= WINDOW // 2  # noqa: E731
+            most = WINDOW // 2
         elif pending and next(iter(pending.values()))[0] < time.monotonic() - MAX_AGE:
-            done = lambda: not pending  # noqa: E731
+            most = 0
         else:
             return
-        if done():
+        if len(pending) <= most:
             return
         connection = self._local.connection
         deadline = time.monotonic() + timeout
         timer = connection.call_later(timeout, lambda: None)  # wakes the poll at the deadline
         try:
-            channel._flush_output(lambda: done() or time.monotonic() >= deadline)
+            channel._flush_output(lambda: len(pending) <= most or time.monotonic() >= deadline)
         finally:
             connection.remove_timeout(timer)
-        if not done():
+        if len(pending) > most:
             raise amqp.AMQPConnectionError(f"no publisher confirm from RabbitMQ in {timeout:g}s")
 
     def _write(self, channel: Any, entries: Sequence[Entry]) -> bytes:
