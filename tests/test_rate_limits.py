@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from datetime import timedelta
 from itertools import pairwise
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.db import DatabaseError
 from django.tasks import task
 from django.tasks.exceptions import InvalidTask
 
 from django_tasks.conf import BackendOptions
 from django_tasks.models import Job, RateLimit
 from django_tasks.rates import parse_rate
+from django_tasks.worker import TaskWorker, ledger
 from tests import tasks
 from tests.helpers import start_worker, wait_for
 
@@ -87,6 +90,90 @@ def test_a_queue_limit_spaces_the_starts_of_its_jobs(settings, client):
     client.force_login(User.objects.create_superuser("op", "op@example.com", "pw"))
     page = client.get("/admin/django_tasks/ratelimit/")
     assert page.status_code == 200 and "queue:emails" in page.text and "20/s" in page.text
+
+
+def stall(worker, seconds):
+    """The main thread dispatches ``seconds`` late (stalled, or held back while the
+    broker thread was slow to record earlier starts); returns the jobs it started."""
+    return worker.ledger.collect_and_start(
+        [], may_start=True, free_slots=lambda: 1, clock=time.monotonic() + seconds)
+
+
+@db
+def test_a_job_that_missed_its_slot_gets_a_new_one_instead_of_starting_late():
+    results = [tasks.rate_limited.enqueue(i) for i in range(2)]
+    worker = TaskWorker(pool="inline", concurrency=1, worker_id="w")
+    assert worker.exchange() == 2
+    limit = RateLimit.objects.get(key="tests.tasks.rate_limited")
+    first_slot = worker.ledger.next_start()
+    # 0.2 s late: more than 5% of the period. Started now, either job could make a
+    # window of one second hold 31 starts: neither starts.
+    assert stall(worker, 0.2) == []
+    assert {m.id for m in worker.ledger.late()} == {r.id for r in results}
+    assert worker.ledger.next_start() == float("inf")
+
+    worker.exchange()  # the broker thread reserves two new slots
+    assert worker.ledger.late() == []
+    assert worker.ledger.next_start() > first_slot
+    missed_until = limit.next_at  # the slots missed are not given to anyone
+    limit.refresh_from_db()
+    assert limit.next_at >= missed_until + 2 / 30
+    worker.drain()
+    for r in results:
+        job = Job.objects.get(pk=r.id)
+        assert job.status == "SUCCESSFUL" and job.attempts == 1
+        # At or after the new slots, which follow the two it missed.
+        assert job.started_at.timestamp() >= missed_until - 0.001
+
+
+@db
+def test_a_job_late_for_its_slot_within_the_tolerance_starts(monkeypatch):
+    result = tasks.rate_limited.enqueue(1)
+    worker = TaskWorker(pool="inline", concurrency=1)
+    assert worker.exchange() == 1
+    # 5% of one second, less the time the reservation took: 10 ms late is on time.
+    started = stall(worker, 0.01)
+    assert [m.id for m in started] == [result.id] and worker.ledger.late() == []
+
+
+@db
+def test_a_job_that_keeps_missing_its_slot_starts_late_rather_than_never(monkeypatch):
+    monkeypatch.setattr(ledger, "REPACE_TRIES", 2)
+    result = tasks.rate_limited.enqueue(1)
+    worker = TaskWorker(pool="inline", concurrency=1)
+    assert worker.exchange() == 1
+    for _ in range(2):
+        assert stall(worker, 0.2) == []
+        worker.exchange()
+    assert [m.id for m in stall(worker, 0.2)] == [result.id]
+
+
+@db
+def test_a_late_job_with_no_slot_within_the_horizon_goes_back_ready(settings, monkeypatch):
+    options = settings.TASKS["default"]["OPTIONS"]
+    settings.TASKS = {**settings.TASKS, "default": {**settings.TASKS["default"], "OPTIONS": {
+        **options, "RATE_LIMITS": {"emails": "1/m"}}}}
+    result = tasks.send_email.enqueue("a@example.com")
+    worker = TaskWorker(pool="inline", concurrency=1)
+    assert worker.exchange() == 1
+    assert stall(worker, 5.0) == []  # the next slot is a minute away
+
+    def down(messages, at):
+        raise DatabaseError("the database went away")
+
+    real = worker.store.give_back_at
+    monkeypatch.setattr(worker.store, "give_back_at", down)
+    with pytest.raises(DatabaseError):
+        worker.exchange()
+    # Kept, still late: the next round trip tries again.
+    assert [m.id for m in worker.ledger.late()] == [result.id]
+    assert worker.snapshot().claimed == 1
+    monkeypatch.setattr(worker.store, "give_back_at", real)
+    worker.exchange()
+    assert worker.snapshot().buffered == () and worker.snapshot().claimed == 0
+    job = Job.objects.get(pk=result.id)
+    assert job.status == "READY" and job.attempts == 0
+    assert 55 < (job.available_at - job.enqueued_at).total_seconds() < 65
 
 
 @pytest.mark.slow

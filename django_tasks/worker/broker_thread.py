@@ -88,6 +88,8 @@ class BrokerThread:
         """
         worker = self.worker
         ledger = worker.ledger
+        if ledger.has_late:
+            worker.pacer.repace()
         batch = ledger.take(claiming=worker.phase is Phase.RUNNING)
         try:
             done = worker.broker.exchange(

@@ -13,6 +13,7 @@ dispatch and twice per round trip. Nothing here does I/O or waits while holding 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -27,8 +28,8 @@ from ..jobs.cancel import cancelled_outcome
 from ..jobs.messages import Message, Outcome, Start
 
 __all__ = [
-    "BUFFER_HOLD", "PREFETCH_PER_SLOT", "PREFETCH_WINDOW", "START_RECORD_LAG", "Batch",
-    "Ledger", "Load", "Snapshot",
+    "BUFFER_HOLD", "PREFETCH_PER_SLOT", "PREFETCH_WINDOW", "REPACE_TRIES", "START_RECORD_LAG",
+    "Batch", "Ledger", "Load", "Snapshot",
 ]
 
 #: Adaptive prefetch holds what the slots are expected to start within this many seconds.
@@ -49,6 +50,13 @@ BUFFER_HOLD = 1.0
 #: until it is recorded: that bounds which jobs a kill -9 can leave recorded as
 #: "claimed, not started" although they ran.
 START_RECORD_LAG = 0.02
+#: A job held for its rate-limit slot that could not start within the limit's tolerance
+#: (``worker.pacing.SPACING``) gets a new slot instead, this many times in a row at
+#: most; after that it starts late rather than never (a machine that cannot start
+#: anything on time).
+REPACE_TRIES = 5
+#: The slot of a job that missed its own, until the broker thread reserves it a new one.
+_LATE = (math.inf, math.inf)
 
 
 @dataclass(frozen=True)
@@ -106,9 +114,13 @@ class Ledger:
         self._lock = threading.Lock()
         self.holder = holder
         self._buffer: deque[Message] = deque()  # claimed, not started
-        # Buffered jobs of rate-limited tasks that start at a later time.monotonic():
-        # their reserved start slot (worker/pacing.py). Empty unless limits are used.
-        self._not_before: dict[str, float] = {}
+        # Buffered jobs of rate-limited tasks: their reserved start slot, (start at,
+        # start by) in time.monotonic() (worker/pacing.py). Empty unless limits are used.
+        self._not_before: dict[str, tuple[float, float]] = {}
+        # Of those, the ones that missed their slot (_LATE), for the broker thread to
+        # reserve new ones; and how many times in a row each got a new one.
+        self._late: set[str] = set()
+        self._repaced: dict[str, int] = {}
         # job id -> (message, time.monotonic() at the start), for jobs in the pool
         self._running: dict[str, tuple[Message, float]] = {}
         self._starts: list[Start] = []  # started since the last exchange
@@ -198,10 +210,20 @@ class Ledger:
                         waiting.append(job)
                         continue
                     if self._not_before and job.id in self._not_before:
-                        if self._not_before[job.id] > clock:
+                        at, by = self._not_before[job.id]
+                        if at > clock:
                             waiting.append(job)  # its rate-limit slot has not come
                             continue
+                        if clock > by and self._repaced.get(job.id, 0) < REPACE_TRIES:
+                            # Too late for its slot (the broker thread was slow to record
+                            # earlier starts, or this thread stalled): starting it now
+                            # could crowd a window with the next slots' starts.
+                            self._not_before[job.id] = _LATE
+                            self._late.add(job.id)
+                            waiting.append(job)
+                            continue
                         del self._not_before[job.id]
+                        self._repaced.pop(job.id, None)
                     job.started_at = job.started_at or stamp
                     self._running[job.id] = (job, clock)
                     self._waited[job.id] = _waited(job.available_at, start)
@@ -273,7 +295,7 @@ class Ledger:
     def worth_a_round_trip(self, *, claiming: bool, burst: bool) -> bool:
         """Something to write, or room to fill and reason to think jobs are ready."""
         with self._lock:
-            if self._outcomes or self._starts:
+            if self._outcomes or self._starts or self._late:
                 return True
             if self._room(claiming) <= 0:
                 return False
@@ -317,10 +339,12 @@ class Ledger:
             self._inflight_since = None
 
     def add_claimed(self, batch: Batch, jobs: Sequence[Message],
-                    hold: dict[str, float] | None = None, *, ready_left: bool = False,
+                    hold: dict[str, tuple[float, float]] | None = None, *,
+                    ready_left: bool = False,
                     failed: int = 0) -> bool:
         """The round trip of ``batch`` committed and claimed ``jobs``: buffer them;
-        those in ``hold`` start no sooner than its ``time.monotonic()`` (rate limits).
+        those in ``hold`` start at their slot, ``(at, by)`` in ``time.monotonic()``
+        (rate limits: worker/pacing.py).
 
         Returns whether the queue looks drained (asked for jobs, holding and writing
         nothing, and got none, with no READY row left: ``ready_left`` says there is).
@@ -346,7 +370,46 @@ class Ledger:
         if not self._not_before:  # read without the lock: a hint for the main loop's wait
             return None
         with self._lock:
-            return min(self._not_before.values(), default=None)
+            return min((at for at, _ in self._not_before.values()), default=None)
+
+    @property
+    def has_late(self) -> bool:
+        """Held jobs missed their slot and wait for new ones (read without the lock: a
+        hint for the main thread, to wake the broker thread)."""
+        return bool(self._late)
+
+    def late(self) -> list[Message]:
+        """The buffered jobs that missed their rate-limit slot (:meth:`collect_and_start`)."""
+        with self._lock:
+            if not self._late:
+                return []
+            return [m for m in self._buffer if m.id in self._late]
+
+    def reslot(self, hold: dict[str, tuple[float, float]],
+               later: Collection[str]) -> tuple[str, list[Message]]:
+        """New slots for late jobs (``hold``), or none within the horizon (``later``):
+        those leave the buffer, to be given back. Jobs cancelled meanwhile are left
+        alone. Returns the holder and the jobs to give back (for :meth:`restore`)."""
+        with self._lock:
+            for job_id, slot in hold.items():
+                if job_id in self._late:
+                    self._late.discard(job_id)
+                    self._not_before[job_id] = slot
+                    self._repaced[job_id] = self._repaced.get(job_id, 0) + 1
+            back = [m for m in self._buffer if m.id in later and m.id in self._late]
+            if back:
+                gone = {m.id for m in back}
+                self._buffer = deque(m for m in self._buffer if m.id not in gone)
+                self._forget_slots(gone)
+                self.claimed -= len(back)
+            return self.holder, back
+
+    def _forget_slots(self, ids: Collection[str]) -> None:
+        """Jobs that left the buffer unstarted hold no slot (call with the lock held)."""
+        for job_id in ids:
+            self._not_before.pop(job_id, None)
+            self._late.discard(job_id)
+            self._repaced.pop(job_id, None)
 
     def drop_claimed(self, jobs: Sequence[Message]) -> None:
         """Claimed ``jobs`` that are not to run (expired, and asked to cancel): a
@@ -417,15 +480,20 @@ class Ledger:
                 self._full = True
             return self.holder, late
 
-    def restore(self, holder: str, messages: Sequence[Message]) -> None:
-        """Jobs taken by :meth:`overdue` could not be given back (the broker failed):
-        buffered again, first, unless the worker was declared dead meanwhile (the
-        rescuer gave them back, and they are held under another holder now)."""
+    def restore(self, holder: str, messages: Sequence[Message], *, late: bool = False) -> None:
+        """Jobs taken by :meth:`overdue` (or :meth:`reslot`, ``late``) could not be given
+        back (the broker failed): buffered again, first, unless the worker was declared
+        dead meanwhile (the rescuer gave them back, and they are held under another
+        holder now). Late ones still need a new slot."""
         with self._lock:
             if holder != self.holder:
                 return
             self._buffer.extendleft(reversed(messages))
             self.claimed += len(messages)
+            if late:
+                for m in messages:
+                    self._not_before[m.id] = _LATE
+                    self._late.add(m.id)
 
     def holding_as(self) -> str | None:
         """The id jobs are held under, or None when none is buffered or running."""
@@ -438,9 +506,8 @@ class Ledger:
         main thread. Returns (the dropped messages, the running ids queued)."""
         with self._lock:
             dropped = [m for m in self._buffer if m.id in job_ids]
-            for m in dropped:
-                self._not_before.pop(m.id, None)
             if dropped:
+                self._forget_slots([m.id for m in dropped])
                 self._buffer = deque(m for m in self._buffer if m.id not in job_ids)
                 self._unstarted_cancelled(dropped)
             running = {i for i in job_ids if i in self._running and i not in self._told}
@@ -454,6 +521,7 @@ class Ledger:
         with self._lock:
             dropped = len(self._buffer)
             self._buffer.clear()
+            self._forget_slots(list(self._not_before))
             self.holder = holder
         return dropped
 
@@ -465,6 +533,7 @@ class Ledger:
         with self._lock:
             not_started = list(self._buffer)
             self._buffer.clear()
+            self._forget_slots(list(self._not_before))
             interrupted = []
             for job_id in unfinished:
                 message, _ = self._running.pop(job_id, (None, 0.0))

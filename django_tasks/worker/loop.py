@@ -243,7 +243,7 @@ class TaskWorker:
         )
         for job in jobs:
             self.pool.submit(job)
-        if outcomes or jobs:
+        if outcomes or jobs or ledger.has_late:
             self.wake_broker.poke()
         return len(jobs)
 

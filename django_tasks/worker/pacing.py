@@ -25,12 +25,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("django_tasks.worker")
 
-__all__ = ["SPACING", "Pacer", "limit_of"]
+__all__ = ["SPACING", "Pacer", "Slot", "limit_of"]
 
 #: Starts are spaced this much wider than period / count: a start the worker makes up
 #: to 5% of the period late (50 ms for a per-second limit) still keeps every window of
-#: one period within the limit.
+#: one period within the limit. A job that would start later gets a new slot instead
+#: (``Pacer.repace``), at most ``worker.ledger.REPACE_TRIES`` times in a row.
 SPACING = 1.05
+
+#: A start slot: the ``time.monotonic()`` a held job may start at, and the one it must
+#: start by (else it is late: a new slot is reserved for it).
+Slot = tuple[float, float]
 
 
 class Pacer:
@@ -60,41 +65,74 @@ class Pacer:
             keys = self._keys[at] = tuple(found)
         return keys
 
-    def pace(self, jobs: Sequence[Message]) -> tuple[list[Message], dict[str, float]]:
+    def pace(self, jobs: Sequence[Message]) -> tuple[list[Message], dict[str, Slot]]:
         """Reserve start slots for the limited ones among ``jobs``: returns the jobs to
-        buffer and, for those that must wait, the ``time.monotonic()`` to start them at.
-        Jobs given no slot within the horizon are given back (due at the next one)."""
+        buffer and, for those that must wait, their :data:`Slot`. Jobs given no slot
+        within the horizon are given back (due at the next one)."""
+        hold, later = self._reserve(jobs)
+        if later:
+            self._give_back([m for m in jobs if m.id in later], later)
+        return [m for m in jobs if m.id not in later], hold
+
+    def repace(self) -> None:
+        """Buffered jobs that missed their slot (``Ledger.late``) reserve new ones; those
+        that get none within the horizon go back READY, due at the next one. The slot
+        they missed stays unused: a start made later than the tolerance could make a
+        window of one period hold one start too many."""
+        ledger = self.worker.ledger
+        late = ledger.late()
+        if not late:
+            return
+        hold, later = self._reserve(late)
+        holder, back = ledger.reslot(hold, later)
+        if back:
+            try:
+                self._give_back(back, later)
+            except BaseException:
+                ledger.restore(holder, back, late=True)
+                raise
+
+    def _give_back(self, back: Sequence[Message], later: dict[str, float]) -> None:
+        due = datetime.fromtimestamp(max(later[m.id] for m in back), UTC)
+        self.worker.store.give_back_at(back, due)
+        logger.debug("Rate limits: %d job(s) given back until %s", len(back), due)
+
+    def _reserve(self, jobs: Sequence[Message]) -> tuple[dict[str, Slot], dict[str, float]]:
+        """Start slots for the limited ones among ``jobs`` (``{id: Slot}``), and the
+        epoch second each of those that got none may be claimed again (``{id: t}``)."""
         limited: dict[str, tuple[Rate, list[Message]]] = {}
         for m in jobs:
             for key, rate in self.keys(m):
                 limited.setdefault(key, (rate, []))[1].append(m)
         if not limited:
-            return list(jobs), {}
+            return {}, {}
         store = self.worker.store
-        hold: dict[str, float] = {}  # id -> time.monotonic() it may start at
-        later: dict[str, float] = {}  # id -> epoch seconds it may be claimed again
+        hold: dict[str, Slot] = {}
+        later: dict[str, float] = {}
         for key, (rate, members) in limited.items():
             members = [m for m in members if m.id not in later]
             if not members:
                 continue
             interval = rate.interval * SPACING
+            asked = time.monotonic()
             next_at, granted, now = store.reserve(key, interval, len(members), HORIZON)
-            clock = time.monotonic()  # the database's ``now`` was read just before
+            # The database's ``now`` was read between ``asked`` and ``clock``: counting
+            # from ``clock`` never starts a job early, and the time the reservation took
+            # comes off how late the job may start.
+            clock = time.monotonic()
+            tolerance = rate.period * (SPACING - 1) - (clock - asked)
             first = next_at - granted * interval
             for i, m in enumerate(members):
                 if i < granted:
                     at = clock + first + i * interval - now
-                    hold[m.id] = max(hold.get(m.id, 0.0), at)
+                    was = hold.get(m.id)
+                    hold[m.id] = (at, at + tolerance) if was is None else (
+                        max(was[0], at), min(was[1], at + tolerance))
                 else:
                     later[m.id] = max(later.get(m.id, 0.0), next_at - HORIZON)
-        if later:
-            back = [m for m in jobs if m.id in later]
-            due = datetime.fromtimestamp(max(later.values()), UTC)
-            store.give_back_at(back, due)
-            logger.debug("Rate limits: %d job(s) given back until %s", len(back), due)
         for i in later:
             hold.pop(i, None)
-        return [m for m in jobs if m.id not in later], hold
+        return hold, later
 
 
 def limit_of(backend: str, key: str) -> str:
