@@ -11,8 +11,9 @@ The scheme is strict spacing (a generic cell rate algorithm with no burst): a li
 that claims jobs of a limited key reserves start slots for them in one statement
 (:meth:`django_tasks.jobs.store.JobStore.reserve`), but only slots within
 :data:`HORIZON` seconds from now: it holds those jobs and starts each at its slot (one
-it could not start on time reserves another: ``worker.pacing``). The others go back READY, due when the key's next free slot comes within the horizon:
-waiting jobs neither fail nor busy-loop, and a worker holds few of them.
+it could not start on time reserves another: ``worker.pacing``). The others go back
+READY, due when the key's next free slot comes within the horizon: waiting jobs
+neither fail nor busy-loop, and a worker holds few of them.
 """
 
 from __future__ import annotations
