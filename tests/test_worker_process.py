@@ -35,8 +35,11 @@ def test_burst_worker_runs_everything_and_exits(pool, broker):
 def test_max_tasks():
     for i in range(5):
         tasks.add.enqueue(i, 1)
-    proc = start_worker("--max-tasks", "3", "-c", "1")
-    out, _ = proc.communicate(timeout=60)
+    # A poll timer of 30 s: the worker exits once the last outcome is written, not
+    # when the main thread next wakes by itself.
+    proc = start_worker("--max-tasks", "3", "-c", "1",
+                        env={"DJANGO_TASKS_TEST_POLL_INTERVAL": "30"})
+    out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, out
     assert Job.objects.filter(status="SUCCESSFUL").count() == 3
     assert Job.objects.filter(status="READY").count() == 2

@@ -116,8 +116,11 @@ class BrokerThread:
         drained = ledger.add_claimed(batch, jobs, hold, ready_left=ready_left, failed=failed)
         if ready_left:
             self._sleep()  # until a delivery, a reconcile's publish or the poll timer
-        if jobs or batch.starts or drained:
-            worker.wake_main.poke()  # new jobs, or dispatch may have waited for the starts
+        if jobs or batch.starts or drained or (batch.outcomes and worker.done_claiming()):
+            # New jobs, or dispatch may have waited for the starts, or the main thread
+            # waits for the last outcomes to be written to exit (else it would notice
+            # at its poll timer: --max-tasks N exited up to a second late).
+            worker.wake_main.poke()
         if done.stale:
             self._log_stale(done.stale)
         if worker.tally and ((batch.held == 0 and not jobs)

@@ -404,7 +404,7 @@ class TaskWorker:
                             "interrupted", self.grace, running,
                         )
                         break
-                elif not busy and (self._done_claiming() or (self.burst and drained)):
+                elif not busy and (self.done_claiming() or (self.burst and drained)):
                     break
                 self._wait(grace_ends)
         except Abort:  # raised by code that embeds the worker; signals only set the phase
@@ -429,7 +429,8 @@ class TaskWorker:
         finally:
             connections.close_all()
 
-    def _done_claiming(self) -> bool:
+    def done_claiming(self) -> bool:
+        """``max_tasks`` jobs have been claimed: the worker exits once they are written."""
         return self.max_tasks is not None and self.claimed >= self.max_tasks
 
     def _wait(self, until: float | None) -> None:
