@@ -48,6 +48,7 @@ from benchmarks.throughput import (
     setup_django,
     status_counts,
     truncate,
+    uuid7_sql,
 )
 
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/django_tasks_backlog_bench"
@@ -74,7 +75,8 @@ def execute(sql: str, params: Sequence[object] = ()) -> int:
 
 
 def insert_rows(count: int, *, finished: bool) -> None:
-    """Bulk-insert ``count`` noop rows, enqueued (evenly) over the past hour, oldest first.
+    """Bulk-insert ``count`` noop rows, enqueued (evenly) over the past hour, oldest first,
+    with UUIDv7 ids of their enqueue time, as ``enqueue()`` gives them.
 
     READY ones go to DEEP_QUEUE, never attempted; finished ones are SUCCESSFUL (one attempt
     of ~1 ms that returned None) and also in DEEP_QUEUE, its history.
@@ -91,7 +93,7 @@ def insert_rows(count: int, *, finished: bool) -> None:
         f"args, kwargs, return_value, errors, worker_ids, attempts, max_attempts, progress, "
         f"enqueued_at, run_after, available_at, started_at, last_attempted_at, finished_at, "
         f"worker_id) "
-        f"SELECT gen_random_uuid(), %s, 'default', %s, 0, %s, '[]'::jsonb, '{{}}'::jsonb, "
+        f"SELECT {uuid7_sql('at')}, %s, 'default', %s, 0, %s, '[]'::jsonb, '{{}}'::jsonb, "
         f"NULL, '[]'::jsonb, %s::jsonb, %s, 1, NULL, at, NULL, at, {started}, {started}, "
         f"{ended}, %s "
         f"FROM (SELECT statement_timestamp() - make_interval(secs => 3600.0 * (%s - i) / %s) "

@@ -201,6 +201,15 @@ def enqueue_backlog(n: int) -> None:
         flush()
 
 
+def uuid7_sql(at: str) -> str:
+    """SQL for a UUIDv7 of the time ``at`` (an SQL expression), as ``enqueue()`` makes
+    them: ids in the order the jobs were enqueued, so the rows a bench makes in bulk
+    fill the primary key's index as real ones do (random ids scatter every insert)."""
+    return (f"(lpad(to_hex((extract(epoch FROM {at}) * 1000)::bigint), 12, '0')"
+            " || '7' || substr(md5(random()::text), 1, 3) || '8'"
+            " || substr(md5(random()::text), 1, 15))::uuid")
+
+
 def fill_backlog(n: int) -> None:
     """N ready ``noop`` jobs in truncated tables, untimed and fast: one job enqueued as
     usual (one transaction), its row copied n - 1 times by one ``INSERT ... SELECT`` with
@@ -218,12 +227,10 @@ def fill_backlog(n: int) -> None:
         first = noop.enqueue().id
     columns = [f.column for f in Job._meta.concrete_fields if not f.primary_key]
     names = ", ".join(connection.ops.quote_name(c) for c in columns)
-    uuid7 = ("(lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')"
-             " || '7' || substr(md5(random()::text), 1, 3) || '8'"
-             " || substr(md5(random()::text), 1, 15))::uuid")
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {Job._meta.db_table} (id, {names}) SELECT {uuid7}, {names} "
+            f"INSERT INTO {Job._meta.db_table} (id, {names}) "
+            f"SELECT {uuid7_sql('clock_timestamp()')}, {names} "
             f"FROM {Job._meta.db_table}, generate_series(2, %s) WHERE id = %s", [n, first])
     broker = default_task_backend.broker
     if not hasattr(broker, "_publish_rows"):  # the database broker: the rows are the queue
