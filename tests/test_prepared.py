@@ -136,3 +136,37 @@ def test_the_round_trip_connection_compiles_nothing():
         with connection.cursor() as cursor:
             cursor.execute("RESET ALL")
     assert "JIT" not in plan, plan
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_only_the_claim_alone_commits_without_waiting_for_the_disk():
+    """An idle worker's claim (nothing else to write) turns ``synchronous_commit`` off
+    for its own transaction; a round trip that writes starts or outcomes keeps it on."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from django_tasks.jobs.messages import ByQueues, Start
+
+    store = default_task_backend.store
+    engine = store.engine
+    tasks.add.enqueue(1, 1)
+    tasks.add.enqueue(2, 2)
+
+    def synchronous_commit() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    assert synchronous_commit() == "on"
+    with transaction.atomic():
+        first = engine.claim("w", "L1", ByQueues(["default"], 1), None)
+        assert len(first) == 1
+        assert synchronous_commit() == "off"
+    assert synchronous_commit() == "on"  # this transaction only, not the session
+    with transaction.atomic():
+        rows, _ = engine.exchange(store, "w", "L2",
+                                  [Start(str(first[0].id), "L1", timezone.now().isoformat())],
+                                  [], ByQueues(["default"], 1), None)
+        assert len(rows) == 1
+        assert synchronous_commit() == "on"
