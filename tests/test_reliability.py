@@ -7,6 +7,7 @@ test_crashes.py.
 
 import dataclasses
 import re
+import uuid
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -24,6 +25,7 @@ from django_tasks.worker import Phase, TaskWorker
 from django_tasks.worker.liveness import is_gone, process_key
 from tests import reliability_tasks as rt
 from tests import tasks
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 backend = default_task_backend
@@ -434,6 +436,57 @@ def test_jobs_a_busy_worker_could_not_start_within_the_hold_go_to_another_worker
     assert sorted(j.worker_ids[0] for j in jobs) == ["busy"] + ["other"] * 4
     assert {(j.status, j.attempts) for j in jobs} == {("SUCCESSFUL", 1)}
     assert busy.prefetch_now() > 0  # a job finished: adaptive again
+
+
+def test_a_job_taken_back_from_a_busy_prefork_child_is_buffered_again_and_given_back(
+        monkeypatch):
+    """A short job sent ahead to a child whose job then runs long is taken back: it goes
+    back to the worker's buffer, unstarted, where the give-back reaches it."""
+    from django_tasks.worker import duties
+    from django_tasks.worker.pools import prefork
+
+    # Sent ahead while the job ahead is under 0.5 s old (5 ms by default: too tight for
+    # a test on a loaded machine); taken back 20 ms into it, as always.
+    monkeypatch.setattr(prefork, "PIPELINE_BELOW", 0.5)
+    worker = TaskWorker(pool="prefork", concurrency=1, worker_id="w")
+    worker.pool.start()
+    try:
+        def settle():
+            worker.run_once()
+            return worker.ledger.idle() and not worker.pool.running()
+
+        for i in range(3):  # short jobs measured: it buffers and sends jobs ahead
+            tasks.add.enqueue(i, i)
+        assert wait_for(settle, interval=0.005)
+        slow = tasks.sleep_then_return.enqueue(1.0)
+        short = tasks.add.enqueue(1, 2)
+        assert worker.exchange() == 2
+        worker.dispatch()  # the slow one starts in the idle child
+        worker.dispatch()  # the short one is sent ahead behind it
+        assert set(worker.pool.running_ids()) == {slow.id, short.id}
+
+        def taken_back():
+            worker.dispatch()
+            return worker.snapshot().buffered == (short.id,)
+
+        assert wait_for(taken_back, timeout=5, interval=0.005)
+        assert worker.snapshot().running == (slow.id,)
+        assert worker.pool.running_ids() == [slow.id]
+        row = Job.objects.get(pk=short.id)
+        assert (row.status, row.attempts, row.started_at) == ("CLAIMED", 0, None)
+
+        monkeypatch.setattr(duties, "BUFFER_HOLD", 0.0)
+        worker.run_duty("give back")
+        assert worker.snapshot().buffered == ()
+        assert Job.objects.get(pk=short.id).status == "READY"
+        assert TaskWorker(pool="inline", worker_id="other").drain() == 1
+        assert wait_for(settle, interval=0.005)
+    finally:
+        worker.pool.stop(at_once=True)
+    assert {(j.id, j.status, j.attempts, tuple(j.worker_ids))
+            for j in Job.objects.filter(pk__in=[slow.id, short.id])} == {
+        (uuid.UUID(slow.id), "SUCCESSFUL", 1, ("w",)),
+        (uuid.UUID(short.id), "SUCCESSFUL", 1, ("other",))}
 
 
 def test_jobs_not_given_back_stay_buffered_first_unless_the_worker_was_declared_dead(

@@ -155,7 +155,8 @@ class Ledger:
                           free_slots: Callable[[], int], clock: float,
                           now: datetime | None = None,
                           idle_slots: Callable[[], int] | None = None,
-                          began: Sequence[str] = ()) -> list[Message]:
+                          began: Sequence[str] = (),
+                          returned: Sequence[Message] = ()) -> list[Message]:
         """Keep the pool's finished ``outcomes`` for the next round trip, then move
         buffered jobs into the free slots and record their starts.
 
@@ -165,9 +166,12 @@ class Ledger:
         running here (an older attempt) stays buffered: a job never runs twice at once
         in one worker. ``idle_slots()``: how many of the first jobs submitted start at
         once (None: all); the others wait in the pool, and their starts are recorded
-        when the pool says they ``began`` (ids).
+        when the pool says they ``began`` (ids), or go back to the front of the buffer
+        when it hands them back unstarted (``returned``).
         """
         with self._lock:
+            if returned:
+                self._take_back(returned)
             if began:
                 for job_id in began:
                     start = self._held_starts.pop(job_id, None)
@@ -239,6 +243,25 @@ class Ledger:
                     # slot must not make the next starts wait for a round trip.
                     self._starts_since = clock
         return jobs
+
+    def _take_back(self, jobs: Sequence[Message]) -> None:
+        """Jobs the pool held for a slot and hands back unstarted: buffered again, first
+        (they came before the buffer's), no longer running, their starts unrecorded, so
+        a slot of this worker or the give-back (another worker) takes them; they keep
+        the time of their claim. Call with the lock held."""
+        for job in jobs:
+            self._running.pop(job.id, None)
+            self._waited.pop(job.id, None)
+            self._told.discard(job.id)
+            start = self._held_starts.pop(job.id, None)
+            if start is None:
+                # Not expected: only jobs that waited in the pool come back, and their
+                # starts are held. If its start is recorded, the row is RUNNING: it may
+                # start here again, never be given back.
+                job.buffered_at = math.inf
+            elif job.started_at == start.at:
+                job.started_at = None  # stamped by the dispatch that sent it: not started
+        self._buffer.extendleft(reversed(jobs))
 
     @property
     def has_cancels(self) -> bool:

@@ -240,6 +240,7 @@ class TaskWorker:
             outcomes, may_start=self.phase is Phase.RUNNING and not self.liveness.holding,
             free_slots=self.pool.free_slots, clock=clock, now=now,
             idle_slots=self.pool.idle_slots, began=self.pool.began(),
+            returned=self.pool.taken_back(),
         )
         for job in jobs:
             self.pool.submit(job)

@@ -6,7 +6,9 @@ from one thread:
 - ``start()``; ``submit(message)`` to a free slot (``free_slots()`` > 0);
   ``idle_slots()``: of those, how many start their job at once (the prefork pool may
   also take a job behind a busy child's short one, which waits there), and
-  ``began()``: the ids of such waiting jobs that have started since the last call;
+  ``began()``: the ids of such waiting jobs that have started since the last call,
+  and ``taken_back()``: those that will not start there after all (their child turned
+  out busy, died or retired), handed back unstarted;
 - ``collect()``: the outcomes finished since the last call (never blocks);
 - ``waitables()``: objects for ``multiprocessing.connection.wait()`` that become ready
   when ``collect()`` has something to do, and ``next_deadline()``: seconds until it has

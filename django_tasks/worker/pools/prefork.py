@@ -241,6 +241,17 @@ class PreforkPool:
         began, self._began = self._began, []
         return began
 
+    def taken_back(self) -> list[Message]:
+        """The jobs waiting here for a free slot (taken back from a busy child, or whose
+        child died or retired before starting them), handed back: none of them began.
+        The worker buffers them again, where its give-back reaches them; the pool alone
+        (``submit()`` without a worker) starts them in its next free slots instead."""
+        if not self._pending:
+            return []
+        back = list(self._pending)
+        self._pending.clear()
+        return back
+
     def _may_queue(self, slot: _Slot, now: float | None) -> bool:
         """May ``slot``'s child be sent a job behind the one it runs? ``now`` None: the
         timing was judged already (by ``free_slots()``, which ``submit()`` follows)."""

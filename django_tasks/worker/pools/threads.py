@@ -77,6 +77,10 @@ class _InProcessPool:
         """No job waits in the pool to start."""
         return []
 
+    def taken_back(self) -> list[Message]:
+        """No job waits in the pool to start."""
+        return []
+
 
 class InlinePool(_InProcessPool):
     """Runs each job synchronously in the caller, on the caller's connections (tests, demos).
