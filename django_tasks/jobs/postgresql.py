@@ -128,8 +128,8 @@ CLAIM_READY = _CLAIM_READY_ROWS + _RETURNING_MESSAGES
 # The claim alone (an idle worker woken by an enqueue: nothing else to write) commits
 # without waiting for its WAL to reach the disk (``synchronous_commit`` off for this
 # transaction only, set by the statement itself: an InitPlan, evaluated once).
-# It is on the path from enqueue to start: 0.44-0.54 ms from the producer's commit to
-# the start instead of 0.71-1.11 (docs/performance.md). What it can cost: a PostgreSQL
+# It is on the path from enqueue to start: 0.40 ms from the producer's commit to the
+# start instead of 0.65 (medians, docs/performance.md). What it can cost: a PostgreSQL
 # crash (not a restart, which writes everything) before any later commit reaches the
 # disk (the worker's own start record follows within START_RECORD_LAG) loses the claim,
 # and the job may run twice; docs/reliability.md lists it in the duplicate window.
