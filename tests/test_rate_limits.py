@@ -16,7 +16,7 @@ from django.tasks import task
 from django.tasks.exceptions import InvalidTask
 
 from django_tasks.conf import BackendOptions
-from django_tasks.models import Job, RateLimit
+from django_tasks.models import Job, RateLimit, Worker
 from django_tasks.rates import parse_rate
 from django_tasks.worker import TaskWorker, ledger
 from tests import tasks
@@ -179,8 +179,12 @@ def test_a_late_job_with_no_slot_within_the_horizon_goes_back_ready(settings, mo
 @pytest.mark.slow
 @db
 def test_four_workers_never_start_more_than_the_limit_in_any_second(broker):
-    results = [tasks.rate_limited.delay(i) for i in range(100)]
     workers = [start_worker("-c", "2", "--pool", "threads") for _ in range(4)]
+    # Every worker ready before the jobs come: one that started seconds before the
+    # others (a loaded machine) could otherwise run them all.
+    assert wait_for(lambda: Worker.objects.filter(stopped_at__isnull=True).count() == 4,
+                    timeout=60)
+    results = [tasks.rate_limited.delay(i) for i in range(100)]
     assert wait_for(lambda: Job.objects.filter(status="SUCCESSFUL").count() == 100,
                     timeout=60), Job.objects.values_list("status", flat=True)[:5]
     for w in workers:
