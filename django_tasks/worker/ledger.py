@@ -20,12 +20,15 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from django.utils import timezone
 
 from ..jobs.cancel import cancelled_outcome
 from ..jobs.messages import Message, Outcome, Start
+
+if TYPE_CHECKING:
+    from .pacing import Slot
 
 __all__ = [
     "BUFFER_HOLD", "PREFETCH_PER_SLOT", "PREFETCH_WINDOW", "REPACE_TRIES", "START_RECORD_LAG",
@@ -116,7 +119,7 @@ class Ledger:
         self._buffer: deque[Message] = deque()  # claimed, not started
         # Buffered jobs of rate-limited tasks: their reserved start slot, (start at,
         # start by) in time.monotonic() (worker/pacing.py). Empty unless limits are used.
-        self._not_before: dict[str, tuple[float, float]] = {}
+        self._not_before: dict[str, Slot] = {}
         # Of those, the ones that missed their slot (_LATE), for the broker thread to
         # reserve new ones; and how many times in a row each got a new one.
         self._late: set[str] = set()
@@ -362,7 +365,7 @@ class Ledger:
             self._inflight_since = None
 
     def add_claimed(self, batch: Batch, jobs: Sequence[Message],
-                    hold: dict[str, tuple[float, float]] | None = None, *,
+                    hold: dict[str, Slot] | None = None, *,
                     ready_left: bool = False,
                     failed: int = 0) -> bool:
         """The round trip of ``batch`` committed and claimed ``jobs``: buffer them;
@@ -408,7 +411,7 @@ class Ledger:
                 return []
             return [m for m in self._buffer if m.id in self._late]
 
-    def reslot(self, hold: dict[str, tuple[float, float]],
+    def reslot(self, hold: dict[str, Slot],
                later: Collection[str]) -> tuple[str, list[Message]]:
         """New slots for late jobs (``hold``), or none within the horizon (``later``):
         those leave the buffer, to be given back. Jobs cancelled meanwhile are left
@@ -419,13 +422,19 @@ class Ledger:
                     self._late.discard(job_id)
                     self._not_before[job_id] = slot
                     self._repaced[job_id] = self._repaced.get(job_id, 0) + 1
-            back = [m for m in self._buffer if m.id in later and m.id in self._late]
-            if back:
-                gone = {m.id for m in back}
-                self._buffer = deque(m for m in self._buffer if m.id not in gone)
-                self._forget_slots(gone)
-                self.claimed -= len(back)
+            back = self._unbuffer(lambda m: m.id in later and m.id in self._late)
+            self.claimed -= len(back)
             return self.holder, back
+
+    def _unbuffer(self, leaves: Callable[[Message], bool]) -> list[Message]:
+        """Take the buffered jobs ``leaves`` picks out of the buffer, unstarted: they no
+        longer hold a slot. Returns them in buffer order (call with the lock held)."""
+        gone = [m for m in self._buffer if leaves(m)]
+        if gone:
+            ids = {m.id for m in gone}
+            self._buffer = deque(m for m in self._buffer if m.id not in ids)
+            self._forget_slots(ids)
+        return gone
 
     def _forget_slots(self, ids: Collection[str]) -> None:
         """Jobs that left the buffer unstarted hold no slot (call with the lock held)."""
@@ -494,11 +503,9 @@ class Ledger:
         with self._lock:
             if not self.adaptive_prefetch:
                 return self.holder, []
-            late = [m for m in self._buffer
-                    if m.buffered_at < cutoff and m.id not in self._not_before]
+            late = self._unbuffer(
+                lambda m: m.buffered_at < cutoff and m.id not in self._not_before)
             if late:
-                gone = {m.id for m in late}
-                self._buffer = deque(m for m in self._buffer if m.id not in gone)
                 self.claimed -= len(late)
                 self._full = True
             return self.holder, late
@@ -528,10 +535,8 @@ class Ledger:
         outcome for the next round trip; running ones not told yet are queued for the
         main thread. Returns (the dropped messages, the running ids queued)."""
         with self._lock:
-            dropped = [m for m in self._buffer if m.id in job_ids]
+            dropped = self._unbuffer(lambda m: m.id in job_ids)
             if dropped:
-                self._forget_slots([m.id for m in dropped])
-                self._buffer = deque(m for m in self._buffer if m.id not in job_ids)
                 self._unstarted_cancelled(dropped)
             running = {i for i in job_ids if i in self._running and i not in self._told}
             self._to_cancel |= running
