@@ -170,3 +170,28 @@ def test_only_the_claim_alone_commits_without_waiting_for_the_disk():
                                   [], ByQueues(["default"], 1), None)
         assert len(rows) == 1
         assert synchronous_commit() == "on"
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("swept", [True, False])
+def test_a_claim_by_ids_alone_skips_the_disk_only_for_a_broker_that_sweeps(swept):
+    """Redis's claims (``ByIds.swept``: its reconcile republishes a READY row it lost)
+    commit alone without waiting for the disk; RabbitMQ's stay synchronous."""
+    from django.db import transaction
+
+    from django_tasks.jobs.messages import ByIds
+
+    engine = default_task_backend.store.engine
+    job_id = tasks.add.enqueue(1, 1).id
+
+    def synchronous_commit() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    with transaction.atomic():
+        rows = engine.claim("w", "L1", ByIds([job_id], swept=swept), None)
+        assert [str(r.id) for r in rows] == [job_id]
+        assert synchronous_commit() == ("off" if swept else "on")
+    assert synchronous_commit() == "on"

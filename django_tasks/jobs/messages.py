@@ -196,9 +196,15 @@ class ByQueues(NamedTuple):
 
 class ByIds(NamedTuple):
     """A claim of these jobs, where they are still READY and due: a broker that carries
-    ids (Redis) chose them; a duplicated or stale id claims nothing."""
+    ids (Redis) chose them; a duplicated or stale id claims nothing.
+
+    ``swept``: the broker finds a READY row it no longer carries within seconds (the
+    Redis broker's reconcile), so a claim made alone need not wait for the disk: a
+    PostgreSQL crash that loses it leaves the row READY, and the sweep publishes it
+    again (docs/reliability.md, the duplicate window)."""
 
     ids: Sequence[str]
+    swept: bool = False
 
     @property
     def wanted(self) -> bool:

@@ -135,10 +135,8 @@ CLAIM_READY = _CLAIM_READY_ROWS + _RETURNING_MESSAGES
 # and the job may run twice; docs/reliability.md lists it in the duplicate window.
 # Nothing is lost: the row is READY again. The round trip that writes starts or
 # outcomes stays synchronous, and flushes this claim's WAL with its own.
-CLAIM_READY_ALONE = (
-    _CLAIM_READY_ROWS + "AND (SELECT set_config('synchronous_commit', 'off', true)) <> '' "
-    + _RETURNING_MESSAGES
-)
+_NO_DISK_WAIT = "AND (SELECT set_config('synchronous_commit', 'off', true)) <> '' "
+CLAIM_READY_ALONE = _CLAIM_READY_ROWS + _NO_DISK_WAIT + _RETURNING_MESSAGES
 # Jobs by id (a broker that carries ids, such as Redis, chose them): only rows still
 # READY and due change, so a duplicated or stale message claims nothing. The rows are
 # first locked by primary key alone (in id order: no deadlock between claimers), and
@@ -151,14 +149,20 @@ _LOCKED = (
     "FROM \"django_tasks_job\" "
     "WHERE id = ANY(%(claim_ids)s::uuid[]) ORDER BY id FOR UPDATE SKIP LOCKED)"
 )
-_CLAIM_LOCKED = (
+_CLAIM_LOCKED_ROWS = (
     "UPDATE \"django_tasks_job\" AS j SET status = 'CLAIMED', worker_id = %(worker)s, "
     "lease = %(lease)s FROM locked AS l "
     "WHERE j.id = l.id AND l.status = 'READY' AND l.backend = %(backend)s "
     "AND l.available_at <= COALESCE(%(now)s::timestamptz, statement_timestamp()) "
-    "RETURNING " + ", ".join(f"j.{c}" for c in MESSAGE_COLUMNS)
 )
+_RETURNING_LOCKED = "RETURNING " + ", ".join(f"j.{c}" for c in MESSAGE_COLUMNS)
+_CLAIM_LOCKED = _CLAIM_LOCKED_ROWS + _RETURNING_LOCKED
 CLAIM_IDS = "WITH " + _LOCKED + " " + _CLAIM_LOCKED
+# Alone, for a broker whose sweep republishes a READY row it lost (ByIds.swept: Redis),
+# it does not wait for the disk either, as CLAIM_READY_ALONE. RabbitMQ's claims stay
+# synchronous: its sweep runs only once a queue is empty, so a claim lost after the
+# message was acknowledged could leave the job waiting behind a long backlog.
+CLAIM_IDS_ALONE = "WITH " + _LOCKED + " " + _CLAIM_LOCKED_ROWS + _NO_DISK_WAIT + _RETURNING_LOCKED
 
 # -- the worker's round trip in one statement ----------------------------------------------
 
@@ -392,7 +396,10 @@ class PostgreSQL(Engine):
               now: datetime | None) -> list[MessageRow]:
         if not claim.wanted:
             return []
-        sql = CLAIM_IDS if isinstance(claim, ByIds) else CLAIM_READY_ALONE
+        if isinstance(claim, ByIds):
+            sql = CLAIM_IDS_ALONE if claim.swept else CLAIM_IDS
+        else:
+            sql = CLAIM_READY_ALONE
         with self.cursor() as cursor:
             cursor.execute(sql, self._claim_params(worker_id, lease, claim, now))
             return [MessageRow._make(row) for row in cursor.fetchall()]
