@@ -71,4 +71,3 @@ def parse_rate(value: Any) -> Rate | None:
 def queue_key(queue: str) -> str:
     """The rate-limit key of a queue (a task's key is its dotted path)."""
     return f"queue:{queue}"
-

@@ -104,3 +104,19 @@ def test_no_module_is_past_about_600_lines():
     long = {name: n for name, (path, _) in _modules().items()
             if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_a_web_process_does_not_import_the_worker():
+    # The admin (autodiscovered by django.setup() in every web process) once reached the
+    # worker package through rate-limit labels: 55 ms of imports in each process start.
+    import subprocess
+    import sys
+
+    code = ("import django, sys; django.setup(); import django_tasks.admin; "
+            "print(sorted(m for m in sys.modules if m.startswith('django_tasks.worker')))")
+    env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "sampleproject.settings",
+           "DATABASE_URL": "sqlite:///:memory:"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -8,8 +8,8 @@ import time
 from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 
+from ..jobs.policy import limit_of
 from ..models import RateLimit
-from ..worker.pacing import limit_of
 from .common import ReadOnlyMixin
 
 

@@ -29,6 +29,7 @@ from ..exceptions import (
     Terminated,
 )
 from ..observe.logs import job_fields
+from ..rates import queue_key
 from ..results import JobResult, as_datetime, error_from_dict
 from ..retry import next_attempt_at
 from ..states import CANCELLED, FAILED, READY, RUNNING, SUCCESSFUL
@@ -38,7 +39,7 @@ logger = logging.getLogger("django_tasks.worker")
 
 __all__ = [
     "LoggedByWorker", "as_datetime", "error_from_dict", "failure_outcome", "job_result",
-    "resolve_task", "send_failed", "send_finished", "success_outcome", "task_or_none",
+    "limit_of", "resolve_task", "send_failed", "send_finished", "success_outcome", "task_or_none",
 ]
 
 
@@ -336,3 +337,18 @@ def _signal_name(signal: Any) -> str:
         if getattr(signals, name) is signal:
             return name
     return "signal"
+
+
+def limit_of(backend: str, key: str) -> str:
+    """The limit a rate-limit key stands for, as written (``"30/s"``): the queue's
+    ``OPTIONS["RATE_LIMITS"]`` entry or the task's ``rate_limit``; ``"-"`` if neither
+    says any more (a task removed in a deploy, a limit taken out of the settings). For
+    the admin and ``tasks status``."""
+    try:
+        limits = task_backends[backend].config.rate_limits
+    except Exception:  # a backend this deploy no longer has
+        limits = {}
+    for queue, rate in limits.items():
+        if queue_key(queue) == key:
+            return rate.text
+    return str(getattr(task_or_none(key), "rate_limit", None) or "-")

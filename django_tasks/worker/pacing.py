@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("django_tasks.worker")
 
-__all__ = ["SPACING", "Pacer", "Slot", "limit_of"]
+__all__ = ["SPACING", "Pacer", "Slot"]
 
 #: Starts are spaced this much wider than period / count: a start the worker makes up
 #: to 5% of the period late (50 ms for a per-second limit) still keeps every window of
@@ -133,20 +133,3 @@ class Pacer:
         for i in later:
             hold.pop(i, None)
         return hold, later
-
-
-def limit_of(backend: str, key: str) -> str:
-    """The limit a rate-limit key stands for, as written (``"30/s"``): the queue's
-    ``OPTIONS["RATE_LIMITS"]`` entry or the task's ``rate_limit``; ``"-"`` if neither
-    says any more (a task removed in a deploy, a limit taken out of the settings). For
-    the admin and ``tasks status``."""
-    from django.tasks import task_backends
-
-    try:
-        limits = task_backends[backend].config.rate_limits
-    except Exception:  # a backend this deploy no longer has
-        limits = {}
-    for queue, rate in limits.items():
-        if queue_key(queue) == key:
-            return rate.text
-    return str(getattr(task_or_none(key), "rate_limit", None) or "-")

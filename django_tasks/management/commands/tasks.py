@@ -196,8 +196,8 @@ class Command(BaseCommand):
         """Rate-limited keys in use: the limit, and when the next start slot is free."""
         import time
 
+        from django_tasks.jobs.policy import limit_of
         from django_tasks.models import RateLimit
-        from django_tasks.worker.pacing import limit_of
 
         rows = list(RateLimit.objects.using(db).filter(backend=alias).order_by("key"))
         if not rows:
