@@ -582,3 +582,29 @@ def test_time_limit_options_are_validated():
     ok = task(time_limit=10, soft_time_limit=9.5)(f)
     assert (ok.time_limit, ok.soft_time_limit) == (10, 9.5)
     assert task()(f).time_limit is None
+
+
+def test_a_paced_job_handed_back_by_the_pool_gets_a_new_slot():
+    """A rate-limited job sent to wait behind a busy child used its slot; if the pool
+    hands it back unstarted, starting it at the next free slot could crowd a window, so
+    it waits for a new slot (the broker thread's repace). A job without a limit, or one
+    that began, is not affected."""
+    from django_tasks.worker.ledger import Ledger
+
+    ledger = Ledger("w1", concurrency=2, prefetch=0)
+    first, paced, plain, began = (make_message("getpid") for _ in range(4))
+    ledger.add_claimed(ledger.take(claiming=True), [first, paced, plain, began],
+                       hold={paced.id: (0.5, 10.0), began.id: (0.5, 10.0)})
+    # One idle child: ``first`` starts, the three others wait in the pool.
+    jobs = ledger.collect_and_start([], may_start=True, free_slots=lambda: 4, clock=1.0,
+                                    idle_slots=lambda: 1)
+    assert [j.id for j in jobs] == [first.id, paced.id, plain.id, began.id]
+    assert ledger.late() == [] and ledger.next_start() is None
+    ledger.collect_and_start([], may_start=True, free_slots=lambda: 0, clock=1.1,
+                             began=[began.id], returned=[paced, plain])
+    assert [m.id for m in ledger.late()] == [paced.id]
+    assert ledger.next_start() == float("inf")  # held until the broker thread reserves
+    ledger.add_claimed(ledger.take(claiming=False), [])  # the starts are written
+    # No free slot starts it meanwhile; the job without a limit starts.
+    jobs = ledger.collect_and_start([], may_start=True, free_slots=lambda: 2, clock=1.2)
+    assert [j.id for j in jobs] == [plain.id]

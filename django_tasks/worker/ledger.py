@@ -124,6 +124,9 @@ class Ledger:
         # reserve new ones; and how many times in a row each got a new one.
         self._late: set[str] = set()
         self._repaced: dict[str, int] = {}
+        # Of the jobs waiting in the pool (below), those that used a rate-limit slot: if
+        # the pool hands one back unstarted, the slot is gone and it needs a new one.
+        self._held_paced: set[str] = set()
         # job id -> (message, time.monotonic() at the start), for jobs in the pool
         self._running: dict[str, tuple[Message, float]] = {}
         self._starts: list[Start] = []  # started since the last exchange
@@ -177,6 +180,8 @@ class Ledger:
                 self._take_back(returned)
             if began:
                 for job_id in began:
+                    if self._held_paced:
+                        self._held_paced.discard(job_id)
                     start = self._held_starts.pop(job_id, None)
                     if start is not None:
                         self._starts.append(start)
@@ -185,6 +190,7 @@ class Ledger:
             for outcome in outcomes:
                 if self._held_starts:
                     self._held_starts.pop(outcome.id, None)
+                    self._held_paced.discard(outcome.id)
                 self._told.discard(outcome.id)
                 message, at = self._running.pop(outcome.id, (None, clock))
                 took = clock - at
@@ -216,7 +222,9 @@ class Ledger:
                         # still runs here: a job never runs twice at once in one worker.
                         waiting.append(job)
                         continue
+                    paced = False
                     if self._not_before and job.id in self._not_before:
+                        paced = True
                         at, by = self._not_before[job.id]
                         if at > clock:
                             waiting.append(job)  # its rate-limit slot has not come
@@ -238,6 +246,8 @@ class Ledger:
                         self._starts.append(Start(job.id, job.lease, stamp))
                     else:
                         self._held_starts[job.id] = Start(job.id, job.lease, stamp)
+                        if paced:
+                            self._held_paced.add(job.id)
                     jobs.append(job)
                     free -= 1
                 self._buffer.extendleft(reversed(waiting))
@@ -264,6 +274,13 @@ class Ledger:
                 job.buffered_at = math.inf
             elif job.started_at == start.at:
                 job.started_at = None  # stamped by the dispatch that sent it: not started
+            if job.id in self._held_paced:
+                # Its rate-limit slot passed while it waited in the pool: started now it
+                # could crowd a window, so the broker thread reserves it a new one
+                # (``Pacer.repace``), as for a job that missed its slot in the buffer.
+                self._held_paced.discard(job.id)
+                self._not_before[job.id] = _LATE
+                self._late.add(job.id)
         self._buffer.extendleft(reversed(jobs))
 
     @property
@@ -562,6 +579,7 @@ class Ledger:
             not_started = list(self._buffer)
             self._buffer.clear()
             self._forget_slots(list(self._not_before))
+            self._held_paced.clear()
             interrupted = []
             for job_id in unfinished:
                 message, _ = self._running.pop(job_id, (None, 0.0))
