@@ -20,8 +20,9 @@ import redis
 from django.core.management import call_command
 from django.db import transaction
 from django.tasks import task_backends
+from django.utils import timezone
 
-from django_tasks.models import Job
+from django_tasks.models import Job, Worker
 from tests import reliability_tasks as rt
 from tests import tasks
 from tests.helpers import start_worker, wait_for
@@ -89,8 +90,6 @@ def test_jobs_of_one_priority_are_claimed_in_the_order_they_were_enqueued():
 def test_a_delayed_job_waits_in_the_delayed_set_and_is_claimed_when_due():
     from datetime import timedelta
 
-    from django.utils import timezone
-
     result = tasks.add.using(run_after=timedelta(minutes=5)).enqueue(1, 1)
     assert not queued(result.id)
     assert client().zcard(key("delayed")) == 1
@@ -122,6 +121,28 @@ def test_an_unreachable_redis_at_enqueue_keeps_the_job_and_the_reconciler_publis
     assert queued(result.id)
     [message] = broker.claim("w", "L", ["default"], 10)
     assert message.id == result.id
+
+
+def test_a_claim_lost_by_the_database_is_published_again_by_the_reconcile():
+    # An idle worker's claim does not wait for the disk (ByIds.swept): a PostgreSQL crash
+    # may lose it after Redis handed the id over. The row is READY again, its id only in
+    # the worker's held hash: the reconcile finds it missing from the queue.
+    # A running worker: the reconcile does not rescue what it holds.
+    Worker.objects.create(id="w", hostname="h", pid=1, backend="default", concurrency=1,
+                          pool="prefork", started_at=timezone.now(),
+                          last_heartbeat_at=timezone.now())
+    result = tasks.add.enqueue(1, 1)
+    broker = backend().broker
+    broker.reconcile(["default"])
+    [message] = broker.claim("w", "L", ["default"], 10)
+    assert message.id == result.id and not queued(result.id)
+    Job.objects.filter(pk=result.id).update(status="READY", worker_id="", lease="")  # lost
+    broker.reconcile(["default"])
+    assert not queued(result.id)
+    broker.reconcile(["default"])
+    assert queued(result.id)
+    [again] = broker.claim("w2", "L2", ["default"], 10)
+    assert again.id == result.id
 
 
 def test_a_stale_or_duplicated_message_claims_nothing_and_is_dropped():
