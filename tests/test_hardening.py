@@ -814,3 +814,32 @@ def test_django_options_after_a_tasks_action_are_accepted():
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert out.split()[:2] == ["queue", "wait"]
+
+
+@db
+def test_a_tasks_checks_are_made_once_and_again_when_settings_change(settings, monkeypatch):
+    # Single enqueues remember a task's passed checks (Enqueueing._plan_for); a change
+    # of settings (here the app removed) must make the next enqueue check again.
+    from django.tasks import default_task_backend
+    from django.tasks.exceptions import InvalidTaskBackend
+
+    from django_tasks.backends import enqueue
+
+    checked = []
+    check_task = default_task_backend.check_task
+    monkeypatch.setattr(default_task_backend, "check_task",
+                        lambda task: checked.append(task) or check_task(task))
+    task = tasks.add.using(priority=3)  # a task object no test enqueued before
+    for i in range(3):
+        task.enqueue(i, i)
+    assert checked == [task]
+    tasks.add.using(priority=5).enqueue(1, 1)  # another task object: checked
+    assert len(checked) == 2
+    monkeypatch.setattr(enqueue, "PLANS_KEPT", 1)
+    tasks.add.using(priority=6).enqueue(1, 1)  # past PLANS_KEPT: all forgotten
+    task.enqueue(1, 1)
+    assert len(checked) == 4
+
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "django_tasks"]
+    with pytest.raises(InvalidTaskBackend):
+        tasks.add.enqueue(1, 2)

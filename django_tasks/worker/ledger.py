@@ -18,14 +18,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from django.utils import timezone
 
 from ..jobs.cancel import cancelled_outcome
 from ..jobs.messages import Message, Outcome, Start
+from .ledger_types import Batch, Load, Snapshot
 
 if TYPE_CHECKING:
     from .pacing import Slot
@@ -60,42 +60,6 @@ START_RECORD_LAG = 0.02
 REPACE_TRIES = 5
 #: The slot of a job that missed its own, until the broker thread reserves it a new one.
 _LATE = (math.inf, math.inf)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The ledger at one moment (:meth:`Ledger.snapshot`), for tests and status."""
-
-    holder: str  #: the worker id the jobs are held under
-    buffered: tuple[str, ...]  #: claimed, not started, in the order they will start
-    running: tuple[str, ...]  #: started in a slot, no outcome collected yet
-    unrecorded_starts: int  #: starts not yet written by a round trip
-    unwritten_outcomes: int  #: outcomes not yet written by a round trip
-    to_cancel: frozenset[str]  #: running jobs asked to cancel, the pool not told yet
-    told: frozenset[str]  #: running jobs asked to cancel, the pool told
-    claimed: int  #: jobs claimed since the worker was made
-    completed: int  #: outcomes written since the worker was made
-    dry: bool  #: the last claim got fewer jobs than it asked for
-    drained: bool  #: the last round trip, with nothing held or pending, claimed nothing
-    avg_run: float | None  #: seconds a job spends in a slot, moving average (None: none yet)
-
-
-class Batch(NamedTuple):
-    """What one round trip writes and asks for (:meth:`Ledger.take`)."""
-
-    holder: str
-    starts: list[Start]
-    outcomes: list[Outcome]
-    want: int  #: jobs to claim
-    held: int  #: jobs buffered or running when it was taken
-
-
-class Load(NamedTuple):
-    """What the main loop decides on (:meth:`Ledger.load`)."""
-
-    running: int
-    busy: bool  #: something running, buffered or unwritten
-    drained: bool
 
 
 class Ledger:

@@ -1,0 +1,47 @@
+"""What the worker's ledger (``ledger.py``) hands out: a round trip's batch, the main
+loop's view of its load, and a snapshot for tests and status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ..jobs.messages import Outcome, Start
+
+__all__ = ["Batch", "Load", "Snapshot"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The ledger at one moment (:meth:`Ledger.snapshot`), for tests and status."""
+
+    holder: str  #: the worker id the jobs are held under
+    buffered: tuple[str, ...]  #: claimed, not started, in the order they will start
+    running: tuple[str, ...]  #: started in a slot, no outcome collected yet
+    unrecorded_starts: int  #: starts not yet written by a round trip
+    unwritten_outcomes: int  #: outcomes not yet written by a round trip
+    to_cancel: frozenset[str]  #: running jobs asked to cancel, the pool not told yet
+    told: frozenset[str]  #: running jobs asked to cancel, the pool told
+    claimed: int  #: jobs claimed since the worker was made
+    completed: int  #: outcomes written since the worker was made
+    dry: bool  #: the last claim got fewer jobs than it asked for
+    drained: bool  #: the last round trip, with nothing held or pending, claimed nothing
+    avg_run: float | None  #: seconds a job spends in a slot, moving average (None: none yet)
+
+
+class Batch(NamedTuple):
+    """What one round trip writes and asks for (:meth:`Ledger.take`)."""
+
+    holder: str
+    starts: list[Start]
+    outcomes: list[Outcome]
+    want: int  #: jobs to claim
+    held: int  #: jobs buffered or running when it was taken
+
+
+class Load(NamedTuple):
+    """What the main loop decides on (:meth:`Ledger.load`)."""
+
+    running: int
+    busy: bool  #: something running, buffered or unwritten
+    drained: bool
