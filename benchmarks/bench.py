@@ -132,6 +132,9 @@ def table_rows(rows: Sequence[tuple[Figure, dict]]) -> list[list[str]]:
     for fig, cells in rows:
         value = fig.value()
         shown = fig.note or fmt(value, fig.unit)
+        if (not fig.note and value is not None and fig.unit == "x" and fig.target
+                and fig.target.met(round(value, 2)) != fig.target.met(value)):
+            shown = f"{value:.3f}x"  # "0.90x" beside "NO" (0.896) would read as a mistake
         met = "n/a" if fig.note and fig.target else verdict(value, fig.target)
         out.append([fig.label, shown, *cpu_cells(fig.cpu(), **cells),
                     str(fig.target) if fig.target else "", met])

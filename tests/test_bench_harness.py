@@ -36,6 +36,16 @@ def test_rows_take_medians_and_ratios_of_medians():
     assert row_pg[1] == "1.50x" and row_pg[-2:] == ["≤ 1.30x", "NO"]
 
 
+def test_a_ratio_that_rounds_onto_its_target_shows_a_third_decimal():
+    def shown(value):
+        fig = bench.Figure("enqueue / Celery", "x", bench.Target(">=", 0.9, "x"), runs=[value])
+        return bench.table_rows([(fig, {})])[0][1::6]
+
+    assert shown(0.8962) == ["0.896x", "NO"]
+    assert shown(0.9004) == ["0.90x", "yes"]
+    assert shown(0.87) == ["0.87x", "NO"]
+
+
 def test_a_failed_run_or_a_missing_api_is_no_verdict():
     failed = bench.Figure("drain", "jobs/s", bench.Target(">=", 4, "x"), runs=[1.0, None])
     assert bench.table_rows([(failed, {})])[0][1:2] == ["FAILED"]
