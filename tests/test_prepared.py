@@ -174,10 +174,11 @@ def test_only_the_claim_alone_commits_without_waiting_for_the_disk():
 
 @postgres_only
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("swept", [True, False])
-def test_a_claim_by_ids_alone_skips_the_disk_only_for_a_broker_that_sweeps(swept):
-    """Redis's claims (``ByIds.swept``: its reconcile republishes a READY row it lost)
-    commit alone without waiting for the disk; RabbitMQ's stay synchronous."""
+@pytest.mark.parametrize("no_disk_wait", [True, False])
+def test_a_claim_by_ids_alone_skips_the_disk_only_when_the_broker_says(no_disk_wait):
+    """A claim by ids made alone (``ByIds.no_disk_wait``: the Redis and RabbitMQ brokers'
+    idle claims, which recover a lost claim) commits without waiting for the disk; a
+    claim by ids that does not say so waits, as before."""
     from django.db import transaction
 
     from django_tasks.jobs.messages import ByIds
@@ -191,7 +192,7 @@ def test_a_claim_by_ids_alone_skips_the_disk_only_for_a_broker_that_sweeps(swept
             return cursor.fetchone()[0]
 
     with transaction.atomic():
-        rows = engine.claim("w", "L1", ByIds([job_id], swept=swept), None)
+        rows = engine.claim("w", "L1", ByIds([job_id], no_disk_wait=no_disk_wait), None)
         assert [str(r.id) for r in rows] == [job_id]
-        assert synchronous_commit() == ("off" if swept else "on")
+        assert synchronous_commit() == ("off" if no_disk_wait else "on")
     assert synchronous_commit() == "on"

@@ -301,6 +301,69 @@ def test_a_delivery_is_acknowledged_only_once_its_claim_is_committed(monkeypatch
     assert wait_for(lambda: messages() == 0, timeout=5)
 
 
+def idle_claim(b, job_id):
+    """An idle worker's round trip: nothing to write, the claim alone (no disk wait)."""
+    done = b.exchange("w", lease="L1", queues=["default"], limit=10)
+    assert [m.id for m in done.claimed] == [job_id]
+    return done.claimed[0]
+
+
+def unacked(b):
+    [consumer] = b._consumers.values()
+    with consumer._cond:
+        return [tag for tag, settled in consumer._unacked.items() if not settled]
+
+
+def test_an_idle_claims_delivery_is_acknowledged_once_a_later_commit_waited_for_the_disk():
+    from django_tasks.jobs.messages import Start
+
+    job = tasks.add.enqueue(1, 1)
+    b = broker()
+    b.flush()
+    message = idle_claim(b, job.id)
+    assert len(unacked(b)) == 1  # its claim may not be on disk yet
+    # The start's round trip waits for the disk: the WAL up to the claim is written too.
+    b.exchange("w", lease="L1", starts=[Start(message.id, message.lease,
+                                              timezone.now().isoformat())])
+    assert unacked(b) == []
+    b.close()
+
+
+def test_an_idle_claims_delivery_is_not_acknowledged_if_the_connection_goes():
+    job = tasks.add.enqueue(1, 1)
+    b = broker()
+    b.flush()
+    idle_claim(b, job.id)
+    b.close()  # never acknowledged: RabbitMQ requeues it
+    assert wait_for(lambda: messages() == 1, timeout=5)
+
+
+def test_after_a_failed_round_trip_an_idle_claims_messages_go_back(monkeypatch):
+    """The database may have crashed and lost a claim that did not wait for the disk:
+    its message is returned to the queue, and claimed again if the row is READY."""
+    from django.db import OperationalError
+
+    from django_tasks.jobs.messages import Outcome
+
+    job = tasks.add.enqueue(1, 1)
+    b = broker()
+    b.flush()
+    idle_claim(b, job.id)
+    Job.objects.filter(pk=job.id).update(status="READY", worker_id="", lease="")  # lost
+
+    def fails(*args, **kwargs):
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(b.store, "exchange", fails)
+    with pytest.raises(OperationalError):
+        b.exchange("w", lease="L1", outcomes=[Outcome("other", "L1", "SUCCESSFUL")])
+    monkeypatch.undo()
+    assert unacked(b) == []  # given back, not acknowledged
+    again = claim_all(b, 1)
+    assert [m.id for m in again] == [job.id]
+    b.close()
+
+
 def test_acks_cover_only_settled_deliveries_one_ack_for_a_settled_run(monkeypatch):
     """A claim taking a later delivery before an earlier one (an earlier due time)
     acknowledges it alone: an ack ``multiple`` would acknowledge the earlier one too,

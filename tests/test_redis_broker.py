@@ -124,7 +124,7 @@ def test_an_unreachable_redis_at_enqueue_keeps_the_job_and_the_reconciler_publis
 
 
 def test_a_claim_lost_by_the_database_is_published_again_by_the_reconcile():
-    # An idle worker's claim does not wait for the disk (ByIds.swept): a PostgreSQL crash
+    # An idle worker's claim does not wait for the disk (ByIds.no_disk_wait): a PostgreSQL crash
     # may lose it after Redis handed the id over. The row is READY again, its id only in
     # the worker's held hash: the reconcile finds it missing from the queue.
     # A running worker: the reconcile does not rescue what it holds.

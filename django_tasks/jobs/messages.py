@@ -198,13 +198,14 @@ class ByIds(NamedTuple):
     """A claim of these jobs, where they are still READY and due: a broker that carries
     ids (Redis) chose them; a duplicated or stale id claims nothing.
 
-    ``swept``: the broker finds a READY row it no longer carries within seconds (the
-    Redis broker's reconcile), so a claim made alone need not wait for the disk: a
-    PostgreSQL crash that loses it leaves the row READY, and the sweep publishes it
-    again (docs/reliability.md, the duplicate window)."""
+    ``no_disk_wait``: a claim made alone need not wait for the disk, because the broker
+    recovers one that a PostgreSQL crash loses (the row is READY again): Redis's
+    reconcile republishes a READY row it no longer carries; the RabbitMQ broker
+    acknowledges the messages only once a later commit waited for the disk, and gives
+    them back after an outage (docs/reliability.md, the duplicate window)."""
 
     ids: Sequence[str]
-    swept: bool = False
+    no_disk_wait: bool = False
 
     @property
     def wanted(self) -> bool:

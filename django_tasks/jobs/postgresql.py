@@ -158,10 +158,9 @@ _CLAIM_LOCKED_ROWS = (
 _RETURNING_LOCKED = "RETURNING " + ", ".join(f"j.{c}" for c in MESSAGE_COLUMNS)
 _CLAIM_LOCKED = _CLAIM_LOCKED_ROWS + _RETURNING_LOCKED
 CLAIM_IDS = "WITH " + _LOCKED + " " + _CLAIM_LOCKED
-# Alone, for a broker whose sweep republishes a READY row it lost (ByIds.swept: Redis),
-# it does not wait for the disk either, as CLAIM_READY_ALONE. RabbitMQ's claims stay
-# synchronous: its sweep runs only once a queue is empty, so a claim lost after the
-# message was acknowledged could leave the job waiting behind a long backlog.
+# Alone, for a broker that recovers a claim a crash loses (ByIds.no_disk_wait: Redis's
+# reconcile, RabbitMQ's acknowledgements held until a later commit waited for the disk),
+# it does not wait for the disk either, as CLAIM_READY_ALONE.
 CLAIM_IDS_ALONE = "WITH " + _LOCKED + " " + _CLAIM_LOCKED_ROWS + _NO_DISK_WAIT + _RETURNING_LOCKED
 
 # -- the worker's round trip in one statement ----------------------------------------------
@@ -397,7 +396,7 @@ class PostgreSQL(Engine):
         if not claim.wanted:
             return []
         if isinstance(claim, ByIds):
-            sql = CLAIM_IDS_ALONE if claim.swept else CLAIM_IDS
+            sql = CLAIM_IDS_ALONE if claim.no_disk_wait else CLAIM_IDS
         else:
             sql = CLAIM_READY_ALONE
         with self.cursor() as cursor:

@@ -29,6 +29,10 @@ How a job travels
    transaction) is acknowledged and published again ``LOCKED_RETRY`` seconds later.
    The ack follows the claim, not the run: the lease in the row protects the running
    job, so a delivery stays unacknowledged for milliseconds, never a job's duration.
+   An idle worker's claim alone (nothing else to write) commits without waiting for
+   the disk, so its deliveries are acknowledged with the worker's next round trip that
+   does wait (the start record, within 20 ms), or given back if a round trip fails
+   first: a PostgreSQL crash may have lost that claim (docs/reliability.md).
 4. A worker killed with ``kill -9``: RabbitMQ requeues its unacknowledged deliveries;
    its claimed rows are rescued from the job table as with every broker, and the
    rescuer publishes them again (:meth:`RabbitMQBroker.recover`).
@@ -65,6 +69,7 @@ database decides), never a second run.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -175,6 +180,12 @@ class RabbitMQBroker(Broker):
         self._empty: set[str] = set()  # queues empty with rows waiting at the last sweep
         self._force_sweep = False
         self.link = Link(self.url)  # this process's view: outages logged once
+        # Deliveries whose claim committed without waiting for the disk (an idle
+        # worker's claim alone): acknowledged once a later round trip's commit waited
+        # for it (which writes the WAL up to there too), given back after an outage.
+        # The broker thread adds to them; a give-back (the duties thread) also settles.
+        self._unsure: list[tuple[Consumer, list[Delivery]]] = []
+        self._unsure_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -326,26 +337,56 @@ class RabbitMQBroker(Broker):
                     raise
                 # RabbitMQ is down, the database may not be: results are written all
                 # the same (the outage was logged); claiming waits for RabbitMQ.
+        # Nothing to write: the claim alone, which does not wait for the disk (it is on
+        # the path from enqueue to start); its deliveries are acknowledged only once a
+        # later commit did (ByIds.no_disk_wait, docs/reliability.md).
+        alone = not (starts or outcomes)
         try:
             done = self.store.exchange(worker_id, lease=lease, starts=starts,
-                                       outcomes=outcomes, claim=ByIds([d.job_id for d in taken]),
+                                       outcomes=outcomes,
+                                       claim=ByIds([d.job_id for d in taken], no_disk_wait=alone),
                                        now=now)
         except BaseException:
             if consumer is not None:
                 consumer.put_back(taken)
+            self._give_back_unsure()
             raise
+        if not alone:
+            self._ack_unsure()  # this commit waited for the disk: theirs is there too
         retried = [a.id for a in done.applied if a.status == READY]
         return done._replace(claimed=self._settle(consumer, taken, done.claimed,
-                                                  done.unreadable, retried, now))
+                                                  done.unreadable, retried, now,
+                                                  ack_later=alone))
+
+    def _take_unsure(self) -> list[tuple[Consumer, list[Delivery]]]:
+        with self._unsure_lock:
+            unsure, self._unsure = self._unsure, []
+        return unsure
+
+    def _ack_unsure(self) -> None:
+        for consumer, deliveries in self._take_unsure():
+            consumer.ack(deliveries)
+
+    def _give_back_unsure(self) -> None:
+        """The round trip failed (the database may have crashed): the claims not known
+        to be on disk may be lost, so their messages go back to the queue; claimed
+        again where their rows are READY, dropped where they are not."""
+        for consumer, deliveries in self._take_unsure():
+            consumer.give_back(deliveries)
 
     def _settle(self, consumer: Consumer | None, taken: Sequence[Delivery],
                 claimed: list[Message], unreadable: Sequence[str], retried: Sequence[str],
-                now: datetime | None) -> list[Message]:
-        """The claim is committed: acknowledge every delivery taken. Those whose row is
-        still READY and due (skipped: locked by another transaction) are published again
-        after ``LOCKED_RETRY``; retries due now are published at once."""
-        if consumer is not None:
-            consumer.ack(taken)
+                now: datetime | None, *, ack_later: bool = False) -> list[Message]:
+        """The claim is committed: acknowledge every delivery taken (``ack_later``: once
+        a later commit waited for the disk). Those whose row is still READY and due
+        (skipped: locked by another transaction) are published again after
+        ``LOCKED_RETRY``; retries due now are published at once."""
+        if consumer is not None and taken:
+            if ack_later:
+                with self._unsure_lock:
+                    self._unsure.append((consumer, list(taken)))
+            else:
+                consumer.ack(taken)
         got = {m.id for m in claimed}.union(unreadable)
         missed = [d.job_id for d in taken if d.job_id not in got]
         if missed:
@@ -373,6 +414,7 @@ class RabbitMQBroker(Broker):
         """The rows go back to READY, untouched; their ids are published again (their
         deliveries were acknowledged when they were claimed)."""
         released = self.store.give_back(messages)
+        self._ack_unsure()  # that commit waited for the disk
         self._publish_due_rows([m.id for m in messages])
         return released
 

@@ -302,13 +302,21 @@ class Consumer:
         cutoff = time.monotonic() - older_than
         with self._cond:
             old = {d.parcel for d in self._buffer if d.arrived < cutoff}
-            if not old:
-                return 0
-            kept = [d for d in self._buffer if d.parcel not in old]
+        return self._release(old) if old else 0
+
+    def give_back(self, deliveries: Sequence[Delivery]) -> int:
+        """Return the messages of ``deliveries`` to the queue (taken, not acknowledged:
+        their claim may not have reached the disk before a database outage), with any of
+        their ids still buffered; returns how many ids left the buffer."""
+        return self._release({d.parcel for d in deliveries})
+
+    def _release(self, parcels: set[Parcel]) -> int:
+        with self._cond:
+            kept = [d for d in self._buffer if d.parcel not in parcels]
             released, self._buffer = len(self._buffer) - len(kept), kept
-            for parcel in old:
+            for parcel in parcels:
                 parcel.left = 0  # settled: given back
-        self._settle(list(old), ack=False)
+        self._settle(list(parcels), ack=False)
         return released
 
     def held(self) -> int:

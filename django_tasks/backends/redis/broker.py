@@ -387,9 +387,8 @@ class RedisBroker(Broker):
         if limit <= 0 or not queues:
             return []
         popped = self._pop(worker_id, queues, limit, now)
-        return self._settle(worker_id, popped,
-                            self.store.claim(worker_id, lease, ByIds(popped, swept=True), now),
-                            now=now)
+        done = self.store.claim(worker_id, lease, ByIds(popped, no_disk_wait=True), now)
+        return self._settle(worker_id, popped, done, now=now)
 
     def exchange(self, worker_id: str, *, lease: str, starts: Sequence[Start] = (),
                  outcomes: Sequence[Outcome] = (), queues: Sequence[str] = (),
@@ -410,7 +409,7 @@ class RedisBroker(Broker):
             self._redis_down(exc)
             popped = list(self._popped.get(worker_id, ()))
         done = self.store.exchange(worker_id, lease=lease, starts=starts, outcomes=outcomes,
-                                   claim=ByIds(popped, swept=True), now=now)
+                                   claim=ByIds(popped, no_disk_wait=True), now=now)
         # Written or stale, an outcome's job is no longer ours: the next pop forgets it.
         self._acks.setdefault(worker_id, []).extend(o.id for o in outcomes)
         retried = [a.id for a in done.applied if a.status == READY]
