@@ -175,7 +175,7 @@ class Enqueueing:
                             f"{task.module_path} uses backend {task.backend!r}, not "
                             f"{self.alias!r}: the calls of one enqueue_many() share one."
                         )
-                    plan = plans[id(task)] = _Plan(task, self.check_task(task))
+                    plan = plans[id(task)] = self._plan_for(task, False)
                 jobs.append(self._new_job(plan, args, kwargs, ids[n], clock(), headers))
                 tasks.append(task)
             except Exception as exc:
@@ -352,16 +352,12 @@ class Enqueueing:
         return None
 
     def new_job(self, task: DjangoTask, args: Sequence[Any], kwargs: dict[str, Any], *,
-                receives_input: bool = False, queue: str | None = None,
-                now: datetime | None = None, job_id: str | None = None,
-                traced: bool = True) -> NewJob:
-        """The :class:`NewJob` for a call that passes :meth:`check_call` (with ``queue``,
-        :meth:`check_task` was made already and gave it). ``now``: its enqueue time;
-        ``traced`` False: tracing is known off."""
-        if queue is None:
-            plan = self._plan_for(task, receives_input)
-        else:
-            plan = _Plan(task, queue, receives_input)
+                receives_input: bool = False, now: datetime | None = None,
+                job_id: str | None = None, traced: bool = True) -> NewJob:
+        """The :class:`NewJob` for a call that passes :meth:`check_call` (the task's own
+        checks are remembered per task object: :meth:`_plan_for`). ``now``: its enqueue
+        time; ``traced`` False: tracing is known off."""
+        plan = self._plan_for(task, receives_input)
         return self._new_job(plan, args, kwargs, job_id or uuid7_strs(1)[0],
                              now or timezone.now(),
                              _PER_JOB if traced else headers_for(None, self.alias, traced=False))

@@ -258,8 +258,6 @@ class _Plan:
         self.results: dict[str, JobResult] = {}
         self.workflow_id = uuid.uuid4()
         self.backend: Any = None
-        self.queues: dict[int, str] = {}  # id(task) -> its queue, checked once
-        self.tasks: list[DjangoTask] = []
 
     def add(self, node: Node, upstream: Tree | None, extra: tuple[Any, ...],
             extra_kwargs: Mapping[str, Any], errbacks: list[dict[str, Any]]) -> Tree:
@@ -327,11 +325,9 @@ class _Plan:
         if receives and not waits:
             # After an empty group: its result (empty lists) is known now.
             args, receives = (upstream, *args), False
-        queue = self.queues.get(id(task))
-        if queue is None:  # the task's own checks, once per task however many steps
-            queue = self.queues[id(task)] = backend.check_task(task)
-            self.tasks.append(task)  # kept alive: its id() stays its own
-        job = backend.new_job(task, args, kwargs, receives_input=receives, queue=queue)
+        # The task's own checks are made once per task however many steps (the
+        # backend remembers them: Enqueueing._plan_for).
+        job = backend.new_job(task, args, kwargs, receives_input=receives)
         # A workflow's steps are its own: a step is never swapped for another job
         # holding the same unique key (its dependents wait for this one).
         job.unique_key = ""
