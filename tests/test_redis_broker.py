@@ -114,19 +114,25 @@ def test_an_unreachable_redis_at_enqueue_keeps_the_job_and_the_reconciler_publis
     settings.TASKS = {**settings.TASKS, "default": good}
     broker = backend().broker
     assert not queued(result.id)
-    # Missing at two reconciles running (one alone may be a publish in flight).
-    broker.reconcile(["default"])
-    assert not queued(result.id)
-    broker.reconcile(["default"])
-    assert queued(result.id)
+    republished_at_the_second_reconcile(broker, result.id)
     [message] = broker.claim("w", "L", ["default"], 10)
     assert message.id == result.id
 
 
+def republished_at_the_second_reconcile(broker, job_id):
+    """A READY job Redis does not hold is published again by the second reconcile that
+    misses it, not the first (one alone may be a publish in flight)."""
+    broker.reconcile(["default"])
+    assert not queued(job_id)
+    broker.reconcile(["default"])
+    assert queued(job_id)
+
+
 def test_a_claim_lost_by_the_database_is_published_again_by_the_reconcile():
-    # An idle worker's claim does not wait for the disk (ByIds.no_disk_wait): a PostgreSQL crash
-    # may lose it after Redis handed the id over. The row is READY again, its id only in
-    # the worker's held hash: the reconcile finds it missing from the queue.
+    # An idle worker's claim does not wait for the disk (ByIds.no_disk_wait): a
+    # PostgreSQL crash may lose it after Redis handed the id over. The row is READY
+    # again, its id only in the worker's held hash: the reconcile finds it missing
+    # from the queue.
     # A running worker: the reconcile does not rescue what it holds.
     Worker.objects.create(id="w", hostname="h", pid=1, backend="default", concurrency=1,
                           pool="prefork", started_at=timezone.now(),
@@ -137,10 +143,7 @@ def test_a_claim_lost_by_the_database_is_published_again_by_the_reconcile():
     [message] = broker.claim("w", "L", ["default"], 10)
     assert message.id == result.id and not queued(result.id)
     Job.objects.filter(pk=result.id).update(status="READY", worker_id="", lease="")  # lost
-    broker.reconcile(["default"])
-    assert not queued(result.id)
-    broker.reconcile(["default"])
-    assert queued(result.id)
+    republished_at_the_second_reconcile(broker, result.id)
     [again] = broker.claim("w2", "L2", ["default"], 10)
     assert again.id == result.id
 
