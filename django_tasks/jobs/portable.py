@@ -7,7 +7,9 @@ for either. A statement here that needs something one database lacks moves to th
 engine modules, one spelling each: it never grows a per-database fragment.
 
 Parameters are named (``%(name)s``); the table is ``"django_tasks_job"``, quoted as both
-databases quote it.
+databases quote it. A held job is ``NOT (lease = '')``, spelled as the partial indexes'
+predicates are (``~Q(lease="")``): SQLite uses a partial index only where the query's
+terms match its predicate's, and read the whole table for ``lease <> ''``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ GIVE_BACK = (
 )
 GIVE_BACK_ALL = (
     "UPDATE \"django_tasks_job\" SET status = 'READY', worker_id = '', lease = '' "
-    "WHERE worker_id = %(worker)s AND lease <> '' AND status = 'CLAIMED' "
+    "WHERE worker_id = %(worker)s AND NOT (lease = '') AND status = 'CLAIMED' "
     "AND cancellation IS NULL"
 )
 # The workers that hold jobs (rescue asks which of them are not running), one index
@@ -36,10 +38,10 @@ GIVE_BACK_ALL = (
 # worker (a bitmap scan also never marks the dead entries it rechecks).
 HOLDERS = (
     "WITH RECURSIVE h(worker_id) AS ("
-    "SELECT (SELECT worker_id FROM \"django_tasks_job\" WHERE lease <> '' "
+    "SELECT (SELECT worker_id FROM \"django_tasks_job\" WHERE NOT (lease = '') "
     "AND status IN ('CLAIMED', 'RUNNING') ORDER BY worker_id LIMIT 1) "
     "UNION ALL SELECT (SELECT j.worker_id FROM \"django_tasks_job\" AS j "
-    "WHERE j.lease <> '' AND j.status IN ('CLAIMED', 'RUNNING') "
+    "WHERE NOT (j.lease = '') AND j.status IN ('CLAIMED', 'RUNNING') "
     "AND j.worker_id > h.worker_id ORDER BY j.worker_id LIMIT 1) "
     "FROM h WHERE h.worker_id IS NOT NULL) "
     "SELECT worker_id FROM h WHERE worker_id IS NOT NULL"
@@ -47,7 +49,7 @@ HOLDERS = (
 # A lost worker's running jobs, as claimed (a RunningRow), for the failure policy.
 RUNNING_OF = (
     "SELECT " + ", ".join(MESSAGE_COLUMNS) + ", last_attempted_at FROM \"django_tasks_job\" "
-    "WHERE worker_id = %(worker)s AND lease <> '' AND status = 'RUNNING'"
+    "WHERE worker_id = %(worker)s AND NOT (lease = '') AND status = 'RUNNING'"
 )
 # Unique jobs. The conflict target names the partial unique index
 # ``django_tasks_job_unique`` (its columns and predicate): a job whose key an active job
@@ -82,12 +84,12 @@ UNIQUE_RECENT = (
 # Claimed, never started, asked to cancel: (id, lease, task_path) to write CANCELLED.
 CANCELLED_CLAIMS = (
     "SELECT id, lease, task_path FROM \"django_tasks_job\" WHERE worker_id = %(worker)s "
-    "AND lease <> '' AND status = 'CLAIMED' AND cancellation IS NOT NULL"
+    "AND NOT (lease = '') AND status = 'CLAIMED' AND cancellation IS NOT NULL"
 )
 # Which of a worker's held jobs are asked to cancel (the cancel poll; the held index).
 CANCELLING_OF = (
     "SELECT id, cancellation FROM \"django_tasks_job\" WHERE worker_id = %(worker)s "
-    "AND lease <> '' "
+    "AND NOT (lease = '') "
     "AND status IN ('CLAIMED', 'RUNNING') AND cancellation IS NOT NULL"
 )
 CANCEL_REQUESTED = (
