@@ -213,3 +213,31 @@ def test_job_ids_are_version_7_and_only_increase_within_a_process():
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert {(u.version, u.variant) for u in ids} == {(7, uuid.RFC_4122)}
     assert abs((ids[-1].int >> 80) - time.time() * 1000) < 5000  # milliseconds since 1970
+
+
+def test_a_rows_json_columns_are_decoded_each_into_a_new_object():
+    """The engine decodes JSON columns once per claimed row; the empty list and object
+    most rows hold are made without the parser, and never shared between rows (a
+    message's ``worker_ids`` grows, a task may change its ``args``)."""
+    from django_tasks.jobs.engine import Engine
+    from django_tasks.jobs.rows import MessageRow
+
+    def row(**json_columns):
+        values = dict.fromkeys(MessageRow._fields)
+        values.update(json_columns)
+        return MessageRow(**values)
+
+    first = Engine.decode(None, row(args="[]", kwargs="{}", worker_ids="[]", errors="[]",
+                                    headers=None))
+    assert (first.args, first.kwargs, first.worker_ids, first.errors, first.headers) == (
+        [], {}, [], [], None)
+    first.args.append(1)
+    first.kwargs["a"] = 1
+    second = Engine.decode(None, row(args="[]", kwargs="{}", worker_ids='["w1"]',
+                                     errors='[{"message": "boom"}]', headers='{"trace": "t"}'))
+    assert (second.args, second.kwargs) == ([], {})
+    assert second.worker_ids == ["w1"] and second.errors == [{"message": "boom"}]
+    assert second.headers == {"trace": "t"}
+    assert first.args is not second.args
+    spaced = Engine.decode(None, row(args="[ ]", kwargs='{"x": []}'))
+    assert (spaced.args, spaced.kwargs) == ([], {"x": []})
