@@ -242,6 +242,45 @@ def test_messages_the_server_lost_are_republished_from_the_rows():
     assert sorted(m.id for m in got) == sorted(j.id for j in jobs)
 
 
+def purge(queue="default"):
+    conn = connect(broker().url)
+    try:
+        conn.channel().queue_purge(broker().topology.name(queue))
+    finally:
+        conn.close()
+
+
+def test_a_lost_backlog_is_republished_in_batches_that_double_while_each_is_drained(
+        monkeypatch):
+    """RabbitMQ lost a backlog bigger than a sweep's batch: each sweep that finds the queue
+    empty again publishes twice the last batch, at once (up to SWEEP_MOST); a sweep that
+    finds the batch still queued publishes nothing; once RabbitMQ holds as many as wait,
+    the next loss starts again at HEAD, after a second look."""
+    from django_tasks.backends.rabbitmq import broker as module
+
+    monkeypatch.setattr(module, "HEAD", 2)
+    monkeypatch.setattr(module, "SWEEP_MOST", 8)
+    b = broker()
+    jobs = [tasks.add.enqueue(i, i) for i in range(30)]
+    b.flush()
+    purge()  # RabbitMQ lost them
+    sweeps = []
+    for _ in range(5):
+        sweeps.append(b.sweep(["default"]))
+        purge()  # the batch drained (no claim: the rows stay READY)
+    assert sweeps == [0, 2, 4, 8, 8]
+    assert b.sweep(["default"]) == 8
+    assert b.sweep(["default"]) == 0  # the batch is still queued: nothing more
+    purge()
+    assert b.sweep(["default"]) == 8  # drained: at once, no second look
+    # RabbitMQ holds as many as wait (the backlog, published by a bulk enqueue's path):
+    b._publish_rows([(j.id, "default", 0, j.enqueued_at) for j in jobs])
+    assert b.sweep(["default"]) == 0
+    purge()
+    assert b.sweep(["default"]) == 0  # a new loss: first a second look
+    assert b.sweep(["default"]) == 2  # then HEAD
+
+
 @pytest.mark.slow
 def test_burst_stops_only_when_no_ready_row_is_left_whatever_rabbitmq_holds(tmp_path):
     """Jobs committed while RabbitMQ refused their publishes: a burst worker finds the

@@ -62,8 +62,10 @@ every ``SWEEP_INTERVAL`` a worker reads each served queue's message count and th
 number of READY, due rows. If the rows outnumber the messages while the queue is
 empty on two sweeps running, or at once after a rescue or after RabbitMQ came back,
 the head of the queue as the database orders it is published again (at most
-``HEAD`` ids a queue a sweep). A duplicate costs a claim that claims nothing (the
-database decides), never a second run.
+``HEAD`` ids a queue a sweep; twice the last batch, up to ``SWEEP_MOST``, when the
+last sweep published a whole batch and the queue is empty again: a lost backlog comes
+back as fast as the workers drain it). A duplicate costs a claim that claims nothing
+(the database decides), never a second run.
 """
 
 from __future__ import annotations
@@ -116,8 +118,14 @@ LOCKED_RETRY = 1.0
 #: Seconds a delivery may wait in a busy worker's buffer before it is returned to the
 #: queue for another worker.
 HOLD = 2.0
-#: Ready rows of a queue published again by one sweep, at most.
+#: Ready rows of a queue published again by one sweep, at first.
 HEAD = 1000
+#: ... and at most: a queue found empty again by the next sweep while rows wait (RabbitMQ
+#: lost its messages, and each batch was drained before the next sweep) gets twice the
+#: last batch, without waiting for a second look. At HEAD a sweep, every other one, a
+#: lost backlog came back at 250 jobs/s: 30,000 jobs took 2 minutes, 1,000,000 would
+#: take 67.
+SWEEP_MOST = 64 * HEAD
 #: Seconds between sweeps (and between publishes of delayed jobs that became due).
 SWEEP_INTERVAL = 2.0
 #: Seconds between looks for delayed jobs that became due: one range scan of the claim
@@ -178,6 +186,7 @@ class RabbitMQBroker(Broker):
         self._retry: dict[str, datetime] = {}  # job id -> when to publish it again
         self._due_mark: datetime | None = None
         self._empty: set[str] = set()  # queues empty with rows waiting at the last sweep
+        self._refill: dict[str, int] = {}  # queue -> next batch, while each is drained
         self._force_sweep = False
         self.link = Link(self.url)  # this process's view: outages logged once
         # Deliveries whose claim committed without waiting for the disk (an idle
@@ -488,19 +497,30 @@ class RabbitMQBroker(Broker):
         for queue in queues:
             ready = Job.objects.using(self.store.database).ready(now, [queue]).filter(
                 backend=self.alias)
-            waiting = ready[:HEAD * 10].count()
+            counted = HEAD * 10
+            waiting = ready[:counted].count()
             messages = counts[queue][0]
-            if messages == 0 and waiting and queue not in self._empty and not force:
+            refilling = queue in self._refill  # the last sweep published a whole batch
+            if messages == 0 and waiting and queue not in self._empty and not (
+                    force or refilling):
                 self._empty.add(queue)  # publishes may be in flight: look again next time
                 continue
             self._empty.discard(queue)
             missing = waiting - messages
-            if missing <= 0 or not (force or messages == 0):
+            if missing <= 0:  # RabbitMQ holds as many as wait: nothing to refill
+                self._refill.pop(queue, None)
                 continue
+            if not (force or messages == 0):  # a batch still being drained, or in flight
+                continue
+            batch = self._refill.pop(queue, HEAD)
+            if messages == 0 and waiting == counted:  # at least that many: a batch
+                missing = batch
             rows = [(str(i), q, p, a) for i, q, p, a in ready.values_list(
-                "id", "queue_name", "priority", "available_at")[:min(missing, HEAD)]]
+                "id", "queue_name", "priority", "available_at")[:min(missing, batch)]]
             self._publish_rows(rows)
             published += len(rows)
+            if len(rows) == batch:  # more may wait: once this one is drained, a bigger one
+                self._refill[queue] = min(SWEEP_MOST, 2 * batch)
         if published:
             logger.warning("Published %d ready job(s) again that RabbitMQ did not hold "
                            "(a publish lost or a rescue); duplicates are dropped by the "
