@@ -309,6 +309,40 @@ def test_a_delayed_job_waits_in_the_table_and_is_published_when_due():
     assert m.id == later.id
 
 
+def test_one_worker_a_queue_publishes_its_delayed_jobs_and_sweeps_it(monkeypatch):
+    """Several workers serving a queue: the one holding its leader queue (exclusive, on
+    its publishing connection) publishes the queue's due jobs and sweeps it; the others
+    do neither, so a due job is published once, not once per worker. When the leader's
+    connection closes, another takes the lead (at its first look LEAD_RETRY after it was
+    refused), and its first pass publishes every due job. After a reconnect or a rescue
+    (a forced sweep) every worker sweeps."""
+    from django_tasks.backends.rabbitmq import connection as module
+
+    job = tasks.add.using(run_after=timedelta(minutes=5)).enqueue(1, 1)
+    later = timezone.now() + timedelta(minutes=6)
+    first = broker()
+    second = task_backends.create_connection("default").broker  # another worker's
+    try:
+        assert first.publish_due(["default"], now=later) == 1
+        assert second.publish_due(["default"], now=later) == 0  # first leads
+        assert messages() == 1
+        purge()
+        assert [second.sweep(["default"], now=later) for _ in range(3)] == [0, 0, 0]
+        assert [first.sweep(["default"], now=later) for _ in range(2)] == [0, 1]
+        first.publisher.close()  # the leader stopped
+        assert second.publish_due(["default"], now=later) == 0  # refused < LEAD_RETRY ago
+        monkeypatch.setattr(module, "LEAD_RETRY", 0.0)
+        assert second.publish_due(["default"], now=later) == 1  # all due, its first pass
+        assert first.publish_due(["default"], now=later) == 0
+        purge()
+        first._reconnected()  # its consumer came back from an outage: it sweeps at once
+        assert first.sweep(["default"], now=later) == 1
+        [m] = second.claim("w", "L", ["default"], 10, now=later)
+        assert m.id == job.id
+    finally:
+        second.close()
+
+
 def test_a_message_for_a_job_that_is_not_ready_is_acknowledged_and_dropped():
     done = tasks.add.enqueue(1, 1)
     Job.objects.filter(pk=done.id).update(status="SUCCESSFUL")

@@ -58,7 +58,9 @@ restart as a quorum queue does; replication across a cluster is what is given up
 Reconciling
 -----------
 RabbitMQ cannot be asked whether it holds a given id, so the sweep compares counts:
-every ``SWEEP_INTERVAL`` a worker reads each served queue's message count and the
+every ``SWEEP_INTERVAL`` a queue's leader (the one worker whose publishing connection
+holds its exclusive leader queue, which also publishes its delayed jobs when due:
+``_leading``) reads the queue's message count and the
 number of READY, due rows. If the rows outnumber the messages while the queue is
 empty on two sweeps running, or at once after a rescue or after RabbitMQ came back,
 the head of the queue as the database orders it is published again (at most
@@ -184,7 +186,7 @@ class RabbitMQBroker(Broker):
         self._publisher: Publisher | None = None
         self._consumers: dict[tuple[str, ...], Consumer] = {}
         self._retry: dict[str, datetime] = {}  # job id -> when to publish it again
-        self._due_mark: datetime | None = None
+        self._due_marks: dict[str, datetime] = {}  # led queue -> due jobs published up to
         self._empty: set[str] = set()  # queues empty with rows waiting at the last sweep
         self._refill: dict[str, int] = {}  # queue -> next batch, while each is drained
         self._force_sweep = False
@@ -453,29 +455,53 @@ class RabbitMQBroker(Broker):
                 ("rabbitmq sweep", SWEEP_INTERVAL, partial(self.sweep, queues))]
 
     def publish_due(self, queues: Sequence[str], now: datetime | None = None) -> int:
-        """Publish the delayed jobs of ``queues`` (``run_after``, a retry's backoff) that
-        became due since the last call (the first call: all that are due, so those due
-        while no worker ran are not left to the sweep); returns how many."""
+        """Publish the delayed jobs (``run_after``, a retry's backoff) that became due
+        since the last call, of those of ``queues`` this worker leads (one worker a queue:
+        :meth:`_leading`); on taking the lead of a queue, all its due ones, so those due
+        while no worker ran are not left to the sweep. Returns how many."""
         from ...models import Job
 
         now = now or self.store.now()
-        if not queues or (self._due_mark is not None and now <= self._due_mark):
+        try:
+            led = self._leading(queues)
+        except AMQP_OUTAGES as exc:  # tried again at the next pass, from the same marks
+            self.link.down(exc, "delayed jobs are published once it is back")
             return 0
-        due = (Job.objects.using(self.store.database)
-               .filter(status=READY, backend=self.alias, queue_name__in=list(queues),
-                       available_at__lte=now)
-               # Jobs due at enqueue were published then (DUE_SLACK: the row's clock).
-               .filter(available_at__gt=F("enqueued_at") + DUE_SLACK))
-        if self._due_mark is not None:
-            due = due.filter(available_at__gt=self._due_mark)
-        rows = [(str(i), q, p, a) for i, q, p, a in due.order_by("available_at").values_list(
-            "id", "queue_name", "priority", "available_at")[:HEAD * 10]]
-        if rows and self._publish_rows(rows):
-            return 0  # not confirmed: tried again from the same mark
-        # A test's clock may be ahead: the mark never passes the real one, or jobs due
-        # before it would wait for the sweep.
-        self._due_mark = rows[-1][3] if len(rows) == HEAD * 10 else min(now, timezone.now())
-        return len(rows)
+        published = 0
+        for queue in led:
+            mark = self._due_marks.get(queue)
+            if mark is not None and now <= mark:
+                continue
+            due = (Job.objects.using(self.store.database)
+                   .filter(status=READY, backend=self.alias, queue_name=queue,
+                           available_at__lte=now)
+                   # Jobs due at enqueue were published then (DUE_SLACK: the row's clock).
+                   .filter(available_at__gt=F("enqueued_at") + DUE_SLACK))
+            if mark is not None:
+                due = due.filter(available_at__gt=mark)
+            rows = [(str(i), q, p, a) for i, q, p, a in due.order_by("available_at")
+                    .values_list("id", "queue_name", "priority", "available_at")[:HEAD * 10]]
+            if rows and self._publish_rows(rows):
+                continue  # not confirmed: tried again from the same mark
+            # A test's clock may be ahead: the mark never passes the real one, or jobs due
+            # before it would wait for the sweep.
+            self._due_marks[queue] = (rows[-1][3] if len(rows) == HEAD * 10
+                                      else min(now, timezone.now()))
+            published += len(rows)
+        return published
+
+    def _leading(self, queues: Sequence[str]) -> list[str]:
+        """Those of ``queues`` whose delayed jobs and sweep are this worker's: one worker
+        a queue, the holder of its leader queue (``Publisher.leads``), so that N workers
+        do not publish each due job N times (nor each sweep's batch). A queue whose lead
+        was lost is forgotten: if it comes back, its first pass is a new one."""
+        led = self.publisher.leads(queues) if queues else set()
+        for queue in [q for q in self._due_marks if q not in led]:
+            del self._due_marks[queue]
+        for queue in [q for q in self._refill if q not in led]:
+            del self._refill[queue]
+        self._empty.intersection_update(led)
+        return [q for q in queues if q in led]
 
     def sweep(self, queues: Sequence[str], now: datetime | None = None) -> int:
         """Publish the ready rows RabbitMQ may have lost (see the module docstring);
@@ -487,14 +513,17 @@ class RabbitMQBroker(Broker):
         if not queues:
             return 0
         try:
-            counts = self.queue_counts(queues)
+            # After a reconnect or a rescue, every worker publishes the heads it serves;
+            # else the queue's leader alone.
+            swept = list(queues) if force else self._leading(queues)
+            counts = self.queue_counts(swept)
         except AMQP_OUTAGES as exc:  # the consumer reconnects, and says so once
             self.link.down(exc, "reconciling waits until it is back")
             self._force_sweep = True
             return 0
         self.link.up()
         published = 0
-        for queue in queues:
+        for queue in swept:
             ready = Job.objects.using(self.store.database).ready(now, [queue]).filter(
                 backend=self.alias)
             counted = HEAD * 10

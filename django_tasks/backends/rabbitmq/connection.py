@@ -154,6 +154,13 @@ class Topology:
     def name(self, queue: str) -> str:
         return f"{self.prefix}.{queue}"
 
+    def leader(self, queue: str) -> str:
+        """The exclusive queue whose owner publishes ``queue``'s delayed jobs and sweeps it
+        (:meth:`Publisher.leads`); no message is ever sent to it. ``~`` keeps it apart
+        from every task queue's name: a task queue named ``default.x`` is
+        ``<prefix>.default.x``."""
+        return f"{self.prefix}~leader.{queue}"
+
     def declare(self, channel: Any, queue: str) -> Any:
         """Declare the queue of ``queue`` (idempotent: the same arguments every time)."""
         return channel.queue_declare(
@@ -188,6 +195,13 @@ FLUSH_AT_EXIT = 2.0
 #: holds for at most ``HOLD`` seconds small.
 PACK = 25
 
+#: The reply code of a declare of an exclusive queue another connection holds.
+RESOURCE_LOCKED = 405
+#: Seconds before a connection refused the lead of a queue tries to take it again: each
+#: refusal is a channel error that RabbitMQ logs (one line), and a leader that stopped
+#: is replaced within this.
+LEAD_RETRY = 10.0
+
 #: One publish: (job id, queue, priority, due ms).
 Entry = tuple[str, str, int, int]
 
@@ -200,6 +214,8 @@ class _Local(threading.local):
     pid = 0
     connection: Any = None
     channel: Any = None
+    lead_channel: Any = None  # where leader queues are declared (a refusal closes it)
+    refused_lead: dict[str, float]  # queue -> when another connection last held its lead
     retry_at = 0.0
     used_at = 0.0  # when a publish last used the connection
     tag = 0  # the channel's last delivery tag: they count messages from 1
@@ -213,6 +229,7 @@ class _Local(threading.local):
         self.declared = set()
         self.pending = {}
         self.refused = []
+        self.refused_lead = {}
 
     def unconfirmed(self) -> list[Entry]:
         return [e for _, entries in self.pending.values() for e in entries]
@@ -269,7 +286,9 @@ class Publisher:
         local = self._local
         if local.pid != os.getpid():  # new thread state, or a forked child
             local.pid, local.connection, local.channel = os.getpid(), None, None
+            local.lead_channel = None
             local.pending, local.refused, local.tag = {}, [], 0
+            local.refused_lead = {}
         if local.channel is not None and local.channel.is_open:
             return local.channel
         if time.monotonic() < local.retry_at:
@@ -295,6 +314,7 @@ class Publisher:
     def _drop(self) -> None:
         local = self._local
         conn, local.connection, local.channel = local.connection, None, None
+        local.lead_channel = None
         if conn is not None and local.pid == os.getpid():
             try:
                 conn.close()
@@ -477,6 +497,42 @@ class Publisher:
                     self._local.declared.add(queue)
                     counts[queue] = (method.message_count, method.consumer_count)
                 return counts
+            except AMQP_OUTAGES:
+                self._drop()
+                if fresh:
+                    raise
+
+    def leads(self, queues: Sequence[str]) -> set[str]:
+        """Those of ``queues`` this thread's connection leads: it holds their leader queue
+        (:meth:`Topology.leader`), declared exclusive, taken here where nobody holds it.
+        RabbitMQ deletes an exclusive queue with the connection that declared it, so the
+        lead passes to another worker's next look when its holder's connection closes
+        (the worker stopped, was killed, or lost RabbitMQ). Raises an AMQP error if
+        RabbitMQ cannot be reached (a stale connection is replaced once)."""
+        while True:
+            fresh = self._local.channel is None or self._local.pid != os.getpid()
+            try:
+                self._channel()
+                local = self._local
+                led = set()
+                now = time.monotonic()
+                for queue in queues:
+                    if now - local.refused_lead.get(queue, -LEAD_RETRY) < LEAD_RETRY:
+                        continue
+                    if local.lead_channel is None or not local.lead_channel.is_open:
+                        local.lead_channel = local.connection.channel()
+                    try:
+                        local.lead_channel.queue_declare(
+                            queue=self.topology.leader(queue), exclusive=True)
+                    except amqp.ChannelClosedByBroker as exc:
+                        if exc.reply_code != RESOURCE_LOCKED:
+                            raise
+                        local.lead_channel = None  # closed by the refusal
+                        local.refused_lead[queue] = now
+                        continue
+                    local.refused_lead.pop(queue, None)
+                    led.add(queue)
+                return led
             except AMQP_OUTAGES:
                 self._drop()
                 if fresh:
