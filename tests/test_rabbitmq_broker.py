@@ -343,6 +343,26 @@ def test_one_worker_a_queue_publishes_its_delayed_jobs_and_sweeps_it(monkeypatch
         second.close()
 
 
+def test_a_leader_queue_rabbitmq_refuses_to_declare_leaves_the_worker_leading(
+        monkeypatch, caplog):
+    """Not allowed to declare the leader queue (here a name RabbitMQ reserves, refused
+    with ACCESS_REFUSED; for a user, a permission): the worker publishes its queue's
+    due jobs as if it led it, as every worker did before leaders, and says so once."""
+    from django_tasks.backends.rabbitmq.connection import Topology
+
+    monkeypatch.setattr(Topology, "leader", lambda self, queue: f"amq.test.{queue}")
+    later = timezone.now() + timedelta(minutes=6)
+    job = tasks.add.using(run_after=timedelta(minutes=5)).enqueue(1, 1)
+    b = broker()
+    assert b.publish_due(["default"], now=later) == 1
+    b.publish_due(["default"], now=later)
+    warned = [r.getMessage() for r in caplog.records
+              if "Cannot declare the leader queue" in r.getMessage()]
+    assert len(warned) == 1 and "ACCESS_REFUSED" in warned[0], warned
+    [m] = b.claim("w", "L", ["default"], 10, now=later)
+    assert m.id == job.id
+
+
 def test_a_message_for_a_job_that_is_not_ready_is_acknowledged_and_dropped():
     done = tasks.add.enqueue(1, 1)
     Job.objects.filter(pk=done.id).update(status="SUCCESSFUL")

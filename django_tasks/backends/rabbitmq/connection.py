@@ -216,6 +216,7 @@ class _Local(threading.local):
     channel: Any = None
     lead_channel: Any = None  # where leader queues are declared (a refusal closes it)
     refused_lead: dict[str, float]  # queue -> when another connection last held its lead
+    lead_denied: set[str]  # queues whose leader queue RabbitMQ would not let us declare
     retry_at = 0.0
     used_at = 0.0  # when a publish last used the connection
     tag = 0  # the channel's last delivery tag: they count messages from 1
@@ -230,6 +231,7 @@ class _Local(threading.local):
         self.pending = {}
         self.refused = []
         self.refused_lead = {}
+        self.lead_denied = set()
 
     def unconfirmed(self) -> list[Entry]:
         return [e for _, entries in self.pending.values() for e in entries]
@@ -525,11 +527,19 @@ class Publisher:
                         local.lead_channel.queue_declare(
                             queue=self.topology.leader(queue), exclusive=True)
                     except amqp.ChannelClosedByBroker as exc:
-                        if exc.reply_code != RESOURCE_LOCKED:
-                            raise
                         local.lead_channel = None  # closed by the refusal
-                        local.refused_lead[queue] = now
-                        continue
+                        if exc.reply_code == RESOURCE_LOCKED:
+                            local.refused_lead[queue] = now
+                            continue
+                        # Not allowed to declare it (permissions): lead all the same, as
+                        # every worker did before leaders (duplicates, nothing missed).
+                        if queue not in local.lead_denied:
+                            local.lead_denied.add(queue)
+                            logger.warning(
+                                "Cannot declare the leader queue %s (%s); this worker "
+                                "publishes the delayed jobs of %s and sweeps it as if it "
+                                "led it (so may others: duplicates, dropped by the claim)",
+                                self.topology.leader(queue), exc, queue)
                     local.refused_lead.pop(queue, None)
                     led.add(queue)
                 return led
