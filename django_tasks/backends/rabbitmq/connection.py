@@ -290,7 +290,7 @@ class Publisher:
             local.pid, local.connection, local.channel = os.getpid(), None, None
             local.lead_channel = None
             local.pending, local.refused, local.tag = {}, [], 0
-            local.refused_lead = {}
+            local.refused_lead, local.lead_denied = {}, set()
         if local.channel is not None and local.channel.is_open:
             return local.channel
         if time.monotonic() < local.retry_at:
@@ -519,6 +519,9 @@ class Publisher:
                 led = set()
                 now = time.monotonic()
                 for queue in queues:
+                    if queue in local.lead_denied:  # not asked again: each is a log line
+                        led.add(queue)
+                        continue
                     if now - local.refused_lead.get(queue, -LEAD_RETRY) < LEAD_RETRY:
                         continue
                     if local.lead_channel is None or not local.lead_channel.is_open:
@@ -533,13 +536,14 @@ class Publisher:
                             continue
                         # Not allowed to declare it (permissions): lead all the same, as
                         # every worker did before leaders (duplicates, nothing missed).
-                        if queue not in local.lead_denied:
-                            local.lead_denied.add(queue)
-                            logger.warning(
-                                "Cannot declare the leader queue %s (%s); this worker "
-                                "publishes the delayed jobs of %s and sweeps it as if it "
-                                "led it (so may others: duplicates, dropped by the claim)",
-                                self.topology.leader(queue), exc, queue)
+                        local.lead_denied.add(queue)
+                        logger.warning(
+                            "Cannot declare the leader queue %s (%s); this worker "
+                            "publishes the delayed jobs of %s and sweeps it as if it led "
+                            "it (so may others: duplicates, dropped by the claim)",
+                            self.topology.leader(queue), exc, queue)
+                        led.add(queue)
+                        continue
                     local.refused_lead.pop(queue, None)
                     led.add(queue)
                 return led
