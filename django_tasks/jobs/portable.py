@@ -86,7 +86,8 @@ CANCELLED_CLAIMS = (
     "SELECT id, lease, task_path FROM \"django_tasks_job\" WHERE worker_id = %(worker)s "
     "AND NOT (lease = '') AND status = 'CLAIMED' AND cancellation IS NOT NULL"
 )
-# Which of a worker's held jobs are asked to cancel (the cancel poll; the held index).
+# Which of a worker's held jobs are asked to cancel (the cancel poll; through the index of
+# jobs asked to cancel, django_tasks_job_cancelling).
 CANCELLING_OF = (
     "SELECT id, cancellation FROM \"django_tasks_job\" WHERE worker_id = %(worker)s "
     "AND NOT (lease = '') "

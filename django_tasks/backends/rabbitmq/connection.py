@@ -25,9 +25,9 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pika
@@ -201,6 +201,8 @@ RESOURCE_LOCKED = 405
 #: refusal is a channel error that RabbitMQ logs (one line), and a leader that stopped
 #: is replaced within this.
 LEAD_RETRY = 10.0
+
+_T = TypeVar("_T")
 
 #: One publish: (job id, queue, priority, due ms).
 Entry = tuple[str, str, int, int]
@@ -489,20 +491,15 @@ class Publisher:
     def counts(self, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
         """``{queue: (messages ready, consumers)}``, declaring the queues; raises an
         AMQP error if RabbitMQ cannot be reached (a stale connection is replaced once)."""
-        while True:
-            fresh = self._local.channel is None or self._local.pid != os.getpid()
-            try:
-                channel = self._channel()
-                counts = {}
-                for queue in queues:
-                    method = self.topology.declare(channel, queue).method
-                    self._local.declared.add(queue)
-                    counts[queue] = (method.message_count, method.consumer_count)
-                return counts
-            except AMQP_OUTAGES:
-                self._drop()
-                if fresh:
-                    raise
+        def count(channel: Any) -> dict[str, tuple[int, int]]:
+            counts = {}
+            for queue in queues:
+                method = self.topology.declare(channel, queue).method
+                self._local.declared.add(queue)
+                counts[queue] = (method.message_count, method.consumer_count)
+            return counts
+
+        return self._on_channel(count)
 
     def leads(self, queues: Sequence[str]) -> set[str]:
         """Those of ``queues`` this thread's connection leads: it holds their leader queue
@@ -511,42 +508,48 @@ class Publisher:
         lead passes to another worker's next look when its holder's connection closes
         (the worker stopped, was killed, or lost RabbitMQ). Raises an AMQP error if
         RabbitMQ cannot be reached (a stale connection is replaced once)."""
+        def lead(channel: Any) -> set[str]:
+            now = time.monotonic()
+            return {queue for queue in queues if self._holds_lead(queue, now)}
+
+        return self._on_channel(lead)
+
+    def _holds_lead(self, queue: str, now: float) -> bool:
+        """Whether this thread's (open) connection holds ``queue``'s leader queue, taking
+        it if nobody does; a connection refused it asks again after ``LEAD_RETRY``."""
+        local = self._local
+        if queue in local.lead_denied:  # not asked again: each refusal is a log line
+            return True
+        if now - local.refused_lead.get(queue, -LEAD_RETRY) < LEAD_RETRY:
+            return False
+        if local.lead_channel is None or not local.lead_channel.is_open:
+            local.lead_channel = local.connection.channel()
+        try:
+            local.lead_channel.queue_declare(queue=self.topology.leader(queue), exclusive=True)
+        except amqp.ChannelClosedByBroker as exc:
+            local.lead_channel = None  # closed by the refusal
+            if exc.reply_code == RESOURCE_LOCKED:
+                local.refused_lead[queue] = now
+                return False
+            # Not allowed to declare it (permissions): lead all the same, as every worker
+            # did before leaders (duplicates, nothing missed).
+            local.lead_denied.add(queue)
+            logger.warning(
+                "Cannot declare the leader queue %s (%s); this worker publishes the delayed "
+                "jobs of %s and sweeps it as if it led it (so may others: duplicates, "
+                "dropped by the claim)", self.topology.leader(queue), exc, queue)
+            return True
+        local.refused_lead.pop(queue, None)
+        return True
+
+    def _on_channel(self, use: Callable[[Any], _T]) -> _T:
+        """``use(channel)`` on this thread's channel. A connection that worked before and
+        fails (RabbitMQ restarted, it was closed meanwhile) is replaced once; a new one
+        that fails raises its AMQP error."""
         while True:
             fresh = self._local.channel is None or self._local.pid != os.getpid()
             try:
-                self._channel()
-                local = self._local
-                led = set()
-                now = time.monotonic()
-                for queue in queues:
-                    if queue in local.lead_denied:  # not asked again: each is a log line
-                        led.add(queue)
-                        continue
-                    if now - local.refused_lead.get(queue, -LEAD_RETRY) < LEAD_RETRY:
-                        continue
-                    if local.lead_channel is None or not local.lead_channel.is_open:
-                        local.lead_channel = local.connection.channel()
-                    try:
-                        local.lead_channel.queue_declare(
-                            queue=self.topology.leader(queue), exclusive=True)
-                    except amqp.ChannelClosedByBroker as exc:
-                        local.lead_channel = None  # closed by the refusal
-                        if exc.reply_code == RESOURCE_LOCKED:
-                            local.refused_lead[queue] = now
-                            continue
-                        # Not allowed to declare it (permissions): lead all the same, as
-                        # every worker did before leaders (duplicates, nothing missed).
-                        local.lead_denied.add(queue)
-                        logger.warning(
-                            "Cannot declare the leader queue %s (%s); this worker "
-                            "publishes the delayed jobs of %s and sweeps it as if it led "
-                            "it (so may others: duplicates, dropped by the claim)",
-                            self.topology.leader(queue), exc, queue)
-                        led.add(queue)
-                        continue
-                    local.refused_lead.pop(queue, None)
-                    led.add(queue)
-                return led
+                return use(self._channel())
             except AMQP_OUTAGES:
                 self._drop()
                 if fresh:
