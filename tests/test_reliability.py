@@ -385,6 +385,33 @@ def test_a_busy_worker_lets_its_round_trips_gather_up_to_the_start_record_bound(
     assert worker.ledger.snapshot().buffered == ()
 
 
+def test_a_round_trip_wakes_the_main_thread_for_starts_it_records_only_by_their_outcomes():
+    # Dispatch holds back starts while one older than START_RECORD_LAG is unwritten,
+    # including starts the round trip in flight records through their jobs' outcomes
+    # (the jobs finished before it was taken: no start record of their own). Its commit
+    # must wake the main thread: it did not when that round trip claimed nothing and
+    # had no start record left, and a busy worker slept until its poll timer (1 s
+    # stalls, 1-3 per worker in each 4-worker drain of 20,000 jobs).
+    import select
+    import time
+
+    for i in range(4):
+        tasks.add.enqueue(i, i)
+    worker = TaskWorker(pool="inline", concurrency=2, prefetch=2)
+    assert worker.exchange() == 4
+    assert worker.dispatch() == 2  # started; the inline pool ran them
+    ledger = worker.ledger
+    ledger.collect_and_start(worker.pool.collect(), may_start=False,
+                             free_slots=lambda: 0, clock=time.monotonic())
+    pending = ledger.snapshot()
+    assert pending.unwritten_outcomes == 2 and len(pending.buffered) == 2
+    worker.wake_main.drain()
+
+    assert worker.exchange() == 0  # nothing left to claim; 2 outcomes written
+    assert select.select([worker.wake_main.r], [], [], 0)[0], "the main thread was not woken"
+    assert Job.objects.filter(status="SUCCESSFUL").count() == 2
+
+
 @pytest.mark.parametrize("ready, stopping, held", [(1, False, 0), (30, True, 0),
                                                    (30, False, 17)])
 def test_a_worker_short_of_jobs_or_stopping_makes_its_round_trip_at_once(

@@ -116,10 +116,15 @@ class BrokerThread:
         drained = ledger.add_claimed(batch, jobs, hold, ready_left=ready_left, failed=failed)
         if ready_left:
             self._sleep()  # until a delivery, a reconcile's publish or the poll timer
-        if jobs or batch.starts or drained or (batch.outcomes and worker.done_claiming()):
-            # New jobs, or dispatch may have waited for the starts, or the main thread
-            # waits for the last outcomes to be written to exit (else it would notice
-            # at its poll timer: --max-tasks N exited up to a second late).
+        if (jobs or batch.starts_since is not None or drained
+                or (batch.outcomes and worker.done_claiming())):
+            # New jobs, or dispatch may have held back starts until this batch's were
+            # written, or the main thread waits for the last outcomes to be written to
+            # exit (else it would notice at its poll timer: --max-tasks N exited up to a
+            # second late). The starts: also those left out of the batch because their
+            # jobs finished meanwhile (their outcomes record them): the main thread
+            # held back for them just the same, and slept until its poll timer (1 s
+            # stalls in busy drains, most with several workers).
             worker.wake_main.poke()
         if done.stale:
             self._log_stale(done.stale)

@@ -331,7 +331,7 @@ class Ledger:
             self._starts = []
             self._inflight_since, self._starts_since = self._starts_since, None
             return Batch(self.holder, starts, outcomes, self._room(claiming),
-                         len(self._buffer) + len(self._running))
+                         len(self._buffer) + len(self._running), self._inflight_since)
 
     def put_back(self, batch: Batch) -> None:
         """The round trip of ``batch`` failed: its starts and outcomes go first in the

@@ -37,6 +37,10 @@ class Batch(NamedTuple):
     outcomes: list[Outcome]
     want: int  #: jobs to claim
     held: int  #: jobs buffered or running when it was taken
+    #: time.monotonic() of the oldest start it records, itself or by its job's outcome
+    #: (None: none): while it is in flight the main thread may hold back starts for it
+    #: (``START_RECORD_LAG``), so its commit must wake the main thread.
+    starts_since: float | None = None
 
 
 class Load(NamedTuple):
