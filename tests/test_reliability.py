@@ -377,11 +377,12 @@ def test_a_busy_worker_lets_its_round_trips_gather_up_to_the_start_record_bound(
     assert gap(0.006) == pytest.approx(START_RECORD_LAG - 0.007)
     # Slow round trips: never less than ROUND_TRIP_SPACING.
     assert gap(0.017) == pytest.approx(broker_thread.ROUND_TRIP_SPACING)
-    # A buffer about to run low: as long as it is expected to last, at least the
-    # spacing; then the slots have taken the jobs (all of them, here) and it goes.
+    # A buffer about to run low: as long as it is expected to last less a round trip,
+    # at least the spacing; then the slots have taken the jobs (all of them, here) and
+    # it goes.
     clock.meanwhile = lambda: worker.ledger.release(())
     worker.ledger.set_average_run(0.001)
-    assert gap(0.001) == pytest.approx((18 - 2 + 1) * 0.001 / 2)  # 17 jobs, 2 slots
+    assert gap(0.001) == pytest.approx((18 - 2 + 1) * 0.001 / 2 - 0.001)  # 17 jobs, 2 slots
     assert worker.ledger.snapshot().buffered == ()
 
 
@@ -410,6 +411,46 @@ def test_a_round_trip_wakes_the_main_thread_for_starts_it_records_only_by_their_
     assert worker.exchange() == 0  # nothing left to claim; 2 outcomes written
     assert select.select([worker.wake_main.r], [], [], 0)[0], "the main thread was not woken"
     assert Job.objects.filter(status="SUCCESSFUL").count() == 2
+
+
+def test_how_long_the_buffer_lasts_is_timed_by_its_starts_while_it_never_ran_dry():
+    # Short jobs in the prefork pool wait behind the one their child runs, and their
+    # time in the slot counted from then: the seconds per job in a slot over the slots
+    # were twice the seconds between starts, and round trips began with the buffer
+    # empty. The buffer's pace is timed by its starts, only while starts are not held.
+    from django_tasks.worker.ledger_types import PACE_SAMPLE
+
+    for i in range(80):
+        tasks.add.enqueue(i, i)
+    worker = TaskWorker(pool="inline", concurrency=2, prefetch=78)
+    assert worker.exchange() == 80
+    ledger = worker.ledger
+    ledger.set_average_run(0.004)  # 2 ms a start by the old reckoning
+    clock = 100.0
+
+    def start_one(*, may_start: bool = True) -> int:
+        started = ledger.collect_and_start((), may_start=may_start, free_slots=lambda: 1,
+                                           clock=clock)
+        ledger.add_claimed(ledger.take(claiming=False), [])  # its start written at once
+        return len(started)
+
+    assert start_one() == 1  # the measure begins
+    assert ledger.stocked_for() == pytest.approx((79 - 2 + 1) * 0.004 / 2)
+    for _ in range(PACE_SAMPLE):
+        clock += 0.001  # a start a millisecond
+        assert start_one() == 1
+    left = 80 - 1 - PACE_SAMPLE
+    assert ledger.stocked_for() == pytest.approx((left - 2 + 1) * 0.001)
+    # Starts held back (a round trip late, the worker paused): that time is no pace.
+    clock += 0.5
+    assert start_one(may_start=False) == 0
+    clock += 0.001
+    assert start_one() == 1
+    for _ in range(PACE_SAMPLE):
+        clock += 0.001
+        assert start_one() == 1
+    left -= 1 + PACE_SAMPLE
+    assert ledger.stocked_for() == pytest.approx((left - 2 + 1) * 0.001)
 
 
 @pytest.mark.parametrize("ready, stopping, held", [(1, False, 0), (30, True, 0),

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from ..jobs.cancel import cancelled_outcome
 from ..jobs.messages import Message, Outcome, Start
-from .ledger_types import Batch, Load, Snapshot
+from .ledger_types import Batch, Load, Pace, Snapshot
 
 if TYPE_CHECKING:
     from .pacing import Slot
@@ -37,11 +37,11 @@ __all__ = [
 
 #: Adaptive prefetch holds what the slots are expected to start within this many seconds.
 PREFETCH_WINDOW = 0.1
-#: ... and at most this many jobs per slot. With 8, a 2-slot worker draining no-op jobs
-#: ran dry between round trips: 64 drained 20,000 of them 15-40% faster at 20-30% less
-#: CPU per job (docs/performance.md). The window, not this cap, bounds how long the
-#: buffer lasts; BUFFER_HOLD bounds what a wrong guess costs.
-PREFETCH_PER_SLOT = 64
+#: ... and at most this many jobs per slot. 8 ran dry between round trips, 64 drained
+#: 20,000 no-op jobs 15-40% faster; 128 (with round trips begun before the buffer runs
+#: low) ~20% faster again (docs/performance.md). The window, not this cap, bounds how
+#: long the buffer lasts; BUFFER_HOLD bounds what a wrong guess costs.
+PREFETCH_PER_SLOT = 128
 #: A buffered job not started within this many seconds of its claim is given back to
 #: the queue (:meth:`Ledger.overdue`, the worker's ``give back`` duty), and the worker
 #: claims no more than its free slots until a running job finishes: its slots stayed
@@ -115,6 +115,7 @@ class Ledger:
         self._full = False
         self._drained = False  # an exchange with nothing held or pending claimed nothing
         self._avg_run: float | None = None  # seconds per job in a slot, moving average
+        self._pace = Pace()  # how fast the buffer empties (stocked_for)
         self.claimed = 0
         self.completed = 0
         self.failed = 0  #: outcomes written FAILED since the worker was made
@@ -219,6 +220,8 @@ class Ledger:
                     # Only when one started: a buffer of jobs held for their rate-limit
                     # slot must not make the next starts wait for a round trip.
                     self._starts_since = clock
+            self._pace.observe(len(jobs), clock, flowing=may_start and not lagging
+                               and len(self._buffer) > len(self._not_before))
         return jobs
 
     def _take_back(self, jobs: Sequence[Message]) -> None:
@@ -276,8 +279,10 @@ class Ledger:
 
     def stocked_for(self) -> float:
         """Seconds until the buffer is expected to hold fewer jobs than there are slots,
-        judged by how long recent jobs ran (0.0: it does already, or nothing was measured
-        yet). While it holds one job per slot, a slot that frees starts one at once, so a
+        judged by how fast it emptied while it never ran dry (until measured: by how
+        long recent jobs ran; in the prefork pool that is twice too long for short jobs,
+        sent early to a busy child), 0.0 if it does already or nothing was measured yet.
+        While it holds one job per slot, a slot that frees starts one at once, so a
         round trip can wait (``BrokerThread._space_out``) without leaving a slot idle.
         Jobs held for their rate-limit slot (``_not_before``) do not count: they cannot
         start now. Read without the lock: a hint."""
@@ -285,6 +290,9 @@ class Ledger:
         avg_run = self._avg_run
         if above <= 0 or avg_run is None:
             return 0.0
+        per_start = self._pace.per_start
+        if per_start is not None:
+            return above * per_start
         return above * avg_run / self.concurrency
 
     def idle(self) -> bool:
@@ -601,6 +609,7 @@ class Ledger:
         updates it from every outcome; tests set it)."""
         with self._lock:
             self._avg_run = seconds
+            self._pace = Pace()
 
 
 def _waited(available_at: str | None, start: datetime) -> float | None:

@@ -1,5 +1,6 @@
 """What the worker's ledger (``ledger.py``) hands out: a round trip's batch, the main
-loop's view of its load, and a snapshot for tests and status."""
+loop's view of its load, and a snapshot for tests and status; and the pace its buffer
+empties at."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import NamedTuple
 
 from ..jobs.messages import Outcome, Start
 
-__all__ = ["Batch", "Load", "Snapshot"]
+__all__ = ["PACE_SAMPLE", "Batch", "Load", "Pace", "Snapshot"]
+
+#: Starts timed per measure of how fast the buffer empties (:class:`Pace`).
+PACE_SAMPLE = 32
 
 
 @dataclass(frozen=True)
@@ -49,3 +53,33 @@ class Load(NamedTuple):
     running: int
     busy: bool  #: something running, buffered or unwritten
     drained: bool
+
+
+class Pace:
+    """How fast a worker's buffer empties: the seconds between starts while a buffered
+    job waits for every slot that frees (then each start follows a slot's completion),
+    a moving average of measures of ``PACE_SAMPLE`` starts. A measure ends when the
+    buffer runs dry or starts are held back: those seconds say nothing of the pace.
+    Used under the ledger's lock."""
+
+    __slots__ = ("_since", "_starts", "per_start")
+
+    def __init__(self) -> None:
+        self.per_start: float | None = None  #: seconds (None: not measured yet)
+        self._since: float | None = None  # time.monotonic() the measure began
+        self._starts = 0
+
+    def observe(self, started: int, clock: float, *, flowing: bool) -> None:
+        """``started`` jobs started at ``clock``; ``flowing``: a buffered job is left
+        for the next slot that frees, and starts are not held back."""
+        if self._since is not None and started:
+            self._starts += started
+            if self._starts >= PACE_SAMPLE:
+                pace = (clock - self._since) / self._starts
+                old = self.per_start
+                self.per_start = pace if old is None else 0.7 * old + 0.3 * pace
+                self._since, self._starts = clock, 0
+        if not flowing:
+            self._since = None
+        elif self._since is None:
+            self._since, self._starts = clock, 0

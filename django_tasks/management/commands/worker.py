@@ -97,7 +97,7 @@ class Command(BaseCommand):
             help="Jobs held beyond the free slots, so a freed slot starts its next job at "
                  "once and each round trip claims several. Default: adaptive, as many as "
                  "the slots should start within 0.1 s given recent job durations, at most "
-                 "64 per slot (short jobs: batches; long jobs: none held back from other "
+                 "128 per slot (short jobs: batches; long jobs: none held back from other "
                  "workers). N: up to N, fixed. Given back if not started within 1 s, "
                  "on shutdown, and rescued if the worker dies.",
         )
