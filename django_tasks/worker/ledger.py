@@ -51,8 +51,12 @@ BUFFER_HOLD = 1.0
 #: Starts are recorded by the next round trip. If the oldest unrecorded start is older
 #: than this (the broker thread is starved or the database slow), no more jobs start
 #: until it is recorded: that bounds which jobs a kill -9 can leave recorded as
-#: "claimed, not started" although they ran.
-START_RECORD_LAG = 0.02
+#: "claimed, not started" although they ran. It also spaces a busy worker's round trips
+#: (BrokerThread._space_out): 20 ms made four workers' round trips carry a third of
+#: one worker's, and PostgreSQL's CPU per job 1.5-1.7 times one worker's; 50 ms
+#: 1.2-1.25 times, and four workers drained 14-23% more jobs a second
+#: (docs/performance.md).
+START_RECORD_LAG = 0.05
 #: A job held for its rate-limit slot that could not start within the limit's tolerance
 #: (``worker.pacing.SPACING``) gets a new slot instead, this many times in a row at
 #: most; after that it starts late rather than never (a machine that cannot start

@@ -31,7 +31,7 @@ How a job travels
    job, so a delivery stays unacknowledged for milliseconds, never a job's duration.
    An idle worker's claim alone (nothing else to write) commits without waiting for
    the disk, so its deliveries are acknowledged with the worker's next round trip that
-   does wait (the start record, within 20 ms), or given back if a round trip fails
+   does wait (the start record, within 50 ms), or given back if a round trip fails
    first: a PostgreSQL crash may have lost that claim (docs/reliability.md).
 4. A worker killed with ``kill -9``: RabbitMQ requeues its unacknowledged deliveries;
    its claimed rows are rescued from the job table as with every broker, and the
