@@ -496,10 +496,9 @@ class RabbitMQBroker(Broker):
         do not publish each due job N times (nor each sweep's batch). A queue whose lead
         was lost is forgotten: if it comes back, its first pass is a new one."""
         led = self.publisher.leads(queues) if queues else set()
-        for queue in [q for q in self._due_marks if q not in led]:
-            del self._due_marks[queue]
-        for queue in [q for q in self._refill if q not in led]:
-            del self._refill[queue]
+        for state in (self._due_marks, self._refill):
+            for queue in [q for q in state if q not in led]:
+                del state[queue]
         self._empty.intersection_update(led)
         return [q for q in queues if q in led]
 
