@@ -49,6 +49,15 @@ def messages(queue="default"):
     return broker().queue_counts([queue])[queue][0]
 
 
+def purge(queue="default"):
+    """Empty the queue in RabbitMQ (it lost its messages); the rows stay."""
+    conn = connect(broker().url)
+    try:
+        conn.channel().queue_purge(broker().topology.name(queue))
+    finally:
+        conn.close()
+
+
 def runs(path):
     if not path.exists():
         return Counter()
@@ -231,23 +240,11 @@ def test_messages_the_server_lost_are_republished_from_the_rows():
     b = broker()
     b.flush()
     assert messages() == 3
-    conn = connect(b.url)
-    try:
-        conn.channel().queue_purge(b.topology.name("default"))
-    finally:
-        conn.close()
+    purge()
     assert b.sweep(["default"]) == 0  # empty once: publishes may be in flight
     assert b.sweep(["default"]) == 3
     got = b.claim("w", "L", ["default"], 10)
     assert sorted(m.id for m in got) == sorted(j.id for j in jobs)
-
-
-def purge(queue="default"):
-    conn = connect(broker().url)
-    try:
-        conn.channel().queue_purge(broker().topology.name(queue))
-    finally:
-        conn.close()
 
 
 def test_a_lost_backlog_is_republished_in_batches_that_double_while_each_is_drained(
