@@ -501,6 +501,36 @@ def test_the_prefetch_is_per_consumer_and_sized_by_the_worker():
     assert wait_for(lambda: messages() == 5, timeout=5)  # unacknowledged: requeued
 
 
+def test_deliveries_reach_the_buffer_in_the_order_rabbitmq_sent_them():
+    """The consumer reads whole deliveries itself and leaves the rest (one split across
+    two reads of the socket) to pika: both must reach the buffer in the order they were
+    sent, or an ack ``multiple`` of a later one acknowledges an earlier one not yet
+    seen, whose own ack then closes the channel (``unknown delivery tag``)."""
+    b = broker()
+    n = 3000
+    ids = [f"0190{i:028x}" for i in range(n)]
+    for at in range(0, n, 500):  # one id a message: a distinct due time each
+        assert b.publisher.publish([(i, "default", 0, at + k)
+                                    for k, i in enumerate(ids[at:at + 500])]) == []
+    consumer = Consumer(b.url, b.topology, ["default"], prefetch=300)
+    got = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(got) < n and time.monotonic() < deadline:
+            taken = consumer.take(50, settle=0.5)
+            got += taken
+            consumer.ack(taken)  # while more arrive: the I/O thread sends them between
+        reconnects = consumer._generation - 1
+    finally:
+        consumer.close()
+    assert sorted(d.job_id for d in got) == ids
+    arrival_order = sorted(got, key=lambda d: d.rank[2])
+    tags = [d.parcel.tag for d in arrival_order]
+    assert tags == sorted(tags) and len(set(tags)) == n
+    assert reconnects == 0
+    assert wait_for(lambda: messages() == 0, timeout=5)  # every ack was taken
+
+
 def test_tasks_status_shows_each_queues_messages_and_consumers(settings):
     tasks.add.enqueue(1, 1)
     tasks.add.using(queue_name="emails").enqueue(2, 2)

@@ -36,6 +36,7 @@ from pika import exceptions as amqp
 from ...outage import FIRST_DELAY, MAX_DELAY
 from ...worker.wakeup import Pipe
 from .connection import AMQP_OUTAGES, Link, Topology, connect
+from .frames import Arrival, DeliveryReader
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -152,14 +153,17 @@ class Consumer:
         try:
             channel = connection.channel()
             channel.basic_qos(prefetch_count=self.prefetch, global_qos=False)
+            reader = DeliveryReader(channel, self._arrived)
+            tags = []
             for queue in self.queues:
                 self.topology.declare(channel, queue)
-                channel.basic_consume(self.topology.name(queue), self._on_message,
-                                      auto_ack=False)
+                tags.append(channel.basic_consume(self.topology.name(queue),
+                                                  reader.delivered, auto_ack=False))
             with self._cond:
                 self._generation += 1
                 self._connection, self._channel = connection, channel
                 self._unacked = {}
+            reader.install(tags)  # after _unacked is reset: it may hand deliveries on
             again = self._ready.is_set()
             self._ready.set()
             self.link.up()
@@ -185,19 +189,22 @@ class Consumer:
                             f"back ({dropped} delivery(ies) returned to the queues); "
                             "reconnecting")
 
-    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        headers = properties.headers or {}
-        priority = int(headers.get("priority", 0))
-        due = int(headers.get("due_ms", 0))
-        ids = body.decode().split()  # one id, or a bulk enqueue's several
+    def _arrived(self, arrivals: list[Arrival]) -> None:
+        """Buffer the ids of ``arrivals`` (the deliveries of one read, in order)."""
         now = time.monotonic()
         with self._cond:
-            parcel = Parcel(method.delivery_tag, self._generation, len(ids))
-            self._unacked[parcel.tag] = False
-            for job_id in ids:
-                self._arrivals += 1
-                self._buffer.append(Delivery((-priority, due, self._arrivals), job_id,
-                                             parcel, now))
+            generation, buffer, unacked = self._generation, self._buffer, self._unacked
+            for delivery_tag, headers, body in arrivals:
+                headers = headers or {}
+                priority = -int(headers.get("priority", 0))
+                due = int(headers.get("due_ms", 0))
+                ids = body.decode().split()  # one id, or a bulk enqueue's several
+                parcel = Parcel(delivery_tag, generation, len(ids))
+                unacked[delivery_tag] = False
+                for job_id in ids:
+                    self._arrivals += 1
+                    buffer.append(Delivery((priority, due, self._arrivals), job_id,
+                                           parcel, now))
             self._cond.notify_all()
         # One byte wakes the broker thread: a backlog's deliveries, pushed back to back,
         # would write one each (a system call a job) before it drains the pipe.

@@ -1,0 +1,160 @@
+"""The consumer's delivery reader (``rabbitmq/frames.py``) against pika's own frames.
+
+No server: the bytes are what pika marshals, the reader sits on a stand-in for pika's
+connection whose frame buffer methods are pika's own, and what it hands to pika is
+recorded. Whatever way the bytes are cut into reads, every delivery must come out
+once, in order, by the reader or by pika, and the byte count pika's heartbeat checker
+watches must be exact.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+
+pika = pytest.importorskip("pika")
+
+from pika import frame, spec  # noqa: E402
+from pika.connection import Connection  # noqa: E402
+
+from django_tasks.backends.rabbitmq.connection import Publisher, Topology  # noqa: E402
+from django_tasks.backends.rabbitmq.frames import DeliveryReader  # noqa: E402
+
+OURS = "ctag1.ours"
+HEADERS = {"due_ms": 1_765_000_000_123, "priority": 40}
+
+
+class FakeConnection:
+    """What the reader uses of pika's connection; reading and trimming are pika's."""
+
+    _read_frame = Connection._read_frame
+    _trim_frame_buffer = Connection._trim_frame_buffer
+
+    def __init__(self, events):
+        self._frame_buffer = b""
+        self.bytes_received = 0
+        self.events = events
+
+    def _process_frame(self, value):
+        self.events.append(("pika", value))
+
+
+class FakeChannel:
+    """What the reader uses of pika's blocking channel."""
+
+    channel_number = 1
+
+    def __init__(self, connection):
+        self.connection = SimpleNamespace(_impl=connection)
+        self._impl = SimpleNamespace(_consumers={})
+
+    def _dispatch_events(self):
+        pass
+
+
+def deliver(tag, body, *, channel=1, consumer_tag=OURS, headers=HEADERS,
+            content_type="text/plain", body_frames=1):
+    properties = spec.BasicProperties(content_type=content_type, headers=headers,
+                                      delivery_mode=2, priority=5, timestamp=1_765_000)
+    method = spec.Basic.Deliver(consumer_tag=consumer_tag, delivery_tag=tag,
+                                redelivered=False, exchange="", routing_key="q")
+    data = (frame.Method(channel, method).marshal()
+            + frame.Header(channel, len(body), properties).marshal())
+    cut = -(-len(body) // body_frames)  # body_frames frames, the last one shorter
+    for at in range(0, len(body), cut or 1):
+        data += frame.Body(channel, body[at:at + cut]).marshal()
+    return data
+
+
+def read(chunks):
+    """Feed ``chunks`` to a reader; the events in order: ("ours", tag, headers, body)
+    from the reader, ("pika", frame) for what it handed on."""
+    events = []
+    conn = FakeConnection(events)
+    reader = DeliveryReader(FakeChannel(conn),
+                            lambda arrivals: events.extend(("ours", *a) for a in arrivals))
+    reader.install([OURS, "ctag1.second"])
+    for chunk in chunks:
+        conn._on_data_available(chunk)
+    return conn, events
+
+
+def deliveries(events):
+    """(tag, body) of every delivery, whichever way it came: pika's come as a Deliver
+    method frame, a header frame and body frames."""
+    out, current = [], None
+    for event in events:
+        if event[0] == "ours":
+            out.append((event[1], event[3]))
+            continue
+        value = event[1]
+        if isinstance(value, frame.Method) and isinstance(value.method, spec.Basic.Deliver):
+            current = [value.method.delivery_tag, b""]
+            out.append(current)
+        elif isinstance(value, frame.Body):
+            current[1] += value.fragment
+    return [tuple(d) for d in out]
+
+
+STREAM = [
+    deliver(1, b"id-one"),
+    frame.Heartbeat().marshal(),
+    deliver(2, b"id-two", consumer_tag="ctag1.someone-else"),
+    deliver(3, b"id-three", headers=None, content_type=None),
+    deliver(4, b"id-four", channel=2),
+    deliver(5, b"id-5 id-6 id-7", body_frames=3),
+    deliver(6, b""),
+    deliver(7, b"id-eight"),
+]
+EXPECTED = [(1, b"id-one"), (2, b"id-two"), (3, b"id-three"), (4, b"id-four"),
+            (5, b"id-5 id-6 id-7"), (6, b""), (7, b"id-eight")]
+
+
+def test_whole_deliveries_of_our_consumers_are_read_and_the_rest_goes_to_pika():
+    conn, events = read([b"".join(STREAM)])
+    ours = [e for e in events if e[0] == "ours"]
+    assert ours == [("ours", 1, HEADERS, b"id-one"), ("ours", 3, None, b"id-three"),
+                    ("ours", 7, HEADERS, b"id-eight")]
+    handed = [type(e[1]).__name__ for e in events if e[0] == "pika"]
+    # The heartbeat, then 2 (another consumer), 4 (another channel), 5 (a body in three
+    # frames) and 6 (no body frame) whole, frame by frame.
+    assert handed == ["Heartbeat"] + ["Method", "Header", "Body"] * 2 + \
+        ["Method", "Header", "Body", "Body", "Body"] + ["Method", "Header"]
+    assert deliveries(events) == EXPECTED
+    assert conn.bytes_received == len(b"".join(STREAM)) and conn._frame_buffer == b""
+
+
+def test_every_cut_of_the_stream_yields_each_delivery_once_in_order():
+    data = b"".join(STREAM)
+    for cut in range(1, len(data)):
+        conn, events = read([data[:cut], data[cut:]])
+        assert deliveries(events) == EXPECTED, cut
+        assert conn.bytes_received == len(data) and conn._frame_buffer == b"", cut
+
+
+def test_a_stream_read_a_byte_at_a_time():
+    data = b"".join(STREAM)
+    conn, events = read([data[i:i + 1] for i in range(len(data))])
+    assert deliveries(events) == EXPECTED
+    assert conn.bytes_received == len(data) and conn._frame_buffer == b""
+
+
+def test_the_publishers_own_messages_are_read_with_their_headers():
+    """The frames our publisher writes, as RabbitMQ delivers them: the same properties
+    (content type, then the headers table) after a Deliver method."""
+    publisher = Publisher.__new__(Publisher)
+    publisher._frames = {}
+    publisher.topology = Topology("t")
+    published = publisher.frames(1, [("0190aaaa", "default", 40, 1_765_000_000_123)])
+    header_and_body = published[published.index(b"\xce") + 1:]  # after Basic.Publish
+    method = spec.Basic.Deliver(consumer_tag=OURS, delivery_tag=9, redelivered=True,
+                                exchange="", routing_key="t.default")
+    _, events = read([frame.Method(1, method).marshal() + header_and_body])
+    assert events == [("ours", 9, HEADERS, b"0190aaaa")]
+
+
+def test_headers_of_other_types_are_read_by_pika():
+    """Someone else's publish (a management UI, a script) may put any type in the table."""
+    headers = {"priority": -7, "due_ms": 5, "note": b"hand-made", "flag": True,
+               "nested": {"a": 1}}
+    _, events = read([deliver(3, b"id", headers=headers)])
+    assert events == [("ours", 3, headers, b"id")]
