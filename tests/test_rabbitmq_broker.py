@@ -125,6 +125,34 @@ def test_publishes_a_killed_connection_left_unconfirmed_are_sent_again_on_a_new_
     assert sorted(m.id for m in got) == sorted([first.id, lost.id, third.id])
 
 
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
+@pytest.mark.parametrize("sent", [3, 40])  # confirms read at the flush; also as sent
+def test_publishes_rabbitmq_refuses_are_reported_by_their_confirms(caplog, sent):
+    """A queue that is full (a max-length policy rejecting publishes) nacks them: their
+    ids are logged and returned, for the sweep, whichever way their confirms are read
+    (by the publish that finds ``READ_AT`` unconfirmed, or by the flush)."""
+    b = broker()
+    vhost = unquote(urlsplit(b.url).path[1:])
+    queue = b.topology.name("default")
+    b.publisher.counts(["default"])  # declared before the policy
+    _rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "test-full",
+                 f"^{queue}$", '{"max-length": 1, "overflow": "reject-publish"}')
+    try:
+        # The policy applies within moments: the queue is full once a probe is refused
+        # (the first may fill it).
+        assert wait_for(lambda: b.publisher.publish([("probe", "default", 0, 0)]) == ["probe"],
+                        timeout=10)
+        ids = [f"0190{i:028x}" for i in range(sent)]
+        for k, job_id in enumerate(ids):  # one a message: a due time each
+            b.publisher.send([(job_id, "default", 0, k + 1)])
+        with caplog.at_level("WARNING", logger="django_tasks.worker"):
+            refused = b.publisher.flush()
+    finally:
+        _rabbitmqctl("clear_policy", "-p", vhost, "test-full")
+    assert sorted(refused) == ids
+    assert f"RabbitMQ refused {sent} publish(es)" in caplog.text
+
+
 def test_a_publish_lost_with_its_connection_in_an_idle_producer_is_left_to_the_sweep(
         monkeypatch):
     """No later publish to send it again: the rows are the truth, and a worker's sweep

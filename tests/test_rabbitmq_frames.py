@@ -1,9 +1,10 @@
-"""The consumer's delivery reader (``rabbitmq/frames.py``) against pika's own frames.
+"""The delivery and confirm readers (``rabbitmq/frames.py``) and the publisher's own
+frames, against pika.
 
 No server: the bytes are what pika marshals, the reader sits on a stand-in for pika's
 connection whose frame buffer methods are pika's own, and what it hands to pika is
-recorded. Whatever way the bytes are cut into reads, every delivery must come out
-once, in order, by the reader or by pika, and the byte count pika's heartbeat checker
+recorded. Whatever way the bytes are cut into reads, every delivery and confirm must come
+out once, in order, by the reader or by pika, and the byte count pika's heartbeat checker
 watches must be exact.
 """
 
@@ -17,7 +18,7 @@ from pika import frame, spec  # noqa: E402
 from pika.connection import Connection  # noqa: E402
 
 from django_tasks.backends.rabbitmq.connection import Publisher, Topology  # noqa: E402
-from django_tasks.backends.rabbitmq.frames import DeliveryReader  # noqa: E402
+from django_tasks.backends.rabbitmq.frames import ConfirmReader, DeliveryReader  # noqa: E402
 
 OURS = "ctag1.ours"
 HEADERS = {"due_ms": 1_765_000_000_123, "priority": 40}
@@ -142,7 +143,7 @@ def test_the_publishers_own_messages_are_read_with_their_headers():
     """The frames our publisher writes, as RabbitMQ delivers them: the same properties
     (content type, then the headers table) after a Deliver method."""
     publisher = Publisher.__new__(Publisher)
-    publisher._frames = {}
+    publisher._methods = {}
     publisher.topology = Topology("t")
     published = publisher.frames(1, [("0190aaaa", "default", 40, 1_765_000_000_123)])
     header_and_body = published[published.index(b"\xce") + 1:]  # after Basic.Publish
@@ -158,3 +159,92 @@ def test_headers_of_other_types_are_read_by_pika():
                "nested": {"a": 1}}
     _, events = read([deliver(3, b"id", headers=headers)])
     assert events == [("ours", 3, headers, b"id")]
+
+
+@pytest.mark.parametrize("due", [0, 1_765_000_000_123])
+@pytest.mark.parametrize("priority", [-100, 0, 40, 100])
+def test_the_publishers_frames_are_what_pika_reads(due, priority):
+    """The publisher packs its header frame itself: pika must read it as the properties
+    pika would have written."""
+    from django_tasks.backends.rabbitmq.connection import amqp_priority
+
+    publisher = Publisher.__new__(Publisher)
+    publisher._methods = {}
+    publisher.topology = Topology("t")
+    data = publisher.frames(3, [("id1", "default", priority, due),
+                                ("id2", "default", priority, due)])
+    frames, at = [], 0
+    while at < len(data):
+        used, value = frame.decode_frame(data[at:])
+        frames.append(value)
+        at += used
+    method, header, body = frames
+    assert isinstance(method.method, spec.Basic.Publish)
+    assert (method.method.routing_key, method.method.mandatory) == ("t.default", True)
+    assert (header.channel_number, body.channel_number) == (3, 3)
+    assert header.body_size == len(body.fragment) and body.fragment == b"id1 id2"
+    p = header.properties
+    assert (p.content_type, p.headers, p.delivery_mode, p.priority, p.timestamp) == (
+        "text/plain", {"due_ms": due, "priority": priority}, 2, amqp_priority(priority),
+        due // 1000)
+
+
+def confirm(tag, *, multiple=False, nack=False, channel=1):
+    method = (spec.Basic.Nack(delivery_tag=tag, multiple=multiple, requeue=False) if nack
+              else spec.Basic.Ack(delivery_tag=tag, multiple=multiple))
+    return frame.Method(channel, method).marshal()
+
+
+CONFIRMS = [
+    confirm(1),
+    confirm(3, multiple=True),
+    frame.Heartbeat().marshal(),
+    confirm(4, nack=True),
+    confirm(5, channel=2),  # another channel's: pika's
+    confirm(9, multiple=True, nack=True),
+]
+
+
+def read_confirms(chunks):
+    events = []
+    conn = FakeConnection(events)
+    ConfirmReader(FakeChannel(conn),
+                  lambda confirms: events.extend(("ours", *c) for c in confirms)).install()
+    for chunk in chunks:
+        conn._on_data_available(chunk)
+    return conn, events
+
+
+def confirms(events):
+    """(channel, tag, multiple, nack) of every confirm, whichever way it came."""
+    out = []
+    for event in events:
+        if event[0] == "ours":
+            out.append((1, *event[1:]))
+        elif isinstance(event[1], frame.Method):
+            m = event[1].method
+            out.append((event[1].channel_number, m.delivery_tag, m.multiple,
+                        isinstance(m, spec.Basic.Nack)))
+    return out
+
+
+CONFIRMED = [(1, 1, False, False), (1, 3, True, False), (1, 4, False, True),
+             (2, 5, False, False), (1, 9, True, True)]
+
+
+def test_confirms_are_read_and_the_rest_goes_to_pika():
+    conn, events = read_confirms([b"".join(CONFIRMS)])
+    assert [e for e in events if e[0] == "ours"] == [
+        ("ours", 1, False, False), ("ours", 3, True, False), ("ours", 4, False, True),
+        ("ours", 9, True, True)]
+    assert [type(e[1]).__name__ for e in events if e[0] == "pika"] == ["Heartbeat", "Method"]
+    assert confirms(events) == CONFIRMED
+    assert conn.bytes_received == len(b"".join(CONFIRMS)) and conn._frame_buffer == b""
+
+
+def test_every_cut_of_a_stream_of_confirms_yields_each_once_in_order():
+    data = b"".join(CONFIRMS)
+    for cut in range(1, len(data)):
+        conn, events = read_confirms([data[:cut], data[cut:]])
+        assert confirms(events) == CONFIRMED, cut
+        assert conn.bytes_received == len(data) and conn._frame_buffer == b"", cut

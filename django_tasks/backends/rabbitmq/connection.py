@@ -33,6 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pika
 from pika import exceptions as amqp
 
+from .frames import Confirm, ConfirmReader
+
 try:  # pika's own plain-TCP transport, written to directly (Publisher._emit); a pika
     # that has no such class (pika>=1.3 is all we ask) goes through its loop instead.
     from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport as _PLAIN
@@ -239,14 +241,27 @@ class _Local(threading.local):
         return [e for _, entries in self.pending.values() for e in entries]
 
     def on_confirm(self, frame: Any) -> None:
+        """pika's confirm callback: a confirm it decoded itself (split across reads)."""
         method = frame.method
-        tag = method.delivery_tag
-        tags = [t for t in self.pending if t <= tag] if method.multiple else [tag]
-        nack = isinstance(method, pika.spec.Basic.Nack)
-        for t in tags:
-            sent = self.pending.pop(t, None)
-            if nack and sent is not None:
-                self.refused += [e[0] for e in sent[1]]
+        self.on_confirms([(method.delivery_tag, method.multiple,
+                           isinstance(method, pika.spec.Basic.Nack))])
+
+    def on_confirms(self, confirms: Sequence[Confirm]) -> None:
+        """Forget the messages confirmed; those nacked are refused."""
+        pending = self.pending
+        for tag, multiple, nack in confirms:
+            if multiple:  # every tag up to this one: the oldest, at the front
+                tags = []
+                for t in pending:
+                    if t > tag:
+                        break
+                    tags.append(t)
+            else:
+                tags = [tag]
+            for t in tags:
+                sent = pending.pop(t, None)
+                if nack and sent is not None:
+                    self.refused += [e[0] for e in sent[1]]
 
     def on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         # Unroutable (its queue was deleted after we declared it); its ack follows.
@@ -281,7 +296,7 @@ class Publisher:
         self.topology = topology
         self.link = link
         self._local = _Local()
-        self._frames: dict[tuple[int, str, int, int, int], bytes] = {}  # method + header frames
+        self._methods: dict[tuple[int, str], bytes] = {}  # (channel, queue): method frame
         _publishers.add(self)
 
     def _channel(self) -> Any:
@@ -308,6 +323,7 @@ class Publisher:
                                        callback=selected.append)
         channel._impl.add_on_return_callback(local.on_return)
         channel._flush_output(lambda: bool(selected))
+        ConfirmReader(channel, local.on_confirms).install()
         local.channel = channel
         if resend:
             logger.debug("RabbitMQ publish connection replaced; sending %d unconfirmed "
@@ -366,7 +382,7 @@ class Publisher:
                         break
                     self._settle(channel, False, timeout)
                 if len(local.pending) >= READ_AT:
-                    local.connection.process_data_events(time_limit=0)  # confirms read
+                    self._read_confirms(channel)
                 self._settle(channel, wait, timeout)
             except AMQP_OUTAGES as exc:
                 entries = entries[written:]
@@ -400,6 +416,25 @@ class Publisher:
             connection.remove_timeout(timer)
         if len(pending) > most:
             raise amqp.AMQPConnectionError(f"no publisher confirm from RabbitMQ in {timeout:g}s")
+
+    def _read_confirms(self, channel: Any) -> None:
+        """Read what has arrived (confirms, mostly) without waiting: straight from the
+        socket on a plain TCP connection whose output is written (pika's loop costs a
+        timer, epoll changes and a poll: with its frame objects, ~290 us a call that
+        reads 16 confirms, measured), else through its loop."""
+        impl = channel._impl.connection
+        transport = impl._transport
+        if _PLAIN is None or type(transport) is not _PLAIN or \
+                transport.get_write_buffer_size():
+            self._local.connection.process_data_events(time_limit=0)
+            return
+        try:
+            data = transport._sock.recv(_READ_MOST)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            raise amqp.StreamLostError("RabbitMQ closed the connection")
+        impl._on_data_available(data)  # the ConfirmReader: confirms here, the rest to pika
 
     def _write(self, channel: Any, entries: Sequence[Entry]) -> bytes:
         """``entries`` as the frames of their messages (:func:`_messages`), to write in
@@ -442,28 +477,32 @@ class Publisher:
 
     def frames(self, channel_number: int, group: Sequence[Entry]) -> bytes:
         """One persistent message carrying the ids of ``group`` (one queue, priority
-        and due time), as the frames to write: the method and header frames are cached
-        (a bulk enqueue repeats them), the body is the ids separated by spaces."""
+        and due time), as the frames to write: the method frame is cached per queue,
+        the header frame is packed here (pika's properties object and its encoder cost
+        ~10 us a message, and a single enqueue's due time is new each time), the body
+        is the ids separated by spaces."""
         _, queue, priority, due = group[0]
         body = " ".join(e[0] for e in group).encode()
-        key = (channel_number, queue, priority, due, len(body))
-        head = self._frames.get(key)
-        if head is None:
-            if len(self._frames) > 1000:
-                self._frames.clear()
-            properties = pika.BasicProperties(
-                delivery_mode=pika.DeliveryMode.Persistent,
-                priority=amqp_priority(priority), timestamp=due // 1000,
-                headers={"due_ms": due, "priority": priority}, content_type="text/plain",
-            )
+        key = (channel_number, queue)
+        method = self._methods.get(key)
+        if method is None:
+            if len(self._methods) > 1000:
+                self._methods.clear()
             # mandatory: unroutable (the queue was deleted after we declared it) is
             # returned to us (_Local.on_return), not dropped.
-            method = pika.spec.Basic.Publish(exchange="", routing_key=self.topology.name(queue),
-                                             mandatory=True)
-            head = self._frames[key] = (
-                pika.frame.Method(channel_number, method).marshal()
-                + pika.frame.Header(channel_number, len(body), properties).marshal())
-        return head + _BODY.pack(3, channel_number, len(body)) + body + _FRAME_END
+            publish = pika.spec.Basic.Publish(exchange="", routing_key=self.topology.name(queue),
+                                              mandatory=True)
+            method = self._methods[key] = pika.frame.Method(channel_number, publish).marshal()
+        size = len(body)
+        return b"".join((
+            method,
+            _HEADER.pack(pika.spec.FRAME_HEADER, channel_number, _HEADER_SIZE,
+                         pika.spec.Basic.INDEX, 0, size, _FLAGS),
+            _BEFORE_DUE, _DUE.pack(due),
+            _AFTER_DUE.pack(_PRIORITY, priority, 2, amqp_priority(priority), due // 1000),
+            _FRAME_END,
+            _BODY.pack(pika.spec.FRAME_BODY, channel_number, size), body, _FRAME_END,
+        ))
 
     def _outage(self, exc: BaseException, entries: Sequence[Entry]) -> list[str]:
         """RabbitMQ cannot be reached: what was not confirmed is left to the sweep."""
@@ -561,6 +600,21 @@ class Publisher:
 
 
 _BODY = struct.Struct(">BHI")  # a content body frame's type, channel and size
+# A message's content header, as pika.BasicProperties(content_type="text/plain",
+# headers={"due_ms": due, "priority": priority}, delivery_mode=2, priority=<0-9>,
+# timestamp=due // 1000) marshals it, except that ``due_ms`` is always a signed 64-bit
+# integer ("l"; pika writes "I" when it fits 32 bits). frames.py reads it.
+_HEADER = struct.Struct(">BHIHHQH")  # type, channel, size; class, weight, body size, flags
+# Which properties follow: content type, headers, delivery mode, priority, timestamp.
+_FLAGS = 0x8000 | 0x2000 | 0x1000 | 0x0800 | 0x0040
+_DUE_MS = b"\x06due_ms" + b"l"  # a table entry: its key (a short string), its type
+_PRIORITY = b"\x08priority" + b"I"
+_TABLE = len(_DUE_MS) + 8 + len(_PRIORITY) + 4
+_BEFORE_DUE = b"\x0atext/plain" + struct.pack(">I", _TABLE) + _DUE_MS
+_DUE = struct.Struct(">q")
+_AFTER_DUE = struct.Struct(f">{len(_PRIORITY)}siBBQ")  # priority; mode, AMQP priority, timestamp
+_HEADER_SIZE = _HEADER.size - 7 + len(_BEFORE_DUE) + _DUE.size + _AFTER_DUE.size
+_READ_MOST = 65536  # bytes one look at a publishing connection reads
 _FRAME_END = bytes([pika.spec.FRAME_END])
 
 

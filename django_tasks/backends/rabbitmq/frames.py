@@ -1,17 +1,19 @@
-"""Reading a consumer's deliveries straight from the bytes RabbitMQ sends.
+"""Reading what RabbitMQ sends most, deliveries and confirms, straight from its bytes.
 
 A delivery is three AMQP frames: the ``Basic.Deliver`` method, the content header
-(the message's properties) and the body. pika turns each frame into objects, passes
-them through its connection, its channel's content assembler and the blocking
-channel's queue of pending events before the consumer's callback sees them: about as
-much of a worker's CPU per job as the claim of the job itself (see
-docs/performance.md). The consumer reads only a delivery's tag, its two ``headers``
-(``priority``, ``due_ms``) and its body, so :class:`DeliveryReader` reads those from
-the connection's input, in place, and hands everything else (replies, heartbeats,
-cancellations, a delivery it does not recognise) to pika, frame by frame, as before.
+(the message's properties) and the body; a publisher confirm is one ``Basic.Ack`` (or
+``Basic.Nack``) method frame. pika turns each frame into objects and passes them
+through its connection, its channel (a content assembler for deliveries) and, for a
+blocking channel's consumer, a queue of pending events before the callback sees them:
+per delivery, about as much of a worker's CPU as the claim of the job itself; per
+confirm, ~18 us of the producer's (docs/performance.md). The readers here read what
+the broker uses of those frames (a delivery's tag, its two ``headers``, ``priority``
+and ``due_ms``, and its body; a confirm's tag and flags) in place, and hand every
+other frame (replies, heartbeats, cancellations, a delivery split across two reads)
+to pika, frame by frame, in order.
 
-It takes the place of the pika connection's ``_on_data_available`` (the method its
-transport calls with the bytes it read), on the consumer's connection only, and keeps
+A reader takes the place of the pika connection's ``_on_data_available`` (the method
+its transport calls with the bytes it read), on its own connection only, and keeps
 what pika keeps there: the unread bytes in ``_frame_buffer`` and the count of bytes
 read in ``bytes_received``, which pika's heartbeat checker watches.
 """
@@ -25,21 +27,26 @@ from typing import Any
 from pika import data as amqp_data
 from pika import spec
 
-__all__ = ["Arrival", "DeliveryReader", "read_headers", "read_table"]
+__all__ = ["Arrival", "Confirm", "ConfirmReader", "DeliveryReader", "read_headers",
+           "read_table"]
 
 _FRAME = struct.Struct(">BHI")  # type, channel, payload size
-_DELIVER = struct.Struct(">HH")  # class and method ids
-_TAG = struct.Struct(">QB")  # delivery tag, redelivered
+_METHOD_ID = struct.Struct(">HH")  # class and method ids
+_TAG = struct.Struct(">QB")  # delivery tag, then redelivered (Deliver) or flags (Ack, Nack)
 _HEADER = struct.Struct(">HHQH")  # class id, weight, body size, property flags
 _FRAME_END = spec.FRAME_END
 _METHOD, _CONTENT_HEADER, _BODY = spec.FRAME_METHOD, spec.FRAME_HEADER, spec.FRAME_BODY
-_BASIC, _DELIVER_ID = spec.Basic.INDEX, spec.Basic.Deliver.INDEX & 0xFFFF
+_BASIC = spec.Basic.INDEX
+_DELIVER = (_BASIC, spec.Basic.Deliver.INDEX & 0xFFFF)
+_ACK, _NACK = (_BASIC, spec.Basic.Ack.INDEX & 0xFFFF), (_BASIC, spec.Basic.Nack.INDEX & 0xFFFF)
 # Property flags of Basic's content header, in the order the properties follow it.
 _CONTENT_TYPE, _CONTENT_ENCODING, _HEADERS = 1 << 15, 1 << 14, 1 << 13
 _MORE_FLAGS = 1  # a second word of flags follows (never for Basic: 14 properties)
 
 #: One delivery as the reader hands it on: (delivery tag, ``headers`` or None, body).
 Arrival = tuple[int, "dict[str, Any] | None", bytes]
+#: One publisher confirm: (delivery tag, multiple, nack).
+Confirm = tuple[int, bool, bool]
 
 
 def read_headers(buf: bytes, at: int, flags: int) -> dict[str, Any] | None:
@@ -75,55 +82,36 @@ def read_table(buf: bytes, at: int) -> dict[str, Any]:
     return table
 
 
-class DeliveryReader:
-    """Hands the deliveries of a blocking ``channel``'s consumers to ``on_arrivals``, in
-    the order RabbitMQ sent them, those of each read together (one call).
+class _Reader:
+    """Reads the frames :meth:`_read` recognises on ``channel``'s connection and hands
+    them to ``handle``, those of each read together (one call); every other frame goes
+    to pika, after those before it."""
 
-    Whole deliveries are read from the connection's input here; every other frame goes
-    to pika, after the deliveries before it, and a delivery pika assembles (one split
-    across reads, a body in several frames) comes back through :meth:`delivered` at
-    once, not through the blocking channel's queue of events, which would hand it on
-    after deliveries that came later (a consumer's acks with ``multiple`` rely on the
-    order). Pass :meth:`delivered` to ``basic_consume``, then :meth:`install` the
-    reader with the consumer tags."""
-
-    def __init__(self, channel: Any, on_arrivals: Callable[[list[Arrival]], None]) -> None:
+    def __init__(self, channel: Any, handle: Callable[[list[Any]], None]) -> None:
         self.channel = channel
         self.impl = channel.connection._impl
         self.number = channel.channel_number
-        self.tags: set[bytes] = set()
-        self.on_arrivals = on_arrivals
+        self.handle = handle
 
-    def delivered(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        """pika's consumer callback: a delivery it decoded itself."""
-        self.on_arrivals([(method.delivery_tag, properties.headers, body)])
-
-    def install(self, consumer_tags: Collection[str]) -> None:
-        """Read the deliveries of ``consumer_tags`` from now on; any that pika queued
-        while they were set up are handed on first."""
-        consumers = self.channel._impl._consumers
-        for tag in consumer_tags:
-            consumers[tag] = self.delivered  # not the blocking channel's queue
-            self.tags.add(tag.encode())
+    def install(self) -> None:
         # An instance attribute: pika's transport calls ``conn._on_data_available``.
         self.impl._on_data_available = self.data_available
-        self.channel._dispatch_events()
 
     def data_available(self, data_in: bytes) -> None:
         impl = self.impl
         buf = impl._frame_buffer + data_in if impl._frame_buffer else data_in
         at = 0
         end = len(buf)
-        arrivals: list[Arrival] = []
+        read: list[Any] = []
         while at < end:
-            taken = self._delivery(buf, at, end, arrivals)
+            taken = self._read(buf, at, end, read)
             if taken:
                 at = taken
                 continue
-            if arrivals:
-                arrivals, handed = [], arrivals
-                self.on_arrivals(handed)
-            # Not a whole delivery of ours: one frame through pika, as it would.
+            if read:
+                read, handed = [], read
+                self.handle(handed)
+            # Not a whole frame of ours: one frame through pika, as it would.
             impl._frame_buffer = buf[at:] if at else buf
             impl.bytes_received += at
             buf, at = b"", 0
@@ -137,29 +125,83 @@ class DeliveryReader:
             buf, end = impl._frame_buffer, len(impl._frame_buffer)
         impl._frame_buffer = b""
         impl.bytes_received += at
-        if arrivals:
-            self.on_arrivals(arrivals)
+        if read:
+            self.handle(read)
 
-    def _delivery(self, buf: bytes, at: int, end: int, arrivals: list[Arrival]) -> int:
-        """The offset after the delivery that starts at ``at``, added to ``arrivals``, or
-        0 if none of ours does (another frame, a delivery not yet wholly read, a body in
-        several frames)."""
-        number = self.number
-        if end - at < 7:
-            return 0
+    def _method(self, buf: bytes, at: int, end: int) -> tuple[int, int, int]:
+        """(class id, method id, end of the frame) of a whole method frame of this
+        channel at ``at``; class id 0 if there is none."""
+        if end - at < 11:
+            return 0, 0, 0
         kind, channel, size = _FRAME.unpack_from(buf, at)
-        if kind != _METHOD or channel != number or size < 4:
+        frame_end = at + 7 + size
+        if kind != _METHOD or channel != self.number or size < 4 or frame_end >= end \
+                or buf[frame_end] != _FRAME_END:
+            return 0, 0, 0
+        class_id, method_id = _METHOD_ID.unpack_from(buf, at + 7)
+        return class_id, method_id, frame_end
+
+    def _read(self, buf: bytes, at: int, end: int, read: list[Any]) -> int:
+        """The offset after what starts at ``at``, added to ``read``; 0 if not ours."""
+        raise NotImplementedError
+
+
+class ConfirmReader(_Reader):
+    """Hands a publishing channel's confirms (``Basic.Ack``, ``Basic.Nack``) to
+    ``on_confirms`` as :data:`Confirm` tuples, in order."""
+
+    def _read(self, buf: bytes, at: int, end: int, read: list[Confirm]) -> int:
+        class_id, method_id, frame_end = self._method(buf, at, end)
+        if not class_id or frame_end - at < 7 + 4 + 9:
             return 0
-        method_end = at + 7 + size
-        if method_end >= end or buf[method_end] != _FRAME_END:
+        ids = (class_id, method_id)
+        if ids != _ACK and ids != _NACK:
             return 0
-        if _DELIVER.unpack_from(buf, at + 7) != (_BASIC, _DELIVER_ID):
+        tag, flags = _TAG.unpack_from(buf, at + 11)
+        read.append((tag, bool(flags & 1), ids == _NACK))
+        return frame_end + 1
+
+
+class DeliveryReader(_Reader):
+    """Hands the deliveries of a blocking ``channel``'s consumers to ``on_arrivals`` as
+    :data:`Arrival` tuples, in the order RabbitMQ sent them.
+
+    A delivery pika assembles (one split across reads, a body in several frames)
+    comes back through :meth:`delivered` at once, not through the blocking channel's
+    queue of events, which would hand it on after deliveries that came later (a
+    consumer's acks with ``multiple`` rely on the order). Pass :meth:`delivered` to
+    ``basic_consume``, then :meth:`install` the reader with the consumer tags."""
+
+    def __init__(self, channel: Any, on_arrivals: Callable[[list[Arrival]], None]) -> None:
+        super().__init__(channel, on_arrivals)
+        self.tags: set[bytes] = set()
+
+    def delivered(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        """pika's consumer callback: a delivery it decoded itself."""
+        self.handle([(method.delivery_tag, properties.headers, body)])
+
+    def install(self, consumer_tags: Collection[str] = ()) -> None:
+        """Read the deliveries of ``consumer_tags`` from now on; any that pika queued
+        while they were set up are handed on first."""
+        consumers = self.channel._impl._consumers
+        for tag in consumer_tags:
+            consumers[tag] = self.delivered  # not the blocking channel's queue
+            self.tags.add(tag.encode())
+        super().install()
+        self.channel._dispatch_events()
+
+    def _read(self, buf: bytes, at: int, end: int, read: list[Arrival]) -> int:
+        """A whole delivery of ours (its three frames) at ``at``, or 0 (another frame, a
+        delivery not yet wholly read, a body in several frames)."""
+        class_id, method_id, method_end = self._method(buf, at, end)
+        if (class_id, method_id) != _DELIVER:
             return 0
         p = at + 11
         tag_end = p + 1 + buf[p]
         if buf[p + 1:tag_end] not in self.tags:  # cancelled, or not ours: pika decides
             return 0
         delivery_tag, _ = _TAG.unpack_from(buf, tag_end)
+        number = self.number
         # The header frame.
         h = method_end + 1
         if end - h < 7:
@@ -182,5 +224,5 @@ class DeliveryReader:
                 or body_end >= end or buf[body_end] != _FRAME_END:
             return 0
         headers = read_headers(buf, h + 7 + _HEADER.size, flags)
-        arrivals.append((delivery_tag, headers, buf[b + 7:body_end]))
+        read.append((delivery_tag, headers, buf[b + 7:body_end]))
         return body_end + 1
