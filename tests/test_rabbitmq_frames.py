@@ -67,13 +67,17 @@ def deliver(tag, body, *, channel=1, consumer_tag=OURS, headers=HEADERS,
 
 
 def read(chunks):
-    """Feed ``chunks`` to a reader; the events in order: ("ours", tag, headers, body)
-    from the reader, ("pika", frame) for what it handed on."""
+    """Feed ``chunks`` to a delivery reader; the events in order: ("ours", tag, headers,
+    body) from the reader, ("pika", frame) for what it handed on."""
+    return feed(chunks, DeliveryReader, OURS, "ctag1.second")
+
+
+def feed(chunks, reader_class, *tags):
     events = []
     conn = FakeConnection(events)
-    reader = DeliveryReader(FakeChannel(conn),
-                            lambda arrivals: events.extend(("ours", *a) for a in arrivals))
-    reader.install([OURS, "ctag1.second"])
+    reader = reader_class(FakeChannel(conn),
+                          lambda read: events.extend(("ours", *r) for r in read))
+    reader.install(*([tags] if tags else []))
     for chunk in chunks:
         conn._on_data_available(chunk)
     return conn, events
@@ -124,11 +128,16 @@ def test_whole_deliveries_of_our_consumers_are_read_and_the_rest_goes_to_pika():
     assert conn.bytes_received == len(b"".join(STREAM)) and conn._frame_buffer == b""
 
 
-def test_every_cut_of_the_stream_yields_each_delivery_once_in_order():
-    data = b"".join(STREAM)
+@pytest.mark.parametrize("kind", ["deliveries", "confirms"])
+def test_every_cut_of_a_stream_yields_each_frame_once_in_order(kind):
+    stream, reading, seen, expected = {
+        "deliveries": (STREAM, read, deliveries, EXPECTED),
+        "confirms": (CONFIRMS, read_confirms, confirms, CONFIRMED),
+    }[kind]
+    data = b"".join(stream)
     for cut in range(1, len(data)):
-        conn, events = read([data[:cut], data[cut:]])
-        assert deliveries(events) == EXPECTED, cut
+        conn, events = reading([data[:cut], data[cut:]])
+        assert seen(events) == expected, cut
         assert conn.bytes_received == len(data) and conn._frame_buffer == b"", cut
 
 
@@ -206,13 +215,7 @@ CONFIRMS = [
 
 
 def read_confirms(chunks):
-    events = []
-    conn = FakeConnection(events)
-    ConfirmReader(FakeChannel(conn),
-                  lambda confirms: events.extend(("ours", *c) for c in confirms)).install()
-    for chunk in chunks:
-        conn._on_data_available(chunk)
-    return conn, events
+    return feed(chunks, ConfirmReader)
 
 
 def confirms(events):
@@ -240,11 +243,3 @@ def test_confirms_are_read_and_the_rest_goes_to_pika():
     assert [type(e[1]).__name__ for e in events if e[0] == "pika"] == ["Heartbeat", "Method"]
     assert confirms(events) == CONFIRMED
     assert conn.bytes_received == len(b"".join(CONFIRMS)) and conn._frame_buffer == b""
-
-
-def test_every_cut_of_a_stream_of_confirms_yields_each_once_in_order():
-    data = b"".join(CONFIRMS)
-    for cut in range(1, len(data)):
-        conn, events = read_confirms([data[:cut], data[cut:]])
-        assert confirms(events) == CONFIRMED, cut
-        assert conn.bytes_received == len(data) and conn._frame_buffer == b"", cut
