@@ -566,6 +566,31 @@ def test_deliveries_reach_the_buffer_in_the_order_rabbitmq_sent_them():
     assert wait_for(lambda: messages() == 0, timeout=5)  # every ack was taken
 
 
+def test_a_message_without_an_id_is_acknowledged_with_the_next_run():
+    """Someone else's empty message in our queue holds no job: it must not stay
+    unacknowledged, holding a prefetch slot and splitting every later ack."""
+    b = broker()
+    b.publisher.counts(["default"])  # the queue exists: the default exchange drops the rest
+    conn = connect(b.url)
+    try:
+        conn.channel().basic_publish("", b.topology.name("default"), b"")
+    finally:
+        conn.close()
+    job = tasks.add.enqueue(1, 1)
+    b.flush()
+    consumer = Consumer(b.url, b.topology, ["default"], prefetch=10)
+    try:
+        # Both delivered (the empty one buffers nothing), then the job's ack.
+        assert wait_for(lambda: len(consumer._unacked) == 2, timeout=5)
+        [delivery] = consumer.take(10)
+        assert delivery.job_id == job.id
+        consumer.ack([delivery])
+        assert wait_for(lambda: not consumer._unacked, timeout=5)
+    finally:
+        consumer.close()
+    assert wait_for(lambda: messages() == 0, timeout=5)  # both acknowledged
+
+
 def test_tasks_status_shows_each_queues_messages_and_consumers(settings):
     tasks.add.enqueue(1, 1)
     tasks.add.using(queue_name="emails").enqueue(2, 2)

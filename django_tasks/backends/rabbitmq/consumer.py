@@ -200,7 +200,10 @@ class Consumer:
                 due = int(headers.get("due_ms", 0))
                 ids = body.decode().split()  # one id, or a bulk enqueue's several
                 parcel = Parcel(delivery_tag, generation, len(ids))
-                unacked[delivery_tag] = False
+                # A message with no id (not ours: someone published to our queue) is
+                # settled at once, acknowledged with the next run: left unsettled, it
+                # would stop every later ack from going out as one ``multiple`` ack.
+                unacked[delivery_tag] = not ids
                 for job_id in ids:
                     self._arrivals += 1
                     buffer.append(Delivery((priority, due, self._arrivals), job_id,
