@@ -5,8 +5,9 @@ A delivery is three AMQP frames: the ``Basic.Deliver`` method, the content heade
 ``Basic.Nack``) method frame. pika turns each frame into objects and passes them
 through its connection, its channel (a content assembler for deliveries) and, for a
 blocking channel's consumer, a queue of pending events before the callback sees them:
-per delivery, about as much of a worker's CPU as the claim of the job itself; per
-confirm, ~18 us of the producer's (docs/performance.md). The readers here read what
+15-20 us of the consumer's I/O thread per delivery, ~18 us of the producer's per
+confirm (7-8 and ~2 us read here; benchmarks/amqp_io.py, docs/performance.md). The
+readers here read what
 the broker uses of those frames (a delivery's tag, its two ``headers``, ``priority``
 and ``due_ms``, and its body; a confirm's tag and flags) in place, and hand every
 other frame (replies, heartbeats, cancellations, a delivery split across two reads)
