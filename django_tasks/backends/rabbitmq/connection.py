@@ -423,13 +423,12 @@ class Publisher:
         timer, epoll changes and a poll: with its frame objects, ~290 us a call that
         reads 16 confirms, measured), else through its loop."""
         impl = channel._impl.connection
-        transport = impl._transport
-        if _PLAIN is None or type(transport) is not _PLAIN or \
-                transport.get_write_buffer_size():
+        sock = _direct(impl)
+        if sock is None:
             self._local.connection.process_data_events(time_limit=0)
             return
         try:
-            data = transport._sock.recv(_READ_MOST)
+            data = sock.recv(_READ_MOST)
         except (BlockingIOError, InterruptedError):
             return
         if not data:
@@ -459,13 +458,12 @@ class Publisher:
         if not data:
             return
         connection = channel._impl.connection
-        transport = connection._transport
-        if transport is None:  # closed under us
+        if connection._transport is None:  # closed under us
             raise amqp.StreamLostError("the connection to RabbitMQ is closed")
-        if _PLAIN is not None and type(transport) is _PLAIN and not \
-                transport.get_write_buffer_size():
+        sock = _direct(connection)
+        if sock is not None:
             try:
-                sent = transport._sock.send(data)
+                sent = sock.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             connection.bytes_sent += sent  # pika's heartbeats look at it
@@ -616,6 +614,17 @@ _AFTER_DUE = struct.Struct(f">{len(_PRIORITY)}siBBQ")  # priority; mode, AMQP pr
 _HEADER_SIZE = _HEADER.size - 7 + len(_BEFORE_DUE) + _DUE.size + _AFTER_DUE.size
 _READ_MOST = 65536  # bytes one look at a publishing connection reads
 _FRAME_END = bytes([pika.spec.FRAME_END])
+
+
+def _direct(connection: Any) -> Any:
+    """The socket of pika connection ``connection`` (a ``BlockingConnection``'s
+    ``_impl``) when it may be written and read directly: a plain TCP connection (not
+    TLS) with nothing waiting in pika's output buffer; else None (go through pika's
+    loop)."""
+    transport = connection._transport
+    if _PLAIN is None or type(transport) is not _PLAIN or transport.get_write_buffer_size():
+        return None
+    return transport._sock
 
 
 def _messages(entries: Sequence[Entry]) -> Iterator[Sequence[Entry]]:

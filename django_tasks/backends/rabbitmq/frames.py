@@ -129,15 +129,23 @@ class _Reader:
         if read:
             self.handle(read)
 
+    def _whole(self, buf: bytes, at: int, end: int, kind: int, least: int) -> int:
+        """The offset of the end marker of a whole frame of ``kind`` on this channel at
+        ``at`` with a payload of at least ``least`` bytes; 0 if there is none."""
+        if end - at < 7:
+            return 0
+        found, channel, size = _FRAME.unpack_from(buf, at)
+        frame_end = at + 7 + size
+        if found != kind or channel != self.number or size < least or frame_end >= end \
+                or buf[frame_end] != _FRAME_END:
+            return 0
+        return frame_end
+
     def _method(self, buf: bytes, at: int, end: int) -> tuple[int, int, int]:
         """(class id, method id, end of the frame) of a whole method frame of this
         channel at ``at``; class id 0 if there is none."""
-        if end - at < 11:
-            return 0, 0, 0
-        kind, channel, size = _FRAME.unpack_from(buf, at)
-        frame_end = at + 7 + size
-        if kind != _METHOD or channel != self.number or size < 4 or frame_end >= end \
-                or buf[frame_end] != _FRAME_END:
+        frame_end = self._whole(buf, at, end, _METHOD, _METHOD_ID.size)
+        if not frame_end:
             return 0, 0, 0
         class_id, method_id = _METHOD_ID.unpack_from(buf, at + 7)
         return class_id, method_id, frame_end
@@ -202,27 +210,18 @@ class DeliveryReader(_Reader):
         if buf[p + 1:tag_end] not in self.tags:  # cancelled, or not ours: pika decides
             return 0
         delivery_tag, _ = _TAG.unpack_from(buf, tag_end)
-        number = self.number
         # The header frame.
         h = method_end + 1
-        if end - h < 7:
-            return 0
-        kind, channel, size = _FRAME.unpack_from(buf, h)
-        header_end = h + 7 + size
-        if kind != _CONTENT_HEADER or channel != number or header_end >= end \
-                or buf[header_end] != _FRAME_END:
+        header_end = self._whole(buf, h, end, _CONTENT_HEADER, _HEADER.size)
+        if not header_end:
             return 0
         class_id, _, body_size, flags = _HEADER.unpack_from(buf, h + 7)
         if class_id != _BASIC or flags & _MORE_FLAGS or body_size == 0:
             return 0
         # The body, in one frame.
         b = header_end + 1
-        if end - b < 7:
-            return 0
-        kind, channel, size = _FRAME.unpack_from(buf, b)
-        body_end = b + 7 + size
-        if kind != _BODY or channel != number or size != body_size \
-                or body_end >= end or buf[body_end] != _FRAME_END:
+        body_end = self._whole(buf, b, end, _BODY, body_size)
+        if not body_end or body_end - b - 7 != body_size:
             return 0
         headers = read_headers(buf, h + 7 + _HEADER.size, flags)
         read.append((delivery_tag, headers, buf[b + 7:body_end]))
