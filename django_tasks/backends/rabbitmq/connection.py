@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import struct
 import threading
 import time
 import weakref
@@ -33,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pika
 from pika import exceptions as amqp
 
-from .frames import Confirm, ConfirmReader
+from .frames import Confirm, ConfirmReader, content
 
 try:  # pika's own plain-TCP transport, written to directly (Publisher._emit); a pika
     # that has no such class (pika>=1.3 is all we ask) goes through its loop instead.
@@ -476,9 +475,8 @@ class Publisher:
     def frames(self, channel_number: int, group: Sequence[Entry]) -> bytes:
         """One persistent message carrying the ids of ``group`` (one queue, priority
         and due time), as the frames to write: the method frame is cached per queue,
-        the header frame is packed here (pika's properties object and its encoder cost
-        ~10 us a message, and a single enqueue's due time is new each time), the body
-        is the ids separated by spaces."""
+        the header and body frames are packed by :func:`.frames.content` (a single
+        enqueue's due time is new each time), the body is the ids separated by spaces."""
         _, queue, priority, due = group[0]
         body = " ".join(e[0] for e in group).encode()
         key = (channel_number, queue)
@@ -491,16 +489,7 @@ class Publisher:
             publish = pika.spec.Basic.Publish(exchange="", routing_key=self.topology.name(queue),
                                               mandatory=True)
             method = self._methods[key] = pika.frame.Method(channel_number, publish).marshal()
-        size = len(body)
-        return b"".join((
-            method,
-            _HEADER.pack(pika.spec.FRAME_HEADER, channel_number, _HEADER_SIZE,
-                         pika.spec.Basic.INDEX, 0, size, _FLAGS),
-            _BEFORE_DUE, _DUE.pack(due),
-            _AFTER_DUE.pack(_PRIORITY, priority, 2, amqp_priority(priority), due // 1000),
-            _FRAME_END,
-            _BODY.pack(pika.spec.FRAME_BODY, channel_number, size), body, _FRAME_END,
-        ))
+        return method + content(channel_number, body, priority, amqp_priority(priority), due)
 
     def _outage(self, exc: BaseException, entries: Sequence[Entry]) -> list[str]:
         """RabbitMQ cannot be reached: what was not confirmed is left to the sweep."""
@@ -597,23 +586,7 @@ class Publisher:
         self._drop()
 
 
-_BODY = struct.Struct(">BHI")  # a content body frame's type, channel and size
-# A message's content header, as pika.BasicProperties(content_type="text/plain",
-# headers={"due_ms": due, "priority": priority}, delivery_mode=2, priority=<0-9>,
-# timestamp=due // 1000) marshals it, except that ``due_ms`` is always a signed 64-bit
-# integer ("l"; pika writes "I" when it fits 32 bits). frames.py reads it.
-_HEADER = struct.Struct(">BHIHHQH")  # type, channel, size; class, weight, body size, flags
-# Which properties follow: content type, headers, delivery mode, priority, timestamp.
-_FLAGS = 0x8000 | 0x2000 | 0x1000 | 0x0800 | 0x0040
-_DUE_MS = b"\x06due_ms" + b"l"  # a table entry: its key (a short string), its type
-_PRIORITY = b"\x08priority" + b"I"
-_TABLE = len(_DUE_MS) + 8 + len(_PRIORITY) + 4
-_BEFORE_DUE = b"\x0atext/plain" + struct.pack(">I", _TABLE) + _DUE_MS
-_DUE = struct.Struct(">q")
-_AFTER_DUE = struct.Struct(f">{len(_PRIORITY)}siBBQ")  # priority; mode, AMQP priority, timestamp
-_HEADER_SIZE = _HEADER.size - 7 + len(_BEFORE_DUE) + _DUE.size + _AFTER_DUE.size
 _READ_MOST = 65536  # bytes one look at a publishing connection reads
-_FRAME_END = bytes([pika.spec.FRAME_END])
 
 
 def _direct(connection: Any) -> Any:

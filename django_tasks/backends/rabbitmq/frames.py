@@ -13,6 +13,9 @@ and ``due_ms``, and its body; a confirm's tag and flags) in place, and hand ever
 other frame (replies, heartbeats, cancellations, a delivery split across two reads)
 to pika, frame by frame, in order.
 
+What the publisher writes is packed here too (:func:`content`): the header layout the
+delivery reader expects is written in one place.
+
 A reader takes the place of the pika connection's ``_on_data_available`` (the method
 its transport calls with the bytes it read), on its own connection only, and keeps
 what pika keeps there: the unread bytes in ``_frame_buffer`` and the count of bytes
@@ -28,8 +31,8 @@ from typing import Any
 from pika import data as amqp_data
 from pika import spec
 
-__all__ = ["Arrival", "Confirm", "ConfirmReader", "DeliveryReader", "read_headers",
-           "read_table"]
+__all__ = ["Arrival", "Confirm", "ConfirmReader", "DeliveryReader", "content",
+           "read_headers", "read_table"]
 
 _FRAME = struct.Struct(">BHI")  # type, channel, payload size
 _METHOD_ID = struct.Struct(">HH")  # class and method ids
@@ -43,6 +46,35 @@ _ACK, _NACK = (_BASIC, spec.Basic.Ack.INDEX & 0xFFFF), (_BASIC, spec.Basic.Nack.
 # Property flags of Basic's content header, in the order the properties follow it.
 _CONTENT_TYPE, _CONTENT_ENCODING, _HEADERS = 1 << 15, 1 << 14, 1 << 13
 _MORE_FLAGS = 1  # a second word of flags follows (never for Basic: 14 properties)
+
+# A message's content header as the publisher writes it: as pika.BasicProperties(
+# content_type="text/plain", headers={"due_ms": due, "priority": priority},
+# delivery_mode=2, priority=<0-9>, timestamp=due // 1000) marshals it, except that
+# ``due_ms`` is always a signed 64-bit integer ("l"; pika writes "I" when it fits 32 bits).
+_FLAGS = _CONTENT_TYPE | _HEADERS | 1 << 12 | 1 << 11 | 1 << 6  # + mode, priority, timestamp
+_DUE_MS = b"\x06due_ms" + b"l"  # a table entry: its key (a short string), its type
+_PRIORITY = b"\x08priority" + b"I"
+_TABLE = len(_DUE_MS) + 8 + len(_PRIORITY) + 4
+_BEFORE_DUE = b"\x0atext/plain" + struct.pack(">I", _TABLE) + _DUE_MS
+_DUE = struct.Struct(">q")
+_AFTER_DUE = struct.Struct(f">{len(_PRIORITY)}siBBQ")  # priority; mode, AMQP priority, timestamp
+_HEADER_SIZE = _HEADER.size + len(_BEFORE_DUE) + _DUE.size + _AFTER_DUE.size
+_END = bytes([_FRAME_END])
+
+
+def content(channel_number: int, body: bytes, priority: int, amqp_priority: int,
+            due: int) -> bytes:
+    """The header and body frames of a persistent message of ours: ``priority`` (ours,
+    -100..100) and ``due`` (ms) in its headers, ``amqp_priority`` (0-9) for RabbitMQ.
+    pika's properties object and its encoder cost ~10 us a message."""
+    size = len(body)
+    return b"".join((
+        _FRAME.pack(_CONTENT_HEADER, channel_number, _HEADER_SIZE),
+        _HEADER.pack(_BASIC, 0, size, _FLAGS), _BEFORE_DUE, _DUE.pack(due),
+        _AFTER_DUE.pack(_PRIORITY, priority, 2, amqp_priority, due // 1000), _END,
+        _FRAME.pack(_BODY, channel_number, size), body, _END,
+    ))
+
 
 #: One delivery as the reader hands it on: (delivery tag, ``headers`` or None, body).
 Arrival = tuple[int, "dict[str, Any] | None", bytes]
