@@ -239,7 +239,11 @@ def test_an_operators_retry_makes_a_failed_job_claimable_again(backend):
 
 def _hold_row_lock(job_id):
     """Another session that locks ``job_id``'s row (as application code doing
-    ``select_for_update()`` would) until it is closed."""
+    ``select_for_update()`` would); returns the function that releases it.
+
+    The release rolls back before closing: a close alone returns before the server's
+    backend has ended its transaction, and a claim right after may find the row still
+    locked (seen once in CI)."""
     import psycopg
     from django.db import connection
 
@@ -248,7 +252,14 @@ def _hold_row_lock(job_id):
         params.pop(key, None)
     other = psycopg.connect(**params)
     other.execute('SELECT 1 FROM "django_tasks_job" WHERE id = %s FOR UPDATE', [job_id])
-    return other
+
+    def release():
+        try:
+            other.rollback()  # answered once the lock is gone
+        finally:
+            other.close()
+
+    return release
 
 
 @pytest.mark.postgres_only
@@ -259,7 +270,7 @@ def test_a_locked_row_is_skipped_not_waited_for(backend):
     [started] = claim(backend)
     locked = tasks.add.enqueue(1, 1)
     free = tasks.add.enqueue(2, 2)
-    other = _hold_row_lock(locked.id)
+    release = _hold_row_lock(locked.id)
     with connection.cursor() as cursor:
         # Waiting for the lock would fail the claim after 2 s instead of hanging the test.
         cursor.execute("SET lock_timeout = '2s'")
@@ -272,7 +283,7 @@ def test_a_locked_row_is_skipped_not_waited_for(backend):
         assert claim(backend, lease="L3") == []  # and a claim alone skips it too
         assert Job.objects.get(pk=locked.id).status == "READY"  # untouched
     finally:
-        other.close()
+        release()
         with connection.cursor() as cursor:
             cursor.execute("RESET lock_timeout")
     # Unlocked, it is claimed (the Redis broker tries it again a second later).

@@ -115,7 +115,7 @@ def test_a_job_whose_row_is_locked_does_not_hold_up_the_others(broker):
     from tests.test_broker_contract import _hold_row_lock
 
     locked = tasks.add.enqueue(1, 1)
-    other = _hold_row_lock(locked.id)
+    release = _hold_row_lock(locked.id)
     try:
         free = tasks.add.enqueue(2, 2)
         proc = start_worker("-c", "2")
@@ -123,7 +123,7 @@ def test_a_job_whose_row_is_locked_does_not_hold_up_the_others(broker):
                         timeout=15)
         assert Job.objects.get(pk=locked.id).status == "READY"
     finally:
-        other.close()
+        release()
     assert wait_for(lambda: Job.objects.get(pk=locked.id).status == "SUCCESSFUL", timeout=15)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
