@@ -104,8 +104,10 @@ def truncate() -> None:
             conn.close()
 
 
-def use_broker(name: str, redis_url: str, rabbitmq_url: str = DEFAULT_RABBITMQ_URL) -> None:
-    """Make ``name`` the broker of the default backend, here and in worker processes."""
+def use_broker(name: str, redis_url: str, rabbitmq_url: str = DEFAULT_RABBITMQ_URL,
+               extra: dict[str, object] | None = None) -> None:
+    """Make ``name`` the broker of the default backend, here and in worker processes;
+    ``extra``: OPTIONS for this process's backend only (e.g. ASYNCHRONOUS_COMMIT)."""
     from django.conf import settings
     from django.test.utils import override_settings
 
@@ -118,7 +120,7 @@ def use_broker(name: str, redis_url: str, rabbitmq_url: str = DEFAULT_RABBITMQ_U
         options["URL"] = redis_url
     if name == "rabbitmq":
         options["URL"] = rabbitmq_url
-    default.update(BACKEND=settings.BROKERS[name], OPTIONS=options)
+    default.update(BACKEND=settings.BROKERS[name], OPTIONS={**options, **(extra or {})})
     override_settings(TASKS={**settings.TASKS, "default": default}).enable()
 
 

@@ -19,7 +19,7 @@ __all__ = ["BackendOptions", "ScheduleEntry", "backend", "may_import", "task_mod
 
 _KNOWN = {"DATABASE", "ROUTES", "POLL_INTERVAL", "NOTIFY", "HEARTBEAT_INTERVAL",
           "WORKER_TIMEOUT", "TASK_MODULES", "MAX_PAYLOAD", "WORKER_RETENTION", "SCHEDULE",
-          "RATE_LIMITS", "STATS_RETENTION", "PREPARED_STATEMENTS"}
+          "RATE_LIMITS", "STATS_RETENTION", "PREPARED_STATEMENTS", "ASYNCHRONOUS_COMMIT"}
 #: What a SCHEDULE entry may say (Celery's beat_schedule keys, plus ours).
 _SCHEDULE_KEYS = {"task", "schedule", "args", "kwargs", "queue", "priority", "options",
                   "timezone", "catch_up", "enabled"}
@@ -161,6 +161,10 @@ class BackendOptions:
     #: (turn off behind a pooler that cannot keep them: PgBouncer before 1.21 in
     #: transaction mode).
     prepared_statements: bool = True
+    #: PostgreSQL: an enqueue that is its own transaction (autocommit) commits without
+    #: waiting for its WAL to reach the disk. Faster; a crash of PostgreSQL (not a
+    #: restart) can lose the last fraction of a second of such enqueues.
+    asynchronous_commit: bool = False
     #: Seconds between worker heartbeats.
     heartbeat_interval: float = 5.0
     #: Seconds without a heartbeat after which a worker is declared dead and any live
@@ -210,7 +214,8 @@ class BackendOptions:
                     values[attr] = float(value)
                 else:
                     problems.append(f"OPTIONS['{key}'] must be a number of seconds > 0")
-        for key, attr in (("NOTIFY", "notify"), ("PREPARED_STATEMENTS", "prepared_statements")):
+        for key, attr in (("NOTIFY", "notify"), ("PREPARED_STATEMENTS", "prepared_statements"),
+                          ("ASYNCHRONOUS_COMMIT", "asynchronous_commit")):
             if key in options:
                 if isinstance(options[key], bool):
                     values[attr] = options[key]

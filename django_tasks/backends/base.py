@@ -232,6 +232,7 @@ class ModelBackend(Enqueueing, BaseTaskBackend):
         self.database = self.config.database
         self.store = JobStore(alias, self.database, worker_timeout=self.config.worker_timeout)
         self.store.engine.prepared = self.config.prepared_statements
+        self.store.asynchronous_commit = self.config.asynchronous_commit
         self.broker = self.broker_class(self.store, self.broker_class.options_from(self))
         # What the store's follow-ups (a workflow's next step) publish through.
         self.store.republish = self.broker.republish
@@ -353,6 +354,17 @@ class ModelBackend(Enqueueing, BaseTaskBackend):
                     f"{where}: OPTIONS['DATABASE'] is {self.database!r}, which is not in "
                     "DATABASES.",
                     id="django_tasks.E002",
+                )
+            )
+        elif (self.config.asynchronous_commit
+              and not self.store.engine.commits_without_disk_wait):
+            errors.append(
+                checks.Warning(
+                    f"{where}: OPTIONS['ASYNCHRONOUS_COMMIT'] has no effect on "
+                    f"{connections[self.database].display_name}: enqueues commit as they "
+                    "would without it.",
+                    hint="It is for PostgreSQL; remove it, or store jobs on PostgreSQL.",
+                    id="django_tasks.W002",
                 )
             )
         for pattern, queue in self.config.routes.items():

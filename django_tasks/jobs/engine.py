@@ -105,6 +105,9 @@ class Engine(ABC):
 
     #: The database can wake listeners at commit (NOTIFY on insert, LISTEN).
     notifies: bool = False
+    #: A transaction may commit without waiting for the disk (``insert_one``'s
+    #: ``no_disk_wait``; OPTIONS["ASYNCHRONOUS_COMMIT"]).
+    commits_without_disk_wait: bool = False
     #: Statements prepared once per connection where the database has them
     #: (``OPTIONS["PREPARED_STATEMENTS"]``, set by the backend).
     prepared: bool = True
@@ -230,11 +233,14 @@ class Engine(ABC):
 
     # -- statements both databases run as written --------------------------------------
 
-    def insert_one(self, job: NewJob, *, notify: str | None = None) -> bool:
+    def insert_one(self, job: NewJob, *, notify: str | None = None,
+                   no_disk_wait: bool = False) -> bool:
         """INSERT one new job (checked already), in the caller's transaction; False, having
         inserted nothing, if it is unique and an active job holds its key. ``notify``: a
         channel to NOTIFY in the same statement if it was inserted (where the database
-        :attr:`notifies`). Here a batch of one; PostgreSQL has a statement of its own."""
+        :attr:`notifies`). ``no_disk_wait``: the transaction's commit does not wait for
+        the disk, where the database can say so per transaction (PostgreSQL; ignored
+        here). Here a batch of one; PostgreSQL has a statement of its own."""
         inserted = self.insert_many([job], unique=bool(job.unique_key),
                                     channels=() if notify is None else (notify,))
         return inserted is None or job.id in inserted

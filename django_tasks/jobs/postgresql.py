@@ -103,6 +103,11 @@ APPLY_OUTCOMES = (
 
 # -- claiming ------------------------------------------------------------------------------
 
+# A condition that is always true and turns ``synchronous_commit`` off for the
+# statement's transaction alone (an InitPlan: evaluated once, before any row). Its
+# commit then returns without waiting for the WAL to reach the disk; see its uses.
+NO_DISK_WAIT = "(SELECT set_config('synchronous_commit', 'off', true)) <> ''"
+
 # The best ready jobs of some queues (the database broker). Each queue is walked in its
 # own index order and the heads merged (``CROSS JOIN LATERAL``), so a claim reads about
 # LIMIT rows per queue whatever the other queues hold, and the plan needs no planner
@@ -135,7 +140,7 @@ CLAIM_READY = _CLAIM_READY_ROWS + _RETURNING_MESSAGES
 # and the job may run twice; docs/reliability.md lists it in the duplicate window.
 # Nothing is lost: the row is READY again. The round trip that writes starts or
 # outcomes stays synchronous, and flushes this claim's WAL with its own.
-_NO_DISK_WAIT = "AND (SELECT set_config('synchronous_commit', 'off', true)) <> '' "
+_NO_DISK_WAIT = "AND " + NO_DISK_WAIT + " "
 CLAIM_READY_ALONE = _CLAIM_READY_ROWS + _NO_DISK_WAIT + _RETURNING_MESSAGES
 # Jobs by id (a broker that carries ids, such as Redis, chose them): only rows still
 # READY and due change, so a duplicated or stale message claims nothing. The rows are
@@ -256,6 +261,9 @@ INSERT_MANY = _INSERT_FROM.format(rows="unnest(" + ", ".join(
 # parameters psycopg binds as they are (no array literal to build, no unnest to plan).
 INSERT_ONE = _INSERT_FROM.format(rows="(VALUES (" + ", ".join(
     f"%({name})s::{kind}" for name, kind in _NEW_JOB_TYPES) + "))")
+# ... committing without waiting for the disk (OPTIONS["ASYNCHRONOUS_COMMIT"], an enqueue
+# that is its own transaction: docs/reliability.md says what a crash can then lose).
+INSERT_ONE_NO_DISK_WAIT = INSERT_ONE + " WHERE " + NO_DISK_WAIT
 # The ids inserted (a batch with unique jobs: those whose key was held are not).
 INSERTED_IDS = " RETURNING id"
 # The batch and one NOTIFY per channel (the queues of its READY jobs) in one statement,
@@ -300,6 +308,7 @@ class PostgreSQL(Engine):
     reserve_sql = RESERVE_SLOTS
 
     notifies = True
+    commits_without_disk_wait = True
 
     def cursor(self) -> Any:
         """A cursor whose statements are bound and prepared by the server.
@@ -495,9 +504,11 @@ class PostgreSQL(Engine):
 
     # -- waking workers ------------------------------------------------------------------
 
-    def insert_one(self, job: NewJob, *, notify: str | None = None) -> bool:
+    def insert_one(self, job: NewJob, *, notify: str | None = None,
+                   no_disk_wait: bool = False) -> bool:
         unique = bool(job.unique_key)
-        sql = INSERT_ONE + (ON_CONFLICT_UNIQUE if unique else "")
+        sql = (INSERT_ONE_NO_DISK_WAIT if no_disk_wait else INSERT_ONE) + (
+            ON_CONFLICT_UNIQUE if unique else "")
         # INSERT_ONE's placeholders are _NEW_JOB_TYPES' names, which are NewJob's fields.
         params = {name: getattr(job, name) for name, _ in _NEW_JOB_TYPES}
         params.update(backend=self.backend,

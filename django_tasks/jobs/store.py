@@ -124,6 +124,9 @@ class JobStore(Registry, Cancelling, Statistics):
         #: the workers of their queues, once the caller's transaction commits: the
         #: broker's ``republish``, given by the backend that built both.
         self.republish: Callable[[Sequence[str]], None] = republish or _no_broker
+        #: OPTIONS["ASYNCHRONOUS_COMMIT"] (set by the backend): an enqueue that is its own
+        #: transaction commits without waiting for the disk.
+        self.asynchronous_commit = False
 
     @property
     def connection(self) -> Any:
@@ -140,7 +143,15 @@ class JobStore(Registry, Cancelling, Statistics):
         if a row was inserted), where the database :attr:`notifies`. No model instance
         is built (a ``Job`` and its fields' preparation were half an enqueue's Python
         time) and no signal is sent for jobs.
+
+        With :attr:`asynchronous_commit`, an INSERT that is its own transaction (no
+        transaction open, autocommit) commits without waiting for the disk; one in the
+        caller's transaction never changes how that transaction commits.
         """
+        if self.asynchronous_commit:
+            connection = self.connection
+            alone = connection.get_autocommit() and not connection.in_atomic_block
+            return self.engine.insert_one(job, notify=notify, no_disk_wait=alone)
         return self.engine.insert_one(job, notify=notify)
 
     def insert_many(self, jobs: Sequence[NewJob], *, channels: Sequence[str] = (),
