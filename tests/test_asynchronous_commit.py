@@ -12,7 +12,7 @@ from django_tasks.backends.database import DatabaseBackend
 from django_tasks.conf import BackendOptions
 from django_tasks.models import Job
 
-from . import tasks
+from . import tasks, unique_tasks
 
 POSTGRES = connection.vendor == "postgresql"
 postgres_only = pytest.mark.skipif(not POSTGRES, reason="asynchronous commit: PostgreSQL")
@@ -65,6 +65,17 @@ def test_an_enqueue_of_its_own_commits_without_waiting_for_the_disk(asynchronous
     assert [TURNS_IT_OFF in sql for sql in inserts(queries)] == [True]
     assert synchronous_commit() == "on"  # the next transaction waits again
     assert Job.objects.get(pk=result.id).status == "READY"
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_unique_enqueue_of_its_own_keeps_its_key(asynchronous):
+    with CaptureQueriesContext(connection) as queries:
+        first = unique_tasks.unique_add.enqueue(1, 2)
+        again = unique_tasks.unique_add.enqueue(1, 2)
+    assert again.id == first.id  # the second INSERT ... ON CONFLICT inserted nothing
+    assert [TURNS_IT_OFF in sql for sql in inserts(queries)] == [True, True]
+    assert Job.objects.count() == 1
 
 
 @postgres_only
