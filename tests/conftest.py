@@ -275,3 +275,37 @@ def pytest_configure(config):
     from django_tasks.jobs.enqueued import COUNTER
 
     COUNTER.background = False
+    _empty_only_what_was_written()
+
+
+#: Rows ``migrate`` made that a test's teardown keeps: without them Django's ``flush``
+#: re-creates them by its ``post_migrate`` (40 queries after every transactional test).
+_MADE_BY_MIGRATE = {"django_content_type", "auth_permission", "django_migrations"}
+
+
+def _empty_only_what_was_written() -> None:
+    """The teardown of every transactional test (``django_db(transaction=True)``):
+    Django's is ``manage.py flush``, a TRUNCATE of every table and then ``post_migrate``
+    re-creating content types and permissions: 167-203 ms a test on PostgreSQL, 108 s
+    of a 614 s PostgreSQL session. This empties only the tables that hold rows, keeps
+    what migrate made (no test writes those), and leaves every table empty as before."""
+    from django.core.management.color import no_style
+    from django.db import connections
+    from django.test import TransactionTestCase
+
+    def fixture_teardown(self: TransactionTestCase) -> None:
+        for alias in self._databases_names(include_mirrors=False):
+            connection = connections[alias]
+            quote = connection.ops.quote_name
+            tables = sorted(set(connection.introspection.django_table_names(
+                only_existing=True, include_views=False)) - _MADE_BY_MIGRATE)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT " + ", ".join(
+                    f"EXISTS (SELECT 1 FROM {quote(t)})" for t in tables))
+                written = [t for t, rows in zip(tables, cursor.fetchone(), strict=True)
+                           if rows]
+            if written:  # CASCADE: a table that references one of them, empty or not
+                connection.ops.execute_sql_flush(connection.ops.sql_flush(
+                    no_style(), written, allow_cascade=True))
+
+    TransactionTestCase._fixture_teardown = fixture_teardown
