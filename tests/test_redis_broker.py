@@ -255,6 +255,124 @@ def test_no_keys_are_left_behind_by_a_worker_that_drained_its_queue():
     assert left <= {"epoch"}, left
 
 
+# -- an idle worker waits in Redis for its next job (wakeup.py) ------------------------------
+
+
+def readable(source, timeout):
+    import select
+
+    return select.select([source], [], [], timeout)[0] == [source]
+
+
+def blocked_pops():
+    """Connections blocked in Redis (a BZPOPMIN waiting for a job)."""
+    return [c for c in client().client_list() if "b" in c["flags"]]
+
+
+def test_an_armed_wake_source_takes_the_next_job_and_the_claim_needs_no_pop():
+    broker = backend().broker
+    source = broker.wake_source(["emails", "default"])
+    try:
+        source.arm("w")
+        assert wait_for(lambda: len(blocked_pops()) == 1, timeout=5)
+        first = tasks.add.enqueue(1, 1)
+        assert readable(source, 5)
+        assert source.drain() == 1
+        second = tasks.add.enqueue(2, 2)  # armed for one job: this one stays queued
+        assert queued(second.id) and not queued(first.id)
+        assert wait_for(lambda: client().hget(key("held", "w"), str(first.id)) is not None)
+        assert client().sismember(key("holders"), "w")
+        # The claim takes the id handed over, and pops nothing more (the job waiting
+        # for the worker starts a round trip sooner; the next claim pops the rest).
+        assert [m.id for m in broker.claim("w", "L", ["default"], 10)] == [first.id]
+        assert queued(second.id)
+        assert [m.id for m in broker.claim("w", "L", ["default"], 10)] == [second.id]
+    finally:
+        source.close()
+
+
+def test_of_two_idle_workers_only_one_takes_a_job():
+    broker = backend().broker
+    sources = [broker.wake_source(["default"]) for _ in range(2)]
+    try:
+        for n, source in enumerate(sources):
+            source.arm(f"w{n}")
+        assert wait_for(lambda: len(blocked_pops()) == 2, timeout=5)
+        result = tasks.add.enqueue(1, 1)
+        assert wait_for(lambda: len(blocked_pops()) == 1, timeout=5)
+        woken = [s for s in sources if readable(s, 0.2)]
+        assert len(woken) == 1
+        assert list(broker._handed) == [result.id]
+    finally:
+        for source in sources:
+            source.close()
+
+
+def test_a_wake_source_not_armed_or_disarmed_takes_nothing():
+    broker = backend().broker
+    source = broker.wake_source(["default"])
+    try:
+        early = tasks.add.enqueue(1, 1)
+        assert not readable(source, 0.3) and queued(early.id)  # never armed
+        source.arm("w")
+        assert readable(source, 5) and not queued(early.id)
+        source.drain()
+        source.arm("w")
+        assert wait_for(lambda: len(blocked_pops()) == 1, timeout=5)
+        source.disarm()  # returns once the pop in flight has ended
+        assert blocked_pops() == []
+        late = tasks.add.enqueue(2, 2)
+        assert not readable(source, 0.3) and queued(late.id)
+    finally:
+        source.close()
+    assert blocked_pops() == []
+
+
+def test_a_job_popped_once_the_worker_stopped_wanting_it_goes_back_as_it_was():
+    from datetime import timedelta
+
+    from django_tasks.backends.base import epoch_ms
+
+    broker = backend().broker
+    due = timezone.now() - timedelta(seconds=1)
+    source = broker.wake_source(["default"])
+    try:
+        source.arm("w")
+        assert wait_for(lambda: len(blocked_pops()) == 1, timeout=5)
+        # The worker stops wanting jobs while the pop is blocked, and a job arrives
+        # before the pop ends (what disarm() does first, without ending the pop).
+        with source._cond:
+            source._holder = None
+        result = tasks.add.using(priority=7, run_after=due).enqueue(1, 1)
+        assert wait_for(lambda: queued(result.id) and not blocked_pops(), timeout=5)
+        assert not readable(source, 0.3) and not broker._handed
+        assert client().hlen(key("held", "w")) == 0
+    finally:
+        source.close()
+    # Its score as published: priority, then due time.
+    expected = (100 - 7) * 2**42 + epoch_ms(due)
+    assert client().zscore(key("q", "default"), str(result.id)) == expected
+
+
+def test_an_idle_worker_starts_a_job_that_another_worker_made_due():
+    """Due delayed jobs are moved into their queue by whichever worker pops next: the
+    move hands them to a worker waiting in Redis, as a publish does."""
+    from datetime import timedelta
+
+    broker = backend().broker
+    source = broker.wake_source(["default"])
+    try:
+        result = tasks.add.using(run_after=timedelta(minutes=5)).enqueue(1, 1)
+        source.arm("w")
+        assert wait_for(lambda: len(blocked_pops()) == 1, timeout=5)
+        later = timezone.now() + timedelta(minutes=6)
+        assert broker.claim("other", "L", ["emails"], 1, now=later) == []  # moves it
+        assert readable(source, 5)
+        assert list(broker._handed) == [result.id]
+    finally:
+        source.close()
+
+
 # -- configuration and operator messages ---------------------------------------------------
 
 
@@ -409,21 +527,20 @@ def test_client_kill_under_load_and_while_idle_the_worker_resumes(private_redis,
     log = tmp_path / "runs"
     admin = private_redis.client()
     # A 60 s poll: a job picked up within seconds after the kill proves the wake-up
-    # subscription came back.
+    # connection (blocked in BZPOPMIN while the worker is idle) came back.
     proc = start_worker("-c", "2", "--loglevel", "WARNING",
                         env={"DJANGO_TASKS_TEST_POLL_INTERVAL": "60"})
     try:
         results = [rt.record.enqueue(str(log)) for _ in range(400)]
         assert wait_for(lambda: len(runs(log)) >= 50, timeout=30)
-        killed = admin.client_kill_filter(_type="normal", skipme=True)
-        killed += admin.client_kill_filter(_type="pubsub", skipme=True)
-        assert killed >= 2
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 2
         done = Job.objects.filter(pk__in=[r.id for r in results], status="SUCCESSFUL")
         assert wait_for(lambda: done.count() == 400, timeout=60)
-        # Idle now: kill its connections again, then a new job must start within 10 s.
-        time.sleep(0.5)
-        assert admin.client_kill_filter(_type="pubsub", skipme=True) >= 1
-        admin.client_kill_filter(_type="normal", skipme=True)
+        # Idle now, waiting in Redis for its next job: kill its connections again, then a
+        # new job must start within 10 s.
+        assert wait_for(lambda: any(c["cmd"] == "bzpopmin" for c in admin.client_list()),
+                        timeout=10)
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
         time.sleep(0.5)
         started = time.monotonic()
         later = rt.record.enqueue(str(log))

@@ -183,7 +183,13 @@ class Broker(ABC):
 
     def wake_source(self, queues: Sequence[str]) -> Any | None:
         """A waitable (``fileno()``, ``drain()``, ``close()``) that becomes readable when
-        jobs of ``queues`` are published, or None: the worker polls."""
+        jobs of ``queues`` are published, or None: the worker polls.
+
+        A source that takes jobs itself (the Redis broker's) also has ``arm(holder)``,
+        called before the worker sleeps with room for jobs and none in sight (it then
+        becomes readable once it took one, for ``holder``), and ``disarm()``, called
+        when the worker stops claiming (it returns once what it took meanwhile was
+        handed over or given back)."""
         return None
 
     def configure_consumer(self, capacity: int) -> None:

@@ -245,6 +245,7 @@ class BrokerThread:
         except BaseException:
             worker.bug_in("broker")
         finally:
+            self._disarm()
             connections.close_all()
 
     def _space_out(self) -> None:
@@ -300,6 +301,9 @@ class BrokerThread:
         timeout = worker.poll_interval
         if self.listener is not None:
             waitables.append(self.listener)
+            arm = getattr(self.listener, "arm", None)  # a source that takes jobs itself
+            if arm is not None and worker.phase is Phase.RUNNING and worker.ledger.has_room():
+                arm(worker.ledger.holder)
         elif self.listens:
             timeout = min(timeout, 1.0)  # the wake-up channel is to be reopened soon
         ready = self._waiter.wait(waitables, timeout)
@@ -344,6 +348,16 @@ class BrokerThread:
         # Jobs published while it was down woke nobody: ask once, rather than sleep
         # until the poll timer.
         self.worker.ledger.expect_jobs()
+
+    def _disarm(self) -> None:
+        """No more claims: a wake-up channel that takes jobs itself takes no more (what
+        it took meanwhile is handed over, for the give-back, or put back)."""
+        disarm = getattr(self.listener, "disarm", None)
+        if disarm is not None:
+            try:
+                disarm()
+            except Exception as exc:  # Redis unreachable: the pop in flight fails too
+                logger.debug("Wake-up channel not disarmed: %s", exc)
 
     def reset(self) -> None:
         """Drop this thread's connections and the wake-up channel; the next pass

@@ -324,6 +324,11 @@ class Ledger:
             # poll timer: an empty answer then means the queue is drained.
             return burst and not (self._buffer or self._running) and not self._drained
 
+    def has_room(self) -> bool:
+        """Room to claim jobs into (the worker is claiming)."""
+        with self._lock:
+            return self._room(True) > 0
+
     def expect_jobs(self) -> None:
         """Woken by the broker or the poll timer: worth asking for jobs again."""
         with self._lock:

@@ -10,8 +10,8 @@ memory. Redis holds only *which* job runs next: the row's id in a sorted set.
 How a job travels
 -----------------
 1. ``enqueue`` INSERTs the row in the caller's transaction; once that commits (at once
-   in autocommit), one script call adds the id to its queue (or to the delayed set)
-   and wakes the workers serving the queue. A rollback publishes nothing, and neither
+   in autocommit), one script call adds the id to its queue (or to the delayed set).
+   A rollback publishes nothing, and neither
    does a unique job whose key another job holds (no row was inserted). The enqueue
    does not wait for Redis's reply (``publisher.py``): a failed publish cannot
    fail it, the row being committed, and is logged and left to the reconciler.
@@ -21,7 +21,9 @@ How a job travels
    writes outcomes and claims the popped ids (``ByIds``) under a fresh lease where the
    rows are still READY and due, in one SQL statement on PostgreSQL. The database
    decides: a duplicated or stale message claims nothing and is dropped, so no job runs
-   twice.
+   twice. An idle worker (room for jobs, none in sight) waits in Redis instead: it
+   blocks in ``BZPOPMIN`` on its queues, so the publish hands the id to one such
+   worker, which claims it without a pop of its own (``wakeup.py``).
 3. A live worker keeps what it holds however long the jobs run (no visibility
    timeout). A dead worker's jobs are rescued from the rows like with any broker, and
    its held hash is put back into the queues (:meth:`RedisBroker.recover`).
@@ -49,7 +51,8 @@ jobs unless they share the database too.
 ``P:delayed``              zset    Jobs not due yet: member ``<rank>|<id>|<queue>``,
                                    score = due time in ms. Moved into ``P:q:*`` by
                                    workers' pops once due (Redis's clock).
-``P:held:<worker>``        hash    Jobs a worker popped: field = job id, value =
+``P:held:<worker>``        hash    Jobs a worker popped (or its idle wait did):
+                                   field = job id, value =
                                    ``<score>|<queue>`` (to put it back). Fields are
                                    removed once the outcome is written (next round
                                    trip), given back or recovered; the key is deleted
@@ -59,8 +62,6 @@ jobs unless they share the database too.
 ``P:epoch``                string  Set once everything READY in the database was
                                    published; its absence triggers a full republish.
 ``P:reconciling``          string  Lock (60 s expiry) of the worker republishing.
-``P:wake:<queue>``         pubsub  Channel, not a key: a message wakes idle workers
-                                   that serve ``<queue>``.
 =========================  ======  ===============================================
 
 Nothing else is written, and nothing grows without bound: ids leave the queues when
@@ -73,6 +74,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -188,6 +190,9 @@ class RedisBroker(Broker):
         # Popped ids the last claim left READY (per worker): missed again, they wait.
         self._missed: dict[str, set[str]] = {}
         self._absent: set[str] = set()  # head rows absent from Redis at the last reconcile
+        # Ids an armed wake source popped for this process's worker (wakeup.py): the
+        # next claim takes them instead of popping.
+        self._handed: deque[str] = deque()
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -340,9 +345,16 @@ class RedisBroker(Broker):
 
     def _pop(self, worker_id: str, queues: Sequence[str], limit: int,
              now: datetime | None) -> list[str]:
-        """Ids popped into ``worker_id``'s held hash, after earlier pops never claimed."""
-        acks = self._acks.pop(worker_id, [])
+        """Ids popped into ``worker_id``'s held hash, after earlier pops never claimed;
+        those the wake source handed over, if any, without a pop (the job waiting for
+        the worker is the one to start at once: popping more would delay it by a round
+        trip, and the next round trip pops them)."""
         ids = self._popped.setdefault(worker_id, [])
+        if self._handed:
+            while self._handed:
+                ids.append(self._handed.popleft())
+            return list(ids)
+        acks = self._acks.pop(worker_id, [])
         limit -= len(ids)
         try:
             popped = self._eval(POP_LUA, [
@@ -524,7 +536,19 @@ class RedisBroker(Broker):
     def wake_source(self, queues: Sequence[str]) -> RedisWakeSource | None:
         if not queues:
             return None
-        return RedisWakeSource(self.client, [self.key("wake", q) for q in queues])
+        head = len(self.key("q", ""))
+        return RedisWakeSource(self.client, [self.key("q", q) for q in queues],
+                               lambda key: key[head:], self._handed.append, self._hold)
+
+    def _hold(self, conn: Any, holder: str, job_id: str, score: int, queue: str) -> None:
+        """Record an id the wake source popped in ``holder``'s held hash, as POP_LUA
+        records those it pops (on the wake source's connection ``conn``)."""
+        conn.send_packed_command(conn.pack_commands([
+            ("HSET", self.key("held", holder), job_id, f"{score}|{queue}"),
+            ("SADD", self.key("holders"), holder),
+        ]))
+        conn.read_response()
+        conn.read_response()
 
     def status(self) -> list[str]:
         """What Redis holds: ids per queue, delayed, held by workers, and whether it

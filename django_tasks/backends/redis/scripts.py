@@ -3,6 +3,9 @@
 
 Scripts take the key prefix as ``ARGV[1]`` and build key names from it (no ``KEYS``:
 the broker does not support Redis Cluster, whose slots would need them).
+
+No script wakes workers: an idle worker blocks in ``BZPOPMIN`` on its queues
+(``wakeup.py``), and the ``ZADD`` that adds an id to a queue hands it to one of them.
 """
 
 __all__ = ["ABSENT_LUA", "GIVE_BACK_LUA", "POP_LUA", "PUBLISH_LUA"]
@@ -20,18 +23,15 @@ local K = 4398046511104  -- 2^42: ms since 1970 stay below it until the year 210
 PUBLISH_LUA = _NOW + """
 local p = ARGV[1]
 local now = now_ms(ARGV[2])
-local woken = {}
 for i = 3, #ARGV, 4 do
   local rank, due, q, id = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
   if due == 0 then due = now end
   if due <= now then
     redis.call('ZADD', p .. ':q:' .. q, rank * K + due, id)
-    woken[q] = true
   else
     redis.call('ZADD', p .. ':delayed', due, rank .. '|' .. id .. '|' .. q)
   end
 end
-for q in pairs(woken) do redis.call('PUBLISH', p .. ':wake:' .. q, '') end
 return 0
 """
 # ARGV: prefix, worker, limit, now (0 = Redis's clock), n queues, queues..., acks...
@@ -46,14 +46,11 @@ local held = p .. ':held:' .. worker
 for i = 6 + nq, #ARGV do redis.call('HDEL', held, ARGV[i]) end
 local delayed = p .. ':delayed'
 local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
-local woken = {}
 for i = 1, #due, 2 do
   local rank, id, q = string.match(due[i], '^(%d+)|([^|]+)|(.*)$')
   redis.call('ZADD', p .. ':q:' .. q, tonumber(rank) * K + tonumber(due[i + 1]), id)
   redis.call('ZREM', delayed, due[i])
-  woken[q] = true
 end
-for q in pairs(woken) do redis.call('PUBLISH', p .. ':wake:' .. q, '') end
 if limit <= 0 then return {} end
 local cands = {}
 for i = 1, nq do
@@ -80,17 +77,14 @@ return out
 # ARGV: prefix, worker, ids...: held jobs back into their queues, as they were.
 GIVE_BACK_LUA = """
 local p, held = ARGV[1], ARGV[1] .. ':held:' .. ARGV[2]
-local woken = {}
 for i = 3, #ARGV do
   local v = redis.call('HGET', held, ARGV[i])
   if v then
     local score, q = string.match(v, '^(%d+)|(.*)$')
     redis.call('ZADD', p .. ':q:' .. q, score, ARGV[i])
     redis.call('HDEL', held, ARGV[i])
-    woken[q] = true
   end
 end
-for q in pairs(woken) do redis.call('PUBLISH', p .. ':wake:' .. q, '') end
 return 0
 """
 # ARGV: prefix, then (rank, queue, id) * n: the ids in neither their queue nor the
