@@ -354,6 +354,33 @@ def test_a_job_popped_once_the_worker_stopped_wanting_it_goes_back_as_it_was():
     assert client().zscore(key("q", "default"), str(result.id)) == expected
 
 
+def test_a_worker_whose_slots_are_busy_leaves_the_next_job_to_an_idle_one():
+    """A worker waits in Redis only with a free slot: with its one slot busy it has room
+    in its buffer, but a job it took would wait there while another worker stood idle."""
+    # A 60 s poll: only the wait in Redis can start the job within the long job's run.
+    env = {"DJANGO_TASKS_TEST_POLL_INTERVAL": "60"}
+    busy = start_worker("-c", "1", "--worker-id", "busy", env=env)
+    idle = None
+    try:
+        long = tasks.sleep_then_return.enqueue(8)
+        assert wait_for(lambda: Job.objects.get(pk=long.id).status == "RUNNING", timeout=30)
+        idle = start_worker("-c", "1", "--worker-id", "idle", env=env)
+        assert wait_for(lambda: Worker.objects.filter(id="idle", stopped_at=None).exists(),
+                        timeout=30)
+        assert wait_for(lambda: len(blocked_pops()) == 1, timeout=10)  # the idle one's
+        quick = tasks.add.enqueue(1, 1)
+        assert wait_for(lambda: Job.objects.get(pk=quick.id).status == "SUCCESSFUL",
+                        timeout=6)
+        assert Job.objects.get(pk=quick.id).worker_ids == ["idle"]
+        assert Job.objects.get(pk=long.id).status == "RUNNING"
+    finally:
+        for proc in (busy, idle):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=60)[0] for p in (busy, idle) if p is not None]
+    assert [p.returncode for p in (busy, idle)] == [0, 0], outs
+
+
 def test_an_idle_worker_starts_a_job_that_another_worker_made_due():
     """Due delayed jobs are moved into their queue by whichever worker pops next: the
     move hands them to a worker waiting in Redis, as a publish does."""

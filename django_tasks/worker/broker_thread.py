@@ -301,8 +301,11 @@ class BrokerThread:
         timeout = worker.poll_interval
         if self.listener is not None:
             waitables.append(self.listener)
-            arm = getattr(self.listener, "arm", None)  # a source that takes jobs itself
-            if arm is not None and worker.phase is Phase.RUNNING and worker.ledger.has_room():
+            # A source that takes jobs itself, only for a slot that would start it at once
+            # (not for the buffer: an idle worker elsewhere would wait while it did).
+            arm = getattr(self.listener, "arm", None)
+            if (arm is not None and worker.phase is Phase.RUNNING
+                    and worker.ledger.has_free_slot()):
                 arm(worker.ledger.holder)
         elif self.listens:
             timeout = min(timeout, 1.0)  # the wake-up channel is to be reopened soon

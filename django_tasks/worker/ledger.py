@@ -324,10 +324,12 @@ class Ledger:
             # poll timer: an empty answer then means the queue is drained.
             return burst and not (self._buffer or self._running) and not self._drained
 
-    def has_room(self) -> bool:
-        """Room to claim jobs into (the worker is claiming)."""
+    def has_free_slot(self) -> bool:
+        """A slot neither running nor promised to a buffered job, and room to claim (the
+        worker is claiming): a job claimed now would start at once."""
         with self._lock:
-            return self._room(True) > 0
+            return (len(self._buffer) + len(self._running) < self.concurrency
+                    and self._room(True) > 0)
 
     def expect_jobs(self) -> None:
         """Woken by the broker or the poll timer: worth asking for jobs again."""
