@@ -159,6 +159,34 @@ def test_a_workers_round_trips_are_counted_by_the_worker_one_row_per_key(broker)
     assert not worker.tally
 
 
+def test_an_idle_worker_adds_its_counts_once_an_interval_not_once_a_job(monkeypatch):
+    """Jobs arriving one at a time leave the worker idle after each: it adds the counts
+    of the first at once, then at most once every STATISTICS_INTERVAL, its sleep ending
+    by then to add them (not a transaction a job)."""
+    import time
+
+    from django_tasks.worker import broker_thread
+
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(broker_thread, "time",
+                        SimpleNamespace(monotonic=lambda: clock.now, sleep=time.sleep))
+    worker = TaskWorker(pool="inline", concurrency=1, worker_id="w")
+    done = lambda: totals("tests.tasks.add", "SUCCESSFUL")["n"]  # noqa: E731
+    tasks.add.enqueue(1, 1)
+    worker.run_once()
+    worker.run_once()
+    assert done() == 1 and not worker.tally  # the first: at once
+    for i in range(3):
+        clock.now += 0.2
+        tasks.add.enqueue(i, i)
+        worker.run_once()
+        worker.run_once()
+    assert done() == 1 and worker.tally  # within the interval: kept
+    clock.now += broker_thread.STATISTICS_INTERVAL - 0.6
+    worker.broker_thread._sleep()  # idle: sleeps no later than the interval's end
+    assert done() == 4 and not worker.tally
+
+
 def test_outcomes_written_outside_a_round_trip_count_in_their_transaction():
     store = default_task_backend.store
     messages = _claimed(3)

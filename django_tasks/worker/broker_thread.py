@@ -40,7 +40,7 @@ logger = logging.getLogger("django_tasks.worker")
 
 __all__ = ["ROUND_TRIP_SPACING", "STATISTICS_INTERVAL", "BrokerThread", "reset_connections"]
 
-#: A busy worker adds the statistics of the outcomes it wrote this often (seconds).
+#: A worker adds the statistics of the outcomes it wrote at most this often (seconds).
 STATISTICS_INTERVAL = 1.0
 #: While the buffer holds a job for every slot (Ledger.stocked_for), round trips start
 #: at least this many seconds apart, and then wait until it runs low or the starts
@@ -128,8 +128,7 @@ class BrokerThread:
             worker.wake_main.poke()
         if done.stale:
             self._log_stale(done.stale)
-        if worker.tally and ((batch.held == 0 and not jobs)
-                             or time.monotonic() >= self._count_at):
+        if worker.tally and time.monotonic() >= self._count_at:
             self.add_statistics()
         return len(jobs)
 
@@ -152,11 +151,14 @@ class BrokerThread:
 
     def add_statistics(self) -> None:
         """Add what the worker's round trips wrote to the statistics table: at most
-        every ``STATISTICS_INTERVAL`` seconds while busy, at once when idle. Not in the
-        round trip's own statement: counting there cost PostgreSQL ~100 us per job
-        (benchmarks/README.md); this way it is one small transaction a second. A
-        kill -9 loses what was not added yet (at most that second's counts). If it
-        fails, the counts wait for the next round trip (``JobStore.add_statistics``)."""
+        every ``STATISTICS_INTERVAL`` seconds, busy or idle (an idle worker's sleep ends
+        by then to add them). Not in the round trip's own statement: counting there cost
+        PostgreSQL ~100 us per job (benchmarks/README.md); this way it is one small
+        transaction a second. Added at once whenever the worker fell idle, jobs arriving
+        one at a time cost a transaction each: a third of the worker's CPU per job
+        (docs/performance.md, the eleventh round). A kill -9 loses what was not added
+        yet (at most that second's counts). If it fails, the counts wait for the next
+        round trip (``JobStore.add_statistics``)."""
         self._count_at = time.monotonic() + STATISTICS_INTERVAL
         try:
             self.worker.store.add_statistics(self.worker.tally)
@@ -309,14 +311,20 @@ class BrokerThread:
                 arm(worker.ledger.holder)
         elif self.listens:
             timeout = min(timeout, 1.0)  # the wake-up channel is to be reopened soon
+        # Counts to add: by STATISTICS_INTERVAL after the last time (not a poll).
+        counting = bool(worker.tally) and self._count_at - time.monotonic() < timeout
+        if counting:
+            timeout = max(0.0, self._count_at - time.monotonic())
         ready = self._waiter.wait(waitables, timeout)
+        if worker.tally and time.monotonic() >= self._count_at:
+            self.add_statistics()
         if worker.wake_broker.r in ready:
             worker.wake_broker.drain()
         heard = self.listener is not None and self.listener.fileno() in ready
         if heard:
             self.listener.drain()  # raises when the LISTEN connection was dropped
         # Woken by the broker or the poll timer: worth asking for jobs again.
-        if not ready or heard:
+        if (not ready and not counting) or heard:
             worker.ledger.expect_jobs()
 
     # -- the wake-up channel --------------------------------------------------------------------

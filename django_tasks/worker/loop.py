@@ -298,6 +298,8 @@ class TaskWorker:
         while True:
             self.run_once(now)
             if self.ledger.idle() and not self.pool.running():
+                if self.tally:  # a running worker's sleep would add them within a second
+                    self.broker_thread.add_statistics()
                 return self.completed - done
 
     # -- the phases ---------------------------------------------------------------------
