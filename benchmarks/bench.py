@@ -220,11 +220,19 @@ def measure_startup(fig: Figure, broker: str) -> str:
     return f"worker {used.worker:.2f} s, PostgreSQL {used.postgres:.2f} s CPU"
 
 
-def measure_latency(p50: Figure, p99: Figure) -> str:
-    got = tp.latency_run()
+def measure_latency(p50: Figure, p99: Figure, broker: str) -> str:
+    """The latency run; its CPU per job (jobs one at a time, each waking an idle worker)
+    beside the p50: the worker tree, PostgreSQL less the benchmark's own polling
+    backend, the broker's server."""
+    server = server_reader(broker)
+    got = tp.latency_run(lambda pid: cpu.tree_reading(pid, server))
     p50.runs.append(got[0] if got else None)
     p99.runs.append(got[1] if got else None)
-    return f"p50 {tp.fmt(p50.runs[-1], 'ms')}, p99 {tp.fmt(p99.runs[-1], 'ms')}"
+    said = f"p50 {tp.fmt(p50.runs[-1], 'ms')}, p99 {tp.fmt(p99.runs[-1], 'ms')}"
+    if got:
+        p50.cpus.append(got[2].per_job(tp.LATENCY_JOBS))
+        said += f", {sum(p50.cpus[-1]):,.0f} µs/job"
+    return said
 
 
 # -- Celery ------------------------------------------------------------------------------
@@ -468,7 +476,7 @@ def run(args: argparse.Namespace, sizes: Sizes) -> list[tuple[Figure, dict]]:
                 say(f"{broker} latency: " + measure_latency(
                     fig(broker, "p50", "latency enqueue->start p50", "ms",
                         Target("<=", 1.5, "ms")),
-                    fig(broker, "p99", "latency enqueue->start p99", "ms")))
+                    fig(broker, "p99", "latency enqueue->start p99", "ms"), broker))
         if celery:
             say("celery, results in Redis: " + measure_celery(
                 fig("celery+redis", "enqueue", "enqueue, .delay()", "jobs/s"),
@@ -532,7 +540,7 @@ def assemble(figs: dict[tuple[str, str], Figure], brokers: Sequence[str]
                     f"{broker}: PostgreSQL CPU per job, {k} workers / 1", many, one,
                     Target("<=", 1.3, "x") if k == 4 else None,
                     lambda f: f.cpu().postgres), plain))
-        add("p50")
+        add("p50", on_server)  # its CPU: per job of the run, jobs one at a time
         add("p99")
     celery = {"postgres": False}
     for key in ("enqueue", "drain", "drain results"):

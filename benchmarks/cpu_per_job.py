@@ -32,7 +32,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import NamedTuple
 
@@ -131,15 +131,16 @@ def postmaster_pid() -> int:
 POSTGRES_SCOPE = "database"
 
 
-def postgres_cpu() -> float:
+def postgres_cpu(exclude: Collection[int] = ()) -> float:
     """Seconds of CPU used so far by PostgreSQL for the benchmark database
     (:data:`POSTGRES_SCOPE`): its own backends, those that exited included
     (:class:`DatabaseCpu`), or the whole cluster (the postmaster and every child,
     reaped backends included, and the background processes: other databases of that
-    cluster count too)."""
+    cluster count too); less the live backends ``exclude`` (the benchmark's own)."""
     if POSTGRES_SCOPE == "cluster":
-        return process_tree_cpu(postmaster_pid())
-    return database_cpu().seconds()
+        left = sum(_runtime(str(pid)) or 0 for pid in exclude) / 1e9
+        return process_tree_cpu(postmaster_pid()) - left
+    return database_cpu().seconds(exclude)
 
 
 def _runtime(pid: str) -> int | None:
@@ -231,11 +232,14 @@ class DatabaseCpu:
             time.sleep(self.interval)
             self.sample()
 
-    def seconds(self) -> float:
-        """CPU seconds of the database's processes since this object was made."""
+    def seconds(self, exclude: Collection[int] = ()) -> float:
+        """CPU seconds of the database's processes since this object was made, but
+        those of the pids ``exclude``."""
         self.sample()
+        skip = {str(pid) for pid in exclude}
         with self._lock:
-            return sum(last - first for first, last in self._seen.values()) / 1e9
+            return sum(last - first for (pid, _), (first, last) in self._seen.items()
+                       if pid not in skip) / 1e9
 
     def backends(self) -> set[int]:
         """The pids of the live processes counted (for the check at start)."""
@@ -304,6 +308,22 @@ def self_cpu() -> float:
 def reading(server: Callable[[], float], client: Callable[[], float] = children_cpu) -> Cpu:
     """CPU seconds so far of the client, PostgreSQL and ``server``."""
     return Cpu(client(), postgres_cpu(), server())
+
+
+def own_backend() -> int:
+    """The pid of this process's PostgreSQL backend (Django's default connection)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def tree_reading(root: int, server: Callable[[], float]) -> Cpu:
+    """CPU seconds so far of the process tree ``root`` (a running worker and its
+    children), PostgreSQL less this process's own backend (a benchmark polling for its
+    jobs), and ``server``."""
+    return Cpu(process_tree_cpu(root), postgres_cpu(exclude=[own_backend()]), server())
 
 
 def settle() -> None:

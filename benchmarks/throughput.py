@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/django_tasks_bench"
@@ -310,13 +311,16 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
-def latency_run() -> tuple[float, float] | None:
-    """(p50 ms, p99 ms) of enqueue-to-start over LATENCY_JOBS sequential jobs, or None."""
+def latency_run(reading: Callable[[int], Any] | None = None
+                ) -> tuple[float, float, Any] | None:
+    """(p50 ms, p99 ms, CPU) of enqueue-to-start over LATENCY_JOBS sequential jobs, or
+    None. ``reading(worker_pid)``: a CPU reading (readings subtract), taken before and
+    after those jobs; CPU is their difference (None without ``reading``)."""
     truncate()
     with tempfile.TemporaryFile(mode="w+") as log:
         proc = subprocess.Popen(WORKER, cwd=REPO, env=os.environ.copy(), stdout=log, stderr=log)
         try:
-            return _measure_latency(proc)
+            return _measure_latency(proc, reading)
         except Exception as exc:
             print(f"  latency run failed: {exc!r}")
             return None
@@ -336,7 +340,8 @@ def latency_run() -> tuple[float, float] | None:
                     print("    " + output.replace("\n", "\n    "))
 
 
-def _measure_latency(proc: subprocess.Popen) -> tuple[float, float]:
+def _measure_latency(proc: subprocess.Popen, reading: Callable[[int], Any] | None
+                     ) -> tuple[float, float, Any]:
     import uuid
 
     from benchmarks.bench_tasks import noop
@@ -351,15 +356,17 @@ def _measure_latency(proc: subprocess.Popen) -> tuple[float, float]:
     for _ in range(3):
         wait_finished(uuid.UUID(noop.enqueue().id), timeout=30)
     ids = []
+    before = reading(proc.pid) if reading else None
     for _ in range(LATENCY_JOBS):
         job_id = uuid.UUID(noop.enqueue().id)
         status = wait_finished(job_id)
         if status != "SUCCESSFUL":
             raise RuntimeError(f"job {job_id} ended {status}")
         ids.append(job_id)
+    used = reading(proc.pid) - before if reading else None
     rows = Job.objects.filter(pk__in=ids).values_list("enqueued_at", "started_at")
     latencies = [(s - e).total_seconds() * 1000 for e, s in rows]
-    return percentile(latencies, 50), percentile(latencies, 99)
+    return percentile(latencies, 50), percentile(latencies, 99), used
 
 
 def fmt(value: float | None, unit: str) -> str:
@@ -430,7 +437,7 @@ def main() -> None:
         for broker in brokers:
             use_broker(broker, args.redis_url, args.rabbitmq_url)
             lat = latency_run()
-            p50, p99 = lat if lat else (None, None)
+            p50, p99, _ = lat if lat else (None, None, None)
             results.setdefault((broker, "latency p50"), []).append(p50)
             results.setdefault((broker, "latency p99"), []).append(p99)
             print(f"latency run {i}/{r} {broker}: p50 {fmt(p50, 'ms')}, p99 {fmt(p99, 'ms')}")
