@@ -334,7 +334,10 @@ def test_progress_is_visible_at_once_while_the_task_holds_a_transaction_open(tmp
         result.refresh()
         assert result.progress["current"] == 1 and result.progress["total"] == 3
         assert result.progress["message"] == "inside a transaction"
-        assert result.status == TaskResultStatus.RUNNING
+        # Its start is written within START_RECORD_LAG (an idle worker waits that long
+        # for the outcome to carry it); the task is still inside its transaction.
+        assert wait_for(lambda: (result.refresh(), result.status)[1]
+                        == TaskResultStatus.RUNNING, timeout=5)
         (tmp_path / "runs.go").touch()
         assert result.get(timeout=10) == "done"
     finally:

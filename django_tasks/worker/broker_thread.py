@@ -261,7 +261,10 @@ class BrokerThread:
         the dispatcher then seldom has to hold a start back for them
         (it does when a round trip takes longer than usual), and the duplicate window of
         docs/reliability.md is unchanged. It goes at once when the buffer is low, or the
-        worker is stopping.
+        worker is stopping, but for a worker with no job in sight and only starts to
+        write (jobs arriving one at a time): that one waits, until the same bound, for
+        whatever comes first of an outcome (which records the start too), a new job and
+        a wake-up (``Ledger.only_starts``).
 
         A fixed 4 ms made the round trips of workers sharing the CPU (4 workers on 2
         cores) carry 6 jobs each instead of 16: PostgreSQL's CPU per job, most of it per
@@ -277,6 +280,16 @@ class BrokerThread:
         soonest = self._last_trip + ROUND_TRIP_SPACING
         latest = self._last_trip + max(ROUND_TRIP_SPACING,
                                        START_RECORD_LAG - self._trip_time - 0.001)
+        if worker.phase is Phase.RUNNING and ledger.only_starts() and latest > now:
+            # Nothing to claim (no job in sight) and only starts to write: wait for the
+            # outcome, which carries the start too, a new job, or the lag's end. A job
+            # arriving alone then costs two round trips (claim, outcome), not three.
+            # The main thread's wake-up for the starts is spent first; an outcome added
+            # before this drain is seen by the second look, one added after pokes again.
+            worker.wake_broker.drain()
+            if ledger.only_starts():
+                self._sleep(until=latest)
+            now = time.monotonic()
         while worker.phase is Phase.RUNNING:
             lasts = ledger.stocked_for()
             if lasts <= 0.0:
@@ -296,11 +309,14 @@ class BrokerThread:
         return worker.ledger.worth_a_round_trip(claiming=worker.phase is Phase.RUNNING,
                                                 burst=worker.burst)
 
-    def _sleep(self) -> None:
-        """Wait for the main thread, a wake-up from the broker or the poll timer."""
+    def _sleep(self, until: float | None = None) -> None:
+        """Wait for the main thread, a wake-up from the broker or the poll timer (or
+        ``until``, a time.monotonic(), if sooner)."""
         worker = self.worker
         waitables: list[Any] = [worker.wake_broker]
         timeout = worker.poll_interval
+        if until is not None:
+            timeout = min(timeout, max(0.0, until - time.monotonic()))
         if self.listener is not None:
             waitables.append(self.listener)
             # A source that takes jobs itself, only for a slot that would start it at once

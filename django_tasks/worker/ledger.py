@@ -299,6 +299,13 @@ class Ledger:
             return above * per_start
         return above * avg_run / self.concurrency
 
+    def only_starts(self) -> bool:
+        """Starts are all there is to write, and the last claim came back short: a round
+        trip now would claim nothing new (the broker wakes the worker for new jobs) and
+        write what the next outcome could carry. Read without the lock: a hint."""
+        return (bool(self._starts) and self._dry and not self._outcomes
+                and not self._late and not self._buffer)
+
     def idle(self) -> bool:
         """The last round trip found nothing and nothing is held or unwritten."""
         with self._lock:
