@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from ..jobs.cancel import cancelled_outcome
 from ..jobs.messages import Message, Outcome, Start
-from .ledger_types import Batch, Load, Pace, Snapshot
+from .ledger_types import Batch, Load, Pace, Snapshot, waited
 
 if TYPE_CHECKING:
     from .pacing import Slot
@@ -210,7 +210,7 @@ class Ledger:
                         self._repaced.pop(job.id, None)
                     job.started_at = job.started_at or stamp
                     self._running[job.id] = (job, clock)
-                    self._waited[job.id] = _waited(job.available_at, start)
+                    self._waited[job.id] = waited(job.available_at, start)
                     if len(jobs) < at_once:
                         self._starts.append(Start(job.id, job.lease, stamp))
                     else:
@@ -629,16 +629,3 @@ class Ledger:
             self._avg_run = seconds
             self._pace = Pace()
 
-
-def _waited(available_at: str | None, start: datetime) -> float | None:
-    """Seconds from ``available_at`` (ISO, the database's clock) to ``start`` (this
-    host's); never below 0 (the two clocks may differ by a little)."""
-    if not available_at:
-        return None
-    try:
-        due = datetime.fromisoformat(available_at)
-    except ValueError:
-        return None
-    if due.tzinfo is None:
-        return None
-    return max(0.0, (start - due).total_seconds())

@@ -1,15 +1,16 @@
 """What the worker's ledger (``ledger.py``) hands out: a round trip's batch, the main
-loop's view of its load, and a snapshot for tests and status; and the pace its buffer
-empties at."""
+loop's view of its load, and a snapshot for tests and status; the pace its buffer
+empties at, and how long a job waited to start."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NamedTuple
 
 from ..jobs.messages import Outcome, Start
 
-__all__ = ["PACE_SAMPLE", "Batch", "Load", "Pace", "Snapshot"]
+__all__ = ["PACE_SAMPLE", "Batch", "Load", "Pace", "Snapshot", "waited"]
 
 #: Starts timed per measure of how fast the buffer empties (:class:`Pace`).
 PACE_SAMPLE = 32
@@ -83,3 +84,17 @@ class Pace:
             self._since = None
         elif self._since is None:
             self._since, self._starts = clock, 0
+
+
+def waited(available_at: str | None, start: datetime) -> float | None:
+    """Seconds from ``available_at`` (ISO, the database's clock) to ``start`` (this
+    host's); never below 0 (the two clocks may differ by a little)."""
+    if not available_at:
+        return None
+    try:
+        due = datetime.fromisoformat(available_at)
+    except ValueError:
+        return None
+    if due.tzinfo is None:
+        return None
+    return max(0.0, (start - due).total_seconds())
