@@ -186,7 +186,7 @@ class Broker(ABC):
         jobs of ``queues`` are published, or None: the worker polls.
 
         A source that takes jobs itself (the Redis broker's) also has ``arm(holder)``,
-        called before the worker sleeps with room for jobs and none in sight (it then
+        called before the worker sleeps with a free slot and no job in sight (it then
         becomes readable once it took one, for ``holder``), and ``disarm()``, called
         when the worker stops claiming (it returns once what it took meanwhile was
         handed over or given back)."""

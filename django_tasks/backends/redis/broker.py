@@ -21,7 +21,7 @@ How a job travels
    writes outcomes and claims the popped ids (``ByIds``) under a fresh lease where the
    rows are still READY and due, in one SQL statement on PostgreSQL. The database
    decides: a duplicated or stale message claims nothing and is dropped, so no job runs
-   twice. An idle worker (room for jobs, none in sight) waits in Redis instead: it
+   twice. An idle worker (a free slot, no job in sight) waits in Redis instead: it
    blocks in ``BZPOPMIN`` on its queues, so the publish hands the id to one such
    worker, which claims it without a pop of its own (``wakeup.py``).
 3. A live worker keeps what it holds however long the jobs run (no visibility

@@ -1,6 +1,6 @@
 """The Redis broker's wake-up: an idle worker blocks in Redis for its next job.
 
-A worker with room for jobs and none in sight (its last claim came back short) arms its
+A worker with a free slot and no job in sight (its last claim came back short) arms its
 :class:`RedisWakeSource` before it sleeps. A thread of the source's own then blocks in
 ``BZPOPMIN`` on the worker's queues, on a connection of its own: the publish that adds
 a job's id to one of them (``ZADD``) hands it to the longest-waiting such worker, and
