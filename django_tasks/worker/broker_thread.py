@@ -128,8 +128,7 @@ class BrokerThread:
             worker.wake_main.poke()
         if done.stale:
             self._log_stale(done.stale)
-        if worker.tally and time.monotonic() >= self._count_at:
-            self.add_statistics()
+        self._add_statistics_when_due()
         return len(jobs)
 
     def _expire(self, jobs: Sequence[Message]) -> Sequence[Message]:
@@ -148,6 +147,12 @@ class BrokerThread:
                         m.task_path, m.queue_name)
         gone = {m.id for m in expired}
         return [m for m in jobs if m.id not in gone]
+
+    def _add_statistics_when_due(self) -> None:
+        """:meth:`add_statistics`, if there are counts and ``STATISTICS_INTERVAL`` has
+        passed since the last time."""
+        if self.worker.tally and time.monotonic() >= self._count_at:
+            self.add_statistics()
 
     def add_statistics(self) -> None:
         """Add what the worker's round trips wrote to the statistics table: at most
@@ -332,8 +337,7 @@ class BrokerThread:
         if counting:
             timeout = max(0.0, self._count_at - time.monotonic())
         ready = self._waiter.wait(waitables, timeout)
-        if worker.tally and time.monotonic() >= self._count_at:
-            self.add_statistics()
+        self._add_statistics_when_due()
         if worker.wake_broker.r in ready:
             worker.wake_broker.drain()
         heard = self.listener is not None and self.listener.fileno() in ready

@@ -536,15 +536,22 @@ class RedisBroker(Broker):
     def wake_source(self, queues: Sequence[str]) -> RedisWakeSource | None:
         if not queues:
             return None
-        head = len(self.key("q", ""))
         return RedisWakeSource(self.client, [self.key("q", q) for q in queues],
-                               lambda key: key[head:], self._handed.append, self._hold)
+                               self._hand_over, self._hold)
 
-    def _hold(self, conn: Any, holder: str, job_id: str, score: int, queue: str) -> None:
-        """Record an id the wake source popped in ``holder``'s held hash, as POP_LUA
-        records those it pops (on the wake source's connection ``conn``)."""
+    def _hand_over(self, job_id: bytes | str) -> None:
+        """An id the wake source popped: the next claim takes it (:meth:`_pop`)."""
+        self._handed.append(_text(job_id))
+
+    def _hold(self, conn: Any, holder: str, key: bytes | str, job_id: bytes | str,
+              score: bytes | str) -> None:
+        """Record an id the wake source popped from queue ``key`` in ``holder``'s held
+        hash, as POP_LUA records those it pops (on the wake source's connection
+        ``conn``)."""
+        queue = _text(key)[len(self.key("q", "")):]
+        value = f"{round(float(_text(score)))}|{queue}"
         conn.send_packed_command(conn.pack_commands([
-            ("HSET", self.key("held", holder), job_id, f"{score}|{queue}"),
+            ("HSET", self.key("held", holder), job_id, value),
             ("SADD", self.key("holders"), holder),
         ]))
         conn.read_response()

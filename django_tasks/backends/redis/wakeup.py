@@ -50,15 +50,16 @@ class RedisWakeSource:
     docstring); a waitable for the broker thread (``fileno``, ``drain``, ``close``).
 
     ``keys`` are the worker's queues' sorted sets, in the order their jobs are taken when
-    several have one at once; ``hand_over(queue, job_id)`` gives a popped id to the
-    broker; ``hold(holder, job_id, score, queue)`` records it in ``holder``'s held hash
-    (on the connection it is given). A broken connection surfaces from :meth:`drain`,
-    and the worker opens a new source.
+    several have one at once. With Redis's reply as it came (``key``, ``job_id`` and
+    ``score``, bytes), ``hand_over(job_id)`` gives a popped id to the broker, then
+    ``hold(conn, holder, key, job_id, score)`` records it in ``holder``'s held hash on
+    this source's connection ``conn``. A broken connection surfaces from
+    :meth:`drain`, and the worker opens a new source.
     """
 
-    def __init__(self, client: redis.Redis, keys: Sequence[str], queue_of: Callable[[str], str],
-                 hand_over: Callable[[str], None],
-                 hold: Callable[[Any, str, str, int, str], None]) -> None:
+    def __init__(self, client: redis.Redis, keys: Sequence[str],
+                 hand_over: Callable[[Any], None],
+                 hold: Callable[[Any, str, Any, Any, Any], None]) -> None:
         pool = client.connection_pool
         kwargs = dict(pool.connection_kwargs)
         kwargs["socket_timeout"] = BLOCK + _MARGIN
@@ -71,7 +72,6 @@ class RedisWakeSource:
             self._client_id = None
         self._client = client
         self._keys = list(keys)
-        self._queue_of = queue_of
         self._hand_over = hand_over
         self._hold = hold
         self._r, self._w = pipe()
@@ -157,19 +157,18 @@ class RedisWakeSource:
 
     def _settle(self, conn: Any, reply: list[Any]) -> None:
         """A popped id: handed over if the worker still wants it, else put back."""
-        key, job_id, score = (_text(v) for v in reply)
+        key, job_id, score = reply
         with self._cond:
             holder, self._holder = self._holder, None
         if holder is None:  # disarmed (the worker is stopping) while the pop was blocked
             conn.send_command("ZADD", key, score, job_id)
             conn.read_response()
             return
-        queue = self._queue_of(key)
         self._hand_over(job_id)
         poke(self._w)
         # While the broker thread claims the row: recorded as held, so a give-back or the
         # recovery of this worker puts it back as for any popped id.
-        self._hold(conn, holder, job_id, round(float(score)), queue)
+        self._hold(conn, holder, key, job_id, score)
 
     def _unblock(self) -> None:
         """End a BZPOPMIN in flight now (it returns nothing) rather than at its timeout.
@@ -197,6 +196,3 @@ class RedisWakeSource:
             except OSError:
                 pass
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
