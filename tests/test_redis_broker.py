@@ -328,6 +328,41 @@ def test_a_wake_source_not_armed_or_disarmed_takes_nothing():
     assert blocked_pops() == []
 
 
+def test_disarm_ends_the_pop_at_once_after_redis_py_connected_again_by_itself(
+        private_redis, settings):
+    """With a retry policy in CONNECTION_OPTIONS, a health check (the broker's default,
+    every 15 s; 1 s here) that finds the wake connection closed (here a CLIENT KILL
+    while the worker was busy, not armed) makes redis-py connect again by itself:
+    CLIENT UNBLOCK must name the new connection, or disarm waits for the pop's own
+    timeout. (Without a retry policy the pop fails, and the worker opens a new source.)"""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from django_tasks.backends.redis.wakeup import BLOCK
+
+    default = settings.TASKS["default"]
+    settings.TASKS = {**settings.TASKS, "default": {**default, "OPTIONS": {
+        **default["OPTIONS"], "CONNECTION_OPTIONS": {
+            "health_check_interval": 1, "retry": Retry(NoBackoff(), 1)}}}}
+    admin = private_redis.client()
+    source = backend().broker.wake_source(["default"])
+    try:
+        first = source._client_id
+        assert admin.client_kill_filter(_id=first) == 1
+        time.sleep(1.1)  # the health check is due: the next command checks first
+        source.arm("w")
+        assert wait_for(lambda: len(blocked_pops()) == 1, timeout=5)
+        [blocked] = blocked_pops()
+        assert int(blocked["id"]) != first
+        assert source._client_id == int(blocked["id"])
+        started = time.monotonic()
+        source.disarm()
+        assert time.monotonic() - started < BLOCK / 2
+        assert blocked_pops() == []
+    finally:
+        source.close()
+
+
 def test_a_job_popped_once_the_worker_stopped_wanting_it_goes_back_as_it_was():
     from datetime import timedelta
 

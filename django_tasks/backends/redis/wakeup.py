@@ -64,12 +64,13 @@ class RedisWakeSource:
         kwargs = dict(pool.connection_kwargs)
         kwargs["socket_timeout"] = BLOCK + _MARGIN
         self._conn = pool.connection_class(**kwargs)
+        self._client_id: int | None = None
+        # On every connect, not only the first: redis-py connects again by itself when
+        # a health check (the broker's default, every 15 s) finds the connection closed
+        # (Redis's ``timeout`` while the worker was busy, a CLIENT KILL), and CLIENT
+        # UNBLOCK must name the connection the pop is blocked on.
+        self._conn.register_connect_callback(self._identify)
         self._conn.connect()
-        try:
-            self._conn.send_command("CLIENT", "ID")
-            self._client_id: int | None = self._conn.read_response()
-        except redis_errors.ResponseError:  # CLIENT refused (an ACL, a managed Redis)
-            self._client_id = None
         self._client = client
         self._keys = list(keys)
         self._hand_over = hand_over
@@ -169,6 +170,15 @@ class RedisWakeSource:
         # While the broker thread claims the row: recorded as held, so a give-back or the
         # recovery of this worker puts it back as for any popped id.
         self._hold(conn, holder, key, job_id, score)
+
+    def _identify(self, conn: Any) -> None:
+        """Learn the id Redis gave ``conn`` (a connect callback: on the thread that
+        connects)."""
+        try:
+            conn.send_command("CLIENT", "ID", check_health=False)
+            self._client_id = conn.read_response()
+        except redis_errors.ResponseError:  # CLIENT refused (an ACL, a managed Redis)
+            self._client_id = None
 
     def _unblock(self) -> None:
         """End a BZPOPMIN in flight now (it returns nothing) rather than at its timeout.
