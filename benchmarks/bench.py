@@ -619,6 +619,10 @@ def main() -> None:
           f"{args.rounds} round(s), medians; CPU in µs per job; took "
           f"{time.perf_counter() - began:.0f} s")
     tp.print_table(HEADER, table_rows(rows))
+    if args.quick:
+        print(f"--quick: N = {sizes.jobs:,}, one round. A worker's start-up (~0.6 s of CPU) "
+              "is then ~300 µs of each job's CPU and most of a drain's time, so the met? "
+              "column says little: the targets are judged by a full run (make bench).")
     print()
     print("every run:")
     for fig, _ in rows:
