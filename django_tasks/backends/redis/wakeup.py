@@ -65,10 +65,12 @@ class RedisWakeSource:
         kwargs["socket_timeout"] = BLOCK + _MARGIN
         self._conn = pool.connection_class(**kwargs)
         self._client_id: int | None = None
-        # On every connect, not only the first: redis-py connects again by itself when
-        # a health check (the broker's default, every 15 s) finds the connection closed
-        # (Redis's ``timeout`` while the worker was busy, a CLIENT KILL), and CLIENT
-        # UNBLOCK must name the connection the pop is blocked on.
+        # On every connect, not only the first: given a retry policy (``retry`` in
+        # CONNECTION_OPTIONS), redis-py connects again by itself when a health check
+        # (the broker's default, every 15 s) finds the connection closed (Redis's
+        # ``timeout`` while the worker was busy, a CLIENT KILL), and CLIENT UNBLOCK must
+        # name the connection the pop is blocked on. (Without one the pop fails, and the
+        # worker opens a new source.)
         self._conn.register_connect_callback(self._identify)
         self._conn.connect()
         self._client = client
