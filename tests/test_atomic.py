@@ -319,6 +319,9 @@ def test_a_frozen_workers_stale_run_never_commits_after_its_job_was_rescued():
     frozen = start_worker("-c", "1", "--worker-id", "frozen")
     assert wait_for(lambda: (Job.objects.get(pk=job.id).progress or {}).get("message")
                     == "written", timeout=30)
+    # And its start recorded (within START_RECORD_LAG of it, docs/reliability.md):
+    # frozen before that, the row says claimed, and the rescue gives it back unstarted.
+    assert wait_for(lambda: Job.objects.get(pk=job.id).status == "RUNNING", timeout=5)
     os.killpg(frozen.pid, signal.SIGSTOP)
     try:
         rescuer = start_worker("-c", "1", "--worker-id", "rescuer")

@@ -131,7 +131,10 @@ def test_a_frozen_worker_is_declared_dead_after_the_timeout_and_learns_it(tmp_pa
     log = tmp_path / "runs"
     job = rt.record_slowly.enqueue(str(log), 1.5)
     frozen = start_worker("-c", "1", "--prefetch", "0", "--worker-id", "frozen")
-    assert wait_for(lambda: runs(log)[job.id] == 1)
+    # Running, and its start recorded (within START_RECORD_LAG of it): frozen before
+    # that, the row says claimed, and the rescue gives it back unstarted.
+    assert wait_for(lambda: runs(log)[job.id] == 1
+                    and Job.objects.get(pk=job.id).status == "RUNNING")
     os.killpg(frozen.pid, signal.SIGSTOP)  # alive, but no heartbeat
     try:
         rescuer = start_worker("-c", "1", "--worker-id", "rescuer")
